@@ -1,0 +1,3 @@
+from snapcore.cli import main
+
+main()

@@ -1,0 +1,249 @@
+"""Where the kernel puts the core, and what snapcore does with it afterwards.
+
+core_pattern (Documentation/admin-guide/sysctl/kernel.rst):
+- a relative file name ("core", "core.%p"): written in the dumping process's
+  cwd; snapcore moves the child into a staging directory first;
+- an absolute file name: written where the administrator said;
+- "|program args": piped to a handler (systemd-coredump, apport), which keeps it.
+"""
+
+from __future__ import annotations
+
+import glob
+import os
+import pwd
+import shutil
+import socket
+import struct
+import tempfile
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+
+from . import arch
+from .errors import CoreNotWritten, OutputError
+
+CORE_PATTERN = "/proc/sys/kernel/core_pattern"
+CORE_USES_PID = "/proc/sys/kernel/core_uses_pid"
+
+
+@dataclass
+class CorePattern:
+    pattern: str
+    uses_pid: bool
+
+    @property
+    def kind(self) -> str:
+        if self.pattern.startswith("|"):
+            return "pipe"
+        return "absolute" if self.pattern.startswith("/") else "relative"
+
+    @property
+    def handler(self) -> str:
+        return self.pattern[1:].split()[0] if self.kind == "pipe" else ""
+
+
+def read_core_pattern() -> CorePattern:
+    with open(CORE_PATTERN) as f:
+        pattern = f.read().rstrip("\n")
+    try:
+        with open(CORE_USES_PID) as f:
+            uses_pid = f.read().strip() != "0"
+    except OSError:
+        uses_pid = False
+    return CorePattern(pattern or "core", uses_pid)
+
+
+def expand(pattern: CorePattern, *, pid: int, uid: int, gid: int, comm: str, exe: str,
+           soft_limit: int) -> str:
+    """core_pattern with the specifiers snapcore can know filled in, the rest as `*`.
+
+    The result is a glob: %t (the dump's time) and %d (dump mode) are known only
+    to the kernel.  The child has a single thread, so %i/%I equal %p/%P.
+    """
+    values = {
+        "%": "%", "p": str(pid), "P": str(pid), "i": str(pid), "I": str(pid),
+        "u": str(uid), "g": str(gid), "s": "6", "h": socket.gethostname(),
+        "e": glob.escape(comm), "E": glob.escape(exe.replace("/", "!")),
+        "f": glob.escape(os.path.basename(exe)),
+        "c": str(soft_limit if soft_limit != (1 << 64) - 1 else -1),
+    }
+    out, text, i = [], pattern.pattern, 0
+    has_pid = False
+    while i < len(text):
+        if text[i] == "%" and i + 1 < len(text):
+            spec = text[i + 1]
+            has_pid |= spec == "p"
+            out.append(values.get(spec, "*"))
+            i += 2
+        else:
+            out.append(glob.escape(text[i]))
+            i += 1
+    name = "".join(out)
+    if pattern.uses_pid and not has_pid:
+        name += f".{pid}"  # core_uses_pid appends the pid when %p is absent
+    return name
+
+
+def default_output_dir() -> Path:
+    """SNAPCORE_DIR, else /var/lib/snapcore for root, else the user's state directory."""
+    if os.environ.get("SNAPCORE_DIR"):
+        return Path(os.environ["SNAPCORE_DIR"])
+    if os.geteuid() == 0:
+        return Path("/var/lib/snapcore")
+    state = os.environ.get("XDG_STATE_HOME") or os.path.expanduser("~/.local/state")
+    return Path(state) / "snapcore"
+
+
+def prepare_output_dir(path: Path) -> Path:
+    path = Path(path).absolute()
+    try:
+        path.mkdir(mode=0o700, parents=True, exist_ok=True)
+    except OSError as exc:
+        raise OutputError(f"cannot create output directory {path}: {exc.strerror}",
+                          "choose another one with -o DIR", stage="preflight") from None
+    if not path.is_dir():
+        raise OutputError(f"output path {path} is not a directory",
+                          "choose another one with -o DIR", stage="preflight")
+    if not os.access(path, os.W_OK | os.X_OK):
+        raise OutputError(f"output directory {path} is not writable",
+                          "choose another one with -o DIR, or run as its owner",
+                          stage="preflight")
+    return path
+
+
+def make_staging_dir(output_dir: Path, uid: int, gid: int) -> Path:
+    """A private directory the target's user may write, for the kernel to dump into.
+
+    The kernel writes the core with the target's credentials, so a root-owned
+    0700 output directory would make a `postgres` target's dump fail silently.
+    Same user: stage inside the output directory (the move is a rename).
+    Another user: stage under /var/tmp (world-traversable), owned by that user.
+    """
+    same_user = uid == os.geteuid()
+    base = str(output_dir) if same_user else "/var/tmp"
+    staging = Path(tempfile.mkdtemp(prefix=".snapcore-staging-", dir=base))
+    if not same_user:
+        os.chown(staging, uid, gid)
+    return staging
+
+
+def core_name(comm: str, pid: int, when: datetime) -> str:
+    """`ls` sorts these by time: UTC timestamp first, then what the target was."""
+    safe = "".join(c if c.isalnum() or c in "-_" else "_" for c in comm) or "process"
+    stamp = when.astimezone(timezone.utc).strftime("%Y%m%dT%H%M%S.") + \
+        f"{when.microsecond // 1000:03d}Z"
+    return f"{stamp}_{safe}_{pid}.core"
+
+
+def find_core(glob_pattern: str, directory: Path | None, since: float) -> Path | None:
+    """The newest file matching the expanded core_pattern, written after `since`."""
+    if directory is not None and not glob_pattern.startswith("/"):
+        glob_pattern = os.path.join(glob.escape(str(directory)), glob_pattern)
+    found = []
+    for name in glob.glob(glob_pattern):
+        try:
+            st = os.stat(name)
+        except OSError:
+            continue
+        if st.st_mtime >= since - 1:
+            found.append((st.st_mtime, name))
+    return Path(max(found)[1]) if found else None
+
+
+def store(core: Path, output_dir: Path, name: str) -> Path:
+    """Move the core into the output directory, owned by the invoking user, mode 0600."""
+    dest = output_dir / name
+    try:
+        os.chmod(core, 0o600)
+        os.chown(core, os.geteuid(), os.getegid())
+        try:
+            os.rename(core, dest)
+        except OSError:
+            shutil.move(str(core), str(dest))  # another filesystem: copy, then remove
+    except OSError as exc:
+        raise OutputError(f"cannot move the core into {output_dir}: {exc.strerror}",
+                          "check free space and permissions there", stage="core") from None
+    return dest
+
+
+@dataclass
+class CoreNotes:
+    prstatus_pids: list[int]  # one per thread, in note order
+    prpsinfo_pid: int | None
+    loads_end: int  # where the last PT_LOAD's file data ends
+
+
+def read_notes(path: Path) -> CoreNotes:
+    """Read an ELF core's thread pids from its notes; refuse anything else."""
+    with open(path, "rb") as f:
+        head = f.read(64)
+        if len(head) < 64 or head[:4] != b"\x7fELF" or head[4] != 2:
+            raise CoreNotWritten(f"{path} is not a 64-bit ELF file",
+                                 "the kernel wrote no usable core", stage="core")
+        e_type, = struct.unpack_from("<H", head, 16)
+        if e_type != 4:  # ET_CORE
+            raise CoreNotWritten(f"{path} is not an ELF core (type {e_type})",
+                                 "the kernel wrote no usable core", stage="core")
+        phoff, = struct.unpack_from("<Q", head, 32)
+        phentsize, phnum = struct.unpack_from("<HH", head, 54)
+        f.seek(phoff)
+        table = f.read(phentsize * phnum)
+        pids, psinfo, loads_end = [], None, 0
+        for i in range(phnum):
+            p_type, _flags, p_offset, _va, _pa, p_filesz = struct.unpack_from(
+                "<IIQQQQ", table, i * phentsize)
+            if p_type == 1:  # PT_LOAD
+                loads_end = max(loads_end, p_offset + p_filesz)
+            elif p_type == 4:  # PT_NOTE
+                f.seek(p_offset)
+                for n_type, desc_at, _size in _notes(f.read(p_filesz)):
+                    if n_type == arch.NT_PRSTATUS:
+                        pids.append(_pid_at(f, p_offset + desc_at + arch.PRSTATUS_PID_OFFSET))
+                    elif n_type == arch.NT_PRPSINFO:
+                        psinfo = _pid_at(f, p_offset + desc_at + arch.PRPSINFO_PID_OFFSET)
+    return CoreNotes(pids, psinfo, loads_end)
+
+
+def _pid_at(f, offset: int) -> int:
+    here = f.tell()
+    f.seek(offset)
+    value, = struct.unpack("<i", f.read(4))
+    f.seek(here)
+    return value
+
+
+def _notes(data: bytes):
+    """(type, offset of the descriptor in `data`, descriptor size) for each note."""
+    at = 0
+    while at + 12 <= len(data):
+        namesz, descsz, n_type = struct.unpack_from("<III", data, at)
+        desc_at = at + 12 + _align4(namesz)
+        yield n_type, desc_at, descsz
+        at = desc_at + _align4(descsz)
+
+
+def _align4(n: int) -> int:
+    return (n + 3) & ~3
+
+
+def check_core(path: Path, child_pid: int) -> CoreNotes:
+    notes = read_notes(path)
+    if child_pid not in notes.prstatus_pids:
+        raise CoreNotWritten(f"{path} does not describe the snapshot (pids "
+                             f"{notes.prstatus_pids}, expected {child_pid})",
+                             "another core matched core_pattern; look for it by hand",
+                             stage="core")
+    size = os.path.getsize(path)
+    if size < notes.loads_end:
+        raise CoreNotWritten(f"core {path} is truncated ({size} of {notes.loads_end} bytes)",
+                             "the disk may be full: free space or choose -o DIR",
+                             stage="dump")
+    return notes
+
+
+def user_name(uid: int) -> str:
+    try:
+        return pwd.getpwuid(uid).pw_name
+    except KeyError:
+        return str(uid)

@@ -1,0 +1,97 @@
+"""One exception tree for the engine; each error knows its exit code, pid and stage.
+
+The command layer renders an error as one line: the problem, then the fix.
+"""
+
+from __future__ import annotations
+
+import enum
+
+
+class ExitCode(enum.IntEnum):
+    """Exit codes of the snapcore command (listed in README.md and man/snapcore.1)."""
+
+    OK = 0
+    ERROR = 1  # unexpected failure inside snapcore
+    USAGE = 2  # bad command line (not a pid, unknown option)
+    NO_SUCH_PROCESS = 3  # the target does not exist or exited
+    PERMISSION = 4  # not allowed to trace the target
+    BUSY = 5  # the target is already traced by another process
+    UNSUPPORTED = 6  # a target snapcore refuses to touch (zombie, 32-bit, stopped, seccomp...)
+    TIMEOUT = 7  # a thread of the target did not stop in time (uninterruptible sleep)
+    CORE_NOT_WRITTEN = 8  # the kernel wrote no core (RLIMIT_CORE, dumpable, disk)
+    CORE_PIPED = 9  # core_pattern hands cores to a program: the core is there, not here
+    OUTPUT = 10  # the output directory cannot be created, written or has no room
+    INTERRUPTED = 130  # Ctrl-C or SIGTERM; the target was released first
+
+
+class SnapcoreError(Exception):
+    """Base of every error the engine raises.
+
+    message: what went wrong, one line.  hint: what the operator can do about it.
+    stage: where in the snapshot it happened (preflight, capture, fork, release,
+    child, dump, reap, core).  pid: the target.
+    """
+
+    exit_code = ExitCode.ERROR
+
+    def __init__(self, message: str, hint: str = "", *, pid: int | None = None,
+                 stage: str = ""):
+        super().__init__(message)
+        self.message = message
+        self.hint = hint
+        self.pid = pid
+        self.stage = stage
+
+    def one_line(self) -> str:
+        return f"{self.message}: {self.hint}" if self.hint else self.message
+
+    def as_dict(self) -> dict:
+        return {
+            "error": type(self).__name__,
+            "message": self.message,
+            "hint": self.hint,
+            "pid": self.pid,
+            "stage": self.stage,
+            "exit_code": int(self.exit_code),
+        }
+
+
+class BadInput(SnapcoreError):
+    exit_code = ExitCode.USAGE
+
+
+class NoSuchProcess(SnapcoreError):
+    exit_code = ExitCode.NO_SUCH_PROCESS
+
+
+class PermissionDenied(SnapcoreError):
+    exit_code = ExitCode.PERMISSION
+
+
+class AlreadyTraced(SnapcoreError):
+    exit_code = ExitCode.BUSY
+
+
+class Unsupported(SnapcoreError):
+    exit_code = ExitCode.UNSUPPORTED
+
+
+class StopTimeout(SnapcoreError):
+    exit_code = ExitCode.TIMEOUT
+
+
+class CoreNotWritten(SnapcoreError):
+    exit_code = ExitCode.CORE_NOT_WRITTEN
+
+
+class OutputError(SnapcoreError):
+    exit_code = ExitCode.OUTPUT
+
+
+class Interrupted(SnapcoreError):
+    exit_code = ExitCode.INTERRUPTED
+
+
+class InternalError(SnapcoreError):
+    exit_code = ExitCode.ERROR

@@ -1,0 +1,176 @@
+"""Run one syscall inside a stopped thread, and give the thread back untouched.
+
+No code is written into the target: the thread jumps to an existing
+`syscall` instruction (see target.find_syscall_instruction) with the number
+and arguments in its registers, and is stepped with PTRACE_SYSCALL stops.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+
+from . import arch, ptrace
+from .errors import InternalError, NoSuchProcess, Unsupported
+
+_U64 = (1 << 64) - 1
+
+
+def signed(value: int) -> int:
+    return value - (1 << 64) if value & (1 << 63) else value
+
+
+def syscall(tid: int, base: ptrace.Regs, at: int, nr: int, *args: int,
+            deadline: float | None) -> tuple[int, list[tuple[int, int]]]:
+    """Make stopped thread `tid` execute syscall `nr`; return its result and the
+    ptrace events (event, message) it reported on the way.
+
+    orig_rax is set to -1 so the kernel's syscall-restart logic, which runs when
+    the thread leaves its current stop, does not rewind rip or overwrite rax
+    (arch/x86/kernel/signal.c: arch_do_signal_or_restart).
+    """
+    regs = ptrace.copy_regs(base)
+    setattr(regs, arch.REG_IP, at)
+    setattr(regs, arch.REG_NR, nr)
+    setattr(regs, arch.REG_ORIG_NR, _U64)
+    for name, value in zip(arch.SYSCALL_ARGS, args):
+        setattr(regs, name, value & _U64)
+    ptrace.set_regs(tid, regs)
+    events: list[tuple[int, int]] = []
+    for _ in ("entry", "exit"):
+        ptrace.resume_to_syscall(tid)
+        _wait_syscall_stop(tid, deadline, events)
+    return signed(getattr(ptrace.get_regs(tid), arch.REG_RET)), events
+
+
+def _wait_syscall_stop(tid: int, deadline: float | None, events: list) -> None:
+    while True:
+        stop = ptrace.wait(tid, deadline)
+        if stop.kind == "syscall":
+            return
+        if stop.kind == "event":
+            # PTRACE_EVENT_CLONE arrives between clone's entry and exit.
+            events.append((stop.event, ptrace.event_msg(tid)))
+            ptrace.resume_to_syscall(tid)
+        elif stop.kind == "group":
+            # Someone sent SIGSTOP mid-injection; finish first (the kernel
+            # re-enters the group-stop when the thread is detached).
+            ptrace.resume_to_syscall(tid)
+        elif stop.kind == "signal":
+            # Every signal is blocked while snapcore injects, so this is a
+            # synchronous fault caused by the injection itself.
+            raise InternalError(f"thread {tid} got signal {stop.sig} during an injected "
+                                "syscall", pid=tid, stage="inject")
+        else:
+            raise NoSuchProcess(f"thread {tid} exited during an injected syscall", pid=tid,
+                                stage="inject")
+
+
+def wait_for_interrupt_stop(tid: int, deadline: float | None) -> None:
+    """Wait for the PTRACE_INTERRUPT stop, passing on signals that arrive first."""
+    while True:
+        stop = ptrace.wait(tid, deadline)
+        if stop.kind == "event":
+            return
+        if stop.kind == "signal":
+            # A signal-delivery stop came first: deliver it as the kernel would
+            # have; the interrupt stays pending and stops the thread next.
+            ptrace.cont(tid, stop.sig)
+        elif stop.kind == "group":
+            raise Unsupported(f"thread {tid} was stopped by signal {stop.sig} meanwhile",
+                              "it must stay stopped; try again once it runs", pid=tid)
+        else:
+            raise NoSuchProcess(f"thread {tid} exited", pid=tid)
+
+
+@dataclass
+class HeldThread:
+    """A seized thread snapcore holds stopped, with what it needs to give it back."""
+
+    tid: int
+    stopped: bool = False
+    regs: ptrace.Regs | None = None
+    sigmask: int = 0
+    moved: bool = False  # resumed into an injection since it stopped
+    timings: dict = field(default_factory=dict)
+
+    def save(self) -> None:
+        self.regs = ptrace.get_regs(self.tid)
+        self.sigmask = ptrace.get_sigmask(self.tid)
+
+    def release(self, deadline: float | None) -> None:
+        """Put the thread back exactly as it was and detach.
+
+        A thread that ran an injected syscall sits in a syscall-exit stop.
+        Detaching from there skips the kernel's syscall-restart step (it runs on
+        the signal path only), so an interrupted nanosleep or read would return
+        -ERESTART* to the program.  Instead: restore the registers, park the
+        thread in an interrupt stop (which is on the signal path), then detach,
+        and the kernel restarts the call as if nothing happened.
+        """
+        if not self.stopped:
+            return
+        tid = self.tid
+        if self.moved:
+            ptrace.set_options(tid, ptrace.O_TRACESYSGOOD)  # drop EXITKILL and TRACECLONE
+            ptrace.set_regs(tid, self.regs)
+            ptrace.set_sigmask(tid, self.sigmask)
+            ptrace.interrupt(tid)
+            ptrace.cont(tid)
+            while True:
+                stop = ptrace.wait(tid, deadline)
+                if stop.kind in ("event", "group"):
+                    ptrace.detach(tid)
+                    break
+                if stop.kind == "signal":
+                    ptrace.detach(tid, stop.sig)  # a pending signal, delivered now
+                    break
+                if stop.kind in ("exited", "killed"):
+                    break
+        else:
+            ptrace.detach(tid)
+        self.stopped = False
+
+
+def run_in_target(tid: int, at: int, nr: int, *args: int, timeout: float,
+                  check=None) -> tuple[int, list[tuple[int, int]], dict]:
+    """Seize thread `tid`, run one syscall in it, restore it and let it go.
+
+    Returns the syscall's result, the ptrace events it reported and the
+    timings (seconds) of the stop window: capture, syscall, release, pause.
+    `check(tid)` runs once the thread is stopped and may refuse by raising.
+    SIGINT/SIGTERM/SIGHUP are held until the thread is released.  While the
+    thread runs injected registers it carries PTRACE_O_EXITKILL: if snapcore is
+    killed in that window the target dies rather than run on with registers
+    that are not its own (or duplicate itself).
+    """
+    held = HeldThread(tid)
+    deadline = time.monotonic() + timeout
+    with ptrace.signals_held(ptrace.STOP_REQUEST_SIGNALS):
+        t0 = time.perf_counter()
+        ptrace.seize(tid, ptrace.O_TRACESYSGOOD)
+        try:
+            ptrace.interrupt(tid)
+            wait_for_interrupt_stop(tid, deadline)
+            held.stopped = True
+            t1 = time.perf_counter()
+            if check is not None:
+                check(tid)
+            held.save()
+            ptrace.set_options(tid, ptrace.O_TRACESYSGOOD | ptrace.O_TRACECLONE
+                               | ptrace.O_EXITKILL)
+            ptrace.set_sigmask(tid, ptrace.ALL_SIGNALS_MASK)
+            held.moved = True
+            for _attempt in range(10):
+                result, events = syscall(tid, held.regs, at, nr, *args, deadline=deadline)
+                if result != arch.ERESTARTNOINTR:  # a signal raced the call: retry
+                    break
+            t2 = time.perf_counter()
+        finally:
+            # A thread that never reached its stop (uninterruptible sleep past
+            # the deadline) cannot be detached while it runs; the kernel
+            # releases it when snapcore exits (exit_ptrace), untouched.
+            held.release(deadline + 5.0)
+        t3 = time.perf_counter()
+    return result, events, {"capture": t1 - t0, "syscall": t2 - t1, "release": t3 - t2,
+                            "pause": t3 - t0}

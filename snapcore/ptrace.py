@@ -1,0 +1,235 @@
+"""The only module that calls ptrace(2).
+
+It drives the kernel through python-ptrace's raw binding: python-ptrace's
+high-level debugger uses PTRACE_ATTACH (a SIGSTOP the target's parent can
+see) and detaches from __del__ at random moments, so it is not used.
+
+Waiting: SIGCHLD must be blocked (see `signals_held`) while waiting, so that a
+stop reported between waitpid(WNOHANG) and sigtimedwait() is not lost; the
+kernel notifies the tracer of every tracee stop with SIGCHLD (CLD_TRAPPED).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import errno
+import os
+import signal
+import time
+from dataclasses import dataclass
+
+from ptrace import PtraceError
+from ptrace.binding.func import ptrace as _raw_ptrace
+from ptrace.binding.linux_struct import user_regs_struct
+
+from . import arch
+from .errors import InternalError, NoSuchProcess, PermissionDenied, StopTimeout
+
+PTRACE_CONT = 7
+PTRACE_GETREGS = 12
+PTRACE_SETREGS = 13
+PTRACE_DETACH = 17
+PTRACE_SYSCALL = 24
+PTRACE_SETOPTIONS = 0x4200
+PTRACE_GETEVENTMSG = 0x4201
+PTRACE_GETREGSET = 0x4204
+PTRACE_SETREGSET = 0x4205
+PTRACE_SEIZE = 0x4206
+PTRACE_INTERRUPT = 0x4207
+PTRACE_GETSIGMASK = 0x420A
+PTRACE_SETSIGMASK = 0x420B
+
+O_TRACESYSGOOD = 1
+O_TRACECLONE = 8
+O_EXITKILL = 1 << 20
+
+EVENT_CLONE = 3
+EVENT_STOP = 128
+
+WALL = 0x40000000  # __WALL: wait for threads and clone children too
+
+# Every signal but SIGKILL and SIGSTOP (the kernel ignores those two in a mask).
+ALL_SIGNALS_MASK = (1 << 64) - 1
+
+Regs = user_regs_struct
+
+
+class _Iovec(ctypes.Structure):
+    _fields_ = [("base", ctypes.c_void_p), ("len", ctypes.c_size_t)]
+
+
+def _call(request: int, tid: int, addr: int = 0, data: int = 0, what: str = "") -> int:
+    try:
+        return _raw_ptrace(request, tid, addr, data)
+    except PtraceError as exc:
+        code = exc.errno
+        if code == errno.ESRCH:
+            raise NoSuchProcess(f"thread {tid} is gone or not stopped ({what})",
+                                pid=tid) from None
+        if code == errno.EPERM:
+            raise PermissionDenied(f"not permitted to trace {tid} ({what})",
+                                   "run as root or with CAP_SYS_PTRACE", pid=tid) from None
+        raise InternalError(f"ptrace {what} on {tid} failed: {os.strerror(code or 0)}",
+                            pid=tid) from None
+
+
+def seize(tid: int, options: int = 0) -> None:
+    """Attach without stopping and without any signal the target could see."""
+    _call(PTRACE_SEIZE, tid, 0, options, "seize")
+
+
+def interrupt(tid: int) -> None:
+    _call(PTRACE_INTERRUPT, tid, 0, 0, "interrupt")
+
+
+def set_options(tid: int, options: int) -> None:
+    _call(PTRACE_SETOPTIONS, tid, 0, options, "setoptions")
+
+
+def cont(tid: int, sig: int = 0) -> None:
+    _call(PTRACE_CONT, tid, 0, sig, "cont")
+
+
+def resume_to_syscall(tid: int) -> None:
+    """Run to the next syscall entry or exit (PTRACE_SYSCALL).
+
+    Used instead of single-step or int3, which deliver a forced SIGTRAP: if
+    the target blocks or ignores SIGTRAP the kernel resets its handler.
+    """
+    _call(PTRACE_SYSCALL, tid, 0, 0, "syscall")
+
+
+def detach(tid: int, sig: int = 0) -> None:
+    _call(PTRACE_DETACH, tid, 0, sig, "detach")
+
+
+def get_regs(tid: int) -> Regs:
+    regs = Regs()
+    _call(PTRACE_GETREGS, tid, 0, ctypes.addressof(regs), "getregs")
+    return regs
+
+
+def set_regs(tid: int, regs: Regs) -> None:
+    _call(PTRACE_SETREGS, tid, 0, ctypes.addressof(regs), "setregs")
+
+
+def copy_regs(regs: Regs) -> Regs:
+    return Regs.from_buffer_copy(regs)
+
+
+def regs_size(tid: int) -> int:
+    """Size of the NT_PRSTATUS register set: 216 for a 64-bit task, 68 for a 32-bit one."""
+    buf = ctypes.create_string_buffer(512)
+    iov = _Iovec(ctypes.addressof(buf), len(buf))
+    _call(PTRACE_GETREGSET, tid, arch.NT_PRSTATUS, ctypes.addressof(iov), "getregset")
+    return iov.len
+
+
+def get_xstate(tid: int) -> bytes:
+    """The thread's extended FPU/SSE/AVX state (NT_X86_XSTATE)."""
+    buf = ctypes.create_string_buffer(16384)
+    iov = _Iovec(ctypes.addressof(buf), len(buf))
+    _call(PTRACE_GETREGSET, tid, arch.NT_X86_XSTATE, ctypes.addressof(iov), "getregset xstate")
+    return buf.raw[: iov.len]
+
+
+def set_xstate(tid: int, xstate: bytes) -> None:
+    buf = ctypes.create_string_buffer(xstate, len(xstate))
+    iov = _Iovec(ctypes.addressof(buf), len(xstate))
+    _call(PTRACE_SETREGSET, tid, arch.NT_X86_XSTATE, ctypes.addressof(iov), "setregset xstate")
+
+
+def get_sigmask(tid: int) -> int:
+    mask = ctypes.c_uint64()
+    _call(PTRACE_GETSIGMASK, tid, 8, ctypes.addressof(mask), "getsigmask")
+    return mask.value
+
+
+def set_sigmask(tid: int, mask: int) -> None:
+    value = ctypes.c_uint64(mask)
+    _call(PTRACE_SETSIGMASK, tid, 8, ctypes.addressof(value), "setsigmask")
+
+
+def event_msg(tid: int) -> int:
+    msg = ctypes.c_ulong()
+    _call(PTRACE_GETEVENTMSG, tid, 0, ctypes.addressof(msg), "geteventmsg")
+    return msg.value
+
+
+@dataclass
+class Stop:
+    """What waitpid said about one tracee.
+
+    kind: "event" (PTRACE_EVENT_* stop, `event` says which), "group" (a
+    group-stop: someone sent SIGSTOP/SIGTSTP...), "syscall" (entry or exit),
+    "signal" (a signal-delivery stop for `sig`), "exited", "killed".
+    """
+
+    kind: str
+    sig: int = 0
+    event: int = 0
+    status: int = 0
+
+    @property
+    def core_dumped(self) -> bool:
+        return self.kind == "killed" and os.WCOREDUMP(self.status)
+
+
+_GROUP_STOP_SIGNALS = (signal.SIGSTOP, signal.SIGTSTP, signal.SIGTTIN, signal.SIGTTOU)
+
+
+def _decode(status: int) -> Stop:
+    if os.WIFEXITED(status):
+        return Stop("exited", status=status)
+    if os.WIFSIGNALED(status):
+        return Stop("killed", sig=os.WTERMSIG(status), status=status)
+    sig = os.WSTOPSIG(status)
+    event = (status >> 16) & 0xFF
+    if sig == (signal.SIGTRAP | 0x80):
+        return Stop("syscall", status=status)
+    if event == EVENT_STOP and sig in _GROUP_STOP_SIGNALS:
+        return Stop("group", sig=sig, event=event, status=status)
+    if event:
+        return Stop("event", sig=sig, event=event, status=status)
+    return Stop("signal", sig=sig, status=status)
+
+
+def wait(tid: int, deadline: float | None) -> Stop:
+    """Wait for the next stop (or the end) of one tracee, until `deadline` (monotonic)."""
+    while True:
+        try:
+            pid, status = os.waitpid(tid, WALL | os.WNOHANG)
+        except ChildProcessError:
+            raise NoSuchProcess(f"thread {tid} is no longer traced", pid=tid) from None
+        if pid:
+            return _decode(status)
+        timeout = 3600.0 if deadline is None else deadline - time.monotonic()
+        if timeout <= 0:
+            raise StopTimeout(f"thread {tid} did not stop in time", pid=tid)
+        signal.sigtimedwait([signal.SIGCHLD], timeout)
+
+
+def try_wait(tid: int) -> Stop | None:
+    """A stop that is already reported, without waiting; None when there is none."""
+    try:
+        pid, status = os.waitpid(tid, WALL | os.WNOHANG)
+    except ChildProcessError:
+        return None
+    return _decode(status) if pid else None
+
+
+# Signals an operator or a service manager uses to stop snapcore.  While the
+# target is stopped or runs injected registers they are held, and acted on
+# once the target is released.
+STOP_REQUEST_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
+
+
+@contextlib.contextmanager
+def signals_held(signals):
+    """Block `signals` in this thread for the duration of the block."""
+    old = signal.pthread_sigmask(signal.SIG_BLOCK, signals)
+    try:
+        yield
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, old)
