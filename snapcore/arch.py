@@ -23,6 +23,7 @@ REG_ORIG_NR = "orig_rax"  # the kernel's copy of the number: -1 means "not in a 
 SYSCALL_ARGS = ("rdi", "rsi", "rdx", "r10", "r8", "r9")
 
 NR = {
+    "close": 3,
     "mmap": 9,
     "munmap": 11,
     "rt_sigaction": 13,

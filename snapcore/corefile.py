@@ -170,7 +170,9 @@ def store(core: Path, output_dir: Path, name: str) -> Path:
 @dataclass
 class CoreNotes:
     prstatus_pids: list[int]  # one per thread, in note order
+    prstatus_offsets: list[int]  # file offset of each of those pr_pid fields
     prpsinfo_pid: int | None
+    prpsinfo_offset: int | None
     loads_end: int  # where the last PT_LOAD's file data ends
 
 
@@ -189,28 +191,46 @@ def read_notes(path: Path) -> CoreNotes:
         phentsize, phnum = struct.unpack_from("<HH", head, 54)
         f.seek(phoff)
         table = f.read(phentsize * phnum)
-        pids, psinfo, loads_end = [], None, 0
+        notes = CoreNotes([], [], None, None, 0)
         for i in range(phnum):
             p_type, _flags, p_offset, _va, _pa, p_filesz = struct.unpack_from(
                 "<IIQQQQ", table, i * phentsize)
             if p_type == 1:  # PT_LOAD
-                loads_end = max(loads_end, p_offset + p_filesz)
+                notes.loads_end = max(notes.loads_end, p_offset + p_filesz)
             elif p_type == 4:  # PT_NOTE
                 f.seek(p_offset)
-                for n_type, desc_at, _size in _notes(f.read(p_filesz)):
+                data = f.read(p_filesz)
+                for n_type, desc_at, _size in _notes(data):
                     if n_type == arch.NT_PRSTATUS:
-                        pids.append(_pid_at(f, p_offset + desc_at + arch.PRSTATUS_PID_OFFSET))
+                        at = desc_at + arch.PRSTATUS_PID_OFFSET
+                        notes.prstatus_pids.append(_int32(data, at))
+                        notes.prstatus_offsets.append(p_offset + at)
                     elif n_type == arch.NT_PRPSINFO:
-                        psinfo = _pid_at(f, p_offset + desc_at + arch.PRPSINFO_PID_OFFSET)
-    return CoreNotes(pids, psinfo, loads_end)
+                        at = desc_at + arch.PRPSINFO_PID_OFFSET
+                        notes.prpsinfo_pid = _int32(data, at)
+                        notes.prpsinfo_offset = p_offset + at
+    return notes
 
 
-def _pid_at(f, offset: int) -> int:
-    here = f.tell()
-    f.seek(offset)
-    value, = struct.unpack("<i", f.read(4))
-    f.seek(here)
-    return value
+def _int32(data: bytes, at: int) -> int:
+    return struct.unpack_from("<i", data, at)[0]
+
+
+def rename_threads(path: Path, notes: CoreNotes, tids: dict[int, int], pid: int) -> None:
+    """Write the target's own ids over the child's in the core's notes, in place.
+
+    The kernel names the child's thread ids, while glibc's thread list in the
+    core's memory holds the target's: without this, gdb shows every thread
+    twice, once without registers.  Only a few bytes of the note segment change.
+    """
+    with open(path, "r+b") as f:
+        for old, offset in zip(notes.prstatus_pids, notes.prstatus_offsets):
+            if old in tids:
+                f.seek(offset)
+                f.write(struct.pack("<i", tids[old]))
+        if notes.prpsinfo_offset is not None:
+            f.seek(notes.prpsinfo_offset)
+            f.write(struct.pack("<i", pid))
 
 
 def _notes(data: bytes):

@@ -132,12 +132,21 @@ class HeldThread:
         self.stopped = False
 
 
+@dataclass
+class Injection:
+    """What one syscall run in the target left behind."""
+
+    result: int  # the syscall's return value (negative errno on failure)
+    events: list[tuple[int, int]]  # (PTRACE_EVENT_*, event message) seen on the way
+    timings: dict  # seconds: capture, syscall, release, pause (the whole window)
+    regs: ptrace.Regs  # the thread's own registers, as they were when it stopped
+    sigmask: int
+
+
 def run_in_target(tid: int, at: int, nr: int, *args: int, timeout: float,
-                  check=None) -> tuple[int, list[tuple[int, int]], dict]:
+                  check=None) -> Injection:
     """Seize thread `tid`, run one syscall in it, restore it and let it go.
 
-    Returns the syscall's result, the ptrace events it reported and the
-    timings (seconds) of the stop window: capture, syscall, release, pause.
     `check(tid)` runs once the thread is stopped and may refuse by raising.
     SIGINT/SIGTERM/SIGHUP are held until the thread is released.  While the
     thread runs injected registers it carries PTRACE_O_EXITKILL: if snapcore is
@@ -172,5 +181,5 @@ def run_in_target(tid: int, at: int, nr: int, *args: int, timeout: float,
             # releases it when snapcore exits (exit_ptrace), untouched.
             held.release(deadline + 5.0)
         t3 = time.perf_counter()
-    return result, events, {"capture": t1 - t0, "syscall": t2 - t1, "release": t3 - t2,
-                            "pause": t3 - t0}
+    timings = {"capture": t1 - t0, "syscall": t2 - t1, "release": t3 - t2, "pause": t3 - t0}
+    return Injection(result, events, timings, held.regs, held.sigmask)

@@ -1,0 +1,148 @@
+"""The snapcore command: parse, call the engine, render, map errors to exit codes."""
+
+from __future__ import annotations
+
+import re
+import signal
+import sys
+from pathlib import Path
+
+import click
+from rich.console import Console
+
+from . import __version__, report
+from .corefile import default_output_dir
+from .errors import BadInput, ExitCode, Interrupted, SnapcoreError
+from .snapshot import take
+
+PID_MAX_LIMIT = 1 << 22  # PID_MAX_LIMIT on 64-bit kernels
+
+EXIT_CODES_HELP = """\b
+Exit codes:
+  0  snapshot taken          6  target not supported
+  1  internal error          7  target did not stop in time
+  2  bad command line        8  kernel wrote no core
+  3  no such process         9  core handed to a core_pattern pipe
+  4  permission denied      10  output directory unusable
+  5  already traced        130  interrupted (target released)"""
+
+
+def parse_pid(text: str) -> int:
+    if not re.fullmatch(r"[0-9]+", text.strip()):
+        raise BadInput(f"invalid pid {text!r}",
+                       "give the numeric id of a running process (see pgrep NAME)",
+                       stage="usage")
+    pid = int(text)
+    if pid <= 0 or pid >= PID_MAX_LIMIT:
+        raise BadInput(f"invalid pid {pid}", "a pid is a number from 1 up (see pgrep NAME)",
+                       stage="usage")
+    return pid
+
+
+NEGATIVE_NUMBER = re.compile(r"-[0-9]+")
+
+
+class DefaultToSnap(click.Group):
+    """`snapcore PID` means `snapcore snap PID`."""
+
+    def parse_args(self, ctx, args):
+        if args and args[0] not in self.commands and args[0] not in ("-h", "--help",
+                                                                       "--version"):
+            args = ["snap", *args]
+        # click would take `-5` for an unknown option; pass it on as the PID
+        # so that `snap` says what is wrong with it.
+        negatives = [a for a in args if NEGATIVE_NUMBER.fullmatch(a)]
+        if negatives and "--" not in args:
+            args = [a for a in args if a not in negatives] + ["--", *negatives]
+        return super().parse_args(ctx, args)
+
+
+@click.group(cls=DefaultToSnap, epilog=EXIT_CODES_HELP,
+             context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(__version__, "--version", prog_name="snapcore")
+def cli():
+    """Take a core dump of a running process without stopping it.
+
+    snapcore PID pauses the process only for as long as a fork takes
+    (milliseconds), then lets a copy-on-write child of it dump core at idle
+    priority while the process runs on.  `snapcore PID` is short for
+    `snapcore snap PID`.
+    """
+
+
+@cli.command(epilog=EXIT_CODES_HELP)
+@click.argument("pid", metavar="PID")
+@click.option("-o", "--output-dir", type=click.Path(file_okay=False, path_type=Path),
+              help="Where the core goes (created 0700). Default: $SNAPCORE_DIR, else "
+                   "/var/lib/snapcore for root, else $XDG_STATE_HOME/snapcore.")
+@click.option("--json", "as_json", is_flag=True,
+              help="Print one JSON document (errors too) instead of the summary.")
+@click.option("-q", "--quiet", is_flag=True, help="Print only the core's path.")
+@click.option("-v", "--verbose", is_flag=True,
+              help="Also show the pause split, the child and core_pattern.")
+@click.option("--timeout", type=click.FloatRange(min=0.01), default=2.0, show_default=True,
+              metavar="SECONDS",
+              help="How long to wait for the target to stop (a thread in "
+                   "uninterruptible sleep may never); the target is left untouched.")
+def snap(pid, output_dir, as_json, quiet, verbose, timeout):
+    """Snapshot process PID into a core file; the process keeps running.
+
+    The core is named TIMESTAMP_NAME_PID.core (UTC), owned by you, mode 0600,
+    so `ls` lists snapshots by time and `gdb EXE "$(snapcore -q PID)"` works.
+    """
+    out = Console(soft_wrap=True)
+    err = Console(stderr=True)
+    try:
+        target_pid = parse_pid(pid)
+        snapshot = take(target_pid, output_dir or default_output_dir(), stop_timeout=timeout)
+    except SnapcoreError as exc:
+        _fail(exc, as_json, err)
+    except KeyboardInterrupt:
+        _fail(Interrupted("interrupted", "the target was released and keeps running",
+                          stage="interrupt"), as_json, err)
+    piped = snapshot.core_path is None
+    if as_json:
+        report.print_json(report.snapshot_dict(snapshot))
+    elif quiet:
+        if not piped:
+            click.echo(str(snapshot.core_path))
+    else:
+        report.print_snapshot(snapshot, verbose, out)
+    if piped:
+        if quiet:
+            err.print(f"snapcore: core handed to {snapshot.core_pattern.handler}: "
+                      f"{report.pipe_lookup(snapshot)}", markup=False, highlight=False)
+        sys.exit(ExitCode.CORE_PIPED)
+
+
+def _fail(exc: SnapcoreError, as_json: bool, err: Console):
+    if as_json:
+        report.print_json({"ok": False, "error": exc.as_dict()})
+    else:
+        report.print_error(exc, err)
+    sys.exit(int(exc.exit_code))
+
+
+def _stop_requested(signum, frame):
+    # SIGTERM and SIGHUP end snapcore like Ctrl-C: through the engine's cleanup
+    # (which holds them while the target is stopped), never mid-injection.
+    raise KeyboardInterrupt
+
+
+def main(argv=None):
+    signal.signal(signal.SIGTERM, _stop_requested)
+    signal.signal(signal.SIGHUP, _stop_requested)
+    args = sys.argv[1:] if argv is None else list(argv)
+    if not args:
+        click.echo(cli.get_help(click.Context(cli, info_name="snapcore")), err=True)
+        sys.exit(ExitCode.USAGE)
+    try:
+        cli.main(args=args, prog_name="snapcore", standalone_mode=False)
+    except click.UsageError as exc:
+        _fail(BadInput(exc.format_message(), "see snapcore --help", stage="usage"),
+              "--json" in args, Console(stderr=True))
+    except click.exceptions.Abort:
+        sys.exit(ExitCode.INTERRUPTED)
+    except click.exceptions.Exit as exc:
+        sys.exit(exc.exit_code)
+    sys.exit(0)

@@ -1,0 +1,93 @@
+"""Render snapshots and errors: rich for people, one JSON document for scripts."""
+
+from __future__ import annotations
+
+import json
+
+from rich.console import Console
+from rich.table import Table
+
+from .errors import SnapcoreError
+from .snapshot import Snapshot
+
+
+def _ms(seconds: float) -> float:
+    return round(seconds * 1000.0, 3)
+
+
+def snapshot_dict(snap: Snapshot) -> dict:
+    t = snap.target
+    pattern = snap.core_pattern
+    doc = {
+        "ok": True,
+        "target": {"pid": t.pid, "name": t.name, "exe": t.exe, "uid": t.uid},
+        "core": ({"path": str(snap.core_path), "size": snap.core_size}
+                 if snap.core_path else None),
+        "pause_ms": _ms(snap.pause["pause"]),
+        "pause_split_ms": {"capture": _ms(snap.pause["capture"]),
+                           "fork": _ms(snap.pause["syscall"]),
+                           "release": _ms(snap.pause["release"])},
+        "reap_pause_ms": _ms(snap.reap_pause),
+        "dump_seconds": round(snap.dump_seconds, 3),
+        "threads": snap.threads,
+        "child_pid": snap.child_pid,
+        "core_pattern": {"kind": pattern.kind, "pattern": pattern.pattern},
+        "taken_at": snap.taken_at.isoformat().replace("+00:00", "Z"),
+        "notes": snap.notes,
+    }
+    if pattern.kind == "pipe":
+        doc["core_pattern"]["handler"] = pattern.handler
+        doc["core_pattern"]["lookup"] = pipe_lookup(snap)
+    return doc
+
+
+def pipe_lookup(snap: Snapshot) -> str:
+    handler = snap.core_pattern.handler
+    if "systemd-coredump" in handler:
+        return f"coredumpctl info {snap.child_pid}"
+    return f"look for pid {snap.child_pid} where {handler} stores cores"
+
+
+def print_json(doc: dict) -> None:
+    print(json.dumps(doc, indent=2))
+
+
+def print_snapshot(snap: Snapshot, verbose: bool, console: Console) -> None:
+    t = snap.target
+    grid = Table.grid(padding=(0, 2))
+    grid.add_column(style="bold")
+    grid.add_column()
+    grid.add_row("target", f"{t.name} (pid {t.pid}) {t.exe}")
+    pause = f"{snap.pause_ms:.2f} ms"
+    if verbose:
+        p = snap.pause
+        pause += (f"  (capture {_ms(p['capture']):.3f}, fork {_ms(p['syscall']):.3f}, "
+                  f"release {_ms(p['release']):.3f} ms; reap {_ms(snap.reap_pause):.3f} ms)")
+    grid.add_row("paused", pause)
+    grid.add_row("dumped", f"{snap.dump_seconds:.2f} s at idle priority")
+    grid.add_row("threads", str(snap.threads))
+    if snap.core_path:
+        grid.add_row("size", _size(snap.core_size))
+        grid.add_row("core", str(snap.core_path))
+    else:
+        grid.add_row("core", f"handed to {snap.core_pattern.handler} by core_pattern: "
+                             f"{pipe_lookup(snap)}")
+    if verbose:
+        grid.add_row("child", f"pid {snap.child_pid}")
+        grid.add_row("core_pattern", f"{snap.core_pattern.pattern} ({snap.core_pattern.kind})")
+        for note in snap.notes:
+            grid.add_row("note", note)
+    console.print(grid)
+
+
+def print_error(err: SnapcoreError, console: Console) -> None:
+    console.print(f"snapcore: error: {err.one_line()}", markup=False, highlight=False,
+                  soft_wrap=True)
+
+
+def _size(n: int) -> str:
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if n < 1024 or unit == "GiB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1024
+    return str(n)

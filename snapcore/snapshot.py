@@ -1,0 +1,153 @@
+"""The snapshot sequence: check -> fork the target -> release it -> prepare the
+child -> let the kernel dump it -> reap it -> store the core.
+
+The engine never prints; it returns a `Snapshot` or raises a SnapcoreError.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import time
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+
+from . import arch, child as childmod, corefile, ptrace
+from .errors import (CoreNotWritten, InternalError, NoSuchProcess, SnapcoreError,
+                     Unsupported)
+from .inject import run_in_target
+from .target import Target, describe, find_syscall_instruction, start_time
+
+# clone flags: none at all, and exit_signal 0 in the low byte.  With no exit
+# signal the target gets no SIGCHLD and its ordinary wait()/waitpid(-1) never
+# see the child (only __WALL/__WCLONE waits do); a plain fork would show a
+# supervising process an unknown child dying of SIGABRT.
+CLONE_FLAGS = 0
+WAIT4_OPTIONS = ptrace.WALL | os.WNOHANG
+
+
+@dataclass
+class Snapshot:
+    target: Target
+    core_path: Path | None
+    core_size: int
+    pause: dict  # seconds: capture, syscall (the fork), release, pause (their sum)
+    reap_pause: float
+    dump_seconds: float
+    threads: int
+    child_pid: int
+    core_pattern: corefile.CorePattern
+    taken_at: datetime
+    notes: list[str] = field(default_factory=list)
+
+    @property
+    def pause_ms(self) -> float:
+        return self.pause["pause"] * 1000.0
+
+
+def take(pid: int, output_dir: Path, *, stop_timeout: float = 2.0) -> Snapshot:
+    """Snapshot process `pid` into `output_dir`; the target keeps running."""
+    target = describe(pid)
+    pattern = corefile.read_core_pattern()
+    if target.core_hard == 0 and pattern.kind != "pipe":
+        raise CoreNotWritten(f"core not written: hard RLIMIT_CORE of {pid} ({target.name}) "
+                             "is 0", "raise it where the process is started (ulimit -Hc, "
+                             "LimitCORE= in its systemd unit)", pid=pid, stage="preflight")
+    output_dir = corefile.prepare_output_dir(output_dir)
+    at = find_syscall_instruction(pid)
+    staging = (corefile.make_staging_dir(output_dir, target.uid, target.gid)
+               if pattern.kind == "relative" else None)
+    try:
+        with ptrace.signals_held([signal.SIGCHLD]):
+            return _take(target, pattern, output_dir, staging, at, stop_timeout)
+    except SnapcoreError as exc:
+        exc.pid = exc.pid if exc.pid is not None else pid
+        raise
+    finally:
+        if staging is not None:
+            shutil.rmtree(staging, ignore_errors=True)
+
+
+def _take(target: Target, pattern: corefile.CorePattern, output_dir: Path,
+          staging: Path | None, at: int, stop_timeout: float) -> Snapshot:
+    pid = target.pid
+
+    def same_process(tid: int) -> None:
+        # Pins the identity: the pid could have been reused since describe().
+        if start_time(pid) != target.start_time:
+            raise NoSuchProcess(f"process {pid} exited and its pid was reused",
+                                "check the pid again", pid=pid, stage="capture")
+        if ptrace.regs_size(tid) != arch.REGS_SIZE:
+            raise Unsupported(f"process {pid} ({target.name}) is not a 64-bit process",
+                              "snapcore supports 64-bit x86_64 processes only",
+                              pid=pid, stage="capture")
+
+    taken_at = datetime.now(timezone.utc)
+    fork = run_in_target(pid, at, arch.NR["clone"], CLONE_FLAGS, 0, 0, 0, 0,
+                         timeout=stop_timeout, check=same_process)
+    if fork.result < 0:
+        raise InternalError(f"clone in process {pid} failed: {os.strerror(-fork.result)}",
+                            "the target was restored and is running", pid=pid,
+                            stage="fork")
+    child_ns_pid = fork.result  # the pid the target knows it by (its namespace)
+    clone_events = [msg for event, msg in fork.events if event == ptrace.EVENT_CLONE]
+    if not clone_events:
+        raise InternalError("clone ran but reported no child", pid=pid, stage="fork")
+    kid = childmod.Child(clone_events[0])
+    since = time.time()
+    reap_pause = 0.0
+    try:
+        childmod.prepare(kid, at, core_hard=target.core_hard,
+                         staging=str(staging) if staging else None,
+                         deadline=time.monotonic() + 30)
+        ended, dump_seconds = childmod.dump(kid, fork.regs, fork.sigmask)
+    finally:
+        childmod.kill(kid)  # only when something above failed: otherwise it is dead
+        reap = run_in_target(pid, at, arch.NR["wait4"], child_ns_pid, 0, WAIT4_OPTIONS, 0,
+                             timeout=stop_timeout)
+        reap_pause = reap.timings["pause"]
+    snap = Snapshot(target=target, core_path=None, core_size=0, pause=fork.timings,
+                    reap_pause=reap_pause, dump_seconds=dump_seconds, threads=1,
+                    child_pid=kid.pid, core_pattern=pattern, taken_at=taken_at,
+                    notes=kid.notes)
+    if reap.result not in (child_ns_pid, -10):  # -ECHILD: the target reaped it itself
+        snap.notes.append(f"wait4 in the target returned {reap.result}")
+    if not ended.core_dumped:
+        raise CoreNotWritten(_why_no_core(target, ended, pattern), pid=pid, stage="dump")
+    if pattern.kind == "pipe":
+        return snap
+    found = corefile.find_core(
+        corefile.expand(pattern, pid=kid.pid, uid=target.uid, gid=target.gid,
+                        comm=target.name, exe=target.exe,
+                        soft_limit=target.core_hard),
+        staging, since)
+    if found is None:
+        raise CoreNotWritten(f"the kernel reported a core but none was found for "
+                             f"core_pattern {pattern.pattern!r}",
+                             "check core_pattern and the target's working directory",
+                             pid=pid, stage="core")
+    notes = corefile.check_core(found, kid.pid)
+    corefile.rename_threads(found, notes, {kid.pid: pid}, pid)
+    snap.core_path = corefile.store(found, output_dir,
+                                    corefile.core_name(target.name, pid, taken_at))
+    snap.core_size = snap.core_path.stat().st_size
+    return snap
+
+
+def _why_no_core(target: Target, ended: ptrace.Stop, pattern: corefile.CorePattern) -> str:
+    how = (f"exited with status {os.WEXITSTATUS(ended.status)}" if ended.kind == "exited"
+           else f"died of signal {ended.sig} without a core")
+    reasons = []
+    if target.uid != os.geteuid() and _proc_owned_by_root(target.pid):
+        reasons.append("the target is not dumpable (PR_SET_DUMPABLE 0)")
+    reasons.append(f"core_pattern is {pattern.pattern!r}")
+    return f"core not written: the snapshot child {how} ({'; '.join(reasons)})"
+
+
+def _proc_owned_by_root(pid: int) -> bool:
+    try:
+        return os.stat(f"/proc/{pid}").st_uid == 0
+    except OSError:
+        return False

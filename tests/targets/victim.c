@@ -1,0 +1,220 @@
+/*
+ * A target that checks itself.  usage: victim MODE REPORT_FILE
+ *
+ * MODE is where the main thread blocks between heartbeats:
+ *   sleep   nanosleep(300 ms), checking it never returns early or with EINTR
+ *   read    read() on stdin; every line read is reported as "got LINE"
+ *   accept  accept() on 127.0.0.1 (the port is reported as "port N")
+ *   futex   a raw FUTEX_WAIT that a helper thread wakes per stdin line
+ *   busy    a computing loop (busy_loop) that never enters the kernel
+ *
+ * Every violation is appended to REPORT_FILE as a "VIOLATION ..." line, by
+ * path (not by descriptor), so that a copy of this process with its
+ * descriptors closed would still be caught.  Heartbeats are "hb PID": a copy
+ * running this code would write its own pid.
+ */
+#define _GNU_SOURCE
+#include <arpa/inet.h>
+#include <errno.h>
+#include <fcntl.h>
+#include <linux/futex.h>
+#include <netinet/in.h>
+#include <pthread.h>
+#include <signal.h>
+#include <stdarg.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/socket.h>
+#include <sys/syscall.h>
+#include <sys/wait.h>
+#include <time.h>
+#include <unistd.h>
+
+static const char *report_path;
+
+static void report(const char *fmt, ...)
+{
+    char line[512];
+    va_list ap;
+    va_start(ap, fmt);
+    int n = vsnprintf(line, sizeof line - 1, fmt, ap);
+    va_end(ap);
+    if (n < 0)
+        return;
+    if (n > (int)sizeof line - 2)
+        n = sizeof line - 2;
+    line[n++] = '\n';
+    int fd = open(report_path, O_WRONLY | O_APPEND | O_CREAT, 0666);
+    if (fd >= 0) {
+        (void)!write(fd, line, n);
+        close(fd);
+    }
+}
+
+static void on_sigchld(int sig)
+{
+    (void)sig;
+    report("VIOLATION SIGCHLD received by %d", getpid());
+}
+
+static void on_sigabrt(int sig)
+{
+    (void)sig;
+    report("VIOLATION SIGABRT handler ran in %d", getpid());
+}
+
+static void after_each_round(void)
+{
+    int status;
+    pid_t reaped = waitpid(-1, &status, WNOHANG);
+    if (reaped > 0)
+        report("VIOLATION reaped child %d", reaped);
+    report("hb %d", getpid());
+}
+
+static double now(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return ts.tv_sec + ts.tv_nsec / 1e9;
+}
+
+static void ready(void)
+{
+    printf("ready\n");
+    fflush(stdout);
+}
+
+static void mode_sleep(void)
+{
+    ready();
+    for (;;) {
+        struct timespec ts = {0, 300 * 1000 * 1000};
+        double start = now();
+        if (nanosleep(&ts, NULL) != 0)
+            report("VIOLATION nanosleep: %s", strerror(errno));
+        else if (now() - start < 0.299)
+            report("VIOLATION nanosleep returned after %.3f s", now() - start);
+        after_each_round();
+    }
+}
+
+static void mode_read(void)
+{
+    char buf[256];
+    ready();
+    for (;;) {
+        ssize_t n = read(0, buf, sizeof buf - 1);
+        if (n < 0) {
+            report("VIOLATION read: %s", strerror(errno));
+            sleep(1);
+        } else if (n == 0) {
+            exit(0);
+        } else {
+            buf[n] = 0;
+            buf[strcspn(buf, "\n")] = 0;
+            report("got %s", buf);
+        }
+        after_each_round();
+    }
+}
+
+static void mode_accept(void)
+{
+    int s = socket(AF_INET, SOCK_STREAM, 0);
+    struct sockaddr_in addr = {.sin_family = AF_INET, .sin_addr.s_addr = htonl(INADDR_LOOPBACK)};
+    socklen_t len = sizeof addr;
+    if (s < 0 || bind(s, (struct sockaddr *)&addr, sizeof addr) || listen(s, 8) ||
+        getsockname(s, (struct sockaddr *)&addr, &len)) {
+        perror("socket");
+        exit(2);
+    }
+    report("port %d", ntohs(addr.sin_port));
+    ready();
+    for (;;) {
+        int c = accept(s, NULL, NULL);
+        if (c < 0) {
+            report("VIOLATION accept: %s", strerror(errno));
+            sleep(1);
+        } else {
+            report("accepted");
+            close(c);
+        }
+        after_each_round();
+    }
+}
+
+static uint32_t futex_word;
+
+static void *futex_waker(void *arg)
+{
+    char buf[256];
+    (void)arg;
+    while (read(0, buf, sizeof buf) > 0) {
+        __atomic_store_n(&futex_word, 1, __ATOMIC_SEQ_CST);
+        syscall(SYS_futex, &futex_word, FUTEX_WAKE, 1, NULL, NULL, 0);
+    }
+    return NULL;
+}
+
+static void mode_futex(void)
+{
+    pthread_t t;
+    pthread_create(&t, NULL, futex_waker, NULL);
+    ready();
+    for (;;) {
+        long r = syscall(SYS_futex, &futex_word, FUTEX_WAIT, 0, NULL, NULL, 0);
+        if (r != 0 && errno != EAGAIN)
+            report("VIOLATION futex: %s", strerror(errno));
+        if (__atomic_exchange_n(&futex_word, 0, __ATOMIC_SEQ_CST) == 1)
+            report("woken");
+        after_each_round();
+    }
+}
+
+static volatile uint64_t busy_sink;
+
+__attribute__((noinline)) static void busy_loop(void)
+{
+    uint64_t x = 1;
+    for (uint64_t i = 0; i < 200 * 1000 * 1000ULL; i++)
+        x = x * 6364136223846793005ULL + 1442695040888963407ULL;
+    busy_sink = x;
+}
+
+static void mode_busy(void)
+{
+    ready();
+    for (;;) {
+        busy_loop();
+        after_each_round();
+    }
+}
+
+int main(int argc, char **argv)
+{
+    if (argc != 3) {
+        fprintf(stderr, "usage: victim sleep|read|accept|futex|busy REPORT_FILE\n");
+        return 2;
+    }
+    report_path = argv[2];
+    struct sigaction sa = {.sa_handler = on_sigchld, .sa_flags = SA_RESTART};
+    sigaction(SIGCHLD, &sa, NULL);
+    sa.sa_handler = on_sigabrt;
+    sigaction(SIGABRT, &sa, NULL);
+    const char *mode = argv[1];
+    if (!strcmp(mode, "sleep"))
+        mode_sleep();
+    else if (!strcmp(mode, "read"))
+        mode_read();
+    else if (!strcmp(mode, "accept"))
+        mode_accept();
+    else if (!strcmp(mode, "futex"))
+        mode_futex();
+    else if (!strcmp(mode, "busy"))
+        mode_busy();
+    fprintf(stderr, "unknown mode %s\n", mode);
+    return 2;
+}
