@@ -7,6 +7,7 @@
  *   accept  accept() on 127.0.0.1 (the port is reported as "port N")
  *   futex   a raw FUTEX_WAIT that a helper thread wakes per stdin line
  *   busy    a computing loop (busy_loop) that never enters the kernel
+ *   seccomp installs an allow-all seccomp filter, then behaves like sleep
  *
  * Every violation is appended to REPORT_FILE as a "VIOLATION ..." line, by
  * path (not by descriptor), so that a copy of this process with its
@@ -17,7 +18,9 @@
 #include <arpa/inet.h>
 #include <errno.h>
 #include <fcntl.h>
+#include <linux/filter.h>
 #include <linux/futex.h>
+#include <linux/seccomp.h>
 #include <netinet/in.h>
 #include <pthread.h>
 #include <signal.h>
@@ -26,6 +29,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/prctl.h>
 #include <sys/socket.h>
 #include <sys/syscall.h>
 #include <sys/wait.h>
@@ -193,6 +197,16 @@ static void mode_busy(void)
     }
 }
 
+static void install_allow_all_filter(void)
+{
+    struct sock_filter allow = BPF_STMT(BPF_RET | BPF_K, SECCOMP_RET_ALLOW);
+    struct sock_fprog prog = {.len = 1, .filter = &allow};
+    if (prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) || prctl(PR_SET_SECCOMP, SECCOMP_MODE_FILTER, &prog)) {
+        perror("seccomp");
+        exit(2);
+    }
+}
+
 int main(int argc, char **argv)
 {
     if (argc != 3) {
@@ -215,6 +229,10 @@ int main(int argc, char **argv)
         mode_futex();
     else if (!strcmp(mode, "busy"))
         mode_busy();
+    else if (!strcmp(mode, "seccomp")) {
+        install_allow_all_filter();
+        mode_sleep();
+    }
     fprintf(stderr, "unknown mode %s\n", mode);
     return 2;
 }

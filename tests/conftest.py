@@ -1,0 +1,162 @@
+"""Real targets for real snapshots: C programs compiled here, which check themselves.
+
+A target appends every violation it sees (EINTR from a restartable call, a
+SIGCHLD, a reaped child, its SIGABRT handler running) to a report file, and a
+heartbeat "hb PID" after each round of its main loop.  A copy of the target
+that ran the target's code would write a heartbeat with another pid.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import pwd
+import resource
+import select
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import psutil
+import pytest
+
+TARGETS = Path(__file__).parent / "targets"
+
+
+@pytest.fixture(scope="session")
+def build_dir():
+    # World-readable, so targets started as `nobody` can run from it.
+    path = Path(tempfile.mkdtemp(prefix="snapcore-tests-"))
+    path.chmod(0o755)
+    yield path
+    shutil.rmtree(path, ignore_errors=True)
+
+
+@pytest.fixture(scope="session")
+def victim_exe(build_dir):
+    exe = build_dir / "victim"
+    subprocess.run(["gcc", "-Wall", "-Werror", "-g", "-O0", "-pthread", "-o", str(exe),
+                    str(TARGETS / "victim.c")], check=True)
+    return exe
+
+
+@pytest.fixture
+def out_dir(tmp_path):
+    return tmp_path / "cores"
+
+
+class Victim:
+    def __init__(self, exe: Path, mode: str, report: Path, user: str | None = None,
+                 core_limit: tuple[int, int] | None = None):
+        self.exe = exe
+        self.mode = mode
+        self.report = report
+        report.touch()
+        report.chmod(0o666)
+        account = pwd.getpwnam(user) if user else None
+
+        def setup():
+            if core_limit is not None:
+                resource.setrlimit(resource.RLIMIT_CORE, core_limit)
+            if account:
+                os.setgroups([])
+                os.setgid(account.pw_gid)
+                os.setuid(account.pw_uid)
+
+        self.proc = subprocess.Popen([str(exe), mode, str(report)], stdin=subprocess.PIPE,
+                                     stdout=subprocess.PIPE, preexec_fn=setup, cwd="/")
+        self.pid = self.proc.pid
+        ready, _, _ = select.select([self.proc.stdout], [], [], 10)
+        line = self.proc.stdout.readline() if ready else b""
+        assert line == b"ready\n", f"target {mode} did not start: {line!r}"
+
+    def send(self, text: str) -> None:
+        self.proc.stdin.write(text.encode())
+        self.proc.stdin.flush()
+
+    def lines(self) -> list[str]:
+        return self.report.read_text().splitlines()
+
+    def wait_for_line(self, wanted: str, timeout: float = 5.0) -> None:
+        end = time.monotonic() + timeout
+        while time.monotonic() < end:
+            if wanted in self.lines():
+                return
+            time.sleep(0.02)
+        raise AssertionError(f"target never reported {wanted!r}: {self.lines()}")
+
+    def heartbeats(self) -> int:
+        return sum(1 for line in self.lines() if line.startswith("hb "))
+
+    def wait_for_heartbeats(self, more_than: int, timeout: float = 5.0) -> None:
+        end = time.monotonic() + timeout
+        while self.heartbeats() <= more_than:
+            assert time.monotonic() < end, f"target stopped beating: {self.lines()}"
+            time.sleep(0.02)
+
+    def assert_unharmed(self) -> None:
+        """Running, not stopped, not traced, no child, no violation, only its own heartbeats."""
+        assert self.proc.poll() is None, f"target died: {self.proc.returncode}"
+        status = dict(line.split(":\t", 1) for line in
+                      Path(f"/proc/{self.pid}/status").read_text().splitlines()
+                      if ":\t" in line)
+        assert status["State"][0] not in "tTZ", status["State"]
+        assert status["TracerPid"].strip() == "0"
+        for tid in os.listdir(f"/proc/{self.pid}/task"):
+            state = Path(f"/proc/{self.pid}/task/{tid}/stat").read_text().rsplit(")", 1)[1]
+            assert state.split()[0] not in "tT", f"thread {tid} left stopped"
+        children = psutil.Process(self.pid).children()
+        assert children == [], f"target has children: {children}"
+        lines = self.lines()
+        assert [x for x in lines if x.startswith("VIOLATION")] == []
+        beats = {x.split()[1] for x in lines if x.startswith("hb ")}
+        assert beats <= {str(self.pid)}, f"heartbeats from another pid: {beats}"
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.kill()
+        self.proc.wait()
+
+
+@pytest.fixture
+def start_victim(victim_exe, tmp_path):
+    started = []
+    # The report lives where `nobody` can write it.
+    shared = Path(tempfile.mkdtemp(prefix="snapcore-report-"))
+    shared.chmod(0o777)
+
+    def start(mode: str, **kwargs) -> Victim:
+        v = Victim(victim_exe, mode, shared / f"{mode}-{len(started)}.txt", **kwargs)
+        started.append(v)
+        return v
+
+    yield start
+    for v in started:
+        v.stop()
+    shutil.rmtree(shared, ignore_errors=True)
+
+
+def run_snapcore(*args: str, check: bool = False, timeout: float = 120):
+    """Run the real command, as an operator would."""
+    proc = subprocess.run([sys.executable, "-m", "snapcore", *args], capture_output=True,
+                          text=True, timeout=timeout)
+    if check:
+        assert proc.returncode == 0, proc.stderr
+    return proc
+
+
+def snap_json(*args: str) -> tuple[int, dict]:
+    proc = run_snapcore("--json", *args)
+    return proc.returncode, json.loads(proc.stdout)
+
+
+def gdb(exe: Path, core: Path, *commands: str) -> str:
+    cmd = ["gdb", "-batch", "-nx"]
+    for c in commands:
+        cmd += ["-ex", c]
+    proc = subprocess.run(cmd + [str(exe), str(core)], capture_output=True, text=True,
+                          timeout=120)
+    return proc.stdout + proc.stderr

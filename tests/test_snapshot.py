@@ -1,0 +1,143 @@
+"""End-to-end: snapcore PID on real processes, checked from inside the target and in the core."""
+
+from __future__ import annotations
+
+import os
+import socket
+import stat
+import time
+from pathlib import Path
+
+import pytest
+from elftools.elf.elffile import ELFFile
+
+from conftest import gdb, snap_json
+
+# What each target mode does after the snapshot to prove its blocking call
+# came back with the right result, and the function its core must show.
+MODES = {
+    "sleep": ("mode_sleep", None),
+    "read": ("mode_read", "read"),
+    "accept": ("mode_accept", "accept"),
+    "futex": ("mode_futex", "futex"),
+    "busy": ("busy_loop", None),
+}
+
+
+def prstatus_pids(core: Path) -> list[int]:
+    """Thread ids in the core's NT_PRSTATUS notes, read with pyelftools (not snapcore)."""
+    pids = []
+    with open(core, "rb") as f:
+        for segment in ELFFile(f).iter_segments():
+            if segment["p_type"] != "PT_NOTE":
+                continue
+            for note in segment.iter_notes():
+                if note["n_type"] == "NT_PRSTATUS":
+                    # struct elf_prstatus: siginfo (12), cursig (2+2), sigpend (8),
+                    # sighold (8), then pr_pid.
+                    pids.append(int.from_bytes(note["n_desc"][32:36], "little"))
+    return pids
+
+
+def poke(victim, action: str) -> None:
+    """Make the target's blocking call return, and check it got the right result."""
+    if action == "read":
+        victim.send("hello\n")
+        victim.wait_for_line("got hello")
+    elif action == "accept":
+        port = int(next(x for x in victim.lines() if x.startswith("port ")).split()[1])
+        socket.create_connection(("127.0.0.1", port), timeout=5).close()
+        victim.wait_for_line("accepted")
+    elif action == "futex":
+        victim.send("wake\n")
+        victim.wait_for_line("woken")
+
+
+@pytest.mark.parametrize("mode", list(MODES))
+def test_snapshot_leaves_blocked_target_unharmed(mode, start_victim, out_dir, victim_exe):
+    function, action = MODES[mode]
+    victim = start_victim(mode)
+    time.sleep(0.4)  # let it settle into its blocking call
+    beats = victim.heartbeats()
+
+    code, doc = snap_json("-o", str(out_dir), str(victim.pid))
+
+    assert code == 0, doc
+    assert doc["target"]["pid"] == victim.pid
+    assert doc["threads"] == 1
+    assert doc["child_pid"] != victim.pid
+    assert 0 < doc["pause_ms"] < 1000
+    core = Path(doc["core"]["path"])
+    assert core.parent == out_dir
+    assert core.name.endswith(f"_victim_{victim.pid}.core")
+    st = core.stat()
+    assert stat.S_IMODE(st.st_mode) == 0o600 and st.st_uid == os.geteuid()
+    assert st.st_size == doc["core"]["size"]
+    # The call the target was blocked in completes normally afterwards.
+    poke(victim, action)
+    victim.wait_for_heartbeats(beats if action else beats + 1)
+    victim.assert_unharmed()
+    # The core shows the target where it was, under its own thread id.
+    assert prstatus_pids(core) == [victim.pid]
+    trace = gdb(victim_exe, core, "info threads", "bt")
+    assert function in trace, trace
+    assert f"LWP {victim.pid}" in trace
+    assert "Couldn't find general-purpose registers" not in trace
+
+
+def test_busy_thread_core_shows_rip_inside_loop(start_victim, out_dir, victim_exe):
+    victim = start_victim("busy")
+    code, doc = snap_json("-o", str(out_dir), str(victim.pid))
+    assert code == 0, doc
+    out = gdb(victim_exe, Path(doc["core"]["path"]), "info symbol $pc")
+    assert "busy_loop" in out, out
+    victim.assert_unharmed()
+
+
+def test_target_of_another_user_gets_core_owned_by_root(start_victim, out_dir):
+    victim = start_victim("sleep", user="nobody")
+    code, doc = snap_json("-o", str(out_dir), str(victim.pid))
+    assert code == 0, doc
+    core = Path(doc["core"]["path"])
+    st = core.stat()
+    assert (st.st_uid, stat.S_IMODE(st.st_mode)) == (0, 0o600)
+    assert doc["target"]["uid"] != 0
+    victim.wait_for_heartbeats(victim.heartbeats())
+    victim.assert_unharmed()
+    # No staging directory is left behind.
+    assert not [p for p in os.listdir("/var/tmp") if p.startswith(".snapcore-staging-")]
+    assert os.listdir(out_dir) == [core.name]
+
+
+def test_repeated_snapshots_are_distinct_and_sorted(start_victim, out_dir):
+    victim = start_victim("read")
+    paths = [snap_json("-o", str(out_dir), str(victim.pid))[1]["core"]["path"]
+             for _ in range(3)]
+    assert len(set(paths)) == 3
+    assert sorted(os.listdir(out_dir)) == [Path(p).name for p in paths]
+    poke(victim, "read")
+    victim.assert_unharmed()
+
+
+def test_sigint_at_any_moment_leaves_target_running(start_victim, out_dir):
+    """Ctrl-C lands before, during and after the stop window: the target never suffers."""
+    import signal
+    import subprocess
+    import sys
+
+    victim = start_victim("sleep")
+    for delay in (0.0, 0.05, 0.1, 0.15, 0.2, 0.25, 0.3, 0.4):
+        proc = subprocess.Popen([sys.executable, "-m", "snapcore", "-o", str(out_dir),
+                                 str(victim.pid)], stdout=subprocess.PIPE,
+                                stderr=subprocess.PIPE, text=True)
+        time.sleep(delay)
+        proc.send_signal(signal.SIGINT)
+        _, err = proc.communicate(timeout=60)
+        # -2: the interpreter was still starting and died of SIGINT before
+        # snapcore touched anything.
+        assert proc.returncode in (0, 130, -signal.SIGINT), err
+        if proc.returncode == 130:
+            assert err.startswith("snapcore: error: interrupted"), err
+        victim.assert_unharmed()
+    victim.wait_for_heartbeats(victim.heartbeats())
+    victim.assert_unharmed()
