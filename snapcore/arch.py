@@ -31,6 +31,7 @@ NR = {
     "wait4": 61,
     "chdir": 80,
     "setpriority": 141,
+    "prctl": 157,
     "sched_setscheduler": 144,
     "restart_syscall": 219,
     "ioprio_set": 251,

@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 
 from . import arch, ptrace
 from .errors import CoreNotWritten, InternalError, NoSuchProcess
-from .inject import syscall, wait_for_interrupt_stop
+from .inject import HeldThread, syscall, wait_for_interrupt_stop
 
 PAGE = 4096
 PROT_READ_WRITE = 0x3
@@ -35,6 +35,12 @@ _RLIMIT_AT = 128  # struct rlimit {soft, hard}
 _PATH_AT = 256  # the staging directory, NUL-terminated
 
 
+# A thread of the child that shares everything with it, like a pthread.
+CLONE_THREAD_FLAGS = (0x100 | 0x200 | 0x400 | 0x800  # VM, FS, FILES, SIGHAND
+                      | 0x10000 | 0x40000)  # THREAD, SYSVSEM
+PR_SET_NAME = 15
+
+
 @dataclass
 class Child:
     """The child as the tracer sees it; `pid` is in snapcore's pid namespace."""
@@ -42,9 +48,15 @@ class Child:
     pid: int
     notes: list[str] = field(default_factory=list)  # setup steps that failed harmlessly
     alive: bool = True
+    # Each thread of the child (its tid in snapcore's namespace) -> the
+    # target thread whose state it carries.
+    threads: dict[int, int] = field(default_factory=dict)
 
 
-def prepare(child: Child, at: int, *, core_hard: int, staging: str | None,
+_NAME_AT = 512  # the target's name, NUL-terminated (at most 15 bytes + NUL)
+
+
+def prepare(child: Child, at: int, *, core_hard: int, staging: str | None, name: str,
             deadline: float) -> None:
     """Make the child harmless and cheap, then wait at a syscall stop for `dump`."""
     pid = child.pid
@@ -62,6 +74,8 @@ def prepare(child: Child, at: int, *, core_hard: int, staging: str | None,
     if staging:
         path = staging.encode() + b"\0"
         page[_PATH_AT:_PATH_AT + len(path)] = path
+    comm = name.encode()[:15] + b"\0"
+    page[_NAME_AT:_NAME_AT + len(comm)] = comm
     with open(f"/proc/{pid}/mem", "r+b", buffering=0) as mem:
         mem.seek(scratch)
         mem.write(bytes(page))
@@ -73,21 +87,24 @@ def prepare(child: Child, at: int, *, core_hard: int, staging: str | None,
     ]
     if staging:
         required.append(("chdir", (scratch + _PATH_AT,)))
-    for name, args in required:
-        ret = call(name, *args)
+    for syscall_name, args in required:
+        ret = call(syscall_name, *args)
         if ret < 0:
-            raise CoreNotWritten(f"{name} in the snapshot child failed: "
+            raise CoreNotWritten(f"{syscall_name} in the snapshot child failed: "
                                  f"{os.strerror(-ret)}", stage="child")
 
     # Make the child cheap for the machine; each is best effort.
-    for name, args in [
+    # The forking thread may be a worker with its own name; the core's
+    # process name (NT_PRPSINFO) and core_pattern's %e come from the child.
+    for syscall_name, args in [
+        ("prctl", (PR_SET_NAME, scratch + _NAME_AT)),
         ("sched_setscheduler", (0, SCHED_IDLE, scratch + _SCHED_PARAM_AT)),
         ("setpriority", (PRIO_PROCESS, 0, 19)),
         ("ioprio_set", (IOPRIO_WHO_PROCESS, 0, IOPRIO_CLASS_IDLE << 13)),
     ]:
-        ret = call(name, *args)
+        ret = call(syscall_name, *args)
         if ret < 0:
-            child.notes.append(f"{name}: {os.strerror(-ret)}")
+            child.notes.append(f"{syscall_name}: {os.strerror(-ret)}")
     _close_files(pid, call)
     call("munmap", scratch, PAGE)
     try:
@@ -109,16 +126,51 @@ def _close_files(pid: int, call) -> None:
         call("close", fd)
 
 
-def dump(child: Child, regs: ptrace.Regs, sigmask: int) -> tuple[ptrace.Stop, float]:
-    """Give the child the target's registers back and let SIGABRT dump it.
+def resurrect(child: Child, at: int, threads: list[HeldThread], deadline: float) -> None:
+    """Give the child one thread per other target thread, with that thread's state.
+
+    fork copies only the calling thread.  Each clone(CLONE_THREAD) made inside
+    the child starts attached and stopped (the child inherited TRACECLONE), and
+    never runs: it takes the target thread's registers (fs_base included),
+    extended state and signal mask, so the kernel's core holds one
+    NT_PRSTATUS and FP state per target thread.
+    """
+    pid = child.pid
+    base = ptrace.get_regs(pid)
+    for thread in threads:
+        sp = getattr(thread.regs, arch.REG_SP)
+        ret, events = syscall(pid, base, at, arch.NR["clone"], CLONE_THREAD_FLAGS, sp, 0, 0, 0,
+                              deadline=deadline)
+        born = [msg for event, msg in events if event == ptrace.EVENT_CLONE]
+        if ret < 0 or not born:
+            raise InternalError(f"could not recreate thread {thread.tid} in the snapshot "
+                                f"child ({os.strerror(-ret) if ret < 0 else 'no event'})",
+                                stage="child")
+        tid = born[0]
+        child.threads[tid] = thread.tid
+        wait_for_interrupt_stop(tid, deadline)
+        ptrace.set_regs(tid, thread.regs)
+        if thread.xstate:
+            ptrace.set_xstate(tid, thread.xstate)
+        ptrace.set_sigmask(tid, thread.sigmask)
+
+
+def dump(child: Child, runner: HeldThread) -> tuple[ptrace.Stop, float]:
+    """Give the child the forking thread's state back and let SIGABRT dump it.
 
     The signal argument of PTRACE_CONT is ignored at an event or syscall stop,
     so SIGABRT is sent with kill() and passed on from its signal-delivery stop.
-    Returns how the child ended and how long the kernel took to write the core.
+    Only the child's first thread runs: the others stay in their ptrace stops
+    (a traced thread is never picked to take a process signal), and the
+    kernel's core dump wakes and collects them.  Returns how the child ended
+    and how long the kernel took to write the core.
     """
     pid = child.pid
-    ptrace.set_regs(pid, regs)  # the core shows where the target really was
-    ptrace.set_sigmask(pid, sigmask & ~(1 << (signal.SIGABRT - 1)))
+    child.threads[pid] = runner.tid
+    ptrace.set_regs(pid, runner.regs)  # the core shows where the target really was
+    if runner.xstate:
+        ptrace.set_xstate(pid, runner.xstate)
+    ptrace.set_sigmask(pid, runner.sigmask & ~(1 << (signal.SIGABRT - 1)))
     os.kill(pid, signal.SIGABRT)
     ptrace.cont(pid)
     while True:
@@ -126,17 +178,43 @@ def dump(child: Child, regs: ptrace.Regs, sigmask: int) -> tuple[ptrace.Stop, fl
         if stop.kind == "signal" and stop.sig == signal.SIGABRT:
             break
         if stop.kind in ("exited", "killed"):
-            child.alive = False
+            _collect(child)
             return stop, 0.0
         ptrace.cont(pid)  # anything else is not for the child: drop it
     started = time.monotonic()
     ptrace.cont(pid, signal.SIGABRT)
-    while True:
-        stop = ptrace.wait(pid, None)
-        if stop.kind in ("exited", "killed"):
-            child.alive = False
-            return stop, time.monotonic() - started
-        ptrace.cont(pid)
+    return _collect(child), time.monotonic() - started
+
+
+def _collect(child: Child, deadline: float | None = None) -> ptrace.Stop:
+    """Wait until every thread of the child has ended; return how the first one ended.
+
+    The kernel reports a thread-group leader's end only after the other
+    threads are gone, and as their tracer snapcore must collect each.
+    """
+    left = set(child.threads) | {child.pid}
+    ended = None
+    while left:
+        for tid in list(left):
+            stop = ptrace.try_wait(tid)
+            if stop is None:
+                continue
+            if stop.kind in ("exited", "killed"):
+                left.discard(tid)
+                if tid == child.pid:
+                    ended = stop
+            else:
+                try:
+                    ptrace.cont(tid)  # the dump is waking it: let it go to its end
+                except NoSuchProcess:
+                    pass
+        if left:
+            timeout = 1.0 if deadline is None else deadline - time.monotonic()
+            if timeout <= 0:
+                break
+            signal.sigtimedwait([signal.SIGCHLD], min(timeout, 1.0))
+    child.alive = False
+    return ended or ptrace.Stop("killed", sig=signal.SIGKILL)
 
 
 def kill(child: Child) -> None:
@@ -147,9 +225,4 @@ def kill(child: Child) -> None:
         os.kill(child.pid, signal.SIGKILL)
     except ProcessLookupError:
         pass
-    try:
-        while ptrace.wait(child.pid, time.monotonic() + 10).kind not in ("exited", "killed"):
-            pass
-    except NoSuchProcess:
-        pass
-    child.alive = False
+    _collect(child, time.monotonic() + 10)

@@ -13,7 +13,7 @@ from rich.console import Console
 from . import __version__, report
 from .corefile import default_output_dir
 from .errors import BadInput, ExitCode, Interrupted, SnapcoreError
-from .snapshot import take
+from .snapshot import THREAD_MODES, take
 
 PID_MAX_LIMIT = 1 << 22  # PID_MAX_LIMIT on 64-bit kernels
 
@@ -80,11 +80,16 @@ def cli():
 @click.option("-q", "--quiet", is_flag=True, help="Print only the core's path.")
 @click.option("-v", "--verbose", is_flag=True,
               help="Also show the pause split, the child and core_pattern.")
+@click.option("--threads", type=click.Choice(THREAD_MODES), default="all", show_default=True,
+              help="all: every thread is held for the fork and appears in the core with "
+                   "its registers (the pause grows by some microseconds per thread). "
+                   "main: only the main thread is held and dumped (the shortest "
+                   "pause; other threads show without registers).")
 @click.option("--timeout", type=click.FloatRange(min=0.01), default=2.0, show_default=True,
               metavar="SECONDS",
               help="How long to wait for the target to stop (a thread in "
                    "uninterruptible sleep may never); the target is left untouched.")
-def snap(pid, output_dir, as_json, quiet, verbose, timeout):
+def snap(pid, output_dir, as_json, quiet, verbose, threads, timeout):
     """Snapshot process PID into a core file; the process keeps running.
 
     The core is named TIMESTAMP_NAME_PID.core (UTC), owned by you, mode 0600,
@@ -94,7 +99,8 @@ def snap(pid, output_dir, as_json, quiet, verbose, timeout):
     err = Console(stderr=True)
     try:
         target_pid = parse_pid(pid)
-        snapshot = take(target_pid, output_dir or default_output_dir(), stop_timeout=timeout)
+        snapshot = take(target_pid, output_dir or default_output_dir(), threads=threads,
+                        stop_timeout=timeout)
     except SnapcoreError as exc:
         _fail(exc, as_json, err)
     except KeyboardInterrupt:

@@ -7,6 +7,7 @@ and arguments in its registers, and is stepped with PTRACE_SYSCALL stops.
 
 from __future__ import annotations
 
+import os
 import time
 from dataclasses import dataclass, field
 
@@ -90,13 +91,19 @@ class HeldThread:
     tid: int
     stopped: bool = False
     regs: ptrace.Regs | None = None
+    xstate: bytes = b""
     sigmask: int = 0
     moved: bool = False  # resumed into an injection since it stopped
-    timings: dict = field(default_factory=dict)
 
-    def save(self) -> None:
+    def save(self, with_xstate: bool) -> None:
         self.regs = ptrace.get_regs(self.tid)
         self.sigmask = ptrace.get_sigmask(self.tid)
+        if with_xstate:
+            self.xstate = ptrace.get_xstate(self.tid)
+
+    @property
+    def in_syscall(self) -> bool:
+        return signed(getattr(self.regs, arch.REG_ORIG_NR)) >= 0
 
     def release(self, deadline: float | None) -> None:
         """Put the thread back exactly as it was and detach.
@@ -111,25 +118,25 @@ class HeldThread:
         if not self.stopped:
             return
         tid = self.tid
-        if self.moved:
-            ptrace.set_options(tid, ptrace.O_TRACESYSGOOD)  # drop EXITKILL and TRACECLONE
-            ptrace.set_regs(tid, self.regs)
-            ptrace.set_sigmask(tid, self.sigmask)
-            ptrace.interrupt(tid)
-            ptrace.cont(tid)
-            while True:
-                stop = ptrace.wait(tid, deadline)
-                if stop.kind in ("event", "group"):
-                    ptrace.detach(tid)
-                    break
-                if stop.kind == "signal":
-                    ptrace.detach(tid, stop.sig)  # a pending signal, delivered now
-                    break
-                if stop.kind in ("exited", "killed"):
-                    break
-        else:
-            ptrace.detach(tid)
         self.stopped = False
+        if not self.moved:
+            ptrace.detach(tid)
+            return
+        ptrace.set_options(tid, ptrace.O_TRACESYSGOOD)  # drop EXITKILL and TRACECLONE
+        ptrace.set_regs(tid, self.regs)
+        ptrace.set_sigmask(tid, self.sigmask)
+        ptrace.interrupt(tid)
+        ptrace.cont(tid)
+        while True:
+            stop = ptrace.wait(tid, deadline)
+            if stop.kind in ("event", "group"):
+                ptrace.detach(tid)
+                return
+            if stop.kind == "signal":
+                ptrace.detach(tid, stop.sig)  # a pending signal, delivered now
+                return
+            if stop.kind in ("exited", "killed"):
+                return
 
 
 @dataclass
@@ -139,39 +146,87 @@ class Injection:
     result: int  # the syscall's return value (negative errno on failure)
     events: list[tuple[int, int]]  # (PTRACE_EVENT_*, event message) seen on the way
     timings: dict  # seconds: capture, syscall, release, pause (the whole window)
-    regs: ptrace.Regs  # the thread's own registers, as they were when it stopped
-    sigmask: int
+    runner: HeldThread  # the thread that ran it, with its own saved state
+    others: list[HeldThread]  # the other threads held meanwhile, with their state
 
 
-def run_in_target(tid: int, at: int, nr: int, *args: int, timeout: float,
+def capture(pid: int, tids: list[int], held: dict[int, HeldThread], deadline: float,
+            all_threads: bool) -> None:
+    """Seize, then interrupt, then wait for each thread; with `all_threads`,
+    repeat until a pass over /proc/PID/task finds no new thread (a stopped
+    thread cannot make more).  Threads that exit meanwhile are dropped."""
+    while tids:
+        for tid in tids:
+            try:
+                ptrace.seize(tid, ptrace.O_TRACESYSGOOD)
+            except NoSuchProcess:
+                continue  # exited since it was listed
+            held[tid] = HeldThread(tid)
+        for tid in tids:
+            if tid in held:
+                try:
+                    ptrace.interrupt(tid)
+                except NoSuchProcess:
+                    pass  # exiting: the wait below collects it
+        for tid in tids:
+            if tid not in held:
+                continue
+            try:
+                wait_for_interrupt_stop(tid, deadline)
+                held[tid].stopped = True
+            except NoSuchProcess:
+                del held[tid]
+        if not all_threads:
+            return
+        tids = [t for t in _task_ids(pid) if t not in held]
+
+
+def _task_ids(pid: int) -> list[int]:
+    try:
+        return sorted(int(t) for t in os.listdir(f"/proc/{pid}/task"))
+    except FileNotFoundError:
+        return []
+
+
+def run_in_target(pid: int, at: int, nr: int, *args: int, timeout: float,
+                  threads: list[int] | None = None, with_xstate: bool = False,
                   check=None) -> Injection:
-    """Seize thread `tid`, run one syscall in it, restore it and let it go.
+    """Stop the target, run one syscall in one of its threads, restore, let go.
 
-    `check(tid)` runs once the thread is stopped and may refuse by raising.
-    SIGINT/SIGTERM/SIGHUP are held until the thread is released.  While the
-    thread runs injected registers it carries PTRACE_O_EXITKILL: if snapcore is
-    killed in that window the target dies rather than run on with registers
-    that are not its own (or duplicate itself).
+    threads: the thread ids to hold during the syscall, as listed before the
+    window opens; None holds the main thread only.  With a list, threads born
+    meanwhile are held too.  The syscall runs in the main thread if it sits in
+    a syscall, else in a held thread that does, else in the main thread.
+    `check(tid)` runs once every thread is stopped and may refuse by raising.
+
+    SIGINT/SIGTERM/SIGHUP are held until every thread is released.  While the
+    running thread has injected registers it carries PTRACE_O_EXITKILL: if
+    snapcore is killed in that window the target dies rather than run on with
+    registers that are not its own (or duplicate itself).
     """
-    held = HeldThread(tid)
+    held: dict[int, HeldThread] = {}
     deadline = time.monotonic() + timeout
     with ptrace.signals_held(ptrace.STOP_REQUEST_SIGNALS):
         t0 = time.perf_counter()
-        ptrace.seize(tid, ptrace.O_TRACESYSGOOD)
         try:
-            ptrace.interrupt(tid)
-            wait_for_interrupt_stop(tid, deadline)
-            held.stopped = True
+            capture(pid, threads or [pid], held, deadline, all_threads=threads is not None)
+            if not held:
+                raise NoSuchProcess(f"process {pid} exited", pid=pid, stage="capture")
             t1 = time.perf_counter()
+            runner = held.get(pid) or next(iter(held.values()))
             if check is not None:
-                check(tid)
-            held.save()
+                check(runner.tid)
+            for thread in held.values():
+                thread.save(with_xstate)
+            if not runner.in_syscall:
+                runner = next((t for t in held.values() if t.in_syscall), runner)
+            tid = runner.tid
             ptrace.set_options(tid, ptrace.O_TRACESYSGOOD | ptrace.O_TRACECLONE
                                | ptrace.O_EXITKILL)
             ptrace.set_sigmask(tid, ptrace.ALL_SIGNALS_MASK)
-            held.moved = True
+            runner.moved = True
             for _attempt in range(10):
-                result, events = syscall(tid, held.regs, at, nr, *args, deadline=deadline)
+                result, events = syscall(tid, runner.regs, at, nr, *args, deadline=deadline)
                 if result != arch.ERESTARTNOINTR:  # a signal raced the call: retry
                     break
             t2 = time.perf_counter()
@@ -179,7 +234,17 @@ def run_in_target(tid: int, at: int, nr: int, *args: int, timeout: float,
             # A thread that never reached its stop (uninterruptible sleep past
             # the deadline) cannot be detached while it runs; the kernel
             # releases it when snapcore exits (exit_ptrace), untouched.
-            held.release(deadline + 5.0)
+            errors = []
+            for thread in held.values():
+                try:
+                    thread.release(deadline + 5.0)
+                except NoSuchProcess:
+                    pass  # it exited while held: nothing left to release
+                except Exception as exc:  # release the others all the same
+                    errors.append(exc)
+            if errors:
+                raise errors[0]
         t3 = time.perf_counter()
     timings = {"capture": t1 - t0, "syscall": t2 - t1, "release": t3 - t2, "pause": t3 - t0}
-    return Injection(result, events, timings, held.regs, held.sigmask)
+    others = [t for t in held.values() if t is not runner]
+    return Injection(result, events, timings, runner, others)

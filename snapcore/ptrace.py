@@ -211,11 +211,13 @@ def wait(tid: int, deadline: float | None) -> Stop:
 
 
 def try_wait(tid: int) -> Stop | None:
-    """A stop that is already reported, without waiting; None when there is none."""
+    """A stop that is already reported, without waiting; None when there is none.
+
+    A thread that is no longer snapcore's to wait for counts as exited."""
     try:
         pid, status = os.waitpid(tid, WALL | os.WNOHANG)
     except ChildProcessError:
-        return None
+        return Stop("exited")
     return _decode(status) if pid else None
 
 

@@ -30,6 +30,7 @@ def snapshot_dict(snap: Snapshot) -> dict:
         "reap_pause_ms": _ms(snap.reap_pause),
         "dump_seconds": round(snap.dump_seconds, 3),
         "threads": snap.threads,
+        "thread_map": snap.thread_map,
         "child_pid": snap.child_pid,
         "core_pattern": {"kind": pattern.kind, "pattern": pattern.pattern},
         "taken_at": snap.taken_at.isoformat().replace("+00:00", "Z"),
@@ -77,6 +78,8 @@ def print_snapshot(snap: Snapshot, verbose: bool, console: Console) -> None:
         grid.add_row("core_pattern", f"{snap.core_pattern.pattern} ({snap.core_pattern.kind})")
         for note in snap.notes:
             grid.add_row("note", note)
+        for thread in snap.thread_map:
+            grid.add_row("thread", f"{thread['tid']} {thread['name']}")
     console.print(grid)
 
 

@@ -18,7 +18,7 @@ from . import arch, child as childmod, corefile, ptrace
 from .errors import (CoreNotWritten, InternalError, NoSuchProcess, SnapcoreError,
                      Unsupported)
 from .inject import run_in_target
-from .target import Target, describe, find_syscall_instruction, start_time
+from .target import Target, describe, find_syscall_instruction, start_time, thread_name
 
 # clone flags: none at all, and exit_signal 0 in the low byte.  With no exit
 # signal the target gets no SIGCHLD and its ordinary wait()/waitpid(-1) never
@@ -37,6 +37,7 @@ class Snapshot:
     reap_pause: float
     dump_seconds: float
     threads: int
+    thread_map: list[dict]  # per thread: target tid, name, LWP in the core
     child_pid: int
     core_pattern: corefile.CorePattern
     taken_at: datetime
@@ -47,8 +48,16 @@ class Snapshot:
         return self.pause["pause"] * 1000.0
 
 
-def take(pid: int, output_dir: Path, *, stop_timeout: float = 2.0) -> Snapshot:
-    """Snapshot process `pid` into `output_dir`; the target keeps running."""
+THREAD_MODES = ("all", "main")
+
+
+def take(pid: int, output_dir: Path, *, threads: str = "all",
+         stop_timeout: float = 2.0) -> Snapshot:
+    """Snapshot process `pid` into `output_dir`; the target keeps running.
+
+    threads="all" holds every thread for the fork and puts each in the core;
+    "main" holds only the main thread and the core shows only that one.
+    """
     target = describe(pid)
     pattern = corefile.read_core_pattern()
     if target.core_hard == 0 and pattern.kind != "pipe":
@@ -61,7 +70,8 @@ def take(pid: int, output_dir: Path, *, stop_timeout: float = 2.0) -> Snapshot:
                if pattern.kind == "relative" else None)
     try:
         with ptrace.signals_held([signal.SIGCHLD]):
-            return _take(target, pattern, output_dir, staging, at, stop_timeout)
+            return _take(target, pattern, output_dir, staging, at, threads == "all",
+                         stop_timeout)
     except SnapcoreError as exc:
         exc.pid = exc.pid if exc.pid is not None else pid
         raise
@@ -71,7 +81,7 @@ def take(pid: int, output_dir: Path, *, stop_timeout: float = 2.0) -> Snapshot:
 
 
 def _take(target: Target, pattern: corefile.CorePattern, output_dir: Path,
-          staging: Path | None, at: int, stop_timeout: float) -> Snapshot:
+          staging: Path | None, at: int, all_threads: bool, stop_timeout: float) -> Snapshot:
     pid = target.pid
 
     def same_process(tid: int) -> None:
@@ -86,7 +96,8 @@ def _take(target: Target, pattern: corefile.CorePattern, output_dir: Path,
 
     taken_at = datetime.now(timezone.utc)
     fork = run_in_target(pid, at, arch.NR["clone"], CLONE_FLAGS, 0, 0, 0, 0,
-                         timeout=stop_timeout, check=same_process)
+                         timeout=stop_timeout, check=same_process, with_xstate=True,
+                         threads=target.threads if all_threads else None)
     if fork.result < 0:
         raise InternalError(f"clone in process {pid} failed: {os.strerror(-fork.result)}",
                             "the target was restored and is running", pid=pid,
@@ -99,17 +110,20 @@ def _take(target: Target, pattern: corefile.CorePattern, output_dir: Path,
     since = time.time()
     reap_pause = 0.0
     try:
+        deadline = time.monotonic() + 30 + 0.01 * len(fork.others)
         childmod.prepare(kid, at, core_hard=target.core_hard,
-                         staging=str(staging) if staging else None,
-                         deadline=time.monotonic() + 30)
-        ended, dump_seconds = childmod.dump(kid, fork.regs, fork.sigmask)
+                         staging=str(staging) if staging else None, name=target.name,
+                         deadline=deadline)
+        childmod.resurrect(kid, at, fork.others, deadline)
+        ended, dump_seconds = childmod.dump(kid, fork.runner)
     finally:
         childmod.kill(kid)  # only when something above failed: otherwise it is dead
         reap = run_in_target(pid, at, arch.NR["wait4"], child_ns_pid, 0, WAIT4_OPTIONS, 0,
                              timeout=stop_timeout)
         reap_pause = reap.timings["pause"]
     snap = Snapshot(target=target, core_path=None, core_size=0, pause=fork.timings,
-                    reap_pause=reap_pause, dump_seconds=dump_seconds, threads=1,
+                    reap_pause=reap_pause, dump_seconds=dump_seconds,
+                    threads=len(kid.threads), thread_map=_thread_map(pid, kid),
                     child_pid=kid.pid, core_pattern=pattern, taken_at=taken_at,
                     notes=kid.notes)
     if reap.result not in (child_ns_pid, -10):  # -ECHILD: the target reaped it itself
@@ -129,11 +143,19 @@ def _take(target: Target, pattern: corefile.CorePattern, output_dir: Path,
                              "check core_pattern and the target's working directory",
                              pid=pid, stage="core")
     notes = corefile.check_core(found, kid.pid)
-    corefile.rename_threads(found, notes, {kid.pid: pid}, pid)
+    corefile.rename_threads(found, notes, kid.threads, pid)
     snap.core_path = corefile.store(found, output_dir,
                                     corefile.core_name(target.name, pid, taken_at))
     snap.core_size = snap.core_path.stat().st_size
     return snap
+
+
+def _thread_map(pid: int, kid: childmod.Child) -> list[dict]:
+    """Target thread id, its name, and the LWP the core names it by (its own id,
+    once the notes are rewritten), in the order the core lists them."""
+    order = [kid.pid] + [t for t in kid.threads if t != kid.pid]
+    return [{"tid": kid.threads[c], "name": thread_name(pid, kid.threads[c]),
+             "core_lwp": kid.threads[c], "child_tid": c} for c in order]
 
 
 def _why_no_core(target: Target, ended: ptrace.Stop, pattern: corefile.CorePattern) -> str:

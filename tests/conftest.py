@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import os
 import pwd
+import re
 import resource
 import select
 import shutil
@@ -160,3 +161,16 @@ def gdb(exe: Path, core: Path, *commands: str) -> str:
     proc = subprocess.run(cmd + [str(exe), str(core)], capture_output=True, text=True,
                           timeout=120)
     return proc.stdout + proc.stderr
+
+
+def gdb_threads(exe: Path, core: Path) -> dict[int, str]:
+    """LWP -> frame text of each thread gdb lists in `info threads` for a core."""
+    out = gdb(exe, core, "info threads")
+    threads = {}
+    for line in out.splitlines():
+        m = re.match(r"^[* ]\s*\d+\s+(?:Thread 0x[0-9a-f]+ )?\(?LWP (\d+)\)?\s+(.*)$", line)
+        if m:
+            lwp = int(m.group(1))
+            assert lwp not in threads, f"gdb lists LWP {lwp} twice:\n{out}"
+            threads[lwp] = m.group(2)
+    return threads

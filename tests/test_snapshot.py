@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 from elftools.elf.elffile import ELFFile
 
-from conftest import gdb, snap_json
+from conftest import gdb, gdb_threads, snap_json
 
 # What each target mode does after the snapshot to prove its blocking call
 # came back with the right result, and the function its core must show.
@@ -59,12 +59,14 @@ def test_snapshot_leaves_blocked_target_unharmed(mode, start_victim, out_dir, vi
     victim = start_victim(mode)
     time.sleep(0.4)  # let it settle into its blocking call
     beats = victim.heartbeats()
+    tids = sorted(int(t) for t in os.listdir(f"/proc/{victim.pid}/task"))
 
     code, doc = snap_json("-o", str(out_dir), str(victim.pid))
 
     assert code == 0, doc
     assert doc["target"]["pid"] == victim.pid
-    assert doc["threads"] == 1
+    assert doc["threads"] == len(tids)
+    assert sorted(t["tid"] for t in doc["thread_map"]) == tids
     assert doc["child_pid"] != victim.pid
     assert 0 < doc["pause_ms"] < 1000
     core = Path(doc["core"]["path"])
@@ -78,11 +80,11 @@ def test_snapshot_leaves_blocked_target_unharmed(mode, start_victim, out_dir, vi
     victim.wait_for_heartbeats(beats if action else beats + 1)
     victim.assert_unharmed()
     # The core shows the target where it was, under its own thread id.
-    assert prstatus_pids(core) == [victim.pid]
-    trace = gdb(victim_exe, core, "info threads", "bt")
+    assert sorted(prstatus_pids(core)) == tids
+    trace = gdb(victim_exe, core, "thread apply all bt")
     assert function in trace, trace
-    assert f"LWP {victim.pid}" in trace
     assert "Couldn't find general-purpose registers" not in trace
+    assert sorted(gdb_threads(victim_exe, core)) == tids
 
 
 def test_busy_thread_core_shows_rip_inside_loop(start_victim, out_dir, victim_exe):
