@@ -51,6 +51,7 @@ class Child:
     # Each thread of the child (its tid in snapcore's namespace) -> the
     # target thread whose state it carries.
     threads: dict[int, int] = field(default_factory=dict)
+    scratch: int = 0  # a page mapped in the child for syscall arguments
 
 
 _NAME_AT = 512  # the target's name, NUL-terminated (at most 15 bytes + NUL)
@@ -58,13 +59,15 @@ _NAME_AT = 512  # the target's name, NUL-terminated (at most 15 bytes + NUL)
 
 def prepare(child: Child, at: int, *, core_hard: int, staging: str | None, name: str,
             deadline: float) -> None:
-    """Make the child harmless and cheap, then wait at a syscall stop for `dump`."""
+    """Make the child harmless: its own core limit, SIGABRT at its default, the
+    staging directory as cwd, no open files, the OOM killer's first choice.
+    It waits at a syscall stop, with a scratch page mapped, for `resurrect`."""
     pid = child.pid
     wait_for_interrupt_stop(pid, deadline)  # auto-attached children start in an event stop
     base = ptrace.get_regs(pid)
 
-    def call(name: str, *args: int) -> int:
-        return syscall(pid, base, at, arch.NR[name], *args, deadline=deadline)[0]
+    def call(syscall_name: str, *args: int) -> int:
+        return syscall(pid, base, at, arch.NR[syscall_name], *args, deadline=deadline)[0]
 
     scratch = call("mmap", 0, PAGE, PROT_READ_WRITE, MAP_PRIVATE_ANONYMOUS, -1, 0)
     if scratch < 0:
@@ -93,20 +96,12 @@ def prepare(child: Child, at: int, *, core_hard: int, staging: str | None, name:
             raise CoreNotWritten(f"{syscall_name} in the snapshot child failed: "
                                  f"{os.strerror(-ret)}", stage="child")
 
-    # Make the child cheap for the machine; each is best effort.
     # The forking thread may be a worker with its own name; the core's
     # process name (NT_PRPSINFO) and core_pattern's %e come from the child.
-    for syscall_name, args in [
-        ("prctl", (PR_SET_NAME, scratch + _NAME_AT)),
-        ("sched_setscheduler", (0, SCHED_IDLE, scratch + _SCHED_PARAM_AT)),
-        ("setpriority", (PRIO_PROCESS, 0, 19)),
-        ("ioprio_set", (IOPRIO_WHO_PROCESS, 0, IOPRIO_CLASS_IDLE << 13)),
-    ]:
-        ret = call(syscall_name, *args)
-        if ret < 0:
-            child.notes.append(f"{syscall_name}: {os.strerror(-ret)}")
+    if call("prctl", PR_SET_NAME, scratch + _NAME_AT) < 0:
+        child.notes.append("could not name the child after the target")
     _close_files(pid, call)
-    call("munmap", scratch, PAGE)
+    child.scratch = scratch
     try:
         # So the OOM killer takes the child, not the target.  Raising one's own
         # score needs no capability; root may do it from outside.
@@ -153,6 +148,26 @@ def resurrect(child: Child, at: int, threads: list[HeldThread], deadline: float)
         if thread.xstate:
             ptrace.set_xstate(tid, thread.xstate)
         ptrace.set_sigmask(tid, thread.sigmask)
+
+
+def lower_priority(child: Child, at: int, deadline: float) -> None:
+    """Make the dumping thread idle for the machine, and drop the scratch page.
+
+    Done last: threads cloned later would inherit SCHED_IDLE, and the kernel's
+    dump waits for each of them to be scheduled once to reach its exit.  Each
+    setting is per thread and best effort.
+    """
+    pid = child.pid
+    base = ptrace.get_regs(pid)
+    for name, args in [
+        ("sched_setscheduler", (0, SCHED_IDLE, child.scratch + _SCHED_PARAM_AT)),
+        ("setpriority", (PRIO_PROCESS, 0, 19)),
+        ("ioprio_set", (IOPRIO_WHO_PROCESS, 0, IOPRIO_CLASS_IDLE << 13)),
+        ("munmap", (child.scratch, PAGE)),
+    ]:
+        ret = syscall(pid, base, at, arch.NR[name], *args, deadline=deadline)[0]
+        if ret < 0:
+            child.notes.append(f"{name}: {os.strerror(-ret)}")
 
 
 def dump(child: Child, runner: HeldThread) -> tuple[ptrace.Stop, float]:

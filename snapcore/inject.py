@@ -212,12 +212,12 @@ def run_in_target(pid: int, at: int, nr: int, *args: int, timeout: float,
             capture(pid, threads or [pid], held, deadline, all_threads=threads is not None)
             if not held:
                 raise NoSuchProcess(f"process {pid} exited", pid=pid, stage="capture")
-            t1 = time.perf_counter()
             runner = held.get(pid) or next(iter(held.values()))
             if check is not None:
                 check(runner.tid)
             for thread in held.values():
                 thread.save(with_xstate)
+            t1 = time.perf_counter()
             if not runner.in_syscall:
                 runner = next((t for t in held.values() if t.in_syscall), runner)
             tid = runner.tid

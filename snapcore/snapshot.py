@@ -115,6 +115,7 @@ def _take(target: Target, pattern: corefile.CorePattern, output_dir: Path,
                          staging=str(staging) if staging else None, name=target.name,
                          deadline=deadline)
         childmod.resurrect(kid, at, fork.others, deadline)
+        childmod.lower_priority(kid, at, deadline)
         ended, dump_seconds = childmod.dump(kid, fork.runner)
     finally:
         childmod.kill(kid)  # only when something above failed: otherwise it is dead

@@ -44,6 +44,14 @@ def victim_exe(build_dir):
     return exe
 
 
+@pytest.fixture(scope="session")
+def threads_exe(build_dir):
+    exe = build_dir / "threads"
+    subprocess.run(["gcc", "-Wall", "-Werror", "-g", "-O0", "-pthread", "-o", str(exe),
+                    str(TARGETS / "threads.c")], check=True)
+    return exe
+
+
 @pytest.fixture
 def out_dir(tmp_path):
     return tmp_path / "cores"
@@ -51,7 +59,7 @@ def out_dir(tmp_path):
 
 class Victim:
     def __init__(self, exe: Path, mode: str, report: Path, user: str | None = None,
-                 core_limit: tuple[int, int] | None = None):
+                 core_limit: tuple[int, int] | None = None, args: tuple = ()):
         self.exe = exe
         self.mode = mode
         self.report = report
@@ -67,10 +75,11 @@ class Victim:
                 os.setgid(account.pw_gid)
                 os.setuid(account.pw_uid)
 
-        self.proc = subprocess.Popen([str(exe), mode, str(report)], stdin=subprocess.PIPE,
+        self.proc = subprocess.Popen([str(exe), mode, str(report), *args],
+                                     stdin=subprocess.PIPE,
                                      stdout=subprocess.PIPE, preexec_fn=setup, cwd="/")
         self.pid = self.proc.pid
-        ready, _, _ = select.select([self.proc.stdout], [], [], 10)
+        ready, _, _ = select.select([self.proc.stdout], [], [], 30)
         line = self.proc.stdout.readline() if ready else b""
         assert line == b"ready\n", f"target {mode} did not start: {line!r}"
 
@@ -107,8 +116,13 @@ class Victim:
         assert status["State"][0] not in "tTZ", status["State"]
         assert status["TracerPid"].strip() == "0"
         for tid in os.listdir(f"/proc/{self.pid}/task"):
-            state = Path(f"/proc/{self.pid}/task/{tid}/stat").read_text().rsplit(")", 1)[1]
-            assert state.split()[0] not in "tT", f"thread {tid} left stopped"
+            try:
+                stat = Path(f"/proc/{self.pid}/task/{tid}/stat").read_text()
+                tracer = Path(f"/proc/{self.pid}/task/{tid}/status").read_text()
+            except FileNotFoundError:
+                continue  # a thread that ended meanwhile
+            assert stat.rsplit(")", 1)[1].split()[0] not in "tT", f"thread {tid} left stopped"
+            assert "TracerPid:\t0\n" in tracer, f"thread {tid} left traced"
         children = psutil.Process(self.pid).children()
         assert children == [], f"target has children: {children}"
         lines = self.lines()
@@ -123,14 +137,14 @@ class Victim:
 
 
 @pytest.fixture
-def start_victim(victim_exe, tmp_path):
+def start_victim(victim_exe, threads_exe, tmp_path):
     started = []
     # The report lives where `nobody` can write it.
     shared = Path(tempfile.mkdtemp(prefix="snapcore-report-"))
     shared.chmod(0o777)
 
-    def start(mode: str, **kwargs) -> Victim:
-        v = Victim(victim_exe, mode, shared / f"{mode}-{len(started)}.txt", **kwargs)
+    def start(mode: str, exe: Path | None = None, **kwargs) -> Victim:
+        v = Victim(exe or victim_exe, mode, shared / f"{mode}-{len(started)}.txt", **kwargs)
         started.append(v)
         return v
 
@@ -174,3 +188,19 @@ def gdb_threads(exe: Path, core: Path) -> dict[int, str]:
             assert lwp not in threads, f"gdb lists LWP {lwp} twice:\n{out}"
             threads[lwp] = m.group(2)
     return threads
+
+
+def gdb_per_thread(exe: Path, core: Path, command: str) -> dict[int, str]:
+    """LWP -> what `thread apply all COMMAND` printed for that thread."""
+    out = gdb(exe, core, f"thread apply all {command}")
+    sections: dict[int, str] = {}
+    current = None
+    for line in out.splitlines():
+        m = re.match(r"^Thread \d+ \(.*LWP (\d+)\)\)?:$", line)
+        if m:
+            current = int(m.group(1))
+            assert current not in sections, f"LWP {current} twice:\n{out}"
+            sections[current] = ""
+        elif current is not None:
+            sections[current] += line + "\n"
+    return sections

@@ -36,71 +36,13 @@
 #include <time.h>
 #include <unistd.h>
 
-static const char *report_path;
-
-static void report(const char *fmt, ...)
-{
-    char line[512];
-    va_list ap;
-    va_start(ap, fmt);
-    int n = vsnprintf(line, sizeof line - 1, fmt, ap);
-    va_end(ap);
-    if (n < 0)
-        return;
-    if (n > (int)sizeof line - 2)
-        n = sizeof line - 2;
-    line[n++] = '\n';
-    int fd = open(report_path, O_WRONLY | O_APPEND | O_CREAT, 0666);
-    if (fd >= 0) {
-        (void)!write(fd, line, n);
-        close(fd);
-    }
-}
-
-static void on_sigchld(int sig)
-{
-    (void)sig;
-    report("VIOLATION SIGCHLD received by %d", getpid());
-}
-
-static void on_sigabrt(int sig)
-{
-    (void)sig;
-    report("VIOLATION SIGABRT handler ran in %d", getpid());
-}
-
-static void after_each_round(void)
-{
-    int status;
-    pid_t reaped = waitpid(-1, &status, WNOHANG);
-    if (reaped > 0)
-        report("VIOLATION reaped child %d", reaped);
-    report("hb %d", getpid());
-}
-
-static double now(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return ts.tv_sec + ts.tv_nsec / 1e9;
-}
-
-static void ready(void)
-{
-    printf("ready\n");
-    fflush(stdout);
-}
+#include "report.h"
 
 static void mode_sleep(void)
 {
     ready();
     for (;;) {
-        struct timespec ts = {0, 300 * 1000 * 1000};
-        double start = now();
-        if (nanosleep(&ts, NULL) != 0)
-            report("VIOLATION nanosleep: %s", strerror(errno));
-        else if (now() - start < 0.299)
-            report("VIOLATION nanosleep returned after %.3f s", now() - start);
+        checked_sleep(300);
         after_each_round();
     }
 }
@@ -214,10 +156,7 @@ int main(int argc, char **argv)
         return 2;
     }
     report_path = argv[2];
-    struct sigaction sa = {.sa_handler = on_sigchld, .sa_flags = SA_RESTART};
-    sigaction(SIGCHLD, &sa, NULL);
-    sa.sa_handler = on_sigabrt;
-    sigaction(SIGABRT, &sa, NULL);
+    install_handlers();
     const char *mode = argv[1];
     if (!strcmp(mode, "sleep"))
         mode_sleep();

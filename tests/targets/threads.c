@@ -1,0 +1,217 @@
+/*
+ * A multithreaded target that checks itself.  usage: threads MODE REPORT_FILE [N]
+ *
+ *   eight  eight threads, each blocked somewhere different and identifiable:
+ *          main_sleeper (main, nanosleep), sleeper_thread (nanosleep),
+ *          condvar_thread (pthread_cond_wait), pipe_reader_thread (read on a
+ *          pipe nobody writes), busy_thread (computing), mutex_holder_thread
+ *          (sleeps holding a mutex), mutex_waiter_thread (blocked on it),
+ *          xmm_thread (spins with 0x1122334455667788 in xmm0).
+ *          Each reports "thread NAME TID" before "ready".
+ *   churn  creates and joins short-lived threads without pause.
+ *   many   N threads (default 500), each in a checked nanosleep loop.
+ *
+ * See report.h for how violations and heartbeats are reported.
+ */
+#define _GNU_SOURCE
+#include <errno.h>
+#include <pthread.h>
+#include <stdint.h>
+#include <string.h>
+#include <sys/syscall.h>
+
+#include "report.h"
+
+static pthread_barrier_t started;
+static pthread_mutex_t held_mutex = PTHREAD_MUTEX_INITIALIZER;
+static pthread_mutex_t cond_mutex = PTHREAD_MUTEX_INITIALIZER;
+static pthread_cond_t never = PTHREAD_COND_INITIALIZER;
+static int pipe_fds[2];
+static volatile uint64_t busy_sink;
+
+static void announce(const char *name)
+{
+    report("thread %s %d", name, (int)gettid());
+}
+
+static void *sleeper_thread(void *arg)
+{
+    (void)arg;
+    announce("sleeper_thread");
+    pthread_barrier_wait(&started);
+    for (;;)
+        checked_sleep(200);
+    return NULL;
+}
+
+static void *condvar_thread(void *arg)
+{
+    (void)arg;
+    announce("condvar_thread");
+    pthread_mutex_lock(&cond_mutex);
+    pthread_barrier_wait(&started);
+    for (;;)
+        pthread_cond_wait(&never, &cond_mutex);
+    return NULL;
+}
+
+static void *pipe_reader_thread(void *arg)
+{
+    char c;
+    (void)arg;
+    announce("pipe_reader_thread");
+    pthread_barrier_wait(&started);
+    for (;;) {
+        ssize_t n = read(pipe_fds[0], &c, 1);
+        report("VIOLATION pipe read returned %zd: %s", n, n < 0 ? strerror(errno) : "data");
+        sleep(1);
+    }
+    return NULL;
+}
+
+__attribute__((noinline)) static void busy_thread_loop(void)
+{
+    uint64_t x = 1;
+    for (;;) {
+        for (int i = 0; i < 1000000; i++)
+            x = x * 6364136223846793005ULL + 1442695040888963407ULL;
+        busy_sink = x;
+    }
+}
+
+static void *busy_thread(void *arg)
+{
+    (void)arg;
+    announce("busy_thread");
+    pthread_barrier_wait(&started);
+    busy_thread_loop();
+    return NULL;
+}
+
+static void *mutex_holder_thread(void *arg)
+{
+    (void)arg;
+    announce("mutex_holder_thread");
+    pthread_mutex_lock(&held_mutex);
+    pthread_barrier_wait(&started);
+    for (;;)
+        checked_sleep(250);
+    return NULL;
+}
+
+static void *mutex_waiter_thread(void *arg)
+{
+    (void)arg;
+    announce("mutex_waiter_thread");
+    pthread_barrier_wait(&started);
+    pthread_mutex_lock(&held_mutex); /* the holder never lets go */
+    report("VIOLATION mutex_waiter got the mutex");
+    return NULL;
+}
+
+static void *xmm_thread(void *arg)
+{
+    (void)arg;
+    announce("xmm_thread");
+    pthread_barrier_wait(&started);
+    __asm__ volatile("movabs $0x1122334455667788, %%rax\n\t"
+                     "movq %%rax, %%xmm0\n\t"
+                     "1: pause\n\t"
+                     "jmp 1b\n\t"
+                     : : : "rax", "xmm0");
+    return NULL;
+}
+
+static void main_sleeper(void)
+{
+    for (;;) {
+        checked_sleep(300);
+        after_each_round();
+    }
+}
+
+static void mode_eight(void)
+{
+    void *(*bodies[])(void *) = {sleeper_thread, condvar_thread, pipe_reader_thread,
+                                 busy_thread, mutex_holder_thread, mutex_waiter_thread,
+                                 xmm_thread};
+    int n = sizeof bodies / sizeof bodies[0];
+    if (pipe(pipe_fds))
+        exit(2);
+    pthread_barrier_init(&started, NULL, n + 1);
+    for (int i = 0; i < n; i++) {
+        pthread_t t;
+        pthread_create(&t, NULL, bodies[i], NULL);
+    }
+    pthread_barrier_wait(&started);
+    announce("main_sleeper");
+    usleep(100 * 1000); /* let the waiter reach pthread_mutex_lock */
+    ready();
+    main_sleeper();
+}
+
+static void *short_lived(void *arg)
+{
+    return arg;
+}
+
+static void mode_churn(void)
+{
+    ready();
+    for (long round = 0;; round++) {
+        pthread_t t[4];
+        for (int i = 0; i < 4; i++)
+            if (pthread_create(&t[i], NULL, short_lived, NULL))
+                report("VIOLATION pthread_create: %m");
+        for (int i = 0; i < 4; i++)
+            if (pthread_join(t[i], NULL))
+                report("VIOLATION pthread_join: %m");
+        if (round % 2000 == 0)
+            after_each_round();
+    }
+}
+
+static void *many_sleeper(void *arg)
+{
+    (void)arg;
+    pthread_barrier_wait(&started);
+    for (;;)
+        checked_sleep(100);
+    return NULL;
+}
+
+static void mode_many(int n)
+{
+    pthread_attr_t attr;
+    pthread_attr_init(&attr);
+    pthread_attr_setstacksize(&attr, 64 * 1024);
+    pthread_barrier_init(&started, NULL, n + 1);
+    for (int i = 0; i < n; i++) {
+        pthread_t t;
+        if (pthread_create(&t, &attr, many_sleeper, NULL)) {
+            perror("pthread_create");
+            exit(2);
+        }
+    }
+    pthread_barrier_wait(&started);
+    ready();
+    main_sleeper();
+}
+
+int main(int argc, char **argv)
+{
+    if (argc < 3) {
+        fprintf(stderr, "usage: threads eight|churn|many REPORT_FILE [N]\n");
+        return 2;
+    }
+    report_path = argv[2];
+    install_handlers();
+    if (!strcmp(argv[1], "eight"))
+        mode_eight();
+    else if (!strcmp(argv[1], "churn"))
+        mode_churn();
+    else if (!strcmp(argv[1], "many"))
+        mode_many(argc > 3 ? atoi(argv[3]) : 500);
+    fprintf(stderr, "unknown mode %s\n", argv[1]);
+    return 2;
+}

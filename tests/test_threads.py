@@ -1,0 +1,95 @@
+"""Every thread of the target in the core, with its own registers and FP state."""
+
+from __future__ import annotations
+
+import os
+import time
+from pathlib import Path
+
+from conftest import gdb_per_thread, gdb_threads, snap_json
+from test_snapshot import prstatus_pids
+
+EIGHT = ["main_sleeper", "sleeper_thread", "condvar_thread", "pipe_reader_thread",
+         "busy_thread", "mutex_holder_thread", "mutex_waiter_thread", "xmm_thread"]
+
+
+def task_ids(pid: int) -> list[int]:
+    return sorted(int(t) for t in os.listdir(f"/proc/{pid}/task"))
+
+
+def announced(victim) -> dict[str, int]:
+    """Thread name -> tid, as the target itself reported them."""
+    return {line.split()[1]: int(line.split()[2]) for line in victim.lines()
+            if line.startswith("thread ")}
+
+
+def test_eight_threads_each_in_core_where_it_was(start_victim, threads_exe, out_dir):
+    victim = start_victim("eight", exe=threads_exe)
+    tids = announced(victim)
+    assert sorted(tids) == sorted(EIGHT)
+
+    code, doc = snap_json("-o", str(out_dir), str(victim.pid))
+
+    assert code == 0, doc
+    assert doc["threads"] == 8
+    assert sorted(t["tid"] for t in doc["thread_map"]) == sorted(tids.values())
+    core = Path(doc["core"]["path"])
+    assert sorted(prstatus_pids(core)) == sorted(tids.values())
+    # gdb lists each thread once, under the target's own LWP, with registers.
+    assert sorted(gdb_threads(threads_exe, core)) == sorted(tids.values())
+    stacks = gdb_per_thread(threads_exe, core, "bt")
+    for name, tid in tids.items():
+        stack = stacks[tid]
+        assert "Couldn't find" not in stack and "<unavailable>" not in stack, stack
+        function = "busy_thread_loop" if name == "busy_thread" else name
+        assert function in stack, f"{name} (LWP {tid}):\n{stack}"
+    assert "pthread_cond_wait" in stacks[tids["condvar_thread"]]
+    assert "read" in stacks[tids["pipe_reader_thread"]]
+    assert "lock" in stacks[tids["mutex_waiter_thread"]]
+    pcs = gdb_per_thread(threads_exe, core, "info symbol $pc")
+    assert "busy_thread_loop" in pcs[tids["busy_thread"]], pcs[tids["busy_thread"]]
+    # SSE state survives: xmm0 of the spinning thread holds its constant.
+    xmm = gdb_per_thread(threads_exe, core, "p/x $xmm0.v2_int64[0]")
+    assert "0x1122334455667788" in xmm[tids["xmm_thread"]], xmm[tids["xmm_thread"]]
+    victim.wait_for_heartbeats(victim.heartbeats())
+    victim.assert_unharmed()
+
+
+def test_threads_main_dumps_only_the_main_thread(start_victim, threads_exe, out_dir):
+    victim = start_victim("eight", exe=threads_exe)
+    code, doc = snap_json("--threads", "main", "-o", str(out_dir), str(victim.pid))
+    assert code == 0, doc
+    assert doc["threads"] == 1
+    assert doc["thread_map"][0]["tid"] == victim.pid
+    assert prstatus_pids(Path(doc["core"]["path"])) == [victim.pid]
+    victim.wait_for_heartbeats(victim.heartbeats())
+    victim.assert_unharmed()
+
+
+def test_thread_churn_neither_hangs_nor_leaves_threads_stopped(start_victim, threads_exe,
+                                                               out_dir):
+    victim = start_victim("churn", exe=threads_exe)
+    for _ in range(5):
+        code, doc = snap_json("-o", str(out_dir), str(victim.pid))
+        assert code == 0, doc
+        assert doc["threads"] >= 1
+        victim.assert_unharmed()
+    beats = victim.heartbeats()
+    victim.wait_for_heartbeats(beats)
+    victim.assert_unharmed()
+
+
+def test_five_hundred_threads_all_in_core(start_victim, threads_exe, out_dir):
+    victim = start_victim("many", exe=threads_exe, args=("500",))
+    time.sleep(0.3)
+    tids = task_ids(victim.pid)
+    assert len(tids) == 501
+
+    code, doc = snap_json("-o", str(out_dir), str(victim.pid))
+
+    assert code == 0, doc
+    assert doc["threads"] == 501
+    assert sorted(prstatus_pids(Path(doc["core"]["path"]))) == tids
+    time.sleep(0.5)  # every sleeper wakes at least once more and checks for EINTR
+    victim.wait_for_heartbeats(victim.heartbeats())
+    victim.assert_unharmed()
