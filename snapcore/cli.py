@@ -147,8 +147,9 @@ def main(argv=None):
     except click.UsageError as exc:
         _fail(BadInput(exc.format_message(), "see snapcore --help", stage="usage"),
               "--json" in args, Console(stderr=True))
-    except click.exceptions.Abort:
-        sys.exit(ExitCode.INTERRUPTED)
+    except click.exceptions.Abort:  # Ctrl-C outside the engine: nothing was touched
+        _fail(Interrupted("interrupted", "the target was not touched", stage="interrupt"),
+              "--json" in args, Console(stderr=True))
     except click.exceptions.Exit as exc:
         sys.exit(exc.exit_code)
     sys.exit(0)

@@ -139,7 +139,7 @@ def test_sigint_at_any_moment_leaves_target_running(start_victim, out_dir):
         # snapcore touched anything.
         assert proc.returncode in (0, 130, -signal.SIGINT), err
         if proc.returncode == 130:
-            assert err.startswith("snapcore: error: interrupted"), err
+            assert "snapcore: error: interrupted" in err, err
         victim.assert_unharmed()
     victim.wait_for_heartbeats(victim.heartbeats())
     victim.assert_unharmed()

@@ -1,0 +1,95 @@
+"""The command line: bad input, error lines and exit codes, and its docs agreeing."""
+
+from __future__ import annotations
+
+import json
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+
+from snapcore.cli import cli
+from snapcore.errors import ExitCode
+
+ROOT = Path(__file__).parent.parent
+
+
+@pytest.mark.parametrize("arg, code, words", [
+    ("abc", ExitCode.USAGE, "invalid pid 'abc'"),
+    ("-5", ExitCode.USAGE, "invalid pid '-5'"),
+    ("0", ExitCode.USAGE, "invalid pid 0"),
+    ("99999999", ExitCode.USAGE, "invalid pid 99999999"),
+    ("4194000", ExitCode.NO_SUCH_PROCESS, "no such process 4194000"),
+    ("1", ExitCode.UNSUPPORTED, "snapcore itself or one of its parents"),
+    ("2", ExitCode.UNSUPPORTED, "kernel thread"),
+])
+def test_bad_pid_gets_one_line_and_exit_code(arg, code, words):
+    result = CliRunner().invoke(cli, [arg])
+    assert result.exit_code == code, result.output
+    lines = result.output.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("snapcore: error: "), result.output
+    assert words in lines[0] and ": " in lines[0][len("snapcore: error: "):]
+
+
+def test_snap_subcommand_is_the_same_command():
+    assert CliRunner().invoke(cli, ["snap", "abc"]).exit_code == ExitCode.USAGE
+
+
+def test_json_error_is_one_document():
+    result = CliRunner().invoke(cli, ["--json", "abc"])
+    doc = json.loads(result.stdout)
+    assert doc["ok"] is False
+    assert doc["error"]["exit_code"] == ExitCode.USAGE
+    assert doc["error"]["stage"] == "usage"
+
+
+def run(*args):
+    return subprocess.run([sys.executable, "-m", "snapcore", *args], capture_output=True,
+                          text=True, timeout=60)
+
+
+def test_unknown_option_is_one_line_without_traceback():
+    proc = run("--bogus", "1")
+    assert proc.returncode == ExitCode.USAGE
+    assert proc.stderr.count("\n") == 1 and proc.stderr.startswith("snapcore: error: ")
+
+
+def test_no_arguments_shows_help_and_fails():
+    proc = run()
+    assert proc.returncode == ExitCode.USAGE
+    assert "Usage: snapcore" in proc.stderr
+
+
+def test_version():
+    proc = run("--version")
+    assert proc.returncode == 0 and re.search(r"snapcore, version \d+\.\d+", proc.stdout)
+
+
+def snap_options() -> list[str]:
+    help_text = CliRunner().invoke(cli, ["snap", "--help"]).output
+    return sorted(set(re.findall(r"(?<![\w-])(--[a-z][a-z-]+)", help_text)))
+
+
+def test_man_page_renders_without_warnings():
+    proc = subprocess.run(["groff", "-man", "-ww", "-z", str(ROOT / "man/snapcore.1")],
+                          capture_output=True, text=True)
+    assert proc.returncode == 0 and proc.stderr == ""
+    proc = subprocess.run(["man", "--warnings", "-l", str(ROOT / "man/snapcore.1")],
+                          capture_output=True, text=True, env={"MANPAGER": "cat",
+                                                               "PATH": "/usr/bin:/bin"})
+    assert proc.returncode == 0 and proc.stderr == "", proc.stderr
+
+
+@pytest.mark.parametrize("doc", ["man/snapcore.1", "README.md"])
+def test_docs_list_every_option_and_exit_code(doc):
+    text = (ROOT / doc).read_text().replace("\\-", "-")
+    for option in snap_options():
+        assert option in text, f"{doc} does not mention {option}"
+    if doc.endswith(".1"):
+        listed = {int(c) for c in re.findall(r"^\.B (\d+)$", text, re.M)}
+    else:
+        listed = {int(c) for c in re.findall(r"^\| (\d+) \|", text, re.M)}
+    assert listed == {int(c) for c in ExitCode}
