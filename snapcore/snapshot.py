@@ -129,10 +129,13 @@ def _take(target: Target, pattern: corefile.CorePattern, output_dir: Path,
                     notes=kid.notes)
     if reap.result not in (child_ns_pid, -10):  # -ECHILD: the target reaped it itself
         snap.notes.append(f"wait4 in the target returned {reap.result}")
+    if pattern.kind == "pipe":
+        # The handler has whatever the kernel sent it; nothing to find here.
+        if not ended.core_dumped:
+            snap.notes.append(_why_no_core(target, ended, pattern))
+        return snap
     if not ended.core_dumped:
         raise CoreNotWritten(_why_no_core(target, ended, pattern), pid=pid, stage="dump")
-    if pattern.kind == "pipe":
-        return snap
     found = corefile.find_core(
         corefile.expand(pattern, pid=kid.pid, uid=target.uid, gid=target.gid,
                         comm=target.name, exe=target.exe,

@@ -1,0 +1,194 @@
+"""Targets snapcore must refuse, and core_pattern set-ups it must handle.
+
+Every refusal is one line with a fix and a documented exit code, and leaves
+the target exactly as it was.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import stat
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from conftest import TARGETS, run_snapcore, snap_json
+from snapcore.errors import ExitCode
+from test_snapshot import prstatus_pids
+
+
+def refused(code: ExitCode, *args: str) -> str:
+    proc = run_snapcore(*args)
+    assert proc.returncode == code, proc.stderr
+    assert proc.stderr.startswith("snapcore: error: ") and proc.stderr.count("\n") == 1
+    return proc.stderr
+
+
+def process_state(pid: int) -> str:
+    return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+
+
+def test_zombie_is_refused(out_dir):
+    proc = subprocess.Popen(["true"])
+    time.sleep(0.3)  # exited, not reaped
+    assert process_state(proc.pid) == "Z"
+    assert "zombie" in refused(ExitCode.UNSUPPORTED, "-o", str(out_dir), str(proc.pid))
+    proc.wait()
+
+
+def test_stopped_target_is_refused_and_stays_stopped(start_victim, out_dir):
+    victim = start_victim("sleep")
+    os.kill(victim.pid, signal.SIGSTOP)
+    time.sleep(0.1)
+    assert "stopped" in refused(ExitCode.UNSUPPORTED, "-o", str(out_dir), str(victim.pid))
+    assert process_state(victim.pid) == "T"
+    os.kill(victim.pid, signal.SIGCONT)
+    victim.wait_for_heartbeats(victim.heartbeats())
+    victim.assert_unharmed()
+
+
+def test_already_traced_names_the_tracer(start_victim, out_dir):
+    victim = start_victim("sleep")
+    tracer = subprocess.Popen(
+        [sys.executable, "-c", "import sys, time; from ptrace.binding.func import ptrace; "
+         f"ptrace(0x4206, {victim.pid}, 0, 0); print('seized', flush=True); time.sleep(60)"],
+        stdout=subprocess.PIPE, text=True)
+    try:
+        assert tracer.stdout.readline() == "seized\n"
+        err = refused(ExitCode.BUSY, "-o", str(out_dir), str(victim.pid))
+        assert f"already traced by {tracer.pid} (python" in err
+    finally:
+        tracer.kill()
+        tracer.wait()
+    victim.wait_for_heartbeats(victim.heartbeats())
+    victim.assert_unharmed()
+
+
+def test_seccomp_filtered_target_is_refused(start_victim, out_dir):
+    victim = start_victim("seccomp")
+    assert "seccomp" in refused(ExitCode.UNSUPPORTED, "-o", str(out_dir), str(victim.pid))
+    victim.wait_for_heartbeats(victim.heartbeats())
+    victim.assert_unharmed()
+
+
+def test_32bit_target_is_refused(build_dir, out_dir):
+    exe = build_dir / "compat32"
+    subprocess.run(["gcc", "-m32", "-nostdlib", "-static", "-fno-pic", "-o", str(exe),
+                    str(TARGETS / "compat32.c")], check=True)
+    proc = subprocess.Popen([str(exe)])
+    try:
+        time.sleep(0.2)
+        assert "not a 64-bit x86_64 process" in refused(ExitCode.UNSUPPORTED, "-o",
+                                                       str(out_dir), str(proc.pid))
+        assert process_state(proc.pid) == "S"
+    finally:
+        proc.kill()
+        proc.wait()
+
+
+def test_hard_core_limit_zero_is_refused_before_touching(start_victim, out_dir):
+    victim = start_victim("sleep", core_limit=(0, 0))
+    err = refused(ExitCode.CORE_NOT_WRITTEN, "-o", str(out_dir), str(victim.pid))
+    assert "hard RLIMIT_CORE" in err and "is 0" in err
+    victim.wait_for_heartbeats(victim.heartbeats())
+    victim.assert_unharmed()
+
+
+def test_soft_core_limit_zero_still_gives_a_core(start_victim, out_dir):
+    victim = start_victim("sleep", core_limit=(0, resource_unlimited()))
+    code, doc = snap_json("-o", str(out_dir), str(victim.pid))
+    assert code == 0, doc
+    assert soft_core_limit(victim.pid) == "0"  # the target's own limit is untouched
+    victim.assert_unharmed()
+
+
+def resource_unlimited() -> int:
+    import resource
+    return resource.RLIM_INFINITY
+
+
+def soft_core_limit(pid: int) -> str:
+    for line in Path(f"/proc/{pid}/limits").read_text().splitlines():
+        if line.startswith("Max core file size"):
+            return line.split()[4]
+    raise AssertionError("no core limit line")
+
+
+def test_unusable_output_dir(start_victim):
+    victim = start_victim("sleep")
+    err = refused(ExitCode.OUTPUT, "-o", "/proc/snapcore-cannot-be-here", str(victim.pid))
+    assert "output directory" in err
+    victim.assert_unharmed()
+
+
+@pytest.fixture
+def core_pattern():
+    """Set core_pattern/core_uses_pid for one test, and always put them back."""
+    files = [Path("/proc/sys/kernel/core_pattern"), Path("/proc/sys/kernel/core_uses_pid")]
+    saved = [f.read_text() for f in files]
+
+    def set_pattern(pattern: str, uses_pid: bool = False):
+        files[0].write_text(pattern + "\n")
+        files[1].write_text("1\n" if uses_pid else "0\n")
+
+    yield set_pattern
+    for f, text in zip(files, saved):
+        f.write_text(text)
+
+
+def test_absolute_core_pattern(core_pattern, start_victim, out_dir, tmp_path):
+    crash = tmp_path / "crash"
+    crash.mkdir()
+    core_pattern(f"{crash}/core.%e.%p.%t.%h")
+    victim = start_victim("sleep")
+    code, doc = snap_json("-o", str(out_dir), str(victim.pid))
+    assert code == 0, doc
+    assert doc["core_pattern"]["kind"] == "absolute"
+    core = Path(doc["core"]["path"])
+    assert core.parent == out_dir and prstatus_pids(core) == [victim.pid]
+    assert list(crash.iterdir()) == []  # moved, not copied
+    victim.assert_unharmed()
+
+
+def test_core_uses_pid(core_pattern, start_victim, out_dir):
+    core_pattern("core", uses_pid=True)
+    victim = start_victim("read")
+    code, doc = snap_json("-o", str(out_dir), str(victim.pid))
+    assert code == 0, doc
+    assert prstatus_pids(Path(doc["core"]["path"])) == [victim.pid]
+    victim.assert_unharmed()
+
+
+def test_pipe_core_pattern_reports_the_handler(core_pattern, start_victim, out_dir,
+                                              tmp_path):
+    kept = tmp_path / "kept"
+    kept.mkdir()
+    handler = tmp_path / "handler.sh"
+    handler.write_text(f"#!/bin/sh\ncat > {kept}/core.$1\n")
+    handler.chmod(0o755)
+    core_pattern(f"|{handler} %P")
+    victim = start_victim("sleep")
+
+    code, doc = snap_json("-o", str(out_dir), str(victim.pid))
+
+    assert code == ExitCode.CORE_PIPED, doc
+    assert doc["core"] is None
+    assert doc["core_pattern"]["kind"] == "pipe"
+    assert doc["core_pattern"]["handler"] == str(handler)
+    assert str(doc["child_pid"]) in doc["core_pattern"]["lookup"]
+    handed = kept / f"core.{doc['child_pid']}"
+    for _ in range(100):
+        if handed.exists() and handed.stat().st_size > 0:
+            break
+        time.sleep(0.05)
+    time.sleep(0.2)
+    assert handed.read_bytes()[:4] == b"\x7fELF"
+    assert not out_dir.exists() or list(out_dir.iterdir()) == []
+    victim.assert_unharmed()
+    quiet = run_snapcore("-q", "-o", str(out_dir), str(victim.pid))
+    assert quiet.returncode == ExitCode.CORE_PIPED and quiet.stdout == ""
+    assert "coredump" not in quiet.stderr and str(handler) in quiet.stderr
