@@ -35,6 +35,28 @@ _RLIMIT_AT = 128  # struct rlimit {soft, hard}
 _PATH_AT = 256  # the staging directory, NUL-terminated
 
 
+# The clone that makes the child: no flags at all, and exit_signal 0 in the
+# low byte.  With no exit signal the target gets no SIGCHLD and its ordinary
+# wait()/waitpid(-1) never see the child (only __WALL/__WCLONE waits do); a
+# plain fork would show a supervising process an unknown child dying of SIGABRT.
+FORK_CLONE_FLAGS = 0
+# The wait4 that reaps it, injected into the target: never blocks the target.
+REAP_WAIT4_OPTIONS = ptrace.WALL | os.WNOHANG
+# What runs inside the child, pointers as 0 (for the seccomp preflight).
+CHILD_SYSCALLS = [
+    ("mmap", (0, 4096, 0x3, 0x22, -1, 0)),
+    ("prlimit64", (0, 4, 0, 0)),
+    ("rt_sigaction", (6, 0, 0, 8)),
+    ("chdir", (0,)),
+    ("prctl", (15, 0)),
+    ("prctl", (3,)),
+    ("close_range", (0, (1 << 32) - 1, 0)),
+    ("sched_setscheduler", (0, 5, 0)),
+    ("setpriority", (0, 0, 19)),
+    ("ioprio_set", (1, 0, 3 << 13)),
+    ("munmap", (0, 4096)),
+]
+
 # A thread of the child that shares everything with it, like a pthread.
 CLONE_THREAD_FLAGS = (0x100 | 0x200 | 0x400 | 0x800  # VM, FS, FILES, SIGHAND
                       | 0x10000 | 0x40000)  # THREAD, SYSVSEM
@@ -57,8 +79,11 @@ class Child:
 _NAME_AT = 512  # the target's name, NUL-terminated (at most 15 bytes + NUL)
 
 
+PR_GET_DUMPABLE = 3
+
+
 def prepare(child: Child, at: int, *, core_hard: int, staging: str | None, name: str,
-            deadline: float) -> None:
+            allow_undumpable: bool, deadline: float) -> None:
     """Make the child harmless: its own core limit, SIGABRT at its default, the
     staging directory as cwd, no open files, the OOM killer's first choice.
     It waits at a syscall stop, with a scratch page mapped, for `resurrect`."""
@@ -69,6 +94,12 @@ def prepare(child: Child, at: int, *, core_hard: int, staging: str | None, name:
     def call(syscall_name: str, *args: int) -> int:
         return syscall(pid, base, at, arch.NR[syscall_name], *args, deadline=deadline)[0]
 
+    # The child inherited the target's dumpable flag: for root's processes
+    # this is the only place it can be read.
+    if call("prctl", PR_GET_DUMPABLE) == 0 and not allow_undumpable:
+        raise CoreNotWritten("the process made itself non-dumpable (PR_SET_DUMPABLE 0): "
+                             "it keeps its memory out of cores",
+                             "respect that (or override: --force dumpable)", stage="child")
     scratch = call("mmap", 0, PAGE, PROT_READ_WRITE, MAP_PRIVATE_ANONYMOUS, -1, 0)
     if scratch < 0:
         raise InternalError(f"mmap in the snapshot child failed ({scratch})", stage="child")

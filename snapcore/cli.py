@@ -10,21 +10,30 @@ from pathlib import Path
 import click
 from rich.console import Console
 
-from . import __version__, report
+from . import __version__, interrupts, preflight, report
 from .corefile import default_output_dir
 from .errors import BadInput, ExitCode, Interrupted, SnapcoreError
+from .estimate import parse_size
+from .ptrace import signals_held
 from .snapshot import THREAD_MODES, take
 
 PID_MAX_LIMIT = 1 << 22  # PID_MAX_LIMIT on 64-bit kernels
 
 EXIT_CODES_HELP = """\b
 Exit codes:
-  0  snapshot taken          6  target not supported
+  0  snapshot taken (check: would go ahead)
   1  internal error          7  target did not stop in time
   2  bad command line        8  kernel wrote no core
   3  no such process         9  core handed to a core_pattern pipe
-  4  permission denied      10  output directory unusable
-  5  already traced        130  interrupted (target released)"""
+  4  permission denied      10  output directory unusable or full
+  5  already traced         11  not enough memory headroom
+  6  target not supported   12  rate limit reached
+                           130  interrupted (target released)"""
+
+
+def ptrace_session():
+    """SIGCHLD blocked, as the ptrace waits need (see snapcore.ptrace)."""
+    return signals_held([signal.SIGCHLD])
 
 
 def parse_pid(text: str) -> int:
@@ -70,37 +79,89 @@ def cli():
     """
 
 
+def common_options(command):
+    """Options that `snap` and `check` share (they judge the same things)."""
+    for option in reversed([
+        click.option("-o", "--output-dir", type=click.Path(file_okay=False, path_type=Path),
+                     help="Where the core goes (created 0700). Default: $SNAPCORE_DIR, "
+                          "else /var/lib/snapcore for root, else "
+                          "$XDG_STATE_HOME/snapcore."),
+        click.option("--json", "as_json", is_flag=True,
+                     help="Print one JSON document (errors too) instead of text."),
+        click.option("--timeout", type=click.FloatRange(min=0.01), default=2.0,
+                     show_default=True, metavar="SECONDS",
+                     help="How long to wait for the target to stop (a thread in "
+                          "uninterruptible sleep may never); the target is left "
+                          "untouched."),
+        click.option("--min-free", default="10%", show_default=True, metavar="SIZE|PCT",
+                     help="Free space to leave on the output filesystem after the core "
+                          "(e.g. 2G or 10%)."),
+        click.option("--max-per-hour", type=click.IntRange(min=0), default=4,
+                     show_default=True, metavar="N",
+                     help="At most N snapshots of the same program per hour (0: no "
+                          "limit); one at a time per program."),
+    ]):
+        command = option(command)
+    return command
+
+
+def _options(output_dir, timeout, min_free, max_per_hour) -> preflight.Options:
+    if not (min_free.strip().endswith("%") or _is_size(min_free)):
+        raise BadInput(f"invalid --min-free {min_free!r}", "give a size (2G) or a "
+                       "percentage of the filesystem (10%)", stage="usage")
+    return preflight.Options(output_dir=output_dir or default_output_dir(),
+                             min_free=min_free, max_per_hour=max_per_hour, timeout=timeout)
+
+
+def _is_size(text: str) -> bool:
+    try:
+        parse_size(text)
+        return True
+    except ValueError:
+        return False
+
+
+def _check_force(names: tuple[str, ...]) -> None:
+    for name in names:
+        if name not in preflight.CHECKS:
+            raise BadInput(f"--force {name}: no such check",
+                           f"checks: {', '.join(preflight.CHECKS)}", stage="usage")
+        if name not in preflight.FORCEABLE:
+            raise BadInput(f"--force {name}: this check cannot be overridden",
+                           f"only these can: {', '.join(preflight.FORCEABLE)}",
+                           stage="usage")
+
+
 @cli.command(epilog=EXIT_CODES_HELP)
 @click.argument("pid", metavar="PID")
-@click.option("-o", "--output-dir", type=click.Path(file_okay=False, path_type=Path),
-              help="Where the core goes (created 0700). Default: $SNAPCORE_DIR, else "
-                   "/var/lib/snapcore for root, else $XDG_STATE_HOME/snapcore.")
-@click.option("--json", "as_json", is_flag=True,
-              help="Print one JSON document (errors too) instead of the summary.")
+@common_options
 @click.option("-q", "--quiet", is_flag=True, help="Print only the core's path.")
 @click.option("-v", "--verbose", is_flag=True,
-              help="Also show the pause split, the child and core_pattern.")
+              help="Also show the pause split, the child, core_pattern, the threads and "
+                   "every check.")
 @click.option("--threads", type=click.Choice(THREAD_MODES), default="all", show_default=True,
               help="all: every thread is held for the fork and appears in the core with "
-                   "its registers (the pause grows by some microseconds per thread). "
-                   "main: only the main thread is held and dumped (the shortest "
+                   "its registers (the pause grows by some tens of microseconds per "
+                   "thread). main: only the main thread is held and dumped (the shortest "
                    "pause; other threads show without registers).")
-@click.option("--timeout", type=click.FloatRange(min=0.01), default=2.0, show_default=True,
-              metavar="SECONDS",
-              help="How long to wait for the target to stop (a thread in "
-                   "uninterruptible sleep may never); the target is left untouched.")
-def snap(pid, output_dir, as_json, quiet, verbose, threads, timeout):
+@click.option("--force", "force", multiple=True, metavar="CHECK",
+              help="Go ahead although this check refuses (repeatable; see `snapcore "
+                   "check`). Only " + ", ".join(preflight.FORCEABLE) + " can be forced.")
+def snap(pid, output_dir, as_json, timeout, min_free, max_per_hour, quiet, verbose, threads,
+         force):
     """Snapshot process PID into a core file; the process keeps running.
 
-    The core is named TIMESTAMP_NAME_PID.core (UTC), owned by you, mode 0600,
-    so `ls` lists snapshots by time and `gdb EXE "$(snapcore -q PID)"` works.
+    Every check of `snapcore check` runs first. The core is named
+    TIMESTAMP_NAME_PID.core (UTC), owned by you, mode 0600, so `ls` lists
+    snapshots by time and `gdb EXE "$(snapcore -q PID)"` works.
     """
     out = Console(soft_wrap=True)
     err = Console(stderr=True)
     try:
         target_pid = parse_pid(pid)
-        snapshot = take(target_pid, output_dir or default_output_dir(), threads=threads,
-                        stop_timeout=timeout)
+        _check_force(force)
+        opts = _options(output_dir, timeout, min_free, max_per_hour)
+        snapshot = take(target_pid, opts, threads=threads, force=force)
     except SnapcoreError as exc:
         _fail(exc, as_json, err)
     except KeyboardInterrupt:
@@ -121,6 +182,35 @@ def snap(pid, output_dir, as_json, quiet, verbose, threads, timeout):
         sys.exit(ExitCode.CORE_PIPED)
 
 
+@cli.command(epilog=EXIT_CODES_HELP)
+@click.argument("pid", metavar="PID")
+@common_options
+def check(pid, output_dir, as_json, timeout, min_free, max_per_hour):
+    """Say whether a snapshot of PID would go ahead, and why not.
+
+    Runs every check `snapcore PID` runs, without taking a snapshot: the
+    process is stopped only for a moment, to read its seccomp filters when it
+    has some. Exits 0 when a snapshot would go ahead, else with the exit code
+    the first refusal would give.
+    """
+    err = Console(stderr=True)
+    try:
+        opts = _options(output_dir, timeout, min_free, max_per_hour)
+        with ptrace_session():
+            result = preflight.run(parse_pid(pid), opts)
+    except SnapcoreError as exc:
+        _fail(exc, as_json, err)
+    except KeyboardInterrupt:
+        _fail(Interrupted("interrupted", "the target keeps running", stage="interrupt"),
+              as_json, err)
+    refusals = result.refusals()
+    if as_json:
+        report.print_json(report.check_dict(result))
+    else:
+        report.print_checks(result, Console(soft_wrap=True))
+    sys.exit(int(refusals[0].exit_code) if refusals else 0)
+
+
 def _fail(exc: SnapcoreError, as_json: bool, err: Console):
     if as_json:
         report.print_json({"ok": False, "error": exc.as_dict()})
@@ -130,14 +220,21 @@ def _fail(exc: SnapcoreError, as_json: bool, err: Console):
 
 
 def _stop_requested(signum, frame):
-    # SIGTERM and SIGHUP end snapcore like Ctrl-C: through the engine's cleanup
-    # (which holds them while the target is stopped), never mid-injection.
+    # SIGINT, SIGTERM and SIGHUP end snapcore through the engine's cleanup:
+    # while the target is stopped they are blocked; while snapcore puts things
+    # back after a failure or a first interruption, they wait for it.
+    if interrupts.in_cleanup():
+        interrupts.remember()
+        Console(stderr=True).print("snapcore: still putting the target back and removing "
+                                   "the child; waiting for that first", markup=False,
+                                   highlight=False)
+        return
     raise KeyboardInterrupt
 
 
 def main(argv=None):
-    signal.signal(signal.SIGTERM, _stop_requested)
-    signal.signal(signal.SIGHUP, _stop_requested)
+    for signum in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
+        signal.signal(signum, _stop_requested)
     args = sys.argv[1:] if argv is None else list(argv)
     if not args:
         click.echo(cli.get_help(click.Context(cli, info_name="snapcore")), err=True)

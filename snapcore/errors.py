@@ -22,6 +22,8 @@ class ExitCode(enum.IntEnum):
     CORE_NOT_WRITTEN = 8  # the kernel wrote no core (RLIMIT_CORE, dumpable, disk)
     CORE_PIPED = 9  # core_pattern hands cores to a program: the core is there, not here
     OUTPUT = 10  # the output directory cannot be created, written or has no room
+    MEMORY = 11  # not enough memory headroom for the copy-on-write child
+    RATE_LIMITED = 12  # too many snapshots of this program in the last hour
     INTERRUPTED = 130  # Ctrl-C or SIGTERM; the target was released first
 
 

@@ -139,6 +139,24 @@ class HeldThread:
                 return
 
 
+def peek(tid: int, read, timeout: float):
+    """Hold thread `tid` stopped just long enough to call read(tid), then let it go.
+
+    For what ptrace shows only on a stopped tracee (seccomp filters).  The
+    caller must have SIGCHLD blocked (ptrace.signals_held).
+    """
+    held = HeldThread(tid)
+    with ptrace.signals_held(ptrace.STOP_REQUEST_SIGNALS):
+        ptrace.seize(tid, 0)
+        try:
+            ptrace.interrupt(tid)
+            wait_for_interrupt_stop(tid, time.monotonic() + timeout)
+            held.stopped = True
+            return read(tid)
+        finally:
+            held.release(None)
+
+
 @dataclass
 class Injection:
     """What one syscall run in the target left behind."""
@@ -190,13 +208,15 @@ def _task_ids(pid: int) -> list[int]:
 
 def run_in_target(pid: int, at: int, nr: int, *args: int, timeout: float,
                   threads: list[int] | None = None, with_xstate: bool = False,
-                  check=None) -> Injection:
+                  check=None, main_runs: bool = False) -> Injection:
     """Stop the target, run one syscall in one of its threads, restore, let go.
 
     threads: the thread ids to hold during the syscall, as listed before the
     window opens; None holds the main thread only.  With a list, threads born
     meanwhile are held too.  The syscall runs in the main thread if it sits in
-    a syscall, else in a held thread that does, else in the main thread.
+    a syscall, else in a held thread that does, else in the main thread;
+    with `main_runs`, always in the main thread (whose seccomp filters were
+    checked).
     `check(tid)` runs once every thread is stopped and may refuse by raising.
 
     SIGINT/SIGTERM/SIGHUP are held until every thread is released.  While the
@@ -218,7 +238,7 @@ def run_in_target(pid: int, at: int, nr: int, *args: int, timeout: float,
             for thread in held.values():
                 thread.save(with_xstate)
             t1 = time.perf_counter()
-            if not runner.in_syscall:
+            if not runner.in_syscall and not main_runs:
                 runner = next((t for t in held.values() if t.in_syscall), runner)
             tid = runner.tid
             ptrace.set_options(tid, ptrace.O_TRACESYSGOOD | ptrace.O_TRACECLONE

@@ -39,6 +39,7 @@ PTRACE_SEIZE = 0x4206
 PTRACE_INTERRUPT = 0x4207
 PTRACE_GETSIGMASK = 0x420A
 PTRACE_SETSIGMASK = 0x420B
+PTRACE_SECCOMP_GET_FILTER = 0x420C
 
 O_TRACESYSGOOD = 1
 O_TRACECLONE = 8
@@ -149,6 +150,29 @@ def get_sigmask(tid: int) -> int:
 def set_sigmask(tid: int, mask: int) -> None:
     value = ctypes.c_uint64(mask)
     _call(PTRACE_SETSIGMASK, tid, 8, ctypes.addressof(value), "setsigmask")
+
+
+def seccomp_filters(tid: int) -> list[bytes]:
+    """The thread's seccomp filters as raw struct sock_filter arrays, newest first.
+
+    Needs CAP_SYS_ADMIN and a stopped tracee; raises PermissionDenied without it.
+    """
+    filters = []
+    for index in range(1024):  # the kernel caps a thread's filters far lower
+        try:
+            count = _raw_ptrace(PTRACE_SECCOMP_GET_FILTER, tid, index, 0)
+        except PtraceError as exc:
+            if exc.errno == errno.ENOENT:
+                return filters
+            if exc.errno in (errno.EACCES, errno.EPERM):
+                raise PermissionDenied(f"cannot read the seccomp filters of {tid}",
+                                       "run as root with CAP_SYS_ADMIN", pid=tid) from None
+            raise InternalError(f"reading seccomp filter {index} of {tid} failed: "
+                                f"{os.strerror(exc.errno or 0)}", pid=tid) from None
+        buf = ctypes.create_string_buffer(count * 8)
+        _call(PTRACE_SECCOMP_GET_FILTER, tid, index, ctypes.addressof(buf), "seccomp filter")
+        filters.append(buf.raw)
+    return filters
 
 
 def event_msg(tid: int) -> int:

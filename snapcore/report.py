@@ -34,7 +34,9 @@ def snapshot_dict(snap: Snapshot) -> dict:
         "child_pid": snap.child_pid,
         "core_pattern": {"kind": pattern.kind, "pattern": pattern.pattern},
         "taken_at": snap.taken_at.isoformat().replace("+00:00", "Z"),
+        "core_estimate": snap.core_estimate,
         "notes": snap.notes,
+        "checks": snap.checks,
     }
     if pattern.kind == "pipe":
         doc["core_pattern"]["handler"] = pattern.handler
@@ -73,6 +75,9 @@ def print_snapshot(snap: Snapshot, verbose: bool, console: Console) -> None:
     else:
         grid.add_row("core", f"handed to {snap.core_pattern.handler} by core_pattern: "
                              f"{pipe_lookup(snap)}")
+    for check in snap.checks:
+        if check["verdict"] != "ok" or verbose:
+            grid.add_row(f"check {check['name']}", f"{check['verdict']}: {check['reason']}")
     if verbose:
         grid.add_row("child", f"pid {snap.child_pid}")
         grid.add_row("core_pattern", f"{snap.core_pattern.pattern} ({snap.core_pattern.kind})")
@@ -81,6 +86,47 @@ def print_snapshot(snap: Snapshot, verbose: bool, console: Console) -> None:
         for thread in snap.thread_map:
             grid.add_row("thread", f"{thread['tid']} {thread['name']}")
     console.print(grid)
+
+
+VERDICT_STYLE = {"ok": "green", "warn": "yellow", "refuse": "bold red"}
+
+
+def check_dict(result) -> dict:
+    refusals = result.refusals()
+    t = result.target
+    return {
+        "ok": not refusals,
+        "target": {"pid": t.pid, "name": t.name, "exe": t.exe, "uid": t.uid,
+                   "threads": len(t.threads)},
+        "would_snapshot": not refusals,
+        "exit_code": int(refusals[0].exit_code) if refusals else 0,
+        "core_estimate": result.core_estimate,
+        "checks": result.as_dicts(),
+    }
+
+
+def print_checks(result, console: Console) -> None:
+    t = result.target
+    table = Table(title=f"snapcore check {t.pid} ({t.name})", title_justify="left")
+    for column in ("check", "verdict", "reason", "fix"):
+        table.add_column(column, overflow="fold")
+    for check in result.checks:
+        verdict = f"[{VERDICT_STYLE[check.verdict]}]{check.verdict}[/]"
+        fix = check.fix
+        if check.verdict == "refuse" and check.forceable:
+            fix += f" (or --force {check.name})"
+        table.add_row(check.name, verdict, _plain(check.reason), _plain(fix))
+    console.print(table)
+    refusals = result.refusals()
+    if refusals:
+        console.print(f"a snapshot would be refused: {_plain(refusals[0].reason)}",
+                      highlight=False)
+    else:
+        console.print("a snapshot would go ahead", highlight=False)
+
+
+def _plain(text: str) -> str:
+    return text.replace("[", "\\[")
 
 
 def print_error(err: SnapcoreError, console: Console) -> None:

@@ -14,19 +14,12 @@ from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
 
-from . import arch, child as childmod, corefile, ptrace
+from . import arch, child as childmod, corefile, interrupts, preflight, ptrace
 from .errors import (CoreNotWritten, InternalError, NoSuchProcess, SnapcoreError,
                      Unsupported)
 from .inject import run_in_target
-from .target import Target, describe, find_syscall_instruction, start_time, thread_name
-
-# clone flags: none at all, and exit_signal 0 in the low byte.  With no exit
-# signal the target gets no SIGCHLD and its ordinary wait()/waitpid(-1) never
-# see the child (only __WALL/__WCLONE waits do); a plain fork would show a
-# supervising process an unknown child dying of SIGABRT.
-CLONE_FLAGS = 0
-WAIT4_OPTIONS = ptrace.WALL | os.WNOHANG
-
+from .ratelimit import RateLimiter, key_for
+from .target import Target, find_syscall_instruction, start_time, thread_name
 
 @dataclass
 class Snapshot:
@@ -42,6 +35,8 @@ class Snapshot:
     core_pattern: corefile.CorePattern
     taken_at: datetime
     notes: list[str] = field(default_factory=list)
+    checks: list[dict] = field(default_factory=list)  # the preflight's verdicts
+    core_estimate: int = 0  # what the preflight expected the core to weigh
 
     @property
     def pause_ms(self) -> float:
@@ -51,37 +46,46 @@ class Snapshot:
 THREAD_MODES = ("all", "main")
 
 
-def take(pid: int, output_dir: Path, *, threads: str = "all",
-         stop_timeout: float = 2.0) -> Snapshot:
-    """Snapshot process `pid` into `output_dir`; the target keeps running.
+def take(pid: int, opts: preflight.Options, *, threads: str = "all",
+         force: tuple[str, ...] = ()) -> Snapshot:
+    """Snapshot process `pid` into `opts.output_dir`; the target keeps running.
 
-    threads="all" holds every thread for the fork and puts each in the core;
-    "main" holds only the main thread and the core shows only that one.
+    Every preflight check runs first; a refusal raises unless its name is in
+    `force` (and it may be forced).  threads="all" holds every thread for the
+    fork and puts each in the core; "main" holds and dumps the main thread only.
     """
-    target = describe(pid)
+    pre = preflight.run(pid, opts)
+    refusals = pre.refusals(force)
+    if refusals:
+        raise preflight.Refused(refusals[0], pid)
+    target = pre.target
     pattern = corefile.read_core_pattern()
-    if target.core_hard == 0 and pattern.kind != "pipe":
-        raise CoreNotWritten(f"core not written: hard RLIMIT_CORE of {pid} ({target.name}) "
-                             "is 0", "raise it where the process is started (ulimit -Hc, "
-                             "LimitCORE= in its systemd unit)", pid=pid, stage="preflight")
-    output_dir = corefile.prepare_output_dir(output_dir)
-    at = find_syscall_instruction(pid)
-    staging = (corefile.make_staging_dir(output_dir, target.uid, target.gid)
-               if pattern.kind == "relative" else None)
-    try:
-        with ptrace.signals_held([signal.SIGCHLD]):
-            return _take(target, pattern, output_dir, staging, at, threads == "all",
-                         stop_timeout)
-    except SnapcoreError as exc:
-        exc.pid = exc.pid if exc.pid is not None else pid
-        raise
-    finally:
-        if staging is not None:
-            shutil.rmtree(staging, ignore_errors=True)
+    output_dir = corefile.prepare_output_dir(opts.output_dir)
+    limiter = RateLimiter(output_dir, opts.max_per_hour, opts.clock)
+    key = key_for(target.exe, pid)
+    with limiter.exclusive(key, pid):
+        at = find_syscall_instruction(pid)
+        staging = (corefile.make_staging_dir(output_dir, target.uid, target.gid)
+                   if pattern.kind == "relative" else None)
+        try:
+            with ptrace.signals_held([signal.SIGCHLD]):
+                snap = _take(target, pattern, output_dir, staging, at, threads == "all",
+                             opts.timeout, allow_undumpable="dumpable" in force)
+        except SnapcoreError as exc:
+            exc.pid = exc.pid if exc.pid is not None else pid
+            raise
+        finally:
+            if staging is not None:
+                shutil.rmtree(staging, ignore_errors=True)
+        limiter.record(key)
+    snap.checks = pre.as_dicts()
+    snap.core_estimate = pre.core_estimate
+    return snap
 
 
 def _take(target: Target, pattern: corefile.CorePattern, output_dir: Path,
-          staging: Path | None, at: int, all_threads: bool, stop_timeout: float) -> Snapshot:
+          staging: Path | None, at: int, all_threads: bool, stop_timeout: float, *,
+          allow_undumpable: bool) -> Snapshot:
     pid = target.pid
 
     def same_process(tid: int) -> None:
@@ -95,9 +99,10 @@ def _take(target: Target, pattern: corefile.CorePattern, output_dir: Path,
                               pid=pid, stage="capture")
 
     taken_at = datetime.now(timezone.utc)
-    fork = run_in_target(pid, at, arch.NR["clone"], CLONE_FLAGS, 0, 0, 0, 0,
+    fork = run_in_target(pid, at, arch.NR["clone"], childmod.FORK_CLONE_FLAGS, 0, 0, 0, 0,
                          timeout=stop_timeout, check=same_process, with_xstate=True,
-                         threads=target.threads if all_threads else None)
+                         threads=target.threads if all_threads else None,
+                         main_runs=target.seccomp != 0)
     if fork.result < 0:
         raise InternalError(f"clone in process {pid} failed: {os.strerror(-fork.result)}",
                             "the target was restored and is running", pid=pid,
@@ -113,15 +118,16 @@ def _take(target: Target, pattern: corefile.CorePattern, output_dir: Path,
         deadline = time.monotonic() + 30 + 0.01 * len(fork.others)
         childmod.prepare(kid, at, core_hard=target.core_hard,
                          staging=str(staging) if staging else None, name=target.name,
-                         deadline=deadline)
+                         allow_undumpable=allow_undumpable, deadline=deadline)
         childmod.resurrect(kid, at, fork.others, deadline)
         childmod.lower_priority(kid, at, deadline)
         ended, dump_seconds = childmod.dump(kid, fork.runner)
     finally:
-        childmod.kill(kid)  # only when something above failed: otherwise it is dead
-        reap = run_in_target(pid, at, arch.NR["wait4"], child_ns_pid, 0, WAIT4_OPTIONS, 0,
-                             timeout=stop_timeout)
-        reap_pause = reap.timings["pause"]
+        with interrupts.cleanup():
+            childmod.kill(kid)  # only when something above failed: otherwise it is dead
+            reap = run_in_target(pid, at, arch.NR["wait4"], child_ns_pid, 0,
+                                 childmod.REAP_WAIT4_OPTIONS, 0, timeout=stop_timeout)
+            reap_pause = reap.timings["pause"]
     snap = Snapshot(target=target, core_path=None, core_size=0, pause=fork.timings,
                     reap_pause=reap_pause, dump_seconds=dump_seconds,
                     threads=len(kid.threads), thread_map=_thread_map(pid, kid),

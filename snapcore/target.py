@@ -5,26 +5,34 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass, field
 
-import psutil
-
 from . import arch
-from .errors import AlreadyTraced, NoSuchProcess, PermissionDenied, Unsupported
+from .errors import NoSuchProcess, Unsupported
 
 RLIM_INFINITY = (1 << 64) - 1
 
 
 @dataclass
 class Target:
+    """Facts about the target, read from /proc without touching it."""
+
     pid: int
     name: str  # comm
-    exe: str
+    exe: str  # "" when unreadable (kernel threads)
     uid: int  # real uid: the kernel writes the core with the target's credentials
     gid: int
+    euid: int
     start_time: int  # clock ticks since boot (stat field 22): pins the pid
-    state: str
+    state: str  # one letter, as in ps
+    tgid: int
+    tracer: int  # TracerPid, 0 when not traced
+    seccomp: int  # 0 none, 1 strict, 2 filter
+    kernel_thread: bool
+    elf_class: int  # 1: 32-bit, 2: 64-bit, 0: unknown, -1: not permitted to read
+    elf_machine: int
     core_soft: int
     core_hard: int
     threads: list[int] = field(default_factory=list)
+    proc_owner: int = 0  # owner of /proc/PID: root when the target is not dumpable
 
 
 def read_status(pid: int) -> dict[str, str]:
@@ -80,62 +88,37 @@ def elf_identity(pid: int) -> tuple[int, int]:
     return (head[4], int.from_bytes(head[18:20], "little"))
 
 
-def describe(pid: int) -> Target:
-    """Read what snapcore needs about `pid`, refusing targets it must not touch."""
+def read(pid: int) -> Target:
+    """Read what snapcore needs to know about `pid`; judging it is preflight's job."""
     try:
         status = read_status(pid)
-        proc = psutil.Process(pid)
         stime = start_time(pid)
-    except (FileNotFoundError, ProcessLookupError, psutil.NoSuchProcess):
+        kthread = _is_kernel_thread(pid)
+        soft, hard = core_limits(pid)
+        tids = task_ids(pid)
+        owner = os.stat(f"/proc/{pid}").st_uid
+    except (FileNotFoundError, ProcessLookupError):
         raise NoSuchProcess(f"no such process {pid}",
                             "check the pid with ps or pgrep", pid=pid, stage="preflight")
-    state = status.get("State", "?")[0]
-    name = status.get("Name", "?")
-    where = dict(pid=pid, stage="preflight")
-    if state in "ZX":
-        raise Unsupported(f"process {pid} ({name}) is a zombie",
-                          "it has exited; there is no memory left to dump", **where)
-    if int(status.get("Tgid", pid)) != pid:
-        raise Unsupported(f"{pid} is a thread of process {status['Tgid']}, not a process",
-                          f"snapshot the process: snapcore {status['Tgid']}", **where)
-    if _is_kernel_thread(pid):
-        raise Unsupported(f"process {pid} ({name}) is a kernel thread",
-                          "kernel threads have no user memory to dump", **where)
-    me = os.getpid()
-    if pid == me or pid in {p.pid for p in psutil.Process(me).parents()}:
-        raise Unsupported(f"process {pid} ({name}) is snapcore itself or one of its parents",
-                          "run snapcore from another shell", **where)
-    tracer = int(status.get("TracerPid", "0"))
-    if tracer:
-        raise AlreadyTraced(f"process {pid} ({name}) is already traced by {tracer} "
-                            f"({_name_of(tracer)})",
-                            "detach gdb/strace from it first", **where)
-    if state in "Tt":
-        raise Unsupported(f"process {pid} ({name}) is stopped (state {state})",
-                          "it must stay stopped: resume it (kill -CONT) before a snapshot",
-                          **where)
-    if status.get("Seccomp", "0") != "0":
-        raise Unsupported(f"process {pid} ({name}) runs under a seccomp filter",
-                          "an injected syscall could be denied or kill it; "
-                          "snapcore does not touch seccomp-filtered processes yet", **where)
-    try:
-        elf_class, machine = elf_identity(pid)
-        exe = proc.exe()
-    except PermissionError:
-        raise PermissionDenied(f"not permitted to inspect process {pid} ({name})",
-                               "run snapcore as root (sudo) or as the process's owner",
-                               **where)
-    except (FileNotFoundError, ProcessLookupError, psutil.NoSuchProcess):
-        raise NoSuchProcess(f"process {pid} exited", "nothing to snapshot", **where)
-    if elf_class != 2 or machine != arch.ELF_MACHINE:
-        raise Unsupported(f"process {pid} ({name}) is not a 64-bit x86_64 process",
-                          "snapcore supports 64-bit x86_64 processes only", **where)
-    soft, hard = core_limits(pid)
-    uids = status["Uid"].split()
-    gids = status["Gid"].split()
-    return Target(pid=pid, name=name, exe=exe, uid=int(uids[0]), gid=int(gids[0]),
-                  start_time=stime, state=state, core_soft=soft, core_hard=hard,
-                  threads=task_ids(pid))
+    exe, elf_class, machine = "", 0, 0
+    if not kthread:
+        try:
+            exe = os.readlink(f"/proc/{pid}/exe")
+            elf_class, machine = elf_identity(pid)
+        except PermissionError:
+            elf_class = -1  # unreadable: the permission check refuses it
+        except (FileNotFoundError, ProcessLookupError):
+            if status.get("State", "?")[0] not in "ZX":
+                raise NoSuchProcess(f"process {pid} exited", "nothing to snapshot", pid=pid,
+                                    stage="preflight")
+    uids = status.get("Uid", "0 0 0 0").split()
+    return Target(pid=pid, name=status.get("Name", "?"), exe=exe, uid=int(uids[0]),
+                  gid=int(status.get("Gid", "0").split()[0]), euid=int(uids[1]),
+                  start_time=stime, state=status.get("State", "?")[0],
+                  tgid=int(status.get("Tgid", pid)), tracer=int(status.get("TracerPid", "0")),
+                  seccomp=int(status.get("Seccomp", "0")), kernel_thread=kthread,
+                  elf_class=elf_class, elf_machine=machine, core_soft=soft, core_hard=hard,
+                  threads=tids, proc_owner=owner)
 
 
 def _is_kernel_thread(pid: int) -> bool:
@@ -144,13 +127,6 @@ def _is_kernel_thread(pid: int) -> bool:
         stat = f.read()
     flags = int(stat[stat.rindex(")") + 2:].split()[6])
     return bool(flags & 0x00200000)
-
-
-def _name_of(pid: int) -> str:
-    try:
-        return psutil.Process(pid).name()
-    except psutil.Error:
-        return "?"
 
 
 def find_syscall_instruction(pid: int) -> int:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import re
 import subprocess
 import sys
@@ -23,7 +24,7 @@ ROOT = Path(__file__).parent.parent
     ("0", ExitCode.USAGE, "invalid pid 0"),
     ("99999999", ExitCode.USAGE, "invalid pid 99999999"),
     ("4194000", ExitCode.NO_SUCH_PROCESS, "no such process 4194000"),
-    ("1", ExitCode.UNSUPPORTED, "snapcore itself or one of its parents"),
+    (str(os.getpid()), ExitCode.UNSUPPORTED, "snapcore itself or one of its parents"),
     ("2", ExitCode.UNSUPPORTED, "kernel thread"),
 ])
 def test_bad_pid_gets_one_line_and_exit_code(arg, code, words):

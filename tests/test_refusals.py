@@ -18,7 +18,7 @@ import pytest
 
 from conftest import TARGETS, run_snapcore, snap_json
 from snapcore.errors import ExitCode
-from test_snapshot import prstatus_pids
+from test_snapshot import cores_in, prstatus_pids
 
 
 def refused(code: ExitCode, *args: str) -> str:
@@ -68,13 +68,6 @@ def test_already_traced_names_the_tracer(start_victim, out_dir):
     victim.assert_unharmed()
 
 
-def test_seccomp_filtered_target_is_refused(start_victim, out_dir):
-    victim = start_victim("seccomp")
-    assert "seccomp" in refused(ExitCode.UNSUPPORTED, "-o", str(out_dir), str(victim.pid))
-    victim.wait_for_heartbeats(victim.heartbeats())
-    victim.assert_unharmed()
-
-
 def test_32bit_target_is_refused(build_dir, out_dir):
     exe = build_dir / "compat32"
     subprocess.run(["gcc", "-m32", "-nostdlib", "-static", "-fno-pic", "-o", str(exe),
@@ -120,8 +113,8 @@ def soft_core_limit(pid: int) -> str:
 
 def test_unusable_output_dir(start_victim):
     victim = start_victim("sleep")
-    err = refused(ExitCode.OUTPUT, "-o", "/proc/snapcore-cannot-be-here", str(victim.pid))
-    assert "output directory" in err
+    err = refused(ExitCode.OUTPUT, "-o", "/etc/hostname/cores", str(victim.pid))
+    assert "/etc/hostname is not a directory" in err
     victim.assert_unharmed()
 
 
@@ -187,7 +180,7 @@ def test_pipe_core_pattern_reports_the_handler(core_pattern, start_victim, out_d
         time.sleep(0.05)
     time.sleep(0.2)
     assert handed.read_bytes()[:4] == b"\x7fELF"
-    assert not out_dir.exists() or list(out_dir.iterdir()) == []
+    assert not out_dir.exists() or cores_in(out_dir) == []
     victim.assert_unharmed()
     quiet = run_snapcore("-q", "-o", str(out_dir), str(victim.pid))
     assert quiet.returncode == ExitCode.CORE_PIPED and quiet.stdout == ""

@@ -1,0 +1,154 @@
+"""Numbers for the preflight: how big the core will be, how much memory the
+copy-on-write child may cost, and how much room the machine has."""
+
+from __future__ import annotations
+
+import os
+import re
+from dataclasses import dataclass
+
+PAGE = 4096
+
+
+@dataclass
+class Mapping:
+    perms: str  # "rw-p"
+    offset: int
+    inode: int
+    path: str
+    size: int
+    rss: int
+    anonymous: int
+    flags: set[str]
+
+
+def read_smaps(pid: int) -> list[Mapping]:
+    maps: list[Mapping] = []
+    header = re.compile(r"^([0-9a-f]+)-([0-9a-f]+) (\S+) ([0-9a-f]+) \S+ (\d+)\s*(.*)$")
+    with open(f"/proc/{pid}/smaps") as f:
+        for line in f:
+            m = header.match(line)
+            if m:
+                start, end = int(m.group(1), 16), int(m.group(2), 16)
+                maps.append(Mapping(m.group(3), int(m.group(4), 16), int(m.group(5)),
+                                    m.group(6), end - start, 0, 0, set()))
+            elif maps and line.startswith("Rss:"):
+                maps[-1].rss = int(line.split()[1]) * 1024
+            elif maps and line.startswith("Anonymous:"):
+                maps[-1].anonymous = int(line.split()[1]) * 1024
+            elif maps and line.startswith("VmFlags:"):
+                maps[-1].flags = set(line.split()[1:])
+    return maps
+
+
+def coredump_filter(pid: int) -> int:
+    try:
+        with open(f"/proc/{pid}/coredump_filter") as f:
+            return int(f.read().strip(), 16)
+    except OSError:
+        return 0x33
+
+
+def core_size(maps: list[Mapping], filter_bits: int, threads: int) -> int:
+    """Bytes the kernel will write (resident pages of the mappings it dumps).
+
+    Mirrors vma_dump_size() in fs/coredump.c: VM_DONTDUMP and VM_IO mappings
+    are skipped; bits of coredump_filter choose anonymous/file, private/shared
+    and hugetlb mappings; a private file mapping with copied-on-write pages is
+    dumped whole when anonymous private memory is; otherwise its first page
+    when it starts an ELF file (bit 4).  Pages never touched are holes.
+    """
+    def bit(n: int) -> bool:
+        return bool(filter_bits & (1 << n))
+
+    total = 0
+    for m in maps:
+        if "dd" in m.flags or "io" in m.flags:
+            continue
+        shared = m.perms[3] == "s"
+        anon = m.inode == 0
+        if "ht" in m.flags:
+            dumped = bit(6) if shared else bit(5)
+        elif anon:
+            dumped = bit(1) if shared else bit(0)
+        elif shared:
+            dumped = bit(3)
+        else:
+            dumped = bit(2) or (m.anonymous > 0 and bit(0))
+        if dumped:
+            total += m.rss
+        elif not anon and not shared and bit(4) and m.offset == 0:
+            total += PAGE
+    return total + threads * 4 * PAGE + 64 * 1024  # notes: registers, FP state, files
+
+
+def cow_worst_case(maps: list[Mapping]) -> int:
+    """What the child may cost if the target rewrites every private page it holds."""
+    return sum(m.rss for m in maps if m.perms[1] == "w" and m.perms[3] == "p"
+               and "dd" not in m.flags)
+
+
+def private_writable_size(maps: list[Mapping]) -> int:
+    """What fork() charges against the commit limit (vm.overcommit_memory=2)."""
+    return sum(m.size for m in maps if m.perms[1] == "w" and m.perms[3] == "p")
+
+
+def meminfo() -> dict[str, int]:
+    out = {}
+    with open("/proc/meminfo") as f:
+        for line in f:
+            key, value = line.split(":", 1)
+            out[key] = int(value.split()[0]) * 1024
+    return out
+
+
+def overcommit_mode() -> int:
+    with open("/proc/sys/vm/overcommit_memory") as f:
+        return int(f.read())
+
+
+def cgroup_headroom(pid: int) -> tuple[str, int] | None:
+    """(cgroup, memory.max - memory.current) of the target's cgroup v2, or None
+    when it has no memory limit."""
+    try:
+        with open(f"/proc/{pid}/cgroup") as f:
+            path = next(line.split(":", 2)[2].strip() for line in f if line.startswith("0::"))
+    except (OSError, StopIteration):
+        return None
+    base = f"/sys/fs/cgroup{path}"
+    try:
+        with open(f"{base}/memory.max") as f:
+            limit = f.read().strip()
+        with open(f"{base}/memory.current") as f:
+            current = int(f.read())
+    except OSError:
+        return None
+    if limit == "max":
+        return None
+    return path, int(limit) - current
+
+
+def free_space(path: str) -> tuple[int, int]:
+    """Bytes available to an unprivileged writer, and the filesystem's size."""
+    st = os.statvfs(path)
+    return st.f_bavail * st.f_frsize, st.f_blocks * st.f_frsize
+
+
+_UNITS = {"": 1, "B": 1, "K": 1 << 10, "M": 1 << 20, "G": 1 << 30, "T": 1 << 40}
+
+
+def parse_size(text: str) -> int:
+    """'512M', '2G', '1048576' -> bytes."""
+    m = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([KMGTB]?)(?:i?B)?\s*", text.upper())
+    if not m:
+        raise ValueError(f"not a size: {text!r} (try 512M or 2G)")
+    return int(float(m.group(1)) * _UNITS[m.group(2)])
+
+
+def human(n: int) -> str:
+    value = float(n)
+    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
+        if abs(value) < 1024 or unit == "TiB":
+            return f"{value:.0f} {unit}" if unit == "B" else f"{value:.1f} {unit}"
+        value /= 1024
+    return str(n)

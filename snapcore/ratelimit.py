@@ -1,0 +1,94 @@
+"""At most N snapshots per target per hour, and one at a time per target.
+
+A cron job looping every minute must not hammer a server.  State lives under
+the output directory (`.snapcore/`), shared by concurrent snapcore runs and
+guarded by flock(2): `state.json` holds the times of recent snapshots per
+executable, and `lock-<key>` is held for the whole of one snapshot.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import fcntl
+import hashlib
+import json
+import time
+from pathlib import Path
+
+from .errors import AlreadyTraced
+
+WINDOW = 3600.0
+
+
+class RateLimiter:
+    def __init__(self, output_dir: Path, max_per_hour: int, clock=time.time):
+        self.dir = Path(output_dir) / ".snapcore"
+        self.max_per_hour = max_per_hour
+        self.clock = clock
+
+    def _state(self):
+        self.dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+        return open(self.dir / "state.json", "a+")
+
+    @contextlib.contextmanager
+    def _locked_state(self):
+        with self._state() as f:
+            fcntl.flock(f, fcntl.LOCK_EX)
+            f.seek(0)
+            try:
+                state = json.loads(f.read() or "{}")
+            except ValueError:
+                state = {}
+            yield state
+            f.seek(0)
+            f.truncate()
+            f.write(json.dumps(state))
+
+    def recent(self, key: str) -> list[float]:
+        if not (self.dir / "state.json").exists():
+            return []
+        now = self.clock()
+        with self._locked_state() as state:
+            times = [t for t in state.get(key, []) if now - t < WINDOW]
+            state[key] = times
+        return times
+
+    def next_allowed(self, key: str) -> float | None:
+        """None when a snapshot is allowed now, else the time it will be."""
+        if self.max_per_hour <= 0:
+            return None
+        times = sorted(self.recent(key))
+        if len(times) < self.max_per_hour:
+            return None
+        return times[-self.max_per_hour] + WINDOW
+
+    def record(self, key: str) -> None:
+        now = self.clock()
+        with self._locked_state() as state:
+            state[key] = [t for t in state.get(key, []) if now - t < WINDOW] + [now]
+
+    @contextlib.contextmanager
+    def exclusive(self, key: str, pid: int):
+        """Hold the per-target lock for one snapshot; refuse when another run holds it."""
+        self.dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+        name = hashlib.sha256(key.encode()).hexdigest()[:16]
+        with open(self.dir / f"lock-{name}", "a") as f:
+            try:
+                fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except OSError as exc:
+                if exc.errno not in (errno.EWOULDBLOCK, errno.EAGAIN):
+                    raise
+                raise AlreadyTraced(f"another snapcore is snapshotting {key} right now",
+                                    "wait for it to finish", pid=pid,
+                                    stage="preflight") from None
+            yield
+
+
+def key_for(exe: str, pid: int) -> str:
+    """Rate limits follow the program, not the pid (which changes on restart)."""
+    return exe or f"pid:{pid}"
+
+
+def time_text(when: float) -> str:
+    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(when))
