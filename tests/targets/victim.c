@@ -7,7 +7,13 @@
  *   accept  accept() on 127.0.0.1 (the port is reported as "port N")
  *   futex   a raw FUTEX_WAIT that a helper thread wakes per stdin line
  *   busy    a computing loop (busy_loop) that never enters the kernel
- *   seccomp installs an allow-all seccomp filter, then behaves like sleep
+ *   seccomp-allow       an allow-all seccomp filter, then like sleep
+ *   seccomp-errno-clone clone fails with EPERM, then like sleep
+ *   seccomp-kill-clone  clone kills the process, then like sleep
+ *   seccomp-arch        any arch but x86_64 kills the process, then like sleep
+ *   seccomp-newuser     clone with CLONE_NEWUSER fails with EPERM, then like sleep
+ *   seccomp-no-fork     clone without CLONE_THREAD kills the process, then like sleep
+ *   seccomp-strict      strict mode; echoes "got" on stdout per byte read on stdin
  *
  * Every violation is appended to REPORT_FILE as a "VIOLATION ..." line, by
  * path (not by descriptor), so that a copy of this process with its
@@ -18,12 +24,16 @@
 #include <arpa/inet.h>
 #include <errno.h>
 #include <fcntl.h>
+#include <linux/audit.h>
 #include <linux/filter.h>
+#include <linux/sched.h>
 #include <linux/futex.h>
 #include <linux/seccomp.h>
 #include <netinet/in.h>
 #include <pthread.h>
+#include <sched.h>
 #include <signal.h>
+#include <stddef.h>
 #include <stdarg.h>
 #include <stdint.h>
 #include <stdio.h>
@@ -139,13 +149,70 @@ static void mode_busy(void)
     }
 }
 
-static void install_allow_all_filter(void)
+#define LOAD(field) BPF_STMT(BPF_LD | BPF_W | BPF_ABS, offsetof(struct seccomp_data, field))
+#define ARG0_LOW (offsetof(struct seccomp_data, args[0]))
+#define ALLOW BPF_STMT(BPF_RET | BPF_K, SECCOMP_RET_ALLOW)
+
+static void install_filter(struct sock_filter *code, unsigned short len)
 {
-    struct sock_filter allow = BPF_STMT(BPF_RET | BPF_K, SECCOMP_RET_ALLOW);
-    struct sock_fprog prog = {.len = 1, .filter = &allow};
+    struct sock_fprog prog = {.len = len, .filter = code};
     if (prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) || prctl(PR_SET_SECCOMP, SECCOMP_MODE_FILTER, &prog)) {
         perror("seccomp");
         exit(2);
+    }
+}
+
+/* Filters in the shape real sandboxes use; each returns whether `mode` named one. */
+static int install_named_filter(const char *mode)
+{
+    if (!strcmp(mode, "seccomp-allow")) {
+        struct sock_filter f[] = {ALLOW};
+        install_filter(f, 1);
+    } else if (!strcmp(mode, "seccomp-errno-clone") || !strcmp(mode, "seccomp-kill-clone")) {
+        unsigned deny = mode[8] == 'e' ? SECCOMP_RET_ERRNO | EPERM : SECCOMP_RET_KILL_PROCESS;
+        struct sock_filter f[] = {
+            LOAD(nr),
+            BPF_JUMP(BPF_JMP | BPF_JEQ | BPF_K, SYS_clone, 0, 1),
+            BPF_STMT(BPF_RET | BPF_K, deny),
+            ALLOW,
+        };
+        install_filter(f, 4);
+    } else if (!strcmp(mode, "seccomp-arch")) {
+        struct sock_filter f[] = {
+            LOAD(arch),
+            BPF_JUMP(BPF_JMP | BPF_JEQ | BPF_K, AUDIT_ARCH_X86_64, 1, 0),
+            BPF_STMT(BPF_RET | BPF_K, SECCOMP_RET_KILL_PROCESS),
+            ALLOW,
+        };
+        install_filter(f, 4);
+    } else if (!strcmp(mode, "seccomp-newuser") || !strcmp(mode, "seccomp-no-fork")) {
+        int newuser = mode[8] == 'n' && mode[9] == 'e';
+        struct sock_filter f[] = {
+            LOAD(nr),
+            BPF_JUMP(BPF_JMP | BPF_JEQ | BPF_K, SYS_clone, 0, 3),
+            BPF_STMT(BPF_LD | BPF_W | BPF_ABS, ARG0_LOW),
+            BPF_JUMP(BPF_JMP | BPF_JSET | BPF_K, newuser ? CLONE_NEWUSER : CLONE_THREAD,
+                     newuser ? 0 : 1, newuser ? 1 : 0),
+            BPF_STMT(BPF_RET | BPF_K, newuser ? SECCOMP_RET_ERRNO | EPERM
+                                              : SECCOMP_RET_KILL_PROCESS),
+            ALLOW,
+        };
+        install_filter(f, 6);
+    } else {
+        return 0;
+    }
+    return 1;
+}
+
+static void mode_strict(void)
+{
+    char c;
+    ready();
+    if (prctl(PR_SET_SECCOMP, SECCOMP_MODE_STRICT))
+        exit(2);
+    for (;;) {
+        if (read(0, &c, 1) == 1)
+            (void)!write(1, "got\n", 4);
     }
 }
 
@@ -168,10 +235,10 @@ int main(int argc, char **argv)
         mode_futex();
     else if (!strcmp(mode, "busy"))
         mode_busy();
-    else if (!strcmp(mode, "seccomp")) {
-        install_allow_all_filter();
+    else if (!strcmp(mode, "seccomp-strict"))
+        mode_strict();
+    else if (install_named_filter(mode))
         mode_sleep();
-    }
     fprintf(stderr, "unknown mode %s\n", mode);
     return 2;
 }
