@@ -160,11 +160,7 @@ def _permission(pre: Preflight) -> None:
     me = os.geteuid()
     container = " (in a container, start it with --cap-add SYS_PTRACE)" if _in_container() \
         else ""
-    if t.elf_class < 0:
-        pre.add("permission", REFUSE, f"not permitted to read process {t.pid}'s executable "
-                f"({t.name})", "run snapcore as root (sudo) or as the process's owner"
-                + container)
-    elif scope == 3:
+    if scope == 3:
         pre.add("permission", REFUSE, "kernel.yama.ptrace_scope is 3: no process may be "
                 "traced until reboot", "nothing to do until the next boot")
     elif not cap and scope == 2:
@@ -177,6 +173,10 @@ def _permission(pre: Preflight) -> None:
         pre.add("permission", REFUSE, "kernel.yama.ptrace_scope is 1: only a parent may "
                 "trace its children without CAP_SYS_PTRACE",
                 "run as root (sudo), or set kernel.yama.ptrace_scope=0" + container)
+    elif t.elf_class < 0:
+        pre.add("permission", REFUSE, f"not permitted to read process {t.pid}'s executable "
+                f"({t.name})", "run snapcore as root (sudo) or as the process's owner"
+                + container)
     else:
         how = "CAP_SYS_PTRACE" if cap else f"same user (uid {me})"
         pre.add("permission", OK, f"may trace: {how}"
@@ -272,7 +272,7 @@ def _seccomp(pre: Preflight, opts: Options) -> None:
 
 def _dumpable(pre: Preflight) -> None:
     t = pre.target
-    # /proc/PID belongs to root when the process is not dumpable
+    # /proc/PID/* belong to root when the process is not dumpable
     # (fs/proc/base.c: task_dump_owner); for root's processes it cannot show.
     if t.euid != 0 and t.proc_owner == 0 and not t.kernel_thread:
         pre.add("dumpable", REFUSE, f"process {t.pid} ({t.name}) made itself non-dumpable "

@@ -230,7 +230,9 @@ def wait(tid: int, deadline: float | None) -> Stop:
             return _decode(status)
         timeout = 3600.0 if deadline is None else deadline - time.monotonic()
         if timeout <= 0:
-            raise StopTimeout(f"thread {tid} did not stop in time", pid=tid)
+            raise StopTimeout(f"thread {tid} did not stop in time",
+                              "it may be in uninterruptible sleep (D); it is left "
+                              "untouched: try again later, or raise --timeout", pid=tid)
         signal.sigtimedwait([signal.SIGCHLD], timeout)
 
 

@@ -138,10 +138,11 @@ def _take(target: Target, pattern: corefile.CorePattern, output_dir: Path,
     if pattern.kind == "pipe":
         # The handler has whatever the kernel sent it; nothing to find here.
         if not ended.core_dumped:
-            snap.notes.append(_why_no_core(target, ended, pattern))
+            snap.notes.append(_why_no_core(target, ended, pattern, None))
         return snap
     if not ended.core_dumped:
-        raise CoreNotWritten(_why_no_core(target, ended, pattern), pid=pid, stage="dump")
+        raise CoreNotWritten(_why_no_core(target, ended, pattern, staging), pid=pid,
+                             stage="dump")
     found = corefile.find_core(
         corefile.expand(pattern, pid=kid.pid, uid=target.uid, gid=target.gid,
                         comm=target.name, exe=target.exe,
@@ -168,10 +169,13 @@ def _thread_map(pid: int, kid: childmod.Child) -> list[dict]:
              "core_lwp": kid.threads[c], "child_tid": c} for c in order]
 
 
-def _why_no_core(target: Target, ended: ptrace.Stop, pattern: corefile.CorePattern) -> str:
+def _why_no_core(target: Target, ended: ptrace.Stop, pattern: corefile.CorePattern,
+                 staging: Path | None) -> str:
     how = (f"exited with status {os.WEXITSTATUS(ended.status)}" if ended.kind == "exited"
            else f"died of signal {ended.sig} without a core")
     reasons = []
+    if staging is not None and shutil.disk_usage(staging).free < 1 << 20:
+        reasons.append(f"the filesystem of {staging} is full")
     if target.uid != os.geteuid() and _proc_owned_by_root(target.pid):
         reasons.append("the target is not dumpable (PR_SET_DUMPABLE 0)")
     reasons.append(f"core_pattern is {pattern.pattern!r}")
@@ -180,6 +184,6 @@ def _why_no_core(target: Target, ended: ptrace.Stop, pattern: corefile.CorePatte
 
 def _proc_owned_by_root(pid: int) -> bool:
     try:
-        return os.stat(f"/proc/{pid}").st_uid == 0
+        return os.stat(f"/proc/{pid}/stat").st_uid == 0
     except OSError:
         return False

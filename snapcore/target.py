@@ -32,7 +32,7 @@ class Target:
     core_soft: int
     core_hard: int
     threads: list[int] = field(default_factory=list)
-    proc_owner: int = 0  # owner of /proc/PID: root when the target is not dumpable
+    proc_owner: int = 0  # owner of /proc/PID/stat: root when the target is not dumpable
 
 
 def read_status(pid: int) -> dict[str, str]:
@@ -96,7 +96,7 @@ def read(pid: int) -> Target:
         kthread = _is_kernel_thread(pid)
         soft, hard = core_limits(pid)
         tids = task_ids(pid)
-        owner = os.stat(f"/proc/{pid}").st_uid
+        owner = os.stat(f"/proc/{pid}/stat").st_uid
     except (FileNotFoundError, ProcessLookupError):
         raise NoSuchProcess(f"no such process {pid}",
                             "check the pid with ps or pgrep", pid=pid, stage="preflight")

@@ -14,6 +14,11 @@
  *   seccomp-newuser     clone with CLONE_NEWUSER fails with EPERM, then like sleep
  *   seccomp-no-fork     clone without CLONE_THREAD kills the process, then like sleep
  *   seccomp-strict      strict mode; echoes "got" on stdout per byte read on stdin
+ *   nodump  PR_SET_DUMPABLE 0, then like sleep
+ *   vfork   vfork()s a child that sleeps 3 s: meanwhile the main thread is in
+ *           uninterruptible sleep (D); then reaps it and behaves like sleep
+ *   bigmap  maps 3 GiB private writable memory it never touches, then like sleep
+ *   fat     writes 24 MiB of heap (a core of that size), then like sleep
  *
  * Every violation is appended to REPORT_FILE as a "VIOLATION ..." line, by
  * path (not by descriptor), so that a copy of this process with its
@@ -40,6 +45,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/prctl.h>
+#include <sys/mman.h>
 #include <sys/socket.h>
 #include <sys/syscall.h>
 #include <sys/wait.h>
@@ -48,13 +54,18 @@
 
 #include "report.h"
 
-static void mode_sleep(void)
+static void mode_sleep_loop(void)
 {
-    ready();
     for (;;) {
         checked_sleep(300);
         after_each_round();
     }
+}
+
+static void mode_sleep(void)
+{
+    ready();
+    mode_sleep_loop();
 }
 
 static void mode_read(void)
@@ -216,6 +227,22 @@ static void mode_strict(void)
     }
 }
 
+static void mode_vfork(void)
+{
+    ready();
+    signal(SIGCHLD, SIG_DFL); /* this child's SIGCHLD is expected */
+    pid_t pid = vfork();
+    if (pid == 0) {
+        struct timespec ts = {3, 0};
+        syscall(SYS_nanosleep, &ts, NULL);
+        _exit(0);
+    }
+    if (pid < 0 || waitpid(pid, NULL, 0) != pid)
+        report("VIOLATION vfork child not reaped");
+    install_handlers();
+    mode_sleep_loop();
+}
+
 int main(int argc, char **argv)
 {
     if (argc != 3) {
@@ -237,6 +264,23 @@ int main(int argc, char **argv)
         mode_busy();
     else if (!strcmp(mode, "seccomp-strict"))
         mode_strict();
+    else if (!strcmp(mode, "nodump")) {
+        prctl(PR_SET_DUMPABLE, 0, 0, 0, 0);
+        mode_sleep();
+    } else if (!strcmp(mode, "vfork"))
+        mode_vfork();
+    else if (!strcmp(mode, "fat")) {
+        char *heap = malloc(24 << 20);
+        if (!heap)
+            exit(2);
+        memset(heap, 0x5a, 24 << 20);
+        mode_sleep();
+    } else if (!strcmp(mode, "bigmap")) {
+        if (mmap(NULL, 3UL << 30, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0) ==
+            MAP_FAILED)
+            exit(2);
+        mode_sleep();
+    }
     else if (install_named_filter(mode))
         mode_sleep();
     fprintf(stderr, "unknown mode %s\n", mode);

@@ -1,0 +1,228 @@
+"""Guard rails: each preflight check against a real target in the matching
+condition, the faults a snapshot must survive, and `snapcore check`."""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from conftest import run_snapcore, snap_json
+from snapcore import preflight
+from snapcore.errors import ExitCode
+from snapcore.ratelimit import RateLimiter
+from test_snapshot import cores_in
+
+
+def check_json(*args: str) -> tuple[int, dict]:
+    proc = run_snapcore("check", "--json", *args)
+    return proc.returncode, json.loads(proc.stdout)
+
+
+def verdicts(doc: dict) -> dict[str, str]:
+    return {c["name"]: c["verdict"] for c in doc["checks"]}
+
+
+def test_check_on_a_healthy_target_says_go(start_victim, out_dir):
+    victim = start_victim("sleep")
+    code, doc = check_json("-o", str(out_dir), str(victim.pid))
+    assert code == 0 and doc["would_snapshot"] is True
+    assert set(verdicts(doc)) == set(preflight.CHECKS)
+    assert set(verdicts(doc).values()) == {"ok"}
+    assert doc["core_estimate"] > 0
+    assert not out_dir.exists()  # check writes nothing
+    victim.assert_unharmed()
+    human = run_snapcore("check", "-o", str(out_dir), str(victim.pid))
+    assert human.returncode == 0 and "a snapshot would go ahead" in human.stdout
+
+
+def test_check_exit_code_is_the_refusals(start_victim, out_dir):
+    victim = start_victim("sleep")
+    os.kill(victim.pid, signal.SIGSTOP)
+    try:
+        code, doc = check_json("-o", str(out_dir), str(victim.pid))
+        assert code == ExitCode.UNSUPPORTED and doc["would_snapshot"] is False
+        assert verdicts(doc)["state"] == "refuse"
+    finally:
+        os.kill(victim.pid, signal.SIGCONT)
+
+
+def test_non_dumpable_root_target_is_caught_in_the_child(start_victim, out_dir):
+    victim = start_victim("nodump")
+    proc = run_snapcore("-o", str(out_dir), str(victim.pid))
+    assert proc.returncode == ExitCode.CORE_NOT_WRITTEN, proc.stderr
+    assert "non-dumpable" in proc.stderr and "--force dumpable" in proc.stderr
+    assert not out_dir.exists() or cores_in(out_dir) == []
+    victim.wait_for_heartbeats(victim.heartbeats())
+    victim.assert_unharmed()  # the child is gone and reaped
+
+
+def test_non_dumpable_target_of_another_user_is_refused_before(start_victim, out_dir):
+    victim = start_victim("nodump", user="nobody")
+    code, doc = check_json("-o", str(out_dir), str(victim.pid))
+    assert code == ExitCode.CORE_NOT_WRITTEN and verdicts(doc)["dumpable"] == "refuse"
+    victim.assert_unharmed()
+
+
+def test_uninterruptible_sleep_times_out_and_leaves_target_alone(start_victim, out_dir):
+    victim = start_victim("vfork")  # its main thread waits for a vfork child: state D
+    time.sleep(0.2)
+    code, doc = check_json("-o", str(out_dir), str(victim.pid))
+    assert verdicts(doc)["state"] == "warn", doc
+    started = time.monotonic()
+    proc = run_snapcore("--timeout", "0.5", "-o", str(out_dir), str(victim.pid))
+    assert proc.returncode == ExitCode.TIMEOUT, proc.stderr
+    assert "did not stop in time" in proc.stderr and time.monotonic() - started < 2.5
+    victim.wait_for_heartbeats(0, timeout=10)  # the vfork child ended; it runs on
+    victim.assert_unharmed()
+
+
+@pytest.fixture
+def tiny_fs(tmp_path):
+    mount = tmp_path / "tiny"
+    mount.mkdir()
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=2M", "tmpfs", str(mount)], check=True)
+    yield mount
+    subprocess.run(["umount", "-l", str(mount)], check=True)
+
+
+def test_no_room_on_disk_is_refused(start_victim, tiny_fs):
+    victim = start_victim("fat")  # a core of 24 MiB
+    proc = run_snapcore("-o", str(tiny_fs / "cores"), str(victim.pid))
+    assert proc.returncode == ExitCode.OUTPUT, proc.stderr
+    assert "the core needs about" in proc.stderr and "--force disk" in proc.stderr
+    victim.assert_unharmed()
+
+
+def test_disk_filling_during_the_dump_ends_cleanly(start_victim, tiny_fs):
+    victim = start_victim("fat")
+    proc = run_snapcore("--force", "disk", "-o", str(tiny_fs / "cores"), str(victim.pid))
+    assert proc.returncode == ExitCode.CORE_NOT_WRITTEN, proc.stderr
+    assert "full" in proc.stderr or "truncated" in proc.stderr, proc.stderr
+    assert cores_in(tiny_fs / "cores") == []  # the staging directory is gone too
+    victim.wait_for_heartbeats(victim.heartbeats())
+    victim.assert_unharmed()
+
+
+@pytest.fixture
+def strict_overcommit():
+    """vm.overcommit_memory=2 with 512 MiB left to commit; always restored."""
+    files = {name: Path(f"/proc/sys/vm/{name}") for name in
+             ("overcommit_memory", "overcommit_kbytes", "overcommit_ratio")}
+    saved = {name: f.read_text() for name, f in files.items()}
+
+    def tighten():
+        committed = next(int(line.split()[1]) for line in
+                         Path("/proc/meminfo").read_text().splitlines()
+                         if line.startswith("Committed_AS:"))
+        files["overcommit_kbytes"].write_text(str(committed + 512 * 1024))
+        files["overcommit_memory"].write_text("2")
+
+    yield tighten
+    files["overcommit_memory"].write_text(saved["overcommit_memory"])
+    if saved["overcommit_kbytes"].strip() != "0":
+        files["overcommit_kbytes"].write_text(saved["overcommit_kbytes"])
+    else:
+        files["overcommit_ratio"].write_text(saved["overcommit_ratio"])
+
+
+def test_memory_headroom_under_strict_overcommit(start_victim, out_dir, strict_overcommit):
+    victim = start_victim("bigmap")  # 3 GiB private writable: fork must commit it again
+    strict_overcommit()
+    proc = run_snapcore("-o", str(out_dir), str(victim.pid))
+    assert proc.returncode == ExitCode.MEMORY, proc.stderr
+    assert "strict overcommit" in proc.stderr and "--force memory" in proc.stderr
+    victim.assert_unharmed()
+
+
+def test_rate_limit_with_a_fake_clock(tmp_path):
+    now = [1_000_000.0]
+    limiter = RateLimiter(tmp_path, max_per_hour=4, clock=lambda: now[0])
+    for _ in range(4):
+        assert limiter.next_allowed("/usr/sbin/x") is None
+        limiter.record("/usr/sbin/x")
+        now[0] += 60
+    assert limiter.next_allowed("/usr/sbin/x") == 1_000_000.0 + 3600
+    assert limiter.next_allowed("/usr/sbin/other") is None
+    now[0] = 1_000_000.0 + 3600.5
+    assert limiter.next_allowed("/usr/sbin/x") is None
+    assert RateLimiter(tmp_path, 0, clock=lambda: now[0]).next_allowed("/usr/sbin/x") is None
+
+
+def test_rate_limit_refuses_with_the_next_allowed_time(start_victim, out_dir):
+    victim = start_victim("read")
+    assert snap_json("--max-per-hour", "1", "-o", str(out_dir), str(victim.pid))[0] == 0
+    proc = run_snapcore("--max-per-hour", "1", "-o", str(out_dir), str(victim.pid))
+    assert proc.returncode == ExitCode.RATE_LIMITED
+    assert "next allowed at" in proc.stderr and "--force rate-limit" in proc.stderr
+    forced = snap_json("--max-per-hour", "1", "--force", "rate-limit", "-o", str(out_dir),
+                       str(victim.pid))
+    assert forced[0] == 0
+    victim.assert_unharmed()
+
+
+def test_one_snapshot_at_a_time_per_target(start_victim, out_dir):
+    victim = start_victim("sleep")
+    limiter = RateLimiter(out_dir, 4)
+    with limiter.exclusive(os.readlink(f"/proc/{victim.pid}/exe"), victim.pid):
+        proc = run_snapcore("-o", str(out_dir), str(victim.pid))
+    assert proc.returncode == ExitCode.BUSY and "another snapcore" in proc.stderr
+    victim.assert_unharmed()
+
+
+def test_unprivileged_user_cannot_trace_root(start_victim, out_dir):
+    victim = start_victim("sleep")
+    read_end, write_end = os.pipe()
+    child = os.fork()
+    if child == 0:  # an unprivileged snapcore, in-process (python lives under /root)
+        try:
+            os.setgroups([])
+            os.setgid(65534)
+            os.setuid(65534)
+            pre = preflight.run(victim.pid, preflight.Options(output_dir=Path("/tmp/x")))
+            os.write(write_end, json.dumps(pre.as_dicts()).encode())
+        finally:
+            os._exit(0)
+    os.close(write_end)
+    with os.fdopen(read_end) as f:
+        checks = {c["name"]: c for c in json.loads(f.read())}
+    os.waitpid(child, 0)
+    assert checks["permission"]["verdict"] == "refuse"
+    assert "belongs to uid 0" in checks["permission"]["reason"]
+    assert "CAP_SYS_PTRACE" in checks["permission"]["fix"]
+    victim.assert_unharmed()
+
+
+def test_force_names_are_validated(start_victim):
+    victim = start_victim("sleep")
+    proc = run_snapcore("--force", "everything", str(victim.pid))
+    assert proc.returncode == ExitCode.USAGE and "no such check" in proc.stderr
+
+
+def test_sigint_in_the_middle_of_many_snapshots(start_victim, out_dir):
+    """Busy target (a thread computing, others blocked): Ctrl-C at random moments."""
+    victim = start_victim("futex")
+    rng = random.Random(4)
+    outcomes = set()
+    for _ in range(20):
+        proc = subprocess.Popen([sys.executable, "-m", "snapcore", "--max-per-hour", "0",
+                                 "-o", str(out_dir), str(victim.pid)],
+                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        time.sleep(rng.uniform(0.15, 0.45))
+        proc.send_signal(signal.SIGINT)
+        proc.send_signal(signal.SIGINT)  # a second Ctrl-C must not abort the clean-up
+        _, err = proc.communicate(timeout=60)
+        assert proc.returncode in (0, 130, -signal.SIGINT), err
+        assert "Traceback" not in err
+        outcomes.add(proc.returncode)
+        victim.assert_unharmed()
+    victim.send("wake\n")
+    victim.wait_for_line("woken")
+    victim.assert_unharmed()
