@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
+from snapcore import preflight
 from snapcore.cli import cli
 from snapcore.errors import ExitCode
 
@@ -70,8 +71,11 @@ def test_version():
 
 
 def snap_options() -> list[str]:
-    help_text = CliRunner().invoke(cli, ["snap", "--help"]).output
-    return sorted(set(re.findall(r"(?<![\w-])(--[a-z][a-z-]+)", help_text)))
+    options = set()
+    for command in ("snap", "check"):
+        help_text = CliRunner().invoke(cli, [command, "--help"]).output
+        options |= set(re.findall(r"(?<![\w-])(--[a-z][a-z-]+)", help_text))
+    return sorted(options)
 
 
 def test_man_page_renders_without_warnings():
@@ -89,6 +93,8 @@ def test_docs_list_every_option_and_exit_code(doc):
     text = (ROOT / doc).read_text().replace("\\-", "-")
     for option in snap_options():
         assert option in text, f"{doc} does not mention {option}"
+    for check in preflight.CHECKS:
+        assert check in text, f"{doc} does not describe the {check} check"
     if doc.endswith(".1"):
         listed = {int(c) for c in re.findall(r"^\.B (\d+)$", text, re.M)}
     else:
