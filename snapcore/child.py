@@ -110,9 +110,12 @@ def prepare(child: Child, at: int, *, core_hard: int, staging: str | None, name:
         page[_PATH_AT:_PATH_AT + len(path)] = path
     comm = name.encode()[:15] + b"\0"
     page[_NAME_AT:_NAME_AT + len(comm)] = comm
-    with open(f"/proc/{pid}/mem", "r+b", buffering=0) as mem:
-        mem.seek(scratch)
-        mem.write(bytes(page))
+    try:
+        with open(f"/proc/{pid}/mem", "r+b", buffering=0) as mem:
+            mem.seek(scratch)
+            mem.write(bytes(page))
+    except (ProcessLookupError, FileNotFoundError):
+        raise NoSuchProcess(f"snapshot child {pid} exited", pid=pid) from None
 
     # Must succeed, or there is no core (or a core somewhere unexpected).
     required = [

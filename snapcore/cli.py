@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import re
 import signal
 import sys
@@ -12,7 +13,7 @@ from rich.console import Console
 
 from . import __version__, interrupts, preflight, report
 from .corefile import default_output_dir
-from .errors import BadInput, ExitCode, Interrupted, SnapcoreError
+from .errors import BadInput, ExitCode, InternalError, Interrupted, SnapcoreError
 from .estimate import parse_size
 from .ptrace import signals_held
 from .snapshot import THREAD_MODES, take
@@ -239,14 +240,22 @@ def main(argv=None):
     if not args:
         click.echo(cli.get_help(click.Context(cli, info_name="snapcore")), err=True)
         sys.exit(ExitCode.USAGE)
+    err = Console(stderr=True)
+    as_json = "--json" in args
     try:
         cli.main(args=args, prog_name="snapcore", standalone_mode=False)
     except click.UsageError as exc:
-        _fail(BadInput(exc.format_message(), "see snapcore --help", stage="usage"),
-              "--json" in args, Console(stderr=True))
+        _fail(BadInput(exc.format_message(), "see snapcore --help", stage="usage"), as_json,
+              err)
     except click.exceptions.Abort:  # Ctrl-C outside the engine: nothing was touched
         _fail(Interrupted("interrupted", "the target was not touched", stage="interrupt"),
-              "--json" in args, Console(stderr=True))
+              as_json, err)
     except click.exceptions.Exit as exc:
         sys.exit(exc.exit_code)
+    except Exception as exc:  # a bug: one line for the operator, the traceback on request
+        if os.environ.get("SNAPCORE_DEBUG"):
+            raise
+        _fail(InternalError(f"internal error: {type(exc).__name__}: {exc}",
+                            "the target was released; rerun with SNAPCORE_DEBUG=1 and "
+                            "report the traceback", stage="internal"), as_json, err)
     sys.exit(0)

@@ -42,11 +42,8 @@ def read_smaps(pid: int) -> list[Mapping]:
 
 
 def coredump_filter(pid: int) -> int:
-    try:
-        with open(f"/proc/{pid}/coredump_filter") as f:
-            return int(f.read().strip(), 16)
-    except OSError:
-        return 0x33
+    with open(f"/proc/{pid}/coredump_filter") as f:
+        return int(f.read().strip(), 16)
 
 
 def core_size(maps: list[Mapping], filter_bits: int, threads: int) -> int:

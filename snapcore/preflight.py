@@ -21,7 +21,7 @@ from . import arch, child as childmod, corefile, estimate, ptrace, seccomp
 from .errors import ExitCode, SnapcoreError
 from .inject import peek
 from .ratelimit import RateLimiter, key_for, time_text
-from .target import Target, read, thread_state
+from .target import Target, read, reading, thread_state
 
 OK, WARN, REFUSE = "ok", "warn", "refuse"
 
@@ -103,6 +103,11 @@ def run(pid: int, opts: Options) -> Preflight:
     """Every check; reads /proc and the filesystem, and stops the target's main
     thread for a moment only to read its seccomp filters (PTRACE_SECCOMP_GET_FILTER
     works on a stopped tracee only)."""
+    with reading(pid, "preflight"):
+        return _run(pid, opts)
+
+
+def _run(pid: int, opts: Options) -> Preflight:
     pre = Preflight(read(pid))
     t = pre.target
     _permission(pre)

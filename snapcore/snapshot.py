@@ -19,7 +19,7 @@ from .errors import (CoreNotWritten, InternalError, NoSuchProcess, SnapcoreError
                      Unsupported)
 from .inject import run_in_target
 from .ratelimit import RateLimiter, key_for
-from .target import Target, find_syscall_instruction, start_time, thread_name
+from .target import Target, find_syscall_instruction, reading, start_time, thread_name
 
 @dataclass
 class Snapshot:
@@ -64,7 +64,8 @@ def take(pid: int, opts: preflight.Options, *, threads: str = "all",
     limiter = RateLimiter(output_dir, opts.max_per_hour, opts.clock)
     key = key_for(target.exe, pid)
     with limiter.exclusive(key, pid):
-        at = find_syscall_instruction(pid)
+        with reading(pid, "preflight"):
+            at = find_syscall_instruction(pid)
         staging = (corefile.make_staging_dir(output_dir, target.uid, target.gid)
                    if pattern.kind == "relative" else None)
         try:
@@ -113,7 +114,7 @@ def _take(target: Target, pattern: corefile.CorePattern, output_dir: Path,
         raise InternalError("clone ran but reported no child", pid=pid, stage="fork")
     kid = childmod.Child(clone_events[0])
     since = time.time()
-    reap_pause = 0.0
+    reap_result, reap_pause = None, 0.0
     try:
         deadline = time.monotonic() + 30 + 0.01 * len(fork.others)
         childmod.prepare(kid, at, core_hard=target.core_hard,
@@ -122,19 +123,29 @@ def _take(target: Target, pattern: corefile.CorePattern, output_dir: Path,
         childmod.resurrect(kid, at, fork.others, deadline)
         childmod.lower_priority(kid, at, deadline)
         ended, dump_seconds = childmod.dump(kid, fork.runner)
+    except NoSuchProcess as exc:
+        # Only the child is touched in this phase: it was killed from outside.
+        raise CoreNotWritten(f"the snapshot child ended before its dump ({exc.message})",
+                             "no core was written; the target is unharmed", pid=pid,
+                             stage="child") from None
     finally:
         with interrupts.cleanup():
             childmod.kill(kid)  # only when something above failed: otherwise it is dead
-            reap = run_in_target(pid, at, arch.NR["wait4"], child_ns_pid, 0,
-                                 childmod.REAP_WAIT4_OPTIONS, 0, timeout=stop_timeout)
-            reap_pause = reap.timings["pause"]
+            try:
+                reap = run_in_target(pid, at, arch.NR["wait4"], child_ns_pid, 0,
+                                     childmod.REAP_WAIT4_OPTIONS, 0, timeout=stop_timeout)
+                reap_result, reap_pause = reap.result, reap.timings["pause"]
+            except NoSuchProcess:
+                pass  # the target exited: its orphaned child went to init, which reaps it
     snap = Snapshot(target=target, core_path=None, core_size=0, pause=fork.timings,
                     reap_pause=reap_pause, dump_seconds=dump_seconds,
                     threads=len(kid.threads), thread_map=_thread_map(pid, kid),
                     child_pid=kid.pid, core_pattern=pattern, taken_at=taken_at,
                     notes=kid.notes)
-    if reap.result not in (child_ns_pid, -10):  # -ECHILD: the target reaped it itself
-        snap.notes.append(f"wait4 in the target returned {reap.result}")
+    if reap_result is None:
+        snap.notes.append("the target exited during the snapshot")
+    elif reap_result not in (child_ns_pid, -10):  # -ECHILD: the target reaped it itself
+        snap.notes.append(f"wait4 in the target returned {reap_result}")
     if pattern.kind == "pipe":
         # The handler has whatever the kernel sent it; nothing to find here.
         if not ended.core_dumped:

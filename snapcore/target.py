@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 from dataclasses import dataclass, field
 
@@ -33,6 +34,31 @@ class Target:
     core_hard: int
     threads: list[int] = field(default_factory=list)
     proc_owner: int = 0  # owner of /proc/PID/stat: root when the target is not dumpable
+
+
+def gone(pid: int) -> bool:
+    """True once the process is exiting or has exited: no /proc entry, a
+    zombie, or no memory any more (an exiting process loses its mm before it
+    becomes a zombie, and its /proc files then read empty)."""
+    try:
+        status = read_status(pid)
+    except OSError:
+        return True
+    return status.get("State", "X")[0] in "ZX" or "VmSize" not in status
+
+
+@contextlib.contextmanager
+def reading(pid: int, stage: str):
+    """/proc reads race the target's exit: a failed read of a process that is
+    gone means the process exited, and says so."""
+    try:
+        yield
+    except (OSError, ValueError) as exc:
+        # ESRCH: the process is exiting and its memory is already gone.
+        if isinstance(exc, ProcessLookupError) or gone(pid):
+            raise NoSuchProcess(f"process {pid} exited", "nothing to snapshot", pid=pid,
+                                stage=stage) from None
+        raise
 
 
 def read_status(pid: int) -> dict[str, str]:

@@ -226,3 +226,62 @@ def test_sigint_in_the_middle_of_many_snapshots(start_victim, out_dir):
     victim.send("wake\n")
     victim.wait_for_line("woken")
     victim.assert_unharmed()
+
+
+def child_of(pid: int, timeout: float = 10.0) -> int:
+    """The snapshot child: a process whose parent is the target."""
+    end = time.monotonic() + timeout
+    while time.monotonic() < end:
+        for entry in os.listdir("/proc"):
+            if entry.isdigit():
+                try:
+                    stat = Path(f"/proc/{entry}/stat").read_text()
+                except OSError:
+                    continue
+                if int(stat.rsplit(")", 1)[1].split()[1]) == pid:
+                    return int(entry)
+        time.sleep(0.001)
+    raise AssertionError("no snapshot child appeared")
+
+
+def test_child_killed_from_outside_ends_cleanly(start_victim, out_dir):
+    victim = start_victim("fat")
+    for _ in range(3):
+        proc = subprocess.Popen([sys.executable, "-m", "snapcore", "--max-per-hour", "0",
+                                 "-o", str(out_dir), str(victim.pid)],
+                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        try:
+            os.kill(child_of(victim.pid), signal.SIGKILL)
+        except (AssertionError, ProcessLookupError):
+            pass  # the snapshot finished first: nothing to kill
+        _, err = proc.communicate(timeout=60)
+        assert proc.returncode in (0, ExitCode.CORE_NOT_WRITTEN), err
+        if proc.returncode:
+            assert "snapshot child" in err and "Traceback" not in err
+        victim.assert_unharmed()
+    victim.wait_for_heartbeats(victim.heartbeats())
+    victim.assert_unharmed()
+
+
+def test_target_exiting_at_any_moment(victim_exe, tmp_path, out_dir):
+    """The target dies at random moments around a snapshot: always a documented
+    exit code, never a traceback, and no process left traced or stopped."""
+    for i in range(20):
+        report = tmp_path / "report.txt"
+        target = subprocess.Popen([str(victim_exe), "fat", str(report)],
+                                  stdout=subprocess.PIPE)
+        assert target.stdout.readline() == b"ready\n"
+        proc = subprocess.Popen([sys.executable, "-m", "snapcore", "--max-per-hour", "0",
+                                 "-o", str(out_dir), str(target.pid)],
+                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        time.sleep(0.08 + 0.004 * i)  # sweeps start-up, preflight, window and dump
+        target.kill()
+        target.wait()
+        _, err = proc.communicate(timeout=60)
+        assert proc.returncode in (0, ExitCode.NO_SUCH_PROCESS,
+                                   ExitCode.CORE_NOT_WRITTEN), err
+        assert "Traceback" not in err
+    traced = [line for line in subprocess.run(["ps", "-eo", "stat,pid,comm"],
+                                              capture_output=True, text=True).stdout
+              .splitlines() if line.startswith(("t", "T"))]
+    assert traced == []
