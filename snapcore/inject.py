@@ -122,7 +122,14 @@ class HeldThread:
         if not self.moved:
             ptrace.detach(tid)
             return
-        ptrace.set_options(tid, ptrace.O_TRACESYSGOOD)  # drop EXITKILL and TRACECLONE
+        try:
+            ptrace.set_options(tid, ptrace.O_TRACESYSGOOD)  # drop EXITKILL and TRACECLONE
+        except NoSuchProcess:
+            # The injection was cut short while the thread ran its syscall: it
+            # stops at the syscall's exit, then it can be put back.
+            if ptrace.wait(tid, deadline).kind in ("exited", "killed"):
+                return
+            ptrace.set_options(tid, ptrace.O_TRACESYSGOOD)
         ptrace.set_regs(tid, self.regs)
         ptrace.set_sigmask(tid, self.sigmask)
         ptrace.interrupt(tid)
@@ -194,6 +201,11 @@ def capture(pid: int, tids: list[int], held: dict[int, HeldThread], deadline: fl
                 held[tid].stopped = True
             except NoSuchProcess:
                 del held[tid]
+            except Unsupported:
+                # In a group-stop (someone sent SIGSTOP): detaching leaves it
+                # stopped, as the kernel re-enters the group-stop.
+                held[tid].stopped = True
+                raise
         if not all_threads:
             return
         tids = [t for t in _task_ids(pid) if t not in held]

@@ -36,20 +36,21 @@ def build_dir():
     shutil.rmtree(path, ignore_errors=True)
 
 
+def compile_target(build_dir: Path, name: str) -> Path:
+    exe = build_dir / name
+    subprocess.run(["gcc", "-Wall", "-Werror", "-g", "-O0", "-pthread", "-o", str(exe),
+                    str(TARGETS / f"{name}.c")], check=True)
+    return exe
+
+
 @pytest.fixture(scope="session")
 def victim_exe(build_dir):
-    exe = build_dir / "victim"
-    subprocess.run(["gcc", "-Wall", "-Werror", "-g", "-O0", "-pthread", "-o", str(exe),
-                    str(TARGETS / "victim.c")], check=True)
-    return exe
+    return compile_target(build_dir, "victim")
 
 
 @pytest.fixture(scope="session")
 def threads_exe(build_dir):
-    exe = build_dir / "threads"
-    subprocess.run(["gcc", "-Wall", "-Werror", "-g", "-O0", "-pthread", "-o", str(exe),
-                    str(TARGETS / "threads.c")], check=True)
-    return exe
+    return compile_target(build_dir, "threads")
 
 
 @pytest.fixture
