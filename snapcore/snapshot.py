@@ -89,11 +89,32 @@ def _take(target: Target, pattern: corefile.CorePattern, output_dir: Path,
           allow_undumpable: bool) -> Snapshot:
     pid = target.pid
 
-    def same_process(tid: int) -> None:
-        # Pins the identity: the pid could have been reused since describe().
+    # Pin the identity before the window: a pidfd opened now refers to this
+    # process for good, and the start time says the pid was not reused since
+    # preflight.  Inside the window one pidfd_send_signal(0) tells it is alive.
+    with reading(pid, "preflight"):
+        pidfd = os.pidfd_open(pid)
+    try:
         if start_time(pid) != target.start_time:
             raise NoSuchProcess(f"process {pid} exited and its pid was reused",
-                                "check the pid again", pid=pid, stage="capture")
+                                "check the pid again", pid=pid, stage="preflight")
+        return _fork_and_dump(target, pattern, output_dir, staging, at, all_threads,
+                              stop_timeout, allow_undumpable, pidfd)
+    finally:
+        os.close(pidfd)
+
+
+def _fork_and_dump(target: Target, pattern: corefile.CorePattern, output_dir: Path,
+                   staging: Path | None, at: int, all_threads: bool, stop_timeout: float,
+                   allow_undumpable: bool, pidfd: int) -> Snapshot:
+    pid = target.pid
+
+    def same_process(tid: int) -> None:
+        try:
+            signal.pidfd_send_signal(pidfd, 0)
+        except ProcessLookupError:
+            raise NoSuchProcess(f"process {pid} exited", "nothing to snapshot", pid=pid,
+                                stage="capture") from None
         if ptrace.regs_size(tid) != arch.REGS_SIZE:
             raise Unsupported(f"process {pid} ({target.name}) is not a 64-bit process",
                               "snapcore supports 64-bit x86_64 processes only",
