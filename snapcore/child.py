@@ -204,7 +204,8 @@ def lower_priority(child: Child, at: int, deadline: float) -> None:
             child.notes.append(f"{name}: {os.strerror(-ret)}")
 
 
-def dump(child: Child, runner: HeldThread) -> tuple[ptrace.Stop, float]:
+def dump(child: Child, runner: HeldThread,
+         watchdog: Watchdog | None = None) -> tuple[ptrace.Stop, float]:
     """Give the child the forking thread's state back and let SIGABRT dump it.
 
     The signal argument of PTRACE_CONT is ignored at an event or syscall stop,
@@ -231,11 +232,57 @@ def dump(child: Child, runner: HeldThread) -> tuple[ptrace.Stop, float]:
             return stop, 0.0
         ptrace.cont(pid)  # anything else is not for the child: drop it
     started = time.monotonic()
+    if watchdog is not None:
+        watchdog.start()
     ptrace.cont(pid, signal.SIGABRT)
-    return _collect(child), time.monotonic() - started
+    return _collect(child, watchdog=watchdog), time.monotonic() - started
 
 
-def _collect(child: Child, deadline: float | None = None) -> ptrace.Stop:
+@dataclass
+class Watchdog:
+    """Keeps an idle-priority dump from starving forever on a busy machine.
+
+    A SCHED_IDLE child on saturated CPUs may never run, and while it lives the
+    target pays for every page it rewrites.  If the core has not grown for
+    `stall_timeout` seconds, the dumping thread is raised to SCHED_OTHER at
+    nice 19; if the dump lasts longer than `max_dump_time`, the child is killed
+    and the snapshot fails.  0 disables either.
+    """
+
+    written: object  # () -> bytes of the core on disk so far
+    stall_timeout: float = 10.0
+    max_dump_time: float = 0.0
+    escalated_after: float | None = None  # seconds into the dump, when it happened
+    timed_out: bool = False
+
+    def start(self) -> None:
+        self.started = self.last_growth = time.monotonic()
+        self.last_size = -1
+
+    def tick(self, child: Child) -> None:
+        now = time.monotonic()
+        size = self.written()
+        if size > self.last_size:
+            self.last_size, self.last_growth = size, now
+        if (self.stall_timeout and self.escalated_after is None
+                and now - self.last_growth >= self.stall_timeout):
+            self.escalated_after = now - self.started
+            try:
+                os.sched_setscheduler(child.pid, os.SCHED_OTHER, os.sched_param(0))
+                os.setpriority(os.PRIO_PROCESS, child.pid, 19)
+                child.notes.append(f"the dump stalled; raised to normal priority at nice 19 "
+                                   f"after {self.escalated_after:.1f} s")
+            except OSError as exc:
+                child.notes.append(f"the dump stalled; could not raise its priority: "
+                                   f"{exc.strerror}")
+        if self.max_dump_time and now - self.started > self.max_dump_time \
+                and not self.timed_out:
+            self.timed_out = True
+            os.kill(child.pid, signal.SIGKILL)
+
+
+def _collect(child: Child, deadline: float | None = None,
+             watchdog: Watchdog | None = None) -> ptrace.Stop:
     """Wait until every thread of the child has ended; return how the first one ended.
 
     The kernel reports a thread-group leader's end only after the other
@@ -258,10 +305,12 @@ def _collect(child: Child, deadline: float | None = None) -> ptrace.Stop:
                 except NoSuchProcess:
                     pass
         if left:
+            if watchdog is not None:
+                watchdog.tick(child)
             timeout = 1.0 if deadline is None else deadline - time.monotonic()
             if timeout <= 0:
                 break
-            signal.sigtimedwait([signal.SIGCHLD], min(timeout, 1.0))
+            signal.sigtimedwait([signal.SIGCHLD], min(timeout, 0.25 if watchdog else 1.0))
     child.alive = False
     return ended or ptrace.Stop("killed", sig=signal.SIGKILL)
 

@@ -16,7 +16,7 @@ from .corefile import default_output_dir
 from .errors import BadInput, ExitCode, InternalError, Interrupted, SnapcoreError
 from .estimate import parse_size
 from .ptrace import signals_held
-from .snapshot import THREAD_MODES, take
+from .snapshot import THREAD_MODES, DumpLimits, take
 
 PID_MAX_LIMIT = 1 << 22  # PID_MAX_LIMIT on 64-bit kernels
 
@@ -145,11 +145,19 @@ def _check_force(names: tuple[str, ...]) -> None:
                    "its registers (the pause grows by some tens of microseconds per "
                    "thread). main: only the main thread is held and dumped (the shortest "
                    "pause; other threads show without registers).")
+@click.option("--stall-timeout", type=click.FloatRange(min=0), default=10.0, show_default=True,
+              metavar="SECONDS",
+              help="If the core has not grown for this long (an idle-priority dump "
+                   "starved by busy CPUs, while the target pays for copy-on-write), "
+                   "raise the dump to normal priority at nice 19. 0: never.")
+@click.option("--max-dump-time", type=click.FloatRange(min=0), default=0.0,
+              show_default=True, metavar="SECONDS",
+              help="Kill the dump and fail if it lasts longer than this. 0: no limit.")
 @click.option("--force", "force", multiple=True, metavar="CHECK",
               help="Go ahead although this check refuses (repeatable; see `snapcore "
                    "check`). Only " + ", ".join(preflight.FORCEABLE) + " can be forced.")
 def snap(pid, output_dir, as_json, timeout, min_free, max_per_hour, quiet, verbose, threads,
-         force):
+         stall_timeout, max_dump_time, force):
     """Snapshot process PID into a core file; the process keeps running.
 
     Every check of `snapcore check` runs first. The core is named
@@ -162,7 +170,8 @@ def snap(pid, output_dir, as_json, timeout, min_free, max_per_hour, quiet, verbo
         target_pid = parse_pid(pid)
         _check_force(force)
         opts = _options(output_dir, timeout, min_free, max_per_hour)
-        snapshot = take(target_pid, opts, threads=threads, force=force)
+        snapshot = take(target_pid, opts, threads=threads, force=force,
+                        limits=DumpLimits(stall_timeout, max_dump_time))
     except SnapcoreError as exc:
         _fail(exc, as_json, err)
     except KeyboardInterrupt:

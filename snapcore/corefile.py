@@ -151,6 +151,22 @@ def find_core(glob_pattern: str, directory: Path | None, since: float) -> Path |
     return Path(max(found)[1]) if found else None
 
 
+def bytes_written(glob_pattern: str | None, directory: Path | None) -> int:
+    """Bytes on disk of the files matching the expanded core_pattern: how far a
+    dump has come (blocks, not the apparent size: cores are sparse)."""
+    if glob_pattern is None:
+        return 0
+    if directory is not None and not glob_pattern.startswith("/"):
+        glob_pattern = os.path.join(glob.escape(str(directory)), glob_pattern)
+    total = 0
+    for name in glob.glob(glob_pattern):
+        try:
+            total += os.stat(name).st_blocks * 512
+        except OSError:
+            pass
+    return total
+
+
 def store(core: Path, output_dir: Path, name: str) -> Path:
     """Move the core into the output directory, owned by the invoking user, mode 0600."""
     dest = output_dir / name

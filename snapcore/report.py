@@ -29,6 +29,8 @@ def snapshot_dict(snap: Snapshot) -> dict:
                            "release": _ms(snap.pause["release"])},
         "reap_pause_ms": _ms(snap.reap_pause),
         "dump_seconds": round(snap.dump_seconds, 3),
+        "escalated_after_s": (None if snap.escalated_after is None
+                              else round(snap.escalated_after, 3)),
         "threads": snap.threads,
         "thread_map": snap.thread_map,
         "child_pid": snap.child_pid,

@@ -36,6 +36,7 @@ class Snapshot:
     taken_at: datetime
     notes: list[str] = field(default_factory=list)
     checks: list[dict] = field(default_factory=list)  # the preflight's verdicts
+    escalated_after: float | None = None  # seconds into a stalled dump, if raised
     core_estimate: int = 0  # what the preflight expected the core to weigh
 
     @property
@@ -46,8 +47,14 @@ class Snapshot:
 THREAD_MODES = ("all", "main")
 
 
+@dataclass
+class DumpLimits:
+    stall_timeout: float = 10.0  # raise a dump that has not grown for this long; 0: never
+    max_dump_time: float = 0.0  # kill a dump that lasts longer; 0: no limit
+
+
 def take(pid: int, opts: preflight.Options, *, threads: str = "all",
-         force: tuple[str, ...] = ()) -> Snapshot:
+         force: tuple[str, ...] = (), limits: DumpLimits | None = None) -> Snapshot:
     """Snapshot process `pid` into `opts.output_dir`; the target keeps running.
 
     Every preflight check runs first; a refusal raises unless its name is in
@@ -71,7 +78,8 @@ def take(pid: int, opts: preflight.Options, *, threads: str = "all",
         try:
             with ptrace.signals_held([signal.SIGCHLD]):
                 snap = _take(target, pattern, output_dir, staging, at, threads == "all",
-                             opts.timeout, allow_undumpable="dumpable" in force)
+                             opts.timeout, allow_undumpable="dumpable" in force,
+                             dump_limits=limits or DumpLimits())
         except SnapcoreError as exc:
             exc.pid = exc.pid if exc.pid is not None else pid
             raise
@@ -86,7 +94,7 @@ def take(pid: int, opts: preflight.Options, *, threads: str = "all",
 
 def _take(target: Target, pattern: corefile.CorePattern, output_dir: Path,
           staging: Path | None, at: int, all_threads: bool, stop_timeout: float, *,
-          allow_undumpable: bool) -> Snapshot:
+          allow_undumpable: bool, dump_limits: DumpLimits) -> Snapshot:
     pid = target.pid
 
     # Pin the identity before the window: a pidfd opened now refers to this
@@ -99,14 +107,14 @@ def _take(target: Target, pattern: corefile.CorePattern, output_dir: Path,
             raise NoSuchProcess(f"process {pid} exited and its pid was reused",
                                 "check the pid again", pid=pid, stage="preflight")
         return _fork_and_dump(target, pattern, output_dir, staging, at, all_threads,
-                              stop_timeout, allow_undumpable, pidfd)
+                              stop_timeout, allow_undumpable, dump_limits, pidfd)
     finally:
         os.close(pidfd)
 
 
 def _fork_and_dump(target: Target, pattern: corefile.CorePattern, output_dir: Path,
                    staging: Path | None, at: int, all_threads: bool, stop_timeout: float,
-                   allow_undumpable: bool, pidfd: int) -> Snapshot:
+                   allow_undumpable: bool, dump_limits: DumpLimits, pidfd: int) -> Snapshot:
     pid = target.pid
 
     def same_process(tid: int) -> None:
@@ -135,6 +143,11 @@ def _fork_and_dump(target: Target, pattern: corefile.CorePattern, output_dir: Pa
         raise InternalError("clone ran but reported no child", pid=pid, stage="fork")
     kid = childmod.Child(clone_events[0])
     since = time.time()
+    where = None if pattern.kind == "pipe" else corefile.expand(
+        pattern, pid=kid.pid, uid=target.uid, gid=target.gid, comm=target.name,
+        exe=target.exe, soft_limit=target.core_hard)
+    watchdog = childmod.Watchdog(lambda: corefile.bytes_written(where, staging),
+                                 dump_limits.stall_timeout, dump_limits.max_dump_time)
     reap_result, reap_pause = None, 0.0
     try:
         deadline = time.monotonic() + 30 + 0.01 * len(fork.others)
@@ -143,7 +156,7 @@ def _fork_and_dump(target: Target, pattern: corefile.CorePattern, output_dir: Pa
                          allow_undumpable=allow_undumpable, deadline=deadline)
         childmod.resurrect(kid, at, fork.others, deadline)
         childmod.lower_priority(kid, at, deadline)
-        ended, dump_seconds = childmod.dump(kid, fork.runner)
+        ended, dump_seconds = childmod.dump(kid, fork.runner, watchdog)
     except NoSuchProcess as exc:
         # Only the child is touched in this phase: it was killed from outside.
         raise CoreNotWritten(f"the snapshot child ended before its dump ({exc.message})",
@@ -162,7 +175,7 @@ def _fork_and_dump(target: Target, pattern: corefile.CorePattern, output_dir: Pa
                     reap_pause=reap_pause, dump_seconds=dump_seconds,
                     threads=len(kid.threads), thread_map=_thread_map(pid, kid),
                     child_pid=kid.pid, core_pattern=pattern, taken_at=taken_at,
-                    notes=kid.notes)
+                    notes=kid.notes, escalated_after=watchdog.escalated_after)
     if reap_result is None:
         snap.notes.append("the target exited during the snapshot")
     elif reap_result not in (child_ns_pid, -10):  # -ECHILD: the target reaped it itself
@@ -172,14 +185,15 @@ def _fork_and_dump(target: Target, pattern: corefile.CorePattern, output_dir: Pa
         if not ended.core_dumped:
             snap.notes.append(_why_no_core(target, ended, pattern, None))
         return snap
+    if watchdog.timed_out:
+        raise CoreNotWritten(f"the dump took longer than --max-dump-time "
+                             f"({dump_limits.max_dump_time:g} s); the child was killed",
+                             "snapshot when the machine is less busy, or raise "
+                             "--max-dump-time", pid=pid, stage="dump")
     if not ended.core_dumped:
         raise CoreNotWritten(_why_no_core(target, ended, pattern, staging), pid=pid,
                              stage="dump")
-    found = corefile.find_core(
-        corefile.expand(pattern, pid=kid.pid, uid=target.uid, gid=target.gid,
-                        comm=target.name, exe=target.exe,
-                        soft_limit=target.core_hard),
-        staging, since)
+    found = corefile.find_core(where, staging, since)
     if found is None:
         raise CoreNotWritten(f"the kernel reported a core but none was found for "
                              f"core_pattern {pattern.pattern!r}",
