@@ -1,12 +1,13 @@
 /*
- * Benchmark target: sees its own pause.  usage: heartbeat MB THREADS
+ * Benchmark target: sees its own pause.  usage: heartbeat MB THREADS [K]
  *
  * Maps MB of anonymous memory and writes every page (no holes), starts
  * THREADS-1 extra threads sleeping in pause(), then spins in a heartbeat loop
  * that records the longest gap between two iterations: a stop from outside
- * shows up as that gap.  Signals drive it:
- *   SIGUSR1  reset the longest gap
- *   SIGUSR2  print "gap SECONDS" (the longest gap since the reset)
+ * shows up as that gap.  Each iteration also writes K random pages (default
+ * 0): copy-on-write pressure while a snapshot child lives.  Signals drive it:
+ *   SIGUSR1  reset the longest gap and the iteration count
+ *   SIGUSR2  print "gap SECONDS iters N" (since the reset)
  *   SIGWINCH fork() itself, _exit the child at once, print "fork SECONDS"
  *            (how long the fork() call took: the physical limit of snapcore)
  */
@@ -50,12 +51,15 @@ static void *sleeper(void *arg)
 
 int main(int argc, char **argv)
 {
-    if (argc != 3) {
-        fprintf(stderr, "usage: heartbeat MB THREADS\n");
+    if (argc != 3 && argc != 4) {
+        fprintf(stderr, "usage: heartbeat MB THREADS [K]\n");
         return 2;
     }
     size_t size = (size_t)atol(argv[1]) << 20;
     int threads = atoi(argv[2]);
+    int dirty_per_iteration = argc == 4 ? atoi(argv[3]) : 0;
+    size_t pages = size / 4096;
+    unsigned long long iters = 0, seed = 88172645463325252ULL;
     char *mem = mmap(NULL, size, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
     if (mem == MAP_FAILED) {
         perror("mmap");
@@ -85,14 +89,20 @@ int main(int argc, char **argv)
         if (t - last > max_gap)
             max_gap = t - last;
         last = t;
+        iters++;
+        for (int i = 0; i < dirty_per_iteration && pages; i++) {
+            seed ^= seed << 13, seed ^= seed >> 7, seed ^= seed << 17; /* xorshift64 */
+            mem[(seed % pages) * 4096 + i % 4096]++;
+        }
         if (want_reset) {
             want_reset = 0;
             max_gap = 0;
+            iters = 0;
             last = now();
         }
         if (want_report) {
             want_report = 0;
-            printf("gap %.6f\n", max_gap);
+            printf("gap %.6f iters %llu\n", max_gap, iters);
             fflush(stdout);
             last = now();
         }

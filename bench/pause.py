@@ -1,21 +1,33 @@
 #!/usr/bin/env python3
 """How long is the target paused?  Measured from inside the target.
 
-    python3 bench/pause.py [--sizes 64,256] [--threads 1] [--runs 5]
-                           [--tools snapcore-all,snapcore-main,gcore,fork]
+    python3 bench/pause.py [--sizes 64,256,1024,4096] [--threads 1] [--runs 5]
+                           [--cow-pages K] [--tools fork,snapcore-all,snapcore-main,gcore]
+                           [--plot pause.png]
 
 For each heap size (MB) and thread count, starts bench/heartbeat.c, measures
-the longest gap of its heartbeat loop over a quiet window (the baseline),
-then for each tool and run: resets the gap, runs the tool, reads the gap.
-The target-observed pause is the gap minus the baseline.  `fork` is the
-target forking itself: the physical limit.  Prints a Markdown table.
-Needs root, gcc, and gdb for gcore.  Timings are this machine's: noisy.
+its heartbeat loop over quiet windows (the baseline: longest gap, iteration
+rate), then for each tool and run: resets the target's counters, runs the
+tool until the core is on disk, and reads them again.
+
+- pause seen by the target: the longest gap minus the baseline's;
+- pause reported by snapcore (its own measurement of the stop window);
+- until core on disk: the tool's wall time, start-up included;
+- lost work: the share of heartbeat iterations the target did not do while
+  the tool ran, against its baseline rate;
+- extra memory: page tables copied by fork (the target's VmPTE) plus the pages
+  the target rewrote while the child lived (K per iteration, at most the heap).
+
+`fork` is the target forking itself and timing the fork() call: the physical
+limit.  Prints a Markdown table.  Needs root, gcc, and gdb for gcore.
+Timings are this machine's, and noisy: read the medians.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import select
 import shutil
@@ -28,85 +40,112 @@ import time
 from pathlib import Path
 
 HERE = Path(__file__).parent
+PAGE = 4096
 
 
 class Heartbeat:
-    def __init__(self, exe: Path, mb: int, threads: int):
-        self.proc = subprocess.Popen([str(exe), str(mb), str(threads)],
+    def __init__(self, exe: Path, mb: int, threads: int, cow_pages: int):
+        self.mb = mb
+        self.proc = subprocess.Popen([str(exe), str(mb), str(threads), str(cow_pages)],
                                      stdout=subprocess.PIPE, text=True)
-        assert self._line(120) == "ready"
+        assert self._line(600) == "ready"
 
     def _line(self, timeout: float) -> str:
         ready, _, _ = select.select([self.proc.stdout], [], [], timeout)
         assert ready, "heartbeat target did not answer"
         return self.proc.stdout.readline().strip()
 
-    def reset(self) -> None:
+    def reset(self) -> float:
         os.kill(self.proc.pid, signal.SIGUSR1)
         time.sleep(0.05)
+        return time.monotonic()
 
-    def gap(self) -> float:
+    def read(self) -> tuple[float, int]:
+        """(longest gap in seconds, iterations) since the last reset."""
         os.kill(self.proc.pid, signal.SIGUSR2)
-        kind, value = self._line(30).split()
-        assert kind == "gap"
-        return float(value)
+        words = self._line(60).split()
+        assert words[0] == "gap" and words[2] == "iters", words
+        return float(words[1]), int(words[3])
 
     def fork_time(self) -> float:
         os.kill(self.proc.pid, signal.SIGWINCH)
-        kind, value = self._line(30).split()
+        kind, value = self._line(60).split()
         assert kind == "fork"
         return float(value)
+
+    def page_tables(self) -> int:
+        for line in Path(f"/proc/{self.proc.pid}/status").read_text().splitlines():
+            if line.startswith("VmPTE:"):
+                return int(line.split()[1]) * 1024
+        return 0
 
     def stop(self) -> None:
         self.proc.kill()
         self.proc.wait()
 
 
-def run_tool(tool: str, pid: int, out: Path) -> dict:
-    """Run one tool against pid; return its own reported pause and wall time."""
-    start = time.monotonic()
+def run_tool(tool: str, pid: int, out: Path) -> tuple[float | None, float]:
+    """Run one tool against pid until its core is on disk; return the pause it
+    reports and how long its child lived (dumping)."""
     if tool.startswith("snapcore"):
         threads = tool.split("-")[1]
         proc = subprocess.run([sys.executable, "-m", "snapcore", "--json", "--threads",
-                               threads, "-o", str(out), str(pid)],
+                               threads, "--max-per-hour", "0", "--min-free", "1G",
+                               "-o", str(out), str(pid)],
                               capture_output=True, text=True, cwd=HERE.parent)
         doc = json.loads(proc.stdout)
         assert doc["ok"], doc
-        reported = doc["pause_ms"]
-    else:  # gcore
+        reported, dumping = doc["pause_ms"], doc["dump_seconds"]
+    else:
         subprocess.run(["gcore", "-o", str(out / "gcore"), str(pid)], check=True,
                        capture_output=True)
-        reported = None
-    total = time.monotonic() - start
+        reported, dumping = None, 0.0
     for f in out.iterdir():
-        f.unlink()
-    return {"reported_ms": reported, "total_s": total}
+        if f.is_file():
+            f.unlink()
+    return reported, dumping
 
 
-def measure(exe: Path, mb: int, threads: int, tools: list[str], runs: int) -> list[dict]:
-    target = Heartbeat(exe, mb, threads)
+def measure(exe: Path, mb: int, threads: int, tools: list[str], runs: int,
+            cow_pages: int) -> list[dict]:
+    target = Heartbeat(exe, mb, threads, cow_pages)
     out = Path(tempfile.mkdtemp(prefix="snapcore-bench-"))
     rows = []
     try:
-        baseline = []
+        gaps, rates = [], []
         for _ in range(3):
-            target.reset()
+            started = target.reset()
             time.sleep(0.5)
-            baseline.append(target.gap())
-        base = statistics.median(baseline)
+            gap, iters = target.read()
+            gaps.append(gap)
+            rates.append(iters / (time.monotonic() - started))
+        base_gap, base_rate = statistics.median(gaps), statistics.median(rates)
+        page_tables = target.page_tables()
         for tool in tools:
-            observed, reported, totals = [], [], []
+            observed, reported, totals, lost, extra = [], [], [], [], []
             for _ in range(runs):
                 if tool == "fork":
                     target.reset()
                     observed.append(target.fork_time())
+                    extra.append(page_tables)
                     continue
-                target.reset()
-                result = run_tool(tool, target.proc.pid, out)
-                time.sleep(0.1)
-                observed.append(max(target.gap() - base, 0.0))
-                reported.append(result["reported_ms"])
-                totals.append(result["total_s"])
+                started = target.reset()
+                t0 = time.monotonic()
+                pause, dumping = run_tool(tool, target.proc.pid, out)
+                reported.append(pause)
+                totals.append(time.monotonic() - t0)
+                gap, iters = target.read()
+                elapsed = time.monotonic() - started
+                observed.append(max(gap - base_gap, 0.0))
+                lost.append(max(0.0, 1 - iters / (base_rate * elapsed)))
+                if tool.startswith("snapcore"):
+                    # distinct random pages hit while the child lived: each is copied once
+                    pages = (mb << 20) // PAGE
+                    writes = cow_pages * iters / elapsed * dumping
+                    rewritten = pages * (1 - math.exp(-writes / pages)) * PAGE
+                    extra.append(page_tables + rewritten)
+                else:
+                    extra.append(0)
             rows.append({
                 "size_mb": mb, "threads": threads, "tool": tool,
                 "observed_ms": statistics.median(observed) * 1000,
@@ -114,7 +153,8 @@ def measure(exe: Path, mb: int, threads: int, tools: list[str], runs: int) -> li
                 "reported_ms": (statistics.median(reported)
                                 if reported and reported[0] is not None else None),
                 "total_s": statistics.median(totals) if totals else None,
-                "baseline_ms": base * 1000,
+                "lost_work": statistics.median(lost) if lost else None,
+                "extra_mb": statistics.median(extra) / (1 << 20),
             })
     finally:
         target.stop()
@@ -122,17 +162,40 @@ def measure(exe: Path, mb: int, threads: int, tools: list[str], runs: int) -> li
     return rows
 
 
+HEADER = ("| heap MB | threads | tool | pause seen by target, median ms (max) "
+          "| pause reported, ms | until core on disk, s | lost work | extra memory, MB |")
+
+
 def table(rows: list[dict]) -> str:
-    lines = ["| heap MB | threads | tool | pause seen by target, median ms (max) "
-             "| pause reported by snapcore, ms | tool run until core on disk, s |",
-             "| ---: | ---: | --- | ---: | ---: | ---: |"]
+    lines = [HEADER, "| ---: | ---: | --- | ---: | ---: | ---: | ---: | ---: |"]
     for r in rows:
-        reported = "" if r["reported_ms"] is None else f"{r['reported_ms']:.2f}"
-        total = "" if r["total_s"] is None else f"{r['total_s']:.2f}"
+        def num(value, fmt):
+            return "" if value is None else format(value, fmt)
         lines.append(f"| {r['size_mb']} | {r['threads']} | {r['tool']} | "
                      f"{r['observed_ms']:.2f} ({r['observed_max_ms']:.2f}) | "
-                     f"{reported} | {total} |")
+                     f"{num(r['reported_ms'], '.2f')} | {num(r['total_s'], '.2f')} | "
+                     f"{num(r['lost_work'], '.0%')} | {r['extra_mb']:.1f} |")
     return "\n".join(lines)
+
+
+def plot(rows: list[dict], path: str) -> None:
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    for tool in dict.fromkeys(r["tool"] for r in rows):
+        points = sorted((r["size_mb"], r["observed_ms"]) for r in rows if r["tool"] == tool)
+        ax.plot([p[0] for p in points], [p[1] for p in points], marker="o", label=tool)
+    ax.set_xscale("log", base=2)
+    ax.set_yscale("log")
+    ax.set_xlabel("heap (MB)")
+    ax.set_ylabel("pause seen by the target (ms, median)")
+    ax.set_title("How long each tool stops the process")
+    ax.grid(True, which="both", alpha=0.3)
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
 
 
 def main(argv=None) -> int:
@@ -140,7 +203,10 @@ def main(argv=None) -> int:
     parser.add_argument("--sizes", default="64,256")
     parser.add_argument("--threads", default="1")
     parser.add_argument("--runs", type=int, default=5)
+    parser.add_argument("--cow-pages", type=int, default=0)
     parser.add_argument("--tools", default="fork,snapcore-all,snapcore-main,gcore")
+    parser.add_argument("--plot", help="also write a PNG plot (needs matplotlib)")
+    parser.add_argument("--json", help="also write the rows as JSON to this file")
     args = parser.parse_args(argv)
     build = Path(tempfile.mkdtemp(prefix="snapcore-bench-build-"))
     exe = build / "heartbeat"
@@ -150,10 +216,15 @@ def main(argv=None) -> int:
     try:
         for mb in (int(x) for x in args.sizes.split(",")):
             for threads in (int(x) for x in args.threads.split(",")):
-                rows += measure(exe, mb, threads, args.tools.split(","), args.runs)
+                rows += measure(exe, mb, threads, args.tools.split(","), args.runs,
+                                args.cow_pages)
     finally:
         shutil.rmtree(build, ignore_errors=True)
     print(table(rows))
+    if args.json:
+        Path(args.json).write_text(json.dumps(rows, indent=1))
+    if args.plot:
+        plot(rows, args.plot)
     return 0
 
 
