@@ -2,21 +2,25 @@
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import signal
 import sys
+import time
 from pathlib import Path
 
 import click
 from rich.console import Console
 
-from . import __version__, interrupts, preflight, report
+from . import __version__, interrupts, preflight, records, report, syslog, targets
 from .corefile import default_output_dir
-from .errors import BadInput, ExitCode, InternalError, Interrupted, SnapcoreError
+from .errors import (BadInput, ExitCode, InternalError, Interrupted, OutputError,
+                     SnapcoreError)
 from .estimate import parse_size
 from .ptrace import signals_held
 from .snapshot import THREAD_MODES, DumpLimits, take
+from .stacks import backtraces
 
 PID_MAX_LIMIT = 1 << 22  # PID_MAX_LIMIT on 64-bit kernels
 
@@ -30,6 +34,11 @@ Exit codes:
   5  already traced         11  not enough memory headroom
   6  target not supported   12  rate limit reached
                            130  interrupted (target released)"""
+
+
+def stdout_console() -> Console:
+    """Rich on stdout; piped output gets wide lines rather than wrapped tables."""
+    return Console(soft_wrap=True, width=None if sys.stdout.isatty() else 200)
 
 
 def ptrace_session():
@@ -133,63 +142,216 @@ def _check_force(names: tuple[str, ...]) -> None:
                            stage="usage")
 
 
+def target_options(command):
+    """Ways to name the processes to snapshot, besides pids."""
+    for option in reversed([
+        click.option("--name", "name_pattern", metavar="PATTERN",
+                     help="Processes whose name or command line matches this regular "
+                          "expression (like pgrep); several matches are refused unless "
+                          "--all."),
+        click.option("--all", "take_all", is_flag=True,
+                     help="With --name: every matching process."),
+        click.option("--pidfile", type=click.Path(dir_okay=False), metavar="FILE",
+                     help="The process whose pid this file holds."),
+        click.option("--unit", metavar="UNIT",
+                     help="A systemd service's main process (systemctl show MainPID)."),
+    ]):
+        command = option(command)
+    return command
+
+
+def resolve_targets(pids, name_pattern, take_all, pidfile, unit) -> list[int]:
+    found = [parse_pid(p) for p in pids]
+    if name_pattern:
+        found += targets.by_name(name_pattern, take_all)
+    if pidfile:
+        found.append(targets.by_pidfile(pidfile))
+    if unit:
+        found.append(targets.by_unit(unit))
+    if not found:
+        raise BadInput("no target given", "give a PID, or --name, --pidfile or --unit",
+                       stage="usage")
+    return list(dict.fromkeys(found))
+
+
+def snap_options(command):
+    """What `snap` and `stacks` share: how to take the snapshot."""
+    for option in reversed([
+        click.option("--threads", type=click.Choice(THREAD_MODES), default="all",
+                     show_default=True,
+                     help="all: every thread is held for the fork and appears in the core "
+                          "with its registers (the pause grows by some tens of "
+                          "microseconds per thread). main: only the main thread is held "
+                          "and dumped (the shortest pause; other threads show without "
+                          "registers)."),
+        click.option("--stall-timeout", type=click.FloatRange(min=0), default=10.0,
+                     show_default=True, metavar="SECONDS",
+                     help="If the core has not grown for this long (an idle-priority dump "
+                          "starved by busy CPUs, while the target pays for copy-on-write), "
+                          "raise the dump to normal priority at nice 19. 0: never."),
+        click.option("--max-dump-time", type=click.FloatRange(min=0), default=0.0,
+                     show_default=True, metavar="SECONDS",
+                     help="Kill the dump and fail if it lasts longer than this. 0: no "
+                          "limit."),
+        click.option("--force", "force", multiple=True, metavar="CHECK",
+                     help="Go ahead although this check refuses (repeatable; see "
+                          "`snapcore check`). Only " + ", ".join(preflight.FORCEABLE)
+                          + " can be forced."),
+        click.option("--reason", default="", metavar="TEXT",
+                     help="Why the snapshot is taken (an incident id), kept in its record."),
+        click.option("--compress", "compressed", is_flag=True,
+                     help="Store the core as CORE.zst (zstandard, at idle priority)."),
+    ]):
+        command = option(command)
+    return command
+
+
+def _take_each(pids, opts, params) -> list:
+    """Snapshot each target in turn; a result per target (Snapshot or error)."""
+    results = []
+    for target_pid in pids:
+        try:
+            results.append(take(target_pid, opts, threads=params["threads"],
+                                force=params["force"],
+                                limits=DumpLimits(params["stall_timeout"],
+                                                  params["max_dump_time"]),
+                                reason=params["reason"], compressed=params["compressed"]))
+        except SnapcoreError as exc:
+            exc.pid = exc.pid if exc.pid is not None else target_pid
+            results.append(exc)
+        except KeyboardInterrupt:
+            results.append(Interrupted("interrupted", "the target was released and keeps "
+                                       "running", pid=target_pid, stage="interrupt"))
+            break
+        syslog.log_result(results[-1], params.get("to_syslog", False))
+    return results
+
+
+def _exit_code(results) -> int:
+    for r in results:
+        if isinstance(r, SnapcoreError):
+            return int(r.exit_code)
+    return int(ExitCode.CORE_PIPED) if any(r.core_path is None for r in results) else 0
+
+
 @cli.command(epilog=EXIT_CODES_HELP)
-@click.argument("pid", metavar="PID")
+@click.argument("pids", metavar="[PID]...", nargs=-1)
+@target_options
 @common_options
-@click.option("-q", "--quiet", is_flag=True, help="Print only the core's path.")
+@click.option("-q", "--quiet", is_flag=True, help="Print only the cores' paths.")
 @click.option("-v", "--verbose", is_flag=True,
               help="Also show the pause split, the child, core_pattern, the threads and "
                    "every check.")
-@click.option("--threads", type=click.Choice(THREAD_MODES), default="all", show_default=True,
-              help="all: every thread is held for the fork and appears in the core with "
-                   "its registers (the pause grows by some tens of microseconds per "
-                   "thread). main: only the main thread is held and dumped (the shortest "
-                   "pause; other threads show without registers).")
-@click.option("--stall-timeout", type=click.FloatRange(min=0), default=10.0, show_default=True,
-              metavar="SECONDS",
-              help="If the core has not grown for this long (an idle-priority dump "
-                   "starved by busy CPUs, while the target pays for copy-on-write), "
-                   "raise the dump to normal priority at nice 19. 0: never.")
-@click.option("--max-dump-time", type=click.FloatRange(min=0), default=0.0,
-              show_default=True, metavar="SECONDS",
-              help="Kill the dump and fail if it lasts longer than this. 0: no limit.")
-@click.option("--force", "force", multiple=True, metavar="CHECK",
-              help="Go ahead although this check refuses (repeatable; see `snapcore "
-                   "check`). Only " + ", ".join(preflight.FORCEABLE) + " can be forced.")
-def snap(pid, output_dir, as_json, timeout, min_free, max_per_hour, quiet, verbose, threads,
-         stall_timeout, max_dump_time, force):
-    """Snapshot process PID into a core file; the process keeps running.
+@snap_options
+@click.option("--stacks", "with_stacks", is_flag=True,
+              help="Also print every thread's backtrace from the core (needs gdb).")
+@click.option("--syslog", "to_syslog", is_flag=True,
+              help="Log one line per snapshot or refusal to syslog even on a terminal "
+                   "(always done when stderr is not a terminal).")
+def snap(pids, name_pattern, take_all, pidfile, unit, output_dir, as_json, timeout, min_free,
+         max_per_hour, quiet, verbose, with_stacks, to_syslog, **params):
+    """Snapshot each process into a core file; the processes keep running.
 
     Every check of `snapcore check` runs first. The core is named
-    TIMESTAMP_NAME_PID.core (UTC), owned by you, mode 0600, so `ls` lists
-    snapshots by time and `gdb EXE "$(snapcore -q PID)"` works.
+    TIMESTAMP_NAME_PID.core (UTC), owned by you, mode 0600, with its record
+    TIMESTAMP_NAME_PID.json beside it, so `ls` lists snapshots by time and
+    `gdb EXE "$(snapcore -q PID)"` works.
     """
-    out = Console(soft_wrap=True)
+    out = stdout_console()
     err = Console(stderr=True)
     try:
-        target_pid = parse_pid(pid)
-        _check_force(force)
+        wanted = resolve_targets(pids, name_pattern, take_all, pidfile, unit)
+        _check_force(params["force"])
         opts = _options(output_dir, timeout, min_free, max_per_hour)
-        snapshot = take(target_pid, opts, threads=threads, force=force,
-                        limits=DumpLimits(stall_timeout, max_dump_time))
     except SnapcoreError as exc:
         _fail(exc, as_json, err)
-    except KeyboardInterrupt:
-        _fail(Interrupted("interrupted", "the target was released and keeps running",
-                          stage="interrupt"), as_json, err)
-    piped = snapshot.core_path is None
-    if as_json:
-        report.print_json(report.snapshot_dict(snapshot))
-    elif quiet:
-        if not piped:
-            click.echo(str(snapshot.core_path))
-    else:
-        report.print_snapshot(snapshot, verbose, out)
-    if piped:
+    params["to_syslog"] = to_syslog
+    results = _take_each(wanted, opts, params)
+    docs = []
+    for result in results:
+        if isinstance(result, SnapcoreError):
+            docs.append({"ok": False, "error": result.as_dict()})
+            if not as_json:
+                report.print_error(result, err)
+            continue
+        doc = report.snapshot_dict(result)
+        if with_stacks and result.core_path is not None:
+            try:
+                doc["stacks"] = backtraces(result.target.exe, result.core_path)
+            except SnapcoreError as exc:
+                doc["stacks_error"] = exc.one_line()
+        docs.append(doc)
+        if as_json:
+            continue
         if quiet:
-            err.print(f"snapcore: core handed to {snapshot.core_pattern.handler}: "
-                      f"{report.pipe_lookup(snapshot)}", markup=False, highlight=False)
-        sys.exit(ExitCode.CORE_PIPED)
+            if result.core_path is not None:
+                click.echo(str(result.core_path))
+            else:
+                err.print(f"snapcore: core of {result.target.pid} handed to "
+                          f"{result.core_pattern.handler}: {report.pipe_lookup(result)}",
+                          markup=False, highlight=False)
+        else:
+            report.print_snapshot(result, verbose, out)
+        if "stacks" in doc:
+            click.echo(doc["stacks"])
+        elif "stacks_error" in doc:
+            err.print(f"snapcore: {doc['stacks_error']}", markup=False, highlight=False)
+    if as_json:
+        report.print_json(docs[0] if len(docs) == 1 else
+                          {"ok": all(d["ok"] for d in docs), "snapshots": docs})
+    sys.exit(_exit_code(results))
+
+
+@cli.command(epilog=EXIT_CODES_HELP)
+@click.argument("pid", metavar="[PID]", required=False)
+@click.option("--core", "core_file", type=click.Path(exists=True, dir_okay=False,
+                                                      path_type=Path),
+              help="Read an existing snapshot instead of taking one.")
+@click.option("--exe", type=click.Path(exists=True, dir_okay=False),
+              help="The executable of --core (default: from its record).")
+@common_options
+@snap_options
+def stacks(pid, core_file, exe, output_dir, as_json, timeout, min_free, max_per_hour,
+           **params):
+    """Every thread's backtrace, like gstack, with a pause of milliseconds.
+
+    Takes a snapshot of PID (kept, like any other) and prints its stacks with
+    gdb; or reads an existing one with --core FILE.
+    """
+    err = Console(stderr=True)
+    try:
+        if core_file is not None:
+            exe = exe or _exe_from_record(core_file)
+            text = backtraces(exe, core_file)
+        else:
+            if pid is None:
+                raise BadInput("give a PID, or --core FILE", "see snapcore stacks --help",
+                               stage="usage")
+            _check_force(params["force"])
+            opts = _options(output_dir, timeout, min_free, max_per_hour)
+            result = _take_each([parse_pid(pid)], opts, params)[0]
+            if isinstance(result, SnapcoreError):
+                raise result
+            if result.core_path is None:
+                raise OutputError(f"core_pattern hands cores to "
+                                  f"{result.core_pattern.handler}: no core here to read",
+                                  report.pipe_lookup(result), stage="stacks")
+            exe, core_file = result.target.exe, result.core_path
+            text = backtraces(exe, core_file)
+    except SnapcoreError as exc:
+        _fail(exc, as_json, err)
+    if as_json:
+        report.print_json({"ok": True, "core": str(core_file), "exe": exe, "stacks": text})
+    else:
+        click.echo(text)
+
+
+def _exe_from_record(core: Path) -> str:
+    try:
+        return json.loads(records.sidecar_path(core).read_text())["target"]["exe"]
+    except (OSError, ValueError, KeyError):
+        raise BadInput(f"no record beside {core} names its executable",
+                       "give it with --exe", stage="usage") from None
 
 
 @cli.command(epilog=EXIT_CODES_HELP)
@@ -217,8 +379,83 @@ def check(pid, output_dir, as_json, timeout, min_free, max_per_hour):
     if as_json:
         report.print_json(report.check_dict(result))
     else:
-        report.print_checks(result, Console(soft_wrap=True))
+        report.print_checks(result, stdout_console())
     sys.exit(int(refusals[0].exit_code) if refusals else 0)
+
+
+@cli.command(name="list")
+@click.option("-o", "--output-dir", type=click.Path(file_okay=False, path_type=Path),
+              help="The output directory to read (default as for snap).")
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON document.")
+@click.option("--name", "name_filter", metavar="TEXT",
+              help="Only snapshots of processes whose name or executable contains TEXT.")
+@click.option("--since", metavar="DURATION",
+              help="Only snapshots taken within this long (e.g. 2h, 7d).")
+def list_(output_dir, as_json, name_filter, since):
+    """The snapshots in the output directory, newest first."""
+    err = Console(stderr=True)
+    try:
+        cutoff = None if since is None else time.time() - _duration(since, "--since")
+    except SnapcoreError as exc:
+        _fail(exc, as_json, err)
+    found = records.select(records.records(output_dir or default_output_dir()),
+                           name_filter, cutoff)
+    if as_json:
+        report.print_json({"ok": True, "snapshots": [report.record_dict(r) for r in found]})
+    else:
+        report.print_records(found, stdout_console())
+
+
+@cli.command()
+@click.option("-o", "--output-dir", type=click.Path(file_okay=False, path_type=Path),
+              help="The output directory to prune (default as for snap).")
+@click.option("--keep", type=click.IntRange(min=0), metavar="N",
+              help="Keep the N newest snapshots of each program.")
+@click.option("--older-than", metavar="DURATION",
+              help="Remove snapshots older than this (e.g. 7d, 12h).")
+@click.option("--max-total", metavar="SIZE",
+              help="Remove the oldest snapshots until all together take at most SIZE.")
+@click.option("--dry-run", is_flag=True, help="Say what would be removed; remove nothing.")
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON document.")
+def prune(output_dir, keep, older_than, max_total, dry_run, as_json):
+    """Remove old snapshots (a core and its record together).
+
+    Only snapshots with a snapcore record are considered: files snapcore did
+    not write are never touched.
+    """
+    err = Console(stderr=True)
+    try:
+        if keep is None and older_than is None and max_total is None:
+            raise BadInput("nothing to prune by", "give --keep, --older-than or --max-total",
+                           stage="usage")
+        age = None if older_than is None else _duration(older_than, "--older-than")
+        if max_total is not None and not _is_size(max_total):
+            raise BadInput(f"invalid --max-total {max_total!r}", "give a size such as 20G",
+                           stage="usage")
+        total = None if max_total is None else parse_size(max_total)
+    except SnapcoreError as exc:
+        _fail(exc, as_json, err)
+    found = records.records(output_dir or default_output_dir())
+    doomed = records.plan_prune(found, keep=keep, older_than=age, max_total=total)
+    if not dry_run:
+        for record in doomed:
+            records.remove(record)
+    if as_json:
+        report.print_json({"ok": True, "dry_run": dry_run,
+                           "removed": [report.record_dict(r) for r in doomed],
+                           "kept": len(found) - len(doomed)})
+    else:
+        verb = "would remove" if dry_run else "removed"
+        for record in doomed:
+            click.echo(f"{verb} {record.core or record.sidecar}")
+        click.echo(f"{verb} {len(doomed)} snapshot(s), kept {len(found) - len(doomed)}")
+
+
+def _duration(text: str, option: str) -> float:
+    try:
+        return records.parse_duration(text)
+    except ValueError as exc:
+        raise BadInput(f"invalid {option} {text!r}", str(exc), stage="usage") from None
 
 
 def _fail(exc: SnapcoreError, as_json: bool, err: Console):
@@ -246,6 +483,8 @@ def main(argv=None):
     for signum in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
         signal.signal(signum, _stop_requested)
     args = sys.argv[1:] if argv is None else list(argv)
+    if os.environ.get("_SNAPCORE_COMPLETE"):  # shell completion: click answers and exits
+        cli.main(args=args, prog_name="snapcore", complete_var="_SNAPCORE_COMPLETE")
     if not args:
         click.echo(cli.get_help(click.Context(cli, info_name="snapcore")), err=True)
         sys.exit(ExitCode.USAGE)

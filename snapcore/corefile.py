@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 
-from . import arch
+from . import arch, elf
 from .errors import CoreNotWritten, OutputError
 
 CORE_PATTERN = "/proc/sys/kernel/core_pattern"
@@ -195,36 +195,30 @@ class CoreNotes:
 def read_notes(path: Path) -> CoreNotes:
     """Read an ELF core's thread pids from its notes; refuse anything else."""
     with open(path, "rb") as f:
-        head = f.read(64)
-        if len(head) < 64 or head[:4] != b"\x7fELF" or head[4] != 2:
+        try:
+            e_type, segs = elf.segments(f)
+        except elf.NotElf:
             raise CoreNotWritten(f"{path} is not a 64-bit ELF file",
-                                 "the kernel wrote no usable core", stage="core")
-        e_type, = struct.unpack_from("<H", head, 16)
-        if e_type != 4:  # ET_CORE
+                                 "the kernel wrote no usable core", stage="core") from None
+        if e_type != elf.ET_CORE:
             raise CoreNotWritten(f"{path} is not an ELF core (type {e_type})",
                                  "the kernel wrote no usable core", stage="core")
-        phoff, = struct.unpack_from("<Q", head, 32)
-        phentsize, phnum = struct.unpack_from("<HH", head, 54)
-        f.seek(phoff)
-        table = f.read(phentsize * phnum)
         notes = CoreNotes([], [], None, None, 0)
-        for i in range(phnum):
-            p_type, _flags, p_offset, _va, _pa, p_filesz = struct.unpack_from(
-                "<IIQQQQ", table, i * phentsize)
-            if p_type == 1:  # PT_LOAD
-                notes.loads_end = max(notes.loads_end, p_offset + p_filesz)
-            elif p_type == 4:  # PT_NOTE
-                f.seek(p_offset)
-                data = f.read(p_filesz)
-                for n_type, desc_at, _size in _notes(data):
+        for seg in segs:
+            if seg.type == elf.PT_LOAD:
+                notes.loads_end = max(notes.loads_end, seg.offset + seg.filesz)
+            elif seg.type == elf.PT_NOTE:
+                f.seek(seg.offset)
+                data = f.read(seg.filesz)
+                for n_type, _name, desc_at, _size in elf.notes(data):
                     if n_type == arch.NT_PRSTATUS:
                         at = desc_at + arch.PRSTATUS_PID_OFFSET
                         notes.prstatus_pids.append(_int32(data, at))
-                        notes.prstatus_offsets.append(p_offset + at)
+                        notes.prstatus_offsets.append(seg.offset + at)
                     elif n_type == arch.NT_PRPSINFO:
                         at = desc_at + arch.PRPSINFO_PID_OFFSET
                         notes.prpsinfo_pid = _int32(data, at)
-                        notes.prpsinfo_offset = p_offset + at
+                        notes.prpsinfo_offset = seg.offset + at
     return notes
 
 
@@ -247,20 +241,6 @@ def rename_threads(path: Path, notes: CoreNotes, tids: dict[int, int], pid: int)
         if notes.prpsinfo_offset is not None:
             f.seek(notes.prpsinfo_offset)
             f.write(struct.pack("<i", pid))
-
-
-def _notes(data: bytes):
-    """(type, offset of the descriptor in `data`, descriptor size) for each note."""
-    at = 0
-    while at + 12 <= len(data):
-        namesz, descsz, n_type = struct.unpack_from("<III", data, at)
-        desc_at = at + 12 + _align4(namesz)
-        yield n_type, desc_at, descsz
-        at = desc_at + _align4(descsz)
-
-
-def _align4(n: int) -> int:
-    return (n + 3) & ~3
 
 
 def check_core(path: Path, child_pid: int) -> CoreNotes:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 from rich.console import Console
 from rich.table import Table
@@ -21,7 +22,8 @@ def snapshot_dict(snap: Snapshot) -> dict:
     doc = {
         "ok": True,
         "target": {"pid": t.pid, "name": t.name, "exe": t.exe, "uid": t.uid},
-        "core": ({"path": str(snap.core_path), "size": snap.core_size}
+        "core": ({"path": str(snap.core_path), "size": snap.core_size,
+                  "record": str(snap.sidecar_path) if snap.sidecar_path else None}
                  if snap.core_path else None),
         "pause_ms": _ms(snap.pause["pause"]),
         "pause_split_ms": {"capture": _ms(snap.pause["capture"]),
@@ -129,6 +131,34 @@ def print_checks(result, console: Console) -> None:
 
 def _plain(text: str) -> str:
     return text.replace("[", "\\[")
+
+
+def record_dict(record) -> dict:
+    d = record.data
+    t = d.get("target", {})
+    return {
+        "taken_at": d["taken_at"], "name": t.get("name"), "pid": t.get("pid"),
+        "exe": t.get("exe"), "core": str(record.core) if record.core else None,
+        "record": str(record.sidecar), "size": record.size,
+        "threads": len(d.get("threads", [])), "compressed": d["core"].get("compressed"),
+        "reason": d.get("reason", ""), "pause_ms": d.get("pause_ms"),
+    }
+
+
+def print_records(found, console: Console) -> None:
+    if not found:
+        console.print("no snapshots", highlight=False)
+        return
+    table = Table()
+    for column in ("taken (UTC)", "target", "pid", "size", "threads", "zst", "reason", "core"):
+        table.add_column(column, overflow="fold")
+    for record in found:
+        r = record_dict(record)
+        table.add_row(r["taken_at"].replace("T", " ")[:19], _plain(r["name"] or "?"),
+                      str(r["pid"]), _size(r["size"]), str(r["threads"]),
+                      "yes" if r["compressed"] else "", _plain(r["reason"]),
+                      _plain(Path(r["core"]).name if r["core"] else "(missing)"))
+    console.print(table)
 
 
 def print_error(err: SnapcoreError, console: Console) -> None:

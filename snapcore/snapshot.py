@@ -14,7 +14,8 @@ from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
 
-from . import arch, child as childmod, corefile, interrupts, preflight, ptrace
+from . import arch, child as childmod, corefile, interrupts, preflight, ptrace, records
+from .compress import compress
 from .errors import (CoreNotWritten, InternalError, NoSuchProcess, SnapcoreError,
                      Unsupported)
 from .inject import run_in_target
@@ -37,6 +38,7 @@ class Snapshot:
     notes: list[str] = field(default_factory=list)
     checks: list[dict] = field(default_factory=list)  # the preflight's verdicts
     escalated_after: float | None = None  # seconds into a stalled dump, if raised
+    sidecar_path: Path | None = None  # the record beside the core
     core_estimate: int = 0  # what the preflight expected the core to weigh
 
     @property
@@ -54,12 +56,15 @@ class DumpLimits:
 
 
 def take(pid: int, opts: preflight.Options, *, threads: str = "all",
-         force: tuple[str, ...] = (), limits: DumpLimits | None = None) -> Snapshot:
+         force: tuple[str, ...] = (), limits: DumpLimits | None = None,
+         reason: str = "", compressed: bool = False) -> Snapshot:
     """Snapshot process `pid` into `opts.output_dir`; the target keeps running.
 
     Every preflight check runs first; a refusal raises unless its name is in
     `force` (and it may be forced).  threads="all" holds every thread for the
     fork and puts each in the core; "main" holds and dumps the main thread only.
+    The stored core gets its record (records.write_sidecar) with `reason`;
+    `compressed` turns it into CORE.zst first.
     """
     pre = preflight.run(pid, opts)
     refusals = pre.refusals(force)
@@ -89,6 +94,11 @@ def take(pid: int, opts: preflight.Options, *, threads: str = "all",
         limiter.record(key)
     snap.checks = pre.as_dicts()
     snap.core_estimate = pre.core_estimate
+    if snap.core_path is not None:
+        if compressed:
+            snap.core_path = compress(snap.core_path)
+            snap.core_size = snap.core_path.stat().st_size
+        snap.sidecar_path = records.write_sidecar(snap, reason)
     return snap
 
 

@@ -34,6 +34,7 @@ class Target:
     core_hard: int
     threads: list[int] = field(default_factory=list)
     proc_owner: int = 0  # owner of /proc/PID/stat: root when the target is not dumpable
+    cmdline: list[str] = field(default_factory=list)
 
 
 def gone(pid: int) -> bool:
@@ -71,6 +72,13 @@ def start_time(pid: int) -> int:
         stat = f.read()
     # comm may hold spaces and parentheses: split after the last ')'.
     return int(stat[stat.rindex(")") + 2:].split()[19])
+
+
+def started_at(ticks: int) -> float:
+    """A start time in clock ticks since boot (stat field 22) as a Unix time."""
+    with open("/proc/stat") as f:
+        boot = next(int(line.split()[1]) for line in f if line.startswith("btime"))
+    return boot + ticks / os.sysconf("SC_CLK_TCK")
 
 
 def task_ids(pid: int) -> list[int]:
@@ -123,6 +131,8 @@ def read(pid: int) -> Target:
         soft, hard = core_limits(pid)
         tids = task_ids(pid)
         owner = os.stat(f"/proc/{pid}/stat").st_uid
+        with open(f"/proc/{pid}/cmdline", "rb") as f:
+            cmdline = [a.decode(errors="replace") for a in f.read().split(b"\0")[:-1]]
     except (FileNotFoundError, ProcessLookupError):
         raise NoSuchProcess(f"no such process {pid}",
                             "check the pid with ps or pgrep", pid=pid, stage="preflight")
@@ -144,7 +154,7 @@ def read(pid: int) -> Target:
                   tgid=int(status.get("Tgid", pid)), tracer=int(status.get("TracerPid", "0")),
                   seccomp=int(status.get("Seccomp", "0")), kernel_thread=kthread,
                   elf_class=elf_class, elf_machine=machine, core_soft=soft, core_hard=hard,
-                  threads=tids, proc_owner=owner)
+                  threads=tids, proc_owner=owner, cmdline=cmdline)
 
 
 def _is_kernel_thread(pid: int) -> bool:

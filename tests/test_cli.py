@@ -72,7 +72,7 @@ def test_version():
 
 def snap_options() -> list[str]:
     options = set()
-    for command in ("snap", "check"):
+    for command in ("snap", "check", "stacks", "list", "prune"):
         help_text = CliRunner().invoke(cli, [command, "--help"]).output
         options |= set(re.findall(r"(?<![\w-])(--[a-z][a-z-]+)", help_text))
     return sorted(options)

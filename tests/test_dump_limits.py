@@ -8,6 +8,7 @@ import pytest
 
 from conftest import run_snapcore, snap_json
 from snapcore.errors import ExitCode
+from test_snapshot import cores_in
 
 
 @pytest.fixture
@@ -32,7 +33,6 @@ def test_dump_longer_than_max_dump_time_is_killed(start_victim, busy_machine, ou
                         str(victim.pid))
     assert proc.returncode == ExitCode.CORE_NOT_WRITTEN, proc.stderr
     assert "longer than --max-dump-time" in proc.stderr
-    assert not out_dir.exists() or [p for p in os.listdir(out_dir)
-                                    if not p.startswith(".")] == []
+    assert not out_dir.exists() or cores_in(out_dir) == []
     victim.wait_for_heartbeats(victim.heartbeats())
     victim.assert_unharmed()  # the killed child is reaped: no zombie

@@ -40,8 +40,8 @@ def prstatus_pids(core: Path) -> list[int]:
 
 
 def cores_in(directory: Path) -> list[str]:
-    """The cores in an output directory (its .snapcore/ state aside), sorted."""
-    return sorted(p for p in os.listdir(directory) if not p.startswith("."))
+    """The cores in an output directory (records and .snapcore/ state aside), sorted."""
+    return sorted(p for p in os.listdir(directory) if p.endswith((".core", ".core.zst")))
 
 
 def poke(victim, action: str) -> None:

@@ -1,0 +1,168 @@
+"""The record beside every core, and what snapcore does with its snapshots later.
+
+Each core `NAME.core` (or `NAME.core.zst`) has a sidecar `NAME.json`, mode
+0600, saying what the process was and why the snapshot was taken.  Nothing
+from the process's environment goes in (it holds secrets).  `list` and `prune`
+only ever look at snapshots that have a sidecar: they never touch files
+snapcore did not write.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import pwd
+import socket
+import time
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+
+from . import __version__, elf
+from .target import started_at
+
+CORE_SUFFIXES = (".core", ".core.zst")
+
+
+def sidecar_path(core: Path) -> Path:
+    name = core.name
+    for suffix in CORE_SUFFIXES[::-1]:
+        if name.endswith(suffix):
+            return core.with_name(name[: -len(suffix)] + ".json")
+    return core.with_name(name + ".json")
+
+
+def _iso(when: float) -> str:
+    return datetime.fromtimestamp(when, timezone.utc).isoformat().replace("+00:00", "Z")
+
+
+def write_sidecar(snap, reason: str = "") -> Path:
+    """Write the record for a stored snapshot (a snapshot.Snapshot)."""
+    t = snap.target
+    try:
+        user = pwd.getpwuid(t.uid).pw_name
+    except KeyError:
+        user = str(t.uid)
+    record = {
+        "snapcore_version": __version__,
+        "taken_at": snap.taken_at.isoformat().replace("+00:00", "Z"),
+        "reason": reason,
+        "target": {
+            "pid": t.pid, "name": t.name, "exe": t.exe, "cmdline": t.cmdline,
+            "build_id": elf.build_id(t.exe) if t.exe else None,
+            "started_at": _iso(started_at(t.start_time)), "user": user, "uid": t.uid,
+        },
+        "threads": snap.thread_map,
+        "pause_ms": round(snap.pause["pause"] * 1000, 3),
+        "dump_seconds": round(snap.dump_seconds, 3),
+        "core": {"file": snap.core_path.name, "size": snap.core_size,
+                 "compressed": snap.core_path.name.endswith(".zst")},
+        "kernel": platform.release(),
+        "hostname": socket.gethostname(),
+    }
+    path = sidecar_path(snap.core_path)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as f:
+        json.dump(record, f, indent=2)
+    return path
+
+
+@dataclass
+class Record:
+    sidecar: Path
+    core: Path | None  # None when the core file is missing
+    data: dict
+
+    @property
+    def taken_at(self) -> float:
+        return datetime.fromisoformat(self.data["taken_at"].replace("Z", "+00:00")).timestamp()
+
+    @property
+    def target_key(self) -> str:
+        t = self.data.get("target", {})
+        return t.get("exe") or t.get("name", "?")
+
+    @property
+    def size(self) -> int:
+        size = self.sidecar.stat().st_size
+        if self.core is not None:
+            size += self.core.stat().st_size
+        return size
+
+
+def records(directory: Path) -> list[Record]:
+    """Every snapshot in `directory` that has a readable sidecar, newest first."""
+    found = []
+    directory = Path(directory)
+    if not directory.is_dir():
+        return found
+    for sidecar in directory.glob("*.json"):
+        try:
+            data = json.loads(sidecar.read_text())
+            name = data["core"]["file"]
+            data["taken_at"]  # a snapcore record has these
+        except (OSError, ValueError, KeyError, TypeError):
+            continue  # not ours
+        if Path(name).name != name or not name.endswith(CORE_SUFFIXES):
+            continue
+        core = directory / name
+        found.append(Record(sidecar, core if core.exists() else None, data))
+    return sorted(found, key=lambda r: r.taken_at, reverse=True)
+
+
+def select(found: list[Record], name: str | None = None,
+           since: float | None = None) -> list[Record]:
+    out = []
+    for r in found:
+        t = r.data.get("target", {})
+        if name and name not in t.get("name", "") and name not in t.get("exe", ""):
+            continue
+        if since is not None and r.taken_at < since:
+            continue
+        out.append(r)
+    return out
+
+
+def plan_prune(found: list[Record], *, keep: int | None = None,
+               older_than: float | None = None, max_total: int | None = None,
+               now: float | None = None) -> list[Record]:
+    """Which snapshots the retention rules remove (newest-first input)."""
+    now = time.time() if now is None else now
+    doomed: list[Record] = []
+    per_target: dict[str, int] = {}
+    for r in found:
+        per_target[r.target_key] = per_target.get(r.target_key, 0) + 1
+        if keep is not None and per_target[r.target_key] > keep:
+            doomed.append(r)
+        elif older_than is not None and now - r.taken_at > older_than:
+            doomed.append(r)
+    if max_total is not None:
+        kept = [r for r in found if r not in doomed]
+        total = sum(r.size for r in kept)
+        for r in reversed(kept):  # oldest first
+            if total <= max_total:
+                break
+            doomed.append(r)
+            total -= r.size
+    return doomed
+
+
+def remove(record: Record) -> None:
+    """Remove a core and its sidecar together (the core first)."""
+    if record.core is not None:
+        record.core.unlink(missing_ok=True)
+    record.sidecar.unlink(missing_ok=True)
+
+
+_DURATION_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
+
+
+def parse_duration(text: str) -> float:
+    """'7d', '12h', '30m', '90s', '2w' -> seconds."""
+    text = text.strip().lower()
+    if text and text[-1] in _DURATION_UNITS and text[:-1].replace(".", "", 1).isdigit():
+        return float(text[:-1]) * _DURATION_UNITS[text[-1]]
+    if text.replace(".", "", 1).isdigit():
+        return float(text)
+    raise ValueError(f"not a duration: {text!r} (try 7d, 12h or 30m)")

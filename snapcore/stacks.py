@@ -1,0 +1,32 @@
+"""Every thread's backtrace from a core, read by gdb."""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+import tempfile
+from pathlib import Path
+
+from .compress import decompress_to
+from .errors import OutputError
+
+
+def backtraces(exe: str, core: Path, timeout: float = 300) -> str:
+    """gdb's `thread apply all bt` for CORE of EXE (a .zst core is unpacked first)."""
+    gdb = shutil.which("gdb")
+    if gdb is None:
+        raise OutputError("reading stacks needs gdb, which is not installed",
+                          "install it (apt-get install gdb); the core is kept",
+                          stage="stacks")
+    with tempfile.TemporaryDirectory(prefix="snapcore-stacks-") as tmp:
+        if core.name.endswith(".zst"):
+            plain = Path(tmp) / core.name[:-4]
+            decompress_to(core, plain)
+            core = plain
+        out = subprocess.run([gdb, "-batch", "-nx", "-ex", "set pagination off",
+                              "-ex", "thread apply all bt", exe, str(core)],
+                             capture_output=True, text=True, timeout=timeout)
+    lines = [line for line in out.stdout.splitlines()
+             if not line.startswith(("[New LWP", "warning: Section", "[Thread debugging",
+                                     "Using host libthread_db"))]
+    return "\n".join(lines).strip()

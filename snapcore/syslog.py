@@ -1,0 +1,44 @@
+"""One line per snapshot or refusal to syslog (journald reads /dev/log too).
+
+Done when stderr is not a terminal (cron, timers, runbooks), or always with
+--syslog.  SNAPCORE_SYSLOG_SOCKET names another socket than /dev/log.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import sys
+
+from .errors import SnapcoreError
+from .estimate import human
+
+FACILITY_DAEMON = 3
+INFO, WARNING = 6, 4
+
+
+def log_result(result, always: bool = False) -> None:
+    if not (always or not sys.stderr.isatty()):
+        return
+    if isinstance(result, SnapcoreError):
+        line = (f"refused snapshot of pid {result.pid}: {result.one_line()} "
+                f"(exit {int(result.exit_code)})")
+        send(line, WARNING)
+        return
+    t = result.target
+    where = (f"core {result.core_path} ({human(result.core_size)})" if result.core_path
+             else f"core handed to {result.core_pattern.handler}")
+    line = (f"snapshot of {t.name} (pid {t.pid}): {where}, paused "
+            f"{result.pause_ms:.2f} ms, {result.threads} thread(s)")
+    send(line, INFO)
+
+
+def send(message: str, severity: int) -> None:
+    path = os.environ.get("SNAPCORE_SYSLOG_SOCKET", "/dev/log")
+    data = f"<{FACILITY_DAEMON * 8 + severity}>snapcore[{os.getpid()}]: {message}"
+    try:
+        with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as sock:
+            sock.connect(path)
+            sock.send(data.encode(errors="replace")[:8192])
+    except OSError:
+        pass  # no syslog daemon: nothing to log to

@@ -1,0 +1,231 @@
+"""The operator's workflow: naming targets, the record beside each core, list,
+prune, compression, stacks and syslog."""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import shutil
+import socket
+import stat
+import subprocess
+import time
+from pathlib import Path
+
+import psutil
+
+from conftest import run_snapcore, snap_json
+from snapcore import compress, records
+from snapcore.errors import ExitCode
+from test_snapshot import prstatus_pids
+
+
+def test_name_pattern_ambiguous_then_all(start_victim, out_dir):
+    first, second = start_victim("sleep"), start_victim("read")
+    pattern = f"victim (sleep|read) {first.report.parent}"
+    proc = run_snapcore("--name", pattern, "-o", str(out_dir))
+    assert proc.returncode == ExitCode.USAGE
+    assert "matches 2 processes" in proc.stderr and "--all" in proc.stderr
+    assert str(first.pid) in proc.stderr and str(second.pid) in proc.stderr
+    code, doc = snap_json("--name", pattern, "--all", "-o", str(out_dir))
+    assert code == 0, doc
+    assert sorted(s["target"]["pid"] for s in doc["snapshots"]) == sorted(
+        [first.pid, second.pid])
+    first.assert_unharmed()
+    second.assert_unharmed()
+
+
+def test_pidfile_live_and_stale(start_victim, out_dir, tmp_path):
+    victim = start_victim("sleep")
+    pidfile = tmp_path / "service.pid"
+    pidfile.write_text(f"{victim.pid}\n")
+    code, doc = snap_json("--pidfile", str(pidfile), "-o", str(out_dir))
+    assert code == 0 and doc["target"]["pid"] == victim.pid
+    dead = subprocess.Popen(["true"])
+    dead.wait()
+    pidfile.write_text(f"{dead.pid}\n")
+    proc = run_snapcore("--pidfile", str(pidfile), "-o", str(out_dir))
+    assert proc.returncode == ExitCode.NO_SUCH_PROCESS and "stale" in proc.stderr
+
+
+def test_several_targets_in_one_call(start_victim, out_dir):
+    a, b = start_victim("sleep"), start_victim("futex")
+    code, doc = snap_json("-o", str(out_dir), str(a.pid), "4194000", str(b.pid))
+    assert code == ExitCode.NO_SUCH_PROCESS and doc["ok"] is False
+    oks = [s["ok"] for s in doc["snapshots"]]
+    assert oks == [True, False, True]
+    a.assert_unharmed()
+    b.assert_unharmed()
+
+
+def readelf_build_id(path: str) -> str:
+    out = subprocess.run(["readelf", "-n", path], capture_output=True, text=True).stdout
+    return next(line.split()[-1] for line in out.splitlines() if "Build ID" in line)
+
+
+def test_record_beside_the_core(victim_exe, tmp_path, out_dir):
+    report = tmp_path / "report.txt"
+    env = dict(os.environ, SNAPCORE_TEST_SECRET="hunter2-do-not-record")
+    target = subprocess.Popen([str(victim_exe), "sleep", str(report)], env=env,
+                              stdout=subprocess.PIPE)
+    try:
+        assert target.stdout.readline() == b"ready\n"
+        code, doc = snap_json("--reason", "INC-1234", "-o", str(out_dir), str(target.pid))
+        assert code == 0, doc
+        sidecar = Path(doc["core"]["record"])
+        assert stat.S_IMODE(sidecar.stat().st_mode) == 0o600
+        text = sidecar.read_text()
+        assert "hunter2" not in text  # nothing from the environment
+        rec = json.loads(text)
+        proc = psutil.Process(target.pid)
+        t = rec["target"]
+        assert (t["pid"], t["name"], t["exe"]) == (target.pid, "victim", str(victim_exe))
+        assert t["cmdline"] == proc.cmdline()
+        assert t["build_id"] == readelf_build_id(str(victim_exe))
+        started = time.mktime(time.strptime(t["started_at"][:19], "%Y-%m-%dT%H:%M:%S")) \
+            - time.timezone
+        assert abs(started - proc.create_time()) < 2
+        assert t["user"] == "root" and t["uid"] == 0
+        assert rec["reason"] == "INC-1234"
+        assert [th["tid"] for th in rec["threads"]] == [target.pid]
+        assert rec["core"]["file"] == Path(doc["core"]["path"]).name
+        assert rec["core"]["size"] == Path(doc["core"]["path"]).stat().st_size
+        assert rec["pause_ms"] > 0 and rec["dump_seconds"] >= 0
+        assert rec["kernel"] == platform.release()
+        assert rec["hostname"] == socket.gethostname()
+        assert rec["snapcore_version"] and rec["taken_at"].endswith("Z")
+    finally:
+        target.kill()
+        target.wait()
+
+
+def write_record(directory: Path, name: str, exe: str, age_s: float, size: int) -> Path:
+    """A snapshot as snapcore leaves it, aged by hand (the clock is not ours to move)."""
+    core = directory / f"{name}.core"
+    core.write_bytes(b"\x7fELF" + b"\0" * (size - 4))
+    taken = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(time.time() - age_s))
+    (directory / f"{name}.json").write_text(json.dumps({
+        "taken_at": taken + ".000000Z", "reason": "",
+        "target": {"pid": 1, "name": Path(exe).name, "exe": exe},
+        "threads": [], "core": {"file": core.name, "size": size, "compressed": False}}))
+    return core
+
+
+def test_list_and_prune_never_touch_foreign_files(start_victim, threads_exe, out_dir):
+    victim = start_victim("sleep")
+    code, doc = snap_json("-o", str(out_dir), str(victim.pid))
+    assert code == 0
+    fresh = Path(doc["core"]["path"]).name
+    for i, age in enumerate((3600, 86400 * 3, 86400 * 10)):
+        write_record(out_dir, f"old-db-{i}", "/usr/sbin/db", age, 1 << 20)
+    write_record(out_dir, "old-web", "/usr/sbin/web", 86400 * 8, 1 << 20)
+    foreign = [out_dir / "notes.txt", out_dir / "someone-elses.core",
+               out_dir / "config.json"]
+    foreign[0].write_text("keep me")
+    foreign[1].write_bytes(b"\x7fELF")
+    foreign[2].write_text('{"not": "ours"}')
+
+    listing = json.loads(run_snapcore("list", "--json", "-o", str(out_dir)).stdout)
+    names = [Path(s["core"]).name for s in listing["snapshots"]]
+    assert names[0] == fresh and len(names) == 5
+    assert [s["taken_at"] for s in listing["snapshots"]] == sorted(
+        [s["taken_at"] for s in listing["snapshots"]], reverse=True)
+    only_db = json.loads(run_snapcore("list", "--json", "--name", "db", "-o",
+                                      str(out_dir)).stdout)
+    assert len(only_db["snapshots"]) == 3
+    recent = json.loads(run_snapcore("list", "--json", "--since", "2h", "-o",
+                                     str(out_dir)).stdout)
+    assert len(recent["snapshots"]) == 2
+    human = run_snapcore("list", "-o", str(out_dir))
+    assert human.returncode == 0 and fresh in human.stdout
+
+    dry = run_snapcore("prune", "--keep", "1", "--dry-run", "-o", str(out_dir))
+    assert "would remove 2 snapshot(s)" in dry.stdout
+    assert len(os.listdir(out_dir)) == 14  # nothing removed: 5 cores, 5 records, 3 foreign
+    #                                        and the .snapcore/ state
+    proc = run_snapcore("prune", "--keep", "2", "-o", str(out_dir))
+    assert proc.returncode == 0 and not (out_dir / "old-db-2.core").exists()
+    assert not (out_dir / "old-db-2.json").exists()
+    proc = run_snapcore("prune", "--older-than", "7d", "-o", str(out_dir))
+    assert not (out_dir / "old-web.core").exists()
+    proc = run_snapcore("prune", "--max-total", "1500K", "-o", str(out_dir))
+    left = [r.core.name for r in records.records(out_dir)]
+    assert left == [fresh, "old-db-0.core"][:len(left)] and fresh in left
+    for f in foreign:
+        assert f.exists(), f"prune touched {f}"
+    victim.assert_unharmed()
+
+
+def test_compression_round_trips_to_the_identical_core(start_victim, out_dir, tmp_path):
+    victim = start_victim("fat")
+    code, doc = snap_json("-o", str(out_dir), str(victim.pid))
+    assert code == 0
+    core = Path(doc["core"]["path"])
+    original = tmp_path / "original.core"
+    shutil.copyfile(core, original)
+    packed = compress.compress(core)
+    assert not core.exists() and packed.name.endswith(".core.zst")
+    assert packed.stat().st_size < original.stat().st_size
+    unpacked = tmp_path / "unpacked.core"
+    compress.decompress_to(packed, unpacked)
+    assert unpacked.read_bytes() == original.read_bytes()
+    # and from the command line: the record says compressed, list shows both kinds
+    code, doc = snap_json("--compress", "-o", str(out_dir), str(victim.pid))
+    assert code == 0 and doc["core"]["path"].endswith(".core.zst")
+    rec = json.loads(Path(doc["core"]["record"]).read_text())
+    assert rec["core"]["compressed"] is True
+    kinds = {s["compressed"] for s in json.loads(
+        run_snapcore("list", "--json", "-o", str(out_dir)).stdout)["snapshots"]}
+    assert kinds == {True, False}
+    compress.decompress_to(Path(doc["core"]["path"]), tmp_path / "second.core")
+    assert prstatus_pids(tmp_path / "second.core") == [victim.pid]
+    victim.assert_unharmed()
+
+
+def test_stacks_of_a_multithreaded_target(start_victim, threads_exe, out_dir):
+    victim = start_victim("eight", exe=threads_exe)
+    proc = run_snapcore("stacks", "-o", str(out_dir), str(victim.pid))
+    assert proc.returncode == 0, proc.stderr
+    for function in ("main_sleeper", "sleeper_thread", "condvar_thread",
+                     "pipe_reader_thread", "busy_thread", "mutex_holder_thread",
+                     "mutex_waiter_thread", "xmm_thread"):
+        assert function in proc.stdout, function
+    core = next(p for p in out_dir.iterdir() if p.name.endswith(".core"))
+    again = run_snapcore("stacks", "--core", str(core))
+    assert again.returncode == 0 and "mutex_waiter_thread" in again.stdout
+    victim.wait_for_heartbeats(victim.heartbeats())
+    victim.assert_unharmed()
+
+
+def test_syslog_lines_for_snapshots_and_refusals(start_victim, out_dir, tmp_path):
+    path = str(tmp_path / "log.sock")
+    sink = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    sink.bind(path)
+    sink.settimeout(10)
+    try:
+        victim = start_victim("sleep")
+        env = dict(os.environ, SNAPCORE_SYSLOG_SOCKET=path)
+        ok = subprocess.run(["python3", "-m", "snapcore", "-q", "--reason", "nightly", "-o",
+                             str(out_dir), str(victim.pid)], env=env, capture_output=True,
+                            text=True, cwd=Path(__file__).parent.parent)
+        assert ok.returncode == 0, ok.stderr
+        line = sink.recv(8192).decode()
+        assert line.startswith("<30>snapcore[") and f"(pid {victim.pid})" in line
+        assert "paused" in line and ok.stdout.strip() in line
+        zombie = subprocess.Popen(["true"])
+        time.sleep(0.3)
+        subprocess.run(["python3", "-m", "snapcore", "-o", str(out_dir), str(zombie.pid)],
+                       env=env, capture_output=True, cwd=Path(__file__).parent.parent)
+        line = sink.recv(8192).decode()
+        assert line.startswith("<28>") and f"refused snapshot of pid {zombie.pid}" in line
+        zombie.wait()
+    finally:
+        sink.close()
+
+
+def test_shell_completion_script():
+    proc = subprocess.run(["python3", "-c", "from snapcore.cli import main; main()"],
+                          env=dict(os.environ, _SNAPCORE_COMPLETE="bash_source"),
+                          capture_output=True, text=True, cwd=Path(__file__).parent.parent)
+    assert "_snapcore_completion" in proc.stdout
