@@ -254,6 +254,8 @@ class Watchdog:
     max_dump_time: float = 0.0
     escalated_after: float | None = None  # seconds into the dump, when it happened
     timed_out: bool = False
+    progress: object = None  # (bytes written, bytes expected) -> None, for a progress bar
+    expected: int = 0
 
     def start(self) -> None:
         self.started = self.last_growth = time.monotonic()
@@ -262,6 +264,8 @@ class Watchdog:
     def tick(self, child: Child) -> None:
         now = time.monotonic()
         size = self.written()
+        if self.progress is not None:
+            self.progress(size, self.expected)
         if size > self.last_size:
             self.last_size, self.last_growth = size, now
         if (self.stall_timeout and self.escalated_after is None

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
@@ -12,8 +13,10 @@ from pathlib import Path
 
 import click
 from rich.console import Console
+from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TimeElapsedColumn
 
 from . import __version__, interrupts, preflight, records, report, syslog, targets
+from . import watch as watchmod
 from .corefile import default_output_dir
 from .errors import (BadInput, ExitCode, InternalError, Interrupted, OutputError,
                      SnapcoreError)
@@ -206,16 +209,32 @@ def snap_options(command):
     return command
 
 
-def _take_each(pids, opts, params) -> list:
+@contextlib.contextmanager
+def dump_progress(enabled: bool):
+    """A progress bar on stderr while the kernel writes the core: bytes against
+    the estimate, and the time.  Only for a person at a terminal."""
+    if not enabled or not sys.stderr.isatty():
+        yield None
+        return
+    columns = (TextColumn("dumping"), BarColumn(), DownloadColumn(), TimeElapsedColumn())
+    with Progress(*columns, console=Console(stderr=True), transient=True) as bar:
+        task = bar.add_task("dump", total=None)
+        yield lambda written, expected: bar.update(task, completed=written,
+                                                   total=max(expected, written) or None)
+
+
+def _take_each(pids, opts, params, show_progress: bool = False, reason: str | None = None):
     """Snapshot each target in turn; a result per target (Snapshot or error)."""
     results = []
     for target_pid in pids:
         try:
-            results.append(take(target_pid, opts, threads=params["threads"],
-                                force=params["force"],
-                                limits=DumpLimits(params["stall_timeout"],
-                                                  params["max_dump_time"]),
-                                reason=params["reason"], compressed=params["compressed"]))
+            with dump_progress(show_progress) as progress:
+                results.append(take(target_pid, opts, threads=params["threads"],
+                                    force=params["force"],
+                                    limits=DumpLimits(params["stall_timeout"],
+                                                      params["max_dump_time"], progress),
+                                    reason=params["reason"] if reason is None else reason,
+                                    compressed=params["compressed"]))
         except SnapcoreError as exc:
             exc.pid = exc.pid if exc.pid is not None else target_pid
             results.append(exc)
@@ -266,7 +285,7 @@ def snap(pids, name_pattern, take_all, pidfile, unit, output_dir, as_json, timeo
     except SnapcoreError as exc:
         _fail(exc, as_json, err)
     params["to_syslog"] = to_syslog
-    results = _take_each(wanted, opts, params)
+    results = _take_each(wanted, opts, params, show_progress=not (as_json or quiet))
     docs = []
     for result in results:
         if isinstance(result, SnapcoreError):
@@ -381,6 +400,93 @@ def check(pid, output_dir, as_json, timeout, min_free, max_per_hour):
     else:
         report.print_checks(result, stdout_console())
     sys.exit(int(refusals[0].exit_code) if refusals else 0)
+
+
+@cli.command(epilog=EXIT_CODES_HELP)
+@click.argument("pid", metavar="PID")
+@click.option("--interval", type=click.FloatRange(min=0.01), default=1.0, show_default=True,
+              metavar="SECONDS", help="How often to sample the process.")
+@click.option("--for", "hold", type=click.FloatRange(min=0), default=5.0, show_default=True,
+              metavar="SECONDS", help="How long a condition must hold before it fires.")
+@click.option("--cpu", type=click.FloatRange(min=0), metavar="PCT",
+              help="Fire when the process uses at least PCT percent of a CPU.")
+@click.option("--rss", metavar="SIZE", help="Fire when its resident memory reaches SIZE.")
+@click.option("--threads-over", "threads_over", type=click.IntRange(min=1), metavar="N",
+              help="Fire when it has at least N threads.")
+@click.option("--fds", type=click.IntRange(min=1), metavar="N",
+              help="Fire when it has at least N open file descriptors.")
+@click.option("--count", type=click.IntRange(min=1), default=1, show_default=True,
+              metavar="N", help="Stop after N snapshots.")
+@click.option("--cooldown", type=click.FloatRange(min=0), default=300.0, show_default=True,
+              metavar="SECONDS", help="At least this long between two snapshots.")
+@common_options
+@snap_options
+def watch(pid, interval, hold, cpu, rss, threads_over, fds, count, cooldown, output_dir,
+          as_json, timeout, min_free, max_per_hour, **params):
+    """Watch PID and snapshot it when a condition holds for --for seconds.
+
+    Conditions: --cpu, --rss, --threads-over, --fds (any one fires). Takes at
+    most --count snapshots, --cooldown apart, within the rate limit; exits
+    when the process exits. Logs each sample and why it fired.
+    """
+    err = Console(stderr=True)
+    try:
+        target_pid = parse_pid(pid)
+        conditions = watchmod.Conditions(cpu, None if rss is None else _size_option(rss),
+                                         threads_over, fds)
+        if not conditions.any():
+            raise BadInput("no condition to watch for",
+                           "give --cpu, --rss, --threads-over or --fds", stage="usage")
+        _check_force(params["force"])
+        opts = _options(output_dir, timeout, min_free, max_per_hour)
+        params["to_syslog"] = False
+        taken, ended = [], ""
+
+        def snapshot(reason):
+            result = _take_each([target_pid], opts, params, reason=reason)[0]
+            if isinstance(result, SnapcoreError):
+                raise result
+            return result
+
+        for event in watchmod.events(target_pid, conditions, snapshot, interval=interval,
+                                     hold=hold, count=count, cooldown=cooldown):
+            kind = event[0]
+            if kind == "sample" and not as_json:
+                met = f"  <- {'; '.join(event[2])}" if event[2] else ""
+                err.print(f"{time.strftime('%H:%M:%S')} {event[1].text()}{met}",
+                          markup=False, highlight=False)
+            elif kind == "fire" and not as_json:
+                err.print(f"snapcore: firing: {event[1]}", markup=False, highlight=False)
+            elif kind == "snapshot":
+                taken.append(event[1])
+                if not as_json:
+                    if isinstance(event[1], SnapcoreError):
+                        report.print_error(event[1], err)
+                    else:
+                        click.echo(str(event[1].core_path or "(handed to core_pattern pipe)"))
+            elif kind == "end":
+                ended = event[1]
+    except SnapcoreError as exc:
+        _fail(exc, as_json, err)
+    except KeyboardInterrupt:
+        _fail(Interrupted("interrupted", "the process keeps running", stage="interrupt"),
+              as_json, err)
+    if as_json:
+        report.print_json({"ok": not any(isinstance(t, SnapcoreError) for t in taken),
+                           "ended": ended,
+                           "snapshots": [{"ok": False, "error": t.as_dict()}
+                                         if isinstance(t, SnapcoreError)
+                                         else report.snapshot_dict(t) for t in taken]})
+    else:
+        err.print(f"snapcore: watch ended: {ended}", markup=False, highlight=False)
+    sys.exit(_exit_code(taken) if taken else 0)
+
+
+def _size_option(text: str) -> int:
+    try:
+        return parse_size(text)
+    except ValueError as exc:
+        raise BadInput(str(exc), "e.g. 512M or 2G", stage="usage") from None
 
 
 @cli.command(name="list")

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import os
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 from . import arch, ptrace
 from .errors import InternalError, NoSuchProcess, Unsupported

@@ -10,7 +10,7 @@ import os
 import shutil
 import signal
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -53,6 +53,8 @@ THREAD_MODES = ("all", "main")
 class DumpLimits:
     stall_timeout: float = 10.0  # raise a dump that has not grown for this long; 0: never
     max_dump_time: float = 0.0  # kill a dump that lasts longer; 0: no limit
+    progress: object = None  # (bytes written, bytes expected) -> None, while dumping
+    expected: int = 0  # the preflight's estimate of the core's size
 
 
 def take(pid: int, opts: preflight.Options, *, threads: str = "all",
@@ -82,9 +84,10 @@ def take(pid: int, opts: preflight.Options, *, threads: str = "all",
                    if pattern.kind == "relative" else None)
         try:
             with ptrace.signals_held([signal.SIGCHLD]):
+                limits = replace(limits or DumpLimits(), expected=pre.core_estimate)
                 snap = _take(target, pattern, output_dir, staging, at, threads == "all",
                              opts.timeout, allow_undumpable="dumpable" in force,
-                             dump_limits=limits or DumpLimits())
+                             dump_limits=limits)
         except SnapcoreError as exc:
             exc.pid = exc.pid if exc.pid is not None else pid
             raise
@@ -157,7 +160,9 @@ def _fork_and_dump(target: Target, pattern: corefile.CorePattern, output_dir: Pa
         pattern, pid=kid.pid, uid=target.uid, gid=target.gid, comm=target.name,
         exe=target.exe, soft_limit=target.core_hard)
     watchdog = childmod.Watchdog(lambda: corefile.bytes_written(where, staging),
-                                 dump_limits.stall_timeout, dump_limits.max_dump_time)
+                                 dump_limits.stall_timeout, dump_limits.max_dump_time,
+                                 progress=dump_limits.progress,
+                                 expected=dump_limits.expected)
     reap_result, reap_pause = None, 0.0
     try:
         deadline = time.monotonic() + 30 + 0.01 * len(fork.others)

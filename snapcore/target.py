@@ -135,7 +135,8 @@ def read(pid: int) -> Target:
             cmdline = [a.decode(errors="replace") for a in f.read().split(b"\0")[:-1]]
     except (FileNotFoundError, ProcessLookupError):
         raise NoSuchProcess(f"no such process {pid}",
-                            "check the pid with ps or pgrep", pid=pid, stage="preflight")
+                            "check the pid with ps or pgrep", pid=pid,
+                            stage="preflight") from None
     exe, elf_class, machine = "", 0, 0
     if not kthread:
         try:
@@ -146,7 +147,7 @@ def read(pid: int) -> Target:
         except (FileNotFoundError, ProcessLookupError):
             if status.get("State", "?")[0] not in "ZX":
                 raise NoSuchProcess(f"process {pid} exited", "nothing to snapshot", pid=pid,
-                                    stage="preflight")
+                                    stage="preflight") from None
     uids = status.get("Uid", "0 0 0 0").split()
     return Target(pid=pid, name=status.get("Name", "?"), exe=exe, uid=int(uids[0]),
                   gid=int(status.get("Gid", "0").split()[0]), euid=int(uids[1]),

@@ -229,3 +229,40 @@ def test_shell_completion_script():
                           env=dict(os.environ, _SNAPCORE_COMPLETE="bash_source"),
                           capture_output=True, text=True, cwd=Path(__file__).parent.parent)
     assert "_snapcore_completion" in proc.stdout
+
+
+def test_watch_fires_on_rss_and_honours_count_and_cooldown(start_victim, out_dir):
+    victim = start_victim("grow")  # 4 MiB more every 100 ms, up to 96 MiB
+    started = time.monotonic()
+    proc = run_snapcore("watch", "--json", "--rss", "40M", "--for", "0.3", "--interval",
+                        "0.1", "--count", "2", "--cooldown", "1", "-o", str(out_dir),
+                        str(victim.pid))
+    assert proc.returncode == 0, proc.stderr
+    doc = json.loads(proc.stdout)
+    assert doc["ended"] == "2 snapshot(s) taken (--count 2)"
+    shots = doc["snapshots"]
+    assert len(shots) == 2 and all(s["ok"] for s in shots)
+    taken = [time.mktime(time.strptime(s["taken_at"][:19], "%Y-%m-%dT%H:%M:%S"))
+             + float("0." + s["taken_at"][20:26]) for s in shots]
+    assert taken[1] - taken[0] >= 1.0  # the cooldown
+    assert time.monotonic() - started >= 0.4  # 40 MiB takes a second to grow, then --for
+    record = json.loads(Path(shots[0]["core"]["record"]).read_text())
+    assert record["reason"].startswith("watch: rss")
+    victim.assert_unharmed()
+
+
+def test_watch_logs_samples_and_ends_when_the_target_exits(victim_exe, tmp_path, out_dir):
+    target = subprocess.Popen([str(victim_exe), "read", str(tmp_path / "r.txt")],
+                              stdin=subprocess.PIPE, stdout=subprocess.PIPE)
+    assert target.stdout.readline() == b"ready\n"
+    watcher = subprocess.Popen(["python3", "-m", "snapcore", "watch", "--fds", "1000",
+                                "--interval", "0.1", "-o", str(out_dir), str(target.pid)],
+                               stderr=subprocess.PIPE, text=True,
+                               cwd=Path(__file__).parent.parent)
+    time.sleep(0.8)
+    target.stdin.close()  # read() returns 0: the target exits
+    target.wait()
+    _, err = watcher.communicate(timeout=30)
+    assert watcher.returncode == 0
+    assert "fds" in err and "threads" in err
+    assert f"watch ended: process {target.pid} exited" in err

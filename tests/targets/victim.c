@@ -19,6 +19,7 @@
  *           uninterruptible sleep (D); then reaps it and behaves like sleep
  *   bigmap  maps 3 GiB private writable memory it never touches, then like sleep
  *   fat     writes 24 MiB of heap (a core of that size), then like sleep
+ *   grow    writes 4 MiB more heap every 100 ms up to 96 MiB, then like sleep
  *
  * Every violation is appended to REPORT_FILE as a "VIOLATION ..." line, by
  * path (not by descriptor), so that a copy of this process with its
@@ -275,6 +276,16 @@ int main(int argc, char **argv)
             exit(2);
         memset(heap, 0x5a, 24 << 20);
         mode_sleep();
+    } else if (!strcmp(mode, "grow")) {
+        ready();
+        for (int i = 0; i < 24; i++) {
+            char *chunk = malloc(4 << 20);
+            if (!chunk)
+                exit(2);
+            memset(chunk, 0x5a, 4 << 20);
+            checked_sleep(100);
+        }
+        mode_sleep_loop();
     } else if (!strcmp(mode, "bigmap")) {
         if (mmap(NULL, 3UL << 30, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0) ==
             MAP_FAILED)

@@ -1,0 +1,105 @@
+"""Take snapshots when a process crosses a threshold.
+
+`events()` samples the process every `interval` seconds and yields what it
+saw; when one of the conditions has held for `hold` seconds it takes a
+snapshot (at most `count`, at least `cooldown` seconds apart, and never more
+than the rate limit allows).  It ends when the process exits or `count`
+snapshots are taken.  Several conditions: any one of them fires.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+
+import psutil
+
+from .errors import NoSuchProcess, SnapcoreError
+from .estimate import human
+
+
+@dataclass
+class Conditions:
+    cpu: float | None = None  # percent of one CPU
+    rss: int | None = None  # bytes
+    threads: int | None = None
+    fds: int | None = None
+
+    def any(self) -> bool:
+        return any(v is not None for v in (self.cpu, self.rss, self.threads, self.fds))
+
+
+@dataclass
+class Sample:
+    cpu: float
+    rss: int
+    threads: int
+    fds: int
+
+    def text(self) -> str:
+        return (f"cpu {self.cpu:.0f}%, rss {human(self.rss)}, {self.threads} threads, "
+                f"{self.fds} fds")
+
+
+def exceeded(sample: Sample, cond: Conditions) -> list[str]:
+    """Which conditions this sample meets, in words."""
+    met = []
+    if cond.cpu is not None and sample.cpu >= cond.cpu:
+        met.append(f"cpu {sample.cpu:.0f}% >= {cond.cpu:g}%")
+    if cond.rss is not None and sample.rss >= cond.rss:
+        met.append(f"rss {human(sample.rss)} >= {human(cond.rss)}")
+    if cond.threads is not None and sample.threads >= cond.threads:
+        met.append(f"threads {sample.threads} >= {cond.threads}")
+    if cond.fds is not None and sample.fds >= cond.fds:
+        met.append(f"fds {sample.fds} >= {cond.fds}")
+    return met
+
+
+def events(pid: int, cond: Conditions, snapshot, *, interval: float, hold: float,
+           count: int, cooldown: float, clock=time.monotonic, sleep=time.sleep):
+    """Yield ("sample", Sample, met), ("fire", reasons), ("snapshot", result or
+    SnapcoreError) and finally ("end", why).  `snapshot(reason)` takes one."""
+    try:
+        proc = psutil.Process(pid)
+        proc.cpu_percent(None)  # the first reading primes the counter
+    except psutil.NoSuchProcess:
+        raise NoSuchProcess(f"no such process {pid}", "check the pid with ps or pgrep",
+                            pid=pid, stage="watch") from None
+    held_since = None
+    last_shot = None
+    taken = 0
+    while True:
+        sleep(interval)
+        try:
+            with proc.oneshot():
+                if proc.status() == psutil.STATUS_ZOMBIE:
+                    raise psutil.NoSuchProcess(pid)
+                sample = Sample(proc.cpu_percent(None), proc.memory_info().rss,
+                                proc.num_threads(), proc.num_fds())
+        except psutil.NoSuchProcess:
+            yield ("end", f"process {pid} exited")
+            return
+        met = exceeded(sample, cond)
+        yield ("sample", sample, met)
+        now = clock()
+        if not met:
+            held_since = None
+            continue
+        held_since = now if held_since is None else held_since
+        if now - held_since < hold:
+            continue
+        if last_shot is not None and now - last_shot < cooldown:
+            continue
+        reasons = f"{'; '.join(met)} for {now - held_since:.1f} s"
+        yield ("fire", reasons)
+        try:
+            result = snapshot(f"watch: {reasons}")
+        except SnapcoreError as exc:
+            result = exc
+        yield ("snapshot", result)
+        last_shot, held_since = clock(), None
+        if not isinstance(result, SnapcoreError):
+            taken += 1
+            if taken >= count:
+                yield ("end", f"{taken} snapshot(s) taken (--count {count})")
+                return
