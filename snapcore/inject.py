@@ -22,7 +22,8 @@ def signed(value: int) -> int:
 
 
 def syscall(tid: int, base: ptrace.Regs, at: int, nr: int, *args: int,
-            deadline: float | None) -> tuple[int, list[tuple[int, int]]]:
+            deadline: float | None,
+            events: list | None = None) -> tuple[int, list[tuple[int, int]]]:
     """Make stopped thread `tid` execute syscall `nr`; return its result and the
     ptrace events (event, message) it reported on the way.
 
@@ -37,7 +38,7 @@ def syscall(tid: int, base: ptrace.Regs, at: int, nr: int, *args: int,
     for name, value in zip(arch.SYSCALL_ARGS, args):
         setattr(regs, name, value & _U64)
     ptrace.set_regs(tid, regs)
-    events: list[tuple[int, int]] = []
+    events = [] if events is None else events  # the caller's list survives an exception
     for _ in ("entry", "exit"):
         ptrace.resume_to_syscall(tid)
         _wait_syscall_stop(tid, deadline, events)
@@ -220,7 +221,8 @@ def _task_ids(pid: int) -> list[int]:
 
 def run_in_target(pid: int, at: int, nr: int, *args: int, timeout: float,
                   threads: list[int] | None = None, with_xstate: bool = False,
-                  check=None, main_runs: bool = False) -> Injection:
+                  check=None, main_runs: bool = False,
+                  events: list | None = None) -> Injection:
     """Stop the target, run one syscall in one of its threads, restore, let go.
 
     threads: the thread ids to hold during the syscall, as listed before the
@@ -230,6 +232,8 @@ def run_in_target(pid: int, at: int, nr: int, *args: int, timeout: float,
     with `main_runs`, always in the main thread (whose seccomp filters were
     checked).
     `check(tid)` runs once every thread is stopped and may refuse by raising.
+    `events`, when given, collects the ptrace events as they happen, so that a
+    caller still learns of a clone child when this raises.
 
     SIGINT/SIGTERM/SIGHUP are held until every thread is released.  While the
     running thread has injected registers it carries PTRACE_O_EXITKILL: if
@@ -257,8 +261,10 @@ def run_in_target(pid: int, at: int, nr: int, *args: int, timeout: float,
                                | ptrace.O_EXITKILL)
             ptrace.set_sigmask(tid, ptrace.ALL_SIGNALS_MASK)
             runner.moved = True
+            events = [] if events is None else events
             for _attempt in range(10):
-                result, events = syscall(tid, runner.regs, at, nr, *args, deadline=deadline)
+                result, events = syscall(tid, runner.regs, at, nr, *args, deadline=deadline,
+                                         events=events)
                 if result != arch.ERESTARTNOINTR:  # a signal raced the call: retry
                     break
             t2 = time.perf_counter()

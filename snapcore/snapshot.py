@@ -17,7 +17,7 @@ from pathlib import Path
 from . import arch, child as childmod, corefile, interrupts, preflight, ptrace, records
 from .compress import compress
 from .errors import (CoreNotWritten, InternalError, NoSuchProcess, SnapcoreError,
-                     Unsupported)
+                     StopTimeout, Unsupported)
 from .inject import run_in_target
 from .ratelimit import RateLimiter, key_for
 from .target import Target, find_syscall_instruction, reading, start_time, thread_name
@@ -142,10 +142,19 @@ def _fork_and_dump(target: Target, pattern: corefile.CorePattern, output_dir: Pa
                               pid=pid, stage="capture")
 
     taken_at = datetime.now(timezone.utc)
-    fork = run_in_target(pid, at, arch.NR["clone"], childmod.FORK_CLONE_FLAGS, 0, 0, 0, 0,
-                         timeout=stop_timeout, check=same_process, with_xstate=True,
-                         threads=target.threads if all_threads else None,
-                         main_runs=target.seccomp != 0)
+    events: list[tuple[int, int]] = []
+    try:
+        fork = run_in_target(pid, at, arch.NR["clone"], childmod.FORK_CLONE_FLAGS, 0, 0, 0,
+                             0, timeout=stop_timeout, check=same_process, with_xstate=True,
+                             threads=target.threads if all_threads else None,
+                             main_runs=target.seccomp != 0, events=events)
+    except BaseException:
+        # The window failed after the clone: the child must not outlive us.
+        for event, child_pid in events:
+            if event == ptrace.EVENT_CLONE:
+                with interrupts.cleanup():
+                    _discard(pid, at, childmod.Child(child_pid), None, stop_timeout)
+        raise
     if fork.result < 0:
         raise InternalError(f"clone in process {pid} failed: {os.strerror(-fork.result)}",
                             "the target was restored and is running", pid=pid,
@@ -179,13 +188,7 @@ def _fork_and_dump(target: Target, pattern: corefile.CorePattern, output_dir: Pa
                              stage="child") from None
     finally:
         with interrupts.cleanup():
-            childmod.kill(kid)  # only when something above failed: otherwise it is dead
-            try:
-                reap = run_in_target(pid, at, arch.NR["wait4"], child_ns_pid, 0,
-                                     childmod.REAP_WAIT4_OPTIONS, 0, timeout=stop_timeout)
-                reap_result, reap_pause = reap.result, reap.timings["pause"]
-            except NoSuchProcess:
-                pass  # the target exited: its orphaned child went to init, which reaps it
+            reap_result, reap_pause = _discard(pid, at, kid, child_ns_pid, stop_timeout)
     snap = Snapshot(target=target, core_path=None, core_size=0, pause=fork.timings,
                     reap_pause=reap_pause, dump_seconds=dump_seconds,
                     threads=len(kid.threads), thread_map=_thread_map(pid, kid),
@@ -220,6 +223,46 @@ def _fork_and_dump(target: Target, pattern: corefile.CorePattern, output_dir: Pa
                                     corefile.core_name(target.name, pid, taken_at))
     snap.core_size = snap.core_path.stat().st_size
     return snap
+
+
+def _discard(pid: int, at: int, kid: childmod.Child, ns_pid: int | None,
+             stop_timeout: float) -> tuple[int | None, float]:
+    """Make sure the child is dead, then reap it from inside the target, so the
+    target is left with no child it did not ask for.  Returns wait4's result
+    (None when the target is gone) and the pause the reaping cost.
+
+    A thread of the target may be in uninterruptible sleep just then: the
+    reap is tried again before giving up.
+    """
+    if ns_pid is None:  # the clone's return value was never seen: ask /proc
+        ns_pid = _ns_pid(kid.pid)
+    childmod.kill(kid)  # a no-op when it already ended
+    for attempt in range(3):
+        try:
+            reap = run_in_target(pid, at, arch.NR["wait4"], ns_pid, 0,
+                                 childmod.REAP_WAIT4_OPTIONS, 0, timeout=stop_timeout)
+            return reap.result, reap.timings["pause"]
+        except NoSuchProcess:
+            return None, 0.0  # the target exited: its orphaned child went to init
+        except StopTimeout:
+            if attempt == 2:
+                raise StopTimeout(f"could not reap the snapshot child {kid.pid}: the target "
+                                  "did not stop", "it stays a zombie of the target until "
+                                  "the target exits; nothing else is affected", pid=pid,
+                                  stage="reap") from None
+    return None, 0.0
+
+
+def _ns_pid(pid: int) -> int:
+    """The pid a process has in its own namespace (the last NSpid field)."""
+    try:
+        with open(f"/proc/{pid}/status") as f:
+            for line in f:
+                if line.startswith("NSpid:"):
+                    return int(line.split()[-1])
+    except OSError:
+        pass
+    return pid
 
 
 def _thread_map(pid: int, kid: childmod.Child) -> list[dict]:
