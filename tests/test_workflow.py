@@ -266,3 +266,15 @@ def test_watch_logs_samples_and_ends_when_the_target_exits(victim_exe, tmp_path,
     assert watcher.returncode == 0
     assert "fds" in err and "threads" in err
     assert f"watch ended: process {target.pid} exited" in err
+
+
+def test_stacks_without_gdb_says_so(start_victim, out_dir):
+    victim = start_victim("sleep")
+    code, doc = snap_json("-o", str(out_dir), str(victim.pid))
+    assert code == 0
+    no_gdb = dict(os.environ, PATH="/nonexistent")
+    proc = subprocess.run([shutil.which("python3"), "-m", "snapcore", "stacks", "--core",
+                           doc["core"]["path"]], env=no_gdb, capture_output=True, text=True,
+                          cwd=Path(__file__).parent.parent)
+    assert proc.returncode == ExitCode.OUTPUT
+    assert "needs gdb" in proc.stderr and "apt-get install gdb" in proc.stderr
