@@ -82,6 +82,24 @@ def test_32bit_target_is_refused(build_dir, out_dir):
         proc.wait()
 
 
+def test_target_under_strace_is_refused(start_victim, out_dir):
+    victim = start_victim("sleep")
+    strace = subprocess.Popen(["strace", "-p", str(victim.pid), "-o", "/dev/null"],
+                              stderr=subprocess.DEVNULL)
+    try:
+        for _ in range(200):
+            if f"TracerPid:\t{strace.pid}" in Path(f"/proc/{victim.pid}/status").read_text():
+                break
+            time.sleep(0.01)
+        err = refused(ExitCode.BUSY, "-o", str(out_dir), str(victim.pid))
+        assert f"already traced by {strace.pid} (strace)" in err
+    finally:
+        strace.terminate()  # strace detaches cleanly on SIGTERM
+        strace.wait()
+    victim.wait_for_heartbeats(victim.heartbeats())
+    victim.assert_unharmed()
+
+
 def test_hard_core_limit_zero_is_refused_before_touching(start_victim, out_dir):
     victim = start_victim("sleep", core_limit=(0, 0))
     err = refused(ExitCode.CORE_NOT_WRITTEN, "-o", str(out_dir), str(victim.pid))
