@@ -100,26 +100,25 @@ def test_record_beside_the_core(victim_exe, tmp_path, out_dir):
         target.wait()
 
 
-def write_record(directory: Path, name: str, exe: str, age_s: float, size: int) -> Path:
-    """A snapshot as snapcore leaves it, aged by hand (the clock is not ours to move)."""
-    core = directory / f"{name}.core"
-    core.write_bytes(b"\x7fELF" + b"\0" * (size - 4))
-    taken = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(time.time() - age_s))
-    (directory / f"{name}.json").write_text(json.dumps({
-        "taken_at": taken + ".000000Z", "reason": "",
-        "target": {"pid": 1, "name": Path(exe).name, "exe": exe},
-        "threads": [], "core": {"file": core.name, "size": size, "compressed": False}}))
-    return core
+def age(record: Path, seconds: float) -> None:
+    """Make a real snapshot look older by its record (the clock is not ours to move)."""
+    data = json.loads(record.read_text())
+    data["taken_at"] = time.strftime("%Y-%m-%dT%H:%M:%S.000000Z",
+                                     time.gmtime(time.time() - seconds))
+    record.write_text(json.dumps(data))
 
 
 def test_list_and_prune_never_touch_foreign_files(start_victim, threads_exe, out_dir):
-    victim = start_victim("sleep")
-    code, doc = snap_json("-o", str(out_dir), str(victim.pid))
-    assert code == 0
-    fresh = Path(doc["core"]["path"]).name
-    for i, age in enumerate((3600, 86400 * 3, 86400 * 10)):
-        write_record(out_dir, f"old-db-{i}", "/usr/sbin/db", age, 1 << 20)
-    write_record(out_dir, "old-web", "/usr/sbin/web", 86400 * 8, 1 << 20)
+    sleeper, threaded = start_victim("sleep"), start_victim("eight", exe=threads_exe)
+    taken = {}
+    for victim, ages in ((sleeper, (0, 3600, 86400 * 3, 86400 * 10)),
+                         (threaded, (0, 86400 * 8))):
+        for seconds in ages:
+            code, doc = snap_json("--max-per-hour", "0", "-o", str(out_dir),
+                                  str(victim.pid))
+            assert code == 0, doc
+            age(Path(doc["core"]["record"]), seconds)
+            taken[(victim.pid, seconds)] = Path(doc["core"]["path"])
     foreign = [out_dir / "notes.txt", out_dir / "someone-elses.core",
                out_dir / "config.json"]
     foreign[0].write_text("keep me")
@@ -127,34 +126,37 @@ def test_list_and_prune_never_touch_foreign_files(start_victim, threads_exe, out
     foreign[2].write_text('{"not": "ours"}')
 
     listing = json.loads(run_snapcore("list", "--json", "-o", str(out_dir)).stdout)
-    names = [Path(s["core"]).name for s in listing["snapshots"]]
-    assert names[0] == fresh and len(names) == 5
-    assert [s["taken_at"] for s in listing["snapshots"]] == sorted(
-        [s["taken_at"] for s in listing["snapshots"]], reverse=True)
-    only_db = json.loads(run_snapcore("list", "--json", "--name", "db", "-o",
-                                      str(out_dir)).stdout)
-    assert len(only_db["snapshots"]) == 3
+    assert len(listing["snapshots"]) == 6
+    times = [s["taken_at"] for s in listing["snapshots"]]
+    assert times == sorted(times, reverse=True)
+    only_threads = json.loads(run_snapcore("list", "--json", "--name", "threads", "-o",
+                                           str(out_dir)).stdout)
+    assert {s["pid"] for s in only_threads["snapshots"]} == {threaded.pid}
     recent = json.loads(run_snapcore("list", "--json", "--since", "2h", "-o",
                                      str(out_dir)).stdout)
-    assert len(recent["snapshots"]) == 2
+    assert len(recent["snapshots"]) == 3
     human = run_snapcore("list", "-o", str(out_dir))
-    assert human.returncode == 0 and fresh in human.stdout
+    assert human.returncode == 0 and taken[(sleeper.pid, 0)].name in human.stdout
 
     dry = run_snapcore("prune", "--keep", "1", "--dry-run", "-o", str(out_dir))
-    assert "would remove 2 snapshot(s)" in dry.stdout
-    assert len(os.listdir(out_dir)) == 14  # nothing removed: 5 cores, 5 records, 3 foreign
-    #                                        and the .snapcore/ state
-    proc = run_snapcore("prune", "--keep", "2", "-o", str(out_dir))
-    assert proc.returncode == 0 and not (out_dir / "old-db-2.core").exists()
-    assert not (out_dir / "old-db-2.json").exists()
-    proc = run_snapcore("prune", "--older-than", "7d", "-o", str(out_dir))
-    assert not (out_dir / "old-web.core").exists()
-    proc = run_snapcore("prune", "--max-total", "1500K", "-o", str(out_dir))
-    left = [r.core.name for r in records.records(out_dir)]
-    assert left == [fresh, "old-db-0.core"][:len(left)] and fresh in left
+    assert "would remove 4 snapshot(s), kept 2" in dry.stdout
+    assert all(p.exists() for p in taken.values())
+    assert run_snapcore("prune", "--keep", "3", "-o", str(out_dir)).returncode == 0
+    oldest = taken[(sleeper.pid, 86400 * 10)]
+    assert not oldest.exists() and not records.sidecar_path(oldest).exists()
+    assert run_snapcore("prune", "--older-than", "7d", "-o", str(out_dir)).returncode == 0
+    assert not taken[(threaded.pid, 86400 * 8)].exists()
+    assert taken[(sleeper.pid, 86400 * 3)].exists()
+    newest_size = sum(p.stat().st_size for p in (taken[(sleeper.pid, 0)],
+                                                 taken[(threaded.pid, 0)]))
+    assert run_snapcore("prune", "--max-total", str(newest_size + 8192), "-o",
+                        str(out_dir)).returncode == 0
+    assert sorted(r.core for r in records.records(out_dir)) == sorted(
+        [taken[(sleeper.pid, 0)], taken[(threaded.pid, 0)]])
     for f in foreign:
         assert f.exists(), f"prune touched {f}"
-    victim.assert_unharmed()
+    sleeper.assert_unharmed()
+    threaded.assert_unharmed()
 
 
 def test_compression_round_trips_to_the_identical_core(start_victim, out_dir, tmp_path):
