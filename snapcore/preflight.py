@@ -319,22 +319,34 @@ def _core_destination(pre: Preflight) -> corefile.CorePattern:
     return pattern
 
 
+def _existing_ancestor(path: Path) -> Path:
+    """The nearest directory on the way up that exists (os.path.exists, unlike
+    Path.exists, answers False instead of raising where search is denied)."""
+    while not os.path.exists(path) and path != path.parent:
+        path = path.parent
+    return path
+
+
 def _output_dir(pre: Preflight, opts: Options) -> None:
     out = Path(opts.output_dir).absolute()
-    existing = out
-    while not existing.exists():
-        existing = existing.parent
-    if not existing.is_dir():
-        pre.add("output-dir", REFUSE, f"{existing} is not a directory",
+    existing = _existing_ancestor(out)
+    try:
+        if not existing.is_dir():
+            pre.add("output-dir", REFUSE, f"{existing} is not a directory",
+                    "choose another one with -o DIR")
+        elif not os.access(existing, os.W_OK | os.X_OK):
+            pre.add("output-dir", REFUSE, f"{existing} is not writable for you",
+                    "choose another one with -o DIR")
+        elif existing == out and (out.stat().st_mode & 0o1002) == 0o0002:
+            pre.add("output-dir", REFUSE, f"{out} is world-writable without the sticky "
+                    "bit: anyone could replace a core", "chmod 0700 it, or choose another "
+                    "with -o")
+        else:
+            pre.add("output-dir", OK, str(out) + ("" if existing == out
+                                                  else " (will be created)"))
+    except OSError as exc:
+        pre.add("output-dir", REFUSE, f"cannot use {out}: {exc.strerror}",
                 "choose another one with -o DIR")
-    elif not os.access(existing, os.W_OK | os.X_OK):
-        pre.add("output-dir", REFUSE, f"{existing} is not writable for you",
-                "choose another one with -o DIR")
-    elif out.exists() and (out.stat().st_mode & 0o1002) == 0o0002:
-        pre.add("output-dir", REFUSE, f"{out} is world-writable without the sticky bit: "
-                "anyone could replace a core", "chmod 0700 it, or choose another with -o")
-    else:
-        pre.add("output-dir", OK, str(out) + ("" if out.exists() else " (will be created)"))
 
 
 def _min_free(spec: str, fs_size: int) -> int:
@@ -354,16 +366,19 @@ def _disk(pre: Preflight, opts: Options, maps, pattern: corefile.CorePattern) ->
         return
     size = estimate.core_size(maps, estimate.coredump_filter(t.pid), len(t.threads))
     pre.core_estimate = size
-    out = Path(opts.output_dir).absolute()
-    while not out.exists():
-        out = out.parent
+    out = _existing_ancestor(Path(opts.output_dir).absolute())
     places = {str(out)}
     if pattern.kind == "absolute":
         places.add(os.path.dirname(pattern.pattern))
     elif t.uid != os.geteuid():
         places.add("/var/tmp")  # where the kernel writes for another user
     for place in sorted(places):
-        free, fs_size = estimate.free_space(place)
+        try:
+            free, fs_size = estimate.free_space(place)
+        except OSError as exc:
+            pre.add("disk", REFUSE, f"cannot see the free space of {place}: {exc.strerror}",
+                    "choose another -o DIR")
+            return
         reserve = _min_free(opts.min_free, fs_size)
         if size > free - reserve:
             pre.add("disk", REFUSE, f"the core needs about {estimate.human(size)}, "

@@ -6,19 +6,25 @@ from __future__ import annotations
 import json
 import os
 import random
+import shutil
 import signal
+import stat
 import subprocess
 import sys
+import tempfile
 import time
+import traceback
 from pathlib import Path
 
 import pytest
 
 from conftest import run_snapcore, snap_json
 from snapcore import preflight
+from snapcore.errors import SnapcoreError
+from snapcore.snapshot import take
 from snapcore.errors import ExitCode
 from snapcore.ratelimit import RateLimiter
-from test_snapshot import cores_in
+from test_snapshot import cores_in, prstatus_pids
 
 
 def check_json(*args: str) -> tuple[int, dict]:
@@ -177,27 +183,71 @@ def test_one_snapshot_at_a_time_per_target(start_victim, out_dir):
     victim.assert_unharmed()
 
 
-def test_unprivileged_user_cannot_trace_root(start_victim, out_dir):
-    victim = start_victim("sleep")
+def as_nobody(work):
+    """Run work() as the unprivileged user nobody and return what it returns (JSON).
+
+    In a forked copy of this process: the interpreter lives under /root, where
+    nobody cannot import from, and the modules work() needs are loaded already.
+    """
     read_end, write_end = os.pipe()
     child = os.fork()
-    if child == 0:  # an unprivileged snapcore, in-process (python lives under /root)
+    if child == 0:
         try:
             os.setgroups([])
             os.setgid(65534)
             os.setuid(65534)
-            pre = preflight.run(victim.pid, preflight.Options(output_dir=Path("/tmp/x")))
-            os.write(write_end, json.dumps(pre.as_dicts()).encode())
+            try:
+                result = work()
+            except BaseException:
+                result = {"crash": traceback.format_exc()}
+            os.write(write_end, json.dumps(result).encode())
         finally:
             os._exit(0)
     os.close(write_end)
     with os.fdopen(read_end) as f:
-        checks = {c["name"]: c for c in json.loads(f.read())}
+        text = f.read()
     os.waitpid(child, 0)
+    return json.loads(text)
+
+
+def test_unprivileged_user_cannot_trace_root(start_victim, out_dir):
+    victim = start_victim("sleep")
+    checks = {c["name"]: c for c in as_nobody(lambda: preflight.run(
+        victim.pid, preflight.Options(output_dir=Path("/tmp/x"))).as_dicts())}
     assert checks["permission"]["verdict"] == "refuse"
     assert "belongs to uid 0" in checks["permission"]["reason"]
     assert "CAP_SYS_PTRACE" in checks["permission"]["fix"]
     victim.assert_unharmed()
+
+
+def test_unprivileged_user_snapshots_its_own_process(start_victim, tmp_path):
+    """No root, no capability: ptrace of one's own process, and the child's
+    setup done from inside it (soft core limit, priorities, oom_score_adj)."""
+    victim = start_victim("sleep", user="nobody")
+    shared = Path(tempfile.mkdtemp(prefix="snapcore-nobody-"))  # reachable by nobody
+    shared.chmod(0o777)
+    unreachable = tmp_path / "cores"  # under root's 0700 pytest directory
+
+    checks = {c["name"]: c for c in as_nobody(lambda: preflight.run(
+        victim.pid, preflight.Options(output_dir=unreachable)).as_dicts())}
+    assert checks["output-dir"]["verdict"] == "refuse"
+
+    def work():
+        try:
+            snap = take(victim.pid, preflight.Options(output_dir=shared / "cores"))
+            return {"core": str(snap.core_path), "notes": snap.notes}
+        except SnapcoreError as exc:
+            return {"error": exc.one_line()}
+
+    result = as_nobody(work)
+    assert "core" in result, result
+    core = Path(result["core"])
+    assert core.stat().st_uid == 65534 and stat.S_IMODE(core.stat().st_mode) == 0o600
+    assert result["notes"] == []  # every setup step worked without privileges
+    assert prstatus_pids(core) == [victim.pid]
+    victim.wait_for_heartbeats(victim.heartbeats())
+    victim.assert_unharmed()
+    shutil.rmtree(shared)
 
 
 def test_force_names_are_validated(start_victim):
