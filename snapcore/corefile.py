@@ -112,20 +112,47 @@ def prepare_output_dir(path: Path) -> Path:
     return path
 
 
-def make_staging_dir(output_dir: Path, uid: int, gid: int) -> Path:
+def target_root(pid: int) -> str:
+    """"" when the target sees the same files as snapcore; else where its root
+    is seen from here, /proc/PID/root (a container's mount namespace, a chroot).
+    The kernel writes the core in the target's view of the filesystem."""
+    try:
+        same_ns = os.readlink("/proc/self/ns/mnt") == os.readlink(f"/proc/{pid}/ns/mnt")
+        same_root = os.path.samestat(os.stat("/"), os.stat(f"/proc/{pid}/root"))
+    except OSError:
+        return ""
+    return "" if same_ns and same_root else f"/proc/{pid}/root"
+
+
+def make_staging_dir(output_dir: Path, uid: int, gid: int, root: str = "") -> Path:
     """A private directory the target's user may write, for the kernel to dump into.
 
     The kernel writes the core with the target's credentials, so a root-owned
     0700 output directory would make a `postgres` target's dump fail silently.
     Same user: stage inside the output directory (the move is a rename).
     Another user: stage under /var/tmp (world-traversable), owned by that user.
+    A target with another root (`root`, see target_root): stage in its own
+    /var/tmp (or /tmp), the only places its child can reach.
     """
-    same_user = uid == os.geteuid()
-    base = str(output_dir) if same_user else "/var/tmp"
+    same_user = uid == os.geteuid() and not root
+    if root:
+        bases = [d for d in (f"{root}/var/tmp", f"{root}/tmp") if os.path.isdir(d)]
+        if not bases:
+            raise OutputError("the target's filesystem has no /var/tmp or /tmp for the "
+                              "kernel to write the core in", "snapshot it from inside its "
+                              "container", stage="preflight")
+        base = bases[0]
+    else:
+        base = str(output_dir) if same_user else "/var/tmp"
     staging = Path(tempfile.mkdtemp(prefix=".snapcore-staging-", dir=base))
     if not same_user:
         os.chown(staging, uid, gid)
     return staging
+
+
+def as_seen_by_target(path: Path, root: str) -> str:
+    """The target's name for one of its own files seen here through `root`."""
+    return str(path)[len(root):] if root else str(path)
 
 
 def core_name(comm: str, pid: int, when: datetime) -> str:

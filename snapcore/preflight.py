@@ -300,9 +300,10 @@ def _core_destination(pre: Preflight) -> corefile.CorePattern:
         pre.add("core-pattern", WARN, f"core_pattern pipes cores to {pattern.handler} "
                 f"(core_pipe_limit {limit}): the core goes there, not to the output "
                 "directory", "look it up with the handler's tools (coredumpctl)")
-    elif pattern.kind == "absolute" and not os.path.isdir(os.path.dirname(pattern.pattern)):
+    elif pattern.kind == "absolute" and not os.path.isdir(
+            corefile.target_root(t.pid) + os.path.dirname(pattern.pattern)):
         pre.add("core-pattern", REFUSE, f"core_pattern writes to "
-                f"{os.path.dirname(pattern.pattern)}, which does not exist",
+                f"{os.path.dirname(pattern.pattern)}, which does not exist for the process",
                 "create it or fix kernel.core_pattern")
     else:
         pre.add("core-pattern", OK, f"{pattern.kind}: {pattern.pattern}"
@@ -368,8 +369,11 @@ def _disk(pre: Preflight, opts: Options, maps, pattern: corefile.CorePattern) ->
     pre.core_estimate = size
     out = _existing_ancestor(Path(opts.output_dir).absolute())
     places = {str(out)}
+    root = corefile.target_root(t.pid)
     if pattern.kind == "absolute":
-        places.add(os.path.dirname(pattern.pattern))
+        places.add(root + os.path.dirname(pattern.pattern))
+    elif root:
+        places.add(_existing_ancestor(Path(f"{root}/var/tmp")).as_posix())
     elif t.uid != os.geteuid():
         places.add("/var/tmp")  # where the kernel writes for another user
     for place in sorted(places):

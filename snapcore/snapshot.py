@@ -6,6 +6,7 @@ The engine never prints; it returns a `Snapshot` or raises a SnapcoreError.
 
 from __future__ import annotations
 
+import glob
 import os
 import shutil
 import signal
@@ -80,14 +81,15 @@ def take(pid: int, opts: preflight.Options, *, threads: str = "all",
     with limiter.exclusive(key, pid):
         with reading(pid, "preflight"):
             at = find_syscall_instruction(pid)
-        staging = (corefile.make_staging_dir(output_dir, target.uid, target.gid)
+        root = corefile.target_root(pid)
+        staging = (corefile.make_staging_dir(output_dir, target.uid, target.gid, root)
                    if pattern.kind == "relative" else None)
         try:
             with ptrace.signals_held([signal.SIGCHLD]):
                 limits = replace(limits or DumpLimits(), expected=pre.core_estimate)
                 snap = _take(target, pattern, output_dir, staging, at, threads == "all",
                              opts.timeout, allow_undumpable="dumpable" in force,
-                             dump_limits=limits)
+                             dump_limits=limits, root=root)
         except SnapcoreError as exc:
             exc.pid = exc.pid if exc.pid is not None else pid
             raise
@@ -107,7 +109,7 @@ def take(pid: int, opts: preflight.Options, *, threads: str = "all",
 
 def _take(target: Target, pattern: corefile.CorePattern, output_dir: Path,
           staging: Path | None, at: int, all_threads: bool, stop_timeout: float, *,
-          allow_undumpable: bool, dump_limits: DumpLimits) -> Snapshot:
+          allow_undumpable: bool, dump_limits: DumpLimits, root: str) -> Snapshot:
     pid = target.pid
 
     # Pin the identity before the window: a pidfd opened now refers to this
@@ -120,14 +122,15 @@ def _take(target: Target, pattern: corefile.CorePattern, output_dir: Path,
             raise NoSuchProcess(f"process {pid} exited and its pid was reused",
                                 "check the pid again", pid=pid, stage="preflight")
         return _fork_and_dump(target, pattern, output_dir, staging, at, all_threads,
-                              stop_timeout, allow_undumpable, dump_limits, pidfd)
+                              stop_timeout, allow_undumpable, dump_limits, pidfd, root)
     finally:
         os.close(pidfd)
 
 
 def _fork_and_dump(target: Target, pattern: corefile.CorePattern, output_dir: Path,
                    staging: Path | None, at: int, all_threads: bool, stop_timeout: float,
-                   allow_undumpable: bool, dump_limits: DumpLimits, pidfd: int) -> Snapshot:
+                   allow_undumpable: bool, dump_limits: DumpLimits, pidfd: int,
+                   root: str) -> Snapshot:
     pid = target.pid
 
     def same_process(tid: int) -> None:
@@ -168,6 +171,8 @@ def _fork_and_dump(target: Target, pattern: corefile.CorePattern, output_dir: Pa
     where = None if pattern.kind == "pipe" else corefile.expand(
         pattern, pid=kid.pid, uid=target.uid, gid=target.gid, comm=target.name,
         exe=target.exe, soft_limit=target.core_hard)
+    if where is not None and pattern.kind == "absolute" and root:
+        where = glob.escape(root) + where  # written in the target's view of the files
     watchdog = childmod.Watchdog(lambda: corefile.bytes_written(where, staging),
                                  dump_limits.stall_timeout, dump_limits.max_dump_time,
                                  progress=dump_limits.progress,
@@ -176,7 +181,8 @@ def _fork_and_dump(target: Target, pattern: corefile.CorePattern, output_dir: Pa
     try:
         deadline = time.monotonic() + 30 + 0.01 * len(fork.others)
         childmod.prepare(kid, at, core_hard=target.core_hard,
-                         staging=str(staging) if staging else None, name=target.name,
+                         staging=corefile.as_seen_by_target(staging, root) if staging
+                         else None, name=target.name,
                          allow_undumpable=allow_undumpable, deadline=deadline)
         childmod.resurrect(kid, at, fork.others, deadline)
         childmod.lower_priority(kid, at, deadline)

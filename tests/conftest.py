@@ -60,7 +60,8 @@ def out_dir(tmp_path):
 
 class Victim:
     def __init__(self, exe: Path, mode: str, report: Path, user: str | None = None,
-                 core_limit: tuple[int, int] | None = None, args: tuple = ()):
+                 core_limit: tuple[int, int] | None = None, args: tuple = (),
+                 prefix: tuple = ()):
         self.exe = exe
         self.mode = mode
         self.report = report
@@ -76,7 +77,7 @@ class Victim:
                 os.setgid(account.pw_gid)
                 os.setuid(account.pw_uid)
 
-        self.proc = subprocess.Popen([str(exe), mode, str(report), *args],
+        self.proc = subprocess.Popen([*prefix, str(exe), mode, str(report), *args],
                                      stdin=subprocess.PIPE,
                                      stdout=subprocess.PIPE, preexec_fn=setup, cwd="/")
         self.pid = self.proc.pid

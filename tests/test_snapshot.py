@@ -149,3 +149,21 @@ def test_sigint_at_any_moment_leaves_target_running(start_victim, out_dir):
         victim.assert_unharmed()
     victim.wait_for_heartbeats(victim.heartbeats())
     victim.assert_unharmed()
+
+
+def test_target_in_another_mount_namespace(start_victim, tmp_path, victim_exe):
+    """A container's view of the files: the output directory does not exist for
+    the target, so the kernel must write the core where the target can."""
+    out_dir = tmp_path / "cores"
+    hide = ("unshare", "--mount", "--propagation", "private", "sh", "-c",
+            'mount -t tmpfs tmpfs "$0" && exec "$@"', str(tmp_path))
+    victim = start_victim("sleep", prefix=hide)
+    assert os.readlink(f"/proc/{victim.pid}/ns/mnt") != os.readlink("/proc/self/ns/mnt")
+    code, doc = snap_json("-o", str(out_dir), str(victim.pid))
+    assert code == 0, doc
+    core = Path(doc["core"]["path"])
+    assert core.parent == out_dir and prstatus_pids(core) == [victim.pid]
+    assert not [p for p in os.listdir(f"/proc/{victim.pid}/root/var/tmp")
+                if p.startswith(".snapcore-staging-")]
+    victim.wait_for_heartbeats(victim.heartbeats())
+    victim.assert_unharmed()
