@@ -73,6 +73,9 @@ class Child:
     # Each thread of the child (its tid in snapcore's namespace) -> the
     # target thread whose state it carries.
     threads: dict[int, int] = field(default_factory=dict)
+    # Each thread of the child -> its tid in the child's own pid namespace (a
+    # container's), which is what the kernel writes into the core's notes.
+    ns_tids: dict[int, int] = field(default_factory=dict)
     scratch: int = 0  # a page mapped in the child for syscall arguments
 
 
@@ -177,6 +180,7 @@ def resurrect(child: Child, at: int, threads: list[HeldThread], deadline: float)
                                 stage="child")
         tid = born[0]
         child.threads[tid] = thread.tid
+        child.ns_tids[tid] = ret  # clone returns the tid in the caller's namespace
         wait_for_interrupt_stop(tid, deadline)
         ptrace.set_regs(tid, thread.regs)
         if thread.xstate:

@@ -55,14 +55,16 @@ def read_core_pattern() -> CorePattern:
 
 
 def expand(pattern: CorePattern, *, pid: int, uid: int, gid: int, comm: str, exe: str,
-           soft_limit: int) -> str:
+           soft_limit: int, ns_pid: int | None = None) -> str:
     """core_pattern with the specifiers snapcore can know filled in, the rest as `*`.
 
     The result is a glob: %t (the dump's time) and %d (dump mode) are known only
-    to the kernel.  The child has a single thread, so %i/%I equal %p/%P.
+    to the kernel.  %p/%i are the dumping thread's ids in its own pid namespace
+    (`ns_pid`), %P/%I in the initial one (`pid`).
     """
+    local = str(pid if ns_pid is None else ns_pid)
     values = {
-        "%": "%", "p": str(pid), "P": str(pid), "i": str(pid), "I": str(pid),
+        "%": "%", "p": local, "P": str(pid), "i": local, "I": str(pid),
         "u": str(uid), "g": str(gid), "s": "6", "h": socket.gethostname(),
         "e": glob.escape(comm), "E": glob.escape(exe.replace("/", "!")),
         "f": glob.escape(os.path.basename(exe)),
@@ -81,7 +83,7 @@ def expand(pattern: CorePattern, *, pid: int, uid: int, gid: int, comm: str, exe
             i += 1
     name = "".join(out)
     if pattern.uses_pid and not has_pid:
-        name += f".{pid}"  # core_uses_pid appends the pid when %p is absent
+        name += f".{local}"  # core_uses_pid appends %p when the pattern has none
     return name
 
 

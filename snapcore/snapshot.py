@@ -21,7 +21,8 @@ from .errors import (CoreNotWritten, InternalError, NoSuchProcess, SnapcoreError
                      StopTimeout, Unsupported)
 from .inject import run_in_target
 from .ratelimit import RateLimiter, key_for
-from .target import Target, find_syscall_instruction, reading, start_time, thread_name
+from .target import (Target, find_syscall_instruction, ns_tid, reading, start_time,
+                     thread_name)
 
 @dataclass
 class Snapshot:
@@ -167,10 +168,11 @@ def _fork_and_dump(target: Target, pattern: corefile.CorePattern, output_dir: Pa
     if not clone_events:
         raise InternalError("clone ran but reported no child", pid=pid, stage="fork")
     kid = childmod.Child(clone_events[0])
+    kid.ns_tids[kid.pid] = child_ns_pid
     since = time.time()
     where = None if pattern.kind == "pipe" else corefile.expand(
         pattern, pid=kid.pid, uid=target.uid, gid=target.gid, comm=target.name,
-        exe=target.exe, soft_limit=target.core_hard)
+        exe=target.exe, soft_limit=target.core_hard, ns_pid=child_ns_pid)
     if where is not None and pattern.kind == "absolute" and root:
         where = glob.escape(root) + where  # written in the target's view of the files
     watchdog = childmod.Watchdog(lambda: corefile.bytes_written(where, staging),
@@ -223,8 +225,11 @@ def _fork_and_dump(target: Target, pattern: corefile.CorePattern, output_dir: Pa
                              f"core_pattern {pattern.pattern!r}",
                              "check core_pattern and the target's working directory",
                              pid=pid, stage="core")
-    notes = corefile.check_core(found, kid.pid)
-    corefile.rename_threads(found, notes, kid.threads, pid)
+    # The notes name the child's threads as its pid namespace sees them;
+    # write the target's own ids (in that namespace too) in their place.
+    notes = corefile.check_core(found, child_ns_pid)
+    renames = {kid.ns_tids[c]: ns_tid(pid, t) for c, t in kid.threads.items()}
+    corefile.rename_threads(found, notes, renames, ns_tid(pid, pid))
     snap.core_path = corefile.store(found, output_dir,
                                     corefile.core_name(target.name, pid, taken_at))
     snap.core_size = snap.core_path.stat().st_size
@@ -272,11 +277,11 @@ def _ns_pid(pid: int) -> int:
 
 
 def _thread_map(pid: int, kid: childmod.Child) -> list[dict]:
-    """Target thread id, its name, and the LWP the core names it by (its own id,
-    once the notes are rewritten), in the order the core lists them."""
+    """Target thread id, its name, and the LWP the core names it by (its own id
+    in its pid namespace, once the notes are rewritten), in the core's order."""
     order = [kid.pid] + [t for t in kid.threads if t != kid.pid]
     return [{"tid": kid.threads[c], "name": thread_name(pid, kid.threads[c]),
-             "core_lwp": kid.threads[c], "child_tid": c} for c in order]
+             "core_lwp": ns_tid(pid, kid.threads[c]), "child_tid": c} for c in order]
 
 
 def _why_no_core(target: Target, ended: ptrace.Stop, pattern: corefile.CorePattern,

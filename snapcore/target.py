@@ -81,6 +81,19 @@ def started_at(ticks: int) -> float:
     return boot + ticks / os.sysconf("SC_CLK_TCK")
 
 
+def ns_tid(pid: int, tid: int) -> int:
+    """A thread's id in its own pid namespace (the last NSpid field): what the
+    process itself, its glibc and its core call it."""
+    try:
+        with open(f"/proc/{pid}/task/{tid}/status") as f:
+            for line in f:
+                if line.startswith("NSpid:"):
+                    return int(line.split()[-1])
+    except OSError:
+        pass
+    return tid
+
+
 def task_ids(pid: int) -> list[int]:
     return sorted(int(t) for t in os.listdir(f"/proc/{pid}/task"))
 

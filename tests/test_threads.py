@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import os
+import subprocess
 import time
 from pathlib import Path
+
+import psutil
 
 from conftest import gdb_per_thread, gdb_threads, snap_json
 from test_snapshot import prstatus_pids
@@ -93,3 +96,39 @@ def test_five_hundred_threads_all_in_core(start_victim, threads_exe, out_dir):
     time.sleep(0.5)  # every sleeper wakes at least once more and checks for EINTR
     victim.wait_for_heartbeats(victim.heartbeats())
     victim.assert_unharmed()
+
+
+def test_target_in_its_own_pid_namespace(threads_exe, tmp_path, out_dir):
+    """A container's pids: the core must name the threads as the process knows
+    them (pid 1 and up), and the child must be reaped under its namespace pid."""
+    report = tmp_path / "report.txt"
+    outer = subprocess.Popen(["unshare", "--pid", "--fork", "--kill-child", "--mount-proc",
+                              str(threads_exe), "eight", str(report)], stdout=subprocess.PIPE)
+    try:
+        assert outer.stdout.readline() == b"ready\n"
+        pid = psutil.Process(outer.pid).children()[0].pid  # unshare forks the target
+        inside = {name: tid for name, tid in
+                  (line.split()[1:] for line in report.read_text().splitlines()
+                   if line.startswith("thread "))}
+        assert inside["main_sleeper"] == "1"
+
+        code, doc = snap_json("-o", str(out_dir), str(pid))
+
+        assert code == 0, doc
+        core = Path(doc["core"]["path"])
+        assert sorted(prstatus_pids(core)) == sorted(int(t) for t in inside.values())
+        assert sorted(gdb_threads(threads_exe, core)) == sorted(int(t) for t in
+                                                               inside.values())
+        stacks = gdb_per_thread(threads_exe, core, "bt")
+        assert "mutex_waiter_thread" in stacks[int(inside["mutex_waiter_thread"])]
+        assert {t["core_lwp"] for t in doc["thread_map"]} == {int(t) for t in
+                                                              inside.values()}
+        time.sleep(0.4)
+        assert psutil.Process(pid).children() == []  # reaped inside the namespace
+        assert "TracerPid:\t0" in Path(f"/proc/{pid}/status").read_text()
+        assert "VIOLATION" not in report.read_text()
+    finally:
+        # unshare forwards SIGTERM to the namespace's init, which ignores it;
+        # SIGKILL ends unshare, and --kill-child takes the target with it.
+        outer.kill()
+        outer.wait()
