@@ -42,25 +42,27 @@ _PATH_AT = 256  # the staging directory, NUL-terminated
 FORK_CLONE_FLAGS = 0
 # The wait4 that reaps it, injected into the target: never blocks the target.
 REAP_WAIT4_OPTIONS = ptrace.WALL | os.WNOHANG
-# What runs inside the child, pointers as 0 (for the seccomp preflight).
-CHILD_SYSCALLS = [
-    ("mmap", (0, 4096, 0x3, 0x22, -1, 0)),
-    ("prlimit64", (0, 4, 0, 0)),
-    ("rt_sigaction", (6, 0, 0, 8)),
-    ("chdir", (0,)),
-    ("prctl", (15, 0)),
-    ("prctl", (3,)),
-    ("close_range", (0, (1 << 32) - 1, 0)),
-    ("sched_setscheduler", (0, 5, 0)),
-    ("setpriority", (0, 0, 19)),
-    ("ioprio_set", (1, 0, 3 << 13)),
-    ("munmap", (0, 4096)),
-]
-
 # A thread of the child that shares everything with it, like a pthread.
 CLONE_THREAD_FLAGS = (0x100 | 0x200 | 0x400 | 0x800  # VM, FS, FILES, SIGHAND
                       | 0x10000 | 0x40000)  # THREAD, SYSVSEM
+PR_GET_DUMPABLE = 3
 PR_SET_NAME = 15
+
+# What runs inside the child, pointers as 0: the seccomp preflight evaluates
+# exactly these (plus the CLONE_THREAD clone when there are threads).
+CHILD_SYSCALLS = [
+    ("mmap", (0, PAGE, PROT_READ_WRITE, MAP_PRIVATE_ANONYMOUS, -1, 0)),
+    ("prlimit64", (0, RLIMIT_CORE, 0, 0)),
+    ("rt_sigaction", (signal.SIGABRT, 0, 0, 8)),
+    ("chdir", (0,)),
+    ("prctl", (PR_SET_NAME, 0)),
+    ("prctl", (PR_GET_DUMPABLE,)),
+    ("close_range", (0, CLOSE_RANGE_ALL, 0)),
+    ("sched_setscheduler", (0, SCHED_IDLE, 0)),
+    ("setpriority", (PRIO_PROCESS, 0, 19)),
+    ("ioprio_set", (IOPRIO_WHO_PROCESS, 0, IOPRIO_CLASS_IDLE << 13)),
+    ("munmap", (0, PAGE)),
+]
 
 
 @dataclass
@@ -80,9 +82,6 @@ class Child:
 
 
 _NAME_AT = 512  # the target's name, NUL-terminated (at most 15 bytes + NUL)
-
-
-PR_GET_DUMPABLE = 3
 
 
 def prepare(child: Child, at: int, *, core_hard: int, staging: str | None, name: str,
