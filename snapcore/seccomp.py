@@ -83,29 +83,14 @@ def run(program: Program, data: bytes) -> int:
         pc += 1
         cls = ins.code & 0x07
         if cls == LD:
-            mode = ins.code & 0xE0
-            if mode == ABS:
+            if ins.code & 0xE0 == ABS:
                 if ins.code & 0x18 != W or ins.k % 4 or ins.k + 4 > SECCOMP_DATA_SIZE:
                     raise FilterError(f"bad load at offset {ins.k}")
                 a = struct.unpack_from("<I", data, ins.k)[0]
-            elif mode == IMM:
-                a = ins.k
-            elif mode == MEM:
-                a = mem[ins.k & 15]
-            elif mode == LEN:
-                a = SECCOMP_DATA_SIZE
             else:
-                raise FilterError(f"unsupported load 0x{ins.code:x}")
+                a = _load(ins, mem)
         elif cls == LDX:
-            mode = ins.code & 0xE0
-            if mode == IMM:
-                x = ins.k
-            elif mode == MEM:
-                x = mem[ins.k & 15]
-            elif mode == LEN:
-                x = SECCOMP_DATA_SIZE
-            else:
-                raise FilterError(f"unsupported load 0x{ins.code:x}")
+            x = _load(ins, mem)
         elif cls == ST:
             mem[ins.k & 15] = a
         elif cls == STX:
@@ -139,6 +124,18 @@ def run(program: Program, data: bytes) -> int:
             else:
                 raise FilterError(f"unsupported instruction 0x{ins.code:x}")
     raise FilterError("filter did not return")
+
+
+def _load(ins: Insn, mem: list[int]) -> int:
+    """The value an LD or LDX instruction loads, other than from seccomp_data."""
+    mode = ins.code & 0xE0
+    if mode == IMM:
+        return ins.k
+    if mode == MEM:
+        return mem[ins.k & 15]
+    if mode == LEN:
+        return SECCOMP_DATA_SIZE
+    raise FilterError(f"unsupported load 0x{ins.code:x}")
 
 
 def _alu(op: int, a: int, v: int) -> int:

@@ -246,7 +246,7 @@ def _discard(pid: int, at: int, kid: childmod.Child, ns_pid: int | None,
     reap is tried again before giving up.
     """
     if ns_pid is None:  # the clone's return value was never seen: ask /proc
-        ns_pid = _ns_pid(kid.pid)
+        ns_pid = ns_tid(kid.pid, kid.pid)
     childmod.kill(kid)  # a no-op when it already ended
     for attempt in range(3):
         try:
@@ -262,18 +262,6 @@ def _discard(pid: int, at: int, kid: childmod.Child, ns_pid: int | None,
                                   "the target exits; nothing else is affected", pid=pid,
                                   stage="reap") from None
     return None, 0.0
-
-
-def _ns_pid(pid: int) -> int:
-    """The pid a process has in its own namespace (the last NSpid field)."""
-    try:
-        with open(f"/proc/{pid}/status") as f:
-            for line in f:
-                if line.startswith("NSpid:"):
-                    return int(line.split()[-1])
-    except OSError:
-        pass
-    return pid
 
 
 def _thread_map(pid: int, kid: childmod.Child) -> list[dict]:
