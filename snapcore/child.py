@@ -241,13 +241,16 @@ def dump(child: Child, runner: HeldThread,
     return _collect(child, watchdog=watchdog), time.monotonic() - started
 
 
+STALL_PROGRESS = 1 << 20  # growing less than this in --stall-timeout is a stall
+
+
 @dataclass
 class Watchdog:
     """Keeps an idle-priority dump from starving forever on a busy machine.
 
     A SCHED_IDLE child on saturated CPUs may never run, and while it lives the
-    target pays for every page it rewrites.  If the core has not grown for
-    `stall_timeout` seconds, the dumping thread is raised to SCHED_OTHER at
+    target pays for every page it rewrites.  If the core has not grown by
+    STALL_PROGRESS for `stall_timeout` seconds, the dumping thread is raised to SCHED_OTHER at
     nice 19; if the dump lasts longer than `max_dump_time`, the child is killed
     and the snapshot fails.  0 disables either.
     """
@@ -262,14 +265,16 @@ class Watchdog:
 
     def start(self) -> None:
         self.started = self.last_growth = time.monotonic()
-        self.last_size = -1
+        self.last_size = 0
 
     def tick(self, child: Child) -> None:
         now = time.monotonic()
         size = self.written()
         if self.progress is not None:
             self.progress(size, self.expected)
-        if size > self.last_size:
+        # A starved idle task still gets crumbs of CPU: a few KiB now and then
+        # is a stall too.
+        if size >= self.last_size + STALL_PROGRESS:
             self.last_size, self.last_growth = size, now
         if (self.stall_timeout and self.escalated_after is None
                 and now - self.last_growth >= self.stall_timeout):

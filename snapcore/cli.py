@@ -185,7 +185,8 @@ def snap_options(command):
                           "registers)."),
         click.option("--stall-timeout", type=click.FloatRange(min=0), default=10.0,
                      show_default=True, metavar="SECONDS",
-                     help="If the core has not grown for this long (an idle-priority dump "
+                     help="If the core has not grown by 1 MiB for this long (an "
+                          "idle-priority dump "
                           "starved by busy CPUs, while the target pays for copy-on-write), "
                           "raise the dump to normal priority at nice 19. 0: never."),
         click.option("--max-dump-time", type=click.FloatRange(min=0), default=0.0,

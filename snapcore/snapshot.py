@@ -53,7 +53,7 @@ THREAD_MODES = ("all", "main")
 
 @dataclass
 class DumpLimits:
-    stall_timeout: float = 10.0  # raise a dump that has not grown for this long; 0: never
+    stall_timeout: float = 10.0  # raise a dump that grew < 1 MiB in this long; 0: never
     max_dump_time: float = 0.0  # kill a dump that lasts longer; 0: no limit
     progress: object = None  # (bytes written, bytes expected) -> None, while dumping
     expected: int = 0  # the preflight's estimate of the core's size
