@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import glob
 import os
-import pwd
 import shutil
 import socket
 import struct
@@ -285,10 +284,3 @@ def check_core(path: Path, child_pid: int) -> CoreNotes:
                              "the disk may be full: free space or choose -o DIR",
                              stage="dump")
     return notes
-
-
-def user_name(uid: int) -> str:
-    try:
-        return pwd.getpwuid(uid).pw_name
-    except KeyError:
-        return str(uid)

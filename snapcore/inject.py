@@ -7,12 +7,12 @@ and arguments in its registers, and is stepped with PTRACE_SYSCALL stops.
 
 from __future__ import annotations
 
-import os
 import time
 from dataclasses import dataclass
 
 from . import arch, ptrace
 from .errors import InternalError, NoSuchProcess, Unsupported
+from .target import task_ids
 
 _U64 = (1 << 64) - 1
 
@@ -209,14 +209,10 @@ def capture(pid: int, tids: list[int], held: dict[int, HeldThread], deadline: fl
                 raise
         if not all_threads:
             return
-        tids = [t for t in _task_ids(pid) if t not in held]
-
-
-def _task_ids(pid: int) -> list[int]:
-    try:
-        return sorted(int(t) for t in os.listdir(f"/proc/{pid}/task"))
-    except FileNotFoundError:
-        return []
+        try:
+            tids = [t for t in task_ids(pid) if t not in held]
+        except FileNotFoundError:
+            return  # the process is gone: the waits above have said so
 
 
 def run_in_target(pid: int, at: int, nr: int, *args: int, timeout: float,

@@ -9,6 +9,7 @@ from rich.console import Console
 from rich.table import Table
 
 from .errors import SnapcoreError
+from .estimate import human
 from .snapshot import Snapshot
 
 
@@ -74,7 +75,7 @@ def print_snapshot(snap: Snapshot, verbose: bool, console: Console) -> None:
     grid.add_row("dumped", f"{snap.dump_seconds:.2f} s at idle priority")
     grid.add_row("threads", str(snap.threads))
     if snap.core_path:
-        grid.add_row("size", _size(snap.core_size))
+        grid.add_row("size", human(snap.core_size))
         grid.add_row("core", str(snap.core_path))
     else:
         grid.add_row("core", f"handed to {snap.core_pattern.handler} by core_pattern: "
@@ -155,7 +156,7 @@ def print_records(found, console: Console) -> None:
     for record in found:
         r = record_dict(record)
         table.add_row(r["taken_at"].replace("T", " ")[:19], _plain(r["name"] or "?"),
-                      str(r["pid"]), _size(r["size"]), str(r["threads"]),
+                      str(r["pid"]), human(r["size"]), str(r["threads"]),
                       "yes" if r["compressed"] else "", _plain(r["reason"]),
                       _plain(Path(r["core"]).name if r["core"] else "(missing)"))
     console.print(table)
@@ -164,11 +165,3 @@ def print_records(found, console: Console) -> None:
 def print_error(err: SnapcoreError, console: Console) -> None:
     console.print(f"snapcore: error: {err.one_line()}", markup=False, highlight=False,
                   soft_wrap=True)
-
-
-def _size(n: int) -> str:
-    for unit in ("B", "KiB", "MiB", "GiB"):
-        if n < 1024 or unit == "GiB":
-            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
-        n /= 1024
-    return str(n)

@@ -279,14 +279,7 @@ def _why_no_core(target: Target, ended: ptrace.Stop, pattern: corefile.CorePatte
     reasons = []
     if staging is not None and shutil.disk_usage(staging).free < 1 << 20:
         reasons.append(f"the filesystem of {staging} is full")
-    if target.uid != os.geteuid() and _proc_owned_by_root(target.pid):
+    if target.euid != 0 and target.proc_owner == 0:  # see preflight._dumpable
         reasons.append("the target is not dumpable (PR_SET_DUMPABLE 0)")
     reasons.append(f"core_pattern is {pattern.pattern!r}")
     return f"core not written: the snapshot child {how} ({'; '.join(reasons)})"
-
-
-def _proc_owned_by_root(pid: int) -> bool:
-    try:
-        return os.stat(f"/proc/{pid}/stat").st_uid == 0
-    except OSError:
-        return False

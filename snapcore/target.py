@@ -67,11 +67,16 @@ def read_status(pid: int) -> dict[str, str]:
         return dict(line.rstrip("\n").split(":\t", 1) for line in f if ":\t" in line)
 
 
-def start_time(pid: int) -> int:
-    with open(f"/proc/{pid}/stat") as f:
+def _stat_fields(path: str) -> list[str]:
+    """The fields of a /proc stat file after comm (state is [0]); comm may hold
+    spaces and parentheses, so split after the last ')'."""
+    with open(path) as f:
         stat = f.read()
-    # comm may hold spaces and parentheses: split after the last ')'.
-    return int(stat[stat.rindex(")") + 2:].split()[19])
+    return stat[stat.rindex(")") + 2:].split()
+
+
+def start_time(pid: int) -> int:
+    return int(_stat_fields(f"/proc/{pid}/stat")[19])
 
 
 def started_at(ticks: int) -> float:
@@ -99,9 +104,7 @@ def task_ids(pid: int) -> list[int]:
 
 
 def thread_state(pid: int, tid: int) -> str:
-    with open(f"/proc/{pid}/task/{tid}/stat") as f:
-        stat = f.read()
-    return stat[stat.rindex(")") + 2]
+    return _stat_fields(f"/proc/{pid}/task/{tid}/stat")[0]
 
 
 def thread_name(pid: int, tid: int) -> str:
@@ -173,10 +176,7 @@ def read(pid: int) -> Target:
 
 def _is_kernel_thread(pid: int) -> bool:
     # PF_KTHREAD (0x00200000) in the flags field (stat field 9).
-    with open(f"/proc/{pid}/stat") as f:
-        stat = f.read()
-    flags = int(stat[stat.rindex(")") + 2:].split()[6])
-    return bool(flags & 0x00200000)
+    return bool(int(_stat_fields(f"/proc/{pid}/stat")[6]) & 0x00200000)
 
 
 def find_syscall_instruction(pid: int) -> int:
