@@ -200,11 +200,16 @@ def find_syscall_instruction(pid: int) -> int:
             try:
                 mem.seek(start)
                 code = mem.read(end - start)
+            except ProcessLookupError:
+                raise  # exiting: its memory is gone (`reading` says so)
             except OSError:
                 continue
             at = code.find(arch.SYSCALL_INSN)
             if at >= 0:
                 return start + at
+    if gone(pid):
+        raise NoSuchProcess(f"process {pid} exited", "nothing to snapshot", pid=pid,
+                            stage="preflight")
     raise Unsupported(f"no syscall instruction found in process {pid}'s vDSO or libc",
                       "snapcore needs a vDSO or a dynamically linked libc", pid=pid,
                       stage="preflight")
