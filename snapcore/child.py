@@ -15,7 +15,7 @@ import time
 from dataclasses import dataclass, field
 
 from . import arch, ptrace
-from .errors import CoreNotWritten, InternalError, NoSuchProcess
+from .errors import CoreNotWritten, InternalError, NoSuchProcess, NotDumpable
 from .inject import HeldThread, syscall, wait_for_interrupt_stop
 
 PAGE = 4096
@@ -35,17 +35,11 @@ _RLIMIT_AT = 128  # struct rlimit {soft, hard}
 _PATH_AT = 256  # the staging directory, NUL-terminated
 
 
-# The clone that makes the child: no flags at all, and exit_signal 0 in the
-# low byte.  With no exit signal the target gets no SIGCHLD and its ordinary
-# wait()/waitpid(-1) never see the child (only __WALL/__WCLONE waits do); a
-# plain fork would show a supervising process an unknown child dying of SIGABRT.
-FORK_CLONE_FLAGS = 0
-# The wait4 that reaps it, injected into the target: never blocks the target.
-REAP_WAIT4_OPTIONS = ptrace.WALL | os.WNOHANG
 # A thread of the child that shares everything with it, like a pthread.
 CLONE_THREAD_FLAGS = (0x100 | 0x200 | 0x400 | 0x800  # VM, FS, FILES, SIGHAND
                       | 0x10000 | 0x40000)  # THREAD, SYSVSEM
 PR_GET_DUMPABLE = 3
+PR_SET_DUMPABLE = 4
 PR_SET_NAME = 15
 
 # What runs inside the child, pointers as 0: the seccomp preflight evaluates
@@ -57,6 +51,7 @@ CHILD_SYSCALLS = [
     ("chdir", (0,)),
     ("prctl", (PR_SET_NAME, 0)),
     ("prctl", (PR_GET_DUMPABLE,)),
+    ("prctl", (PR_SET_DUMPABLE, 1)),
     ("close_range", (0, CLOSE_RANGE_ALL, 0)),
     ("sched_setscheduler", (0, SCHED_IDLE, 0)),
     ("setpriority", (PRIO_PROCESS, 0, 19)),
@@ -79,6 +74,7 @@ class Child:
     # container's), which is what the kernel writes into the core's notes.
     ns_tids: dict[int, int] = field(default_factory=dict)
     scratch: int = 0  # a page mapped in the child for syscall arguments
+    guard: object = None  # seccomp.Guard: the child inherited the target's filters
 
 
 _NAME_AT = 512  # the target's name, NUL-terminated (at most 15 bytes + NUL)
@@ -94,14 +90,21 @@ def prepare(child: Child, at: int, *, core_hard: int, staging: str | None, name:
     base = ptrace.get_regs(pid)
 
     def call(syscall_name: str, *args: int) -> int:
-        return syscall(pid, base, at, arch.NR[syscall_name], *args, deadline=deadline)[0]
+        return syscall(pid, base, at, arch.NR[syscall_name], *args, deadline=deadline,
+                       guard=child.guard)[0]
 
     # The child inherited the target's dumpable flag: for root's processes
     # this is the only place it can be read.
-    if call("prctl", PR_GET_DUMPABLE) == 0 and not allow_undumpable:
-        raise CoreNotWritten("the process made itself non-dumpable (PR_SET_DUMPABLE 0): "
-                             "it keeps its memory out of cores",
-                             "respect that (or override: --force dumpable)", stage="child")
+    if call("prctl", PR_GET_DUMPABLE) == 0:
+        if not allow_undumpable:
+            raise NotDumpable("the process made itself non-dumpable (PR_SET_DUMPABLE 0): "
+                              "it keeps its memory out of cores", "respect that",
+                              stage="child")
+        # Overridden: only the child is made dumpable again (a process may set
+        # its own flag back to 1 without privilege); the target keeps its 0.
+        if call("prctl", PR_SET_DUMPABLE, 1) < 0:
+            child.notes.append("could not make the child dumpable: the kernel will "
+                               "write no core")
     scratch = call("mmap", 0, PAGE, PROT_READ_WRITE, MAP_PRIVATE_ANONYMOUS, -1, 0)
     if scratch < 0:
         raise InternalError(f"mmap in the snapshot child failed ({scratch})", stage="child")
@@ -171,7 +174,7 @@ def resurrect(child: Child, at: int, threads: list[HeldThread], deadline: float)
     for thread in threads:
         sp = getattr(thread.regs, arch.REG_SP)
         ret, events = syscall(pid, base, at, arch.NR["clone"], CLONE_THREAD_FLAGS, sp, 0, 0, 0,
-                              deadline=deadline)
+                              deadline=deadline, guard=child.guard)
         born = [msg for event, msg in events if event == ptrace.EVENT_CLONE]
         if ret < 0 or not born:
             raise InternalError(f"could not recreate thread {thread.tid} in the snapshot "
@@ -202,7 +205,8 @@ def lower_priority(child: Child, at: int, deadline: float) -> None:
         ("ioprio_set", (IOPRIO_WHO_PROCESS, 0, IOPRIO_CLASS_IDLE << 13)),
         ("munmap", (child.scratch, PAGE)),
     ]:
-        ret = syscall(pid, base, at, arch.NR[name], *args, deadline=deadline)[0]
+        ret = syscall(pid, base, at, arch.NR[name], *args, deadline=deadline,
+                      guard=child.guard)[0]
         if ret < 0:
             child.notes.append(f"{name}: {os.strerror(-ret)}")
 

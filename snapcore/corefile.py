@@ -9,12 +9,16 @@ core_pattern (Documentation/admin-guide/sysctl/kernel.rst):
 
 from __future__ import annotations
 
+import errno
+import fnmatch
 import glob
 import os
 import shutil
 import socket
+import stat
 import struct
 import tempfile
+import time
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
@@ -24,6 +28,7 @@ from .errors import CoreNotWritten, OutputError
 
 CORE_PATTERN = "/proc/sys/kernel/core_pattern"
 CORE_USES_PID = "/proc/sys/kernel/core_uses_pid"
+STAGING_PREFIX = ".snapcore-staging-"
 
 
 @dataclass
@@ -145,7 +150,7 @@ def make_staging_dir(output_dir: Path, uid: int, gid: int, root: str = "") -> Pa
         base = bases[0]
     else:
         base = str(output_dir) if same_user else "/var/tmp"
-    staging = Path(tempfile.mkdtemp(prefix=".snapcore-staging-", dir=base))
+    staging = Path(tempfile.mkdtemp(prefix=f"{STAGING_PREFIX}{os.getpid()}-", dir=base))
     if not same_user:
         os.chown(staging, uid, gid)
     return staging
@@ -164,24 +169,137 @@ def core_name(comm: str, pid: int, when: datetime) -> str:
     return f"{stamp}_{safe}_{pid}.core"
 
 
-def find_core(glob_pattern: str, directory: Path | None, since: float) -> Path | None:
-    """The newest file matching the expanded core_pattern, written after `since`."""
-    if directory is not None and not glob_pattern.startswith("/"):
-        glob_pattern = os.path.join(glob.escape(str(directory)), glob_pattern)
-    found = []
-    for name in glob.glob(glob_pattern):
+def staging_bases(output_dir: Path, root: str = "") -> list[str]:
+    """Every directory make_staging_dir may use, for the stale clean-up."""
+    bases = [str(output_dir), "/var/tmp"]
+    if root:
+        bases += [f"{root}/var/tmp", f"{root}/tmp"]
+    return bases
+
+
+def remove_stale_staging(bases: list[str]) -> list[str]:
+    """Remove staging directories whose snapcore is gone (killed mid-dump, even
+    with SIGKILL): the partial core in them is of no use to anyone.  Their pid
+    is in their name; one that is still a running snapcore is left alone.
+    shutil.rmtree works through directory descriptors and never follows a
+    symlink, so a directory its user has filled with links is safe to remove."""
+    removed = []
+    for base in bases:
         try:
-            st = os.stat(name)
+            entries = list(os.scandir(base))
         except OSError:
             continue
-        if st.st_mtime >= since - 1:
-            found.append((st.st_mtime, name))
-    return Path(max(found)[1]) if found else None
+        for entry in entries:
+            if not entry.name.startswith(STAGING_PREFIX):
+                continue
+            owner = entry.name[len(STAGING_PREFIX):].split("-", 1)[0]
+            if owner.isdigit() and _is_snapcore(int(owner)):
+                continue
+            if not owner.isdigit() and _age(entry) < 3600:
+                continue  # a name without a pid (snapcore 0.1): only once surely stale
+            try:
+                shutil.rmtree(entry.path)
+                removed.append(entry.path)
+            except OSError:
+                pass
+    return removed
+
+
+def _age(entry: os.DirEntry) -> float:
+    try:
+        return time.time() - entry.stat(follow_symlinks=False).st_mtime
+    except OSError:
+        return 0.0
+
+
+def _is_snapcore(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/cmdline", "rb") as f:
+            return b"snapcore" in f.read()
+    except OSError:
+        return False
+
+
+@dataclass
+class OpenCore:
+    """A core file the kernel wrote, held by descriptor: every later step works
+    on this very inode, never on a name another user could swap."""
+
+    fd: int
+    dir_fd: int
+    name: str
+    path: Path  # for messages and the clean-up of a staging directory only
+
+    def close(self) -> None:
+        for fd in (self.fd, self.dir_fd):
+            try:
+                os.close(fd)
+            except OSError:
+                pass
+
+
+def open_core(glob_pattern: str, directory: Path | None, since: float,
+              owners: set[int]) -> OpenCore | None:
+    """The newest file matching the expanded core_pattern, written after `since`.
+
+    The directory may be writable by the target's user (staging, or a /tmp-like
+    crash directory), who could swap the core for a symlink or a hard link to
+    someone else's file.  So: the directory is opened once (a staging
+    directory with O_NOFOLLOW), each candidate with O_NOFOLLOW relative to it,
+    and only a regular file with one link, owned by the target's user (as the
+    kernel writes it: fs/coredump.c refuses any other), is taken.
+    """
+    if directory is not None and not glob_pattern.startswith("/"):
+        dirs, name_glob = [str(directory)], glob_pattern
+        dir_flags = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW
+    else:
+        head, name_glob = os.path.split(glob_pattern)
+        dirs = glob.glob(head) if glob.has_magic(head) else [head]
+        dir_flags = os.O_RDONLY | os.O_DIRECTORY
+    best = None
+    for path in dirs:
+        try:
+            dir_fd = os.open(path, dir_flags | os.O_CLOEXEC)
+        except OSError:
+            continue
+        keep = False
+        try:
+            for name in fnmatch.filter(os.listdir(dir_fd), name_glob):
+                fd = _open_regular(dir_fd, name, since, owners)
+                if fd is None:
+                    continue
+                mtime = os.fstat(fd).st_mtime
+                if best is None or mtime > best[0]:
+                    if best is not None:
+                        best[1].close()
+                    best = (mtime, OpenCore(fd, dir_fd, name, Path(path) / name))
+                    keep = True
+                else:
+                    os.close(fd)
+        finally:
+            if not keep:
+                os.close(dir_fd)
+    return best[1] if best else None
+
+
+def _open_regular(dir_fd: int, name: str, since: float, owners: set[int]) -> int | None:
+    try:
+        fd = os.open(name, os.O_RDWR | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC,
+                     dir_fd=dir_fd)
+    except OSError:
+        return None  # a symlink (ELOOP), gone, or not ours to open
+    st = os.fstat(fd)
+    if (stat.S_ISREG(st.st_mode) and st.st_nlink == 1 and st.st_uid in owners
+            and st.st_mtime >= since - 1):
+        return fd
+    os.close(fd)
+    return None
 
 
 def bytes_written(glob_pattern: str | None, directory: Path | None) -> int:
     """Bytes on disk of the files matching the expanded core_pattern: how far a
-    dump has come (blocks, not the apparent size: cores are sparse)."""
+    dump has come (blocks, not the apparent size: cores are sparse).  lstat:
+    a symlink planted there is not followed."""
     if glob_pattern is None:
         return 0
     if directory is not None and not glob_pattern.startswith("/"):
@@ -189,26 +307,81 @@ def bytes_written(glob_pattern: str | None, directory: Path | None) -> int:
     total = 0
     for name in glob.glob(glob_pattern):
         try:
-            total += os.stat(name).st_blocks * 512
+            total += os.lstat(name).st_blocks * 512
         except OSError:
             pass
     return total
 
 
-def store(core: Path, output_dir: Path, name: str) -> Path:
-    """Move the core into the output directory, owned by the invoking user, mode 0600."""
+def store(core: OpenCore, output_dir: Path, name: str) -> Path:
+    """Give the core to the invoking user, mode 0600, and put it in the output
+    directory as `name`, through its descriptor.
+
+    Same filesystem: a hard link to the very inode (linkat through
+    /proc/self/fd, as open(2) documents for O_TMPFILE), then the staged name
+    is removed.  Another filesystem: a copy that keeps the holes (SEEK_DATA /
+    SEEK_HOLE), as the kernel's sparse core has them; a copy that fails
+    leaves nothing behind.
+    """
     dest = output_dir / name
     try:
-        os.chmod(core, 0o600)
-        os.chown(core, os.geteuid(), os.getegid())
+        os.fchmod(core.fd, 0o600)
+        os.fchown(core.fd, os.geteuid(), os.getegid())
+        out_fd = os.open(output_dir, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    except OSError as exc:
+        raise OutputError(f"cannot take the core into {output_dir}: {exc.strerror}",
+                          "check permissions there", stage="core") from None
+    try:
         try:
-            os.rename(core, dest)
+            os.link(f"/proc/self/fd/{core.fd}", name, dst_dir_fd=out_fd,
+                    follow_symlinks=True)
+        except OSError as exc:
+            if exc.errno != errno.EXDEV:
+                raise
+            _copy_sparse(core.fd, out_fd, name)
+        try:
+            os.unlink(core.name, dir_fd=core.dir_fd)  # whatever that name is now
         except OSError:
-            shutil.move(str(core), str(dest))  # another filesystem: copy, then remove
+            pass
     except OSError as exc:
         raise OutputError(f"cannot move the core into {output_dir}: {exc.strerror}",
                           "check free space and permissions there", stage="core") from None
+    finally:
+        os.close(out_fd)
     return dest
+
+
+def _copy_sparse(src: int, dir_fd: int, name: str) -> None:
+    size = os.fstat(src).st_size
+    dst = os.open(name, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC,
+                  0o600, dir_fd=dir_fd)
+    try:
+        at = 0
+        while at < size:
+            try:
+                data = os.lseek(src, at, os.SEEK_DATA)
+            except OSError as exc:
+                if exc.errno == errno.ENXIO:
+                    break  # only a hole is left
+                raise
+            hole = os.lseek(src, data, os.SEEK_HOLE)
+            while data < hole:
+                chunk = os.pread(src, min(8 << 20, hole - data), data)
+                if not chunk:
+                    break
+                os.pwrite(dst, chunk, data)
+                data += len(chunk)
+            at = hole
+        os.ftruncate(dst, size)
+        os.fsync(dst)
+    except BaseException:
+        os.close(dst)
+        try:
+            os.unlink(name, dir_fd=dir_fd)
+        except OSError:
+            pass
+        raise
+    os.close(dst)
 
 
 @dataclass
@@ -220,16 +393,16 @@ class CoreNotes:
     loads_end: int  # where the last PT_LOAD's file data ends
 
 
-def read_notes(path: Path) -> CoreNotes:
+def read_notes(core: OpenCore) -> CoreNotes:
     """Read an ELF core's thread pids from its notes; refuse anything else."""
-    with open(path, "rb") as f:
+    with os.fdopen(os.dup(core.fd), "rb") as f:
         try:
             e_type, segs = elf.segments(f)
         except elf.NotElf:
-            raise CoreNotWritten(f"{path} is not a 64-bit ELF file",
+            raise CoreNotWritten(f"{core.path} is not a 64-bit ELF file",
                                  "the kernel wrote no usable core", stage="core") from None
         if e_type != elf.ET_CORE:
-            raise CoreNotWritten(f"{path} is not an ELF core (type {e_type})",
+            raise CoreNotWritten(f"{core.path} is not an ELF core (type {e_type})",
                                  "the kernel wrote no usable core", stage="core")
         notes = CoreNotes([], [], None, None, 0)
         for seg in segs:
@@ -254,33 +427,31 @@ def _int32(data: bytes, at: int) -> int:
     return struct.unpack_from("<i", data, at)[0]
 
 
-def rename_threads(path: Path, notes: CoreNotes, tids: dict[int, int], pid: int) -> None:
+def rename_threads(core: OpenCore, notes: CoreNotes, tids: dict[int, int],
+                   pid: int) -> None:
     """Write the target's own ids over the child's in the core's notes, in place.
 
     The kernel names the child's thread ids, while glibc's thread list in the
     core's memory holds the target's: without this, gdb shows every thread
     twice, once without registers.  Only a few bytes of the note segment change.
     """
-    with open(path, "r+b") as f:
-        for old, offset in zip(notes.prstatus_pids, notes.prstatus_offsets):
-            if old in tids:
-                f.seek(offset)
-                f.write(struct.pack("<i", tids[old]))
-        if notes.prpsinfo_offset is not None:
-            f.seek(notes.prpsinfo_offset)
-            f.write(struct.pack("<i", pid))
+    for old, offset in zip(notes.prstatus_pids, notes.prstatus_offsets):
+        if old in tids:
+            os.pwrite(core.fd, struct.pack("<i", tids[old]), offset)
+    if notes.prpsinfo_offset is not None:
+        os.pwrite(core.fd, struct.pack("<i", pid), notes.prpsinfo_offset)
 
 
-def check_core(path: Path, child_pid: int) -> CoreNotes:
-    notes = read_notes(path)
+def check_core(core: OpenCore, child_pid: int) -> CoreNotes:
+    notes = read_notes(core)
     if child_pid not in notes.prstatus_pids:
-        raise CoreNotWritten(f"{path} does not describe the snapshot (pids "
+        raise CoreNotWritten(f"{core.path} does not describe the snapshot (pids "
                              f"{notes.prstatus_pids}, expected {child_pid})",
                              "another core matched core_pattern; look for it by hand",
                              stage="core")
-    size = os.path.getsize(path)
+    size = os.fstat(core.fd).st_size
     if size < notes.loads_end:
-        raise CoreNotWritten(f"core {path} is truncated ({size} of {notes.loads_end} bytes)",
-                             "the disk may be full: free space or choose -o DIR",
+        raise CoreNotWritten(f"core {core.path} is truncated ({size} of {notes.loads_end} "
+                             "bytes)", "the disk may be full: free space or choose -o DIR",
                              stage="dump")
     return notes

@@ -24,6 +24,7 @@ class ExitCode(enum.IntEnum):
     OUTPUT = 10  # the output directory cannot be created, written or has no room
     MEMORY = 11  # not enough memory headroom for the copy-on-write child
     RATE_LIMITED = 12  # too many snapshots of this program in the last hour
+    LIMITS = 13  # the snapshot's tasks would take the target's room under its task limits
     INTERRUPTED = 130  # Ctrl-C or SIGTERM; the target was released first
 
 
@@ -45,8 +46,16 @@ class SnapcoreError(Exception):
         self.pid = pid
         self.stage = stage
 
+    # The name of the --force check that overrides this error, if any: the
+    # command layer names the flag, the engine never does.
+    check = ""
+
     def one_line(self) -> str:
-        return f"{self.message}: {self.hint}" if self.hint else self.message
+        hint = self.hint
+        if self.check:
+            hint = f"{hint} (or override: --force {self.check})" if hint else \
+                f"override: --force {self.check}"
+        return f"{self.message}: {hint}" if hint else self.message
 
     def as_dict(self) -> dict:
         return {
@@ -85,6 +94,12 @@ class StopTimeout(SnapcoreError):
 
 class CoreNotWritten(SnapcoreError):
     exit_code = ExitCode.CORE_NOT_WRITTEN
+
+
+class NotDumpable(CoreNotWritten):
+    """The process chose to keep its memory out of cores; --force dumpable overrides."""
+
+    check = "dumpable"
 
 
 class OutputError(SnapcoreError):

@@ -20,6 +20,8 @@ class Mapping:
     rss: int
     anonymous: int
     flags: set[str]
+    start: int = 0
+    end: int = 0
 
 
 def read_smaps(pid: int) -> list[Mapping]:
@@ -31,7 +33,7 @@ def read_smaps(pid: int) -> list[Mapping]:
             if m:
                 start, end = int(m.group(1), 16), int(m.group(2), 16)
                 maps.append(Mapping(m.group(3), int(m.group(4), 16), int(m.group(5)),
-                                    m.group(6), end - start, 0, 0, set()))
+                                    m.group(6), end - start, 0, 0, set(), start, end))
             elif maps and line.startswith("Rss:"):
                 maps[-1].rss = int(line.split()[1]) * 1024
             elif maps and line.startswith("Anonymous:"):

@@ -21,16 +21,29 @@ def signed(value: int) -> int:
     return value - (1 << 64) if value & (1 << 63) else value
 
 
+# Options every seized target thread carries: syscall stops marked, and an
+# exec reported as an event (so a thread that exec'd is never injected into).
+SEIZE_OPTIONS = ptrace.O_TRACESYSGOOD | ptrace.O_TRACEEXEC
+
+
+class TargetReplaced(NoSuchProcess):
+    """The target exec'd a new program: the process snapcore checked is gone."""
+
+
 def syscall(tid: int, base: ptrace.Regs, at: int, nr: int, *args: int,
-            deadline: float | None,
-            events: list | None = None) -> tuple[int, list[tuple[int, int]]]:
+            deadline: float | None, events: list | None = None,
+            guard=None) -> tuple[int, list[tuple[int, int]]]:
     """Make stopped thread `tid` execute syscall `nr`; return its result and the
     ptrace events (event, message) it reported on the way.
 
+    `guard(nr, args, at)`, when given, may refuse first (seccomp: see
+    seccomp.Guard): the filter is evaluated with the real address and arguments.
     orig_rax is set to -1 so the kernel's syscall-restart logic, which runs when
     the thread leaves its current stop, does not rewind rip or overwrite rax
     (arch/x86/kernel/signal.c: arch_do_signal_or_restart).
     """
+    if guard is not None:
+        guard(nr, args, at)
     regs = ptrace.copy_regs(base)
     setattr(regs, arch.REG_IP, at)
     setattr(regs, arch.REG_NR, nr)
@@ -51,6 +64,9 @@ def _wait_syscall_stop(tid: int, deadline: float | None, events: list) -> None:
         if stop.kind == "syscall":
             return
         if stop.kind == "event":
+            if stop.event == ptrace.EVENT_EXEC:
+                raise TargetReplaced(f"thread {tid} exec'd a new program", pid=tid,
+                                     stage="inject")
             # PTRACE_EVENT_CLONE arrives between clone's entry and exit.
             events.append((stop.event, ptrace.event_msg(tid)))
             ptrace.resume_to_syscall(tid)
@@ -73,6 +89,12 @@ def wait_for_interrupt_stop(tid: int, deadline: float | None) -> None:
     while True:
         stop = ptrace.wait(tid, deadline)
         if stop.kind == "event":
+            if stop.event == ptrace.EVENT_EXEC:
+                # The exec event stop came first; the interrupt stop follows,
+                # but the program snapcore checked is gone.
+                raise TargetReplaced(f"process of thread {tid} exec'd a new program",
+                                     "nothing was done to it; try again", pid=tid,
+                                     stage="capture")
             return
         if stop.kind == "signal":
             # A signal-delivery stop came first: deliver it as the kernel would
@@ -94,7 +116,7 @@ class HeldThread:
     regs: ptrace.Regs | None = None
     xstate: bytes = b""
     sigmask: int = 0
-    moved: bool = False  # resumed into an injection since it stopped
+    moved: bool = False  # ran injected registers: its signal mask is snapcore's
 
     def save(self, with_xstate: bool) -> None:
         self.regs = ptrace.get_regs(self.tid)
@@ -106,74 +128,78 @@ class HeldThread:
     def in_syscall(self) -> bool:
         return signed(getattr(self.regs, arch.REG_ORIG_NR)) >= 0
 
-    def release(self, deadline: float | None) -> None:
-        """Put the thread back exactly as it was and detach.
+    def inject(self, at: int, nr: int, *args: int, deadline: float,
+               guard=None, events: list | None = None) -> tuple[int, list]:
+        """Run one syscall in this held thread, then park it again with its own
+        registers.  PTRACE_O_EXITKILL covers exactly the injected registers: if
+        snapcore dies then, the target dies rather than run on with registers
+        that are not its own.  Every signal stays blocked until `release`."""
+        tid = self.tid
+        ptrace.set_options(tid, SEIZE_OPTIONS | ptrace.O_TRACECLONE | ptrace.O_EXITKILL)
+        ptrace.set_sigmask(tid, ptrace.ALL_SIGNALS_MASK)
+        self.moved = True
+        events = [] if events is None else events
+        try:
+            for _attempt in range(10):
+                result, events = syscall(tid, self.regs, at, nr, *args, deadline=deadline,
+                                         guard=guard, events=events)
+                if result != arch.ERESTARTNOINTR:  # a signal raced the call: retry
+                    break
+        finally:
+            self.park(deadline)
+        return result, events
+
+    def park(self, deadline: float | None) -> None:
+        """Put the thread's own registers back and hold it in an interrupt stop.
 
         A thread that ran an injected syscall sits in a syscall-exit stop.
         Detaching from there skips the kernel's syscall-restart step (it runs on
         the signal path only), so an interrupted nanosleep or read would return
-        -ERESTART* to the program.  Instead: restore the registers, park the
-        thread in an interrupt stop (which is on the signal path), then detach,
-        and the kernel restarts the call as if nothing happened.
+        -ERESTART* to the program.  An interrupt stop is on the signal path:
+        detached from there, the kernel restarts the call as if nothing
+        happened.  Its signals stay blocked meanwhile, so no signal-delivery
+        stop can come first; `release` gives the mask back.
         """
-        if not self.stopped:
-            return
         tid = self.tid
-        self.stopped = False
-        if not self.moved:
-            ptrace.detach(tid)
-            return
         try:
-            ptrace.set_options(tid, ptrace.O_TRACESYSGOOD)  # drop EXITKILL and TRACECLONE
+            ptrace.set_options(tid, SEIZE_OPTIONS)  # drop EXITKILL and TRACECLONE
         except NoSuchProcess:
             # The injection was cut short while the thread ran its syscall: it
             # stops at the syscall's exit, then it can be put back.
             if ptrace.wait(tid, deadline).kind in ("exited", "killed"):
-                return
-            ptrace.set_options(tid, ptrace.O_TRACESYSGOOD)
+                self.stopped = False
+                raise
+            ptrace.set_options(tid, SEIZE_OPTIONS)
         ptrace.set_regs(tid, self.regs)
-        ptrace.set_sigmask(tid, self.sigmask)
         ptrace.interrupt(tid)
         ptrace.cont(tid)
         while True:
             stop = ptrace.wait(tid, deadline)
             if stop.kind in ("event", "group"):
-                ptrace.detach(tid)
-                return
-            if stop.kind == "signal":
-                ptrace.detach(tid, stop.sig)  # a pending signal, delivered now
                 return
             if stop.kind in ("exited", "killed"):
-                return
+                self.stopped = False
+                raise NoSuchProcess(f"thread {tid} exited", pid=tid)
+            ptrace.cont(tid)  # a syscall stop on the way: go on to the interrupt
+
+    def release(self) -> None:
+        """Detach, giving back the signal mask if snapcore changed it."""
+        if not self.stopped:
+            return
+        self.stopped = False
+        if self.moved:
+            ptrace.set_sigmask(self.tid, self.sigmask)
+        ptrace.detach(self.tid)
 
 
 def peek(tid: int, read, timeout: float):
     """Hold thread `tid` stopped just long enough to call read(tid), then let it go.
 
-    For what ptrace shows only on a stopped tracee (seccomp filters).  The
-    caller must have SIGCHLD blocked (ptrace.signals_held).
+    For what ptrace shows only on a stopped tracee (seccomp filters, rseq).
+    The caller must have SIGCHLD blocked (ptrace.signals_held).
     """
-    held = HeldThread(tid)
-    with ptrace.signals_held(ptrace.STOP_REQUEST_SIGNALS):
-        ptrace.seize(tid, 0)
-        try:
-            ptrace.interrupt(tid)
-            wait_for_interrupt_stop(tid, time.monotonic() + timeout)
-            held.stopped = True
-            return read(tid)
-        finally:
-            held.release(None)
-
-
-@dataclass
-class Injection:
-    """What one syscall run in the target left behind."""
-
-    result: int  # the syscall's return value (negative errno on failure)
-    events: list[tuple[int, int]]  # (PTRACE_EVENT_*, event message) seen on the way
-    timings: dict  # seconds: capture, syscall, release, pause (the whole window)
-    runner: HeldThread  # the thread that ran it, with its own saved state
-    others: list[HeldThread]  # the other threads held meanwhile, with their state
+    with Window(tid, threads=None, timeout=timeout) as window:
+        return read(window.held[tid].tid)
 
 
 def capture(pid: int, tids: list[int], held: dict[int, HeldThread], deadline: float,
@@ -184,7 +210,7 @@ def capture(pid: int, tids: list[int], held: dict[int, HeldThread], deadline: fl
     while tids:
         for tid in tids:
             try:
-                ptrace.seize(tid, ptrace.O_TRACESYSGOOD)
+                ptrace.seize(tid, SEIZE_OPTIONS)
             except NoSuchProcess:
                 continue  # exited since it was listed
             held[tid] = HeldThread(tid)
@@ -200,6 +226,9 @@ def capture(pid: int, tids: list[int], held: dict[int, HeldThread], deadline: fl
             try:
                 wait_for_interrupt_stop(tid, deadline)
                 held[tid].stopped = True
+            except TargetReplaced:
+                held[tid].stopped = True  # in its exec event stop: detach it
+                raise
             except NoSuchProcess:
                 del held[tid]
             except Unsupported:
@@ -215,70 +244,82 @@ def capture(pid: int, tids: list[int], held: dict[int, HeldThread], deadline: fl
             return  # the process is gone: the waits above have said so
 
 
-def run_in_target(pid: int, at: int, nr: int, *args: int, timeout: float,
-                  threads: list[int] | None = None, with_xstate: bool = False,
-                  check=None, main_runs: bool = False,
-                  events: list | None = None) -> Injection:
-    """Stop the target, run one syscall in one of its threads, restore, let go.
+class Window:
+    """One stop of the target: its threads held, then each given back as it was.
 
-    threads: the thread ids to hold during the syscall, as listed before the
-    window opens; None holds the main thread only.  With a list, threads born
-    meanwhile are held too.  The syscall runs in the main thread if it sits in
-    a syscall, else in a held thread that does, else in the main thread;
-    with `main_runs`, always in the main thread (whose seccomp filters were
-    checked).
+    threads: the thread ids to hold, as listed before the window opens (threads
+    born meanwhile are held too); None holds the main thread only.
     `check(tid)` runs once every thread is stopped and may refuse by raising.
-    `events`, when given, collects the ptrace events as they happen, so that a
-    caller still learns of a clone child when this raises.
-
-    SIGINT/SIGTERM/SIGHUP are held until every thread is released.  While the
-    running thread has injected registers it carries PTRACE_O_EXITKILL: if
-    snapcore is killed in that window the target dies rather than run on with
-    registers that are not its own (or duplicate itself).
+    SIGINT/SIGTERM/SIGHUP are held until every thread is released: a stop
+    request cannot leave the target stopped or running injected registers.
+    `timings` says, in seconds, how long capture, the work inside and release
+    took, and the whole pause.
     """
-    held: dict[int, HeldThread] = {}
-    deadline = time.monotonic() + timeout
-    with ptrace.signals_held(ptrace.STOP_REQUEST_SIGNALS):
-        t0 = time.perf_counter()
+
+    def __init__(self, pid: int, *, threads: list[int] | None, timeout: float,
+                 with_xstate: bool = False, check=None):
+        self.pid = pid
+        self.threads = threads
+        self.deadline = time.monotonic() + timeout
+        self.with_xstate = with_xstate
+        self.check = check
+        self.held: dict[int, HeldThread] = {}
+        self.timings: dict[str, float] = {}
+        self._signals = None
+
+    def __enter__(self) -> "Window":
+        self._signals = ptrace.signals_held(ptrace.STOP_REQUEST_SIGNALS)
+        self._signals.__enter__()
+        self._t0 = time.perf_counter()
         try:
-            capture(pid, threads or [pid], held, deadline, all_threads=threads is not None)
-            if not held:
-                raise NoSuchProcess(f"process {pid} exited", pid=pid, stage="capture")
-            runner = held.get(pid) or next(iter(held.values()))
-            if check is not None:
-                check(runner.tid)
-            for thread in held.values():
-                thread.save(with_xstate)
-            t1 = time.perf_counter()
-            if not runner.in_syscall and not main_runs:
-                runner = next((t for t in held.values() if t.in_syscall), runner)
-            tid = runner.tid
-            ptrace.set_options(tid, ptrace.O_TRACESYSGOOD | ptrace.O_TRACECLONE
-                               | ptrace.O_EXITKILL)
-            ptrace.set_sigmask(tid, ptrace.ALL_SIGNALS_MASK)
-            runner.moved = True
-            events = [] if events is None else events
-            for _attempt in range(10):
-                result, events = syscall(tid, runner.regs, at, nr, *args, deadline=deadline,
-                                         events=events)
-                if result != arch.ERESTARTNOINTR:  # a signal raced the call: retry
-                    break
-            t2 = time.perf_counter()
-        finally:
+            capture(self.pid, self.threads or [self.pid], self.held, self.deadline,
+                    all_threads=self.threads is not None)
+            if not self.held:
+                raise NoSuchProcess(f"process {self.pid} exited", pid=self.pid,
+                                    stage="capture")
+            if self.check is not None:
+                self.check(self.main.tid)
+            for thread in self.held.values():
+                thread.save(self.with_xstate)
+        except BaseException:
+            self.__exit__(None, None, None)
+            raise
+        self._t1 = time.perf_counter()
+        return self
+
+    @property
+    def main(self) -> HeldThread:
+        return self.held.get(self.pid) or next(iter(self.held.values()))
+
+    def __exit__(self, *exc) -> None:
+        t2 = time.perf_counter()
+        try:
             # A thread that never reached its stop (uninterruptible sleep past
             # the deadline) cannot be detached while it runs; the kernel
             # releases it when snapcore exits (exit_ptrace), untouched.
             errors = []
-            for thread in held.values():
+            for thread in self.held.values():
                 try:
-                    thread.release(deadline + 5.0)
+                    thread.release()
                 except NoSuchProcess:
                     pass  # it exited while held: nothing left to release
-                except Exception as exc:  # release the others all the same
-                    errors.append(exc)
-            if errors:
+                except Exception as err:  # release the others all the same
+                    errors.append(err)
+            t3 = time.perf_counter()
+            t1 = getattr(self, "_t1", t2)
+            self.timings = {"capture": t1 - self._t0, "syscall": t2 - t1,
+                            "release": t3 - t2, "pause": t3 - self._t0}
+            if errors and exc[0] is None:
                 raise errors[0]
-        t3 = time.perf_counter()
-    timings = {"capture": t1 - t0, "syscall": t2 - t1, "release": t3 - t2, "pause": t3 - t0}
-    others = [t for t in held.values() if t is not runner]
-    return Injection(result, events, timings, runner, others)
+        finally:
+            self._signals.__exit__(None, None, None)
+
+
+def run_in_target(pid: int, at: int, nr: int, *args: int, timeout: float,
+                  check=None, guard=None) -> tuple[int, float]:
+    """Stop the target's main thread, run one syscall in it, give it back.
+    Returns the syscall's result and the pause it cost."""
+    with Window(pid, threads=None, timeout=timeout, check=check) as window:
+        result, _events = window.main.inject(at, nr, *args, deadline=window.deadline,
+                                             guard=guard)
+    return result, window.timings["pause"]

@@ -17,11 +17,12 @@ from pathlib import Path
 
 import psutil
 
-from . import arch, child as childmod, corefile, estimate, ptrace, seccomp
+from . import arch, cgroups, child as childmod, corefile, estimate, fork, ptrace, seccomp
 from .errors import ExitCode, SnapcoreError
 from .inject import peek
 from .ratelimit import RateLimiter, key_for, time_text
-from .target import Target, read, reading, thread_state
+from .target import (Target, mm_fingerprint, read, reading, syscall_instructions,
+                     thread_state)
 
 OK, WARN, REFUSE = "ok", "warn", "refuse"
 
@@ -37,6 +38,7 @@ CHECKS = {
     "output-dir": (ExitCode.OUTPUT, True),
     "disk": (ExitCode.OUTPUT, True),
     "memory": (ExitCode.MEMORY, True),
+    "tasks": (ExitCode.LIMITS, True),
     "rate-limit": (ExitCode.RATE_LIMITED, True),
 }
 FORCEABLE = tuple(name for name, (_, forceable) in CHECKS.items() if forceable)
@@ -75,6 +77,11 @@ class Preflight:
     target: Target
     checks: list[Check] = field(default_factory=list)
     core_estimate: int = 0
+    core_pattern: corefile.CorePattern | None = None
+    syscall_at: int = 0  # the `syscall` instruction injections will use
+    filters: list = field(default_factory=list)  # the target's seccomp filters, parsed
+    fingerprint: tuple = ()  # target.mm_fingerprint: its program, to notice an exec
+    regions_missing: list[dict] = field(default_factory=list)
 
     def add(self, name: str, verdict: str, reason: str, fix: str = "") -> None:
         self.checks.append(Check(name, verdict, reason, fix))
@@ -91,12 +98,10 @@ class Refused(SnapcoreError):
     """A preflight check said no; its exit code is the check's."""
 
     def __init__(self, check: Check, pid: int):
-        hint = check.fix
-        if check.forceable:
-            hint += f" (or override: --force {check.name})"
-        super().__init__(check.reason, hint, pid=pid, stage="preflight")
+        super().__init__(check.reason, check.fix, pid=pid, stage="preflight")
         self.exit_code = check.exit_code
-        self.check = check.name
+        self.check = check.name if check.forceable else ""
+        self.check_name = check.name
 
 
 def run(pid: int, opts: Options) -> Preflight:
@@ -114,23 +119,32 @@ def _run(pid: int, opts: Options) -> Preflight:
     if t.tracer:
         pre.add("tracer", REFUSE, f"process {pid} ({t.name}) is already traced by "
                 f"{t.tracer} ({_name_of(t.tracer)})",
-                "detach gdb/strace from it first")
+                "busy: detach gdb/strace (or wait for the other snapcore) first")
     else:
         pre.add("tracer", OK, "not traced")
     _state(pre)
     usable = not pre.refusals()
     if usable:
-        _seccomp(pre, opts)
+        pre.fingerprint = mm_fingerprint(pid)
+        candidates = syscall_instructions(pid)
+        pre.syscall_at = candidates[0]
+        _seccomp(pre, opts, candidates)
     else:
         pre.add("seccomp", OK if t.seccomp == 0 else REFUSE,
                 f"Seccomp: {t.seccomp}", "not evaluated: the process cannot be snapshot")
     _dumpable(pre)
     pattern = _core_destination(pre)
+    pre.core_pattern = pattern
     _output_dir(pre, opts)
     maps = estimate.read_smaps(pid) if usable and not t.kernel_thread else []
     _disk(pre, opts, maps, pattern)
     _memory(pre, maps)
+    _tasks(pre)
     _rate(pre, opts)
+    pre.regions_missing = [{"start": m.start, "end": m.end,
+                            "kind": "dontfork" if "dc" in m.flags else "wipeonfork",
+                            "path": m.path}
+                           for m in maps if "dc" in m.flags or "wf" in m.flags]
     return pre
 
 
@@ -209,6 +223,11 @@ def _state(pre: Preflight) -> None:
     elif t.elf_class != 2 or t.elf_machine != arch.ELF_MACHINE:
         pre.add("state", REFUSE, f"process {t.pid} ({t.name}) is not a 64-bit x86_64 "
                 "process", "snapcore supports 64-bit x86_64 processes only")
+    elif cgroups.frozen(t.pid):
+        where = cgroups.frozen(t.pid)
+        pre.add("state", REFUSE, f"process {t.pid} ({t.name}) is in a frozen cgroup "
+                f"({where}): it cannot stop for a snapshot until it is thawed",
+                "thaw it first (freezer.state THAWED, or cgroup.freeze 0)")
     else:
         stuck = [tid for tid in t.threads if _safe_state(t.pid, tid) == "D"]
         if stuck:
@@ -227,17 +246,24 @@ def _safe_state(pid: int, tid: int) -> str:
 
 
 def planned_syscalls(threads: int) -> list[tuple[str, str, tuple[int, ...]]]:
-    """Every syscall snapcore injects: (where, name, args), pointers as 0."""
-    calls = [("target", "clone", (childmod.FORK_CLONE_FLAGS, 0, 0, 0, 0)),
-             ("target", "wait4", (0, 0, childmod.REAP_WAIT4_OPTIONS, 0))]
+    """Every syscall snapcore injects: (where, name, args), pointers and pids as 0.
+    The engine checks each again just before it runs, with its real arguments."""
+    calls = [("target", "clone", (fork.INTERMEDIATE_FLAGS, 0, 0, 0, 0)),
+             ("target", "wait4", (0, 0, fork.REAP_OPTIONS, 0)),
+             ("target", "clone", (fork.SNAPSHOT_FLAGS, 0, 0, 0, 0)),
+             ("target", "clone", (fork.SNAPSHOT_FLAGS_ADOPTED, 0, 0, 0, 0))]
     for name, args in childmod.CHILD_SYSCALLS:
         calls.append(("child", name, args))
+    calls.append(("child", "close", (0,)))  # close_range's fallback, kernels before 5.9
     if threads > 1:
         calls.append(("child", "clone", (childmod.CLONE_THREAD_FLAGS, 0, 0, 0, 0)))
     return calls
 
 
-def _seccomp(pre: Preflight, opts: Options) -> None:
+def _seccomp(pre: Preflight, opts: Options, candidates: list[int]) -> None:
+    """Judge every planned syscall at each candidate `syscall` instruction (a
+    filter may look at the instruction pointer) and keep the first address
+    where all would run."""
     t = pre.target
     if t.seccomp == 0:
         pre.add("seccomp", OK, "no seccomp filter")
@@ -254,14 +280,17 @@ def _seccomp(pre: Preflight, opts: Options) -> None:
     try:
         with ptrace.signals_held([signal.SIGCHLD]):
             raw = peek(t.pid, ptrace.seccomp_filters, opts.timeout)
-        filters = [seccomp.parse(r) for r in raw]
-        at = 0x7FFF00000000  # any user address: filters may look at the instruction pointer
-        blocked = []
-        for where, name, args in planned_syscalls(len(t.threads)):
-            data = seccomp.seccomp_data(arch.NR[name], arch.AUDIT_ARCH, at, args)
-            ret = seccomp.verdict(filters, data)
-            if seccomp.action(ret) not in seccomp.HARMLESS:
-                blocked.append(f"{name} in the {where}: {seccomp.describe(ret)}")
+        pre.filters = [seccomp.parse(r) for r in raw]
+        guard = seccomp.Guard(pre.filters, arch.AUDIT_ARCH)
+        blocked: list[str] = []
+        for at in candidates:
+            blocked = [f"{name} in the {where}: {seccomp.describe(ret)}"
+                       for where, name, args in planned_syscalls(len(t.threads))
+                       if seccomp.action(ret := guard.allows(arch.NR[name], args, at))
+                       not in seccomp.HARMLESS]
+            if not blocked:
+                pre.syscall_at = at
+                break
     except (SnapcoreError, seccomp.FilterError) as exc:
         pre.add("seccomp", REFUSE, f"cannot evaluate the seccomp filters of {t.pid}: "
                 f"{exc}", "leave this process alone, or snapshot it with gcore")
@@ -271,8 +300,8 @@ def _seccomp(pre: Preflight, opts: Options) -> None:
                 f"allow {'; '.join(blocked)}", "an injected syscall must never be denied "
                 "or kill the process: it cannot be snapshot safely")
     else:
-        pre.add("seccomp", OK, f"{len(filters)} seccomp filter(s) allow every injected "
-                "syscall")
+        pre.add("seccomp", OK, f"{len(pre.filters)} seccomp filter(s) allow every injected "
+                f"syscall from {pre.syscall_at:#x}")
 
 
 def _dumpable(pre: Preflight) -> None:
@@ -413,10 +442,10 @@ def _memory(pre: Preflight, maps) -> None:
         if need > room:
             problems.append(f"strict overcommit leaves {estimate.human(room)} to commit and "
                             f"fork needs {estimate.human(need)}")
-    cgroup = estimate.cgroup_headroom(t.pid)
+    cgroup = cgroups.memory_headroom(t.pid)
     if cgroup and worst > cgroup[1]:
-        problems.append(f"cgroup {cgroup[0]} has {estimate.human(cgroup[1])} below "
-                        "memory.max")
+        problems.append(f"its cgroup has {estimate.human(cgroup[1])} left below "
+                        f"{cgroup[0]}")
     what = (f"if the target rewrites all its private memory while the child lives, the "
             f"copies cost up to {estimate.human(worst)}")
     if problems:
@@ -428,6 +457,66 @@ def _memory(pre: Preflight, maps) -> None:
     else:
         pre.add("memory", OK, f"copy-on-write worst case {estimate.human(worst)}, "
                 f"{estimate.human(available)} available")
+
+
+def tasks_added(threads: int) -> int:
+    """Most tasks a snapshot adds at once: in the window the intermediate task
+    and the child; then the child and one recreated thread per other thread."""
+    return max(2, threads)
+
+
+def _tasks_of_user(uid: int) -> int:
+    """Tasks (threads included) of real uid `uid`: what RLIMIT_NPROC counts."""
+    count = 0
+    for entry in os.scandir("/proc"):
+        if entry.name.isdigit():
+            try:
+                if _real_uid(entry.name) == uid:
+                    count += len(os.listdir(f"/proc/{entry.name}/task"))
+            except (OSError, StopIteration):
+                continue
+    return count
+
+
+def _real_uid(pid: str) -> int:
+    with open(f"/proc/{pid}/status") as f:
+        return int(next(line for line in f if line.startswith("Uid:")).split()[1])
+
+
+def _nproc_limit(pid: int) -> int | None:
+    with open(f"/proc/{pid}/limits") as f:
+        for line in f:
+            if line.startswith("Max processes"):
+                soft = line.split()[2]
+                return None if soft == "unlimited" else int(soft)
+    return None
+
+
+def _tasks(pre: Preflight) -> None:
+    """The snapshot's tasks count against the target's pids cgroup and its
+    user's RLIMIT_NPROC (kernel/fork.c: copy_process checks both): near either
+    limit, they would make the target's own fork or pthread_create fail."""
+    t = pre.target
+    need = tasks_added(len(t.threads))
+    limits = []
+    cgroup = cgroups.tasks_headroom(t.pid)
+    if cgroup is not None:
+        limits.append((cgroup[0], cgroup[1]))
+    nproc = _nproc_limit(t.pid) if t.uid != 0 else None  # root's user is exempt
+    if nproc is not None:
+        limits.append((f"RLIMIT_NPROC of uid {t.uid} ({nproc})",
+                       nproc - _tasks_of_user(t.uid)))
+    tight = [(what, room) for what, room in limits if room - need < need]
+    if tight:
+        what, room = tight[0]
+        pre.add("tasks", REFUSE, f"the snapshot adds up to {need} tasks and {what} leaves "
+                f"room for {room}: the process's own forks and threads would fail",
+                "raise the limit, or snapshot with --threads main")
+    elif limits:
+        pre.add("tasks", OK, f"the snapshot adds up to {need} tasks; room for "
+                f"{min(room for _, room in limits)}")
+    else:
+        pre.add("tasks", OK, f"the snapshot adds up to {need} tasks; no task limit")
 
 
 def _rate(pre: Preflight, opts: Options) -> None:

@@ -16,6 +16,7 @@ import ctypes
 import errno
 import os
 import signal
+import struct
 import time
 from dataclasses import dataclass
 
@@ -24,7 +25,8 @@ from ptrace.binding.func import ptrace as _raw_ptrace
 from ptrace.binding.linux_struct import user_regs_struct
 
 from . import arch
-from .errors import InternalError, NoSuchProcess, PermissionDenied, StopTimeout
+from .errors import (AlreadyTraced, InternalError, NoSuchProcess, PermissionDenied,
+                     StopTimeout)
 
 PTRACE_CONT = 7
 PTRACE_GETREGS = 12
@@ -40,12 +42,15 @@ PTRACE_INTERRUPT = 0x4207
 PTRACE_GETSIGMASK = 0x420A
 PTRACE_SETSIGMASK = 0x420B
 PTRACE_SECCOMP_GET_FILTER = 0x420C
+PTRACE_GET_RSEQ_CONFIGURATION = 0x420F
 
 O_TRACESYSGOOD = 1
 O_TRACECLONE = 8
+O_TRACEEXEC = 0x10
 O_EXITKILL = 1 << 20
 
 EVENT_CLONE = 3
+EVENT_EXEC = 4
 EVENT_STOP = 128
 
 WALL = 0x40000000  # __WALL: wait for threads and clone children too
@@ -76,8 +81,39 @@ def _call(request: int, tid: int, addr: int = 0, data: int = 0, what: str = "") 
 
 
 def seize(tid: int, options: int = 0) -> None:
-    """Attach without stopping and without any signal the target could see."""
-    _call(PTRACE_SEIZE, tid, 0, options, "seize")
+    """Attach without stopping and without any signal the target could see.
+
+    EPERM from a tracer that may trace anything means someone else traces
+    the thread (another snapcore, gdb, strace): that is "busy", not a
+    missing privilege."""
+    try:
+        _call(PTRACE_SEIZE, tid, 0, options, "seize")
+    except PermissionDenied:
+        tracer = _tracer_of(tid)
+        if tracer:
+            raise AlreadyTraced(f"thread {tid} is already traced by {tracer} "
+                                f"({_comm(tracer)})", "busy: wait until that tracer is "
+                                "done (another snapcore, gdb or strace)", pid=tid) from None
+        raise
+
+
+def _tracer_of(tid: int) -> int:
+    try:
+        with open(f"/proc/{tid}/status") as f:
+            for line in f:
+                if line.startswith("TracerPid:"):
+                    return int(line.split()[1])
+    except OSError:
+        pass
+    return 0
+
+
+def _comm(pid: int) -> str:
+    try:
+        with open(f"/proc/{pid}/comm") as f:
+            return f.read().strip()
+    except OSError:
+        return "?"
 
 
 def interrupt(tid: int) -> None:
@@ -173,6 +209,32 @@ def seccomp_filters(tid: int) -> list[bytes]:
         _call(PTRACE_SECCOMP_GET_FILTER, tid, index, ctypes.addressof(buf), "seccomp filter")
         filters.append(buf.raw)
     return filters
+
+
+@dataclass
+class RseqArea:
+    """Where a thread's registered struct rseq lives (0 when none) and its signature."""
+
+    address: int
+    size: int
+    signature: int
+
+
+def rseq_config(tid: int) -> RseqArea:
+    """PTRACE_GET_RSEQ_CONFIGURATION (Linux 5.13+); an area of 0 when unsupported."""
+    buf = ctypes.create_string_buffer(24)  # struct ptrace_rseq_configuration
+    try:
+        _raw_ptrace(PTRACE_GET_RSEQ_CONFIGURATION, tid, 24, ctypes.addressof(buf))
+    except PtraceError as exc:
+        if exc.errno in (errno.EIO, errno.EINVAL):
+            return RseqArea(0, 0, 0)
+        if exc.errno == errno.ESRCH:
+            raise NoSuchProcess(f"thread {tid} is gone or not stopped (rseq)",
+                                pid=tid) from None
+        raise InternalError(f"ptrace rseq configuration of {tid} failed: "
+                            f"{os.strerror(exc.errno or 0)}", pid=tid) from None
+    address, size, signature = struct.unpack_from("<QII", buf.raw)
+    return RseqArea(address, size, signature)
 
 
 def event_msg(tid: int) -> int:

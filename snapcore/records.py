@@ -58,6 +58,8 @@ def write_sidecar(snap, reason: str = "") -> Path:
         "dump_seconds": round(snap.dump_seconds, 3),
         "core": {"file": snap.core_path.name, "size": snap.core_size,
                  "compressed": snap.core_path.name.endswith(".zst")},
+        "regions_missing": snap.regions_missing,
+        "notes": snap.notes,
         "kernel": platform.release(),
         "hostname": socket.gethostname(),
     }

@@ -41,6 +41,7 @@ def snapshot_dict(snap: Snapshot) -> dict:
         "taken_at": snap.taken_at.isoformat().replace("+00:00", "Z"),
         "core_estimate": snap.core_estimate,
         "notes": snap.notes,
+        "regions_missing": snap.regions_missing,
         "checks": snap.checks,
     }
     if pattern.kind == "pipe":
@@ -80,6 +81,11 @@ def print_snapshot(snap: Snapshot, verbose: bool, console: Console) -> None:
     else:
         grid.add_row("core", f"handed to {snap.core_pattern.handler} by core_pattern: "
                              f"{pipe_lookup(snap)}")
+    for region in snap.regions_missing:
+        what = ("absent (MADV_DONTFORK)" if region["kind"] == "dontfork"
+                else "zeros (MADV_WIPEONFORK)")
+        grid.add_row("not in core", f"{region['start']:#x}-{region['end']:#x} "
+                     f"{region['path']}: {what}".rstrip())
     for check in snap.checks:
         if check["verdict"] != "ok" or verbose:
             grid.add_row(f"check {check['name']}", f"{check['verdict']}: {check['reason']}")

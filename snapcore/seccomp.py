@@ -12,6 +12,9 @@ from __future__ import annotations
 import struct
 from dataclasses import dataclass
 
+from .arch import NR
+from .errors import Unsupported
+
 # Actions (include/uapi/linux/seccomp.h), most restrictive first.
 RET_KILL_PROCESS = 0x80000000
 RET_KILL_THREAD = 0x00000000
@@ -187,3 +190,38 @@ def describe(ret: int) -> str:
     if act == RET_ERRNO:
         return f"ERRNO({ret & 0xFFFF})"
     return name
+
+
+class Guard:
+    """Checks each injected syscall against the target's filters just before it
+    runs, with the instruction address and arguments it really has (a filter
+    may look at both).  The snapshot child and the intermediate task inherit
+    the target's filters, so their calls are checked the same way."""
+
+    def __init__(self, filters: list[Program], audit_arch: int):
+        self.filters = filters
+        self.audit_arch = audit_arch
+
+    def allows(self, nr: int, args: tuple[int, ...], at: int) -> int:
+        """The filters' verdict (an action in HARMLESS means it runs)."""
+        if not self.filters:
+            return RET_ALLOW
+        return verdict(self.filters, seccomp_data(nr, self.audit_arch, at, args))
+
+    def __call__(self, nr: int, args: tuple[int, ...], at: int) -> None:
+        ret = self.allows(nr, args, at)
+        if action(ret) not in HARMLESS:
+            raise Denied(nr, ret)
+
+
+class Denied(Unsupported):
+    """An injected syscall that the target's filters would not let run: it is
+    never injected."""
+
+    def __init__(self, nr: int, ret: int):
+        name = next((n for n, v in NR.items() if v == nr), str(nr))
+        super().__init__(f"the seccomp filters of the process would answer "
+                         f"{describe(ret)} to the injected {name}",
+                         "it cannot be snapshot safely; nothing was injected", stage="inject")
+        self.nr = nr
+        self.ret = ret

@@ -15,14 +15,14 @@ from dataclasses import dataclass, field, replace
 from datetime import datetime, timezone
 from pathlib import Path
 
-from . import arch, child as childmod, corefile, interrupts, preflight, ptrace, records
+from . import arch, child as childmod, corefile, fork as forkmod, interrupts, preflight
+from . import ptrace, records, seccomp
 from .compress import compress
-from .errors import (CoreNotWritten, InternalError, NoSuchProcess, SnapcoreError,
-                     StopTimeout, Unsupported)
-from .inject import run_in_target
+from .errors import CoreNotWritten, NoSuchProcess, SnapcoreError, StopTimeout, Unsupported
+from .inject import TargetReplaced, run_in_target
 from .ratelimit import RateLimiter, key_for
-from .target import (Target, find_syscall_instruction, ns_tid, reading, start_time,
-                     thread_name)
+from .target import (Target, adopts_orphans, is_syscall_instruction, mm_fingerprint, ns_tid,
+                     reading, start_time, thread_name)
 
 @dataclass
 class Snapshot:
@@ -42,6 +42,9 @@ class Snapshot:
     escalated_after: float | None = None  # seconds into a stalled dump, if raised
     sidecar_path: Path | None = None  # the record beside the core
     core_estimate: int = 0  # what the preflight expected the core to weigh
+    # MADV_DONTFORK regions (absent from the child, so from the core) and
+    # MADV_WIPEONFORK ones (zeros in the core): {"start", "end", "kind"}
+    regions_missing: list[dict] = field(default_factory=list)
 
     @property
     def pause_ms(self) -> float:
@@ -75,22 +78,20 @@ def take(pid: int, opts: preflight.Options, *, threads: str = "all",
     if refusals:
         raise preflight.Refused(refusals[0], pid)
     target = pre.target
-    pattern = corefile.read_core_pattern()
     output_dir = corefile.prepare_output_dir(opts.output_dir)
     limiter = RateLimiter(output_dir, opts.max_per_hour, opts.clock)
     key = key_for(target.exe, pid)
     with limiter.exclusive(key, pid):
-        with reading(pid, "preflight"):
-            at = find_syscall_instruction(pid)
         root = corefile.target_root(pid)
+        corefile.remove_stale_staging(corefile.staging_bases(output_dir, root))
         staging = (corefile.make_staging_dir(output_dir, target.uid, target.gid, root)
-                   if pattern.kind == "relative" else None)
+                   if pre.core_pattern.kind == "relative" else None)
         try:
             with ptrace.signals_held([signal.SIGCHLD]):
                 limits = replace(limits or DumpLimits(), expected=pre.core_estimate)
-                snap = _take(target, pattern, output_dir, staging, at, threads == "all",
-                             opts.timeout, allow_undumpable="dumpable" in force,
-                             dump_limits=limits, root=root)
+                snap = _take(pre, output_dir, staging, threads == "all", opts.timeout,
+                             allow_undumpable="dumpable" in force, dump_limits=limits,
+                             root=root)
         except SnapcoreError as exc:
             exc.pid = exc.pid if exc.pid is not None else pid
             raise
@@ -100,95 +101,97 @@ def take(pid: int, opts: preflight.Options, *, threads: str = "all",
         limiter.record(key)
     snap.checks = pre.as_dicts()
     snap.core_estimate = pre.core_estimate
+    snap.regions_missing = pre.regions_missing
     if snap.core_path is not None:
+        # The record first: a core without one is invisible to list and prune.
+        snap.sidecar_path = records.write_sidecar(snap, reason)
         if compressed:
             snap.core_path = compress(snap.core_path)
             snap.core_size = snap.core_path.stat().st_size
-        snap.sidecar_path = records.write_sidecar(snap, reason)
+            snap.sidecar_path = records.write_sidecar(snap, reason)
     return snap
 
 
-def _take(target: Target, pattern: corefile.CorePattern, output_dir: Path,
-          staging: Path | None, at: int, all_threads: bool, stop_timeout: float, *,
-          allow_undumpable: bool, dump_limits: DumpLimits, root: str) -> Snapshot:
-    pid = target.pid
-
+def _take(pre: preflight.Preflight, output_dir: Path, staging: Path | None,
+          all_threads: bool, stop_timeout: float, *, allow_undumpable: bool,
+          dump_limits: DumpLimits, root: str) -> Snapshot:
+    pid = pre.target.pid
     # Pin the identity before the window: a pidfd opened now refers to this
     # process for good, and the start time says the pid was not reused since
     # preflight.  Inside the window one pidfd_send_signal(0) tells it is alive.
     with reading(pid, "preflight"):
         pidfd = os.pidfd_open(pid)
     try:
-        if start_time(pid) != target.start_time:
+        if start_time(pid) != pre.target.start_time:
             raise NoSuchProcess(f"process {pid} exited and its pid was reused",
                                 "check the pid again", pid=pid, stage="preflight")
-        return _fork_and_dump(target, pattern, output_dir, staging, at, all_threads,
-                              stop_timeout, allow_undumpable, dump_limits, pidfd, root)
+        return _fork_and_dump(pre, output_dir, staging, all_threads, stop_timeout,
+                              allow_undumpable, dump_limits, pidfd, root)
     finally:
         os.close(pidfd)
 
 
-def _fork_and_dump(target: Target, pattern: corefile.CorePattern, output_dir: Path,
-                   staging: Path | None, at: int, all_threads: bool, stop_timeout: float,
-                   allow_undumpable: bool, dump_limits: DumpLimits, pidfd: int,
-                   root: str) -> Snapshot:
-    pid = target.pid
+def identity_check(pre: preflight.Preflight, pidfd: int, stage: str):
+    """What every stop of the target checks once its threads are held: the
+    same process (pidfd), still 64-bit, the same program (no exec since the
+    preflight: the same memory layout), `syscall` still at the address the
+    seccomp filters were judged at."""
+    target, at = pre.target, pre.syscall_at
 
-    def same_process(tid: int) -> None:
+    def check(tid: int) -> None:
         try:
             signal.pidfd_send_signal(pidfd, 0)
         except ProcessLookupError:
-            raise NoSuchProcess(f"process {pid} exited", "nothing to snapshot", pid=pid,
-                                stage="capture") from None
+            raise NoSuchProcess(f"process {target.pid} exited", "nothing to snapshot",
+                                pid=target.pid, stage=stage) from None
         if ptrace.regs_size(tid) != arch.REGS_SIZE:
-            raise Unsupported(f"process {pid} ({target.name}) is not a 64-bit process",
-                              "snapcore supports 64-bit x86_64 processes only",
-                              pid=pid, stage="capture")
+            raise Unsupported(f"process {target.pid} ({target.name}) is not a 64-bit "
+                              "process", "snapcore supports 64-bit x86_64 processes only",
+                              pid=target.pid, stage=stage)
+        try:
+            same = mm_fingerprint(target.pid) == pre.fingerprint
+        except OSError:
+            same = False
+        if not same or not is_syscall_instruction(target.pid, at):
+            raise TargetReplaced(f"process {target.pid} exec'd a new program since it "
+                                 "was checked", "nothing was done to it; try again",
+                                 pid=target.pid, stage=stage)
+    return check
 
+
+def _fork_and_dump(pre: preflight.Preflight, output_dir: Path, staging: Path | None,
+                   all_threads: bool, stop_timeout: float, allow_undumpable: bool,
+                   dump_limits: DumpLimits, pidfd: int, root: str) -> Snapshot:
+    target, pattern, at = pre.target, pre.core_pattern, pre.syscall_at
+    pid = target.pid
+    guard = seccomp.Guard(pre.filters, arch.AUDIT_ARCH)
+    adopted = adopts_orphans(pid)
     taken_at = datetime.now(timezone.utc)
-    events: list[tuple[int, int]] = []
-    try:
-        fork = run_in_target(pid, at, arch.NR["clone"], childmod.FORK_CLONE_FLAGS, 0, 0, 0,
-                             0, timeout=stop_timeout, check=same_process, with_xstate=True,
-                             threads=target.threads if all_threads else None,
-                             main_runs=target.seccomp != 0, events=events)
-    except BaseException:
-        # The window failed after the clone: the child must not outlive us.
-        for event, child_pid in events:
-            if event == ptrace.EVENT_CLONE:
-                with interrupts.cleanup():
-                    _discard(pid, at, childmod.Child(child_pid), None, stop_timeout)
-        raise
-    if fork.result < 0:
-        raise InternalError(f"clone in process {pid} failed: {os.strerror(-fork.result)}",
-                            "the target was restored and is running", pid=pid,
-                            stage="fork")
-    child_ns_pid = fork.result  # the pid the target knows it by (its namespace)
-    clone_events = [msg for event, msg in fork.events if event == ptrace.EVENT_CLONE]
-    if not clone_events:
-        raise InternalError("clone ran but reported no child", pid=pid, stage="fork")
-    kid = childmod.Child(clone_events[0])
-    kid.ns_tids[kid.pid] = child_ns_pid
+    forked = forkmod.fork(pid, at, threads=target.threads if all_threads else None,
+                          timeout=stop_timeout, check=identity_check(pre, pidfd, "capture"),
+                          adopted=adopted, guard=guard, main_only=target.seccomp != 0)
+    kid = childmod.Child(forked.child, guard=guard, notes=list(forked.notes))
+    kid.ns_tids[kid.pid] = forked.child_ns_pid
     since = time.time()
     where = None if pattern.kind == "pipe" else corefile.expand(
         pattern, pid=kid.pid, uid=target.uid, gid=target.gid, comm=target.name,
-        exe=target.exe, soft_limit=target.core_hard, ns_pid=child_ns_pid)
+        exe=target.exe, soft_limit=target.core_hard, ns_pid=forked.child_ns_pid)
     if where is not None and pattern.kind == "absolute" and root:
         where = glob.escape(root) + where  # written in the target's view of the files
     watchdog = childmod.Watchdog(lambda: corefile.bytes_written(where, staging),
                                  dump_limits.stall_timeout, dump_limits.max_dump_time,
                                  progress=dump_limits.progress,
                                  expected=dump_limits.expected)
-    reap_result, reap_pause = None, 0.0
+    reap_pause = 0.0
     try:
-        deadline = time.monotonic() + 30 + 0.01 * len(fork.others)
+        deadline = time.monotonic() + 30 + 0.01 * len(forked.others)
         childmod.prepare(kid, at, core_hard=target.core_hard,
                          staging=corefile.as_seen_by_target(staging, root) if staging
                          else None, name=target.name,
                          allow_undumpable=allow_undumpable, deadline=deadline)
-        childmod.resurrect(kid, at, fork.others, deadline)
+        childmod.resurrect(kid, at, forked.others, deadline)
         childmod.lower_priority(kid, at, deadline)
-        ended, dump_seconds = childmod.dump(kid, fork.runner, watchdog)
+        ended, dump_seconds = childmod.dump(kid, forked.runner, watchdog)
     except NoSuchProcess as exc:
         # Only the child is touched in this phase: it was killed from outside.
         raise CoreNotWritten(f"the snapshot child ended before its dump ({exc.message})",
@@ -196,20 +199,19 @@ def _fork_and_dump(target: Target, pattern: corefile.CorePattern, output_dir: Pa
                              stage="child") from None
     finally:
         with interrupts.cleanup():
-            reap_result, reap_pause = _discard(pid, at, kid, child_ns_pid, stop_timeout)
-    snap = Snapshot(target=target, core_path=None, core_size=0, pause=fork.timings,
+            childmod.kill(kid)  # a no-op when it already ended
+            if adopted:
+                reap_pause = _reap_adopted(pre, pidfd, forked.child_ns_pid, guard,
+                                           stop_timeout, kid.notes)
+    snap = Snapshot(target=target, core_path=None, core_size=0, pause=forked.timings,
                     reap_pause=reap_pause, dump_seconds=dump_seconds,
                     threads=len(kid.threads), thread_map=_thread_map(pid, kid),
                     child_pid=kid.pid, core_pattern=pattern, taken_at=taken_at,
                     notes=kid.notes, escalated_after=watchdog.escalated_after)
-    if reap_result is None:
-        snap.notes.append("the target exited during the snapshot")
-    elif reap_result not in (child_ns_pid, -10):  # -ECHILD: the target reaped it itself
-        snap.notes.append(f"wait4 in the target returned {reap_result}")
     if pattern.kind == "pipe":
         # The handler has whatever the kernel sent it; nothing to find here.
         if not ended.core_dumped:
-            snap.notes.append(_why_no_core(target, ended, pattern, None))
+            snap.notes.append(_why_no_core(target, ended, pattern, None, kid))
         return snap
     if watchdog.timed_out:
         raise CoreNotWritten(f"the dump took longer than --max-dump-time "
@@ -217,53 +219,62 @@ def _fork_and_dump(target: Target, pattern: corefile.CorePattern, output_dir: Pa
                              "snapshot when the machine is less busy, or raise "
                              "--max-dump-time", pid=pid, stage="dump")
     if not ended.core_dumped:
-        raise CoreNotWritten(_why_no_core(target, ended, pattern, staging), pid=pid,
+        raise CoreNotWritten(_why_no_core(target, ended, pattern, staging, kid), pid=pid,
                              stage="dump")
-    found = corefile.find_core(where, staging, since)
-    if found is None:
+    core = corefile.open_core(where, staging, since, {target.uid, target.euid})
+    if core is None:
         raise CoreNotWritten(f"the kernel reported a core but none was found for "
                              f"core_pattern {pattern.pattern!r}",
                              "check core_pattern and the target's working directory",
                              pid=pid, stage="core")
-    # The notes name the child's threads as its pid namespace sees them;
-    # write the target's own ids (in that namespace too) in their place.
-    notes = corefile.check_core(found, child_ns_pid)
-    renames = {kid.ns_tids[c]: ns_tid(pid, t) for c, t in kid.threads.items()}
-    corefile.rename_threads(found, notes, renames, ns_tid(pid, pid))
-    snap.core_path = corefile.store(found, output_dir,
-                                    corefile.core_name(target.name, pid, taken_at))
+    try:
+        # The notes name the child's threads as its pid namespace sees them;
+        # write the target's own ids (in that namespace too) in their place.
+        notes = corefile.check_core(core, forked.child_ns_pid)
+        renames = {kid.ns_tids[c]: ns_tid(pid, t) for c, t in kid.threads.items()}
+        corefile.rename_threads(core, notes, renames, ns_tid(pid, pid))
+        snap.core_path = corefile.store(core, output_dir,
+                                        corefile.core_name(target.name, pid, taken_at))
+    finally:
+        core.close()
     snap.core_size = snap.core_path.stat().st_size
     return snap
 
 
-def _discard(pid: int, at: int, kid: childmod.Child, ns_pid: int | None,
-             stop_timeout: float) -> tuple[int | None, float]:
-    """Make sure the child is dead, then reap it from inside the target, so the
-    target is left with no child it did not ask for.  Returns wait4's result
-    (None when the target is gone) and the pause the reaping cost.
-
-    A thread of the target may be in uninterruptible sleep just then: the
-    reap is tried again before giving up.
-    """
-    if ns_pid is None:  # the clone's return value was never seen: ask /proc
-        ns_pid = ns_tid(kid.pid, kid.pid)
-    childmod.kill(kid)  # a no-op when it already ended
+def _reap_adopted(pre: preflight.Preflight, pidfd: int, ns_pid: int, guard,
+                  stop_timeout: float, notes: list[str]) -> float:
+    """Reap a child made with CLONE_PARENT (see fork.py) from inside the
+    target: the one case where snapcore stops the target a second time.  The
+    same identity checks as the first window: a target that exec'd, exited,
+    is stopped or traced by someone else meanwhile is left alone, and the
+    child stays a zombie that only __WALL waits can see."""
+    pid = pre.target.pid
     for attempt in range(3):
         try:
-            reap = run_in_target(pid, at, arch.NR["wait4"], ns_pid, 0,
-                                 childmod.REAP_WAIT4_OPTIONS, 0, timeout=stop_timeout)
-            return reap.result, reap.timings["pause"]
+            result, pause = run_in_target(pid, pre.syscall_at, arch.NR["wait4"], ns_pid, 0,
+                                          forkmod.REAP_OPTIONS, 0, timeout=stop_timeout,
+                                          check=identity_check(pre, pidfd, "reap"),
+                                          guard=guard)
+        except TargetReplaced as exc:
+            notes.append(f"the snapshot child {ns_pid} was not reaped: {exc.message}; it "
+                         "stays a zombie that only __WALL waits see")
+            return 0.0
         except NoSuchProcess:
-            return None, 0.0  # the target exited: its orphaned child went to init
+            return 0.0  # the target is gone, and its namespace with the child
         except StopTimeout:
-            if attempt == 2:
-                raise StopTimeout(f"could not reap the snapshot child {kid.pid}: the target "
-                                  "did not stop", "it stays a zombie of the target until "
-                                  "the target exits; nothing else is affected", pid=pid,
-                                  stage="reap") from None
-    return None, 0.0
-
-
+            if attempt < 2:
+                continue
+            notes.append(f"the snapshot child {ns_pid} was not reaped: the target did not "
+                         "stop; it stays a zombie that only __WALL waits see")
+            return 0.0
+        except SnapcoreError as exc:
+            notes.append(f"the snapshot child {ns_pid} was not reaped ({exc.message}); it "
+                         "stays a zombie that only __WALL waits see")
+            return 0.0
+        if result != ns_pid:
+            notes.append(f"wait4 in the target for the snapshot child returned {result}")
+        return pause
+    return 0.0
 def _thread_map(pid: int, kid: childmod.Child) -> list[dict]:
     """Target thread id, its name, and the LWP the core names it by (its own id
     in its pid namespace, once the notes are rewritten), in the core's order."""

@@ -179,12 +179,14 @@ def _is_kernel_thread(pid: int) -> bool:
     return bool(int(_stat_fields(f"/proc/{pid}/stat")[6]) & 0x00200000)
 
 
-def find_syscall_instruction(pid: int) -> int:
-    """Address of a `syscall` instruction in the target's vDSO (or libc).
+def syscall_instructions(pid: int) -> list[int]:
+    """Addresses of a `syscall` instruction in the target's vDSO, then in its
+    libc: the first of each executable mapping, best first.
 
     snapcore never writes into the target's code: other threads may run it,
     and if snapcore died mid-way the target would run garbage.  The vDSO's
-    clock_gettime fallbacks contain `syscall` on x86_64.
+    clock_gettime fallbacks contain `syscall` on x86_64.  More than one is
+    offered because a seccomp filter may judge by the instruction address.
     """
     maps = []
     with open(f"/proc/{pid}/maps") as f:
@@ -195,6 +197,7 @@ def find_syscall_instruction(pid: int) -> int:
             maps.append((start, end, parts[1], path))
     candidates = [m for m in maps if m[3] == "[vdso]"]
     candidates += [m for m in maps if "x" in m[2] and "/libc" in m[3]]
+    found = []
     with open(f"/proc/{pid}/mem", "rb", buffering=0) as mem:
         for start, end, _perms, _path in candidates:
             try:
@@ -206,10 +209,41 @@ def find_syscall_instruction(pid: int) -> int:
                 continue
             at = code.find(arch.SYSCALL_INSN)
             if at >= 0:
-                return start + at
+                found.append(start + at)
+    if found:
+        return found
     if gone(pid):
         raise NoSuchProcess(f"process {pid} exited", "nothing to snapshot", pid=pid,
                             stage="preflight")
     raise Unsupported(f"no syscall instruction found in process {pid}'s vDSO or libc",
                       "snapcore needs a vDSO or a dynamically linked libc", pid=pid,
                       stage="preflight")
+
+
+def find_syscall_instruction(pid: int) -> int:
+    return syscall_instructions(pid)[0]
+
+
+def is_syscall_instruction(pid: int, at: int) -> bool:
+    """Whether `at` still holds `syscall` in the target (checked at each use)."""
+    try:
+        with open(f"/proc/{pid}/mem", "rb", buffering=0) as mem:
+            mem.seek(at)
+            return mem.read(len(arch.SYSCALL_INSN)) == arch.SYSCALL_INSN
+    except OSError:
+        return False
+
+
+def mm_fingerprint(pid: int) -> tuple[int, ...]:
+    """Where the kernel laid out the target's program: code, stack, data, heap,
+    arguments and environment (stat fields 26-28 and 45-51).  exec builds a
+    new layout (randomized), so a change means the program was replaced."""
+    fields = _stat_fields(f"/proc/{pid}/stat")
+    return tuple(int(fields[i]) for i in (23, 24, 25, 42, 43, 44, 45, 46, 47, 48))
+
+
+def adopts_orphans(pid: int) -> bool:
+    """True for the init of a pid namespace (a container's entrypoint): the
+    kernel hands it every orphan of its namespace (kernel/exit.c:
+    find_child_reaper)."""
+    return ns_tid(pid, pid) == 1

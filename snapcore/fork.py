@@ -1,0 +1,183 @@
+"""The one stop window: hold the target, make the copy-on-write child, let go.
+
+Inside one window, with every target thread held in a plain interrupt stop:
+
+1. One thread (the runner) runs an injected clone(CLONE_VM|CLONE_FS|
+   CLONE_FILES) with exit signal 0: an intermediate task sharing the target's
+   memory.  No page tables are copied, so this takes microseconds, and only
+   then does the runner carry injected registers (and PTRACE_O_EXITKILL).
+   The runner is parked again with its own registers at once.
+2. The intermediate task, never running a single instruction of the target's
+   code, runs the real fork: the snapshot child, a copy-on-write image of the
+   target as it is held.  This is the page-table copy, the cost of fork().
+3. The intermediate task is killed, and reaped by a wait4 injected into the
+   runner, still inside the window.  The snapshot child is now an orphan:
+   init (or the nearest child subreaper above the target) adopts it, and the
+   target never sees it again.  Nothing after the window touches the target.
+
+A target that adopts orphans itself (the init of its pid namespace: a
+container whose entrypoint is the program) would get the orphan and its
+SIGCHLD.  There the child is made with CLONE_PARENT instead: it becomes the
+target's own child with exit signal 0 (CLONE_PARENT takes the exit signal
+of the intermediate task, kernel/fork.c: copy_process), which no ordinary
+wait() or SIGCHLD ever shows, and is reaped after the dump (snapshot.py).
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+from dataclasses import dataclass
+
+from . import arch, interrupts, ptrace, rseq
+from .errors import InternalError, NoSuchProcess
+from .inject import HeldThread, Window, syscall, wait_for_interrupt_stop
+
+CLONE_VM = 0x100
+CLONE_FS = 0x200
+CLONE_FILES = 0x400
+CLONE_PARENT = 0x8000
+# Shares memory, files and cwd with the target: nothing is copied, and no
+# descriptor of the target is held open by a copy.  Exit signal 0 (low byte).
+INTERMEDIATE_FLAGS = CLONE_VM | CLONE_FS | CLONE_FILES
+# The snapshot child: a plain fork with exit signal 0.
+SNAPSHOT_FLAGS = 0
+SNAPSHOT_FLAGS_ADOPTED = CLONE_PARENT
+# wait4 options for reaping from inside the target: never blocks it, and
+# __WALL sees children whose exit signal is not SIGCHLD.
+REAP_OPTIONS = ptrace.WALL | os.WNOHANG
+
+
+@dataclass
+class Forked:
+    child: int  # the snapshot child, in snapcore's pid namespace
+    child_ns_pid: int  # the same, as the target's pid namespace names it
+    runner: HeldThread  # the thread whose state the child carries
+    others: list[HeldThread]  # the other threads held, with their state
+    timings: dict  # seconds: capture, syscall (the fork), release, pause
+    notes: list[str]
+
+
+def clone_child(events: list[tuple[int, int]]) -> int | None:
+    born = [msg for event, msg in events if event == ptrace.EVENT_CLONE]
+    return born[0] if born else None
+
+
+def choose_runner(window: Window, main_only: bool) -> HeldThread:
+    """The thread that runs the injected calls: the main thread when it sits in
+    a syscall (or must: `main_only`), else one that does, else the main thread;
+    never one inside an rseq critical section when another will do."""
+    main = window.main
+    others = [t for t in window.held.values() if t is not main]
+    if main_only:
+        candidates = [main]
+    else:
+        candidates = ([main] if main.in_syscall else []) + \
+            [t for t in others if t.in_syscall] + [main] + \
+            [t for t in others if not t.in_syscall]
+    for thread in candidates:
+        if rseq.abort_ip(thread.tid, getattr(thread.regs, arch.REG_IP)) is None:
+            return thread
+    thread = candidates[0]
+    rseq.move_to_abort(thread.tid, thread.regs,
+                       rseq.abort_ip(thread.tid, getattr(thread.regs, arch.REG_IP)))
+    return thread
+
+
+def fork(pid: int, at: int, *, threads: list[int] | None, timeout: float, check,
+         adopted: bool, guard, main_only: bool) -> Forked:
+    """Make the snapshot child in one stop window of the target (see above)."""
+    made: dict[str, tuple[int, int]] = {}  # what exists so far: name -> (tid, ns pid)
+    with Window(pid, threads=threads, timeout=timeout, with_xstate=True,
+                check=check) as window:
+        runner = choose_runner(window, main_only)
+        notes: list[str] = []
+        try:
+            _make_child(window, runner, at, adopted, guard, made, notes)
+        except BaseException:
+            with interrupts.cleanup():
+                _undo(window, runner, at, made, adopted)
+            raise
+    child, child_ns_pid = made["child"]
+    others = [t for t in window.held.values() if t is not runner]
+    return Forked(child, child_ns_pid, runner, others, window.timings, notes)
+
+
+def _make_child(window: Window, runner: HeldThread, at: int, adopted: bool, guard,
+                made: dict, notes: list[str]) -> None:
+    deadline = window.deadline
+    result, events = runner.inject(at, arch.NR["clone"], INTERMEDIATE_FLAGS, 0, 0, 0, 0,
+                                   deadline=deadline, guard=guard)
+    middle = clone_child(events)
+    if middle is not None:
+        made["intermediate"] = (middle, result)
+    if result < 0 or middle is None:
+        raise InternalError(f"clone in process {window.pid} failed: "
+                            f"{os.strerror(-result) if result < 0 else 'no child'}",
+                            "the target was restored and is running", pid=window.pid,
+                            stage="fork")
+    wait_for_interrupt_stop(middle, deadline)  # auto-attached: starts in an event stop
+    flags = SNAPSHOT_FLAGS_ADOPTED if adopted else SNAPSHOT_FLAGS
+    result, events = syscall(middle, ptrace.get_regs(middle), at, arch.NR["clone"], flags,
+                             0, 0, 0, 0, deadline=deadline, guard=guard)
+    child = clone_child(events)
+    if child is not None:
+        made["child"] = (child, result)
+    if result < 0 or child is None:
+        raise InternalError(f"fork in process {window.pid} failed: "
+                            f"{os.strerror(-result) if result < 0 else 'no child'}",
+                            "the target was restored and is running", pid=window.pid,
+                            stage="fork")
+    reaped = _end(made.pop("intermediate"), runner, at, deadline)
+    if reaped is not None:
+        notes.append(reaped)
+
+
+def _end(task: tuple[int, int], runner: HeldThread, at: int, deadline: float) -> str | None:
+    """Kill a task the target is the parent of, collect it as its tracer, and
+    reap it from inside the target (wait4 in the runner).  Returns what went
+    wrong, or None."""
+    tid, ns_pid = task
+    _kill_and_collect(tid, deadline)
+    result, _ = runner.inject(at, arch.NR["wait4"], ns_pid, 0, REAP_OPTIONS, 0,
+                              deadline=deadline)
+    if result == ns_pid:
+        return None
+    return f"wait4 in the target for task {ns_pid} returned {result}"
+
+
+def _kill_and_collect(tid: int, deadline: float) -> None:
+    """SIGKILL one tracee (its own thread group: the target is not touched)
+    and wait for its end, so its parent can reap it."""
+    try:
+        os.kill(tid, signal.SIGKILL)
+    except ProcessLookupError:
+        return
+    while True:
+        try:
+            stop = ptrace.wait(tid, deadline)
+        except NoSuchProcess:
+            return
+        if stop.kind in ("exited", "killed"):
+            return
+
+
+def _undo(window: Window, runner: HeldThread, at: int, made: dict, adopted: bool) -> None:
+    """The window failed after a clone: nothing made may outlive it.
+
+    The snapshot child goes first (as a child of the intermediate task it dies
+    silently, exit signal 0); then the intermediate task, reaped in the
+    target; an adopted child, the target's own, is reaped there too.
+    """
+    order = ["child", "intermediate"]
+    for name in order:
+        if name not in made:
+            continue
+        tid, ns_pid = made.pop(name)
+        try:
+            if name == "intermediate" or adopted:
+                _end((tid, ns_pid), runner, at, window.deadline + 5)
+            else:
+                _kill_and_collect(tid, window.deadline + 5)
+        except Exception:  # the target itself may be gone: nothing left to reap in
+            pass
