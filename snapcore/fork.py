@@ -16,7 +16,8 @@ Inside one window, with every target thread held in a plain interrupt stop:
    target never sees it again.  Nothing after the window touches the target.
 
 A target that adopts orphans itself (the init of its pid namespace: a
-container whose entrypoint is the program) would get the orphan and its
+container whose entrypoint is the program; or a child subreaper, asked with
+PR_GET_CHILD_SUBREAPER inside the window) would get the orphan and its
 SIGCHLD.  There the child is made with CLONE_PARENT instead: it becomes the
 target's own child with exit signal 0 (CLONE_PARENT takes the exit signal
 of the intermediate task, kernel/fork.c: copy_process), which no ordinary
@@ -43,6 +44,10 @@ INTERMEDIATE_FLAGS = CLONE_VM | CLONE_FS | CLONE_FILES
 # The snapshot child: a plain fork with exit signal 0.
 SNAPSHOT_FLAGS = 0
 SNAPSHOT_FLAGS_ADOPTED = CLONE_PARENT
+PR_GET_CHILD_SUBREAPER = 37
+PAGE = 4096
+PROT_READ_WRITE = 0x3
+MAP_PRIVATE_ANONYMOUS = 0x22
 # wait4 options for reaping from inside the target: never blocks it, and
 # __WALL sees children whose exit signal is not SIGCHLD.
 REAP_OPTIONS = ptrace.WALL | os.WNOHANG
@@ -56,6 +61,7 @@ class Forked:
     others: list[HeldThread]  # the other threads held, with their state
     timings: dict  # seconds: capture, syscall (the fork), release, pause
     notes: list[str]
+    adopted: bool  # made with CLONE_PARENT: the target's child, to reap after the dump
 
 
 def clone_child(events: list[tuple[int, int]]) -> int | None:
@@ -93,18 +99,19 @@ def fork(pid: int, at: int, *, threads: list[int] | None, timeout: float, check,
         runner = choose_runner(window, main_only)
         notes: list[str] = []
         try:
-            _make_child(window, runner, at, adopted, guard, made, notes)
+            adopted = _make_child(window, runner, at, adopted, guard, made, notes)
         except BaseException:
             with interrupts.cleanup():
-                _undo(window, runner, at, made, adopted)
+                _undo(window, runner, at, made, made.get("adopted", adopted))
             raise
     child, child_ns_pid = made["child"]
     others = [t for t in window.held.values() if t is not runner]
-    return Forked(child, child_ns_pid, runner, others, window.timings, notes)
+    return Forked(child, child_ns_pid, runner, others, window.timings, notes, adopted)
 
 
 def _make_child(window: Window, runner: HeldThread, at: int, adopted: bool, guard,
-                made: dict, notes: list[str]) -> None:
+                made: dict, notes: list[str]) -> bool:
+    """Returns whether the child was made as the target's own (CLONE_PARENT)."""
     deadline = window.deadline
     result, events = runner.inject(at, arch.NR["clone"], INTERMEDIATE_FLAGS, 0, 0, 0, 0,
                                    deadline=deadline, guard=guard)
@@ -117,6 +124,8 @@ def _make_child(window: Window, runner: HeldThread, at: int, adopted: bool, guar
                             "the target was restored and is running", pid=window.pid,
                             stage="fork")
     wait_for_interrupt_stop(middle, deadline)  # auto-attached: starts in an event stop
+    adopted = adopted or (_is_subreaper(runner, middle, at, deadline, guard))
+    made["adopted"] = adopted
     flags = SNAPSHOT_FLAGS_ADOPTED if adopted else SNAPSHOT_FLAGS
     result, events = syscall(middle, ptrace.get_regs(middle), at, arch.NR["clone"], flags,
                              0, 0, 0, 0, deadline=deadline, guard=guard)
@@ -131,6 +140,31 @@ def _make_child(window: Window, runner: HeldThread, at: int, adopted: bool, guar
     reaped = _end(made.pop("intermediate"), runner, at, deadline)
     if reaped is not None:
         notes.append(reaped)
+    return adopted
+
+
+def _is_subreaper(runner: HeldThread, middle: int, at: int, deadline: float,
+                  guard) -> bool:
+    """PR_GET_CHILD_SUBREAPER of the target, which /proc does not show.  The
+    answer needs a few writable bytes in the target's memory: the intermediate
+    task (which shares it) maps a fresh page for it and unmaps it after, so
+    none of the target's own memory is written."""
+    base = ptrace.get_regs(middle)
+    page, _ = syscall(middle, base, at, arch.NR["mmap"], 0, PAGE, PROT_READ_WRITE,
+                      MAP_PRIVATE_ANONYMOUS, -1, 0, deadline=deadline, guard=guard)
+    if page < 0:
+        raise InternalError(f"mmap in the intermediate task failed: {os.strerror(-page)}",
+                            stage="fork")
+    try:
+        ret, _ = runner.inject(at, arch.NR["prctl"], PR_GET_CHILD_SUBREAPER, page,
+                               deadline=deadline, guard=guard)
+        with open(f"/proc/{middle}/mem", "rb", buffering=0) as mem:
+            mem.seek(page)
+            value = int.from_bytes(mem.read(4), "little")
+    finally:
+        syscall(middle, base, at, arch.NR["munmap"], page, PAGE, deadline=deadline,
+                guard=guard)
+    return ret == 0 and value != 0
 
 
 def _end(task: tuple[int, int], runner: HeldThread, at: int, deadline: float) -> str | None:
@@ -169,11 +203,11 @@ def _undo(window: Window, runner: HeldThread, at: int, made: dict, adopted: bool
     silently, exit signal 0); then the intermediate task, reaped in the
     target; an adopted child, the target's own, is reaped there too.
     """
-    order = ["child", "intermediate"]
-    for name in order:
+    for name in ("child", "intermediate"):
         if name not in made:
             continue
-        tid, ns_pid = made.pop(name)
+        tid, ns_pid = made[name]
+        del made[name]
         try:
             if name == "intermediate" or adopted:
                 _end((tid, ns_pid), runner, at, window.deadline + 5)

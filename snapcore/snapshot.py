@@ -200,7 +200,7 @@ def _fork_and_dump(pre: preflight.Preflight, output_dir: Path, staging: Path | N
     finally:
         with interrupts.cleanup():
             childmod.kill(kid)  # a no-op when it already ended
-            if adopted:
+            if forked.adopted:
                 reap_pause = _reap_adopted(pre, pidfd, forked.child_ns_pid, guard,
                                            stop_timeout, kid.notes)
     snap = Snapshot(target=target, core_path=None, core_size=0, pause=forked.timings,

@@ -15,6 +15,8 @@
  *   seccomp-no-fork     clone without CLONE_THREAD kills the process, then like sleep
  *   seccomp-strict      strict mode; echoes "got" on stdout per byte read on stdin
  *   nodump  PR_SET_DUMPABLE 0, then like sleep
+ *   subreaper  PR_SET_CHILD_SUBREAPER (orphans below it become its children,
+ *           and their end its SIGCHLD), then like sleep
  *   vfork   vfork()s a child that sleeps 3 s: meanwhile the main thread is in
  *           uninterruptible sleep (D); then reaps it and behaves like sleep
  *   bigmap  maps 3 GiB private writable memory it never touches, then like sleep
@@ -267,6 +269,9 @@ int main(int argc, char **argv)
         mode_strict();
     else if (!strcmp(mode, "nodump")) {
         prctl(PR_SET_DUMPABLE, 0, 0, 0, 0);
+        mode_sleep();
+    } else if (!strcmp(mode, "subreaper")) {
+        prctl(PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0);
         mode_sleep();
     } else if (!strcmp(mode, "vfork"))
         mode_vfork();
