@@ -16,11 +16,20 @@ def _before_start(signum, frame):
     os._exit(130)
 
 
+STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
+
+
 def run():
-    for signum in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
+    for signum in STOP_SIGNALS:
         signal.signal(signum, _before_start)
-    from snapcore.cli import main
-    main()
+    try:
+        from snapcore.cli import main
+        main()
+    finally:
+        # The work is done and the exit code says how it went: a stop request
+        # now must not turn it into death by signal while the interpreter
+        # shuts down (it restores the default handlers first).
+        signal.pthread_sigmask(signal.SIG_BLOCK, STOP_SIGNALS)
 
 
 if __name__ == "__main__":

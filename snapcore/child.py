@@ -75,6 +75,24 @@ class Child:
     ns_tids: dict[int, int] = field(default_factory=dict)
     scratch: int = 0  # a page mapped in the child for syscall arguments
     guard: object = None  # seccomp.Guard: the child inherited the target's filters
+    oom_kills_before: int = field(default_factory=lambda: oom_kills())
+
+    def oom_killed(self) -> bool:
+        """Whether the OOM killer struck since the child was made (the kernel
+        counts its kills in /proc/vmstat; a SIGKILL of the child that
+        snapcore did not send, with a new OOM kill, is the OOM killer's)."""
+        return oom_kills() > self.oom_kills_before
+
+
+def oom_kills() -> int:
+    try:
+        with open("/proc/vmstat") as f:
+            for line in f:
+                if line.startswith("oom_kill "):
+                    return int(line.split()[1])
+    except OSError:
+        pass
+    return 0
 
 
 _NAME_AT = 512  # the target's name, NUL-terminated (at most 15 bytes + NUL)

@@ -239,7 +239,7 @@ class OpenCore:
 
 
 def open_core(glob_pattern: str, directory: Path | None, since: float,
-              owners: set[int]) -> OpenCore | None:
+              owners: set[int], rejected: list[str] | None = None) -> OpenCore | None:
     """The newest file matching the expanded core_pattern, written after `since`.
 
     The directory may be writable by the target's user (staging, or a /tmp-like
@@ -247,8 +247,10 @@ def open_core(glob_pattern: str, directory: Path | None, since: float,
     someone else's file.  So: the directory is opened once (a staging
     directory with O_NOFOLLOW), each candidate with O_NOFOLLOW relative to it,
     and only a regular file with one link, owned by the target's user (as the
-    kernel writes it: fs/coredump.c refuses any other), is taken.
+    kernel writes it: fs/coredump.c refuses any other), is taken.  What was
+    passed over, and why, is appended to `rejected`.
     """
+    rejected = [] if rejected is None else rejected
     if directory is not None and not glob_pattern.startswith("/"):
         dirs, name_glob = [str(directory)], glob_pattern
         dir_flags = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW
@@ -265,7 +267,7 @@ def open_core(glob_pattern: str, directory: Path | None, since: float,
         keep = False
         try:
             for name in fnmatch.filter(os.listdir(dir_fd), name_glob):
-                fd = _open_regular(dir_fd, name, since, owners)
+                fd = _open_regular(dir_fd, name, since, owners, rejected)
                 if fd is None:
                     continue
                 mtime = os.fstat(fd).st_mtime
@@ -282,17 +284,24 @@ def open_core(glob_pattern: str, directory: Path | None, since: float,
     return best[1] if best else None
 
 
-def _open_regular(dir_fd: int, name: str, since: float, owners: set[int]) -> int | None:
+def _open_regular(dir_fd: int, name: str, since: float, owners: set[int],
+                  rejected: list[str]) -> int | None:
     try:
         fd = os.open(name, os.O_RDWR | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC,
                      dir_fd=dir_fd)
-    except OSError:
-        return None  # a symlink (ELOOP), gone, or not ours to open
+    except OSError as exc:
+        if exc.errno == errno.ELOOP:
+            rejected.append(f"{name} is a symlink")
+        return None
     st = os.fstat(fd)
-    if (stat.S_ISREG(st.st_mode) and st.st_nlink == 1 and st.st_uid in owners
-            and st.st_mtime >= since - 1):
+    why = ("not a regular file" if not stat.S_ISREG(st.st_mode)
+           else f"it has {st.st_nlink} links" if st.st_nlink != 1
+           else f"it belongs to uid {st.st_uid}" if st.st_uid not in owners
+           else "older than the snapshot" if st.st_mtime < since - 1 else "")
+    if not why:
         return fd
     os.close(fd)
+    rejected.append(f"{name}: {why}")
     return None
 
 

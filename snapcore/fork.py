@@ -44,7 +44,10 @@ INTERMEDIATE_FLAGS = CLONE_VM | CLONE_FS | CLONE_FILES
 # The snapshot child: a plain fork with exit signal 0.
 SNAPSHOT_FLAGS = 0
 SNAPSHOT_FLAGS_ADOPTED = CLONE_PARENT
+PR_SET_NAME = 15
 PR_GET_CHILD_SUBREAPER = 37
+# The intermediate task's name (comm): how a zombie of it is recognised.
+INTERMEDIATE_NAME = "snapcore-fork"
 PAGE = 4096
 PROT_READ_WRITE = 0x3
 MAP_PRIVATE_ANONYMOUS = 0x22
@@ -99,6 +102,7 @@ def fork(pid: int, at: int, *, threads: list[int] | None, timeout: float, check,
         runner = choose_runner(window, main_only)
         notes: list[str] = []
         try:
+            _reap_leftovers(pid, runner, at, window.deadline, guard, notes)
             adopted = _make_child(window, runner, at, adopted, guard, made, notes)
         except BaseException:
             with interrupts.cleanup():
@@ -124,7 +128,8 @@ def _make_child(window: Window, runner: HeldThread, at: int, adopted: bool, guar
                             "the target was restored and is running", pid=window.pid,
                             stage="fork")
     wait_for_interrupt_stop(middle, deadline)  # auto-attached: starts in an event stop
-    adopted = adopted or (_is_subreaper(runner, middle, at, deadline, guard))
+    adopted = _prepare_intermediate(runner, middle, at, deadline, guard, probe=not adopted) \
+        or adopted
     made["adopted"] = adopted
     flags = SNAPSHOT_FLAGS_ADOPTED if adopted else SNAPSHOT_FLAGS
     result, events = syscall(middle, ptrace.get_regs(middle), at, arch.NR["clone"], flags,
@@ -143,12 +148,17 @@ def _make_child(window: Window, runner: HeldThread, at: int, adopted: bool, guar
     return adopted
 
 
-def _is_subreaper(runner: HeldThread, middle: int, at: int, deadline: float,
-                  guard) -> bool:
-    """PR_GET_CHILD_SUBREAPER of the target, which /proc does not show.  The
-    answer needs a few writable bytes in the target's memory: the intermediate
-    task (which shares it) maps a fresh page for it and unmaps it after, so
-    none of the target's own memory is written."""
+def _prepare_intermediate(runner: HeldThread, middle: int, at: int, deadline: float,
+                          guard, probe: bool) -> bool:
+    """Name the intermediate task INTERMEDIATE_NAME (a zombie of it left by a
+    killed snapcore is then recognised and reaped by the next snapshot), and
+    with `probe` ask whether the target is a child subreaper.
+
+    PR_GET_CHILD_SUBREAPER, which /proc does not show, needs a few writable
+    bytes in the target's memory: the intermediate task (which shares it) maps
+    a fresh page for the name and the answer, and unmaps it after, so none of
+    the target's own memory is written.  Returns whether it is a subreaper.
+    """
     base = ptrace.get_regs(middle)
     page, _ = syscall(middle, base, at, arch.NR["mmap"], 0, PAGE, PROT_READ_WRITE,
                       MAP_PRIVATE_ANONYMOUS, -1, 0, deadline=deadline, guard=guard)
@@ -156,15 +166,64 @@ def _is_subreaper(runner: HeldThread, middle: int, at: int, deadline: float,
         raise InternalError(f"mmap in the intermediate task failed: {os.strerror(-page)}",
                             stage="fork")
     try:
-        ret, _ = runner.inject(at, arch.NR["prctl"], PR_GET_CHILD_SUBREAPER, page,
+        with open(f"/proc/{middle}/mem", "r+b", buffering=0) as mem:
+            mem.seek(page)
+            mem.write(INTERMEDIATE_NAME.encode() + b"\0")
+        syscall(middle, base, at, arch.NR["prctl"], PR_SET_NAME, page, deadline=deadline,
+                guard=guard)
+        if not probe:
+            return False
+        answer = page + 64
+        ret, _ = runner.inject(at, arch.NR["prctl"], PR_GET_CHILD_SUBREAPER, answer,
                                deadline=deadline, guard=guard)
         with open(f"/proc/{middle}/mem", "rb", buffering=0) as mem:
-            mem.seek(page)
+            mem.seek(answer)
             value = int.from_bytes(mem.read(4), "little")
     finally:
         syscall(middle, base, at, arch.NR["munmap"], page, PAGE, deadline=deadline,
                 guard=guard)
     return ret == 0 and value != 0
+
+
+def leftovers(pid: int) -> list[int]:
+    """Zombie intermediate tasks of the target, left by a snapcore killed during
+    the fork (EXITKILL killed them before they could be reaped): children of
+    the target named INTERMEDIATE_NAME, with exit signal 0.  As the target
+    names them: pids in its namespace."""
+    found = []
+    try:
+        tasks = os.listdir(f"/proc/{pid}/task")
+    except OSError:
+        return found
+    for tid in tasks:
+        try:
+            with open(f"/proc/{pid}/task/{tid}/children") as f:
+                children = f.read().split()
+        except OSError:
+            continue
+        for child in children:
+            try:
+                with open(f"/proc/{child}/stat") as f:
+                    stat = f.read()
+                with open(f"/proc/{child}/status") as f:
+                    nspid = next(line for line in f if line.startswith("NSpid:"))
+            except (OSError, StopIteration):
+                continue
+            comm = stat[stat.index("(") + 1:stat.rindex(")")]
+            fields = stat[stat.rindex(")") + 2:].split()
+            # fields[0] is state (stat field 3); exit_signal is field 38.
+            if comm == INTERMEDIATE_NAME and fields[0] == "Z" and fields[35] == "0":
+                found.append(int(nspid.split()[-1]))
+    return found
+
+
+def _reap_leftovers(pid: int, runner: HeldThread, at: int, deadline: float, guard,
+                    notes: list[str]) -> None:
+    for ns_pid in leftovers(pid):
+        result, _ = runner.inject(at, arch.NR["wait4"], ns_pid, 0, REAP_OPTIONS, 0,
+                                  deadline=deadline, guard=guard)
+        if result == ns_pid:
+            notes.append(f"reaped task {ns_pid}, left by a snapcore killed during a fork")
 
 
 def _end(task: tuple[int, int], runner: HeldThread, at: int, deadline: float) -> str | None:

@@ -251,6 +251,7 @@ def planned_syscalls(threads: int) -> list[tuple[str, str, tuple[int, ...]]]:
     calls = [("target", "clone", (fork.INTERMEDIATE_FLAGS, 0, 0, 0, 0)),
              ("target", "wait4", (0, 0, fork.REAP_OPTIONS, 0)),
              ("target", "prctl", (fork.PR_GET_CHILD_SUBREAPER, 0)),
+             ("target", "prctl", (fork.PR_SET_NAME, 0)),
              ("target", "mmap", (0, fork.PAGE, fork.PROT_READ_WRITE,
                                  fork.MAP_PRIVATE_ANONYMOUS, -1, 0)),
              ("target", "munmap", (0, fork.PAGE)),

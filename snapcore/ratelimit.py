@@ -79,8 +79,8 @@ class RateLimiter:
             except OSError as exc:
                 if exc.errno not in (errno.EWOULDBLOCK, errno.EAGAIN):
                     raise
-                raise AlreadyTraced(f"another snapcore is snapshotting {key} right now",
-                                    "wait for it to finish", pid=pid,
+                raise AlreadyTraced(f"busy: another snapcore is snapshotting {key} right "
+                                    "now", "wait for it to finish", pid=pid,
                                     stage="preflight") from None
             yield
 

@@ -21,7 +21,7 @@ from .compress import compress
 from .errors import CoreNotWritten, NoSuchProcess, SnapcoreError, StopTimeout, Unsupported
 from .inject import TargetReplaced, run_in_target
 from .ratelimit import RateLimiter, key_for
-from .target import (Target, adopts_orphans, is_syscall_instruction, mm_fingerprint, ns_tid,
+from .target import (Target, adopts_orphans, exclusive, is_syscall_instruction, mm_fingerprint, ns_tid,
                      reading, start_time, thread_name)
 
 @dataclass
@@ -73,6 +73,14 @@ def take(pid: int, opts: preflight.Options, *, threads: str = "all",
     The stored core gets its record (records.write_sidecar) with `reason`;
     `compressed` turns it into CORE.zst first.
     """
+    with exclusive(pid):
+        return _take_exclusive(pid, opts, threads=threads, force=force, limits=limits,
+                               reason=reason, compressed=compressed)
+
+
+def _take_exclusive(pid: int, opts: preflight.Options, *, threads: str,
+                    force: tuple[str, ...], limits: DumpLimits | None, reason: str,
+                    compressed: bool) -> Snapshot:
     pre = preflight.run(pid, opts)
     refusals = pre.refusals(force)
     if refusals:
@@ -221,7 +229,13 @@ def _fork_and_dump(pre: preflight.Preflight, output_dir: Path, staging: Path | N
     if not ended.core_dumped:
         raise CoreNotWritten(_why_no_core(target, ended, pattern, staging, kid), pid=pid,
                              stage="dump")
-    core = corefile.open_core(where, staging, since, {target.uid, target.euid})
+    rejected: list[str] = []
+    core = corefile.open_core(where, staging, since, {target.uid, target.euid}, rejected)
+    if core is None and rejected:
+        raise CoreNotWritten(f"the core the kernel wrote was replaced before snapcore took "
+                             f"it ({'; '.join(rejected)}); nothing was touched",
+                             "someone with the target's uid is tampering with its "
+                             "staging directory", pid=pid, stage="core")
     if core is None:
         raise CoreNotWritten(f"the kernel reported a core but none was found for "
                              f"core_pattern {pattern.pattern!r}",
@@ -284,13 +298,18 @@ def _thread_map(pid: int, kid: childmod.Child) -> list[dict]:
 
 
 def _why_no_core(target: Target, ended: ptrace.Stop, pattern: corefile.CorePattern,
-                 staging: Path | None) -> str:
+                 staging: Path | None, kid: childmod.Child) -> str:
     how = (f"exited with status {os.WEXITSTATUS(ended.status)}" if ended.kind == "exited"
            else f"died of signal {ended.sig} without a core")
+    if ended.kind == "killed" and ended.sig == signal.SIGKILL and kid.oom_killed():
+        return ("core not written: the OOM killer took the snapshot child (it has "
+                "oom_score_adj 1000, so it goes before the target): the copy-on-write "
+                "memory did not fit; snapshot when there is more free memory")
     reasons = []
     if staging is not None and shutil.disk_usage(staging).free < 1 << 20:
         reasons.append(f"the filesystem of {staging} is full")
     if target.euid != 0 and target.proc_owner == 0:  # see preflight._dumpable
         reasons.append("the target is not dumpable (PR_SET_DUMPABLE 0)")
+    reasons += kid.notes
     reasons.append(f"core_pattern is {pattern.pattern!r}")
     return f"core not written: the snapshot child {how} ({'; '.join(reasons)})"

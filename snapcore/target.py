@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import contextlib
+import errno
 import os
+import socket
 from dataclasses import dataclass, field
 
 from . import arch
-from .errors import NoSuchProcess, Unsupported
+from .errors import AlreadyTraced, NoSuchProcess, Unsupported
 
 RLIM_INFINITY = (1 << 64) - 1
 
@@ -35,6 +37,26 @@ class Target:
     threads: list[int] = field(default_factory=list)
     proc_owner: int = 0  # owner of /proc/PID/stat: root when the target is not dumpable
     cmdline: list[str] = field(default_factory=list)
+
+
+@contextlib.contextmanager
+def exclusive(pid: int):
+    """One snapcore at a time per target, whatever its output directory: an
+    abstract unix socket named after the target, which the kernel releases
+    when snapcore exits, however it exits (no file to go stale)."""
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    try:
+        sock.bind(f"\0snapcore-target-{pid}")
+    except OSError as exc:
+        sock.close()
+        if exc.errno != errno.EADDRINUSE:
+            raise
+        raise AlreadyTraced(f"process {pid} is busy: another snapcore is snapshotting it",
+                            "wait for it to finish", pid=pid, stage="preflight") from None
+    try:
+        yield
+    finally:
+        sock.close()
 
 
 def gone(pid: int) -> bool:

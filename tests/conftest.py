@@ -206,3 +206,21 @@ def gdb_per_thread(exe: Path, core: Path, command: str) -> dict[int, str]:
         elif current is not None:
             sections[current] += line + "\n"
     return sections
+
+
+def wait_until_catching(proc, signum: int, timeout: float = 30.0) -> None:
+    """Wait until process `proc` has a handler for `signum` (SigCgt in its
+    /proc status): snapcore's own start, after the interpreter's.  A signal
+    sent before that lands in the interpreter's start-up, not in snapcore."""
+    end = time.monotonic() + timeout
+    while time.monotonic() < end:
+        try:
+            status = Path(f"/proc/{proc.pid}/status").read_text()
+        except FileNotFoundError:
+            return  # already gone
+        caught = int(next(x for x in status.splitlines() if x.startswith("SigCgt:")).split()[1],
+                     16)
+        if caught & (1 << (signum - 1)):
+            return
+        time.sleep(0.001)
+    raise AssertionError(f"process {proc.pid} never installed a handler for signal {signum}")
