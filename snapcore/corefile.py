@@ -29,6 +29,10 @@ from .errors import CoreNotWritten, OutputError
 CORE_PATTERN = "/proc/sys/kernel/core_pattern"
 CORE_USES_PID = "/proc/sys/kernel/core_uses_pid"
 STAGING_PREFIX = ".snapcore-staging-"
+# A stored core waits under this hidden name (with snapcore's pid) until its
+# record is written: a snapcore killed in between never leaves a core without
+# a record, and the next one finishes or removes what it left.
+PART_PREFIX = ".snapcore-part-"
 
 
 @dataclass
@@ -151,9 +155,57 @@ def make_staging_dir(output_dir: Path, uid: int, gid: int, root: str = "") -> Pa
     else:
         base = str(output_dir) if same_user else "/var/tmp"
     staging = Path(tempfile.mkdtemp(prefix=f"{STAGING_PREFIX}{os.getpid()}-", dir=base))
+    st = os.lstat(staging)
+    _staged[str(staging)] = (st.st_dev, st.st_ino)
     if not same_user:
         os.chown(staging, uid, gid)
     return staging
+
+
+_staged: dict[str, tuple[int, int]] = {}  # staging directory -> (device, inode)
+
+
+def remove_staging(staging: Path) -> None:
+    """Remove a staging directory this snapcore made, with what is in it.
+
+    Its owner (the target's user) may still be writing into it, or may have
+    swapped it for something else.  So it is opened with O_NOFOLLOW and must
+    be the very directory made (device and inode); it is taken back (root's,
+    0700: nothing more can be added), emptied through its descriptor, and
+    removed by name only if the name still names it.
+    """
+    made = _staged.pop(str(staging), None)
+    try:
+        parent = os.open(staging.parent, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    except OSError:
+        return
+    try:
+        fd = os.open(staging.name, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW
+                     | os.O_CLOEXEC, dir_fd=parent)
+    except OSError:
+        os.close(parent)
+        return
+    try:
+        st = os.fstat(fd)
+        if made is not None and (st.st_dev, st.st_ino) != made:
+            return  # not the directory snapcore made: not snapcore's to touch
+        os.fchown(fd, os.geteuid(), os.getegid())
+        os.fchmod(fd, 0o700)
+        for name in os.listdir(fd):
+            try:
+                os.unlink(name, dir_fd=fd)
+            except IsADirectoryError:
+                shutil.rmtree(name, dir_fd=fd, ignore_errors=True)
+            except OSError:
+                pass
+        now = os.stat(staging.name, dir_fd=parent, follow_symlinks=False)
+        if (now.st_dev, now.st_ino) == (st.st_dev, st.st_ino):
+            os.rmdir(staging.name, dir_fd=parent)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+        os.close(parent)
 
 
 def as_seen_by_target(path: Path, root: str) -> str:
@@ -305,6 +357,25 @@ def _open_regular(dir_fd: int, name: str, since: float, owners: set[int],
     return None
 
 
+def remove_partial(glob_pattern: str | None, since: float, owners: set[int],
+                   child_pid: int) -> None:
+    """After a failed dump: remove the partial core the kernel left where an
+    absolute core_pattern put it, if its notes name the snapshot child (no
+    other file is touched).  Through its descriptor and directory, as above."""
+    if glob_pattern is None:
+        return
+    core = open_core(glob_pattern, None, since, owners)
+    if core is None:
+        return
+    try:
+        if child_pid in read_notes(core).prstatus_pids:
+            os.unlink(core.name, dir_fd=core.dir_fd)
+    except (OSError, CoreNotWritten):
+        pass
+    finally:
+        core.close()
+
+
 def bytes_written(glob_pattern: str | None, directory: Path | None) -> int:
     """Bytes on disk of the files matching the expanded core_pattern: how far a
     dump has come (blocks, not the apparent size: cores are sparse).  lstat:
@@ -324,7 +395,8 @@ def bytes_written(glob_pattern: str | None, directory: Path | None) -> int:
 
 def store(core: OpenCore, output_dir: Path, name: str) -> Path:
     """Give the core to the invoking user, mode 0600, and put it in the output
-    directory as `name`, through its descriptor.
+    directory, through its descriptor, under a hidden name for `name`
+    (partial_name: `publish` gives it its name once its record exists).
 
     Same filesystem: a hard link to the very inode (linkat through
     /proc/self/fd, as open(2) documents for O_TMPFILE), then the staged name
@@ -332,6 +404,7 @@ def store(core: OpenCore, output_dir: Path, name: str) -> Path:
     SEEK_HOLE), as the kernel's sparse core has them; a copy that fails
     leaves nothing behind.
     """
+    name = partial_name(name)
     dest = output_dir / name
     try:
         os.fchmod(core.fd, 0o600)
@@ -358,6 +431,53 @@ def store(core: OpenCore, output_dir: Path, name: str) -> Path:
     finally:
         os.close(out_fd)
     return dest
+
+
+def partial_name(name: str) -> str:
+    return f"{PART_PREFIX}{os.getpid()}-{name}"
+
+
+def final_name(partial: str) -> str:
+    return partial[len(PART_PREFIX):].split("-", 1)[1]
+
+
+def publish(partial: Path, final: Path) -> None:
+    """The core's final name, once its record is written (rename: atomic)."""
+    try:
+        os.rename(partial, final)
+    except OSError as exc:
+        raise OutputError(f"cannot name the core {final}: {exc.strerror}",
+                          "check permissions there", stage="core") from None
+
+
+def finish_interrupted(output_dir: Path) -> list[str]:
+    """What a killed snapcore left in the output directory: a hidden core whose
+    record was written gets its name; anything else of it is removed."""
+    done = []
+    try:
+        entries = list(os.scandir(output_dir))
+    except OSError:
+        return done
+    for entry in entries:
+        # compress.py's own partial file is "." + the name it compresses.
+        own = entry.name[1:] if entry.name.startswith("." + PART_PREFIX) else entry.name
+        if not own.startswith(PART_PREFIX) or "-" not in own[len(PART_PREFIX):]:
+            continue
+        owner = own[len(PART_PREFIX):].split("-", 1)[0]
+        if owner.isdigit() and _is_snapcore(int(owner)):
+            continue
+        final = final_name(own)
+        record = output_dir / (final.split(".core", 1)[0] + ".json")
+        try:
+            if own == entry.name and final.endswith((".core", ".core.zst")) \
+                    and record.exists() and not entry.is_symlink():
+                os.rename(entry.path, output_dir / final)
+            else:
+                os.unlink(entry.path)
+            done.append(entry.path)
+        except OSError:
+            pass
+    return done
 
 
 def _copy_sparse(src: int, dir_fd: int, name: str) -> None:

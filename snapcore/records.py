@@ -64,9 +64,12 @@ def write_sidecar(snap, reason: str = "") -> Path:
         "hostname": socket.gethostname(),
     }
     path = sidecar_path(snap.core_path)
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    # Written whole, then renamed: a record is never seen half written.
+    partial = path.with_name(f".{path.name}.{os.getpid()}.part")
+    fd = os.open(partial, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, 0o600)
     with os.fdopen(fd, "w") as f:
         json.dump(record, f, indent=2)
+    os.rename(partial, path)
     return path
 
 

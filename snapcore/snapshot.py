@@ -18,7 +18,8 @@ from pathlib import Path
 from . import arch, child as childmod, corefile, fork as forkmod, interrupts, preflight
 from . import ptrace, records, seccomp
 from .compress import compress
-from .errors import CoreNotWritten, NoSuchProcess, SnapcoreError, StopTimeout, Unsupported
+from .errors import (CoreNotWritten, NoSuchProcess, OutputError, SnapcoreError, StopTimeout,
+                     Unsupported)
 from .inject import TargetReplaced, run_in_target
 from .ratelimit import RateLimiter, key_for
 from .target import (Target, adopts_orphans, exclusive, is_syscall_instruction, mm_fingerprint, ns_tid,
@@ -92,6 +93,7 @@ def _take_exclusive(pid: int, opts: preflight.Options, *, threads: str,
     with limiter.exclusive(key, pid):
         root = corefile.target_root(pid)
         corefile.remove_stale_staging(corefile.staging_bases(output_dir, root))
+        corefile.finish_interrupted(output_dir)
         staging = (corefile.make_staging_dir(output_dir, target.uid, target.gid, root)
                    if pre.core_pattern.kind == "relative" else None)
         try:
@@ -105,19 +107,30 @@ def _take_exclusive(pid: int, opts: preflight.Options, *, threads: str,
             raise
         finally:
             if staging is not None:
-                shutil.rmtree(staging, ignore_errors=True)
+                corefile.remove_staging(staging)
         limiter.record(key)
     snap.checks = pre.as_dicts()
     snap.core_estimate = pre.core_estimate
     snap.regions_missing = pre.regions_missing
     if snap.core_path is not None:
-        # The record first: a core without one is invisible to list and prune.
-        snap.sidecar_path = records.write_sidecar(snap, reason)
-        if compressed:
-            snap.core_path = compress(snap.core_path)
-            snap.core_size = snap.core_path.stat().st_size
-            snap.sidecar_path = records.write_sidecar(snap, reason)
+        _publish(snap, output_dir, reason, compressed)
     return snap
+
+
+def _publish(snap: Snapshot, output_dir: Path, reason: str, compressed: bool) -> None:
+    """Compress the stored core if asked, write its record, then give the core
+    its name: a core is never seen without its record (list and prune would
+    not know it)."""
+    partial = snap.core_path
+    if compressed:
+        try:
+            partial = compress(partial)
+        except OutputError as exc:
+            snap.notes.append(f"not compressed: {exc.one_line()}")
+    snap.core_path = output_dir / corefile.final_name(partial.name)
+    snap.core_size = partial.stat().st_size
+    snap.sidecar_path = records.write_sidecar(snap, reason)
+    corefile.publish(partial, snap.core_path)
 
 
 def _take(pre: preflight.Preflight, output_dir: Path, staging: Path | None,
@@ -167,26 +180,57 @@ def identity_check(pre: preflight.Preflight, pidfd: int, stage: str):
     return check
 
 
+@dataclass
+class _Dump:
+    """What one snapshot holds between its phases."""
+
+    pre: preflight.Preflight
+    forked: forkmod.Forked
+    kid: childmod.Child
+    where: str | None  # core_pattern expanded as a glob; None for a pipe
+    staging: Path | None
+    since: float  # the dump's start, for finding the file
+
+
 def _fork_and_dump(pre: preflight.Preflight, output_dir: Path, staging: Path | None,
                    all_threads: bool, stop_timeout: float, allow_undumpable: bool,
                    dump_limits: DumpLimits, pidfd: int, root: str) -> Snapshot:
-    target, pattern, at = pre.target, pre.core_pattern, pre.syscall_at
-    pid = target.pid
+    """The phases: fork (the one stop window), dump (the child), store."""
+    target, pattern = pre.target, pre.core_pattern
     guard = seccomp.Guard(pre.filters, arch.AUDIT_ARCH)
-    adopted = adopts_orphans(pid)
     taken_at = datetime.now(timezone.utc)
-    forked = forkmod.fork(pid, at, threads=target.threads if all_threads else None,
+    forked = forkmod.fork(target.pid, pre.syscall_at,
+                          threads=target.threads if all_threads else None,
                           timeout=stop_timeout, check=identity_check(pre, pidfd, "capture"),
-                          adopted=adopted, guard=guard, main_only=target.seccomp != 0)
+                          adopted=adopts_orphans(target.pid), guard=guard,
+                          main_only=target.seccomp != 0)
     kid = childmod.Child(forked.child, guard=guard, notes=list(forked.notes))
     kid.ns_tids[kid.pid] = forked.child_ns_pid
-    since = time.time()
     where = None if pattern.kind == "pipe" else corefile.expand(
         pattern, pid=kid.pid, uid=target.uid, gid=target.gid, comm=target.name,
         exe=target.exe, soft_limit=target.core_hard, ns_pid=forked.child_ns_pid)
     if where is not None and pattern.kind == "absolute" and root:
         where = glob.escape(root) + where  # written in the target's view of the files
-    watchdog = childmod.Watchdog(lambda: corefile.bytes_written(where, staging),
+    run = _Dump(pre, forked, kid, where, staging, time.time())
+    try:
+        snap, ended, watchdog = _dump(run, pidfd, stop_timeout, allow_undumpable,
+                                      dump_limits, root, taken_at)
+        return _store(run, snap, ended, watchdog, dump_limits, output_dir, taken_at)
+    except BaseException:
+        if pattern.kind == "absolute":
+            # A staging directory goes with its contents; a partial core in the
+            # administrator's directory is removed here, if it is this one's.
+            corefile.remove_partial(where, run.since, {target.uid, target.euid},
+                                    forked.child_ns_pid)
+        raise
+
+
+def _dump(run: _Dump, pidfd: int, stop_timeout: float, allow_undumpable: bool,
+          dump_limits: DumpLimits, root: str, taken_at: datetime):
+    """Make the child safe, let the kernel dump it, and make sure it is gone."""
+    pre, forked, kid = run.pre, run.forked, run.kid
+    target, at = pre.target, pre.syscall_at
+    watchdog = childmod.Watchdog(lambda: corefile.bytes_written(run.where, run.staging),
                                  dump_limits.stall_timeout, dump_limits.max_dump_time,
                                  progress=dump_limits.progress,
                                  expected=dump_limits.expected)
@@ -194,8 +238,8 @@ def _fork_and_dump(pre: preflight.Preflight, output_dir: Path, staging: Path | N
     try:
         deadline = time.monotonic() + 30 + 0.01 * len(forked.others)
         childmod.prepare(kid, at, core_hard=target.core_hard,
-                         staging=corefile.as_seen_by_target(staging, root) if staging
-                         else None, name=target.name,
+                         staging=corefile.as_seen_by_target(run.staging, root)
+                         if run.staging else None, name=target.name,
                          allow_undumpable=allow_undumpable, deadline=deadline)
         childmod.resurrect(kid, at, forked.others, deadline)
         childmod.lower_priority(kid, at, deadline)
@@ -203,23 +247,36 @@ def _fork_and_dump(pre: preflight.Preflight, output_dir: Path, staging: Path | N
     except NoSuchProcess as exc:
         # Only the child is touched in this phase: it was killed from outside.
         raise CoreNotWritten(f"the snapshot child ended before its dump ({exc.message})",
-                             "no core was written; the target is unharmed", pid=pid,
-                             stage="child") from None
+                             "no core was written; the target is unharmed",
+                             pid=target.pid, stage="child") from None
     finally:
         with interrupts.cleanup():
             childmod.kill(kid)  # a no-op when it already ended
             if forked.adopted:
-                reap_pause = _reap_adopted(pre, pidfd, forked.child_ns_pid, guard,
+                reap_pause = _reap_adopted(pre, pidfd, forked.child_ns_pid, kid.guard,
                                            stop_timeout, kid.notes)
     snap = Snapshot(target=target, core_path=None, core_size=0, pause=forked.timings,
                     reap_pause=reap_pause, dump_seconds=dump_seconds,
-                    threads=len(kid.threads), thread_map=_thread_map(pid, kid),
-                    child_pid=kid.pid, core_pattern=pattern, taken_at=taken_at,
+                    threads=len(kid.threads), thread_map=_thread_map(target.pid, kid),
+                    child_pid=kid.pid, core_pattern=pre.core_pattern, taken_at=taken_at,
                     notes=kid.notes, escalated_after=watchdog.escalated_after)
+    return snap, ended, watchdog
+
+
+def _store(run: _Dump, snap: Snapshot, ended: ptrace.Stop, watchdog: childmod.Watchdog,
+           dump_limits: DumpLimits, output_dir: Path, taken_at: datetime) -> Snapshot:
+    """Find the core the kernel wrote, name the threads as the target does, and
+    put it in the output directory."""
+    target, pattern, kid = run.pre.target, run.pre.core_pattern, run.kid
+    pid = target.pid
     if pattern.kind == "pipe":
         # The handler has whatever the kernel sent it; nothing to find here.
         if not ended.core_dumped:
             snap.notes.append(_why_no_core(target, ended, pattern, None, kid))
+        elif len(kid.threads) > 1:
+            snap.notes.append("the handler's copy names the child's thread ids, which "
+                              "snapcore cannot rewrite there: gdb lists each thread "
+                              "twice, once without registers (thread_map gives the pairs)")
         return snap
     if watchdog.timed_out:
         raise CoreNotWritten(f"the dump took longer than --max-dump-time "
@@ -227,10 +284,11 @@ def _fork_and_dump(pre: preflight.Preflight, output_dir: Path, staging: Path | N
                              "snapshot when the machine is less busy, or raise "
                              "--max-dump-time", pid=pid, stage="dump")
     if not ended.core_dumped:
-        raise CoreNotWritten(_why_no_core(target, ended, pattern, staging, kid), pid=pid,
-                             stage="dump")
+        raise CoreNotWritten(_why_no_core(target, ended, pattern, run.staging, kid),
+                             pid=pid, stage="dump")
     rejected: list[str] = []
-    core = corefile.open_core(where, staging, since, {target.uid, target.euid}, rejected)
+    core = corefile.open_core(run.where, run.staging, run.since,
+                              {target.uid, target.euid}, rejected)
     if core is None and rejected:
         raise CoreNotWritten(f"the core the kernel wrote was replaced before snapcore took "
                              f"it ({'; '.join(rejected)}); nothing was touched",
@@ -244,14 +302,13 @@ def _fork_and_dump(pre: preflight.Preflight, output_dir: Path, staging: Path | N
     try:
         # The notes name the child's threads as its pid namespace sees them;
         # write the target's own ids (in that namespace too) in their place.
-        notes = corefile.check_core(core, forked.child_ns_pid)
+        notes = corefile.check_core(core, run.forked.child_ns_pid)
         renames = {kid.ns_tids[c]: ns_tid(pid, t) for c, t in kid.threads.items()}
         corefile.rename_threads(core, notes, renames, ns_tid(pid, pid))
         snap.core_path = corefile.store(core, output_dir,
                                         corefile.core_name(target.name, pid, taken_at))
     finally:
         core.close()
-    snap.core_size = snap.core_path.stat().st_size
     return snap
 
 

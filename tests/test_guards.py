@@ -70,6 +70,21 @@ def test_non_dumpable_root_target_is_caught_in_the_child(start_victim, out_dir):
     victim.assert_unharmed()  # the child is gone and reaped
 
 
+@pytest.mark.parametrize("user", [None, "nobody"])
+def test_forced_non_dumpable_target_gives_a_core_and_keeps_its_flag(user, start_victim,
+                                                                   out_dir):
+    """--force dumpable makes only the child dumpable: a core, and the process
+    itself stays non-dumpable (its /proc files stay root's)."""
+    victim = start_victim("nodump", user=user)
+    code, doc = snap_json("--force", "dumpable", "-o", str(out_dir), str(victim.pid))
+    assert code == 0, doc
+    assert Path(doc["core"]["path"]).stat().st_size > 0
+    if user:
+        assert os.stat(f"/proc/{victim.pid}/stat").st_uid == 0  # still non-dumpable
+    victim.wait_for_heartbeats(victim.heartbeats())
+    victim.assert_unharmed()
+
+
 def test_non_dumpable_target_of_another_user_is_refused_before(start_victim, out_dir):
     victim = start_victim("nodump", user="nobody")
     code, doc = check_json("-o", str(out_dir), str(victim.pid))
