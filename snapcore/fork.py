@@ -119,14 +119,7 @@ def _make_child(window: Window, runner: HeldThread, at: int, adopted: bool, guar
     deadline = window.deadline
     result, events = runner.inject(at, arch.NR["clone"], INTERMEDIATE_FLAGS, 0, 0, 0, 0,
                                    deadline=deadline, guard=guard)
-    middle = clone_child(events)
-    if middle is not None:
-        made["intermediate"] = (middle, result)
-    if result < 0 or middle is None:
-        raise InternalError(f"clone in process {window.pid} failed: "
-                            f"{os.strerror(-result) if result < 0 else 'no child'}",
-                            "the target was restored and is running", pid=window.pid,
-                            stage="fork")
+    middle = _born(made, "intermediate", result, events, "clone", window.pid)
     wait_for_interrupt_stop(middle, deadline)  # auto-attached: starts in an event stop
     adopted = _prepare_intermediate(runner, middle, at, deadline, guard, probe=not adopted) \
         or adopted
@@ -134,18 +127,23 @@ def _make_child(window: Window, runner: HeldThread, at: int, adopted: bool, guar
     flags = SNAPSHOT_FLAGS_ADOPTED if adopted else SNAPSHOT_FLAGS
     result, events = syscall(middle, ptrace.get_regs(middle), at, arch.NR["clone"], flags,
                              0, 0, 0, 0, deadline=deadline, guard=guard)
-    child = clone_child(events)
-    if child is not None:
-        made["child"] = (child, result)
-    if result < 0 or child is None:
-        raise InternalError(f"fork in process {window.pid} failed: "
-                            f"{os.strerror(-result) if result < 0 else 'no child'}",
-                            "the target was restored and is running", pid=window.pid,
-                            stage="fork")
+    _born(made, "child", result, events, "fork", window.pid)
     reaped = _end(made.pop("intermediate"), runner, at, deadline)
     if reaped is not None:
         notes.append(reaped)
     return adopted
+
+
+def _born(made: dict, name: str, result: int, events: list, what: str, pid: int) -> int:
+    """Note the task a clone made (so a failure can undo it), or say it failed."""
+    born = clone_child(events)
+    if born is not None:
+        made[name] = (born, result)
+    if result < 0 or born is None:
+        raise InternalError(f"{what} in process {pid} failed: "
+                            f"{os.strerror(-result) if result < 0 else 'no child'}",
+                            "the target was restored and is running", pid=pid, stage="fork")
+    return born
 
 
 def _prepare_intermediate(runner: HeldThread, middle: int, at: int, deadline: float,
