@@ -146,7 +146,9 @@ class HeldThread:
                 if result != arch.ERESTARTNOINTR:  # a signal raced the call: retry
                     break
         finally:
-            self.park(deadline)
+            # Its own deadline: a call cut short by the window's must still be
+            # waited out, so the thread gets its registers back.
+            self.park(max(deadline, time.monotonic()) + 5.0)
         return result, events
 
     def park(self, deadline: float | None) -> None:
