@@ -12,8 +12,8 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
-from snapcore import preflight
-from snapcore.cli import cli
+from snapcore.engine import preflight
+from snapcore.cli.app import cli
 from snapcore.errors import ExitCode
 
 ROOT = Path(__file__).parent.parent

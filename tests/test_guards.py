@@ -19,11 +19,11 @@ from pathlib import Path
 import pytest
 
 from conftest import run_snapcore, snap_json, wait_until_catching
-from snapcore import preflight
+from snapcore.engine import preflight
 from snapcore.errors import SnapcoreError
-from snapcore.snapshot import take
+from snapcore.engine.snapshot import take
 from snapcore.errors import ExitCode
-from snapcore.ratelimit import RateLimiter
+from snapcore.engine.ratelimit import RateLimiter
 from test_snapshot import cores_in, prstatus_pids
 
 

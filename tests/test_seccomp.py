@@ -10,9 +10,11 @@ from pathlib import Path
 import pytest
 
 from conftest import run_snapcore, snap_json
-from snapcore import arch, ptrace, seccomp
+from snapcore.linux import arch
+from snapcore.linux import ptrace
+from snapcore.linux import seccomp
 from snapcore.errors import ExitCode
-from snapcore.inject import peek
+from snapcore.linux.inject import peek
 
 S = seccomp
 CLONE = arch.NR["clone"]

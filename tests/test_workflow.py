@@ -16,7 +16,8 @@ from pathlib import Path
 import psutil
 
 from conftest import run_snapcore, snap_json
-from snapcore import compress, records
+from snapcore.core import compress
+from snapcore.core import records
 from snapcore.errors import ExitCode
 from test_snapshot import prstatus_pids
 
@@ -227,7 +228,7 @@ def test_syslog_lines_for_snapshots_and_refusals(start_victim, out_dir, tmp_path
 
 
 def test_shell_completion_script():
-    proc = subprocess.run(["python3", "-c", "from snapcore.cli import main; main()"],
+    proc = subprocess.run(["python3", "-c", "from snapcore.cli.app import main; main()"],
                           env=dict(os.environ, _SNAPCORE_COMPLETE="bash_source"),
                           capture_output=True, text=True, cwd=Path(__file__).parent.parent)
     assert "_snapcore_completion" in proc.stdout

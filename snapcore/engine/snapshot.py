@@ -15,14 +15,21 @@ from dataclasses import dataclass, field, replace
 from datetime import datetime, timezone
 from pathlib import Path
 
-from . import arch, child as childmod, corefile, fork as forkmod, interrupts, preflight
-from . import ptrace, records, seccomp
-from .compress import compress
-from .errors import (CoreNotWritten, NoSuchProcess, OutputError, SnapcoreError, StopTimeout,
+from snapcore.linux import arch
+from snapcore.engine import child as childmod
+from snapcore.core import corefile
+from snapcore.engine import fork as forkmod
+from snapcore.engine import interrupts
+from snapcore.engine import preflight
+from snapcore.linux import ptrace
+from snapcore.core import records
+from snapcore.linux import seccomp
+from snapcore.core.compress import compress
+from snapcore.errors import (CoreNotWritten, NoSuchProcess, OutputError, SnapcoreError, StopTimeout,
                      Unsupported)
-from .inject import TargetReplaced, run_in_target
-from .ratelimit import RateLimiter, key_for
-from .target import (Target, adopts_orphans, exclusive, is_syscall_instruction, mm_fingerprint, ns_tid,
+from snapcore.linux.inject import TargetReplaced, run_in_target
+from snapcore.engine.ratelimit import RateLimiter, key_for
+from snapcore.linux.procfs import (Target, adopts_orphans, exclusive, is_syscall_instruction, mm_fingerprint, ns_tid,
                      reading, start_time, thread_name)
 
 @dataclass

@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from .errors import OutputError
+from snapcore.errors import OutputError
 
 
 def compress(core: Path) -> Path:

@@ -17,11 +17,18 @@ from pathlib import Path
 
 import psutil
 
-from . import arch, cgroups, child as childmod, corefile, estimate, fork, ptrace, seccomp
-from .errors import ExitCode, SnapcoreError
-from .inject import peek
-from .ratelimit import RateLimiter, key_for, time_text
-from .target import (Target, mm_fingerprint, read, reading, syscall_instructions,
+from snapcore.linux import arch
+from snapcore.linux import cgroups
+from snapcore.engine import child as childmod
+from snapcore.core import corefile
+from snapcore.engine import estimate
+from snapcore.engine import fork
+from snapcore.linux import ptrace
+from snapcore.linux import seccomp
+from snapcore.errors import ExitCode, SnapcoreError
+from snapcore.linux.inject import peek
+from snapcore.engine.ratelimit import RateLimiter, key_for, time_text
+from snapcore.linux.procfs import (Target, mm_fingerprint, read, reading, syscall_instructions,
                      thread_state)
 
 OK, WARN, REFUSE = "ok", "warn", "refuse"

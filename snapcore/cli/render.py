@@ -8,9 +8,9 @@ from pathlib import Path
 from rich.console import Console
 from rich.table import Table
 
-from .errors import SnapcoreError
-from .estimate import human
-from .snapshot import Snapshot
+from snapcore.errors import SnapcoreError
+from snapcore.engine.estimate import human
+from snapcore.engine.snapshot import Snapshot
 
 
 def _ms(seconds: float) -> float:

@@ -16,7 +16,7 @@ import json
 import time
 from pathlib import Path
 
-from .errors import AlreadyTraced
+from snapcore.errors import AlreadyTraced
 
 WINDOW = 3600.0
 

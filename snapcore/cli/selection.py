@@ -8,7 +8,7 @@ import subprocess
 
 import psutil
 
-from .errors import BadInput, NoSuchProcess
+from snapcore.errors import BadInput, NoSuchProcess
 
 
 def by_name(pattern: str, take_all: bool) -> list[int]:

@@ -15,8 +15,9 @@ from __future__ import annotations
 
 import struct
 
-from . import arch, ptrace
-from .errors import Unsupported
+from snapcore.linux import arch
+from snapcore.linux import ptrace
+from snapcore.errors import Unsupported
 
 RSEQ_CS_OFFSET = 8  # struct rseq { u32 cpu_id_start; u32 cpu_id; u64 rseq_cs; ... }
 RSEQ_CS_LAYOUT = "<IIQQQ"  # struct rseq_cs: version, flags, start_ip, post_commit_offset, abort_ip

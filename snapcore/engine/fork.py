@@ -31,9 +31,12 @@ import signal
 import time
 from dataclasses import dataclass
 
-from . import arch, interrupts, ptrace, rseq
-from .errors import InternalError, NoSuchProcess
-from .inject import HeldThread, Window, syscall, wait_for_interrupt_stop
+from snapcore.linux import arch
+from snapcore.engine import interrupts
+from snapcore.linux import ptrace
+from snapcore.linux import rseq
+from snapcore.errors import InternalError, NoSuchProcess
+from snapcore.linux.inject import HeldThread, Window, syscall, wait_for_interrupt_stop
 
 CLONE_VM = 0x100
 CLONE_FS = 0x200

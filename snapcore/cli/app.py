@@ -13,13 +13,18 @@ import click
 from rich.console import Console
 from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TimeElapsedColumn
 
-from . import __version__, interrupts, preflight, report, syslog, targets
-from .corefile import default_output_dir
-from .errors import (BadInput, ExitCode, InternalError, Interrupted, SnapcoreError)
-from .estimate import parse_size
-from .ptrace import signals_held
-from .snapshot import THREAD_MODES, DumpLimits, take
-from .stacks import backtraces
+from snapcore import __version__
+from snapcore.engine import interrupts
+from snapcore.engine import preflight
+from snapcore.cli import render as report
+from snapcore.cli import syslog
+from snapcore.cli import selection as targets
+from snapcore.core.corefile import default_output_dir
+from snapcore.errors import (BadInput, ExitCode, InternalError, Interrupted, SnapcoreError)
+from snapcore.engine.estimate import parse_size
+from snapcore.linux.ptrace import signals_held
+from snapcore.engine.snapshot import THREAD_MODES, DumpLimits, take
+from snapcore.core.gdb import backtraces
 
 PID_MAX_LIMIT = 1 << 22  # PID_MAX_LIMIT on 64-bit kernels
 
@@ -398,5 +403,3 @@ def main(argv=None):
     sys.exit(0)
 
 
-# The commands that manage snapshots register themselves on `cli`.
-from . import cli_tools  # noqa: E402,F401

@@ -19,8 +19,9 @@ from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 
-from . import __version__, elf
-from .target import started_at
+from snapcore import __version__
+from snapcore.core import elf
+from snapcore.linux.procfs import started_at
 
 CORE_SUFFIXES = (".core", ".core.zst")
 

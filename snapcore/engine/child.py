@@ -14,9 +14,10 @@ import signal
 import time
 from dataclasses import dataclass, field
 
-from . import arch, ptrace
-from .errors import CoreNotWritten, InternalError, NoSuchProcess, NotDumpable
-from .inject import HeldThread, syscall, wait_for_interrupt_stop
+from snapcore.linux import arch
+from snapcore.linux import ptrace
+from snapcore.errors import CoreNotWritten, InternalError, NoSuchProcess, NotDumpable
+from snapcore.linux.inject import HeldThread, syscall, wait_for_interrupt_stop
 
 PAGE = 4096
 PROT_READ_WRITE = 0x3

@@ -12,8 +12,8 @@ from __future__ import annotations
 import struct
 from dataclasses import dataclass
 
-from .arch import NR
-from .errors import Unsupported
+from snapcore.linux.arch import NR
+from snapcore.errors import Unsupported
 
 # Actions (include/uapi/linux/seccomp.h), most restrictive first.
 RET_KILL_PROCESS = 0x80000000

@@ -10,9 +10,10 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass
 
-from . import arch, ptrace
-from .errors import InternalError, NoSuchProcess, Unsupported
-from .target import task_ids
+from snapcore.linux import arch
+from snapcore.linux import ptrace
+from snapcore.errors import InternalError, NoSuchProcess, Unsupported
+from snapcore.linux.procfs import task_ids
 
 _U64 = (1 << 64) - 1
 

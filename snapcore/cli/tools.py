@@ -10,14 +10,15 @@ from pathlib import Path
 import click
 from rich.console import Console
 
-from . import records, report
-from . import watch as watchmod
-from .cli import (EXIT_CODES_HELP, check_force, cli, common_options, exit_code_of, fail,
+from snapcore.core import records
+from snapcore.cli import render as report
+from snapcore.engine import watch as watchmod
+from snapcore.cli.app import (EXIT_CODES_HELP, check_force, cli, common_options, exit_code_of, fail,
                   is_size, make_options, parse_pid, snap_options, stdout_console, take_each)
-from .corefile import default_output_dir
-from .errors import BadInput, Interrupted, OutputError, SnapcoreError
-from .estimate import parse_size
-from .stacks import backtraces
+from snapcore.core.corefile import default_output_dir
+from snapcore.errors import BadInput, Interrupted, OutputError, SnapcoreError
+from snapcore.engine.estimate import parse_size
+from snapcore.core.gdb import backtraces
 
 
 @cli.command(epilog=EXIT_CODES_HELP)

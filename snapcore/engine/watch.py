@@ -14,8 +14,8 @@ from dataclasses import dataclass
 
 import psutil
 
-from .errors import NoSuchProcess, SnapcoreError
-from .estimate import human
+from snapcore.errors import NoSuchProcess, SnapcoreError
+from snapcore.engine.estimate import human
 
 
 @dataclass

@@ -23,8 +23,9 @@ from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 
-from . import arch, elf
-from .errors import CoreNotWritten, OutputError
+from snapcore.linux import arch
+from snapcore.core import elf
+from snapcore.errors import CoreNotWritten, OutputError
 
 CORE_PATTERN = "/proc/sys/kernel/core_pattern"
 CORE_USES_PID = "/proc/sys/kernel/core_uses_pid"

@@ -10,8 +10,8 @@ import os
 import socket
 import sys
 
-from .errors import SnapcoreError
-from .estimate import human
+from snapcore.errors import SnapcoreError
+from snapcore.engine.estimate import human
 
 FACILITY_DAEMON = 3
 INFO, WARNING = 6, 4

@@ -7,8 +7,8 @@ import subprocess
 import tempfile
 from pathlib import Path
 
-from .compress import decompress_to
-from .errors import OutputError
+from snapcore.core.compress import decompress_to
+from snapcore.errors import OutputError
 
 
 def backtraces(exe: str, core: Path, timeout: float = 300) -> str:

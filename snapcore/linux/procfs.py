@@ -8,8 +8,8 @@ import os
 import socket
 from dataclasses import dataclass, field
 
-from . import arch
-from .errors import AlreadyTraced, NoSuchProcess, Unsupported
+from snapcore.linux import arch
+from snapcore.errors import AlreadyTraced, NoSuchProcess, Unsupported
 
 RLIM_INFINITY = (1 << 64) - 1
 
