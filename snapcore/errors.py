@@ -28,6 +28,25 @@ class ExitCode(enum.IntEnum):
     INTERRUPTED = 130  # Ctrl-C or SIGTERM; the target was released first
 
 
+class Stage(str, enum.Enum):
+    """Where in a snapshot an error happened (the `stage` of --json errors)."""
+
+    USAGE = "usage"  # the command line
+    PREFLIGHT = "preflight"  # the checks, before the target is touched
+    CAPTURE = "capture"  # holding the target's threads
+    INJECT = "inject"  # a syscall run in a held thread
+    FORK = "fork"  # making the snapshot child
+    CHILD = "child"  # making the child safe
+    DUMP = "dump"  # the kernel writing the core
+    CORE = "core"  # finding, checking and storing the core
+    REAP = "reap"  # the second stop, for a CLONE_PARENT child
+    COMPRESS = "compress"
+    STACKS = "stacks"
+    WATCH = "watch"
+    INTERRUPT = "interrupt"  # Ctrl-C, SIGTERM, SIGHUP
+    INTERNAL = "internal"  # a bug
+
+
 class SnapcoreError(Exception):
     """Base of every error the engine raises.
 
@@ -39,7 +58,7 @@ class SnapcoreError(Exception):
     exit_code = ExitCode.ERROR
 
     def __init__(self, message: str, hint: str = "", *, pid: int | None = None,
-                 stage: str = ""):
+                 stage: Stage | str = ""):
         super().__init__(message)
         self.message = message
         self.hint = hint
@@ -63,7 +82,7 @@ class SnapcoreError(Exception):
             "message": self.message,
             "hint": self.hint,
             "pid": self.pid,
-            "stage": self.stage,
+            "stage": self.stage.value if isinstance(self.stage, Stage) else self.stage,
             "exit_code": int(self.exit_code),
         }
 

@@ -14,7 +14,7 @@ from snapcore.linux import arch
 from snapcore.linux import ptrace
 from snapcore.linux import seccomp
 from snapcore.errors import ExitCode
-from snapcore.linux.inject import peek
+from snapcore.linux.window import peek
 
 S = seccomp
 CLONE = arch.NR["clone"]

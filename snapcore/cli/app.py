@@ -19,11 +19,12 @@ from snapcore.engine import preflight
 from snapcore.cli import render as report
 from snapcore.cli import syslog
 from snapcore.cli import selection as targets
-from snapcore.core.corefile import default_output_dir
-from snapcore.errors import (BadInput, ExitCode, InternalError, Interrupted, SnapcoreError)
+from snapcore.core.placement import default_output_dir
+from snapcore.errors import (Stage, BadInput, ExitCode, InternalError, Interrupted, SnapcoreError)
 from snapcore.engine.estimate import parse_size
 from snapcore.linux.ptrace import signals_held
-from snapcore.engine.snapshot import THREAD_MODES, DumpLimits, take
+from snapcore.engine.result import THREAD_MODES, DumpLimits
+from snapcore.engine.snapshot import take
 from snapcore.core.gdb import backtraces
 
 PID_MAX_LIMIT = 1 << 22  # PID_MAX_LIMIT on 64-bit kernels
@@ -54,11 +55,11 @@ def parse_pid(text: str) -> int:
     if not re.fullmatch(r"[0-9]+", text.strip()):
         raise BadInput(f"invalid pid {text!r}",
                        "give the numeric id of a running process (see pgrep NAME)",
-                       stage="usage")
+                       stage=Stage.USAGE)
     pid = int(text)
     if pid <= 0 or pid >= PID_MAX_LIMIT:
         raise BadInput(f"invalid pid {pid}", "a pid is a number from 1 up (see pgrep NAME)",
-                       stage="usage")
+                       stage=Stage.USAGE)
     return pid
 
 
@@ -122,7 +123,7 @@ def common_options(command):
 def make_options(output_dir, timeout, min_free, max_per_hour) -> preflight.Options:
     if not (min_free.strip().endswith("%") or is_size(min_free)):
         raise BadInput(f"invalid --min-free {min_free!r}", "give a size (2G) or a "
-                       "percentage of the filesystem (10%)", stage="usage")
+                       "percentage of the filesystem (10%)", stage=Stage.USAGE)
     return preflight.Options(output_dir=output_dir or default_output_dir(),
                              min_free=min_free, max_per_hour=max_per_hour, timeout=timeout)
 
@@ -139,11 +140,11 @@ def check_force(names: tuple[str, ...]) -> None:
     for name in names:
         if name not in preflight.CHECKS:
             raise BadInput(f"--force {name}: no such check",
-                           f"checks: {', '.join(preflight.CHECKS)}", stage="usage")
+                           f"checks: {', '.join(preflight.CHECKS)}", stage=Stage.USAGE)
         if name not in preflight.FORCEABLE:
             raise BadInput(f"--force {name}: this check cannot be overridden",
                            f"only these can: {', '.join(preflight.FORCEABLE)}",
-                           stage="usage")
+                           stage=Stage.USAGE)
 
 
 def target_options(command):
@@ -174,7 +175,7 @@ def resolve_targets(pids, name_pattern, take_all, pidfile, unit) -> list[int]:
         found.append(targets.by_unit(unit))
     if not found:
         raise BadInput("no target given", "give a PID, or --name, --pidfile or --unit",
-                       stage="usage")
+                       stage=Stage.USAGE)
     return list(dict.fromkeys(found))
 
 
@@ -242,7 +243,7 @@ def take_each(pids, opts, params, show_progress: bool = False, reason: str | Non
             results.append(exc)
         except KeyboardInterrupt:
             results.append(Interrupted("interrupted", "the target was released and keeps "
-                                       "running", pid=target_pid, stage="interrupt"))
+                                       "running", pid=target_pid, stage=Stage.INTERRUPT))
             break
         syslog.log_result(results[-1], params.get("to_syslog", False))
     return results
@@ -342,7 +343,7 @@ def check(pid, output_dir, as_json, timeout, min_free, max_per_hour):
     except SnapcoreError as exc:
         fail(exc, as_json, err)
     except KeyboardInterrupt:
-        fail(Interrupted("interrupted", "the target keeps running", stage="interrupt"),
+        fail(Interrupted("interrupted", "the target keeps running", stage=Stage.INTERRUPT),
               as_json, err)
     refusals = result.refusals()
     if as_json:
@@ -387,10 +388,10 @@ def main(argv=None):
     try:
         cli.main(args=args, prog_name="snapcore", standalone_mode=False)
     except click.UsageError as exc:
-        fail(BadInput(exc.format_message(), "see snapcore --help", stage="usage"), as_json,
+        fail(BadInput(exc.format_message(), "see snapcore --help", stage=Stage.USAGE), as_json,
               err)
     except click.exceptions.Abort:  # Ctrl-C outside the engine: nothing was touched
-        fail(Interrupted("interrupted", "the target was not touched", stage="interrupt"),
+        fail(Interrupted("interrupted", "the target was not touched", stage=Stage.INTERRUPT),
               as_json, err)
     except click.exceptions.Exit as exc:
         sys.exit(exc.exit_code)
@@ -399,7 +400,7 @@ def main(argv=None):
             raise
         fail(InternalError(f"internal error: {type(exc).__name__}: {exc}",
                             "the target was released; rerun with SNAPCORE_DEBUG=1 and "
-                            "report the traceback", stage="internal"), as_json, err)
+                            "report the traceback", stage=Stage.INTERNAL), as_json, err)
     sys.exit(0)
 
 

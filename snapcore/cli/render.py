@@ -10,7 +10,7 @@ from rich.table import Table
 
 from snapcore.errors import SnapcoreError
 from snapcore.engine.estimate import human
-from snapcore.engine.snapshot import Snapshot
+from snapcore.engine.result import Snapshot
 
 
 def _ms(seconds: float) -> float:

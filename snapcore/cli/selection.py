@@ -8,7 +8,7 @@ import subprocess
 
 import psutil
 
-from snapcore.errors import BadInput, NoSuchProcess
+from snapcore.errors import Stage, BadInput, NoSuchProcess
 
 
 def by_name(pattern: str, take_all: bool) -> list[int]:
@@ -19,7 +19,7 @@ def by_name(pattern: str, take_all: bool) -> list[int]:
         regex = re.compile(pattern)
     except re.error as exc:
         raise BadInput(f"--name {pattern!r} is not a regular expression: {exc}",
-                       "quote it, e.g. --name 'nginx: master'", stage="usage") from None
+                       "quote it, e.g. --name 'nginx: master'", stage=Stage.USAGE) from None
     me = psutil.Process()
     mine = {me.pid} | {p.pid for p in me.parents()}
     found = []
@@ -31,11 +31,11 @@ def by_name(pattern: str, take_all: bool) -> list[int]:
             found.append(info)
     if not found:
         raise NoSuchProcess(f"no process matches --name {pattern!r}",
-                            "check with pgrep -a PATTERN", stage="usage")
+                            "check with pgrep -a PATTERN", stage=Stage.USAGE)
     if len(found) > 1 and not take_all:
         listed = "; ".join(f"{p['pid']} {' '.join(p['cmdline'])[:60]}" for p in found[:10])
         raise BadInput(f"--name {pattern!r} matches {len(found)} processes: {listed}",
-                       "make the pattern more specific, or add --all", stage="usage")
+                       "make the pattern more specific, or add --all", stage=Stage.USAGE)
     return sorted(p["pid"] for p in found)
 
 
@@ -45,15 +45,15 @@ def by_pidfile(path: str) -> int:
             text = f.read().strip()
     except OSError as exc:
         raise BadInput(f"cannot read pidfile {path}: {exc.strerror}",
-                       "check the path", stage="usage") from None
+                       "check the path", stage=Stage.USAGE) from None
     if not text.isdigit() or int(text) <= 0:
         raise BadInput(f"pidfile {path} holds {text[:20]!r}, not a pid",
-                       "check what wrote it", stage="usage")
+                       "check what wrote it", stage=Stage.USAGE)
     pid = int(text)
     if not os.path.exists(f"/proc/{pid}"):
         raise NoSuchProcess(f"pidfile {path} names pid {pid}, which is not running",
                             "the pidfile is stale: is the service down?", pid=pid,
-                            stage="usage")
+                            stage=Stage.USAGE)
     return pid
 
 
@@ -64,12 +64,12 @@ def by_unit(unit: str) -> int:
                              capture_output=True, text=True, timeout=10)
     except FileNotFoundError:
         raise BadInput("--unit needs systemctl, which is not installed",
-                       "give the pid instead", stage="usage") from None
+                       "give the pid instead", stage=Stage.USAGE) from None
     text = out.stdout.strip()
     if out.returncode != 0 or not text.isdigit():
         raise BadInput(f"systemctl knows no unit {unit!r}: {out.stderr.strip()}",
-                       "check systemctl status UNIT", stage="usage")
+                       "check systemctl status UNIT", stage=Stage.USAGE)
     if text == "0":
         raise NoSuchProcess(f"unit {unit} has no running main process",
-                            f"start it, or check systemctl status {unit}", stage="usage")
+                            f"start it, or check systemctl status {unit}", stage=Stage.USAGE)
     return int(text)

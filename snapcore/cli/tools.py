@@ -15,8 +15,8 @@ from snapcore.cli import render as report
 from snapcore.engine import watch as watchmod
 from snapcore.cli.app import (EXIT_CODES_HELP, check_force, cli, common_options, exit_code_of, fail,
                   is_size, make_options, parse_pid, snap_options, stdout_console, take_each)
-from snapcore.core.corefile import default_output_dir
-from snapcore.errors import BadInput, Interrupted, OutputError, SnapcoreError
+from snapcore.core.placement import default_output_dir
+from snapcore.errors import Stage, BadInput, Interrupted, OutputError, SnapcoreError
 from snapcore.engine.estimate import parse_size
 from snapcore.core.gdb import backtraces
 
@@ -45,7 +45,7 @@ def stacks(pid, core_file, exe, output_dir, as_json, timeout, min_free, max_per_
         else:
             if pid is None:
                 raise BadInput("give a PID, or --core FILE", "see snapcore stacks --help",
-                               stage="usage")
+                               stage=Stage.USAGE)
             check_force(params["force"])
             opts = make_options(output_dir, timeout, min_free, max_per_hour)
             result = take_each([parse_pid(pid)], opts, params)[0]
@@ -54,7 +54,7 @@ def stacks(pid, core_file, exe, output_dir, as_json, timeout, min_free, max_per_
             if result.core_path is None:
                 raise OutputError(f"core_pattern hands cores to "
                                   f"{result.core_pattern.handler}: no core here to read",
-                                  report.pipe_lookup(result), stage="stacks")
+                                  report.pipe_lookup(result), stage=Stage.STACKS)
             exe, core_file = result.target.exe, result.core_path
             text = backtraces(exe, core_file)
     except SnapcoreError as exc:
@@ -70,7 +70,7 @@ def _exe_from_record(core: Path) -> str:
         return json.loads(records.sidecar_path(core).read_text())["target"]["exe"]
     except (OSError, ValueError, KeyError):
         raise BadInput(f"no record beside {core} names its executable",
-                       "give it with --exe", stage="usage") from None
+                       "give it with --exe", stage=Stage.USAGE) from None
 
 
 @cli.command(epilog=EXIT_CODES_HELP)
@@ -107,7 +107,7 @@ def watch(pid, interval, hold, cpu, rss, threads_over, fds, count, cooldown, out
                                          threads_over, fds)
         if not conditions.any():
             raise BadInput("no condition to watch for",
-                           "give --cpu, --rss, --threads-over or --fds", stage="usage")
+                           "give --cpu, --rss, --threads-over or --fds", stage=Stage.USAGE)
         check_force(params["force"])
         opts = make_options(output_dir, timeout, min_free, max_per_hour)
         params["to_syslog"] = False
@@ -140,7 +140,7 @@ def watch(pid, interval, hold, cpu, rss, threads_over, fds, count, cooldown, out
     except SnapcoreError as exc:
         fail(exc, as_json, err)
     except KeyboardInterrupt:
-        fail(Interrupted("interrupted", "the process keeps running", stage="interrupt"),
+        fail(Interrupted("interrupted", "the process keeps running", stage=Stage.INTERRUPT),
               as_json, err)
     if as_json:
         report.print_json({"ok": not any(isinstance(t, SnapcoreError) for t in taken),
@@ -157,7 +157,7 @@ def _size_option(text: str) -> int:
     try:
         return parse_size(text)
     except ValueError as exc:
-        raise BadInput(str(exc), "e.g. 512M or 2G", stage="usage") from None
+        raise BadInput(str(exc), "e.g. 512M or 2G", stage=Stage.USAGE) from None
 
 
 @cli.command(name="list")
@@ -204,11 +204,11 @@ def prune(output_dir, keep, older_than, max_total, dry_run, as_json):
     try:
         if keep is None and older_than is None and max_total is None:
             raise BadInput("nothing to prune by", "give --keep, --older-than or --max-total",
-                           stage="usage")
+                           stage=Stage.USAGE)
         age = None if older_than is None else _duration(older_than, "--older-than")
         if max_total is not None and not is_size(max_total):
             raise BadInput(f"invalid --max-total {max_total!r}", "give a size such as 20G",
-                           stage="usage")
+                           stage=Stage.USAGE)
         total = None if max_total is None else parse_size(max_total)
     except SnapcoreError as exc:
         fail(exc, as_json, err)
@@ -232,4 +232,4 @@ def _duration(text: str, option: str) -> float:
     try:
         return records.parse_duration(text)
     except ValueError as exc:
-        raise BadInput(f"invalid {option} {text!r}", str(exc), stage="usage") from None
+        raise BadInput(f"invalid {option} {text!r}", str(exc), stage=Stage.USAGE) from None

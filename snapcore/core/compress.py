@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from snapcore.errors import OutputError
+from snapcore.errors import Stage, OutputError
 
 
 def compress(core: Path) -> Path:
@@ -14,7 +14,7 @@ def compress(core: Path) -> Path:
         import zstandard
     except ImportError:
         raise OutputError("--compress needs the zstandard package",
-                          "pip install 'snapcore[compress]'", stage="compress") from None
+                          "pip install 'snapcore[compress]'", stage=Stage.COMPRESS) from None
     dest = core.with_name(core.name + ".zst")
     partial = core.with_name("." + dest.name + ".part")
     policy, nice = os.sched_getscheduler(0), os.getpriority(os.PRIO_PROCESS, 0)
@@ -30,7 +30,7 @@ def compress(core: Path) -> Path:
     except OSError as exc:
         partial.unlink(missing_ok=True)
         raise OutputError(f"cannot compress {core}: {exc.strerror}",
-                          "the uncompressed core is kept", stage="compress") from None
+                          "the uncompressed core is kept", stage=Stage.COMPRESS) from None
     finally:
         os.sched_setscheduler(0, policy, os.sched_param(0))
         os.setpriority(os.PRIO_PROCESS, 0, nice)

@@ -8,7 +8,7 @@ import tempfile
 from pathlib import Path
 
 from snapcore.core.compress import decompress_to
-from snapcore.errors import OutputError
+from snapcore.errors import Stage, OutputError
 
 
 def backtraces(exe: str, core: Path, timeout: float = 300) -> str:
@@ -17,7 +17,7 @@ def backtraces(exe: str, core: Path, timeout: float = 300) -> str:
     if gdb is None:
         raise OutputError("reading stacks needs gdb, which is not installed",
                           "install it (apt-get install gdb); the core is kept",
-                          stage="stacks")
+                          stage=Stage.STACKS)
     with tempfile.TemporaryDirectory(prefix="snapcore-stacks-") as tmp:
         if core.name.endswith(".zst"):
             plain = Path(tmp) / core.name[:-4]

@@ -16,7 +16,8 @@ from dataclasses import dataclass, field
 
 from snapcore.linux import arch
 from snapcore.linux import ptrace
-from snapcore.errors import CoreNotWritten, InternalError, NoSuchProcess, NotDumpable
+from snapcore.engine.watchdog import Watchdog
+from snapcore.errors import Stage, CoreNotWritten, InternalError, NoSuchProcess, NotDumpable
 from snapcore.linux.inject import HeldThread, syscall, wait_for_interrupt_stop
 
 PAGE = 4096
@@ -118,7 +119,7 @@ def prepare(child: Child, at: int, *, core_hard: int, staging: str | None, name:
         if not allow_undumpable:
             raise NotDumpable("the process made itself non-dumpable (PR_SET_DUMPABLE 0): "
                               "it keeps its memory out of cores", "respect that",
-                              stage="child")
+                              stage=Stage.CHILD)
         # Overridden: only the child is made dumpable again (a process may set
         # its own flag back to 1 without privilege); the target keeps its 0.
         if call("prctl", PR_SET_DUMPABLE, 1) < 0:
@@ -126,7 +127,7 @@ def prepare(child: Child, at: int, *, core_hard: int, staging: str | None, name:
                                "write no core")
     scratch = call("mmap", 0, PAGE, PROT_READ_WRITE, MAP_PRIVATE_ANONYMOUS, -1, 0)
     if scratch < 0:
-        raise InternalError(f"mmap in the snapshot child failed ({scratch})", stage="child")
+        raise InternalError(f"mmap in the snapshot child failed ({scratch})", stage=Stage.CHILD)
     page = bytearray(PAGE)
     page[_RLIMIT_AT:_RLIMIT_AT + 16] = core_hard.to_bytes(8, "little") * 2
     if staging:
@@ -152,7 +153,7 @@ def prepare(child: Child, at: int, *, core_hard: int, staging: str | None, name:
         ret = call(syscall_name, *args)
         if ret < 0:
             raise CoreNotWritten(f"{syscall_name} in the snapshot child failed: "
-                                 f"{os.strerror(-ret)}", stage="child")
+                                 f"{os.strerror(-ret)}", stage=Stage.CHILD)
 
     # The forking thread may be a worker with its own name; the core's
     # process name (NT_PRPSINFO) and core_pattern's %e come from the child.
@@ -198,7 +199,7 @@ def resurrect(child: Child, at: int, threads: list[HeldThread], deadline: float)
         if ret < 0 or not born:
             raise InternalError(f"could not recreate thread {thread.tid} in the snapshot "
                                 f"child ({os.strerror(-ret) if ret < 0 else 'no event'})",
-                                stage="child")
+                                stage=Stage.CHILD)
         tid = born[0]
         child.threads[tid] = thread.tid
         child.ns_tids[tid] = ret  # clone returns the tid in the caller's namespace
@@ -262,58 +263,6 @@ def dump(child: Child, runner: HeldThread,
         watchdog.start()
     ptrace.cont(pid, signal.SIGABRT)
     return _collect(child, watchdog=watchdog), time.monotonic() - started
-
-
-STALL_PROGRESS = 1 << 20  # growing less than this in --stall-timeout is a stall
-
-
-@dataclass
-class Watchdog:
-    """Keeps an idle-priority dump from starving forever on a busy machine.
-
-    A SCHED_IDLE child on saturated CPUs may never run, and while it lives the
-    target pays for every page it rewrites.  If the core has not grown by
-    STALL_PROGRESS for `stall_timeout` seconds, the dumping thread is raised to SCHED_OTHER at
-    nice 19; if the dump lasts longer than `max_dump_time`, the child is killed
-    and the snapshot fails.  0 disables either.
-    """
-
-    written: object  # () -> bytes of the core on disk so far
-    stall_timeout: float = 10.0
-    max_dump_time: float = 0.0
-    escalated_after: float | None = None  # seconds into the dump, when it happened
-    timed_out: bool = False
-    progress: object = None  # (bytes written, bytes expected) -> None, for a progress bar
-    expected: int = 0
-
-    def start(self) -> None:
-        self.started = self.last_growth = time.monotonic()
-        self.last_size = 0
-
-    def tick(self, child: Child) -> None:
-        now = time.monotonic()
-        size = self.written()
-        if self.progress is not None:
-            self.progress(size, self.expected)
-        # A starved idle task still gets crumbs of CPU: a few KiB now and then
-        # is a stall too.
-        if size >= self.last_size + STALL_PROGRESS:
-            self.last_size, self.last_growth = size, now
-        if (self.stall_timeout and self.escalated_after is None
-                and now - self.last_growth >= self.stall_timeout):
-            self.escalated_after = now - self.started
-            try:
-                os.sched_setscheduler(child.pid, os.SCHED_OTHER, os.sched_param(0))
-                os.setpriority(os.PRIO_PROCESS, child.pid, 19)
-                child.notes.append(f"the dump stalled; raised to normal priority at nice 19 "
-                                   f"after {self.escalated_after:.1f} s")
-            except OSError as exc:
-                child.notes.append(f"the dump stalled; could not raise its priority: "
-                                   f"{exc.strerror}")
-        if self.max_dump_time and now - self.started > self.max_dump_time \
-                and not self.timed_out:
-            self.timed_out = True
-            os.kill(child.pid, signal.SIGKILL)
 
 
 def _collect(child: Child, deadline: float | None = None,

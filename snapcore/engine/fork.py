@@ -35,8 +35,9 @@ from snapcore.linux import arch
 from snapcore.engine import interrupts
 from snapcore.linux import ptrace
 from snapcore.linux import rseq
-from snapcore.errors import InternalError, NoSuchProcess
-from snapcore.linux.inject import HeldThread, Window, syscall, wait_for_interrupt_stop
+from snapcore.errors import Stage, InternalError, NoSuchProcess
+from snapcore.linux.inject import HeldThread, syscall, wait_for_interrupt_stop
+from snapcore.linux.window import Window
 
 CLONE_VM = 0x100
 CLONE_FS = 0x200
@@ -149,7 +150,7 @@ def _born(made: dict, name: str, result: int, events: list, what: str, pid: int)
     if result < 0 or born is None:
         raise InternalError(f"{what} in process {pid} failed: "
                             f"{os.strerror(-result) if result < 0 else 'no child'}",
-                            "the target was restored and is running", pid=pid, stage="fork")
+                            "the target was restored and is running", pid=pid, stage=Stage.FORK)
     return born
 
 
@@ -169,7 +170,7 @@ def _prepare_intermediate(runner: HeldThread, middle: int, at: int, deadline: fl
                       MAP_PRIVATE_ANONYMOUS, -1, 0, deadline=deadline, guard=guard)
     if page < 0:
         raise InternalError(f"mmap in the intermediate task failed: {os.strerror(-page)}",
-                            stage="fork")
+                            stage=Stage.FORK)
     try:
         with open(f"/proc/{middle}/mem", "r+b", buffering=0) as mem:
             mem.seek(page)

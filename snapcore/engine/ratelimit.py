@@ -16,7 +16,7 @@ import json
 import time
 from pathlib import Path
 
-from snapcore.errors import AlreadyTraced
+from snapcore.errors import Stage, AlreadyTraced
 
 WINDOW = 3600.0
 
@@ -81,7 +81,7 @@ class RateLimiter:
                     raise
                 raise AlreadyTraced(f"busy: another snapcore is snapshotting {key} right "
                                     "now", "wait for it to finish", pid=pid,
-                                    stage="preflight") from None
+                                    stage=Stage.PREFLIGHT) from None
             yield
 
 

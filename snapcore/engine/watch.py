@@ -14,7 +14,7 @@ from dataclasses import dataclass
 
 import psutil
 
-from snapcore.errors import NoSuchProcess, SnapcoreError
+from snapcore.errors import Stage, NoSuchProcess, SnapcoreError
 from snapcore.engine.estimate import human
 
 
@@ -64,7 +64,7 @@ def events(pid: int, cond: Conditions, snapshot, *, interval: float, hold: float
         proc.cpu_percent(None)  # the first reading primes the counter
     except psutil.NoSuchProcess:
         raise NoSuchProcess(f"no such process {pid}", "check the pid with ps or pgrep",
-                            pid=pid, stage="watch") from None
+                            pid=pid, stage=Stage.WATCH) from None
     held_since = None
     last_shot = None
     taken = 0

@@ -9,7 +9,7 @@ import socket
 from dataclasses import dataclass, field
 
 from snapcore.linux import arch
-from snapcore.errors import AlreadyTraced, NoSuchProcess, Unsupported
+from snapcore.errors import Stage, AlreadyTraced, NoSuchProcess, Unsupported
 
 RLIM_INFINITY = (1 << 64) - 1
 
@@ -52,7 +52,7 @@ def exclusive(pid: int):
         if exc.errno != errno.EADDRINUSE:
             raise
         raise AlreadyTraced(f"process {pid} is busy: another snapcore is snapshotting it",
-                            "wait for it to finish", pid=pid, stage="preflight") from None
+                            "wait for it to finish", pid=pid, stage=Stage.PREFLIGHT) from None
     try:
         yield
     finally:
@@ -71,7 +71,7 @@ def gone(pid: int) -> bool:
 
 
 @contextlib.contextmanager
-def reading(pid: int, stage: str):
+def reading(pid: int, stage: Stage):
     """/proc reads race the target's exit: a failed read of a process that is
     gone means the process exited, and says so."""
     try:
@@ -174,7 +174,7 @@ def read(pid: int) -> Target:
     except (FileNotFoundError, ProcessLookupError):
         raise NoSuchProcess(f"no such process {pid}",
                             "check the pid with ps or pgrep", pid=pid,
-                            stage="preflight") from None
+                            stage=Stage.PREFLIGHT) from None
     exe, elf_class, machine = "", 0, 0
     if not kthread:
         try:
@@ -185,7 +185,7 @@ def read(pid: int) -> Target:
         except (FileNotFoundError, ProcessLookupError):
             if status.get("State", "?")[0] not in "ZX":
                 raise NoSuchProcess(f"process {pid} exited", "nothing to snapshot", pid=pid,
-                                    stage="preflight") from None
+                                    stage=Stage.PREFLIGHT) from None
     uids = status.get("Uid", "0 0 0 0").split()
     return Target(pid=pid, name=status.get("Name", "?"), exe=exe, uid=int(uids[0]),
                   gid=int(status.get("Gid", "0").split()[0]), euid=int(uids[1]),
@@ -236,10 +236,10 @@ def syscall_instructions(pid: int) -> list[int]:
         return found
     if gone(pid):
         raise NoSuchProcess(f"process {pid} exited", "nothing to snapshot", pid=pid,
-                            stage="preflight")
+                            stage=Stage.PREFLIGHT)
     raise Unsupported(f"no syscall instruction found in process {pid}'s vDSO or libc",
                       "snapcore needs a vDSO or a dynamically linked libc", pid=pid,
-                      stage="preflight")
+                      stage=Stage.PREFLIGHT)
 
 
 def find_syscall_instruction(pid: int) -> int:

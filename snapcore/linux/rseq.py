@@ -17,7 +17,7 @@ import struct
 
 from snapcore.linux import arch
 from snapcore.linux import ptrace
-from snapcore.errors import Unsupported
+from snapcore.errors import Stage, Unsupported
 
 RSEQ_CS_OFFSET = 8  # struct rseq { u32 cpu_id_start; u32 cpu_id; u64 rseq_cs; ... }
 RSEQ_CS_LAYOUT = "<IIQQQ"  # struct rseq_cs: version, flags, start_ip, post_commit_offset, abort_ip
@@ -54,7 +54,7 @@ def move_to_abort(tid: int, regs: ptrace.Regs, abort: int) -> None:
     if signature != area.signature:
         raise Unsupported(f"thread {tid} is inside an rseq critical section whose abort "
                           "handler has the wrong signature", "try again in a moment",
-                          pid=tid, stage="capture")
+                          pid=tid, stage=Stage.CAPTURE)
     with open(f"/proc/{tid}/mem", "r+b", buffering=0) as mem:
         mem.seek(area.address + RSEQ_CS_OFFSET)
         mem.write(b"\0" * 8)

@@ -13,7 +13,7 @@ import struct
 from dataclasses import dataclass
 
 from snapcore.linux.arch import NR
-from snapcore.errors import Unsupported
+from snapcore.errors import Stage, Unsupported
 
 # Actions (include/uapi/linux/seccomp.h), most restrictive first.
 RET_KILL_PROCESS = 0x80000000
@@ -222,6 +222,6 @@ class Denied(Unsupported):
         name = next((n for n, v in NR.items() if v == nr), str(nr))
         super().__init__(f"the seccomp filters of the process would answer "
                          f"{describe(ret)} to the injected {name}",
-                         "it cannot be snapshot safely; nothing was injected", stage="inject")
+                         "it cannot be snapshot safely; nothing was injected", stage=Stage.INJECT)
         self.nr = nr
         self.ret = ret

@@ -1,0 +1,46 @@
+"""What a snapshot gives back, and the limits it runs under.
+"""
+
+from __future__ import annotations
+from dataclasses import dataclass, field
+from datetime import datetime
+from pathlib import Path
+from snapcore.linux.procfs import Target
+
+
+@dataclass
+class Snapshot:
+    target: Target
+    core_path: Path | None
+    core_size: int
+    pause: dict  # seconds: capture, syscall (the fork), release, pause (their sum)
+    reap_pause: float
+    dump_seconds: float
+    threads: int
+    thread_map: list[dict]  # per thread: target tid, name, LWP in the core
+    child_pid: int
+    core_pattern: core_pattern.CorePattern
+    taken_at: datetime
+    notes: list[str] = field(default_factory=list)
+    checks: list[dict] = field(default_factory=list)  # the preflight's verdicts
+    escalated_after: float | None = None  # seconds into a stalled dump, if raised
+    sidecar_path: Path | None = None  # the record beside the core
+    core_estimate: int = 0  # what the preflight expected the core to weigh
+    # MADV_DONTFORK regions (absent from the child, so from the core) and
+    # MADV_WIPEONFORK ones (zeros in the core): {"start", "end", "kind"}
+    regions_missing: list[dict] = field(default_factory=list)
+
+    @property
+    def pause_ms(self) -> float:
+        return self.pause["pause"] * 1000.0
+
+
+THREAD_MODES = ("all", "main")
+
+
+@dataclass
+class DumpLimits:
+    stall_timeout: float = 10.0  # raise a dump that grew < 1 MiB in this long; 0: never
+    max_dump_time: float = 0.0  # kill a dump that lasts longer; 0: no limit
+    progress: object = None  # (bytes written, bytes expected) -> None, while dumping
+    expected: int = 0  # the preflight's estimate of the core's size

@@ -1,0 +1,91 @@
+"""What a preflight check says: a verdict (ok, warn, refuse), a reason and a
+fix; which checks exist, the exit code of each refusal, and which ones the
+operator may override.
+"""
+
+from __future__ import annotations
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from snapcore.errors import Stage, ExitCode, SnapcoreError
+from snapcore.linux.procfs import Target
+
+
+OK, WARN, REFUSE = "ok", "warn", "refuse"
+
+
+# name -> (exit code of its refusal, whether --force may override it)
+CHECKS = {
+    "permission": (ExitCode.PERMISSION, False),
+    "tracer": (ExitCode.BUSY, False),
+    "state": (ExitCode.UNSUPPORTED, False),
+    "seccomp": (ExitCode.UNSUPPORTED, False),
+    "dumpable": (ExitCode.CORE_NOT_WRITTEN, True),
+    "core-pattern": (ExitCode.CORE_NOT_WRITTEN, False),
+    "core-limit": (ExitCode.CORE_NOT_WRITTEN, False),
+    "output-dir": (ExitCode.OUTPUT, True),
+    "disk": (ExitCode.OUTPUT, True),
+    "memory": (ExitCode.MEMORY, True),
+    "tasks": (ExitCode.LIMITS, True),
+    "rate-limit": (ExitCode.RATE_LIMITED, True),
+}
+
+
+FORCEABLE = tuple(name for name, (_, forceable) in CHECKS.items() if forceable)
+
+
+@dataclass
+class Check:
+    name: str
+    verdict: str
+    reason: str
+    fix: str = ""
+
+    @property
+    def exit_code(self) -> ExitCode:
+        return CHECKS[self.name][0]
+
+    @property
+    def forceable(self) -> bool:
+        return CHECKS[self.name][1]
+
+
+@dataclass
+class Options:
+    output_dir: Path
+    min_free: str = "10%"  # free space to leave on the output filesystem
+    max_per_hour: int = 4  # 0: no limit
+    timeout: float = 2.0
+    clock: object = time.time
+
+
+@dataclass
+class Preflight:
+    target: Target
+    checks: list[Check] = field(default_factory=list)
+    core_estimate: int = 0
+    core_pattern: core_pattern.CorePattern | None = None
+    syscall_at: int = 0  # the `syscall` instruction injections will use
+    filters: list = field(default_factory=list)  # the target's seccomp filters, parsed
+    fingerprint: tuple = ()  # target.mm_fingerprint: its program, to notice an exec
+    regions_missing: list[dict] = field(default_factory=list)
+
+    def add(self, name: str, verdict: str, reason: str, fix: str = "") -> None:
+        self.checks.append(Check(name, verdict, reason, fix))
+
+    def refusals(self, forced=()) -> list[Check]:
+        return [c for c in self.checks
+                if c.verdict == REFUSE and not (c.forceable and c.name in forced)]
+
+    def as_dicts(self) -> list[dict]:
+        return [dict(asdict(c), forceable=c.forceable) for c in self.checks]
+
+
+class Refused(SnapcoreError):
+    """A preflight check said no; its exit code is the check's."""
+
+    def __init__(self, check: Check, pid: int):
+        super().__init__(check.reason, check.fix, pid=pid, stage=Stage.PREFLIGHT)
+        self.exit_code = check.exit_code
+        self.check = check.name if check.forceable else ""
+        self.check_name = check.name

@@ -1,0 +1,143 @@
+"""A stop window: every thread of the target held in a plain interrupt stop,
+then each given back exactly as it was.
+"""
+
+from __future__ import annotations
+import time
+from snapcore.linux import ptrace
+from snapcore.linux.inject import SEIZE_OPTIONS, HeldThread, TargetReplaced, wait_for_interrupt_stop
+from snapcore.errors import Stage, NoSuchProcess, Unsupported
+from snapcore.linux.procfs import task_ids
+
+
+def peek(tid: int, read, timeout: float):
+    """Hold thread `tid` stopped just long enough to call read(tid), then let it go.
+
+    For what ptrace shows only on a stopped tracee (seccomp filters, rseq).
+    The caller must have SIGCHLD blocked (ptrace.signals_held).
+    """
+    with Window(tid, threads=None, timeout=timeout) as window:
+        return read(window.held[tid].tid)
+
+
+def capture(pid: int, tids: list[int], held: dict[int, HeldThread], deadline: float,
+            all_threads: bool) -> None:
+    """Seize, then interrupt, then wait for each thread; with `all_threads`,
+    repeat until a pass over /proc/PID/task finds no new thread (a stopped
+    thread cannot make more).  Threads that exit meanwhile are dropped."""
+    while tids:
+        for tid in tids:
+            try:
+                ptrace.seize(tid, SEIZE_OPTIONS)
+            except NoSuchProcess:
+                continue  # exited since it was listed
+            held[tid] = HeldThread(tid)
+        for tid in tids:
+            if tid in held:
+                try:
+                    ptrace.interrupt(tid)
+                except NoSuchProcess:
+                    pass  # exiting: the wait below collects it
+        for tid in tids:
+            if tid not in held:
+                continue
+            try:
+                wait_for_interrupt_stop(tid, deadline)
+                held[tid].stopped = True
+            except TargetReplaced:
+                held[tid].stopped = True  # in its exec event stop: detach it
+                raise
+            except NoSuchProcess:
+                del held[tid]
+            except Unsupported:
+                # In a group-stop (someone sent SIGSTOP): detaching leaves it
+                # stopped, as the kernel re-enters the group-stop.
+                held[tid].stopped = True
+                raise
+        if not all_threads:
+            return
+        try:
+            tids = [t for t in task_ids(pid) if t not in held]
+        except FileNotFoundError:
+            return  # the process is gone: the waits above have said so
+
+
+class Window:
+    """One stop of the target: its threads held, then each given back as it was.
+
+    threads: the thread ids to hold, as listed before the window opens (threads
+    born meanwhile are held too); None holds the main thread only.
+    `check(tid)` runs once every thread is stopped and may refuse by raising.
+    SIGINT/SIGTERM/SIGHUP are held until every thread is released: a stop
+    request cannot leave the target stopped or running injected registers.
+    `timings` says, in seconds, how long capture, the work inside and release
+    took, and the whole pause.
+    """
+
+    def __init__(self, pid: int, *, threads: list[int] | None, timeout: float,
+                 with_xstate: bool = False, check=None):
+        self.pid = pid
+        self.threads = threads
+        self.deadline = time.monotonic() + timeout
+        self.with_xstate = with_xstate
+        self.check = check
+        self.held: dict[int, HeldThread] = {}
+        self.timings: dict[str, float] = {}
+        self._signals = None
+
+    def __enter__(self) -> "Window":
+        self._signals = ptrace.signals_held(ptrace.STOP_REQUEST_SIGNALS)
+        self._signals.__enter__()
+        self._t0 = time.perf_counter()
+        try:
+            capture(self.pid, self.threads or [self.pid], self.held, self.deadline,
+                    all_threads=self.threads is not None)
+            if not self.held:
+                raise NoSuchProcess(f"process {self.pid} exited", pid=self.pid,
+                                    stage=Stage.CAPTURE)
+            if self.check is not None:
+                self.check(self.main.tid)
+            for thread in self.held.values():
+                thread.save(self.with_xstate)
+        except BaseException:
+            self.__exit__(None, None, None)
+            raise
+        self._t1 = time.perf_counter()
+        return self
+
+    @property
+    def main(self) -> HeldThread:
+        return self.held.get(self.pid) or next(iter(self.held.values()))
+
+    def __exit__(self, *exc) -> None:
+        t2 = time.perf_counter()
+        try:
+            # A thread that never reached its stop (uninterruptible sleep past
+            # the deadline) cannot be detached while it runs; the kernel
+            # releases it when snapcore exits (exit_ptrace), untouched.
+            errors = []
+            for thread in self.held.values():
+                try:
+                    thread.release()
+                except NoSuchProcess:
+                    pass  # it exited while held: nothing left to release
+                except Exception as err:  # release the others all the same
+                    errors.append(err)
+            t3 = time.perf_counter()
+            t1 = getattr(self, "_t1", t2)
+            self.timings = {"capture": t1 - self._t0, "syscall": t2 - t1,
+                            "release": t3 - t2, "pause": t3 - self._t0}
+            if errors and exc[0] is None:
+                raise errors[0]
+        finally:
+            self._signals.__exit__(None, None, None)
+
+
+def run_in_target(pid: int, at: int, nr: int, *args: int, timeout: float,
+                  check=None, guard=None) -> tuple[int, float]:
+    """Stop the target's main thread, run one syscall in it, give it back.
+    Returns the syscall's result and the pause it cost."""
+    with Window(pid, threads=None, timeout=timeout, check=check) as window:
+        result, _events = window.main.inject(at, nr, *args, deadline=window.deadline,
+                                             guard=guard)
+    return result, window.timings["pause"]
