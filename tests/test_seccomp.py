@@ -7,6 +7,7 @@ import signal
 import struct
 from pathlib import Path
 
+from snapcore.linux import stops
 import pytest
 
 from conftest import run_snapcore, snap_json
@@ -111,7 +112,7 @@ REFUSED = {"seccomp-errno-clone": "ERRNO(1)", "seccomp-kill-clone": "KILL_PROCES
 
 def test_filters_read_from_a_real_target(start_victim):
     victim = start_victim("seccomp-kill-clone")
-    with ptrace.signals_held([signal.SIGCHLD]):
+    with stops.signals_held([signal.SIGCHLD]):
         raw = peek(victim.pid, ptrace.seccomp_filters, 2.0)
     filters = [S.parse(r) for r in raw]
     assert len(filters) == 1 and len(filters[0]) == 4

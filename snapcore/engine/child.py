@@ -14,6 +14,8 @@ import signal
 import time
 from dataclasses import dataclass, field
 
+from snapcore.linux import stops
+from snapcore.linux.stops import StopKind, ENDED
 from snapcore.linux import arch
 from snapcore.linux import ptrace
 from snapcore.engine.watchdog import Watchdog
@@ -232,7 +234,7 @@ def lower_priority(child: Child, at: int, deadline: float) -> None:
 
 
 def dump(child: Child, runner: HeldThread,
-         watchdog: Watchdog | None = None) -> tuple[ptrace.Stop, float]:
+         watchdog: Watchdog | None = None) -> tuple[stops.Stop, float]:
     """Give the child the forking thread's state back and let SIGABRT dump it.
 
     The signal argument of PTRACE_CONT is ignored at an event or syscall stop,
@@ -251,10 +253,10 @@ def dump(child: Child, runner: HeldThread,
     os.kill(pid, signal.SIGABRT)
     ptrace.cont(pid)
     while True:
-        stop = ptrace.wait(pid, None)
-        if stop.kind == "signal" and stop.sig == signal.SIGABRT:
+        stop = stops.wait(pid, None)
+        if stop.kind is StopKind.SIGNAL and stop.sig == signal.SIGABRT:
             break
-        if stop.kind in ("exited", "killed"):
+        if stop.kind in ENDED:
             _collect(child)
             return stop, 0.0
         ptrace.cont(pid)  # anything else is not for the child: drop it
@@ -266,7 +268,7 @@ def dump(child: Child, runner: HeldThread,
 
 
 def _collect(child: Child, deadline: float | None = None,
-             watchdog: Watchdog | None = None) -> ptrace.Stop:
+             watchdog: Watchdog | None = None) -> stops.Stop:
     """Wait until every thread of the child has ended; return how the first one ended.
 
     The kernel reports a thread-group leader's end only after the other
@@ -276,10 +278,10 @@ def _collect(child: Child, deadline: float | None = None,
     ended = None
     while left:
         for tid in list(left):
-            stop = ptrace.try_wait(tid)
+            stop = stops.try_wait(tid)
             if stop is None:
                 continue
-            if stop.kind in ("exited", "killed"):
+            if stop.kind in ENDED:
                 left.discard(tid)
                 if tid == child.pid:
                     ended = stop
@@ -296,7 +298,7 @@ def _collect(child: Child, deadline: float | None = None,
                 break
             signal.sigtimedwait([signal.SIGCHLD], min(timeout, 0.25 if watchdog else 1.0))
     child.alive = False
-    return ended or ptrace.Stop("killed", sig=signal.SIGKILL)
+    return ended or stops.Stop(StopKind.KILLED, sig=signal.SIGKILL)
 
 
 def kill(child: Child) -> None:

@@ -11,6 +11,8 @@ import time
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
+from snapcore.linux import stops
+from snapcore.linux.stops import StopKind
 from snapcore.linux import arch
 from snapcore.engine import child as childmod
 from snapcore.core import notes
@@ -20,7 +22,6 @@ from snapcore.core import store
 from snapcore.engine import fork as forkmod
 from snapcore.engine import interrupts
 from snapcore.engine import preflight
-from snapcore.linux import ptrace
 from snapcore.linux import seccomp
 from snapcore.engine.identity import identity_check, reap_adopted
 from snapcore.engine.result import DumpLimits, Snapshot
@@ -112,7 +113,7 @@ def _dump(run: _Dump, pidfd: int, stop_timeout: float, allow_undumpable: bool,
     return snap, ended, watchdog
 
 
-def _store(run: _Dump, snap: Snapshot, ended: ptrace.Stop, watchdog: Watchdog,
+def _store(run: _Dump, snap: Snapshot, ended: stops.Stop, watchdog: Watchdog,
            dump_limits: DumpLimits, output_dir: Path, taken_at: datetime) -> Snapshot:
     """Find the core the kernel wrote, name the threads as the target does, and
     put it in the output directory."""
@@ -169,11 +170,11 @@ def _thread_map(pid: int, kid: childmod.Child) -> list[dict]:
              "core_lwp": ns_tid(pid, kid.threads[c]), "child_tid": c} for c in order]
 
 
-def _why_no_core(target: Target, ended: ptrace.Stop, pattern: core_pattern.CorePattern,
+def _why_no_core(target: Target, ended: stops.Stop, pattern: core_pattern.CorePattern,
                  staging: Path | None, kid: childmod.Child) -> str:
-    how = (f"exited with status {os.WEXITSTATUS(ended.status)}" if ended.kind == "exited"
+    how = (f"exited with status {os.WEXITSTATUS(ended.status)}" if ended.kind is StopKind.EXITED
            else f"died of signal {ended.sig} without a core")
-    if ended.kind == "killed" and ended.sig == signal.SIGKILL and kid.oom_killed():
+    if ended.kind is StopKind.KILLED and ended.sig == signal.SIGKILL and kid.oom_killed():
         return ("core not written: the OOM killer took the snapshot child (it has "
                 "oom_score_adj 1000, so it goes before the target): the copy-on-write "
                 "memory did not fit; snapshot when there is more free memory")

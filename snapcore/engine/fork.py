@@ -31,6 +31,8 @@ import signal
 import time
 from dataclasses import dataclass
 
+from snapcore.linux import stops
+from snapcore.linux.stops import ENDED
 from snapcore.linux import arch
 from snapcore.engine import interrupts
 from snapcore.linux import ptrace
@@ -58,7 +60,7 @@ PROT_READ_WRITE = 0x3
 MAP_PRIVATE_ANONYMOUS = 0x22
 # wait4 options for reaping from inside the target: never blocks it, and
 # __WALL sees children whose exit signal is not SIGCHLD.
-REAP_OPTIONS = ptrace.WALL | os.WNOHANG
+REAP_OPTIONS = stops.WALL | os.WNOHANG
 
 
 @dataclass
@@ -254,10 +256,10 @@ def _kill_and_collect(tid: int, deadline: float) -> None:
         return
     while True:
         try:
-            stop = ptrace.wait(tid, deadline)
+            stop = stops.wait(tid, deadline)
         except NoSuchProcess:
             return
-        if stop.kind in ("exited", "killed"):
+        if stop.kind in ENDED:
             return
 
 

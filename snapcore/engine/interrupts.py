@@ -1,6 +1,6 @@
 """Stop requests (Ctrl-C, SIGTERM, SIGHUP) while snapcore is putting things back.
 
-Inside a stop window the engine blocks these signals outright (ptrace.signals_held).
+Inside a stop window the engine blocks these signals outright (stops.signals_held).
 During the cleanup after a failure or an interruption — killing the child,
 reaping it from the target — a second request must not abort the cleanup
 either: the command layer's handler asks `in_cleanup()`, and instead of

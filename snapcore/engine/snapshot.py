@@ -11,10 +11,10 @@ import signal
 from dataclasses import replace
 from pathlib import Path
 
+from snapcore.linux import stops
 from snapcore.core import placement
 from snapcore.core import store
 from snapcore.engine import preflight
-from snapcore.linux import ptrace
 from snapcore.core import records
 from snapcore.core.compress import compress
 from snapcore.engine import dump
@@ -58,7 +58,7 @@ def _take_exclusive(pid: int, opts: preflight.Options, *, threads: str,
         staging = (placement.make_staging_dir(output_dir, target.uid, target.gid, root)
                    if pre.core_pattern.kind == "relative" else None)
         try:
-            with ptrace.signals_held([signal.SIGCHLD]):
+            with stops.signals_held([signal.SIGCHLD]):
                 limits = replace(limits or DumpLimits(), expected=pre.core_estimate)
                 snap = _take(pre, output_dir, staging, threads == "all", opts.timeout,
                              allow_undumpable="dumpable" in force, dump_limits=limits,

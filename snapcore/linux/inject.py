@@ -10,6 +10,8 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass
 
+from snapcore.linux import stops
+from snapcore.linux.stops import StopKind, ENDED, Event
 from snapcore.linux import arch
 from snapcore.linux import ptrace
 from snapcore.errors import Stage, InternalError, NoSuchProcess, Unsupported
@@ -60,21 +62,21 @@ def syscall(tid: int, base: ptrace.Regs, at: int, nr: int, *args: int,
 
 def _wait_syscall_stop(tid: int, deadline: float | None, events: list) -> None:
     while True:
-        stop = ptrace.wait(tid, deadline)
-        if stop.kind == "syscall":
+        stop = stops.wait(tid, deadline)
+        if stop.kind is StopKind.SYSCALL:
             return
-        if stop.kind == "event":
+        if stop.kind is StopKind.EVENT:
             if stop.event == ptrace.EVENT_EXEC:
                 raise TargetReplaced(f"thread {tid} exec'd a new program", pid=tid,
                                      stage=Stage.INJECT)
             # PTRACE_EVENT_CLONE arrives between clone's entry and exit.
-            events.append((stop.event, ptrace.event_msg(tid)))
+            events.append(Event(stop.event, ptrace.event_msg(tid)))
             ptrace.resume_to_syscall(tid)
-        elif stop.kind == "group":
+        elif stop.kind is StopKind.GROUP:
             # Someone sent SIGSTOP mid-injection; finish first (the kernel
             # re-enters the group-stop when the thread is detached).
             ptrace.resume_to_syscall(tid)
-        elif stop.kind == "signal":
+        elif stop.kind is StopKind.SIGNAL:
             # Every signal is blocked while snapcore injects, so this is a
             # synchronous fault caused by the injection itself.
             raise InternalError(f"thread {tid} got signal {stop.sig} during an injected "
@@ -87,8 +89,8 @@ def _wait_syscall_stop(tid: int, deadline: float | None, events: list) -> None:
 def wait_for_interrupt_stop(tid: int, deadline: float | None) -> None:
     """Wait for the PTRACE_INTERRUPT stop, passing on signals that arrive first."""
     while True:
-        stop = ptrace.wait(tid, deadline)
-        if stop.kind == "event":
+        stop = stops.wait(tid, deadline)
+        if stop.kind is StopKind.EVENT:
             if stop.event == ptrace.EVENT_EXEC:
                 # The exec event stop came first; the interrupt stop follows,
                 # but the program snapcore checked is gone.
@@ -96,11 +98,11 @@ def wait_for_interrupt_stop(tid: int, deadline: float | None) -> None:
                                      "nothing was done to it; try again", pid=tid,
                                      stage=Stage.CAPTURE)
             return
-        if stop.kind == "signal":
+        if stop.kind is StopKind.SIGNAL:
             # A signal-delivery stop came first: deliver it as the kernel would
             # have; the interrupt stays pending and stops the thread next.
             ptrace.cont(tid, stop.sig)
-        elif stop.kind == "group":
+        elif stop.kind is StopKind.GROUP:
             raise Unsupported(f"thread {tid} was stopped by signal {stop.sig} meanwhile",
                               "it must stay stopped; try again once it runs", pid=tid)
         else:
@@ -168,7 +170,7 @@ class HeldThread:
         except NoSuchProcess:
             # The injection was cut short while the thread ran its syscall: it
             # stops at the syscall's exit, then it can be put back.
-            if ptrace.wait(tid, deadline).kind in ("exited", "killed"):
+            if stops.wait(tid, deadline).kind in ENDED:
                 self.stopped = False
                 raise
             ptrace.set_options(tid, SEIZE_OPTIONS)
@@ -176,10 +178,10 @@ class HeldThread:
         ptrace.interrupt(tid)
         ptrace.cont(tid)
         while True:
-            stop = ptrace.wait(tid, deadline)
-            if stop.kind in ("event", "group"):
+            stop = stops.wait(tid, deadline)
+            if stop.kind in (StopKind.EVENT, StopKind.GROUP):
                 return
-            if stop.kind in ("exited", "killed"):
+            if stop.kind in ENDED:
                 self.stopped = False
                 raise NoSuchProcess(f"thread {tid} exited", pid=tid)
             ptrace.cont(tid)  # a syscall stop on the way: go on to the interrupt

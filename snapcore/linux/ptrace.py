@@ -11,13 +11,10 @@ kernel notifies the tracer of every tracee stop with SIGCHLD (CLD_TRAPPED).
 
 from __future__ import annotations
 
-import contextlib
 import ctypes
 import errno
 import os
-import signal
 import struct
-import time
 from dataclasses import dataclass
 
 from ptrace import PtraceError
@@ -25,8 +22,7 @@ from ptrace.binding.func import ptrace as _raw_ptrace
 from ptrace.binding.linux_struct import user_regs_struct
 
 from snapcore.linux import arch
-from snapcore.errors import (AlreadyTraced, InternalError, NoSuchProcess, PermissionDenied,
-                     StopTimeout)
+from snapcore.errors import AlreadyTraced, InternalError, NoSuchProcess, PermissionDenied
 
 PTRACE_CONT = 7
 PTRACE_GETREGS = 12
@@ -53,7 +49,6 @@ EVENT_CLONE = 3
 EVENT_EXEC = 4
 EVENT_STOP = 128
 
-WALL = 0x40000000  # __WALL: wait for threads and clone children too
 
 # Every signal but SIGKILL and SIGSTOP (the kernel ignores those two in a mask).
 ALL_SIGNALS_MASK = (1 << 64) - 1
@@ -243,83 +238,3 @@ def event_msg(tid: int) -> int:
     return msg.value
 
 
-@dataclass
-class Stop:
-    """What waitpid said about one tracee.
-
-    kind: "event" (PTRACE_EVENT_* stop, `event` says which), "group" (a
-    group-stop: someone sent SIGSTOP/SIGTSTP...), "syscall" (entry or exit),
-    "signal" (a signal-delivery stop for `sig`), "exited", "killed".
-    """
-
-    kind: str
-    sig: int = 0
-    event: int = 0
-    status: int = 0
-
-    @property
-    def core_dumped(self) -> bool:
-        return self.kind == "killed" and os.WCOREDUMP(self.status)
-
-
-_GROUP_STOP_SIGNALS = (signal.SIGSTOP, signal.SIGTSTP, signal.SIGTTIN, signal.SIGTTOU)
-
-
-def _decode(status: int) -> Stop:
-    if os.WIFEXITED(status):
-        return Stop("exited", status=status)
-    if os.WIFSIGNALED(status):
-        return Stop("killed", sig=os.WTERMSIG(status), status=status)
-    sig = os.WSTOPSIG(status)
-    event = (status >> 16) & 0xFF
-    if sig == (signal.SIGTRAP | 0x80):
-        return Stop("syscall", status=status)
-    if event == EVENT_STOP and sig in _GROUP_STOP_SIGNALS:
-        return Stop("group", sig=sig, event=event, status=status)
-    if event:
-        return Stop("event", sig=sig, event=event, status=status)
-    return Stop("signal", sig=sig, status=status)
-
-
-def wait(tid: int, deadline: float | None) -> Stop:
-    """Wait for the next stop (or the end) of one tracee, until `deadline` (monotonic)."""
-    while True:
-        try:
-            pid, status = os.waitpid(tid, WALL | os.WNOHANG)
-        except ChildProcessError:
-            raise NoSuchProcess(f"thread {tid} is no longer traced", pid=tid) from None
-        if pid:
-            return _decode(status)
-        timeout = 3600.0 if deadline is None else deadline - time.monotonic()
-        if timeout <= 0:
-            raise StopTimeout(f"thread {tid} did not stop in time",
-                              "it may be in uninterruptible sleep (D); it is left "
-                              "untouched: try again later, or raise --timeout", pid=tid)
-        signal.sigtimedwait([signal.SIGCHLD], timeout)
-
-
-def try_wait(tid: int) -> Stop | None:
-    """A stop that is already reported, without waiting; None when there is none.
-
-    A thread that is no longer snapcore's to wait for counts as exited."""
-    try:
-        pid, status = os.waitpid(tid, WALL | os.WNOHANG)
-    except ChildProcessError:
-        return Stop("exited")
-    return _decode(status) if pid else None
-
-
-# Signals an operator or a service manager uses to stop snapcore.  While the
-# target is stopped or runs injected registers they are held, and acted on
-# once the target is released.
-STOP_REQUEST_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
-
-
-@contextlib.contextmanager
-def signals_held(signals):
-    """Block `signals` in this thread for the duration of the block."""
-    old = signal.pthread_sigmask(signal.SIG_BLOCK, signals)
-    try:
-        yield
-    finally:
-        signal.pthread_sigmask(signal.SIG_SETMASK, old)

@@ -4,6 +4,7 @@ then each given back exactly as it was.
 
 from __future__ import annotations
 import time
+from snapcore.linux import stops
 from snapcore.linux import ptrace
 from snapcore.linux.inject import SEIZE_OPTIONS, HeldThread, TargetReplaced, wait_for_interrupt_stop
 from snapcore.errors import Stage, NoSuchProcess, Unsupported
@@ -14,7 +15,7 @@ def peek(tid: int, read, timeout: float):
     """Hold thread `tid` stopped just long enough to call read(tid), then let it go.
 
     For what ptrace shows only on a stopped tracee (seccomp filters, rseq).
-    The caller must have SIGCHLD blocked (ptrace.signals_held).
+    The caller must have SIGCHLD blocked (stops.signals_held).
     """
     with Window(tid, threads=None, timeout=timeout) as window:
         return read(window.held[tid].tid)
@@ -86,7 +87,7 @@ class Window:
         self._signals = None
 
     def __enter__(self) -> "Window":
-        self._signals = ptrace.signals_held(ptrace.STOP_REQUEST_SIGNALS)
+        self._signals = stops.signals_held(stops.STOP_REQUEST_SIGNALS)
         self._signals.__enter__()
         self._t0 = time.perf_counter()
         try:

@@ -1,0 +1,118 @@
+"""What waitpid says about a tracee, and waiting for it.
+
+Waiting: SIGCHLD must be blocked (see `signals_held`) while waiting, so that a
+stop reported between waitpid(WNOHANG) and sigtimedwait() is not lost; the
+kernel notifies the tracer of every tracee stop with SIGCHLD (CLD_TRAPPED).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import enum
+import os
+import signal
+import time
+from dataclasses import dataclass
+from typing import NamedTuple
+
+from snapcore.errors import NoSuchProcess, StopTimeout
+from snapcore.linux.ptrace import EVENT_STOP
+
+WALL = 0x40000000  # __WALL: wait for threads and clone children too
+
+
+class StopKind(enum.Enum):
+    EVENT = "event"  # a PTRACE_EVENT_* stop; Stop.event says which
+    GROUP = "group"  # a group-stop: someone sent SIGSTOP, SIGTSTP...
+    SYSCALL = "syscall"  # a syscall entry or exit (PTRACE_O_TRACESYSGOOD)
+    SIGNAL = "signal"  # a signal-delivery stop for Stop.sig
+    EXITED = "exited"
+    KILLED = "killed"
+
+
+ENDED = (StopKind.EXITED, StopKind.KILLED)
+
+
+@dataclass
+class Stop:
+    """What waitpid said about one tracee."""
+
+    kind: StopKind
+    sig: int = 0
+    event: int = 0
+    status: int = 0
+
+    @property
+    def core_dumped(self) -> bool:
+        return self.kind is StopKind.KILLED and os.WCOREDUMP(self.status)
+
+
+class Event(NamedTuple):
+    """A ptrace event seen during an injected syscall, and its message
+    (PTRACE_GETEVENTMSG: for a clone, the new task's id)."""
+
+    kind: int  # PTRACE_EVENT_*
+    message: int
+
+
+_GROUP_STOP_SIGNALS = (signal.SIGSTOP, signal.SIGTSTP, signal.SIGTTIN, signal.SIGTTOU)
+
+
+def _decode(status: int) -> Stop:
+    if os.WIFEXITED(status):
+        return Stop(StopKind.EXITED, status=status)
+    if os.WIFSIGNALED(status):
+        return Stop(StopKind.KILLED, sig=os.WTERMSIG(status), status=status)
+    sig = os.WSTOPSIG(status)
+    event = (status >> 16) & 0xFF
+    if sig == (signal.SIGTRAP | 0x80):
+        return Stop(StopKind.SYSCALL, status=status)
+    if event == EVENT_STOP and sig in _GROUP_STOP_SIGNALS:
+        return Stop(StopKind.GROUP, sig=sig, event=event, status=status)
+    if event:
+        return Stop(StopKind.EVENT, sig=sig, event=event, status=status)
+    return Stop(StopKind.SIGNAL, sig=sig, status=status)
+
+
+def wait(tid: int, deadline: float | None) -> Stop:
+    """Wait for the next stop (or the end) of one tracee, until `deadline` (monotonic)."""
+    while True:
+        try:
+            pid, status = os.waitpid(tid, WALL | os.WNOHANG)
+        except ChildProcessError:
+            raise NoSuchProcess(f"thread {tid} is no longer traced", pid=tid) from None
+        if pid:
+            return _decode(status)
+        timeout = 3600.0 if deadline is None else deadline - time.monotonic()
+        if timeout <= 0:
+            raise StopTimeout(f"thread {tid} did not stop in time",
+                              "it may be in uninterruptible sleep (D); it is left "
+                              "untouched: try again later, or raise --timeout", pid=tid)
+        signal.sigtimedwait([signal.SIGCHLD], timeout)
+
+
+def try_wait(tid: int) -> Stop | None:
+    """A stop that is already reported, without waiting; None when there is none.
+
+    A thread that is no longer snapcore's to wait for counts as exited."""
+    try:
+        pid, status = os.waitpid(tid, WALL | os.WNOHANG)
+    except ChildProcessError:
+        return Stop(StopKind.EXITED)
+    return _decode(status) if pid else None
+
+
+# Signals an operator or a service manager uses to stop snapcore.  While the
+# target is stopped or runs injected registers they are held, and acted on
+# once the target is released.
+STOP_REQUEST_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
+
+
+@contextlib.contextmanager
+def signals_held(signals):
+    """Block `signals` in this thread for the duration of the block."""
+    old = signal.pthread_sigmask(signal.SIG_BLOCK, signals)
+    try:
+        yield
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, old)
