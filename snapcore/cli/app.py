@@ -21,7 +21,7 @@ from snapcore.cli import syslog
 from snapcore.cli import selection as targets
 from snapcore.core.placement import default_output_dir
 from snapcore.errors import (Stage, BadInput, ExitCode, InternalError, Interrupted, SnapcoreError)
-from snapcore.engine.estimate import parse_size
+from snapcore.units import parse_size
 from snapcore.linux.stops import signals_held
 from snapcore.engine.result import THREAD_MODES, DumpLimits
 from snapcore.engine.snapshot import take

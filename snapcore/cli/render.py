@@ -9,7 +9,7 @@ from rich.console import Console
 from rich.table import Table
 
 from snapcore.errors import SnapcoreError
-from snapcore.engine.estimate import human
+from snapcore.units import human
 from snapcore.engine.result import Snapshot
 
 

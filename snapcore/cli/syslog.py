@@ -11,7 +11,7 @@ import socket
 import sys
 
 from snapcore.errors import SnapcoreError
-from snapcore.engine.estimate import human
+from snapcore.units import human
 
 FACILITY_DAEMON = 3
 INFO, WARNING = 6, 4

@@ -10,6 +10,7 @@ from pathlib import Path
 import click
 from rich.console import Console
 
+from snapcore import units
 from snapcore.core import records
 from snapcore.cli import render as report
 from snapcore.engine import watch as watchmod
@@ -17,7 +18,7 @@ from snapcore.cli.app import (EXIT_CODES_HELP, check_force, cli, common_options,
                   is_size, make_options, parse_pid, snap_options, stdout_console, take_each)
 from snapcore.core.placement import default_output_dir
 from snapcore.errors import Stage, BadInput, Interrupted, OutputError, SnapcoreError
-from snapcore.engine.estimate import parse_size
+from snapcore.units import parse_size
 from snapcore.core.gdb import backtraces
 
 
@@ -230,6 +231,6 @@ def prune(output_dir, keep, older_than, max_total, dry_run, as_json):
 
 def _duration(text: str, option: str) -> float:
     try:
-        return records.parse_duration(text)
+        return units.parse_duration(text)
     except ValueError as exc:
         raise BadInput(f"invalid {option} {text!r}", str(exc), stage=Stage.USAGE) from None

@@ -9,6 +9,7 @@
 from __future__ import annotations
 import glob
 import os
+import signal
 import socket
 from dataclasses import dataclass
 
@@ -57,7 +58,7 @@ def expand(pattern: CorePattern, *, pid: int, uid: int, gid: int, comm: str, exe
     local = str(pid if ns_pid is None else ns_pid)
     values = {
         "%": "%", "p": local, "P": str(pid), "i": local, "I": str(pid),
-        "u": str(uid), "g": str(gid), "s": "6", "h": socket.gethostname(),
+        "u": str(uid), "g": str(gid), "s": str(int(signal.SIGABRT)), "h": socket.gethostname(),
         "e": glob.escape(comm), "E": glob.escape(exe.replace("/", "!")),
         "f": glob.escape(os.path.basename(exe)),
         "c": str(soft_limit if soft_limit != (1 << 64) - 1 else -1),

@@ -159,16 +159,3 @@ def remove(record: Record) -> None:
     if record.core is not None:
         record.core.unlink(missing_ok=True)
     record.sidecar.unlink(missing_ok=True)
-
-
-_DURATION_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
-
-
-def parse_duration(text: str) -> float:
-    """'7d', '12h', '30m', '90s', '2w' -> seconds."""
-    text = text.strip().lower()
-    if text and text[-1] in _DURATION_UNITS and text[:-1].replace(".", "", 1).isdigit():
-        return float(text[:-1]) * _DURATION_UNITS[text[-1]]
-    if text.replace(".", "", 1).isdigit():
-        return float(text)
-    raise ValueError(f"not a duration: {text!r} (try 7d, 12h or 30m)")

@@ -6,6 +6,7 @@ process's limits, and the rate limit.
 from __future__ import annotations
 import os
 from pathlib import Path
+from snapcore import units
 from snapcore.linux import cgroups
 from snapcore.core import core_pattern
 from snapcore.core import placement
@@ -39,8 +40,8 @@ def check_core_destination(pre: Preflight) -> core_pattern.CorePattern:
                 "kernel will write no core", "raise it where the process is started "
                 "(ulimit -Hc, LimitCORE= in its systemd unit)")
     else:
-        soft = "unlimited" if t.core_soft >= (1 << 63) else estimate.human(t.core_soft)
-        hard = "unlimited" if t.core_hard >= (1 << 63) else estimate.human(t.core_hard)
+        soft = "unlimited" if t.core_soft >= (1 << 63) else units.human(t.core_soft)
+        hard = "unlimited" if t.core_hard >= (1 << 63) else units.human(t.core_hard)
         pre.add("core-limit", OK, f"RLIMIT_CORE soft {soft}, hard {hard} (the child "
                 "raises its soft limit to the hard one)")
     return pattern
@@ -80,7 +81,7 @@ def _min_free(spec: str, fs_size: int) -> int:
     spec = spec.strip()
     if spec.endswith("%"):
         return int(fs_size * float(spec[:-1]) / 100)
-    return estimate.parse_size(spec)
+    return units.parse_size(spec)
 
 
 def check_disk(pre: Preflight, opts: Options, maps, pattern: core_pattern.CorePattern) -> None:
@@ -111,12 +112,12 @@ def check_disk(pre: Preflight, opts: Options, maps, pattern: core_pattern.CorePa
             return
         reserve = _min_free(opts.min_free, fs_size)
         if size > free - reserve:
-            pre.add("disk", REFUSE, f"the core needs about {estimate.human(size)}, "
-                    f"{place} has {estimate.human(free)} free and keeps "
-                    f"{estimate.human(reserve)} in reserve (--min-free {opts.min_free})",
+            pre.add("disk", REFUSE, f"the core needs about {units.human(size)}, "
+                    f"{place} has {units.human(free)} free and keeps "
+                    f"{units.human(reserve)} in reserve (--min-free {opts.min_free})",
                     "free space, choose another -o DIR, or lower --min-free")
             return
-    pre.add("disk", OK, f"core about {estimate.human(size)}; room in "
+    pre.add("disk", OK, f"core about {units.human(size)}; room in "
             f"{', '.join(sorted(places))}")
 
 
@@ -130,21 +131,21 @@ def check_memory(pre: Preflight, maps) -> None:
     available = info.get("MemAvailable", 0)
     problems, warnings = [], []
     if worst > available:
-        problems.append(f"MemAvailable is {estimate.human(available)}")
+        problems.append(f"MemAvailable is {units.human(available)}")
     elif worst > available // 2:
-        warnings.append(f"that is over half of MemAvailable ({estimate.human(available)})")
+        warnings.append(f"that is over half of MemAvailable ({units.human(available)})")
     if estimate.overcommit_mode() == 2:
         room = info.get("CommitLimit", 0) - info.get("Committed_AS", 0)
         need = estimate.private_writable_size(maps)
         if need > room:
-            problems.append(f"strict overcommit leaves {estimate.human(room)} to commit and "
-                            f"fork needs {estimate.human(need)}")
+            problems.append(f"strict overcommit leaves {units.human(room)} to commit and "
+                            f"fork needs {units.human(need)}")
     cgroup = cgroups.memory_headroom(t.pid)
     if cgroup and worst > cgroup[1]:
-        problems.append(f"its cgroup has {estimate.human(cgroup[1])} left below "
+        problems.append(f"its cgroup has {units.human(cgroup[1])} left below "
                         f"{cgroup[0]}")
     what = (f"if the target rewrites all its private memory while the child lives, the "
-            f"copies cost up to {estimate.human(worst)}")
+            f"copies cost up to {units.human(worst)}")
     if problems:
         pre.add("memory", REFUSE, f"{what}; {'; '.join(problems)}",
                 "snapshot when the machine has more free memory")
@@ -152,8 +153,8 @@ def check_memory(pre: Preflight, maps) -> None:
         pre.add("memory", WARN, f"{what}; {'; '.join(warnings)}",
                 "the child has oom_score_adj 1000: the OOM killer takes it first")
     else:
-        pre.add("memory", OK, f"copy-on-write worst case {estimate.human(worst)}, "
-                f"{estimate.human(available)} available")
+        pre.add("memory", OK, f"copy-on-write worst case {units.human(worst)}, "
+                f"{units.human(available)} available")
 
 
 def tasks_added(threads: int) -> int:

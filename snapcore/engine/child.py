@@ -22,7 +22,6 @@ from snapcore.engine.watchdog import Watchdog
 from snapcore.errors import Stage, CoreNotWritten, InternalError, NoSuchProcess, NotDumpable
 from snapcore.linux.inject import HeldThread, syscall, wait_for_interrupt_stop
 
-PAGE = 4096
 PROT_READ_WRITE = 0x3
 MAP_PRIVATE_ANONYMOUS = 0x22
 SCHED_IDLE = 5
@@ -49,9 +48,9 @@ PR_SET_NAME = 15
 # What runs inside the child, pointers as 0: the seccomp preflight evaluates
 # exactly these (plus the CLONE_THREAD clone when there are threads).
 CHILD_SYSCALLS = [
-    ("mmap", (0, PAGE, PROT_READ_WRITE, MAP_PRIVATE_ANONYMOUS, -1, 0)),
+    ("mmap", (0, arch.PAGE_SIZE, PROT_READ_WRITE, MAP_PRIVATE_ANONYMOUS, -1, 0)),
     ("prlimit64", (0, RLIMIT_CORE, 0, 0)),
-    ("rt_sigaction", (signal.SIGABRT, 0, 0, 8)),
+    ("rt_sigaction", (signal.SIGABRT, 0, 0, arch.KERNEL_SIGSET_SIZE)),
     ("chdir", (0,)),
     ("prctl", (PR_SET_NAME, 0)),
     ("prctl", (PR_GET_DUMPABLE,)),
@@ -60,7 +59,7 @@ CHILD_SYSCALLS = [
     ("sched_setscheduler", (0, SCHED_IDLE, 0)),
     ("setpriority", (PRIO_PROCESS, 0, 19)),
     ("ioprio_set", (IOPRIO_WHO_PROCESS, 0, IOPRIO_CLASS_IDLE << 13)),
-    ("munmap", (0, PAGE)),
+    ("munmap", (0, arch.PAGE_SIZE)),
 ]
 
 
@@ -127,10 +126,10 @@ def prepare(child: Child, at: int, *, core_hard: int, staging: str | None, name:
         if call("prctl", PR_SET_DUMPABLE, 1) < 0:
             child.notes.append("could not make the child dumpable: the kernel will "
                                "write no core")
-    scratch = call("mmap", 0, PAGE, PROT_READ_WRITE, MAP_PRIVATE_ANONYMOUS, -1, 0)
+    scratch = call("mmap", 0, arch.PAGE_SIZE, PROT_READ_WRITE, MAP_PRIVATE_ANONYMOUS, -1, 0)
     if scratch < 0:
         raise InternalError(f"mmap in the snapshot child failed ({scratch})", stage=Stage.CHILD)
-    page = bytearray(PAGE)
+    page = bytearray(arch.PAGE_SIZE)
     page[_RLIMIT_AT:_RLIMIT_AT + 16] = core_hard.to_bytes(8, "little") * 2
     if staging:
         path = staging.encode() + b"\0"
@@ -147,7 +146,7 @@ def prepare(child: Child, at: int, *, core_hard: int, staging: str | None, name:
     # Must succeed, or there is no core (or a core somewhere unexpected).
     required = [
         ("prlimit64", (0, RLIMIT_CORE, scratch + _RLIMIT_AT, 0)),
-        ("rt_sigaction", (signal.SIGABRT, scratch + _SIGACTION_AT, 0, 8)),
+        ("rt_sigaction", (signal.SIGABRT, scratch + _SIGACTION_AT, 0, arch.KERNEL_SIGSET_SIZE)),
     ]
     if staging:
         required.append(("chdir", (scratch + _PATH_AT,)))
@@ -225,7 +224,7 @@ def lower_priority(child: Child, at: int, deadline: float) -> None:
         ("sched_setscheduler", (0, SCHED_IDLE, child.scratch + _SCHED_PARAM_AT)),
         ("setpriority", (PRIO_PROCESS, 0, 19)),
         ("ioprio_set", (IOPRIO_WHO_PROCESS, 0, IOPRIO_CLASS_IDLE << 13)),
-        ("munmap", (child.scratch, PAGE)),
+        ("munmap", (child.scratch, arch.PAGE_SIZE)),
     ]:
         ret = syscall(pid, base, at, arch.NR[name], *args, deadline=deadline,
                       guard=child.guard)[0]

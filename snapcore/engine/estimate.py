@@ -3,11 +3,12 @@ copy-on-write child may cost, and how much room the machine has."""
 
 from __future__ import annotations
 
+from snapcore.linux import arch
+
 import os
 import re
 from dataclasses import dataclass
 
-PAGE = 4096
 
 
 @dataclass
@@ -77,8 +78,8 @@ def core_size(maps: list[Mapping], filter_bits: int, threads: int) -> int:
         if dumped:
             total += m.rss
         elif not anon and not shared and bit(4) and m.offset == 0:
-            total += PAGE
-    return total + threads * 4 * PAGE + 64 * 1024  # notes: registers, FP state, files
+            total += arch.PAGE_SIZE
+    return total + threads * 4 * arch.PAGE_SIZE + 64 * 1024  # notes: registers, FP state, files
 
 
 def cow_worst_case(maps: list[Mapping]) -> int:
@@ -131,23 +132,3 @@ def free_space(path: str) -> tuple[int, int]:
     """Bytes available to an unprivileged writer, and the filesystem's size."""
     st = os.statvfs(path)
     return st.f_bavail * st.f_frsize, st.f_blocks * st.f_frsize
-
-
-_UNITS = {"": 1, "B": 1, "K": 1 << 10, "M": 1 << 20, "G": 1 << 30, "T": 1 << 40}
-
-
-def parse_size(text: str) -> int:
-    """'512M', '2G', '1048576' -> bytes."""
-    m = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([KMGTB]?)(?:i?B)?\s*", text.upper())
-    if not m:
-        raise ValueError(f"not a size: {text!r} (try 512M or 2G)")
-    return int(float(m.group(1)) * _UNITS[m.group(2)])
-
-
-def human(n: int) -> str:
-    value = float(n)
-    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
-        if abs(value) < 1024 or unit == "TiB":
-            return f"{value:.0f} {unit}" if unit == "B" else f"{value:.1f} {unit}"
-        value /= 1024
-    return str(n)

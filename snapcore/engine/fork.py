@@ -55,7 +55,6 @@ PR_SET_NAME = 15
 PR_GET_CHILD_SUBREAPER = 37
 # The intermediate task's name (comm): how a zombie of it is recognised.
 INTERMEDIATE_NAME = "snapcore-fork"
-PAGE = 4096
 PROT_READ_WRITE = 0x3
 MAP_PRIVATE_ANONYMOUS = 0x22
 # wait4 options for reaping from inside the target: never blocks it, and
@@ -168,7 +167,7 @@ def _prepare_intermediate(runner: HeldThread, middle: int, at: int, deadline: fl
     the target's own memory is written.  Returns whether it is a subreaper.
     """
     base = ptrace.get_regs(middle)
-    page, _ = syscall(middle, base, at, arch.NR["mmap"], 0, PAGE, PROT_READ_WRITE,
+    page, _ = syscall(middle, base, at, arch.NR["mmap"], 0, arch.PAGE_SIZE, PROT_READ_WRITE,
                       MAP_PRIVATE_ANONYMOUS, -1, 0, deadline=deadline, guard=guard)
     if page < 0:
         raise InternalError(f"mmap in the intermediate task failed: {os.strerror(-page)}",
@@ -188,7 +187,7 @@ def _prepare_intermediate(runner: HeldThread, middle: int, at: int, deadline: fl
             mem.seek(answer)
             value = int.from_bytes(mem.read(4), "little")
     finally:
-        syscall(middle, base, at, arch.NR["munmap"], page, PAGE, deadline=deadline,
+        syscall(middle, base, at, arch.NR["munmap"], page, arch.PAGE_SIZE, deadline=deadline,
                 guard=guard)
     return ret == 0 and value != 0
 

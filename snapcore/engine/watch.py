@@ -15,7 +15,7 @@ from dataclasses import dataclass
 import psutil
 
 from snapcore.errors import Stage, NoSuchProcess, SnapcoreError
-from snapcore.engine.estimate import human
+from snapcore.units import human
 
 
 @dataclass

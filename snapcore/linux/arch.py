@@ -1,55 +1,8 @@
-"""Every architecture-specific number snapcore uses, for x86_64 only.
+"""The running machine's architecture table (one module per architecture)."""
 
-Nothing else in the package spells a syscall number, a register name or an
-errno the kernel uses only internally.
-"""
+import platform
 
-MACHINE = "x86_64"
-ELF_MACHINE = 62  # EM_X86_64
-AUDIT_ARCH = 0xC000003E  # AUDIT_ARCH_X86_64, what seccomp filters compare against
+if platform.machine() != "x86_64":
+    raise ImportError(f"snapcore supports x86_64 only, not {platform.machine()}")
 
-# `syscall` is 0f 05; after it executes, rip points just past it.
-SYSCALL_INSN = b"\x0f\x05"
-SYSCALL_INSN_LEN = 2
-
-# Register names in struct user_regs_struct (216 bytes; a 32-bit task's
-# NT_PRSTATUS register set is 68 bytes, which is how a compat task shows).
-REGS_SIZE = 216
-REG_IP = "rip"
-REG_SP = "rsp"
-REG_NR = "rax"  # syscall number on entry
-REG_RET = "rax"  # return value on exit
-REG_ORIG_NR = "orig_rax"  # the kernel's copy of the number: -1 means "not in a syscall"
-SYSCALL_ARGS = ("rdi", "rsi", "rdx", "r10", "r8", "r9")
-
-NR = {
-    "close": 3,
-    "mmap": 9,
-    "munmap": 11,
-    "rt_sigaction": 13,
-    "clone": 56,
-    "wait4": 61,
-    "chdir": 80,
-    "setpriority": 141,
-    "prctl": 157,
-    "sched_setscheduler": 144,
-    "restart_syscall": 219,
-    "ioprio_set": 251,
-    "prlimit64": 302,
-    "close_range": 436,
-}
-
-# Kernel-internal "restart me" return values a thread shows while it is
-# stopped inside an interrupted syscall (include/linux/errno.h).
-ERESTARTSYS = -512
-ERESTARTNOINTR = -513
-ERESTARTNOHAND = -514
-ERESTART_RESTARTBLOCK = -516
-RESTART_CODES = (ERESTARTSYS, ERESTARTNOINTR, ERESTARTNOHAND, ERESTART_RESTARTBLOCK)
-
-# ELF core notes (include/uapi/linux/elf.h) and where pr_pid sits in them.
-NT_PRSTATUS = 1
-NT_PRPSINFO = 3
-NT_X86_XSTATE = 0x202
-PRSTATUS_PID_OFFSET = 32
-PRPSINFO_PID_OFFSET = 24
+from snapcore.linux.arch_x86_64 import *  # noqa: E402,F401,F403

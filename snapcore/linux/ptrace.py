@@ -25,8 +25,6 @@ from snapcore.linux import arch
 from snapcore.errors import AlreadyTraced, InternalError, NoSuchProcess, PermissionDenied
 
 PTRACE_CONT = 7
-PTRACE_GETREGS = 12
-PTRACE_SETREGS = 13
 PTRACE_DETACH = 17
 PTRACE_SYSCALL = 24
 PTRACE_SETOPTIONS = 0x4200
@@ -137,13 +135,17 @@ def detach(tid: int, sig: int = 0) -> None:
 
 
 def get_regs(tid: int) -> Regs:
+    """The general registers (NT_PRSTATUS through GETREGSET: the request every
+    architecture has, where PTRACE_GETREGS is x86's own)."""
     regs = Regs()
-    _call(PTRACE_GETREGS, tid, 0, ctypes.addressof(regs), "getregs")
+    iov = _Iovec(ctypes.addressof(regs), ctypes.sizeof(regs))
+    _call(PTRACE_GETREGSET, tid, arch.NT_PRSTATUS, ctypes.addressof(iov), "getregset")
     return regs
 
 
 def set_regs(tid: int, regs: Regs) -> None:
-    _call(PTRACE_SETREGS, tid, 0, ctypes.addressof(regs), "setregs")
+    iov = _Iovec(ctypes.addressof(regs), ctypes.sizeof(regs))
+    _call(PTRACE_SETREGSET, tid, arch.NT_PRSTATUS, ctypes.addressof(iov), "setregset")
 
 
 def copy_regs(regs: Regs) -> Regs:
