@@ -14,8 +14,10 @@ from snapcore import units
 from snapcore.core import records
 from snapcore.cli import render as report
 from snapcore.engine import watch as watchmod
-from snapcore.cli.app import (EXIT_CODES_HELP, check_force, cli, common_options, exit_code_of, fail,
-                  is_size, make_options, parse_pid, snap_options, stdout_console, take_each)
+from snapcore.cli.app import cli, fail, stdout_console
+from snapcore.cli.options import (EXIT_CODES_HELP, SnapRequest, check_force, common_options,
+                                  is_size, make_options, parse_pid, snap_options)
+from snapcore.cli.snap import exit_code_of, take_each
 from snapcore.core.placement import default_output_dir
 from snapcore.errors import Stage, BadInput, Interrupted, OutputError, SnapcoreError
 from snapcore.units import parse_size
@@ -32,7 +34,7 @@ from snapcore.core.gdb import backtraces
 @common_options
 @snap_options
 def stacks(pid, core_file, exe, output_dir, as_json, timeout, min_free, max_per_hour,
-           **params):
+           request: SnapRequest):
     """Every thread's backtrace, like gstack, with a pause of milliseconds.
 
     Takes a snapshot of PID (kept, like any other) and prints its stacks with
@@ -47,9 +49,9 @@ def stacks(pid, core_file, exe, output_dir, as_json, timeout, min_free, max_per_
             if pid is None:
                 raise BadInput("give a PID, or --core FILE", "see snapcore stacks --help",
                                stage=Stage.USAGE)
-            check_force(params["force"])
+            check_force(request.force)
             opts = make_options(output_dir, timeout, min_free, max_per_hour)
-            result = take_each([parse_pid(pid)], opts, params)[0]
+            result = take_each([parse_pid(pid)], opts, request)[0]
             if isinstance(result, SnapcoreError):
                 raise result
             if result.core_path is None:
@@ -94,7 +96,7 @@ def _exe_from_record(core: Path) -> str:
 @common_options
 @snap_options
 def watch(pid, interval, hold, cpu, rss, threads_over, fds, count, cooldown, output_dir,
-          as_json, timeout, min_free, max_per_hour, **params):
+          as_json, timeout, min_free, max_per_hour, request: SnapRequest):
     """Watch PID and snapshot it when a condition holds for --for seconds.
 
     Conditions: --cpu, --rss, --threads-over, --fds (any one fires). Takes at
@@ -109,13 +111,12 @@ def watch(pid, interval, hold, cpu, rss, threads_over, fds, count, cooldown, out
         if not conditions.any():
             raise BadInput("no condition to watch for",
                            "give --cpu, --rss, --threads-over or --fds", stage=Stage.USAGE)
-        check_force(params["force"])
+        check_force(request.force)
         opts = make_options(output_dir, timeout, min_free, max_per_hour)
-        params["to_syslog"] = False
         taken, ended = [], ""
 
         def snapshot(reason):
-            result = take_each([target_pid], opts, params, reason=reason)[0]
+            result = take_each([target_pid], opts, request, reason=reason)[0]
             if isinstance(result, SnapcoreError):
                 raise result
             return result

@@ -11,14 +11,10 @@ from __future__ import annotations
 
 import os
 import signal
-import time
 from dataclasses import dataclass, field
 
-from snapcore.linux import stops
-from snapcore.linux.stops import StopKind, ENDED
 from snapcore.linux import arch
 from snapcore.linux import ptrace
-from snapcore.engine.watchdog import Watchdog
 from snapcore.errors import Stage, CoreNotWritten, InternalError, NoSuchProcess, NotDumpable
 from snapcore.linux.inject import HeldThread, syscall, wait_for_interrupt_stop
 
@@ -114,39 +110,13 @@ def prepare(child: Child, at: int, *, core_hard: int, staging: str | None, name:
         return syscall(pid, base, at, arch.NR[syscall_name], *args, deadline=deadline,
                        guard=child.guard)[0]
 
-    # The child inherited the target's dumpable flag: for root's processes
-    # this is the only place it can be read.
-    if call("prctl", PR_GET_DUMPABLE) == 0:
-        if not allow_undumpable:
-            raise NotDumpable("the process made itself non-dumpable (PR_SET_DUMPABLE 0): "
-                              "it keeps its memory out of cores", "respect that",
-                              stage=Stage.CHILD)
-        # Overridden: only the child is made dumpable again (a process may set
-        # its own flag back to 1 without privilege); the target keeps its 0.
-        if call("prctl", PR_SET_DUMPABLE, 1) < 0:
-            child.notes.append("could not make the child dumpable: the kernel will "
-                               "write no core")
-    scratch = call("mmap", 0, arch.PAGE_SIZE, PROT_READ_WRITE, MAP_PRIVATE_ANONYMOUS, -1, 0)
-    if scratch < 0:
-        raise InternalError(f"mmap in the snapshot child failed ({scratch})", stage=Stage.CHILD)
-    page = bytearray(arch.PAGE_SIZE)
-    page[_RLIMIT_AT:_RLIMIT_AT + 16] = core_hard.to_bytes(8, "little") * 2
-    if staging:
-        path = staging.encode() + b"\0"
-        page[_PATH_AT:_PATH_AT + len(path)] = path
-    comm = name.encode()[:15] + b"\0"
-    page[_NAME_AT:_NAME_AT + len(comm)] = comm
-    try:
-        with open(f"/proc/{pid}/mem", "r+b", buffering=0) as mem:
-            mem.seek(scratch)
-            mem.write(bytes(page))
-    except (ProcessLookupError, FileNotFoundError):
-        raise NoSuchProcess(f"snapshot child {pid} exited", pid=pid) from None
-
+    _check_dumpable(child, call, allow_undumpable)
+    scratch = _scratch_page(pid, call, core_hard, staging, name)
     # Must succeed, or there is no core (or a core somewhere unexpected).
     required = [
         ("prlimit64", (0, RLIMIT_CORE, scratch + _RLIMIT_AT, 0)),
-        ("rt_sigaction", (signal.SIGABRT, scratch + _SIGACTION_AT, 0, arch.KERNEL_SIGSET_SIZE)),
+        ("rt_sigaction", (signal.SIGABRT, scratch + _SIGACTION_AT, 0,
+                          arch.KERNEL_SIGSET_SIZE)),
     ]
     if staging:
         required.append(("chdir", (scratch + _PATH_AT,)))
@@ -155,7 +125,6 @@ def prepare(child: Child, at: int, *, core_hard: int, staging: str | None, name:
         if ret < 0:
             raise CoreNotWritten(f"{syscall_name} in the snapshot child failed: "
                                  f"{os.strerror(-ret)}", stage=Stage.CHILD)
-
     # The forking thread may be a worker with its own name; the core's
     # process name (NT_PRPSINFO) and core_pattern's %e come from the child.
     if call("prctl", PR_SET_NAME, scratch + _NAME_AT) < 0:
@@ -169,6 +138,45 @@ def prepare(child: Child, at: int, *, core_hard: int, staging: str | None, name:
             f.write("1000")
     except OSError as exc:
         child.notes.append(f"oom_score_adj: {exc.strerror}")
+
+
+def _check_dumpable(child: Child, call, allow_undumpable: bool) -> None:
+    """The child inherited the target's dumpable flag: for root's processes
+    this is the only place it can be read."""
+    if call("prctl", PR_GET_DUMPABLE) != 0:
+        return
+    if not allow_undumpable:
+        raise NotDumpable("the process made itself non-dumpable (PR_SET_DUMPABLE 0): "
+                          "it keeps its memory out of cores", "respect that",
+                          stage=Stage.CHILD)
+    # Overridden: only the child is made dumpable again (a process may set
+    # its own flag back to 1 without privilege); the target keeps its 0.
+    if call("prctl", PR_SET_DUMPABLE, 1) < 0:
+        child.notes.append("could not make the child dumpable: the kernel will write no "
+                           "core")
+
+
+def _scratch_page(pid: int, call, core_hard: int, staging: str | None, name: str) -> int:
+    """Map a page in the child and fill it with the arguments its setup calls
+    point to (the child is a private copy: this touches nothing of the target)."""
+    scratch = call("mmap", 0, arch.PAGE_SIZE, PROT_READ_WRITE, MAP_PRIVATE_ANONYMOUS, -1, 0)
+    if scratch < 0:
+        raise InternalError(f"mmap in the snapshot child failed ({scratch})",
+                            stage=Stage.CHILD)
+    page = bytearray(arch.PAGE_SIZE)
+    page[_RLIMIT_AT:_RLIMIT_AT + 16] = core_hard.to_bytes(8, "little") * 2
+    if staging:
+        path = staging.encode() + b"\0"
+        page[_PATH_AT:_PATH_AT + len(path)] = path
+    comm = name.encode()[:15] + b"\0"
+    page[_NAME_AT:_NAME_AT + len(comm)] = comm
+    try:
+        with open(f"/proc/{pid}/mem", "r+b", buffering=0) as mem:
+            mem.seek(scratch)
+            mem.write(bytes(page))
+    except (ProcessLookupError, FileNotFoundError):
+        raise NoSuchProcess(f"snapshot child {pid} exited", pid=pid) from None
+    return scratch
 
 
 def _close_files(pid: int, call) -> None:
@@ -232,80 +240,3 @@ def lower_priority(child: Child, at: int, deadline: float) -> None:
             child.notes.append(f"{name}: {os.strerror(-ret)}")
 
 
-def dump(child: Child, runner: HeldThread,
-         watchdog: Watchdog | None = None) -> tuple[stops.Stop, float]:
-    """Give the child the forking thread's state back and let SIGABRT dump it.
-
-    The signal argument of PTRACE_CONT is ignored at an event or syscall stop,
-    so SIGABRT is sent with kill() and passed on from its signal-delivery stop.
-    Only the child's first thread runs: the others stay in their ptrace stops
-    (a traced thread is never picked to take a process signal), and the
-    kernel's core dump wakes and collects them.  Returns how the child ended
-    and how long the kernel took to write the core.
-    """
-    pid = child.pid
-    child.threads[pid] = runner.tid
-    ptrace.set_regs(pid, runner.regs)  # the core shows where the target really was
-    if runner.xstate:
-        ptrace.set_xstate(pid, runner.xstate)
-    ptrace.set_sigmask(pid, runner.sigmask & ~(1 << (signal.SIGABRT - 1)))
-    os.kill(pid, signal.SIGABRT)
-    ptrace.cont(pid)
-    while True:
-        stop = stops.wait(pid, None)
-        if stop.kind is StopKind.SIGNAL and stop.sig == signal.SIGABRT:
-            break
-        if stop.kind in ENDED:
-            _collect(child)
-            return stop, 0.0
-        ptrace.cont(pid)  # anything else is not for the child: drop it
-    started = time.monotonic()
-    if watchdog is not None:
-        watchdog.start()
-    ptrace.cont(pid, signal.SIGABRT)
-    return _collect(child, watchdog=watchdog), time.monotonic() - started
-
-
-def _collect(child: Child, deadline: float | None = None,
-             watchdog: Watchdog | None = None) -> stops.Stop:
-    """Wait until every thread of the child has ended; return how the first one ended.
-
-    The kernel reports a thread-group leader's end only after the other
-    threads are gone, and as their tracer snapcore must collect each.
-    """
-    left = set(child.threads) | {child.pid}
-    ended = None
-    while left:
-        for tid in list(left):
-            stop = stops.try_wait(tid)
-            if stop is None:
-                continue
-            if stop.kind in ENDED:
-                left.discard(tid)
-                if tid == child.pid:
-                    ended = stop
-            else:
-                try:
-                    ptrace.cont(tid)  # the dump is waking it: let it go to its end
-                except NoSuchProcess:
-                    pass
-        if left:
-            if watchdog is not None:
-                watchdog.tick(child)
-            timeout = 1.0 if deadline is None else deadline - time.monotonic()
-            if timeout <= 0:
-                break
-            signal.sigtimedwait([signal.SIGCHLD], min(timeout, 0.25 if watchdog else 1.0))
-    child.alive = False
-    return ended or stops.Stop(StopKind.KILLED, sig=signal.SIGKILL)
-
-
-def kill(child: Child) -> None:
-    """End the child (a private copy: killing it harms no one) and collect it."""
-    if not child.alive:
-        return
-    try:
-        os.kill(child.pid, signal.SIGKILL)
-    except ProcessLookupError:
-        pass
-    _collect(child, time.monotonic() + 10)

@@ -15,6 +15,7 @@ from snapcore.linux import stops
 from snapcore.linux.stops import StopKind
 from snapcore.linux import arch
 from snapcore.engine import child as childmod
+from snapcore.engine import dumping
 from snapcore.core import notes
 from snapcore.core import core_pattern
 from snapcore.core import placement
@@ -93,7 +94,7 @@ def _dump(run: _Dump, pidfd: int, stop_timeout: float, allow_undumpable: bool,
                          allow_undumpable=allow_undumpable, deadline=deadline)
         childmod.resurrect(kid, at, forked.others, deadline)
         childmod.lower_priority(kid, at, deadline)
-        ended, dump_seconds = childmod.dump(kid, forked.runner, watchdog)
+        ended, dump_seconds = dumping.dump(kid, forked.runner, watchdog)
     except NoSuchProcess as exc:
         # Only the child is touched in this phase: it was killed from outside.
         raise CoreNotWritten(f"the snapshot child ended before its dump ({exc.message})",
@@ -101,7 +102,7 @@ def _dump(run: _Dump, pidfd: int, stop_timeout: float, allow_undumpable: bool,
                              pid=target.pid, stage=Stage.CHILD) from None
     finally:
         with interrupts.cleanup():
-            childmod.kill(kid)  # a no-op when it already ended
+            dumping.kill(kid)  # a no-op when it already ended
             if forked.adopted:
                 reap_pause = reap_adopted(pre, pidfd, forked.child_ns_pid, kid.guard,
                                            stop_timeout, kid.notes)

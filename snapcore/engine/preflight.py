@@ -11,7 +11,10 @@ from __future__ import annotations
 
 
 
+import signal
+
 from snapcore.engine import estimate
+from snapcore.linux import stops
 from snapcore.engine import checks_host, checks_process
 from snapcore.engine.verdicts import (CHECKS, FORCEABLE, OK, REFUSE, WARN, Check,  # noqa: F401
                                      Options, Preflight, Refused)
@@ -22,8 +25,9 @@ from snapcore.errors import Stage
 def run(pid: int, opts: Options) -> Preflight:
     """Every check; reads /proc and the filesystem, and stops the target's main
     thread for a moment only to read its seccomp filters (PTRACE_SECCOMP_GET_FILTER
-    works on a stopped tracee only)."""
-    with reading(pid, Stage.PREFLIGHT):
+    works on a stopped tracee only).  SIGCHLD is blocked meanwhile, as the
+    ptrace waits need (linux/stops.py)."""
+    with stops.signals_held([signal.SIGCHLD]), reading(pid, Stage.PREFLIGHT):
         return _run(pid, opts)
 
 

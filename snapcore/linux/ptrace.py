@@ -3,10 +3,7 @@
 It drives the kernel through python-ptrace's raw binding: python-ptrace's
 high-level debugger uses PTRACE_ATTACH (a SIGSTOP the target's parent can
 see) and detaches from __del__ at random moments, so it is not used.
-
-Waiting: SIGCHLD must be blocked (see `signals_held`) while waiting, so that a
-stop reported between waitpid(WNOHANG) and sigtimedwait() is not lost; the
-kernel notifies the tracer of every tracee stop with SIGCHLD (CLD_TRAPPED).
+Waiting for tracees is linux/stops.py.
 """
 
 from __future__ import annotations

@@ -1,0 +1,43 @@
+"""snapcore check: every preflight verdict, without a snapshot.
+"""
+
+from __future__ import annotations
+
+import sys
+
+import click
+from rich.console import Console
+
+from snapcore.cli import render as report
+from snapcore.engine import preflight
+from snapcore.errors import Interrupted, SnapcoreError, Stage
+from snapcore.cli.app import cli, fail, stdout_console
+from snapcore.cli.options import EXIT_CODES_HELP, common_options, make_options, parse_pid
+
+
+@cli.command(epilog=EXIT_CODES_HELP)
+@click.argument("pid", metavar="PID")
+@common_options
+def check(pid, output_dir, as_json, timeout, min_free, max_per_hour):
+    """Say whether a snapshot of PID would go ahead, and why not.
+
+    Runs every check `snapcore PID` runs, without taking a snapshot: the
+    process is stopped only for a moment, to read its seccomp filters when it
+    has some. Exits 0 when a snapshot would go ahead, else with the exit code
+    the first refusal would give.
+    """
+    err = Console(stderr=True)
+    try:
+        opts = make_options(output_dir, timeout, min_free, max_per_hour)
+        result = preflight.run(parse_pid(pid), opts)
+    except SnapcoreError as exc:
+        fail(exc, as_json, err)
+    except KeyboardInterrupt:
+        fail(Interrupted("interrupted", "the target keeps running", stage=Stage.INTERRUPT),
+              as_json, err)
+    refusals = result.refusals()
+    if as_json:
+        report.print_json(report.check_dict(result))
+    else:
+        report.print_checks(result, stdout_console())
+    sys.exit(int(refusals[0].exit_code) if refusals else 0)

@@ -1,0 +1,192 @@
+"""The options commands share, turned into what the engine takes: a pid, the
+preflight's Options, a SnapRequest.
+"""
+
+from __future__ import annotations
+
+import functools
+import re
+from dataclasses import dataclass, fields
+from pathlib import Path
+
+import click
+
+from snapcore.cli import selection as targets
+from snapcore.core.placement import default_output_dir
+from snapcore.engine import preflight
+from snapcore.engine.result import THREAD_MODES, DumpLimits
+from snapcore.errors import BadInput, Stage
+from snapcore.units import parse_size
+
+
+PID_MAX_LIMIT = 1 << 22  # PID_MAX_LIMIT on 64-bit kernels
+
+
+EXIT_CODES_HELP = """\b
+Exit codes:
+  0  snapshot taken (check: would go ahead)
+  1  internal error          7  target did not stop in time
+  2  bad command line        8  kernel wrote no core
+  3  no such process         9  core handed to a core_pattern pipe
+  4  permission denied      10  output directory unusable or full
+  5  already traced         11  not enough memory headroom
+  6  target not supported   12  rate limit reached
+                           130  interrupted (target released)"""
+
+
+def parse_pid(text: str) -> int:
+    if not re.fullmatch(r"[0-9]+", text.strip()):
+        raise BadInput(f"invalid pid {text!r}",
+                       "give the numeric id of a running process (see pgrep NAME)",
+                       stage=Stage.USAGE)
+    pid = int(text)
+    if pid <= 0 or pid >= PID_MAX_LIMIT:
+        raise BadInput(f"invalid pid {pid}", "a pid is a number from 1 up (see pgrep NAME)",
+                       stage=Stage.USAGE)
+    return pid
+
+
+
+
+def common_options(command):
+    """Options that `snap` and `check` share (they judge the same things)."""
+    for option in reversed([
+        click.option("-o", "--output-dir", type=click.Path(file_okay=False, path_type=Path),
+                     help="Where the core goes (created 0700). Default: $SNAPCORE_DIR, "
+                          "else /var/lib/snapcore for root, else "
+                          "$XDG_STATE_HOME/snapcore."),
+        click.option("--json", "as_json", is_flag=True,
+                     help="Print one JSON document (errors too) instead of text."),
+        click.option("--timeout", type=click.FloatRange(min=0.01), default=2.0,
+                     show_default=True, metavar="SECONDS",
+                     help="How long to wait for the target to stop (a thread in "
+                          "uninterruptible sleep may never); the target is left "
+                          "untouched."),
+        click.option("--min-free", default="10%", show_default=True, metavar="SIZE|PCT",
+                     help="Free space to leave on the output filesystem after the core "
+                          "(e.g. 2G or 10%)."),
+        click.option("--max-per-hour", type=click.IntRange(min=0), default=4,
+                     show_default=True, metavar="N",
+                     help="At most N snapshots of the same program per hour (0: no "
+                          "limit); one at a time per program."),
+    ]):
+        command = option(command)
+    return command
+
+
+def make_options(output_dir, timeout, min_free, max_per_hour) -> preflight.Options:
+    if not (min_free.strip().endswith("%") or is_size(min_free)):
+        raise BadInput(f"invalid --min-free {min_free!r}", "give a size (2G) or a "
+                       "percentage of the filesystem (10%)", stage=Stage.USAGE)
+    return preflight.Options(output_dir=output_dir or default_output_dir(),
+                             min_free=min_free, max_per_hour=max_per_hour, timeout=timeout)
+
+
+def is_size(text: str) -> bool:
+    try:
+        parse_size(text)
+        return True
+    except ValueError:
+        return False
+
+
+def check_force(names: tuple[str, ...]) -> None:
+    for name in names:
+        if name not in preflight.CHECKS:
+            raise BadInput(f"--force {name}: no such check",
+                           f"checks: {', '.join(preflight.CHECKS)}", stage=Stage.USAGE)
+        if name not in preflight.FORCEABLE:
+            raise BadInput(f"--force {name}: this check cannot be overridden",
+                           f"only these can: {', '.join(preflight.FORCEABLE)}",
+                           stage=Stage.USAGE)
+
+
+def target_options(command):
+    """Ways to name the processes to snapshot, besides pids."""
+    for option in reversed([
+        click.option("--name", "name_pattern", metavar="PATTERN",
+                     help="Processes whose name or command line matches this regular "
+                          "expression (like pgrep); several matches are refused unless "
+                          "--all."),
+        click.option("--all", "take_all", is_flag=True,
+                     help="With --name: every matching process."),
+        click.option("--pidfile", type=click.Path(dir_okay=False), metavar="FILE",
+                     help="The process whose pid this file holds."),
+        click.option("--unit", metavar="UNIT",
+                     help="A systemd service's main process (systemctl show MainPID)."),
+    ]):
+        command = option(command)
+    return command
+
+
+def resolve_targets(pids, name_pattern, take_all, pidfile, unit) -> list[int]:
+    found = [parse_pid(p) for p in pids]
+    if name_pattern:
+        found += targets.by_name(name_pattern, take_all)
+    if pidfile:
+        found.append(targets.by_pidfile(pidfile))
+    if unit:
+        found.append(targets.by_unit(unit))
+    if not found:
+        raise BadInput("no target given", "give a PID, or --name, --pidfile or --unit",
+                       stage=Stage.USAGE)
+    return list(dict.fromkeys(found))
+
+
+@dataclass
+class SnapRequest:
+    """How to take a snapshot: the options `snap`, `stacks` and `watch` share."""
+
+    threads: str = "all"
+    stall_timeout: float = 10.0
+    max_dump_time: float = 0.0
+    force: tuple[str, ...] = ()
+    reason: str = ""
+    compressed: bool = False
+
+    def limits(self, progress=None) -> DumpLimits:
+        return DumpLimits(self.stall_timeout, self.max_dump_time, progress)
+
+
+def snap_options(command):
+    """The options of a SnapRequest; the command gets them as `request`."""
+    names = [f.name for f in fields(SnapRequest)]
+
+    inner = command
+
+    @functools.wraps(inner)
+    def with_request(*args, **kwargs):
+        values = {name: kwargs.pop(name) for name in names}
+        values["force"] = tuple(values["force"])
+        return inner(*args, request=SnapRequest(**values), **kwargs)
+
+    command = with_request
+    for option in reversed([
+        click.option("--threads", type=click.Choice(THREAD_MODES), default="all",
+                     show_default=True,
+                     help="all: every thread is held for the fork and appears in the core "
+                          "with its registers (the pause grows by some tens of "
+                          "microseconds per thread). main: only the main thread is held "
+                          "and dumped (the shortest pause; other threads show without "
+                          "registers)."),
+        click.option("--stall-timeout", type=click.FloatRange(min=0), default=10.0,
+                     show_default=True, metavar="SECONDS",
+                     help="If the core has not grown by 1 MiB for this long (an "
+                          "idle-priority dump "
+                          "starved by busy CPUs, while the target pays for copy-on-write), "
+                          "raise the dump to normal priority at nice 19. 0: never."),
+        click.option("--max-dump-time", type=click.FloatRange(min=0), default=0.0,
+                     show_default=True, metavar="SECONDS",
+                     help="Kill the dump and fail if it lasts longer than this. 0: no "
+                          "limit."),
+        click.option("--force", "force", multiple=True, metavar="CHECK",
+                     help="Go ahead although this check refuses (repeatable; see "
+                          "`snapcore check`). Only " + ", ".join(preflight.FORCEABLE)
+                          + " can be forced."),
+        click.option("--reason", default="", metavar="TEXT",
+                     help="Why the snapshot is taken (an incident id), kept in its record."),
+        click.option("--compress", "compressed", is_flag=True,
+                     help="Store the core as CORE.zst (zstandard, at idle priority)."),
+    ]):
+        command = option(command)
+    return command

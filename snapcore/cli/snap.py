@@ -1,0 +1,130 @@
+"""snapcore snap (and snapcore PID): take each snapshot, render each result.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import sys
+
+import click
+from rich.console import Console
+from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TimeElapsedColumn
+
+from snapcore.cli import render as report
+from snapcore.cli import syslog
+from snapcore.core.gdb import backtraces
+from snapcore.engine.snapshot import take
+from snapcore.errors import ExitCode, Interrupted, SnapcoreError, Stage
+from snapcore.cli.app import cli, fail, stdout_console
+from snapcore.cli.options import (EXIT_CODES_HELP, SnapRequest, check_force, common_options, make_options, resolve_targets, snap_options, target_options)
+
+
+@contextlib.contextmanager
+def dump_progress(enabled: bool):
+    """A progress bar on stderr while the kernel writes the core: bytes against
+    the estimate, and the time.  Only for a person at a terminal."""
+    if not enabled or not sys.stderr.isatty():
+        yield None
+        return
+    columns = (TextColumn("dumping"), BarColumn(), DownloadColumn(), TimeElapsedColumn())
+    with Progress(*columns, console=Console(stderr=True), transient=True) as bar:
+        task = bar.add_task("dump", total=None)
+        yield lambda written, expected: bar.update(task, completed=written,
+                                                   total=max(expected, written) or None)
+
+
+def take_each(pids, opts, request: SnapRequest, show_progress: bool = False,
+              to_syslog: bool = False, reason: str | None = None):
+    """Snapshot each target in turn; a result per target (Snapshot or error)."""
+    results = []
+    for target_pid in pids:
+        try:
+            with dump_progress(show_progress) as progress:
+                results.append(take(target_pid, opts, threads=request.threads,
+                                    force=request.force, limits=request.limits(progress),
+                                    reason=request.reason if reason is None else reason,
+                                    compressed=request.compressed))
+        except SnapcoreError as exc:
+            exc.pid = exc.pid if exc.pid is not None else target_pid
+            results.append(exc)
+        except KeyboardInterrupt:
+            results.append(Interrupted("interrupted", "the target was released and keeps "
+                                       "running", pid=target_pid, stage=Stage.INTERRUPT))
+            break
+        syslog.log_result(results[-1], to_syslog)
+    return results
+
+
+def exit_code_of(results) -> int:
+    for r in results:
+        if isinstance(r, SnapcoreError):
+            return int(r.exit_code)
+    return int(ExitCode.CORE_PIPED) if any(r.core_path is None for r in results) else 0
+
+
+@cli.command(epilog=EXIT_CODES_HELP)
+@click.argument("pids", metavar="[PID]...", nargs=-1)
+@target_options
+@common_options
+@click.option("-q", "--quiet", is_flag=True, help="Print only the cores' paths.")
+@click.option("-v", "--verbose", is_flag=True,
+              help="Also show the pause split, the child, core_pattern, the threads and "
+                   "every check.")
+@snap_options
+@click.option("--stacks", "with_stacks", is_flag=True,
+              help="Also print every thread's backtrace from the core (needs gdb).")
+@click.option("--syslog", "to_syslog", is_flag=True,
+              help="Log one line per snapshot or refusal to syslog even on a terminal "
+                   "(always done when stderr is not a terminal).")
+def snap(pids, name_pattern, take_all, pidfile, unit, output_dir, as_json, timeout, min_free,
+         max_per_hour, quiet, verbose, with_stacks, to_syslog, request: SnapRequest):
+    """Snapshot each process into a core file; the processes keep running.
+
+    Every check of `snapcore check` runs first. The core is named
+    TIMESTAMP_NAME_PID.core (UTC), owned by you, mode 0600, with its record
+    TIMESTAMP_NAME_PID.json beside it, so `ls` lists snapshots by time and
+    `gdb EXE "$(snapcore -q PID)"` works.
+    """
+    out = stdout_console()
+    err = Console(stderr=True)
+    try:
+        wanted = resolve_targets(pids, name_pattern, take_all, pidfile, unit)
+        check_force(request.force)
+        opts = make_options(output_dir, timeout, min_free, max_per_hour)
+    except SnapcoreError as exc:
+        fail(exc, as_json, err)
+    results = take_each(wanted, opts, request, show_progress=not (as_json or quiet),
+                        to_syslog=to_syslog)
+    docs = []
+    for result in results:
+        if isinstance(result, SnapcoreError):
+            docs.append({"ok": False, "error": result.as_dict()})
+            if not as_json:
+                report.print_error(result, err)
+            continue
+        doc = report.snapshot_dict(result)
+        if with_stacks and result.core_path is not None:
+            try:
+                doc["stacks"] = backtraces(result.target.exe, result.core_path)
+            except SnapcoreError as exc:
+                doc["stacks_error"] = exc.one_line()
+        docs.append(doc)
+        if as_json:
+            continue
+        if quiet:
+            if result.core_path is not None:
+                click.echo(str(result.core_path))
+            else:
+                err.print(f"snapcore: core of {result.target.pid} handed to "
+                          f"{result.core_pattern.handler}: {report.pipe_lookup(result)}",
+                          markup=False, highlight=False)
+        else:
+            report.print_snapshot(result, verbose, out)
+        if "stacks" in doc:
+            click.echo(doc["stacks"])
+        elif "stacks_error" in doc:
+            err.print(f"snapcore: {doc['stacks_error']}", markup=False, highlight=False)
+    if as_json:
+        report.print_json(docs[0] if len(docs) == 1 else
+                          {"ok": all(d["ok"] for d in docs), "snapshots": docs})
+    sys.exit(exit_code_of(results))

@@ -1,0 +1,94 @@
+"""The child's end: SIGABRT so that the kernel writes its core, then every
+thread of it collected; or SIGKILL when the snapshot is abandoned.
+"""
+
+from __future__ import annotations
+import os
+import signal
+import time
+from snapcore.linux import stops
+from snapcore.linux.stops import StopKind, ENDED
+from snapcore.linux import ptrace
+from snapcore.engine.watchdog import Watchdog
+from snapcore.engine.child import Child
+from snapcore.errors import NoSuchProcess
+from snapcore.linux.inject import HeldThread
+
+
+def dump(child: Child, runner: HeldThread,
+         watchdog: Watchdog | None = None) -> tuple[stops.Stop, float]:
+    """Give the child the forking thread's state back and let SIGABRT dump it.
+
+    The signal argument of PTRACE_CONT is ignored at an event or syscall stop,
+    so SIGABRT is sent with kill() and passed on from its signal-delivery stop.
+    Only the child's first thread runs: the others stay in their ptrace stops
+    (a traced thread is never picked to take a process signal), and the
+    kernel's core dump wakes and collects them.  Returns how the child ended
+    and how long the kernel took to write the core.
+    """
+    pid = child.pid
+    child.threads[pid] = runner.tid
+    ptrace.set_regs(pid, runner.regs)  # the core shows where the target really was
+    if runner.xstate:
+        ptrace.set_xstate(pid, runner.xstate)
+    ptrace.set_sigmask(pid, runner.sigmask & ~(1 << (signal.SIGABRT - 1)))
+    os.kill(pid, signal.SIGABRT)
+    ptrace.cont(pid)
+    while True:
+        stop = stops.wait(pid, None)
+        if stop.kind is StopKind.SIGNAL and stop.sig == signal.SIGABRT:
+            break
+        if stop.kind in ENDED:
+            _collect(child)
+            return stop, 0.0
+        ptrace.cont(pid)  # anything else is not for the child: drop it
+    started = time.monotonic()
+    if watchdog is not None:
+        watchdog.start()
+    ptrace.cont(pid, signal.SIGABRT)
+    return _collect(child, watchdog=watchdog), time.monotonic() - started
+
+
+def _collect(child: Child, deadline: float | None = None,
+             watchdog: Watchdog | None = None) -> stops.Stop:
+    """Wait until every thread of the child has ended; return how the first one ended.
+
+    The kernel reports a thread-group leader's end only after the other
+    threads are gone, and as their tracer snapcore must collect each.
+    """
+    left = set(child.threads) | {child.pid}
+    ended = None
+    while left:
+        for tid in list(left):
+            stop = stops.try_wait(tid)
+            if stop is None:
+                continue
+            if stop.kind in ENDED:
+                left.discard(tid)
+                if tid == child.pid:
+                    ended = stop
+            else:
+                try:
+                    ptrace.cont(tid)  # the dump is waking it: let it go to its end
+                except NoSuchProcess:
+                    pass
+        if left:
+            if watchdog is not None:
+                watchdog.tick(child)
+            timeout = 1.0 if deadline is None else deadline - time.monotonic()
+            if timeout <= 0:
+                break
+            signal.sigtimedwait([signal.SIGCHLD], min(timeout, 0.25 if watchdog else 1.0))
+    child.alive = False
+    return ended or stops.Stop(StopKind.KILLED, sig=signal.SIGKILL)
+
+
+def kill(child: Child) -> None:
+    """End the child (a private copy: killing it harms no one) and collect it."""
+    if not child.alive:
+        return
+    try:
+        os.kill(child.pid, signal.SIGKILL)
+    except ProcessLookupError:
+        pass
+    _collect(child, time.monotonic() + 10)
