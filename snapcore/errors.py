@@ -25,6 +25,7 @@ class ExitCode(enum.IntEnum):
     MEMORY = 11  # not enough memory headroom for the copy-on-write child
     RATE_LIMITED = 12  # too many snapshots of this program in the last hour
     LIMITS = 13  # the snapshot's tasks would take the target's room under its task limits
+    TOOL = 14  # a tool snapcore runs (gdb, for stacks) is missing or failed
     INTERRUPTED = 130  # Ctrl-C or SIGTERM; the target was released first
 
 
@@ -127,6 +128,10 @@ class OutputError(SnapcoreError):
 
 class Interrupted(SnapcoreError):
     exit_code = ExitCode.INTERRUPTED
+
+
+class ToolError(SnapcoreError):
+    exit_code = ExitCode.TOOL
 
 
 class InternalError(SnapcoreError):

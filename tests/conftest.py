@@ -224,3 +224,18 @@ def wait_until_catching(proc, signum: int, timeout: float = 30.0) -> None:
             return
         time.sleep(0.001)
     raise AssertionError(f"process {proc.pid} never installed a handler for signal {signum}")
+
+
+@pytest.fixture
+def core_pattern():
+    """Set core_pattern/core_uses_pid for one test, and always put them back."""
+    files = [Path("/proc/sys/kernel/core_pattern"), Path("/proc/sys/kernel/core_uses_pid")]
+    saved = [f.read_text() for f in files]
+
+    def set_pattern(pattern: str, uses_pid: bool = False):
+        files[0].write_text(pattern + "\n")
+        files[1].write_text("1\n" if uses_pid else "0\n")
+
+    yield set_pattern
+    for f, text in zip(files, saved):
+        f.write_text(text)

@@ -15,6 +15,7 @@ from click.testing import CliRunner
 from snapcore.engine import preflight
 from snapcore.cli.app import cli
 from snapcore.errors import ExitCode
+from helpers import a_kernel_thread
 
 ROOT = Path(__file__).parent.parent
 
@@ -26,7 +27,7 @@ ROOT = Path(__file__).parent.parent
     ("99999999", ExitCode.USAGE, "invalid pid 99999999"),
     ("4194000", ExitCode.NO_SUCH_PROCESS, "no such process 4194000"),
     (str(os.getpid()), ExitCode.UNSUPPORTED, "snapcore itself or one of its parents"),
-    ("2", ExitCode.UNSUPPORTED, "kernel thread"),
+    (str(a_kernel_thread()), ExitCode.UNSUPPORTED, "kernel thread"),
 ])
 def test_bad_pid_gets_one_line_and_exit_code(arg, code, words):
     result = CliRunner().invoke(cli, [arg])

@@ -8,7 +8,7 @@ import pytest
 
 from conftest import run_snapcore, snap_json
 from snapcore.errors import ExitCode
-from test_snapshot import cores_in
+from helpers import cores_in
 
 
 @pytest.fixture

@@ -24,16 +24,7 @@ from snapcore.errors import SnapcoreError
 from snapcore.engine.snapshot import take
 from snapcore.errors import ExitCode
 from snapcore.engine.ratelimit import RateLimiter
-from test_snapshot import cores_in, prstatus_pids
-
-
-def check_json(*args: str) -> tuple[int, dict]:
-    proc = run_snapcore("check", "--json", *args)
-    return proc.returncode, json.loads(proc.stdout)
-
-
-def verdicts(doc: dict) -> dict[str, str]:
-    return {c["name"]: c["verdict"] for c in doc["checks"]}
+from helpers import check_json, cores_in, process_state, prstatus_pids, verdicts, wait_until
 
 
 def test_check_on_a_healthy_target_says_go(start_victim, out_dir):
@@ -94,7 +85,7 @@ def test_non_dumpable_target_of_another_user_is_refused_before(start_victim, out
 
 def test_uninterruptible_sleep_times_out_and_leaves_target_alone(start_victim, out_dir):
     victim = start_victim("vfork")  # its main thread waits for a vfork child: state D
-    time.sleep(0.2)
+    wait_until(lambda: process_state(victim.pid) == "D", "the main thread waits in D")
     code, doc = check_json("-o", str(out_dir), str(victim.pid))
     assert verdicts(doc)["state"] == "warn", doc
     started = time.monotonic()
@@ -345,17 +336,29 @@ def test_child_killed_from_outside_ends_cleanly(start_victim, out_dir):
 
 
 def test_target_exiting_at_any_moment(victim_exe, tmp_path, out_dir):
-    """The target dies at random moments around a snapshot: always a documented
-    exit code, never a traceback, and no process left traced or stopped."""
-    for i in range(20):
-        report = tmp_path / "report.txt"
-        target = subprocess.Popen([str(victim_exe), "fat", str(report)],
+    """The target dies at moments spread over a whole snapshot, from snapcore's
+    own start to its exit: always a documented exit code, never a traceback,
+    and no process left traced or stopped."""
+    def start():
+        target = subprocess.Popen([str(victim_exe), "fat", str(tmp_path / "report.txt")],
                                   stdout=subprocess.PIPE)
         assert target.stdout.readline() == b"ready\n"
         proc = subprocess.Popen([sys.executable, "-m", "snapcore", "--max-per-hour", "0",
                                  "-o", str(out_dir), str(target.pid)],
                                 stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-        time.sleep(0.08 + 0.004 * i)  # sweeps start-up, preflight, window and dump
+        wait_until_catching(proc, signal.SIGTERM)
+        return target, proc
+
+    target, proc = start()  # one whole run, to know how long a run lasts here
+    began = time.monotonic()
+    proc.communicate(timeout=60)
+    whole = time.monotonic() - began
+    target.kill()
+    target.wait()
+    outcomes = set()
+    for i in range(20):
+        target, proc = start()
+        time.sleep(whole * i / 20)
         target.kill()
         target.wait()
         _, err = proc.communicate(timeout=60)
@@ -364,6 +367,8 @@ def test_target_exiting_at_any_moment(victim_exe, tmp_path, out_dir):
         if proc.returncode == ExitCode.UNSUPPORTED:
             assert "is a zombie" in err  # dead, not yet reaped by the test
         assert "Traceback" not in err
+        outcomes.add(proc.returncode)
+    assert ExitCode.NO_SUCH_PROCESS in outcomes or ExitCode.UNSUPPORTED in outcomes, outcomes
     traced = [line for line in subprocess.run(["ps", "-eo", "stat,pid,comm"],
                                               capture_output=True, text=True).stdout
               .splitlines() if line.startswith(("t", "T"))]

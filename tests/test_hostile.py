@@ -27,8 +27,7 @@ from elftools.elf.elffile import ELFFile
 
 from conftest import TARGETS, compile_target, gdb
 from snapcore.errors import ExitCode
-from test_refusals import core_pattern  # noqa: F401  (a fixture)
-from test_snapshot import prstatus_pids
+from helpers import prstatus_pids
 
 STAGING_PREFIX = ".snapcore-staging-"
 

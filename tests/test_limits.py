@@ -21,7 +21,7 @@ import pytest
 
 from conftest import compile_target, gdb, run_snapcore, snap_json
 from snapcore.errors import ExitCode
-from test_guards import check_json, verdicts
+from helpers import check_json, verdicts
 
 TASK_LIMITS = 13  # new exit code: the target is too near its task limits
 NOBODY = 65534

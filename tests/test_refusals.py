@@ -13,11 +13,10 @@ import sys
 import time
 from pathlib import Path
 
-import pytest
 
 from conftest import TARGETS, run_snapcore, snap_json
 from snapcore.errors import ExitCode
-from test_snapshot import cores_in, prstatus_pids
+from helpers import cores_in, process_state, prstatus_pids, wait_until
 
 
 def refused(code: ExitCode, *args: str) -> str:
@@ -27,14 +26,9 @@ def refused(code: ExitCode, *args: str) -> str:
     return proc.stderr
 
 
-def process_state(pid: int) -> str:
-    return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
-
-
 def test_zombie_is_refused(out_dir):
     proc = subprocess.Popen(["true"])
-    time.sleep(0.3)  # exited, not reaped
-    assert process_state(proc.pid) == "Z"
+    wait_until(lambda: process_state(proc.pid) == "Z", "it has exited, not reaped")
     assert "zombie" in refused(ExitCode.UNSUPPORTED, "-o", str(out_dir), str(proc.pid))
     proc.wait()
 
@@ -42,7 +36,7 @@ def test_zombie_is_refused(out_dir):
 def test_stopped_target_is_refused_and_stays_stopped(start_victim, out_dir):
     victim = start_victim("sleep")
     os.kill(victim.pid, signal.SIGSTOP)
-    time.sleep(0.1)
+    wait_until(lambda: process_state(victim.pid) == "T", "it is stopped")
     assert "stopped" in refused(ExitCode.UNSUPPORTED, "-o", str(out_dir), str(victim.pid))
     assert process_state(victim.pid) == "T"
     os.kill(victim.pid, signal.SIGCONT)
@@ -133,21 +127,6 @@ def test_unusable_output_dir(start_victim):
     err = refused(ExitCode.OUTPUT, "-o", "/etc/hostname/cores", str(victim.pid))
     assert "/etc/hostname is not a directory" in err
     victim.assert_unharmed()
-
-
-@pytest.fixture
-def core_pattern():
-    """Set core_pattern/core_uses_pid for one test, and always put them back."""
-    files = [Path("/proc/sys/kernel/core_pattern"), Path("/proc/sys/kernel/core_uses_pid")]
-    saved = [f.read_text() for f in files]
-
-    def set_pattern(pattern: str, uses_pid: bool = False):
-        files[0].write_text(pattern + "\n")
-        files[1].write_text("1\n" if uses_pid else "0\n")
-
-    yield set_pattern
-    for f, text in zip(files, saved):
-        f.write_text(text)
 
 
 def test_absolute_core_pattern(core_pattern, start_victim, out_dir, tmp_path):

@@ -9,9 +9,9 @@ import time
 from pathlib import Path
 
 import pytest
-from elftools.elf.elffile import ELFFile
 
 from conftest import gdb, gdb_threads, snap_json, wait_until_catching
+from helpers import cores_in, process_state, prstatus_pids, wait_until
 
 # What each target mode does after the snapshot to prove its blocking call
 # came back with the right result, and the function its core must show.
@@ -22,26 +22,6 @@ MODES = {
     "futex": ("mode_futex", "futex"),
     "busy": ("busy_loop", None),
 }
-
-
-def prstatus_pids(core: Path) -> list[int]:
-    """Thread ids in the core's NT_PRSTATUS notes, read with pyelftools (not snapcore)."""
-    pids = []
-    with open(core, "rb") as f:
-        for segment in ELFFile(f).iter_segments():
-            if segment["p_type"] != "PT_NOTE":
-                continue
-            for note in segment.iter_notes():
-                if note["n_type"] == "NT_PRSTATUS":
-                    # struct elf_prstatus: siginfo (12), cursig (2+2), sigpend (8),
-                    # sighold (8), then pr_pid.
-                    pids.append(int.from_bytes(note["n_desc"][32:36], "little"))
-    return pids
-
-
-def cores_in(directory: Path) -> list[str]:
-    """The cores in an output directory (records and .snapcore/ state aside), sorted."""
-    return sorted(p for p in os.listdir(directory) if p.endswith((".core", ".core.zst")))
 
 
 def poke(victim, action: str) -> None:
@@ -62,7 +42,10 @@ def poke(victim, action: str) -> None:
 def test_snapshot_leaves_blocked_target_unharmed(mode, start_victim, out_dir, victim_exe):
     function, action = MODES[mode]
     victim = start_victim(mode)
-    time.sleep(0.4)  # let it settle into its blocking call
+    # Settled in its blocking call (asleep), or in its loop for `busy`.
+    wait_until(lambda: process_state(victim.pid) == ("R" if mode == "busy" else "S")
+               and victim.heartbeats() >= (0 if mode in ("read", "accept", "futex") else 1),
+               "the target settles into its blocking call")
     beats = victim.heartbeats()
     tids = sorted(int(t) for t in os.listdir(f"/proc/{victim.pid}/task"))
 
@@ -145,7 +128,7 @@ def test_sigint_at_any_moment_leaves_target_running(start_victim, out_dir):
         assert proc.returncode in (0, 130), err
         assert "Traceback" not in err
         if proc.returncode == 130:
-            assert err.startswith(("snapcore: error: interrupted",
+            assert err.strip().startswith(("snapcore: error: interrupted",
                                    "snapcore: interrupted before it started")), err
         victim.assert_unharmed()
     victim.wait_for_heartbeats(victim.heartbeats())

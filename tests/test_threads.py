@@ -10,7 +10,7 @@ from pathlib import Path
 import psutil
 
 from conftest import gdb_per_thread, gdb_threads, snap_json
-from test_snapshot import prstatus_pids
+from helpers import prstatus_pids, wait_until
 
 EIGHT = ["main_sleeper", "sleeper_thread", "condvar_thread", "pipe_reader_thread",
          "busy_thread", "mutex_holder_thread", "mutex_waiter_thread", "xmm_thread"]
@@ -84,7 +84,7 @@ def test_thread_churn_neither_hangs_nor_leaves_threads_stopped(start_victim, thr
 
 def test_five_hundred_threads_all_in_core(start_victim, threads_exe, out_dir):
     victim = start_victim("many", exe=threads_exe, args=("500",))
-    time.sleep(0.3)
+    wait_until(lambda: len(task_ids(victim.pid)) == 501, "all 500 threads exist")
     tids = task_ids(victim.pid)
     assert len(tids) == 501
 

@@ -25,12 +25,13 @@ PID_MAX_LIMIT = 1 << 22  # PID_MAX_LIMIT on 64-bit kernels
 EXIT_CODES_HELP = """\b
 Exit codes:
   0  snapshot taken (check: would go ahead)
-  1  internal error          7  target did not stop in time
-  2  bad command line        8  kernel wrote no core
-  3  no such process         9  core handed to a core_pattern pipe
-  4  permission denied      10  output directory unusable or full
-  5  already traced         11  not enough memory headroom
-  6  target not supported   12  rate limit reached
+  1  internal error          8  kernel wrote no core
+  2  bad command line        9  core handed to a core_pattern pipe
+  3  no such process        10  output directory unusable or full
+  4  permission denied      11  not enough memory headroom
+  5  busy (already traced)  12  rate limit reached
+  6  target not supported   13  too near its task limits
+  7  target did not stop    14  gdb missing or failed
                            130  interrupted (target released)"""
 
 

@@ -8,14 +8,14 @@ import tempfile
 from pathlib import Path
 
 from snapcore.core.compress import decompress_to
-from snapcore.errors import Stage, OutputError
+from snapcore.errors import Stage, ToolError
 
 
 def backtraces(exe: str, core: Path, timeout: float = 300) -> str:
     """gdb's `thread apply all bt` for CORE of EXE (a .zst core is unpacked first)."""
     gdb = shutil.which("gdb")
     if gdb is None:
-        raise OutputError("reading stacks needs gdb, which is not installed",
+        raise ToolError("reading stacks needs gdb, which is not installed",
                           "install it (apt-get install gdb); the core is kept",
                           stage=Stage.STACKS)
     with tempfile.TemporaryDirectory(prefix="snapcore-stacks-") as tmp:
@@ -29,4 +29,9 @@ def backtraces(exe: str, core: Path, timeout: float = 300) -> str:
     lines = [line for line in out.stdout.splitlines()
              if not line.startswith(("[New LWP", "warning: Section", "[Thread debugging",
                                      "Using host libthread_db"))]
+    if out.returncode != 0 or not any(line.startswith("Thread ") or line.startswith("#")
+                                      for line in lines):
+        why = (out.stderr.strip().splitlines() or [f"exit status {out.returncode}"])[-1]
+        raise ToolError(f"gdb could not read the stacks of {core.name}: {why}",
+                        "open the core by hand: gdb EXE CORE", stage=Stage.STACKS)
     return "\n".join(lines).strip()

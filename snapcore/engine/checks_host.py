@@ -227,8 +227,12 @@ def check_rate(pre: Preflight, opts: Options) -> None:
     try:
         when = limiter.next_allowed(key)
         taken = len(limiter.recent(key))
-    except OSError:
+    except FileNotFoundError:
         pre.add("rate-limit", OK, "no snapshots recorded yet")
+        return
+    except (OSError, ValueError) as exc:
+        pre.add("rate-limit", REFUSE, f"cannot read the rate limit's state: {exc}",
+                "fix or remove .snapcore/state.json in the output directory")
         return
     if when is not None:
         pre.add("rate-limit", REFUSE, f"{taken} snapshots of {key} in the last hour "

@@ -8,7 +8,7 @@ import os
 import shutil
 import signal
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
 from snapcore.linux import stops
@@ -41,6 +41,9 @@ class _Dump:
     where: str | None  # core_pattern expanded as a glob; None for a pipe
     staging: Path | None
     since: float  # the dump's start, for finding the file
+    # Each target thread's id in its own pid namespace, read right after the
+    # window (a thread may end later): what the core must call it.
+    target_ns: dict[int, int | None] = field(default_factory=dict)
 
 
 def fork_and_dump(pre: preflight.Preflight, output_dir: Path, staging: Path | None,
@@ -62,7 +65,9 @@ def fork_and_dump(pre: preflight.Preflight, output_dir: Path, staging: Path | No
         exe=target.exe, soft_limit=target.core_hard, ns_pid=forked.child_ns_pid)
     if where is not None and pattern.kind == "absolute" and root:
         where = glob.escape(root) + where  # written in the target's view of the files
-    run = _Dump(pre, forked, kid, where, staging, time.time())
+    tids = [forked.runner.tid] + [t.tid for t in forked.others]
+    run = _Dump(pre, forked, kid, where, staging, time.time(),
+                {t: ns_tid(target.pid, t) for t in tids})
     try:
         snap, ended, watchdog = _dump(run, pidfd, stop_timeout, allow_undumpable,
                                       dump_limits, root, taken_at)
@@ -108,7 +113,7 @@ def _dump(run: _Dump, pidfd: int, stop_timeout: float, allow_undumpable: bool,
                                            stop_timeout, kid.notes)
     snap = Snapshot(target=target, core_path=None, core_size=0, pause=forked.timings,
                     reap_pause=reap_pause, dump_seconds=dump_seconds,
-                    threads=len(kid.threads), thread_map=_thread_map(target.pid, kid),
+                    threads=len(kid.threads), thread_map=_thread_map(target.pid, kid, run.target_ns),
                     child_pid=kid.pid, core_pattern=pre.core_pattern, taken_at=taken_at,
                     notes=kid.notes, escalated_after=watchdog.escalated_after)
     return snap, ended, watchdog
@@ -154,8 +159,12 @@ def _store(run: _Dump, snap: Snapshot, ended: stops.Stop, watchdog: Watchdog,
         # The notes name the child's threads as its pid namespace sees them;
         # write the target's own ids (in that namespace too) in their place.
         layout = notes.check_core(core, run.forked.child_ns_pid)
-        renames = {kid.ns_tids[c]: ns_tid(pid, t) for c, t in kid.threads.items()}
-        notes.rename_threads(core, layout, renames, ns_tid(pid, pid))
+        renames = {kid.ns_tids[c]: run.target_ns[t] for c, t in kid.threads.items()
+                   if run.target_ns.get(t) is not None}
+        if len(renames) < len(kid.threads):
+            snap.notes.append("threads that ended right after the fork keep the child's "
+                              "ids in the core")
+        notes.rename_threads(core, layout, renames, run.target_ns.get(pid) or 0)
         snap.core_path = store.store(core, output_dir,
                                         placement.core_name(target.name, pid, taken_at))
     finally:
@@ -163,12 +172,12 @@ def _store(run: _Dump, snap: Snapshot, ended: stops.Stop, watchdog: Watchdog,
     return snap
 
 
-def _thread_map(pid: int, kid: childmod.Child) -> list[dict]:
+def _thread_map(pid: int, kid: childmod.Child, target_ns: dict[int, int | None]) -> list[dict]:
     """Target thread id, its name, and the LWP the core names it by (its own id
     in its pid namespace, once the notes are rewritten), in the core's order."""
     order = [kid.pid] + [t for t in kid.threads if t != kid.pid]
     return [{"tid": kid.threads[c], "name": thread_name(pid, kid.threads[c]),
-             "core_lwp": ns_tid(pid, kid.threads[c]), "child_tid": c} for c in order]
+             "core_lwp": target_ns.get(kid.threads[c]), "child_tid": c} for c in order]
 
 
 def _why_no_core(target: Target, ended: stops.Stop, pattern: core_pattern.CorePattern,

@@ -36,10 +36,14 @@ class RateLimiter:
         with self._state() as f:
             fcntl.flock(f, fcntl.LOCK_EX)
             f.seek(0)
+            text = f.read()
             try:
-                state = json.loads(f.read() or "{}")
-            except ValueError:
-                state = {}
+                state = json.loads(text or "{}")
+                if not isinstance(state, dict):
+                    raise ValueError("not a JSON object")
+            except ValueError as exc:
+                # Never start counting again from nothing: that would lift the limit.
+                raise ValueError(f"{self.dir / 'state.json'} is corrupt ({exc})") from None
             yield state
             f.seek(0)
             f.truncate()

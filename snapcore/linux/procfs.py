@@ -108,16 +108,19 @@ def started_at(ticks: int) -> float:
     return boot + ticks / os.sysconf("SC_CLK_TCK")
 
 
-def ns_tid(pid: int, tid: int) -> int:
+def ns_tid(pid: int, tid: int) -> int | None:
     """A thread's id in its own pid namespace (the last NSpid field): what the
-    process itself, its glibc and its core call it."""
+    process itself, its glibc and its core call it.  None when the thread is
+    gone (never its global id in its place: that would be another thread's
+    name inside a container); the global id on kernels without NSpid (before
+    4.1: no pid namespaces to tell apart)."""
     try:
         with open(f"/proc/{pid}/task/{tid}/status") as f:
             for line in f:
                 if line.startswith("NSpid:"):
                     return int(line.split()[-1])
     except OSError:
-        pass
+        return None
     return tid
 
 

@@ -1,0 +1,72 @@
+"""What several test files share: reading cores and verdicts, and waiting on /proc."""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from pathlib import Path
+
+from elftools.elf.elffile import ELFFile
+
+from conftest import run_snapcore
+
+
+def prstatus_pids(core: Path) -> list[int]:
+    """Thread ids in the core's NT_PRSTATUS notes, read with pyelftools (not snapcore)."""
+    pids = []
+    with open(core, "rb") as f:
+        for segment in ELFFile(f).iter_segments():
+            if segment["p_type"] != "PT_NOTE":
+                continue
+            for note in segment.iter_notes():
+                if note["n_type"] == "NT_PRSTATUS":
+                    # struct elf_prstatus: siginfo (12), cursig (2+2), sigpend (8),
+                    # sighold (8), then pr_pid.
+                    pids.append(int.from_bytes(note["n_desc"][32:36], "little"))
+    return pids
+
+
+def cores_in(directory: Path) -> list[str]:
+    """The cores in an output directory (records and .snapcore/ state aside), sorted."""
+    return sorted(p for p in os.listdir(directory) if p.endswith((".core", ".core.zst")))
+
+
+def check_json(*args: str) -> tuple[int, dict]:
+    proc = run_snapcore("check", "--json", *args)
+    return proc.returncode, json.loads(proc.stdout)
+
+
+def verdicts(doc: dict) -> dict[str, str]:
+    return {c["name"]: c["verdict"] for c in doc["checks"]}
+
+
+def process_state(pid: int, tid: int | None = None) -> str:
+    """One letter, as ps shows it ("" once the process is gone)."""
+    path = f"/proc/{pid}/stat" if tid is None else f"/proc/{pid}/task/{tid}/stat"
+    try:
+        return Path(path).read_text().rsplit(")", 1)[1].split()[0]
+    except (FileNotFoundError, ProcessLookupError):
+        return ""
+
+
+def wait_until(predicate, what: str, timeout: float = 10.0) -> None:
+    """Poll until predicate() is true; fail naming `what` after `timeout` s."""
+    end = time.monotonic() + timeout
+    while not predicate():
+        assert time.monotonic() < end, f"timed out waiting until {what}"
+        time.sleep(0.005)
+
+
+def a_kernel_thread() -> int:
+    """Some kernel thread's pid (PF_KTHREAD in its stat flags); kthreadd is
+    pid 2 only in the initial pid namespace."""
+    for entry in sorted(os.listdir("/proc"), key=lambda e: (len(e), e)):
+        if entry.isdigit():
+            try:
+                stat = Path(f"/proc/{entry}/stat").read_text()
+            except OSError:
+                continue
+            if int(stat.rsplit(")", 1)[1].split()[6]) & 0x00200000:
+                return int(entry)
+    raise AssertionError("no kernel thread visible in /proc")
