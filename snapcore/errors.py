@@ -59,23 +59,21 @@ class SnapcoreError(Exception):
     exit_code = ExitCode.ERROR
 
     def __init__(self, message: str, hint: str = "", *, pid: int | None = None,
-                 stage: Stage | str = ""):
+                 stage: Stage | str = "", setting: str = ""):
         super().__init__(message)
         self.message = message
         self.hint = hint
         self.pid = pid
         self.stage = stage
+        self.setting = setting  # the option that would change the outcome, by its name
 
-    # The name of the --force check that overrides this error, if any: the
-    # command layer names the flag, the engine never does.
+    # The name of the check the operator may override for this error, if any.
+    # The engine names settings and checks, never command-line flags: the
+    # command layer says which flag sets them (cli/render.py).
     check = ""
 
     def one_line(self) -> str:
-        hint = self.hint
-        if self.check:
-            hint = f"{hint} (or override: --force {self.check})" if hint else \
-                f"override: --force {self.check}"
-        return f"{self.message}: {hint}" if hint else self.message
+        return f"{self.message}: {self.hint}" if self.hint else self.message
 
     def as_dict(self) -> dict:
         return {
@@ -84,6 +82,8 @@ class SnapcoreError(Exception):
             "hint": self.hint,
             "pid": self.pid,
             "stage": self.stage.value if isinstance(self.stage, Stage) else self.stage,
+            "setting": self.setting or None,
+            "override": self.check or None,
             "exit_code": int(self.exit_code),
         }
 

@@ -55,7 +55,7 @@ def cli():
 
 def fail(exc: SnapcoreError, as_json: bool, err: Console):
     if as_json:
-        report.print_json({"ok": False, "error": exc.as_dict()})
+        report.print_json({"ok": False, "error": report.error_dict(exc)})
     else:
         report.print_error(exc, err)
     sys.exit(int(exc.exit_code))

@@ -101,6 +101,38 @@ def print_snapshot(snap: Snapshot, verbose: bool, console: Console) -> None:
 
 VERDICT_STYLE = {"ok": "green", "warn": "yellow", "refuse": "bold red"}
 
+# The engine names the setting a hint is about; this is the flag that sets it.
+FLAGS = {
+    "output_dir": "-o DIR",
+    "timeout": "--timeout",
+    "min_free": "--min-free",
+    "max_per_hour": "--max-per-hour",
+    "max_dump_time": "--max-dump-time",
+    "threads": "--threads main",
+}
+
+
+def with_flags(hint: str, setting: str = "", override: str = "") -> str:
+    """A hint as the operator acts on it: the flag of its setting, and the
+    --force that overrides the refusal, when there is one."""
+    if setting in FLAGS:
+        hint = f"{hint} ({FLAGS[setting]})" if hint else FLAGS[setting]
+    if override:
+        hint = f"{hint} (or override: --force {override})" if hint else \
+            f"override: --force {override}"
+    return hint
+
+
+def error_line(err: SnapcoreError) -> str:
+    hint = with_flags(err.hint, err.setting, err.check)
+    return f"{err.message}: {hint}" if hint else err.message
+
+
+def error_dict(err: SnapcoreError) -> dict:
+    doc = err.as_dict()
+    doc["hint"] = with_flags(err.hint, err.setting, err.check)
+    return doc
+
 
 def check_dict(result) -> dict:
     refusals = result.refusals()
@@ -112,7 +144,10 @@ def check_dict(result) -> dict:
         "would_snapshot": not refusals,
         "exit_code": int(refusals[0].exit_code) if refusals else 0,
         "core_estimate": result.core_estimate,
-        "checks": result.as_dicts(),
+        "checks": [dict(c, fix=with_flags(c["fix"], c["setting"],
+                                          c["name"] if c["verdict"] == "refuse"
+                                          and c["forceable"] else ""))
+                   for c in result.as_dicts()],
     }
 
 
@@ -123,9 +158,8 @@ def print_checks(result, console: Console) -> None:
         table.add_column(column, overflow="fold")
     for check in result.checks:
         verdict = f"[{VERDICT_STYLE[check.verdict]}]{check.verdict}[/]"
-        fix = check.fix
-        if check.verdict == "refuse" and check.forceable:
-            fix += f" (or --force {check.name})"
+        fix = with_flags(check.fix, check.setting,
+                         check.name if check.verdict == "refuse" and check.forceable else "")
         table.add_row(check.name, verdict, _plain(check.reason), _plain(fix))
     console.print(table)
     refusals = result.refusals()
@@ -169,5 +203,5 @@ def print_records(found, console: Console) -> None:
 
 
 def print_error(err: SnapcoreError, console: Console) -> None:
-    console.print(f"snapcore: error: {err.one_line()}", markup=False, highlight=False,
+    console.print(f"snapcore: error: {error_line(err)}", markup=False, highlight=False,
                   soft_wrap=True)

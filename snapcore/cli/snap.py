@@ -98,7 +98,7 @@ def snap(pids, name_pattern, take_all, pidfile, unit, output_dir, as_json, timeo
     docs = []
     for result in results:
         if isinstance(result, SnapcoreError):
-            docs.append({"ok": False, "error": result.as_dict()})
+            docs.append({"ok": False, "error": report.error_dict(result)})
             if not as_json:
                 report.print_error(result, err)
             continue
@@ -107,7 +107,7 @@ def snap(pids, name_pattern, take_all, pidfile, unit, output_dir, as_json, timeo
             try:
                 doc["stacks"] = backtraces(result.target.exe, result.core_path)
             except SnapcoreError as exc:
-                doc["stacks_error"] = exc.one_line()
+                doc["stacks_error"] = report.error_line(exc)
         docs.append(doc)
         if as_json:
             continue

@@ -10,6 +10,7 @@ import os
 import socket
 import sys
 
+from snapcore.cli.render import error_line
 from snapcore.errors import SnapcoreError
 from snapcore.units import human
 
@@ -21,7 +22,7 @@ def log_result(result, always: bool = False) -> None:
     if not (always or not sys.stderr.isatty()):
         return
     if isinstance(result, SnapcoreError):
-        line = (f"refused snapshot of pid {result.pid}: {result.one_line()} "
+        line = (f"refused snapshot of pid {result.pid}: {error_line(result)} "
                 f"(exit {int(result.exit_code)})")
         send(line, WARNING)
         return

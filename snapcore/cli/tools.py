@@ -147,7 +147,7 @@ def watch(pid, interval, hold, cpu, rss, threads_over, fds, count, cooldown, out
     if as_json:
         report.print_json({"ok": not any(isinstance(t, SnapcoreError) for t in taken),
                            "ended": ended,
-                           "snapshots": [{"ok": False, "error": t.as_dict()}
+                           "snapshots": [{"ok": False, "error": report.error_dict(t)}
                                          if isinstance(t, SnapcoreError)
                                          else report.snapshot_dict(t) for t in taken]})
     else:

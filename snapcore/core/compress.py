@@ -13,7 +13,7 @@ def compress(core: Path) -> Path:
     try:
         import zstandard
     except ImportError:
-        raise OutputError("--compress needs the zstandard package",
+        raise OutputError("compression needs the zstandard package",
                           "pip install 'snapcore[compress]'", stage=Stage.COMPRESS) from None
     dest = core.with_name(core.name + ".zst")
     partial = core.with_name("." + dest.name + ".part")

@@ -83,6 +83,7 @@ def check_core(core: OpenCore, child_pid: int) -> CoreNotes:
     size = os.fstat(core.fd).st_size
     if size < notes.loads_end:
         raise CoreNotWritten(f"core {core.path} is truncated ({size} of {notes.loads_end} "
-                             "bytes)", "the disk may be full: free space or choose -o DIR",
+                             "bytes)", "the disk may be full: free space or choose another output "
+                             "directory", setting="output_dir",
                              stage=Stage.DUMP)
     return notes

@@ -32,13 +32,16 @@ def prepare_output_dir(path: Path) -> Path:
         path.mkdir(mode=0o700, parents=True, exist_ok=True)
     except OSError as exc:
         raise OutputError(f"cannot create output directory {path}: {exc.strerror}",
-                          "choose another one with -o DIR", stage=Stage.PREFLIGHT) from None
+                          "choose another output directory", stage=Stage.PREFLIGHT,
+                          setting="output_dir") from None
     if not path.is_dir():
         raise OutputError(f"output path {path} is not a directory",
-                          "choose another one with -o DIR", stage=Stage.PREFLIGHT)
+                          "choose another output directory", stage=Stage.PREFLIGHT,
+                          setting="output_dir")
     if not os.access(path, os.W_OK | os.X_OK):
         raise OutputError(f"output directory {path} is not writable",
-                          "choose another one with -o DIR, or run as its owner",
+                          "choose another output directory, or run as its owner",
+                          setting="output_dir",
                           stage=Stage.PREFLIGHT)
     return path
 

@@ -61,10 +61,10 @@ def check_output_dir(pre: Preflight, opts: Options) -> None:
     try:
         if not existing.is_dir():
             pre.add("output-dir", REFUSE, f"{existing} is not a directory",
-                    "choose another one with -o DIR")
+                    "choose another output directory", setting="output_dir")
         elif not os.access(existing, os.W_OK | os.X_OK):
             pre.add("output-dir", REFUSE, f"{existing} is not writable for you",
-                    "choose another one with -o DIR")
+                    "choose another output directory", setting="output_dir")
         elif existing == out and (out.stat().st_mode & 0o1002) == 0o0002:
             pre.add("output-dir", REFUSE, f"{out} is world-writable without the sticky "
                     "bit: anyone could replace a core", "chmod 0700 it, or choose another "
@@ -74,7 +74,7 @@ def check_output_dir(pre: Preflight, opts: Options) -> None:
                                                   else " (will be created)"))
     except OSError as exc:
         pre.add("output-dir", REFUSE, f"cannot use {out}: {exc.strerror}",
-                "choose another one with -o DIR")
+                "choose another output directory", setting="output_dir")
 
 
 def _min_free(spec: str, fs_size: int) -> int:
@@ -108,14 +108,15 @@ def check_disk(pre: Preflight, opts: Options, maps, pattern: core_pattern.CorePa
             free, fs_size = estimate.free_space(place)
         except OSError as exc:
             pre.add("disk", REFUSE, f"cannot see the free space of {place}: {exc.strerror}",
-                    "choose another -o DIR")
+                    "choose another output directory", setting="output_dir")
             return
         reserve = _min_free(opts.min_free, fs_size)
         if size > free - reserve:
             pre.add("disk", REFUSE, f"the core needs about {units.human(size)}, "
                     f"{place} has {units.human(free)} free and keeps "
-                    f"{units.human(reserve)} in reserve (--min-free {opts.min_free})",
-                    "free space, choose another -o DIR, or lower --min-free")
+                    f"{units.human(reserve)} in reserve ({opts.min_free})",
+                    "free space, choose another output directory, or keep less in reserve",
+                    setting="min_free")
             return
     pre.add("disk", OK, f"core about {units.human(size)}; room in "
             f"{', '.join(sorted(places))}")
@@ -209,7 +210,7 @@ def check_tasks(pre: Preflight) -> None:
         what, room = tight[0]
         pre.add("tasks", REFUSE, f"the snapshot adds up to {need} tasks and {what} leaves "
                 f"room for {room}: the process's own forks and threads would fail",
-                "raise the limit, or snapshot with --threads main")
+                "raise the limit, or snapshot the main thread only", setting="threads")
     elif limits:
         pre.add("tasks", OK, f"the snapshot adds up to {need} tasks; room for "
                 f"{min(room for _, room in limits)}")
@@ -221,7 +222,7 @@ def check_rate(pre: Preflight, opts: Options) -> None:
     t = pre.target
     limiter = RateLimiter(opts.output_dir, opts.max_per_hour, opts.clock)
     if opts.max_per_hour <= 0:
-        pre.add("rate-limit", OK, "no limit (--max-per-hour 0)")
+        pre.add("rate-limit", OK, "no limit")
         return
     key = key_for(t.exe, t.pid)
     try:
@@ -236,8 +237,8 @@ def check_rate(pre: Preflight, opts: Options) -> None:
         return
     if when is not None:
         pre.add("rate-limit", REFUSE, f"{taken} snapshots of {key} in the last hour "
-                f"(--max-per-hour {opts.max_per_hour}); next allowed at {time_text(when)}",
-                "wait, or raise --max-per-hour")
+                f"(at most {opts.max_per_hour} an hour); next allowed at {time_text(when)}",
+                "wait, or allow more an hour", setting="max_per_hour")
     else:
         pre.add("rate-limit", OK, f"{taken} of {opts.max_per_hour} snapshots of {key} "
                 "in the last hour")

@@ -108,8 +108,8 @@ def check_state(pre: Preflight) -> None:
         stuck = [tid for tid in t.threads if _safe_state(t.pid, tid) == "D"]
         if stuck:
             pre.add("state", WARN, f"{len(stuck)} thread(s) in uninterruptible sleep "
-                    f"(e.g. {stuck[0]})", "snapcore waits up to --timeout for them, then "
-                    "leaves the process untouched")
+                    f"(e.g. {stuck[0]})", "snapcore waits up to its stop timeout for them, "
+                    "then leaves the process untouched", setting="timeout")
         else:
             pre.add("state", OK, f"running (state {t.state}), {len(t.threads)} thread(s)")
 

@@ -135,10 +135,11 @@ def _store(run: _Dump, snap: Snapshot, ended: stops.Stop, watchdog: Watchdog,
                               "twice, once without registers (thread_map gives the pairs)")
         return snap
     if watchdog.timed_out:
-        raise CoreNotWritten(f"the dump took longer than --max-dump-time "
+        raise CoreNotWritten(f"the dump took longer than the longest dump allowed "
                              f"({dump_limits.max_dump_time:g} s); the child was killed",
-                             "snapshot when the machine is less busy, or raise "
-                             "--max-dump-time", pid=pid, stage=Stage.DUMP)
+                             "snapshot when the machine is less busy, or allow a "
+                             "longer dump", pid=pid, stage=Stage.DUMP,
+                             setting="max_dump_time")
     if not ended.core_dumped:
         raise CoreNotWritten(_why_no_core(target, ended, pattern, run.staging, kid),
                              pid=pid, stage=Stage.DUMP)

@@ -40,6 +40,7 @@ class Check:
     verdict: str
     reason: str
     fix: str = ""
+    setting: str = ""  # the option the fix is about, by name (cli/render.py: its flag)
 
     @property
     def exit_code(self) -> ExitCode:
@@ -70,8 +71,9 @@ class Preflight:
     fingerprint: tuple = ()  # target.mm_fingerprint: its program, to notice an exec
     regions_missing: list[dict] = field(default_factory=list)
 
-    def add(self, name: str, verdict: str, reason: str, fix: str = "") -> None:
-        self.checks.append(Check(name, verdict, reason, fix))
+    def add(self, name: str, verdict: str, reason: str, fix: str = "",
+            setting: str = "") -> None:
+        self.checks.append(Check(name, verdict, reason, fix, setting))
 
     def refusals(self, forced=()) -> list[Check]:
         return [c for c in self.checks
@@ -85,7 +87,8 @@ class Refused(SnapcoreError):
     """A preflight check said no; its exit code is the check's."""
 
     def __init__(self, check: Check, pid: int):
-        super().__init__(check.reason, check.fix, pid=pid, stage=Stage.PREFLIGHT)
+        super().__init__(check.reason, check.fix, pid=pid, stage=Stage.PREFLIGHT,
+                         setting=check.setting)
         self.exit_code = check.exit_code
         self.check = check.name if check.forceable else ""
         self.check_name = check.name

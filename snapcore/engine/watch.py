@@ -101,5 +101,5 @@ def events(pid: int, cond: Conditions, snapshot, *, interval: float, hold: float
         if not isinstance(result, SnapcoreError):
             taken += 1
             if taken >= count:
-                yield ("end", f"{taken} snapshot(s) taken (--count {count})")
+                yield ("end", f"{taken} snapshot(s) taken, as many as asked")
                 return

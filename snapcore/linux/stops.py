@@ -87,7 +87,8 @@ def wait(tid: int, deadline: float | None) -> Stop:
         if timeout <= 0:
             raise StopTimeout(f"thread {tid} did not stop in time",
                               "it may be in uninterruptible sleep (D); it is left "
-                              "untouched: try again later, or raise --timeout", pid=tid)
+                              "untouched: try again later, or allow a longer stop timeout", pid=tid,
+                              setting="timeout")
         signal.sigtimedwait([signal.SIGCHLD], timeout)
 
 
