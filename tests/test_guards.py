@@ -154,20 +154,6 @@ def test_memory_headroom_under_strict_overcommit(start_victim, out_dir, strict_o
     victim.assert_unharmed()
 
 
-def test_rate_limit_with_a_fake_clock(tmp_path):
-    now = [1_000_000.0]
-    limiter = RateLimiter(tmp_path, max_per_hour=4, clock=lambda: now[0])
-    for _ in range(4):
-        assert limiter.next_allowed("/usr/sbin/x") is None
-        limiter.record("/usr/sbin/x")
-        now[0] += 60
-    assert limiter.next_allowed("/usr/sbin/x") == 1_000_000.0 + 3600
-    assert limiter.next_allowed("/usr/sbin/other") is None
-    now[0] = 1_000_000.0 + 3600.5
-    assert limiter.next_allowed("/usr/sbin/x") is None
-    assert RateLimiter(tmp_path, 0, clock=lambda: now[0]).next_allowed("/usr/sbin/x") is None
-
-
 def test_rate_limit_refuses_with_the_next_allowed_time(start_victim, out_dir):
     victim = start_victim("read")
     assert snap_json("--max-per-hour", "1", "-o", str(out_dir), str(victim.pid))[0] == 0

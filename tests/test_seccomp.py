@@ -37,12 +37,14 @@ def data(nr: int, *args: int, arch_id: int = arch.AUDIT_ARCH) -> bytes:
     return S.seccomp_data(nr, arch_id, 0x401000, args)
 
 
+@pytest.mark.unit
 def test_allow_all_and_parse_round_trip():
     raw = struct.pack("<HBBI", S.RET | S.K, 0, 0, S.RET_ALLOW)
     assert S.parse(raw) == [ret(S.RET_ALLOW)]
     assert S.verdict([S.parse(raw)], data(CLONE)) == S.RET_ALLOW
 
 
+@pytest.mark.unit
 def test_jeq_on_syscall_number():
     deny_clone = [load(0), insn(S.JMP | S.JEQ | S.K, CLONE, 0, 1),
                   ret(S.RET_ERRNO | 1), ret(S.RET_ALLOW)]
@@ -51,6 +53,7 @@ def test_jeq_on_syscall_number():
     assert S.describe(S.RET_ERRNO | 1) == "ERRNO(1)"
 
 
+@pytest.mark.unit
 def test_arch_check():
     prog = [load(4), insn(S.JMP | S.JEQ | S.K, arch.AUDIT_ARCH, 1, 0),
             ret(S.RET_KILL_PROCESS), ret(S.RET_ALLOW)]
@@ -58,6 +61,7 @@ def test_arch_check():
     assert S.verdict([prog], data(CLONE, arch_id=0x40000003)) == S.RET_KILL_PROCESS
 
 
+@pytest.mark.unit
 def test_argument_checks_high_and_low_words():
     # kill when args[1] (rsi) has bit 40 set: its high word is at offset 16+8+4
     prog = [load(28), insn(S.JMP | S.JSET | S.K, 1 << 8, 0, 1),
@@ -66,6 +70,7 @@ def test_argument_checks_high_and_low_words():
     assert S.verdict([prog], data(CLONE, 0, 1 << 8)) == S.RET_ALLOW
 
 
+@pytest.mark.unit
 def test_alu_memory_and_registers():
     # A = nr; M[3] = A; A = A * 2 + 1; X = A; A = M[3]; A = A ^ X; ret A
     prog = [load(0), insn(S.ST, 3), insn(S.ALU | S.MUL | S.K, 2),
@@ -80,6 +85,7 @@ def test_alu_memory_and_registers():
     assert S.run([insn(S.LD | S.LEN), insn(S.RET | S.RET_A)], data(0)) == 64
 
 
+@pytest.mark.unit
 def test_jumps_ja_jgt_jge():
     prog = [load(0), insn(S.JMP | S.JGT | S.K, 100, 1, 0), insn(S.JMP | S.JA, 1),
             ret(S.RET_TRAP), insn(S.JMP | S.JGE | S.K, 50, 0, 1), ret(S.RET_LOG),
@@ -89,6 +95,7 @@ def test_jumps_ja_jgt_jge():
     assert S.verdict([prog], data(10)) == S.RET_ALLOW
 
 
+@pytest.mark.unit
 def test_most_restrictive_filter_wins():
     allow, errno_all, kill_all = [ret(S.RET_ALLOW)], [ret(S.RET_ERRNO | 5)], \
         [ret(S.RET_KILL_PROCESS)]
@@ -98,6 +105,7 @@ def test_most_restrictive_filter_wins():
         S.RET_KILL_THREAD
 
 
+@pytest.mark.unit
 def test_broken_programs_are_rejected():
     with pytest.raises(S.FilterError):
         S.run([load(62), ret(S.RET_ALLOW)], data(0))  # past the end of seccomp_data

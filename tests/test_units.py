@@ -1,0 +1,276 @@
+"""The fast layer: no root, no ptrace, no compiled target (`pytest -m unit`).
+
+core_pattern expansion, core size estimates, prune planning, sizes and
+durations, the notes rewrite on a core built here, the rate limiter's state,
+and the shape of the package itself: the engine never imports click or rich,
+no import cycle, no module over 300 lines, no engine/linux function over 60.
+"""
+
+from __future__ import annotations
+
+import ast
+import os
+import struct
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from elftools.elf.elffile import ELFFile
+
+from snapcore import units
+from snapcore.core import notes, records, store
+from snapcore.core.core_pattern import CorePattern, expand
+from snapcore.engine import estimate
+from snapcore.engine.ratelimit import RateLimiter
+from snapcore.linux import arch
+
+pytestmark = pytest.mark.unit
+PACKAGE = Path(__file__).parent.parent / "snapcore"
+
+
+# core_pattern
+
+@pytest.mark.parametrize("pattern, uses_pid, want", [
+    ("core", False, "core"),
+    ("core", True, "core.77"),  # core_uses_pid appends the namespace pid
+    ("core.%p", True, "core.77"),  # ... unless the pattern has %p
+    ("/var/crash/%e.%P.%s.%u", False, "/var/crash/my[[]app].1234.6.1000"),  # a glob
+    ("/c/%t-%d-%q", False, "/c/*-*-*"),  # known only to the kernel: a glob
+    ("/c/%E", False, "/c/!usr!bin!app"),
+    ("/c/100%%", False, "/c/100%"),
+])
+def test_core_pattern_expansion(pattern, uses_pid, want):
+    got = expand(CorePattern(pattern, uses_pid), pid=1234, uid=1000, gid=1000,
+                 comm="my[app]", exe="/usr/bin/app", soft_limit=(1 << 64) - 1, ns_pid=77)
+    assert got == want
+
+
+def test_core_pattern_kinds():
+    assert CorePattern("|/usr/lib/systemd/systemd-coredump %P", False).kind == "pipe"
+    assert CorePattern("|/usr/share/apport/apport -p%p", False).handler == \
+        "/usr/share/apport/apport"
+    assert CorePattern("/var/crash/core", False).kind == "absolute"
+    assert CorePattern("core.%p", False).kind == "relative"
+
+
+# core size (fs/coredump.c: vma_dump_size)
+
+def _mapping(perms, rss, *, inode=0, path="", offset=0, flags=(), anonymous=0):
+    return estimate.Mapping(perms, offset, inode, path, rss, rss, anonymous, set(flags))
+
+
+def test_core_size_follows_the_kernel_rules():
+    page = arch.PAGE_SIZE
+    maps = [
+        _mapping("rw-p", 100 * page),  # anonymous private: dumped (bit 0)
+        _mapping("rw-p", 50 * page, flags=("dd",)),  # MADV_DONTDUMP: never
+        _mapping("rw-s", 10 * page),  # anonymous shared: bit 1
+        _mapping("r-xp", 30 * page, inode=5, path="/lib/x.so"),  # file private, clean:
+        # only its first page, as an ELF header (bit 4)
+        _mapping("rw-p", 8 * page, inode=5, path="/lib/x.so", offset=page,
+                 anonymous=2 * page),  # written private file pages: dumped with bit 0
+    ]
+    notes_room = 4 * page + 64 * 1024  # one thread
+    assert estimate.core_size(maps, 0x33, 1) == (100 + 10 + 1 + 8) * page + notes_room
+    assert estimate.core_size(maps, 0x00, 1) == notes_room
+    assert estimate.cow_worst_case(maps) == 108 * page
+
+
+# prune planning
+
+def _record(tmp_path, name, exe, age, size, now):
+    sidecar = tmp_path / f"{name}.json"
+    sidecar.write_bytes(b"x" * 10)
+    core = tmp_path / f"{name}.core"
+    core.write_bytes(b"x" * size)
+    stamp = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(now - age)) + "Z"
+    return records.Record(sidecar, core, {"taken_at": stamp, "target": {"exe": exe}})
+
+
+def test_prune_plan_keep_age_and_total(tmp_path):
+    now = time.time()
+    found = [_record(tmp_path, f"a{i}", "/bin/a", i * 3600, 100, now) for i in range(4)] + \
+            [_record(tmp_path, "b0", "/bin/b", 10, 100, now)]
+    found.sort(key=lambda r: r.taken_at, reverse=True)
+    names = lambda rs: sorted(r.core.stem for r in rs)  # noqa: E731
+    assert names(records.plan_prune(found, keep=2, now=now)) == ["a2", "a3"]
+    assert names(records.plan_prune(found, older_than=2.5 * 3600, now=now)) == ["a3"]
+    # each snapshot weighs 110 bytes: the oldest go until the rest fit
+    assert names(records.plan_prune(found, max_total=330, now=now)) == ["a2", "a3"]
+    assert names(records.plan_prune(found, max_total=329, now=now)) == ["a1", "a2", "a3"]
+
+
+# sizes and durations
+
+def test_units_round_trip():
+    assert units.parse_size("512M") == 512 << 20
+    assert units.parse_size("2G") == 2 << 30
+    assert units.parse_size("1.5KiB") == 1536
+    assert units.parse_duration("7d") == 7 * 86400
+    assert units.parse_duration("90") == 90
+    assert units.human(3 << 30) == "3.0 GiB"
+    for bad in ("", "lots", "-1G"):
+        with pytest.raises(ValueError):
+            units.parse_size(bad)
+    with pytest.raises(ValueError):
+        units.parse_duration("7 days")
+
+
+# the notes rewrite, on a core built here
+
+def _note(n_type: int, desc: bytes) -> bytes:
+    name = b"CORE\0"
+    pad = lambda b: b + b"\0" * (-len(b) % 4)  # noqa: E731
+    return struct.pack("<III", len(name), len(desc), n_type) + pad(name) + pad(desc)
+
+
+def _core(path: Path, tids: list[int], pid: int) -> None:
+    """A minimal x86_64 ELF core: one PT_NOTE (an NT_PRSTATUS per thread, an
+    NT_PRPSINFO) and one PT_LOAD of a page."""
+    prstatus = [bytearray(336) for _ in tids]
+    for desc, tid in zip(prstatus, tids):
+        struct.pack_into("<i", desc, arch.PRSTATUS_PID_OFFSET, tid)
+    prpsinfo = bytearray(136)
+    struct.pack_into("<i", prpsinfo, arch.PRPSINFO_PID_OFFSET, pid)
+    note = b"".join(_note(arch.NT_PRSTATUS, bytes(d)) for d in prstatus) + \
+        _note(arch.NT_PRPSINFO, bytes(prpsinfo))
+    phoff, phnum = 64, 2
+    note_at = phoff + 56 * phnum
+    load_at = (note_at + len(note) + 4095) & ~4095
+    head = b"\x7fELF\x02\x01\x01" + b"\0" * 9 + struct.pack(
+        "<HHIQQQIHHHHHH", 4, arch.ELF_MACHINE, 1, 0, phoff, 0, 0, 64, 56, phnum, 0, 0, 0)
+    phdrs = struct.pack("<IIQQQQQQ", 4, 0, note_at, 0, 0, len(note), 0, 4) + \
+        struct.pack("<IIQQQQQQ", 1, 6, load_at, 0x400000, 0, 4096, 4096, 4096)
+    data = head + phdrs + note
+    path.write_bytes(data + b"\0" * (load_at - len(data)) + b"\xaa" * 4096)
+
+
+def test_notes_rewrite_names_the_targets_threads(tmp_path):
+    _core(tmp_path / "core", [501, 502, 503], 501)
+    core = store.open_core("core", tmp_path, 0, {os.getuid()})
+    assert core is not None
+    try:
+        layout = notes.check_core(core, 501)
+        assert layout.prstatus_pids == [501, 502, 503] and layout.prpsinfo_pid == 501
+        notes.rename_threads(core, layout, {501: 1, 502: 7, 503: 9}, 1)
+    finally:
+        core.close()
+    with open(tmp_path / "core", "rb") as f:
+        seen = [int.from_bytes(n["n_desc"][32:36], "little")
+                for s in ELFFile(f).iter_segments() if s["p_type"] == "PT_NOTE"
+                for n in s.iter_notes() if n["n_type"] == "NT_PRSTATUS"]
+    assert seen == [1, 7, 9]
+
+
+def test_a_truncated_or_foreign_core_is_refused(tmp_path):
+    _core(tmp_path / "core", [501], 501)
+    with open(tmp_path / "core", "r+b") as f:
+        f.truncate(1000)  # the PT_LOAD's data is gone
+    core = store.open_core("core", tmp_path, 0, {os.getuid()})
+    try:
+        with pytest.raises(Exception, match="truncated"):
+            notes.check_core(core, 501)
+        with pytest.raises(Exception, match="does not describe the snapshot"):
+            notes.check_core(core, 999)
+    finally:
+        core.close()
+
+
+def test_a_symlink_or_a_hard_link_is_never_taken_for_the_core(tmp_path):
+    secret = tmp_path / "secret"
+    secret.write_text("x")
+    (tmp_path / "core").symlink_to(secret)
+    rejected: list[str] = []
+    assert store.open_core("core", tmp_path, 0, {os.getuid()}, rejected) is None
+    assert rejected == ["core is a symlink"]
+    (tmp_path / "core").unlink()
+    os.link(secret, tmp_path / "core")
+    rejected.clear()
+    assert store.open_core("core", tmp_path, 0, {os.getuid()}, rejected) is None
+    assert rejected == ["core: it has 2 links"]
+
+
+# the rate limiter's state
+
+def test_rate_limit_with_a_fake_clock(tmp_path):
+    now = [1_000_000.0]
+    limiter = RateLimiter(tmp_path, max_per_hour=4, clock=lambda: now[0])
+    for _ in range(4):
+        assert limiter.next_allowed("/usr/sbin/x") is None
+        limiter.record("/usr/sbin/x")
+        now[0] += 60
+    assert limiter.next_allowed("/usr/sbin/x") == 1_000_000.0 + 3600
+    assert limiter.next_allowed("/usr/sbin/other") is None
+    now[0] = 1_000_000.0 + 3600.5
+    assert limiter.next_allowed("/usr/sbin/x") is None
+    assert RateLimiter(tmp_path, 0, clock=lambda: now[0]).next_allowed("/usr/sbin/x") is None
+
+
+def test_a_corrupt_rate_limit_state_is_never_a_fresh_start(tmp_path):
+    limiter = RateLimiter(tmp_path, max_per_hour=4)
+    limiter.record("/usr/sbin/x")
+    (tmp_path / ".snapcore" / "state.json").write_text("{not json")
+    with pytest.raises(ValueError, match="corrupt"):
+        limiter.next_allowed("/usr/sbin/x")
+
+
+# the shape of the package
+
+def _modules() -> dict[str, Path]:
+    return {".".join(p.relative_to(PACKAGE.parent).with_suffix("").parts): p
+            for p in PACKAGE.rglob("*.py")}
+
+
+def test_the_engine_imports_neither_click_nor_rich():
+    code = ("import sys, snapcore.engine.snapshot, snapcore.engine.preflight; "
+            "print(sorted(m for m in sys.modules if m.split('.')[0] in ('click', 'rich')))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         check=True, cwd=PACKAGE.parent)
+    assert out.stdout.strip() == "[]"
+
+
+def test_no_import_cycle():
+    modules = _modules()
+    graph = {}
+    for name, path in modules.items():
+        deps = set()
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.ImportFrom) and node.module and \
+                    node.module.startswith("snapcore") and node.col_offset == 0:
+                for alias in node.names:
+                    full = f"{node.module}.{alias.name}"
+                    deps.add(full if full in modules else node.module)
+        graph[name] = {d for d in deps if d in modules and d != name}
+    # A package's __init__ importing its own modules is how it registers them.
+    state: dict[str, int] = {}
+
+    def visit(node, path):
+        state[node] = 1
+        for dep in graph[node]:
+            if state.get(dep) == 1:
+                raise AssertionError("import cycle: " + " -> ".join(path + [dep]))
+            if dep not in state:
+                visit(dep, path + [dep])
+        state[node] = 2
+
+    for name in graph:
+        if name not in state:
+            visit(name, [name])
+
+
+def test_modules_and_functions_stay_small():
+    too_long = [f"{name}: {len(p.read_text().splitlines())} lines"
+                for name, p in _modules().items() if len(p.read_text().splitlines()) > 300]
+    assert too_long == []
+    long_functions = []
+    for name, path in _modules().items():
+        if not name.startswith(("snapcore.engine", "snapcore.linux")):
+            continue
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
+                length = node.end_lineno - node.lineno + 1
+                if length > 60:
+                    long_functions.append(f"{name}.{node.name}: {length} lines")
+    assert long_functions == []
