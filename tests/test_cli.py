@@ -12,9 +12,10 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
-from snapcore.engine import preflight
 from snapcore.cli.app import cli
+from snapcore.engine import preflight
 from snapcore.errors import ExitCode
+
 from helpers import a_kernel_thread
 
 ROOT = Path(__file__).parent.parent

@@ -18,12 +18,12 @@ from pathlib import Path
 
 import pytest
 
-from conftest import run_snapcore, snap_json, wait_until_catching
 from snapcore.engine import preflight
-from snapcore.errors import SnapcoreError
-from snapcore.engine.snapshot import take
-from snapcore.errors import ExitCode
 from snapcore.engine.ratelimit import RateLimiter
+from snapcore.engine.snapshot import take
+from snapcore.errors import ExitCode, SnapcoreError
+
+from conftest import run_snapcore, snap_json, wait_until_catching
 from helpers import check_json, cores_in, process_state, prstatus_pids, verdicts, wait_until
 
 

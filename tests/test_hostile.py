@@ -25,8 +25,9 @@ import psutil
 import pytest
 from elftools.elf.elffile import ELFFile
 
-from conftest import TARGETS, compile_target, gdb
 from snapcore.errors import ExitCode
+
+from conftest import TARGETS, compile_target, gdb
 from helpers import prstatus_pids
 
 STAGING_PREFIX = ".snapcore-staging-"

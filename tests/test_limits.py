@@ -19,8 +19,9 @@ from pathlib import Path
 import psutil
 import pytest
 
-from conftest import compile_target, gdb, run_snapcore, snap_json
 from snapcore.errors import ExitCode
+
+from conftest import compile_target, gdb, run_snapcore, snap_json
 from helpers import check_json, verdicts
 
 TASK_LIMITS = 13  # new exit code: the target is too near its task limits

@@ -13,9 +13,9 @@ import sys
 import time
 from pathlib import Path
 
+from snapcore.errors import ExitCode
 
 from conftest import TARGETS, run_snapcore, snap_json
-from snapcore.errors import ExitCode
 from helpers import cores_in, process_state, prstatus_pids, wait_until
 
 

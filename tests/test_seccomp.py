@@ -7,15 +7,13 @@ import signal
 import struct
 from pathlib import Path
 
-from snapcore.linux import stops
 import pytest
 
-from conftest import run_snapcore, snap_json
-from snapcore.linux import arch
-from snapcore.linux import ptrace
-from snapcore.linux import seccomp
 from snapcore.errors import ExitCode
+from snapcore.linux import arch, ptrace, seccomp, stops
 from snapcore.linux.window import peek
+
+from conftest import run_snapcore, snap_json
 
 S = seccomp
 CLONE = arch.NR["clone"]

@@ -6,8 +6,8 @@ from __future__ import annotations
 import json
 import os
 import platform
-import shutil
 import select
+import shutil
 import socket
 import stat
 import subprocess
@@ -17,10 +17,10 @@ from pathlib import Path
 
 import psutil
 
-from conftest import run_snapcore, snap_json
-from snapcore.core import compress
-from snapcore.core import records
+from snapcore.core import compress, records
 from snapcore.errors import ExitCode
+
+from conftest import run_snapcore, snap_json
 from helpers import process_state, prstatus_pids, wait_until
 
 

@@ -12,9 +12,9 @@ from rich.console import Console
 
 from snapcore import __version__
 from snapcore.cli import render as report
+from snapcore.cli.options import EXIT_CODES_HELP
 from snapcore.engine import interrupts
 from snapcore.errors import BadInput, ExitCode, InternalError, Interrupted, SnapcoreError, Stage
-from snapcore.cli.options import EXIT_CODES_HELP
 
 
 def stdout_console() -> Console:

@@ -9,10 +9,10 @@ import click
 from rich.console import Console
 
 from snapcore.cli import render as report
-from snapcore.engine import preflight
-from snapcore.errors import Interrupted, SnapcoreError, Stage
 from snapcore.cli.app import cli, fail, stdout_console
 from snapcore.cli.options import EXIT_CODES_HELP, common_options, make_options, parse_pid
+from snapcore.engine import preflight
+from snapcore.errors import Interrupted, SnapcoreError, Stage
 
 
 @cli.command(epilog=EXIT_CODES_HELP)

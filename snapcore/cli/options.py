@@ -18,7 +18,6 @@ from snapcore.engine.result import THREAD_MODES, DumpLimits
 from snapcore.errors import BadInput, Stage
 from snapcore.units import parse_size
 
-
 PID_MAX_LIMIT = 1 << 22  # PID_MAX_LIMIT on 64-bit kernels
 
 

@@ -8,9 +8,9 @@ from pathlib import Path
 from rich.console import Console
 from rich.table import Table
 
+from snapcore.engine.result import Snapshot
 from snapcore.errors import SnapcoreError
 from snapcore.units import human
-from snapcore.engine.result import Snapshot
 
 
 def _ms(seconds: float) -> float:

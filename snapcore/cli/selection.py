@@ -8,7 +8,7 @@ import subprocess
 
 import psutil
 
-from snapcore.errors import Stage, BadInput, NoSuchProcess
+from snapcore.errors import BadInput, NoSuchProcess, Stage
 
 
 def by_name(pattern: str, take_all: bool) -> list[int]:

@@ -12,11 +12,12 @@ from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TimeE
 
 from snapcore.cli import render as report
 from snapcore.cli import syslog
+from snapcore.cli.app import cli, fail, stdout_console
+from snapcore.cli.options import (EXIT_CODES_HELP, SnapRequest, check_force, common_options,
+                                  make_options, resolve_targets, snap_options, target_options)
 from snapcore.core.gdb import backtraces
 from snapcore.engine.snapshot import take
 from snapcore.errors import ExitCode, Interrupted, SnapcoreError, Stage
-from snapcore.cli.app import cli, fail, stdout_console
-from snapcore.cli.options import (EXIT_CODES_HELP, SnapRequest, check_force, common_options, make_options, resolve_targets, snap_options, target_options)
 
 
 @contextlib.contextmanager

@@ -11,17 +11,17 @@ import click
 from rich.console import Console
 
 from snapcore import units
-from snapcore.core import records
 from snapcore.cli import render as report
-from snapcore.engine import watch as watchmod
 from snapcore.cli.app import cli, fail, stdout_console
 from snapcore.cli.options import (EXIT_CODES_HELP, SnapRequest, check_force, common_options,
                                   is_size, make_options, parse_pid, snap_options)
 from snapcore.cli.snap import exit_code_of, take_each
-from snapcore.core.placement import default_output_dir
-from snapcore.errors import Stage, BadInput, Interrupted, OutputError, SnapcoreError
-from snapcore.units import parse_size
+from snapcore.core import records
 from snapcore.core.gdb import backtraces
+from snapcore.core.placement import default_output_dir
+from snapcore.engine import watch as watchmod
+from snapcore.errors import BadInput, Interrupted, OutputError, SnapcoreError, Stage
+from snapcore.units import parse_size
 
 
 @cli.command(epilog=EXIT_CODES_HELP)

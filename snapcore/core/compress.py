@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from snapcore.errors import Stage, OutputError
+from snapcore.errors import OutputError, Stage
 
 
 def compress(core: Path) -> Path:

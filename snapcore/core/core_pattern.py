@@ -7,12 +7,12 @@
 """
 
 from __future__ import annotations
+
 import glob
 import os
 import signal
 import socket
 from dataclasses import dataclass
-
 
 CORE_PATTERN = "/proc/sys/kernel/core_pattern"
 

@@ -3,13 +3,15 @@ target's own, in place.
 """
 
 from __future__ import annotations
+
 import os
 import struct
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
-from snapcore.linux import arch
+
 from snapcore.core import elf
-from snapcore.errors import Stage, CoreNotWritten
+from snapcore.errors import CoreNotWritten, Stage
+from snapcore.linux import arch
 
 if TYPE_CHECKING:  # store.py uses this module
     from snapcore.core.store import OpenCore

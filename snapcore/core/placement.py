@@ -4,14 +4,15 @@ what a killed snapcore left there.
 """
 
 from __future__ import annotations
+
 import os
 import shutil
 import tempfile
 import time
 from datetime import datetime, timezone
 from pathlib import Path
-from snapcore.errors import Stage, OutputError
 
+from snapcore.errors import OutputError, Stage
 
 STAGING_PREFIX = ".snapcore-staging-"
 

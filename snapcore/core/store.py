@@ -4,6 +4,7 @@ user, who could swap any name for a symlink or a hard link.
 """
 
 from __future__ import annotations
+
 import errno
 import fnmatch
 import glob
@@ -11,10 +12,10 @@ import os
 import stat
 from dataclasses import dataclass
 from pathlib import Path
+
 from snapcore.core.notes import read_notes
 from snapcore.core.placement import is_snapcore
-from snapcore.errors import Stage, CoreNotWritten, OutputError
-
+from snapcore.errors import CoreNotWritten, OutputError, Stage
 
 # A stored core waits under this hidden name (with snapcore's pid) until its
 # record is written: a snapcore killed in between never leaves a core without

@@ -4,15 +4,16 @@ process's limits, and the rate limit.
 """
 
 from __future__ import annotations
+
 import os
 from pathlib import Path
+
 from snapcore import units
-from snapcore.linux import cgroups
-from snapcore.core import core_pattern
-from snapcore.core import placement
+from snapcore.core import core_pattern, placement
 from snapcore.engine import estimate
-from snapcore.engine.verdicts import OK, REFUSE, WARN, Options, Preflight
 from snapcore.engine.ratelimit import RateLimiter, key_for, time_text
+from snapcore.engine.verdicts import OK, REFUSE, WARN, Options, Preflight
+from snapcore.linux import cgroups
 
 
 def check_core_destination(pre: Preflight) -> core_pattern.CorePattern:

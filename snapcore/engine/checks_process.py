@@ -4,19 +4,18 @@ injected call run, did it keep its memory out of cores.
 """
 
 from __future__ import annotations
+
 import os
+
 import psutil
-from snapcore.linux import arch
-from snapcore.linux import cgroups
+
 from snapcore.engine import child as childmod
 from snapcore.engine import fork
-from snapcore.linux import ptrace
-from snapcore.linux import seccomp
 from snapcore.engine.verdicts import OK, REFUSE, WARN, Options, Preflight
 from snapcore.errors import SnapcoreError
-from snapcore.linux.window import peek
+from snapcore.linux import arch, cgroups, ptrace, seccomp
 from snapcore.linux.procfs import thread_state
-
+from snapcore.linux.window import peek
 
 CAP_SYS_PTRACE = 19
 
@@ -128,9 +127,9 @@ def planned_syscalls(threads: int) -> list[tuple[str, str, tuple[int, ...]]]:
              ("target", "wait4", (0, 0, fork.REAP_OPTIONS, 0)),
              ("target", "prctl", (fork.PR_GET_CHILD_SUBREAPER, 0)),
              ("target", "prctl", (fork.PR_SET_NAME, 0)),
-             ("target", "mmap", (0, fork.PAGE, fork.PROT_READ_WRITE,
+             ("target", "mmap", (0, arch.PAGE_SIZE, fork.PROT_READ_WRITE,
                                  fork.MAP_PRIVATE_ANONYMOUS, -1, 0)),
-             ("target", "munmap", (0, fork.PAGE)),
+             ("target", "munmap", (0, arch.PAGE_SIZE)),
              ("target", "clone", (fork.SNAPSHOT_FLAGS, 0, 0, 0, 0)),
              ("target", "clone", (fork.SNAPSHOT_FLAGS_ADOPTED, 0, 0, 0, 0))]
     for name, args in childmod.CHILD_SYSCALLS:

@@ -13,9 +13,8 @@ import os
 import signal
 from dataclasses import dataclass, field
 
-from snapcore.linux import arch
-from snapcore.linux import ptrace
-from snapcore.errors import Stage, CoreNotWritten, InternalError, NoSuchProcess, NotDumpable
+from snapcore.errors import CoreNotWritten, InternalError, NoSuchProcess, NotDumpable, Stage
+from snapcore.linux import arch, ptrace
 from snapcore.linux.inject import HeldThread, syscall, wait_for_interrupt_stop
 
 PROT_READ_WRITE = 0x3

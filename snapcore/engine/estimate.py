@@ -3,12 +3,11 @@ copy-on-write child may cost, and how much room the machine has."""
 
 from __future__ import annotations
 
-from snapcore.linux import arch
-
 import os
 import re
 from dataclasses import dataclass
 
+from snapcore.linux import arch
 
 
 @dataclass

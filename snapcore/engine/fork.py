@@ -31,14 +31,11 @@ import signal
 import time
 from dataclasses import dataclass
 
-from snapcore.linux import stops
-from snapcore.linux.stops import ENDED
-from snapcore.linux import arch
 from snapcore.engine import interrupts
-from snapcore.linux import ptrace
-from snapcore.linux import rseq
-from snapcore.errors import Stage, InternalError, NoSuchProcess
+from snapcore.errors import InternalError, NoSuchProcess, Stage
+from snapcore.linux import arch, ptrace, rseq, stops
 from snapcore.linux.inject import HeldThread, syscall, wait_for_interrupt_stop
+from snapcore.linux.stops import ENDED
 from snapcore.linux.window import Window
 
 CLONE_VM = 0x100

@@ -4,15 +4,16 @@ reaping a child made with CLONE_PARENT (engine/fork.py).
 """
 
 from __future__ import annotations
+
 import signal
-from snapcore.linux import arch
+
 from snapcore.engine import fork as forkmod
 from snapcore.engine import preflight
-from snapcore.linux import ptrace
-from snapcore.errors import Stage, NoSuchProcess, SnapcoreError, StopTimeout, Unsupported
+from snapcore.errors import NoSuchProcess, SnapcoreError, Stage, StopTimeout, Unsupported
+from snapcore.linux import arch, ptrace
 from snapcore.linux.inject import TargetReplaced
-from snapcore.linux.window import run_in_target
 from snapcore.linux.procfs import is_syscall_instruction, mm_fingerprint
+from snapcore.linux.window import run_in_target
 
 
 def identity_check(pre: preflight.Preflight, pidfd: int, stage: Stage):

@@ -9,17 +9,14 @@ and some checks cannot be overridden at all.
 
 from __future__ import annotations
 
-
-
 import signal
 
-from snapcore.engine import estimate
-from snapcore.linux import stops
-from snapcore.engine import checks_host, checks_process
+from snapcore.engine import checks_host, checks_process, estimate
 from snapcore.engine.verdicts import (CHECKS, FORCEABLE, OK, REFUSE, WARN, Check,  # noqa: F401
-                                     Options, Preflight, Refused)
-from snapcore.linux.procfs import mm_fingerprint, read, reading, syscall_instructions
+                                      Options, Preflight, Refused)
 from snapcore.errors import Stage
+from snapcore.linux import stops
+from snapcore.linux.procfs import mm_fingerprint, read, reading, syscall_instructions
 
 
 def run(pid: int, opts: Options) -> Preflight:

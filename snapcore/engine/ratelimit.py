@@ -16,7 +16,7 @@ import json
 import time
 from pathlib import Path
 
-from snapcore.errors import Stage, AlreadyTraced
+from snapcore.errors import AlreadyTraced, Stage
 
 WINDOW = 3600.0
 

@@ -2,9 +2,11 @@
 """
 
 from __future__ import annotations
+
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
+
 from snapcore.linux.procfs import Target
 
 

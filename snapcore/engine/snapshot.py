@@ -11,16 +11,13 @@ import signal
 from dataclasses import replace
 from pathlib import Path
 
-from snapcore.linux import stops
-from snapcore.core import placement
-from snapcore.core import store
-from snapcore.engine import preflight
-from snapcore.core import records
+from snapcore.core import placement, records, store
 from snapcore.core.compress import compress
-from snapcore.engine import dump
-from snapcore.engine.result import DumpLimits, Snapshot
-from snapcore.errors import Stage, NoSuchProcess, OutputError, SnapcoreError
+from snapcore.engine import preflight, sequence
 from snapcore.engine.ratelimit import RateLimiter, key_for
+from snapcore.engine.result import DumpLimits, Snapshot
+from snapcore.errors import NoSuchProcess, OutputError, SnapcoreError, Stage
+from snapcore.linux import stops
 from snapcore.linux.procfs import exclusive, reading, start_time
 
 
@@ -107,7 +104,7 @@ def _take(pre: preflight.Preflight, output_dir: Path, staging: Path | None,
         if start_time(pid) != pre.target.start_time:
             raise NoSuchProcess(f"process {pid} exited and its pid was reused",
                                 "check the pid again", pid=pid, stage=Stage.PREFLIGHT)
-        return dump.fork_and_dump(pre, output_dir, staging, all_threads, stop_timeout,
+        return sequence.fork_and_dump(pre, output_dir, staging, all_threads, stop_timeout,
                               allow_undumpable, dump_limits, pidfd, root)
     finally:
         os.close(pidfd)

@@ -4,12 +4,13 @@ operator may override.
 """
 
 from __future__ import annotations
+
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from snapcore.errors import Stage, ExitCode, SnapcoreError
-from snapcore.linux.procfs import Target
 
+from snapcore.errors import ExitCode, SnapcoreError, Stage
+from snapcore.linux.procfs import Target
 
 OK, WARN, REFUSE = "ok", "warn", "refuse"
 

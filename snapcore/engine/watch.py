@@ -14,7 +14,7 @@ from dataclasses import dataclass
 
 import psutil
 
-from snapcore.errors import Stage, NoSuchProcess, SnapcoreError
+from snapcore.errors import NoSuchProcess, SnapcoreError, Stage
 from snapcore.units import human
 
 

@@ -3,6 +3,7 @@ puts a hard bound on it.
 """
 
 from __future__ import annotations
+
 import os
 import signal
 import time

@@ -10,11 +10,9 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass
 
-from snapcore.linux import stops
-from snapcore.linux.stops import StopKind, ENDED, Event
-from snapcore.linux import arch
-from snapcore.linux import ptrace
-from snapcore.errors import Stage, InternalError, NoSuchProcess, Unsupported
+from snapcore.errors import InternalError, NoSuchProcess, Stage, Unsupported
+from snapcore.linux import arch, ptrace, stops
+from snapcore.linux.stops import ENDED, Event, StopKind
 
 _U64 = (1 << 64) - 1
 

@@ -8,8 +8,8 @@ import os
 import socket
 from dataclasses import dataclass, field
 
+from snapcore.errors import AlreadyTraced, NoSuchProcess, Stage, Unsupported
 from snapcore.linux import arch
-from snapcore.errors import Stage, AlreadyTraced, NoSuchProcess, Unsupported
 
 RLIM_INFINITY = (1 << 64) - 1
 

@@ -18,8 +18,8 @@ from ptrace import PtraceError
 from ptrace.binding.func import ptrace as _raw_ptrace
 from ptrace.binding.linux_struct import user_regs_struct
 
-from snapcore.linux import arch
 from snapcore.errors import AlreadyTraced, InternalError, NoSuchProcess, PermissionDenied
+from snapcore.linux import arch
 
 PTRACE_CONT = 7
 PTRACE_DETACH = 17

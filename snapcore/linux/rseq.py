@@ -15,9 +15,8 @@ from __future__ import annotations
 
 import struct
 
-from snapcore.linux import arch
-from snapcore.linux import ptrace
 from snapcore.errors import Stage, Unsupported
+from snapcore.linux import arch, ptrace
 
 RSEQ_CS_OFFSET = 8  # struct rseq { u32 cpu_id_start; u32 cpu_id; u64 rseq_cs; ... }
 RSEQ_CS_LAYOUT = "<IIQQQ"  # struct rseq_cs: version, flags, start_ip, post_commit_offset, abort_ip

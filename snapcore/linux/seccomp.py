@@ -12,8 +12,8 @@ from __future__ import annotations
 import struct
 from dataclasses import dataclass
 
-from snapcore.linux.arch import NR
 from snapcore.errors import Stage, Unsupported
+from snapcore.linux.arch import NR
 
 # Actions (include/uapi/linux/seccomp.h), most restrictive first.
 RET_KILL_PROCESS = 0x80000000

@@ -3,11 +3,12 @@ then each given back exactly as it was.
 """
 
 from __future__ import annotations
+
 import time
-from snapcore.linux import stops
-from snapcore.linux import ptrace
+
+from snapcore.errors import NoSuchProcess, Stage, Unsupported
+from snapcore.linux import ptrace, stops
 from snapcore.linux.inject import SEIZE_OPTIONS, HeldThread, TargetReplaced, wait_for_interrupt_stop
-from snapcore.errors import Stage, NoSuchProcess, Unsupported
 from snapcore.linux.procfs import task_ids
 
 

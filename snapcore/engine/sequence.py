@@ -1,0 +1,195 @@
+"""After the window: make the child safe, let the kernel dump it, and take the
+core it wrote into the output directory.
+"""
+
+from __future__ import annotations
+
+import glob
+import os
+import shutil
+import signal
+import time
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+
+from snapcore.core import core_pattern, notes, placement, store
+from snapcore.engine import child as childmod
+from snapcore.engine import dump
+from snapcore.engine import fork as forkmod
+from snapcore.engine import interrupts, preflight
+from snapcore.engine.identity import identity_check, reap_adopted
+from snapcore.engine.result import DumpLimits, Snapshot
+from snapcore.engine.watchdog import Watchdog
+from snapcore.errors import CoreNotWritten, NoSuchProcess, Stage
+from snapcore.linux import arch, seccomp, stops
+from snapcore.linux.procfs import Target, adopts_orphans, ns_tid, thread_name
+from snapcore.linux.stops import StopKind
+
+
+@dataclass
+class _Dump:
+    """What one snapshot holds between its phases."""
+
+    pre: preflight.Preflight
+    forked: forkmod.Forked
+    kid: childmod.Child
+    where: str | None  # core_pattern expanded as a glob; None for a pipe
+    staging: Path | None
+    since: float  # the dump's start, for finding the file
+    # Each target thread's id in its own pid namespace, read right after the
+    # window (a thread may end later): what the core must call it.
+    target_ns: dict[int, int | None] = field(default_factory=dict)
+
+
+def fork_and_dump(pre: preflight.Preflight, output_dir: Path, staging: Path | None,
+                   all_threads: bool, stop_timeout: float, allow_undumpable: bool,
+                   dump_limits: DumpLimits, pidfd: int, root: str) -> Snapshot:
+    """The phases: fork (the one stop window), dump (the child), store."""
+    target, pattern = pre.target, pre.core_pattern
+    guard = seccomp.Guard(pre.filters, arch.AUDIT_ARCH)
+    taken_at = datetime.now(timezone.utc)
+    forked = forkmod.fork(target.pid, pre.syscall_at,
+                          threads=target.threads if all_threads else None,
+                          timeout=stop_timeout, check=identity_check(pre, pidfd, Stage.CAPTURE),
+                          adopted=adopts_orphans(target.pid), guard=guard,
+                          main_only=target.seccomp != 0)
+    kid = childmod.Child(forked.child, guard=guard, notes=list(forked.notes))
+    kid.ns_tids[kid.pid] = forked.child_ns_pid
+    where = None if pattern.kind == "pipe" else core_pattern.expand(
+        pattern, pid=kid.pid, uid=target.uid, gid=target.gid, comm=target.name,
+        exe=target.exe, soft_limit=target.core_hard, ns_pid=forked.child_ns_pid)
+    if where is not None and pattern.kind == "absolute" and root:
+        where = glob.escape(root) + where  # written in the target's view of the files
+    tids = [forked.runner.tid] + [t.tid for t in forked.others]
+    run = _Dump(pre, forked, kid, where, staging, time.time(),
+                {t: ns_tid(target.pid, t) for t in tids})
+    try:
+        snap, ended, watchdog = _dump(run, pidfd, stop_timeout, allow_undumpable,
+                                      dump_limits, root, taken_at)
+        return _store(run, snap, ended, watchdog, dump_limits, output_dir, taken_at)
+    except BaseException:
+        if pattern.kind == "absolute":
+            # A staging directory goes with its contents; a partial core in the
+            # administrator's directory is removed here, if it is this one's.
+            store.remove_partial(where, run.since, {target.uid, target.euid},
+                                    forked.child_ns_pid)
+        raise
+
+
+def _dump(run: _Dump, pidfd: int, stop_timeout: float, allow_undumpable: bool,
+          dump_limits: DumpLimits, root: str, taken_at: datetime):
+    """Make the child safe, let the kernel dump it, and make sure it is gone."""
+    pre, forked, kid = run.pre, run.forked, run.kid
+    target, at = pre.target, pre.syscall_at
+    watchdog = Watchdog(lambda: store.bytes_written(run.where, run.staging),
+                                 dump_limits.stall_timeout, dump_limits.max_dump_time,
+                                 progress=dump_limits.progress,
+                                 expected=dump_limits.expected)
+    reap_pause = 0.0
+    try:
+        deadline = time.monotonic() + 30 + 0.01 * len(forked.others)
+        childmod.prepare(kid, at, core_hard=target.core_hard,
+                         staging=placement.as_seen_by_target(run.staging, root)
+                         if run.staging else None, name=target.name,
+                         allow_undumpable=allow_undumpable, deadline=deadline)
+        childmod.resurrect(kid, at, forked.others, deadline)
+        childmod.lower_priority(kid, at, deadline)
+        ended, dump_seconds = dump.dump(kid, forked.runner, watchdog)
+    except NoSuchProcess as exc:
+        # Only the child is touched in this phase: it was killed from outside.
+        raise CoreNotWritten(f"the snapshot child ended before its dump ({exc.message})",
+                             "no core was written; the target is unharmed",
+                             pid=target.pid, stage=Stage.CHILD) from None
+    finally:
+        with interrupts.cleanup():
+            dump.kill(kid)  # a no-op when it already ended
+            if forked.adopted:
+                reap_pause = reap_adopted(pre, pidfd, forked.child_ns_pid, kid.guard,
+                                           stop_timeout, kid.notes)
+    snap = Snapshot(target=target, core_path=None, core_size=0, pause=forked.timings,
+                    reap_pause=reap_pause, dump_seconds=dump_seconds,
+                    threads=len(kid.threads), thread_map=_thread_map(target.pid, kid, run.target_ns),
+                    child_pid=kid.pid, core_pattern=pre.core_pattern, taken_at=taken_at,
+                    notes=kid.notes, escalated_after=watchdog.escalated_after)
+    return snap, ended, watchdog
+
+
+def _store(run: _Dump, snap: Snapshot, ended: stops.Stop, watchdog: Watchdog,
+           dump_limits: DumpLimits, output_dir: Path, taken_at: datetime) -> Snapshot:
+    """Find the core the kernel wrote, name the threads as the target does, and
+    put it in the output directory."""
+    target, pattern, kid = run.pre.target, run.pre.core_pattern, run.kid
+    pid = target.pid
+    if pattern.kind == "pipe":
+        # The handler has whatever the kernel sent it; nothing to find here.
+        if not ended.core_dumped:
+            snap.notes.append(_why_no_core(target, ended, pattern, None, kid))
+        elif len(kid.threads) > 1:
+            snap.notes.append("the handler's copy names the child's thread ids, which "
+                              "snapcore cannot rewrite there: gdb lists each thread "
+                              "twice, once without registers (thread_map gives the pairs)")
+        return snap
+    if watchdog.timed_out:
+        raise CoreNotWritten(f"the dump took longer than the longest dump allowed "
+                             f"({dump_limits.max_dump_time:g} s); the child was killed",
+                             "snapshot when the machine is less busy, or allow a "
+                             "longer dump", pid=pid, stage=Stage.DUMP,
+                             setting="max_dump_time")
+    if not ended.core_dumped:
+        raise CoreNotWritten(_why_no_core(target, ended, pattern, run.staging, kid),
+                             pid=pid, stage=Stage.DUMP)
+    rejected: list[str] = []
+    core = store.open_core(run.where, run.staging, run.since,
+                              {target.uid, target.euid}, rejected)
+    if core is None and rejected:
+        raise CoreNotWritten(f"the core the kernel wrote was replaced before snapcore took "
+                             f"it ({'; '.join(rejected)}); nothing was touched",
+                             "someone with the target's uid is tampering with its "
+                             "staging directory", pid=pid, stage=Stage.CORE)
+    if core is None:
+        raise CoreNotWritten(f"the kernel reported a core but none was found for "
+                             f"core_pattern {pattern.pattern!r}",
+                             "check core_pattern and the target's working directory",
+                             pid=pid, stage=Stage.CORE)
+    try:
+        # The notes name the child's threads as its pid namespace sees them;
+        # write the target's own ids (in that namespace too) in their place.
+        layout = notes.check_core(core, run.forked.child_ns_pid)
+        renames = {kid.ns_tids[c]: run.target_ns[t] for c, t in kid.threads.items()
+                   if run.target_ns.get(t) is not None}
+        if len(renames) < len(kid.threads):
+            snap.notes.append("threads that ended right after the fork keep the child's "
+                              "ids in the core")
+        notes.rename_threads(core, layout, renames, run.target_ns.get(pid) or 0)
+        snap.core_path = store.store(core, output_dir,
+                                        placement.core_name(target.name, pid, taken_at))
+    finally:
+        core.close()
+    return snap
+
+
+def _thread_map(pid: int, kid: childmod.Child, target_ns: dict[int, int | None]) -> list[dict]:
+    """Target thread id, its name, and the LWP the core names it by (its own id
+    in its pid namespace, once the notes are rewritten), in the core's order."""
+    order = [kid.pid] + [t for t in kid.threads if t != kid.pid]
+    return [{"tid": kid.threads[c], "name": thread_name(pid, kid.threads[c]),
+             "core_lwp": target_ns.get(kid.threads[c]), "child_tid": c} for c in order]
+
+
+def _why_no_core(target: Target, ended: stops.Stop, pattern: core_pattern.CorePattern,
+                 staging: Path | None, kid: childmod.Child) -> str:
+    how = (f"exited with status {os.WEXITSTATUS(ended.status)}" if ended.kind is StopKind.EXITED
+           else f"died of signal {ended.sig} without a core")
+    if ended.kind is StopKind.KILLED and ended.sig == signal.SIGKILL and kid.oom_killed():
+        return ("core not written: the OOM killer took the snapshot child (it has "
+                "oom_score_adj 1000, so it goes before the target): the copy-on-write "
+                "memory did not fit; snapshot when there is more free memory")
+    reasons = []
+    if staging is not None and shutil.disk_usage(staging).free < 1 << 20:
+        reasons.append(f"the filesystem of {staging} is full")
+    if target.euid != 0 and target.proc_owner == 0:  # see preflight._dumpable
+        reasons.append("the target is not dumpable (PR_SET_DUMPABLE 0)")
+    reasons += kid.notes
+    reasons.append(f"core_pattern is {pattern.pattern!r}")
+    return f"core not written: the snapshot child {how} ({'; '.join(reasons)})"
