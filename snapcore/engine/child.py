@@ -1,4 +1,4 @@
-"""Turn the copy-on-write child into a core, without ever running the target's code.
+"""Make the copy-on-write child safe to dump, without ever running the target's code.
 
 The child is a private copy of the target: writing into its memory or changing
 its settings cannot touch the target.  Setup is done from inside the child

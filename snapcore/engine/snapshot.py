@@ -1,7 +1,9 @@
-"""The snapshot sequence: check -> fork the target -> release it -> prepare the
-child -> let the kernel dump it -> reap it -> store the core.
+"""The engine's entry point: take(pid) -> Snapshot.
 
-The engine never prints; it returns a `Snapshot` or raises a SnapcoreError.
+One snapcore per target, the preflight's checks, the output and staging
+directories and the rate limit around the phases (sequence.py), then the
+record and the core's final name.  The engine never prints; it returns a
+`Snapshot` or raises a SnapcoreError.
 """
 
 from __future__ import annotations
