@@ -107,7 +107,7 @@ def _take(pre: preflight.Preflight, output_dir: Path, staging: Path | None,
             raise NoSuchProcess(f"process {pid} exited and its pid was reused",
                                 "check the pid again", pid=pid, stage=Stage.PREFLIGHT)
         return sequence.fork_and_dump(pre, output_dir, staging, all_threads, stop_timeout,
-                              allow_undumpable, dump_limits, pidfd, root)
+                                      allow_undumpable, dump_limits, pidfd, root)
     finally:
         os.close(pidfd)
 
