@@ -187,6 +187,18 @@ def harm(victim, leftover_ok: bool = False) -> list[str]:
     return problems
 
 
+def blocked_signals(pid: int) -> dict[str, str]:
+    """SigBlk of each thread, from /proc."""
+    masks = {}
+    for tid in os.listdir(f"/proc/{pid}/task"):
+        try:
+            status = Path(f"/proc/{pid}/task/{tid}/status").read_text()
+        except (FileNotFoundError, ProcessLookupError):
+            continue
+        masks[tid] = next(x for x in status.splitlines() if x.startswith("SigBlk:")).split()[1]
+    return masks
+
+
 def settled(victim, timeout: float = 2.0, leftover_ok: bool = False) -> list[str]:
     """Poll /proc until the target is unharmed; what is still wrong after `timeout`."""
     end = time.monotonic() + timeout
@@ -424,6 +436,7 @@ def test_sigkill_at_random_moments(start_victim, threads_exe, fat_preload, big_o
     assert code == 0, f"exit {code}: {summary(json.dumps(doc))}"
     assert settled(victim) == []
 
+    masks = blocked_signals(victim.pid)  # a killed snapcore must leave every mask as it was
     seed = int(os.environ.get("HOSTILE_SEED", time.time()))
     rng = random.Random(seed)
     for i in range(30):
@@ -434,6 +447,9 @@ def test_sigkill_at_random_moments(start_victim, threads_exe, fat_preload, big_o
         proc.kill()
         proc.wait()
         problems = settled(victim, leftover_ok=True)
+        now = blocked_signals(victim.pid)
+        problems += [f"thread {t} signal mask {now[t]} (was {masks[t]})"
+                     for t in now if t in masks and now[t] != masks[t]]
         assert problems == [], (f"SIGKILL {i} after {delay:.3f} s of a {typical:.2f} s run "
                                 f"(HOSTILE_SEED={seed}): {problems}")
 

@@ -106,6 +106,10 @@ def fork(pid: int, at: int, *, threads: list[int] | None, timeout: float, check,
         notes: list[str] = []
         try:
             _reap_leftovers(pid, runner, at, window.deadline, guard, notes)
+            if runner.pending_sig:
+                raise InternalError("a signal reached the process while it was held",
+                                    "it was delivered and the process released; try again",
+                                    pid=pid, stage=Stage.FORK)
             adopted = _make_child(window, runner, at, adopted, guard, made, notes)
         except BaseException:
             with interrupts.cleanup():
@@ -124,8 +128,8 @@ def _make_child(window: Window, runner: HeldThread, at: int, adopted: bool, guar
                                    deadline=deadline, guard=guard)
     middle = _born(made, "intermediate", result, events, "clone", window.pid)
     wait_for_interrupt_stop(middle, deadline)  # auto-attached: starts in an event stop
-    adopted = _prepare_intermediate(runner, middle, at, deadline, guard, probe=not adopted) \
-        or adopted
+    adopted = _prepare_intermediate(free_thread(window, runner), middle, at, deadline, guard,
+                                    probe=not adopted) or adopted
     made["adopted"] = adopted
     flags = SNAPSHOT_FLAGS_ADOPTED if adopted else SNAPSHOT_FLAGS
     # The page-table copy takes about 15 ms per GB resident: far past the
@@ -134,10 +138,22 @@ def _make_child(window: Window, runner: HeldThread, at: int, adopted: bool, guar
                              0, 0, 0, 0, deadline=max(deadline, time.monotonic() + 60),
                              guard=guard)
     _born(made, "child", result, events, "fork", window.pid)
-    reaped = _end(made.pop("intermediate"), runner, at, deadline)
+    reaped = _end(made.pop("intermediate"), free_thread(window, runner), at, deadline)
     if reaped is not None:
         notes.append(reaped)
     return adopted
+
+
+def free_thread(window: Window, runner: HeldThread) -> HeldThread | None:
+    """A held thread that may run an injected call now: the runner, unless a
+    signal reached it while parked (it is held in that signal's delivery stop,
+    and injecting there would drop the signal); then any other held thread.
+    Any thread of the process may reap its children (wait4 looks at the whole
+    thread group)."""
+    for thread in [runner, *window.held.values()]:
+        if thread.stopped and not thread.pending_sig and thread.regs is not None:
+            return thread
+    return None
 
 
 def _born(made: dict, name: str, result: int, events: list, what: str, pid: int) -> int:
@@ -152,7 +168,7 @@ def _born(made: dict, name: str, result: int, events: list, what: str, pid: int)
     return born
 
 
-def _prepare_intermediate(runner: HeldThread, middle: int, at: int, deadline: float,
+def _prepare_intermediate(runner: HeldThread | None, middle: int, at: int, deadline: float,
                           guard, probe: bool) -> bool:
     """Name the intermediate task INTERMEDIATE_NAME (a zombie of it left by a
     killed snapcore is then recognised and reaped by the next snapshot), and
@@ -177,6 +193,8 @@ def _prepare_intermediate(runner: HeldThread, middle: int, at: int, deadline: fl
                 guard=guard)
         if not probe:
             return False
+        if runner is None:
+            return True  # cannot ask: take the answer that is safe either way
         answer = page + 64
         ret, _ = runner.inject(at, arch.NR["prctl"], PR_GET_CHILD_SUBREAPER, answer,
                                deadline=deadline, guard=guard)
@@ -224,18 +242,24 @@ def leftovers(pid: int) -> list[int]:
 def _reap_leftovers(pid: int, runner: HeldThread, at: int, deadline: float, guard,
                     notes: list[str]) -> None:
     for ns_pid in leftovers(pid):
+        if runner.pending_sig:
+            return  # the next snapshot, then
         result, _ = runner.inject(at, arch.NR["wait4"], ns_pid, 0, REAP_OPTIONS, 0,
                                   deadline=deadline, guard=guard)
         if result == ns_pid:
             notes.append(f"reaped task {ns_pid}, left by a snapcore killed during a fork")
 
 
-def _end(task: tuple[int, int], runner: HeldThread, at: int, deadline: float) -> str | None:
+def _end(task: tuple[int, int], runner: HeldThread | None, at: int,
+         deadline: float) -> str | None:
     """Kill a task the target is the parent of, collect it as its tracer, and
-    reap it from inside the target (wait4 in the runner).  Returns what went
+    reap it from inside the target (wait4 in a held thread).  Returns what went
     wrong, or None."""
     tid, ns_pid = task
     _kill_and_collect(tid, deadline)
+    if runner is None:
+        return (f"task {ns_pid} is left a zombie (exit signal 0, named "
+                f"{INTERMEDIATE_NAME}): no thread could reap it; the next snapshot will")
     result, _ = runner.inject(at, arch.NR["wait4"], ns_pid, 0, REAP_OPTIONS, 0,
                               deadline=deadline)
     if result == ns_pid:
@@ -273,7 +297,7 @@ def _undo(window: Window, runner: HeldThread, at: int, made: dict, adopted: bool
         del made[name]
         try:
             if name == "intermediate" or adopted:
-                _end((tid, ns_pid), runner, at, window.deadline + 5)
+                _end((tid, ns_pid), free_thread(window, runner), at, window.deadline + 5)
             else:
                 _kill_and_collect(tid, window.deadline + 5)
         except Exception:  # the target itself may be gone: nothing left to reap in

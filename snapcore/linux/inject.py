@@ -116,7 +116,7 @@ class HeldThread:
     regs: ptrace.Regs | None = None
     xstate: bytes = b""
     sigmask: int = 0
-    moved: bool = False  # ran injected registers: its signal mask is snapcore's
+    pending_sig: int = 0  # a signal it stopped to take while parked: delivered at release
 
     def save(self, with_xstate: bool) -> None:
         self.regs = ptrace.get_regs(self.tid)
@@ -131,13 +131,16 @@ class HeldThread:
     def inject(self, at: int, nr: int, *args: int, deadline: float,
                guard=None, events: list | None = None) -> tuple[int, list]:
         """Run one syscall in this held thread, then park it again with its own
-        registers.  PTRACE_O_EXITKILL covers exactly the injected registers: if
-        snapcore dies then, the target dies rather than run on with registers
-        that are not its own.  Every signal stays blocked until `release`."""
+        registers and signal mask.  PTRACE_O_EXITKILL is set before anything
+        of the thread is changed and cleared only once all of it is back: if
+        snapcore dies in between, the target dies rather than run on with
+        registers or a mask that are not its own."""
         tid = self.tid
+        if self.pending_sig:
+            raise InternalError(f"thread {tid} holds a signal to deliver", pid=tid,
+                                stage=Stage.INJECT)
         ptrace.set_options(tid, SEIZE_OPTIONS | ptrace.O_TRACECLONE | ptrace.O_EXITKILL)
         ptrace.set_sigmask(tid, ptrace.ALL_SIGNALS_MASK)
-        self.moved = True
         events = [] if events is None else events
         try:
             for _attempt in range(10):
@@ -151,33 +154,41 @@ class HeldThread:
             self.park(max(deadline, time.monotonic()) + 5.0)
         return result, events
 
+    def _restore(self) -> None:
+        ptrace.set_regs(self.tid, self.regs)
+        ptrace.set_sigmask(self.tid, self.sigmask)
+
     def park(self, deadline: float | None) -> None:
-        """Put the thread's own registers back and hold it in an interrupt stop.
+        """Put the thread's own registers and mask back, then hold it in an
+        interrupt stop.
 
         A thread that ran an injected syscall sits in a syscall-exit stop.
         Detaching from there skips the kernel's syscall-restart step (it runs on
         the signal path only), so an interrupted nanosleep or read would return
         -ERESTART* to the program.  An interrupt stop is on the signal path:
         detached from there, the kernel restarts the call as if nothing
-        happened.  Its signals stay blocked meanwhile, so no signal-delivery
-        stop can come first; `release` gives the mask back.
+        happened.  A signal the thread may now take stops it first, in its
+        delivery stop: it is held there, and the signal delivered at release.
         """
         tid = self.tid
         try:
-            ptrace.set_options(tid, SEIZE_OPTIONS)  # drop EXITKILL and TRACECLONE
+            self._restore()
         except NoSuchProcess:
             # The injection was cut short while the thread ran its syscall: it
             # stops at the syscall's exit, then it can be put back.
             if stops.wait(tid, deadline).kind in ENDED:
                 self.stopped = False
                 raise
-            ptrace.set_options(tid, SEIZE_OPTIONS)
-        ptrace.set_regs(tid, self.regs)
+            self._restore()
+        ptrace.set_options(tid, SEIZE_OPTIONS)  # only now: drop EXITKILL and TRACECLONE
         ptrace.interrupt(tid)
         ptrace.cont(tid)
         while True:
             stop = stops.wait(tid, deadline)
             if stop.kind in (StopKind.EVENT, StopKind.GROUP):
+                return
+            if stop.kind is StopKind.SIGNAL:
+                self.pending_sig = stop.sig
                 return
             if stop.kind in ENDED:
                 self.stopped = False
@@ -185,12 +196,11 @@ class HeldThread:
             ptrace.cont(tid)  # a syscall stop on the way: go on to the interrupt
 
     def release(self) -> None:
-        """Detach, giving back the signal mask if snapcore changed it."""
+        """Detach; a signal that reached the thread while it was held is
+        delivered now, as the kernel would have."""
         if not self.stopped:
             return
         self.stopped = False
-        if self.moved:
-            ptrace.set_sigmask(self.tid, self.sigmask)
-        ptrace.detach(self.tid)
+        ptrace.detach(self.tid, self.pending_sig)
 
 
