@@ -32,6 +32,7 @@ import time
 from dataclasses import dataclass
 
 from snapcore.engine import interrupts
+from snapcore.engine.leftovers import INTERMEDIATE_NAME, REAP_OPTIONS, reap_leftovers  # noqa: F401
 from snapcore.errors import InternalError, NoSuchProcess, Stage
 from snapcore.linux import arch, ptrace, rseq, stops
 from snapcore.linux.inject import HeldThread, syscall, wait_for_interrupt_stop
@@ -50,13 +51,8 @@ SNAPSHOT_FLAGS = 0
 SNAPSHOT_FLAGS_ADOPTED = CLONE_PARENT
 PR_SET_NAME = 15
 PR_GET_CHILD_SUBREAPER = 37
-# The intermediate task's name (comm): how a zombie of it is recognised.
-INTERMEDIATE_NAME = "snapcore-fork"
 PROT_READ_WRITE = 0x3
 MAP_PRIVATE_ANONYMOUS = 0x22
-# wait4 options for reaping from inside the target: never blocks it, and
-# __WALL sees children whose exit signal is not SIGCHLD.
-REAP_OPTIONS = stops.WALL | os.WNOHANG
 
 
 @dataclass
@@ -105,7 +101,7 @@ def fork(pid: int, at: int, *, threads: list[int] | None, timeout: float, check,
         runner = choose_runner(window, main_only)
         notes: list[str] = []
         try:
-            _reap_leftovers(pid, runner, at, window.deadline, guard, notes)
+            reap_leftovers(pid, runner, at, window.deadline, guard, notes)
             if runner.pending_sig:
                 raise InternalError("a signal reached the process while it was held",
                                     "it was delivered and the process released; try again",
@@ -205,49 +201,6 @@ def _prepare_intermediate(runner: HeldThread | None, middle: int, at: int, deadl
         syscall(middle, base, at, arch.NR["munmap"], page, arch.PAGE_SIZE, deadline=deadline,
                 guard=guard)
     return ret == 0 and value != 0
-
-
-def leftovers(pid: int) -> list[int]:
-    """Zombie intermediate tasks of the target, left by a snapcore killed during
-    the fork (EXITKILL killed them before they could be reaped): children of
-    the target named INTERMEDIATE_NAME, with exit signal 0.  As the target
-    names them: pids in its namespace."""
-    found = []
-    try:
-        tasks = os.listdir(f"/proc/{pid}/task")
-    except OSError:
-        return found
-    for tid in tasks:
-        try:
-            with open(f"/proc/{pid}/task/{tid}/children") as f:
-                children = f.read().split()
-        except OSError:
-            continue
-        for child in children:
-            try:
-                with open(f"/proc/{child}/stat") as f:
-                    stat = f.read()
-                with open(f"/proc/{child}/status") as f:
-                    nspid = next(line for line in f if line.startswith("NSpid:"))
-            except (OSError, StopIteration):
-                continue
-            comm = stat[stat.index("(") + 1:stat.rindex(")")]
-            fields = stat[stat.rindex(")") + 2:].split()
-            # fields[0] is state (stat field 3); exit_signal is field 38.
-            if comm == INTERMEDIATE_NAME and fields[0] == "Z" and fields[35] == "0":
-                found.append(int(nspid.split()[-1]))
-    return found
-
-
-def _reap_leftovers(pid: int, runner: HeldThread, at: int, deadline: float, guard,
-                    notes: list[str]) -> None:
-    for ns_pid in leftovers(pid):
-        if runner.pending_sig:
-            return  # the next snapshot, then
-        result, _ = runner.inject(at, arch.NR["wait4"], ns_pid, 0, REAP_OPTIONS, 0,
-                                  deadline=deadline, guard=guard)
-        if result == ns_pid:
-            notes.append(f"reaped task {ns_pid}, left by a snapcore killed during a fork")
 
 
 def _end(task: tuple[int, int], runner: HeldThread | None, at: int,
