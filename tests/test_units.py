@@ -281,3 +281,9 @@ def test_every_planned_syscall_has_a_number():
     calls = planned_syscalls(threads=3)
     assert {name for _where, name, _args in calls} <= set(arch.NR)
     assert ("target", "clone") in {(where, name) for where, name, _ in calls}
+
+
+def test_the_record_keeps_no_trailing_empty_arguments():
+    assert records.command_line(["redis-server *:6379", "", "", ""]) == ["redis-server *:6379"]
+    assert records.command_line(["prog", "", "x"]) == ["prog", "", "x"]  # a real empty arg
+    assert records.command_line([]) == []

@@ -3,15 +3,20 @@ prune, compression, stacks and syslog."""
 
 from __future__ import annotations
 
+import fcntl
 import json
 import os
 import platform
+import pty
+import re
 import select
 import shutil
 import socket
 import stat
+import struct
 import subprocess
 import sys
+import termios
 import time
 from pathlib import Path
 
@@ -296,3 +301,36 @@ def test_stacks_without_gdb_says_so(start_victim, out_dir):
                           cwd=Path(__file__).parent.parent)
     assert proc.returncode == ExitCode.TOOL
     assert "needs gdb" in proc.stderr and "apt-get install gdb" in proc.stderr
+
+
+def test_summary_prints_the_core_path_whole_at_80_columns(start_victim, tmp_path):
+    """The path is the line an operator copies: never cut, never wrapped, and
+    no line of the summary ends in padding (piped or not)."""
+    out_dir = tmp_path / ("a-rather-long-directory-name-for-cores-" * 2) / "cores"
+    victim = start_victim("sleep")
+    master, slave = pty.openpty()
+    fcntl.ioctl(slave, termios.TIOCSWINSZ, struct.pack("HHHH", 24, 80, 0, 0))
+    proc = subprocess.Popen([sys.executable, "-m", "snapcore", "-o", str(out_dir),
+                             str(victim.pid)], stdin=slave, stdout=slave, stderr=slave,
+                            cwd=Path(__file__).parent.parent)
+    os.close(slave)
+    text = b""
+    while True:
+        try:
+            chunk = os.read(master, 65536)
+        except OSError:
+            break  # the other side closed
+        if not chunk:
+            break
+        text += chunk
+    assert proc.wait(timeout=60) == 0, text
+    os.close(master)
+    lines = re.sub(rb"\x1b\[[0-9;?]*[a-zA-Z]", b"", text).decode().splitlines()
+    core_lines = [x for x in lines if x.startswith("core ")]
+    assert len(core_lines) == 1, lines
+    path = core_lines[0].split(None, 1)[1].strip()
+    assert len(str(out_dir)) > 80 and path.startswith(str(out_dir)) and Path(path).exists()
+    piped = run_snapcore("--max-per-hour", "0", "-o", str(out_dir), str(victim.pid))
+    assert piped.returncode == 0
+    assert [x for x in piped.stdout.splitlines() if x != x.rstrip()] == []
+    victim.assert_unharmed()

@@ -62,41 +62,39 @@ def print_json(doc: dict) -> None:
 
 
 def print_snapshot(snap: Snapshot, verbose: bool, console: Console) -> None:
+    """The summary, a `key  value` line each.  Never a table: a path is the
+    line an operator copies, so it is printed whole and unbroken whatever the
+    terminal's width, and no line ends in padding when piped."""
     t = snap.target
-    grid = Table.grid(padding=(0, 2))
-    grid.add_column(style="bold")
-    grid.add_column()
-    grid.add_row("target", f"{t.name} (pid {t.pid}) {t.exe}")
+    rows = [("target", f"{t.name} (pid {t.pid}) {t.exe}")]
     pause = f"{snap.pause_ms:.2f} ms"
     if verbose:
         p = snap.pause
         pause += (f"  (capture {_ms(p['capture']):.3f}, fork {_ms(p['syscall']):.3f}, "
                   f"release {_ms(p['release']):.3f} ms; reap {_ms(snap.reap_pause):.3f} ms)")
-    grid.add_row("paused", pause)
-    grid.add_row("dumped", f"{snap.dump_seconds:.2f} s at idle priority")
-    grid.add_row("threads", str(snap.threads))
+    rows += [("paused", pause), ("dumped", f"{snap.dump_seconds:.2f} s at idle priority"),
+             ("threads", str(snap.threads))]
     if snap.core_path:
-        grid.add_row("size", human(snap.core_size))
-        grid.add_row("core", str(snap.core_path))
+        rows += [("size", human(snap.core_size)), ("core", str(snap.core_path))]
     else:
-        grid.add_row("core", f"handed to {snap.core_pattern.handler} by core_pattern: "
-                             f"{pipe_lookup(snap)}")
+        rows.append(("core", f"handed to {snap.core_pattern.handler} by core_pattern: "
+                             f"{pipe_lookup(snap)}"))
     for region in snap.regions_missing:
         what = ("absent (MADV_DONTFORK)" if region["kind"] == "dontfork"
                 else "zeros (MADV_WIPEONFORK)")
-        grid.add_row("not in core", f"{region['start']:#x}-{region['end']:#x} "
-                     f"{region['path']}: {what}".rstrip())
-    for check in snap.checks:
-        if check["verdict"] != "ok" or verbose:
-            grid.add_row(f"check {check['name']}", f"{check['verdict']}: {check['reason']}")
+        rows.append(("not in core", f"{region['start']:#x}-{region['end']:#x} "
+                     f"{region['path']}: {what}".rstrip()))
+    rows += [(f"check {c['name']}", f"{c['verdict']}: {c['reason']}")
+             for c in snap.checks if c["verdict"] != "ok" or verbose]
     if verbose:
-        grid.add_row("child", f"pid {snap.child_pid}")
-        grid.add_row("core_pattern", f"{snap.core_pattern.pattern} ({snap.core_pattern.kind})")
-        for note in snap.notes:
-            grid.add_row("note", note)
-        for thread in snap.thread_map:
-            grid.add_row("thread", f"{thread['tid']} {thread['name']}")
-    console.print(grid)
+        rows += [("child", f"pid {snap.child_pid}"),
+                 ("core_pattern", f"{snap.core_pattern.pattern} ({snap.core_pattern.kind})")]
+        rows += [("note", note) for note in snap.notes]
+        rows += [("thread", f"{th['tid']} {th['name']}") for th in snap.thread_map]
+    width = max(len(key) for key, _ in rows) + 2
+    for key, value in rows:
+        console.print(f"[bold]{_plain(key)}[/]{' ' * (width - len(key))}{_plain(value)}",
+                      soft_wrap=True, highlight=False)
 
 
 VERDICT_STYLE = {"ok": "green", "warn": "yellow", "refuse": "bold red"}

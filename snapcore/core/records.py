@@ -38,6 +38,15 @@ def _iso(when: float) -> str:
     return datetime.fromtimestamp(when, timezone.utc).isoformat().replace("+00:00", "Z")
 
 
+def command_line(args: list[str]) -> list[str]:
+    """The arguments, less the empty ones a program that rewrote its argv in
+    place (redis, PostgreSQL's backends) leaves at the end of /proc/PID/cmdline."""
+    args = list(args)
+    while args and args[-1] == "":
+        args.pop()
+    return args
+
+
 def write_sidecar(snap, reason: str = "") -> Path:
     """Write the record for a stored snapshot (a snapshot.Snapshot)."""
     t = snap.target
@@ -50,7 +59,7 @@ def write_sidecar(snap, reason: str = "") -> Path:
         "taken_at": snap.taken_at.isoformat().replace("+00:00", "Z"),
         "reason": reason,
         "target": {
-            "pid": t.pid, "name": t.name, "exe": t.exe, "cmdline": t.cmdline,
+            "pid": t.pid, "name": t.name, "exe": t.exe, "cmdline": command_line(t.cmdline),
             "build_id": elf.build_id(t.exe) if t.exe else None,
             "started_at": _iso(started_at(t.start_time)), "user": user, "uid": t.uid,
         },
