@@ -102,3 +102,17 @@ def test_docs_list_every_option_and_exit_code(doc):
     else:
         listed = {int(c) for c in re.findall(r"^\| (\d+) \|", text, re.M)}
     assert listed == {int(c) for c in ExitCode}
+
+
+@pytest.mark.parametrize("args, words", [
+    (["prune", "--keep", "-1"], "--keep"),  # a value, not an unknown option
+    (["prune", "--older-than", "7"], "needs a unit"),  # 7 seconds or 7 days?
+    (["list", "--since", "2"], "needs a unit"),
+    (["--unit", "surely-no-such-unit"], "--unit"),  # no systemd here, or no such unit
+])
+def test_operator_mistakes_get_one_clear_line(args, words, tmp_path):
+    proc = subprocess.run([sys.executable, "-m", "snapcore", *args, "-o", str(tmp_path)],
+                          capture_output=True, text=True, cwd=ROOT)
+    assert proc.returncode == ExitCode.USAGE, proc.stderr
+    assert proc.stderr.count("\n") == 1 and proc.stderr.startswith("snapcore: error: ")
+    assert words in proc.stderr and ".:" not in proc.stderr

@@ -334,3 +334,15 @@ def test_summary_prints_the_core_path_whole_at_80_columns(start_victim, tmp_path
     assert piped.returncode == 0
     assert [x for x in piped.stdout.splitlines() if x != x.rstrip()] == []
     victim.assert_unharmed()
+
+
+def test_syslog_asked_for_without_a_socket_says_so(start_victim, out_dir, tmp_path):
+    victim = start_victim("sleep")
+    env = dict(os.environ, SNAPCORE_SYSLOG_SOCKET=str(tmp_path / "no-such.sock"))
+    proc = subprocess.run([sys.executable, "-m", "snapcore", "--syslog", "-q", "-o",
+                           str(out_dir), str(victim.pid)], env=env, capture_output=True,
+                          text=True, cwd=Path(__file__).parent.parent)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stderr.startswith("snapcore: warning: --syslog: no syslog socket")
+    assert proc.stderr.count("\n") == 1
+    victim.assert_unharmed()

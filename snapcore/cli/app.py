@@ -33,9 +33,10 @@ class DefaultToSnap(click.Group):
                                                                        "--version"):
             args = ["snap", *args]
         # click would take `-5` for an unknown option; pass it on as the PID
-        # so that `snap` says what is wrong with it.
+        # so that `snap` says what is wrong with it.  Other commands take no
+        # pids: there a negative number is an option's value (`--keep -1`).
         negatives = [a for a in args if NEGATIVE_NUMBER.fullmatch(a)]
-        if negatives and "--" not in args:
+        if negatives and "--" not in args and args[0] == "snap":
             args = [a for a in args if a not in negatives] + ["--", *negatives]
         return super().parse_args(ctx, args)
 
@@ -92,7 +93,8 @@ def main(argv=None):
     try:
         cli.main(args=args, prog_name="snapcore", standalone_mode=False)
     except click.UsageError as exc:
-        fail(BadInput(exc.format_message(), "see snapcore --help", stage=Stage.USAGE), as_json,
+        fail(BadInput(exc.format_message().rstrip("."), "see snapcore --help",
+                      stage=Stage.USAGE), as_json,
               err)
     except click.exceptions.Abort:  # Ctrl-C outside the engine: nothing was touched
         fail(Interrupted("interrupted", "the target was not touched", stage=Stage.INTERRUPT),

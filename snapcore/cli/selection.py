@@ -66,8 +66,12 @@ def by_unit(unit: str) -> int:
         raise BadInput("--unit needs systemctl, which is not installed",
                        "give the pid instead", stage=Stage.USAGE) from None
     text = out.stdout.strip()
+    if "not been booted with systemd" in out.stderr or "Failed to connect to bus" in out.stderr:
+        raise BadInput("--unit needs systemd, and this host does not run it",
+                       "give the pid, --name or --pidfile instead", stage=Stage.USAGE)
     if out.returncode != 0 or not text.isdigit():
-        raise BadInput(f"systemctl knows no unit {unit!r}: {out.stderr.strip()}",
+        why = ([line for line in out.stderr.splitlines() if line.strip()] or ["no MainPID"])[-1]
+        raise BadInput(f"systemctl knows no unit {unit!r} ({why.strip()})",
                        "check systemctl status UNIT", stage=Stage.USAGE)
     if text == "0":
         raise NoSuchProcess(f"unit {unit} has no running main process",

@@ -231,6 +231,11 @@ def prune(output_dir, keep, older_than, max_total, dry_run, as_json):
 
 
 def _duration(text: str, option: str) -> float:
+    """A duration with its unit: `--older-than 7` could mean seconds or days."""
+    if text.strip().replace(".", "", 1).isdigit():
+        raise BadInput(f"{option} {text}: a duration needs a unit",
+                       f"say {text.strip()}d, {text.strip()}h, {text.strip()}m or "
+                       f"{text.strip()}s", stage=Stage.USAGE)
     try:
         return units.parse_duration(text)
     except ValueError as exc:
