@@ -143,8 +143,16 @@ def test_list_and_prune_never_touch_foreign_files(start_victim, threads_exe, out
     recent = json.loads(run_snapcore("list", "--json", "--since", "2h", "-o",
                                      str(out_dir)).stdout)
     assert len(recent["snapshots"]) == 3
-    human = run_snapcore("list", "-o", str(out_dir))
-    assert human.returncode == 0 and taken[(sleeper.pid, 0)].name in human.stdout
+    piped = run_snapcore("list", "-o", str(out_dir))  # not a terminal: plain columns
+    assert piped.returncode == 0
+    rows = [line.split("\t") for line in piped.stdout.splitlines()]
+    assert rows[0][0] == "taken_at" and rows[0][-1] == "core"
+    assert {r[-1] for r in rows[1:]} == {str(p) for p in taken.values()}  # full paths
+    assert all(len(r) == len(rows[0]) for r in rows)
+    newest = run_snapcore("list", "-q", "--latest", "--name", "threads", "-o", str(out_dir))
+    assert newest.stdout.splitlines() == [str(taken[(threaded.pid, 0)])]
+    nowhere = run_snapcore("list", "-o", str(out_dir / "nope"))
+    assert nowhere.returncode == 0 and nowhere.stderr.startswith("snapcore: warning: no output")
 
     dry = run_snapcore("prune", "--keep", "1", "--dry-run", "-o", str(out_dir))
     assert "would remove 4 snapshot(s), kept 2" in dry.stdout

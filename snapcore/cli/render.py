@@ -200,6 +200,20 @@ def print_records(found, console: Console) -> None:
     console.print(table)
 
 
+PLAIN_COLUMNS = ("taken_at", "name", "pid", "size", "threads", "compressed", "reason", "core")
+
+
+def print_records_plain(found) -> None:
+    """For scripts: a header, then one tab-separated line per snapshot with the
+    core's full path (tabs and newlines in a reason become spaces)."""
+    print("\t".join(PLAIN_COLUMNS))
+    for record in found:
+        r = record_dict(record)
+        r["core"] = r["core"] or ""
+        print("\t".join(" ".join(str(r[c] if r[c] is not None else "").split())
+                        for c in PLAIN_COLUMNS))
+
+
 def print_error(err: SnapcoreError, console: Console) -> None:
     console.print(f"snapcore: error: {error_line(err)}", markup=False, highlight=False,
                   soft_wrap=True)

@@ -166,23 +166,40 @@ def _size_option(text: str) -> int:
 @click.option("-o", "--output-dir", type=click.Path(file_okay=False, path_type=Path),
               help="The output directory to read (default as for snap).")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON document.")
+@click.option("-q", "--quiet", is_flag=True, help="Print only the cores' paths.")
+@click.option("--latest", is_flag=True, help="Only the newest snapshot (of --name, if given).")
 @click.option("--name", "name_filter", metavar="TEXT",
               help="Only snapshots of processes whose name or executable contains TEXT.")
 @click.option("--since", metavar="DURATION",
               help="Only snapshots taken within this long (e.g. 2h, 7d).")
-def list_(output_dir, as_json, name_filter, since):
-    """The snapshots in the output directory, newest first."""
+def list_(output_dir, as_json, quiet, latest, name_filter, since):
+    """The snapshots in the output directory, newest first.
+
+    At a terminal, a table; otherwise tab-separated columns with full paths,
+    one snapshot a line, for scripts.
+    """
     err = Console(stderr=True)
     try:
         cutoff = None if since is None else time.time() - _duration(since, "--since")
     except SnapcoreError as exc:
         fail(exc, as_json, err)
-    found = records.select(records.records(output_dir or default_output_dir()),
-                           name_filter, cutoff)
+    directory = output_dir or default_output_dir()
+    if not directory.is_dir():
+        err.print(f"snapcore: warning: no output directory {directory} (nothing snapshot "
+                  "there yet, or another -o DIR)", markup=False, highlight=False,
+                  soft_wrap=True)
+    found = records.select(records.records(directory), name_filter, cutoff)
+    found = found[:1] if latest else found
     if as_json:
         report.print_json({"ok": True, "snapshots": [report.record_dict(r) for r in found]})
-    else:
+    elif quiet:
+        for record in found:
+            if record.core is not None:
+                click.echo(str(record.core))
+    elif sys.stdout.isatty():
         report.print_records(found, stdout_console())
+    else:
+        report.print_records_plain(found)
 
 
 @cli.command()
