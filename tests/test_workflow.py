@@ -354,3 +354,33 @@ def test_syslog_asked_for_without_a_socket_says_so(start_victim, out_dir, tmp_pa
     assert proc.stderr.startswith("snapcore: warning: --syslog: no syslog socket")
     assert proc.stderr.count("\n") == 1
     victim.assert_unharmed()
+
+
+def test_every_command_names_its_process_the_same_ways(start_victim, out_dir, tmp_path):
+    """check, stacks and watch take PID, --name, --pidfile and --unit like snap."""
+    victim, other = start_victim("sleep"), start_victim("sleep")
+    unique = str(victim.report)  # on this target's command line, and nowhere else
+    checked = run_snapcore("check", "--json", "--name", unique, "-o", str(out_dir))
+    assert checked.returncode == 0, checked.stderr
+    assert json.loads(checked.stdout)["target"]["pid"] == victim.pid
+    pidfile = tmp_path / "victim.pid"
+    pidfile.write_text(f"{victim.pid}\n")
+    stacks = run_snapcore("stacks", "--pidfile", str(pidfile), "-o", str(out_dir))
+    assert stacks.returncode == 0, stacks.stderr
+    assert "mode_sleep" in stacks.stdout
+    # Both targets' reports live in one directory: --all names two, and a
+    # command that takes one says so in one line.
+    both = run_snapcore("check", "--name", str(victim.report.parent), "--all",
+                        "-o", str(out_dir))
+    assert both.returncode == ExitCode.USAGE and "this command takes one" in both.stderr
+    watcher = subprocess.Popen([sys.executable, "-m", "snapcore", "watch", "--name",
+                                str(other.report), "--fds", "100000", "--interval", "0.1",
+                                "-o", str(out_dir)], stderr=subprocess.PIPE, text=True,
+                               cwd=Path(__file__).parent.parent)
+    ready, _, _ = select.select([watcher.stderr], [], [], 30)
+    first = watcher.stderr.readline() if ready else ""  # its first sample of `other`
+    other.stop()
+    _, rest = watcher.communicate(timeout=30)
+    assert watcher.returncode == 0, first + rest
+    assert f"process {other.proc.pid} exited" in first + rest
+    victim.assert_unharmed()

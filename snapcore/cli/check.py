@@ -10,16 +10,20 @@ from rich.console import Console
 
 from snapcore.cli import render as report
 from snapcore.cli.app import cli, fail, stdout_console
-from snapcore.cli.options import EXIT_CODES_HELP, common_options, make_options, parse_pid
+from snapcore.cli.options import (EXIT_CODES_HELP, common_options, make_options, one_target,
+                                  target_options)
 from snapcore.engine import preflight
 from snapcore.errors import Interrupted, SnapcoreError, Stage
 
 
 @cli.command(epilog=EXIT_CODES_HELP)
-@click.argument("pid", metavar="PID")
+@click.argument("pid", metavar="[PID]", required=False)
+@target_options
 @common_options
-def check(pid, output_dir, as_json, timeout, min_free, max_per_hour):
-    """Say whether a snapshot of PID would go ahead, and why not.
+def check(pid, name_pattern, take_all, pidfile, unit, output_dir, as_json, timeout, min_free,
+          max_per_hour):
+    """Say whether a snapshot of PID (or --name, --pidfile, --unit) would go
+    ahead, and why not.
 
     Runs every check `snapcore PID` runs, without taking a snapshot: the
     process is stopped only for a moment, to read its seccomp filters when it
@@ -29,7 +33,7 @@ def check(pid, output_dir, as_json, timeout, min_free, max_per_hour):
     err = Console(stderr=True)
     try:
         opts = make_options(output_dir, timeout, min_free, max_per_hour)
-        result = preflight.run(parse_pid(pid), opts)
+        result = preflight.run(one_target(pid, name_pattern, take_all, pidfile, unit), opts)
     except SnapcoreError as exc:
         fail(exc, as_json, err)
     except KeyboardInterrupt:

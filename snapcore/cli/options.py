@@ -148,6 +148,17 @@ class SnapRequest:
         return DumpLimits(self.stall_timeout, self.max_dump_time, progress)
 
 
+def one_target(pid, name_pattern, take_all, pidfile, unit) -> int:
+    """The one process a command that takes one (check, stacks, watch) is
+    about, named any way `snap` accepts."""
+    found = resolve_targets([pid] if pid else [], name_pattern, take_all, pidfile, unit)
+    if len(found) > 1:
+        raise BadInput(f"{len(found)} processes given ({', '.join(map(str, found))})",
+                       "this command takes one: give one PID or a narrower --name",
+                       stage=Stage.USAGE)
+    return found[0]
+
+
 def snap_options(command):
     """The options of a SnapRequest; the command gets them as `request`."""
     names = [f.name for f in fields(SnapRequest)]

@@ -14,7 +14,8 @@ from snapcore import units
 from snapcore.cli import render as report
 from snapcore.cli.app import cli, fail, stdout_console
 from snapcore.cli.options import (EXIT_CODES_HELP, SnapRequest, check_force, common_options,
-                                  is_size, make_options, parse_pid, snap_options)
+                                  is_size, make_options, one_target, snap_options,
+                                  target_options)
 from snapcore.cli.snap import exit_code_of, take_each
 from snapcore.core import records
 from snapcore.core.gdb import backtraces
@@ -26,6 +27,7 @@ from snapcore.units import parse_size
 
 @cli.command(epilog=EXIT_CODES_HELP)
 @click.argument("pid", metavar="[PID]", required=False)
+@target_options
 @click.option("--core", "core_file", type=click.Path(exists=True, dir_okay=False,
                                                       path_type=Path),
               help="Read an existing snapshot instead of taking one.")
@@ -33,8 +35,8 @@ from snapcore.units import parse_size
               help="The executable of --core (default: from its record).")
 @common_options
 @snap_options
-def stacks(pid, core_file, exe, output_dir, as_json, timeout, min_free, max_per_hour,
-           request: SnapRequest):
+def stacks(pid, name_pattern, take_all, pidfile, unit, core_file, exe, output_dir, as_json,
+           timeout, min_free, max_per_hour, request: SnapRequest):
     """Every thread's backtrace, like gstack, with a pause of milliseconds.
 
     Takes a snapshot of PID (kept, like any other) and prints its stacks with
@@ -46,12 +48,13 @@ def stacks(pid, core_file, exe, output_dir, as_json, timeout, min_free, max_per_
             exe = exe or _exe_from_record(core_file)
             text = backtraces(exe, core_file)
         else:
-            if pid is None:
-                raise BadInput("give a PID, or --core FILE", "see snapcore stacks --help",
-                               stage=Stage.USAGE)
+            if not (pid or name_pattern or pidfile or unit):
+                raise BadInput("give a PID (or --name, --pidfile, --unit), or --core FILE",
+                               "see snapcore stacks --help", stage=Stage.USAGE)
+            target_pid = one_target(pid, name_pattern, take_all, pidfile, unit)
             check_force(request.force)
             opts = make_options(output_dir, timeout, min_free, max_per_hour)
-            result = take_each([parse_pid(pid)], opts, request)[0]
+            result = take_each([target_pid], opts, request)[0]
             if isinstance(result, SnapcoreError):
                 raise result
             if result.core_path is None:
@@ -77,7 +80,8 @@ def _exe_from_record(core: Path) -> str:
 
 
 @cli.command(epilog=EXIT_CODES_HELP)
-@click.argument("pid", metavar="PID")
+@click.argument("pid", metavar="[PID]", required=False)
+@target_options
 @click.option("--interval", type=click.FloatRange(min=0.01), default=1.0, show_default=True,
               metavar="SECONDS", help="How often to sample the process.")
 @click.option("--for", "hold", type=click.FloatRange(min=0), default=5.0, show_default=True,
@@ -95,8 +99,9 @@ def _exe_from_record(core: Path) -> str:
               metavar="SECONDS", help="At least this long between two snapshots.")
 @common_options
 @snap_options
-def watch(pid, interval, hold, cpu, rss, threads_over, fds, count, cooldown, output_dir,
-          as_json, timeout, min_free, max_per_hour, request: SnapRequest):
+def watch(pid, name_pattern, take_all, pidfile, unit, interval, hold, cpu, rss, threads_over,
+          fds, count, cooldown, output_dir, as_json, timeout, min_free, max_per_hour,
+          request: SnapRequest):
     """Watch PID and snapshot it when a condition holds for --for seconds.
 
     Conditions: --cpu, --rss, --threads-over, --fds (any one fires). Takes at
@@ -105,7 +110,7 @@ def watch(pid, interval, hold, cpu, rss, threads_over, fds, count, cooldown, out
     """
     err = Console(stderr=True)
     try:
-        target_pid = parse_pid(pid)
+        target_pid = one_target(pid, name_pattern, take_all, pidfile, unit)
         conditions = watchmod.Conditions(cpu, None if rss is None else _size_option(rss),
                                          threads_over, fds)
         if not conditions.any():
