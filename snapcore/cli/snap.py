@@ -27,11 +27,17 @@ def dump_progress(enabled: bool):
     if not enabled or not sys.stderr.isatty():
         yield None
         return
-    columns = (TextColumn("dumping"), BarColumn(), DownloadColumn(), TimeElapsedColumn())
+    # GiB like the summary; past the estimate the kernel is still writing
+    # (notes, the last mappings): say "finishing" rather than sit at 100%.
+    columns = (TextColumn("{task.fields[phase]}"), BarColumn(),
+               DownloadColumn(binary_units=True), TimeElapsedColumn())
     with Progress(*columns, console=Console(stderr=True), transient=True) as bar:
-        task = bar.add_task("dump", total=None)
-        yield lambda written, expected: bar.update(task, completed=written,
-                                                   total=max(expected, written) or None)
+        task = bar.add_task("dump", total=None, phase="dumping")
+
+        def show(written: int, expected: int) -> None:
+            bar.update(task, completed=written, total=max(expected, written) or None,
+                       phase="finishing" if expected and written >= expected else "dumping")
+        yield show
 
 
 def take_each(pids, opts, request: SnapRequest, show_progress: bool = False,
