@@ -1,0 +1,25 @@
+#!/bin/sh
+# Install snapcore for root on a Debian or Ubuntu server.
+#
+# Its own virtualenv under /opt/snapcore: PEP 668 keeps pip out of the
+# distribution's Python (externally-managed-environment), and pip itself is
+# often absent.  The command is linked into /usr/local/bin (on root's PATH),
+# the manual page into /usr/local/share/man (on man's path).
+# PREFIX, BINDIR and MANDIR override those places.
+set -eu
+cd "$(dirname "$0")"
+PREFIX=${PREFIX:-/opt/snapcore}
+BINDIR=${BINDIR:-/usr/local/bin}
+MANDIR=${MANDIR:-/usr/local/share/man}
+
+if ! python3 -c 'import venv, ensurepip' >/dev/null 2>&1; then
+    apt-get update -q
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -q python3-venv
+fi
+python3 -m venv "$PREFIX"
+"$PREFIX/bin/python" -m pip install -q --disable-pip-version-check .
+mkdir -p "$BINDIR" "$MANDIR/man1"
+ln -sf "$PREFIX/bin/snapcore" "$BINDIR/snapcore"
+cp man/snapcore.1 "$MANDIR/man1/snapcore.1"
+chmod 0644 "$MANDIR/man1/snapcore.1"
+echo "snapcore installed: $BINDIR/snapcore, man snapcore"
