@@ -14,8 +14,7 @@ from snapcore import units
 from snapcore.cli import render as report
 from snapcore.cli.app import cli, fail, stdout_console
 from snapcore.cli.options import (EXIT_CODES_HELP, SnapRequest, check_force, common_options,
-                                  is_size, make_options, one_target, snap_options,
-                                  target_options)
+                                  is_size, make_options, one_target, snap_options, target_options)
 from snapcore.cli.snap import exit_code_of, take_each
 from snapcore.core import records
 from snapcore.core.gdb import backtraces

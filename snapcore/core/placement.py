@@ -169,10 +169,10 @@ def remove_stale_staging(bases: list[str]) -> list[str]:
         for entry in entries:
             if not entry.name.startswith(STAGING_PREFIX):
                 continue
-            owner = entry.name[len(STAGING_PREFIX):].split("-", 1)[0]
-            if owner.isdigit() and is_snapcore(int(owner)):
+            rest = entry.name[len(STAGING_PREFIX):]
+            if owner_running(rest):
                 continue
-            if not owner.isdigit() and _age(entry) < 3600:
+            if not rest.split("-", 1)[0].isdigit() and _age(entry) < 3600:
                 continue  # a name without a pid (snapcore 0.1): only once surely stale
             try:
                 shutil.rmtree(entry.path)
@@ -189,9 +189,14 @@ def _age(entry: os.DirEntry) -> float:
         return 0.0
 
 
-def is_snapcore(pid: int) -> bool:
+def owner_running(rest: str) -> bool:
+    """Whether a name snapcore gave as PREFIX + "PID-..." (`rest`: what follows
+    the prefix) belongs to a snapcore that is still running."""
+    owner = rest.split("-", 1)[0]
+    if not owner.isdigit():
+        return False
     try:
-        with open(f"/proc/{pid}/cmdline", "rb") as f:
+        with open(f"/proc/{owner}/cmdline", "rb") as f:
             return b"snapcore" in f.read()
     except OSError:
         return False

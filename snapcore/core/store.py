@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from snapcore.core.notes import read_notes
-from snapcore.core.placement import is_snapcore
+from snapcore.core.placement import owner_running
 from snapcore.errors import CoreNotWritten, OutputError, Stage
 
 # A stored core waits under this hidden name (with snapcore's pid) until its
@@ -214,8 +214,7 @@ def finish_interrupted(output_dir: Path) -> list[str]:
         own = entry.name[1:] if entry.name.startswith("." + PART_PREFIX) else entry.name
         if not own.startswith(PART_PREFIX) or "-" not in own[len(PART_PREFIX):]:
             continue
-        owner = own[len(PART_PREFIX):].split("-", 1)[0]
-        if owner.isdigit() and is_snapcore(int(owner)):
+        if owner_running(own[len(PART_PREFIX):]):
             continue
         final = final_name(own)
         record = output_dir / (final.split(".core", 1)[0] + ".json")

@@ -14,6 +14,7 @@ from snapcore.engine import estimate
 from snapcore.engine.ratelimit import RateLimiter, key_for, time_text
 from snapcore.engine.verdicts import OK, REFUSE, WARN, Options, Preflight
 from snapcore.linux import cgroups
+from snapcore.linux.procfs import read_status
 
 
 def check_core_destination(pre: Preflight) -> core_pattern.CorePattern:
@@ -173,14 +174,13 @@ def _tasks_of_user(uid: int) -> int:
             try:
                 if _real_uid(entry.name) == uid:
                     count += len(os.listdir(f"/proc/{entry.name}/task"))
-            except (OSError, StopIteration):
+            except (OSError, KeyError):
                 continue
     return count
 
 
 def _real_uid(pid: str) -> int:
-    with open(f"/proc/{pid}/status") as f:
-        return int(next(line for line in f if line.startswith("Uid:")).split()[1])
+    return int(read_status(int(pid))["Uid"].split()[0])
 
 
 def _nproc_limit(pid: int) -> int | None:

@@ -106,27 +106,6 @@ def overcommit_mode() -> int:
         return int(f.read())
 
 
-def cgroup_headroom(pid: int) -> tuple[str, int] | None:
-    """(cgroup, memory.max - memory.current) of the target's cgroup v2, or None
-    when it has no memory limit."""
-    try:
-        with open(f"/proc/{pid}/cgroup") as f:
-            path = next(line.split(":", 2)[2].strip() for line in f if line.startswith("0::"))
-    except (OSError, StopIteration):
-        return None
-    base = f"/sys/fs/cgroup{path}"
-    try:
-        with open(f"{base}/memory.max") as f:
-            limit = f.read().strip()
-        with open(f"{base}/memory.current") as f:
-            current = int(f.read())
-    except OSError:
-        return None
-    if limit == "max":
-        return None
-    return path, int(limit) - current
-
-
 def free_space(path: str) -> tuple[int, int]:
     """Bytes available to an unprivileged writer, and the filesystem's size."""
     st = os.statvfs(path)

@@ -41,9 +41,8 @@ NR = {
 # (include/linux/errno.h).
 ERESTARTNOINTR = -513
 
-# struct kernel_sigaction as rt_sigaction takes it: handler, flags, restorer,
-# mask (all zero: SIG_DFL); the mask is the kernel's sigset_t.
-KERNEL_SIGACTION_SIZE = 32
+# rt_sigaction's sigsetsize: the kernel's sigset_t (struct kernel_sigaction
+# is handler, flags, restorer, mask; all zero is SIG_DFL).
 KERNEL_SIGSET_SIZE = 8
 
 # ELF core notes (include/uapi/linux/elf.h) and where pr_pid sits in them.

@@ -1,7 +1,7 @@
 """Run one syscall inside a stopped thread, and give the thread back untouched.
 
 No code is written into the target: the thread jumps to an existing
-`syscall` instruction (see target.find_syscall_instruction) with the number
+`syscall` instruction (see procfs.syscall_instructions) with the number
 and arguments in its registers, and is stepped with PTRACE_SYSCALL stops.
 """
 

@@ -245,10 +245,6 @@ def syscall_instructions(pid: int) -> list[int]:
                       stage=Stage.PREFLIGHT)
 
 
-def find_syscall_instruction(pid: int) -> int:
-    return syscall_instructions(pid)[0]
-
-
 def is_syscall_instruction(pid: int, at: int) -> bool:
     """Whether `at` still holds `syscall` in the target (checked at each use)."""
     try:

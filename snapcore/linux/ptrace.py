@@ -19,7 +19,7 @@ from ptrace.binding.func import ptrace as _raw_ptrace
 from ptrace.binding.linux_struct import user_regs_struct
 
 from snapcore.errors import AlreadyTraced, InternalError, NoSuchProcess, PermissionDenied
-from snapcore.linux import arch
+from snapcore.linux import arch, procfs
 
 PTRACE_CONT = 7
 PTRACE_DETACH = 17
@@ -79,31 +79,16 @@ def seize(tid: int, options: int = 0) -> None:
     try:
         _call(PTRACE_SEIZE, tid, 0, options, "seize")
     except PermissionDenied:
-        tracer = _tracer_of(tid)
+        try:
+            tracer = int(procfs.read_status(tid).get("TracerPid", "0"))
+        except OSError:
+            tracer = 0
         if tracer:
             raise AlreadyTraced(f"thread {tid} is already traced by {tracer} "
-                                f"({_comm(tracer)})", "busy: wait until that tracer is "
+                                f"({procfs.thread_name(tracer, tracer) or '?'})",
+                                "busy: wait until that tracer is "
                                 "done (another snapcore, gdb or strace)", pid=tid) from None
         raise
-
-
-def _tracer_of(tid: int) -> int:
-    try:
-        with open(f"/proc/{tid}/status") as f:
-            for line in f:
-                if line.startswith("TracerPid:"):
-                    return int(line.split()[1])
-    except OSError:
-        pass
-    return 0
-
-
-def _comm(pid: int) -> str:
-    try:
-        with open(f"/proc/{pid}/comm") as f:
-            return f.read().strip()
-    except OSError:
-        return "?"
 
 
 def interrupt(tid: int) -> None:

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import time
 
-from snapcore.errors import NoSuchProcess, Stage, Unsupported
+from snapcore.errors import NoSuchProcess, Stage, StopTimeout, Unsupported
 from snapcore.linux import ptrace, stops
 from snapcore.linux.inject import SEIZE_OPTIONS, HeldThread, TargetReplaced, wait_for_interrupt_stop
 from snapcore.linux.procfs import task_ids
@@ -40,22 +40,30 @@ def capture(pid: int, tids: list[int], held: dict[int, HeldThread], deadline: fl
                     ptrace.interrupt(tid)
                 except NoSuchProcess:
                     pass  # exiting: the wait below collects it
+        # Every thread interrupted is waited for, even after one fails: a
+        # thread left seized and interrupted would stop, and stay stopped, as
+        # soon as it reached its interrupt stop.
+        error = None
         for tid in tids:
             if tid not in held:
                 continue
             try:
                 wait_for_interrupt_stop(tid, deadline)
                 held[tid].stopped = True
-            except TargetReplaced:
+            except TargetReplaced as exc:
                 held[tid].stopped = True  # in its exec event stop: detach it
-                raise
+                error = error or exc
             except NoSuchProcess:
                 del held[tid]
-            except Unsupported:
+            except Unsupported as exc:
                 # In a group-stop (someone sent SIGSTOP): detaching leaves it
                 # stopped, as the kernel re-enters the group-stop.
                 held[tid].stopped = True
-                raise
+                error = error or exc
+            except StopTimeout as exc:
+                error = error or exc  # still running (D): released when snapcore exits
+        if error is not None:
+            raise error
         if not all_threads:
             return
         try:
