@@ -45,36 +45,34 @@ def identity_check(pre: preflight.Preflight, pidfd: int, stage: Stage):
 
 
 def reap_adopted(pre: preflight.Preflight, pidfd: int, ns_pid: int, guard,
-                  stop_timeout: float, notes: list[str]) -> float:
+                 stop_timeout: float, notes: list[str]) -> float:
     """Reap a child made with CLONE_PARENT (see fork.py) from inside the
     target: the one case where snapcore stops the target a second time.  The
     same identity checks as the first window: a target that exec'd, exited,
     is stopped or traced by someone else meanwhile is left alone, and the
-    child stays a zombie that only __WALL waits can see."""
+    child stays a zombie that only __WALL waits can see.
+
+    One attempt, with three times the stop timeout: a thread that did not stop
+    stays seized until snapcore exits, so a second attempt could only fail."""
     pid = pre.target.pid
-    for attempt in range(3):
-        try:
-            result, pause = run_in_target(pid, pre.syscall_at, arch.NR["wait4"], ns_pid, 0,
-                                          forkmod.REAP_OPTIONS, 0, timeout=stop_timeout,
-                                          check=identity_check(pre, pidfd, Stage.REAP),
-                                          guard=guard)
-        except TargetReplaced as exc:
-            notes.append(f"the snapshot child {ns_pid} was not reaped: {exc.message}; it "
-                         "stays a zombie that only __WALL waits see")
-            return 0.0
-        except NoSuchProcess:
-            return 0.0  # the target is gone, and its namespace with the child
-        except StopTimeout:
-            if attempt < 2:
-                continue
-            notes.append(f"the snapshot child {ns_pid} was not reaped: the target did not "
-                         "stop; it stays a zombie that only __WALL waits see")
-            return 0.0
-        except SnapcoreError as exc:
-            notes.append(f"the snapshot child {ns_pid} was not reaped ({exc.message}); it "
-                         "stays a zombie that only __WALL waits see")
-            return 0.0
-        if result != ns_pid:
-            notes.append(f"wait4 in the target for the snapshot child returned {result}")
-        return pause
-    return 0.0
+    left = "it stays a zombie that only __WALL waits see"
+    try:
+        result, pause = run_in_target(pid, pre.syscall_at, arch.NR["wait4"], ns_pid, 0,
+                                      forkmod.REAP_OPTIONS, 0, timeout=3 * stop_timeout,
+                                      check=identity_check(pre, pidfd, Stage.REAP),
+                                      guard=guard)
+    except TargetReplaced as exc:
+        notes.append(f"the snapshot child {ns_pid} was not reaped: {exc.message}; {left}")
+        return 0.0
+    except NoSuchProcess:
+        return 0.0  # the target is gone, and its namespace with the child
+    except StopTimeout:
+        notes.append(f"the snapshot child {ns_pid} was not reaped: the target did not "
+                     f"stop; {left}")
+        return 0.0
+    except SnapcoreError as exc:
+        notes.append(f"the snapshot child {ns_pid} was not reaped ({exc.message}); {left}")
+        return 0.0
+    if result != ns_pid:
+        notes.append(f"wait4 in the target for the snapshot child returned {result}")
+    return pause
