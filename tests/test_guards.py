@@ -19,7 +19,8 @@ from pathlib import Path
 import pytest
 
 from snapcore.engine import preflight
-from snapcore.engine.ratelimit import RateLimiter
+from snapcore.engine.ratelimit import RateLimiter, program
+from snapcore.linux import procfs
 from snapcore.engine.snapshot import take
 from snapcore.errors import ExitCode, SnapcoreError
 
@@ -166,10 +167,54 @@ def test_rate_limit_refuses_with_the_next_allowed_time(start_victim, out_dir):
     victim.assert_unharmed()
 
 
+def test_rate_limit_counts_each_program_not_each_executable(start_victim, out_dir):
+    # Same executable, different command lines: two programs (two Python
+    # services are not one), each named by its command line.
+    first, second = start_victim("read"), start_victim("read")
+    code, doc = snap_json("--max-per-hour", "1", "-o", str(out_dir), str(first.pid))
+    assert code == 0 and doc["target"]["program"] == " ".join(
+        Path(f"/proc/{first.pid}/cmdline").read_text().rstrip("\0").split("\0"))
+    code, doc = snap_json("--max-per-hour", "1", "-o", str(out_dir), str(second.pid))
+    assert code == 0, doc
+    code, doc = snap_json("--max-per-hour", "1", "-o", str(out_dir), str(first.pid))
+    assert code == ExitCode.RATE_LIMITED, doc
+    first.assert_unharmed()
+    second.assert_unharmed()
+
+
+UNIT_CGROUP = Path("/sys/fs/cgroup/systemd/system.slice/snapcore-test.service")
+
+
+def test_rate_limit_counts_a_service_by_its_unit_across_restarts(start_victim, out_dir):
+    # systemd puts each service in a cgroup named after its unit; a restarted
+    # service (a new pid, another command line) is still the same program.
+    made_slice = not UNIT_CGROUP.parent.exists()
+    UNIT_CGROUP.mkdir(parents=True)
+    try:
+        before, after = start_victim("read"), start_victim("sleep")
+        for victim in (before, after):
+            (UNIT_CGROUP / "cgroup.procs").write_text(str(victim.pid))
+        code, doc = snap_json("--max-per-hour", "1", "-o", str(out_dir), str(before.pid))
+        assert code == 0 and doc["target"]["program"] == "snapcore-test.service", doc
+        record = json.loads(Path(doc["core"]["record"]).read_text())
+        assert record["target"]["program"] == "snapcore-test.service"
+        proc = run_snapcore("--max-per-hour", "1", "-o", str(out_dir), str(after.pid))
+        assert proc.returncode == ExitCode.RATE_LIMITED, proc.stderr
+        assert "1 snapshots of snapcore-test.service in the last hour" in proc.stderr
+        before.assert_unharmed()
+        after.assert_unharmed()
+    finally:
+        for pid in (UNIT_CGROUP / "cgroup.procs").read_text().split():
+            UNIT_CGROUP.parent.parent.joinpath("cgroup.procs").write_text(pid)
+        UNIT_CGROUP.rmdir()
+        if made_slice:
+            UNIT_CGROUP.parent.rmdir()
+
+
 def test_one_snapshot_at_a_time_per_target(start_victim, out_dir):
     victim = start_victim("sleep")
     limiter = RateLimiter(out_dir, 4)
-    with limiter.exclusive(os.readlink(f"/proc/{victim.pid}/exe"), victim.pid):
+    with limiter.exclusive(program(procfs.read(victim.pid)), victim.pid):
         proc = run_snapcore("-o", str(out_dir), str(victim.pid))
     assert proc.returncode == ExitCode.BUSY and "another snapcore" in proc.stderr
     victim.assert_unharmed()

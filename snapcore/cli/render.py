@@ -22,7 +22,8 @@ def snapshot_dict(snap: Snapshot) -> dict:
     pattern = snap.core_pattern
     doc = {
         "ok": True,
-        "target": {"pid": t.pid, "name": t.name, "exe": t.exe, "uid": t.uid},
+        "target": {"pid": t.pid, "name": t.name, "exe": t.exe, "uid": t.uid,
+                   "program": snap.program},
         "core": ({"path": str(snap.core_path), "size": snap.core_size,
                   "record": str(snap.sidecar_path) if snap.sidecar_path else None}
                  if snap.core_path else None),

@@ -62,6 +62,7 @@ def write_sidecar(snap, reason: str = "") -> Path:
             "pid": t.pid, "name": t.name, "exe": t.exe, "cmdline": command_line(t.cmdline),
             "build_id": elf.build_id(t.exe) if t.exe else None,
             "started_at": _iso(started_at(t.start_time)), "user": user, "uid": t.uid,
+            "program": snap.program,
         },
         "threads": snap.thread_map,
         "pause_ms": round(snap.pause["pause"] * 1000, 3),

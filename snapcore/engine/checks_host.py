@@ -11,7 +11,7 @@ from pathlib import Path
 from snapcore import units
 from snapcore.core import core_pattern, placement
 from snapcore.engine import estimate
-from snapcore.engine.ratelimit import RateLimiter, key_for, time_text
+from snapcore.engine.ratelimit import RateLimiter, label, program, time_text
 from snapcore.engine.verdicts import OK, REFUSE, WARN, Options, Preflight
 from snapcore.linux import cgroups
 from snapcore.linux.procfs import read_status
@@ -225,7 +225,7 @@ def check_rate(pre: Preflight, opts: Options) -> None:
     if opts.max_per_hour <= 0:
         pre.add("rate-limit", OK, "no limit")
         return
-    key = key_for(t.exe, t.pid)
+    key = program(t)
     try:
         when = limiter.next_allowed(key)
         taken = len(limiter.recent(key))
@@ -237,9 +237,9 @@ def check_rate(pre: Preflight, opts: Options) -> None:
                 "fix or remove .snapcore/state.json in the output directory")
         return
     if when is not None:
-        pre.add("rate-limit", REFUSE, f"{taken} snapshots of {key} in the last hour "
+        pre.add("rate-limit", REFUSE, f"{taken} snapshots of {label(key)} in the last hour "
                 f"(at most {opts.max_per_hour} an hour); next allowed at {time_text(when)}",
                 "wait, or allow more an hour", setting="max_per_hour")
     else:
-        pre.add("rate-limit", OK, f"{taken} of {opts.max_per_hour} snapshots of {key} "
+        pre.add("rate-limit", OK, f"{taken} of {opts.max_per_hour} snapshots of {label(key)} "
                 "in the last hour")

@@ -31,6 +31,7 @@ class Snapshot:
     # MADV_DONTFORK regions (absent from the child, so from the core) and
     # MADV_WIPEONFORK ones (zeros in the core): {"start", "end", "kind"}
     regions_missing: list[dict] = field(default_factory=list)
+    program: str = ""  # what the rate limit counts it as (ratelimit.program)
 
     @property
     def pause_ms(self) -> float:

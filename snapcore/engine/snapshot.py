@@ -16,7 +16,7 @@ from pathlib import Path
 from snapcore.core import placement, records, store
 from snapcore.core.compress import compress
 from snapcore.engine import preflight, sequence
-from snapcore.engine.ratelimit import RateLimiter, key_for
+from snapcore.engine.ratelimit import RateLimiter, program
 from snapcore.engine.result import DumpLimits, Snapshot
 from snapcore.errors import NoSuchProcess, OutputError, SnapcoreError, Stage
 from snapcore.linux import stops
@@ -49,7 +49,7 @@ def _take_exclusive(pid: int, opts: preflight.Options, *, threads: str,
     target = pre.target
     output_dir = placement.prepare_output_dir(opts.output_dir)
     limiter = RateLimiter(output_dir, opts.max_per_hour, opts.clock)
-    key = key_for(target.exe, pid)
+    key = program(target)
     with limiter.exclusive(key, pid):
         root = placement.target_root(pid)
         placement.remove_stale_staging(placement.staging_bases(output_dir, root))
@@ -70,6 +70,7 @@ def _take_exclusive(pid: int, opts: preflight.Options, *, threads: str,
                 placement.remove_staging(staging)
         limiter.record(key)
     snap.checks = pre.as_dicts()
+    snap.program = key
     snap.core_estimate = pre.core_estimate
     snap.regions_missing = pre.regions_missing
     if snap.core_path is not None:

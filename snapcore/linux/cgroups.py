@@ -28,6 +28,23 @@ def paths(pid: int) -> dict[str, str]:
     return found
 
 
+def systemd_unit(pid: int) -> str | None:
+    """The systemd service the process runs in (`redis-server.service`), from
+    the path systemd gives each unit's cgroup (v2, or v1's name=systemd
+    hierarchy): the innermost `*.service` component.  None outside one."""
+    try:
+        with open(f"/proc/{pid}/cgroup") as f:
+            lines = [line.rstrip("\n").split(":", 2) for line in f]
+    except OSError:
+        return None
+    for _n, controllers, path in sorted(lines, key=lambda l: l[1] != "name=systemd"):
+        if controllers in ("", "name=systemd"):
+            units = [part for part in path.split("/") if part.endswith(".service")]
+            if units:
+                return units[-1]
+    return None
+
+
 def _read(path: str) -> str | None:
     try:
         with open(path) as f:
