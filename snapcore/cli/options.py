@@ -11,9 +11,9 @@ from pathlib import Path
 
 import click
 
-from snapcore.cli import selection as targets
+from snapcore.cli import complete
 from snapcore.core.placement import default_output_dir
-from snapcore.engine import preflight
+from snapcore.engine import verdicts
 from snapcore.engine.result import THREAD_MODES, DumpLimits
 from snapcore.errors import BadInput, Stage
 from snapcore.units import parse_size
@@ -31,6 +31,7 @@ Exit codes:
   5  busy (already traced)  12  rate limit reached
   6  target not supported   13  too near its task limits
   7  target did not stop    14  gdb missing or failed
+                            15  watch: process ended, nothing fired
                            130  interrupted (target released)"""
 
 
@@ -74,11 +75,11 @@ def common_options(command):
     return command
 
 
-def make_options(output_dir, timeout, min_free, max_per_hour) -> preflight.Options:
+def make_options(output_dir, timeout, min_free, max_per_hour) -> verdicts.Options:
     if not (min_free.strip().endswith("%") or is_size(min_free)):
         raise BadInput(f"invalid --min-free {min_free!r}", "give a size (2G) or a "
                        "percentage of the filesystem (10%)", stage=Stage.USAGE)
-    return preflight.Options(output_dir=output_dir or default_output_dir(),
+    return verdicts.Options(output_dir=output_dir or default_output_dir(),
                              min_free=min_free, max_per_hour=max_per_hour, timeout=timeout)
 
 
@@ -92,19 +93,28 @@ def is_size(text: str) -> bool:
 
 def check_force(names: tuple[str, ...]) -> None:
     for name in names:
-        if name not in preflight.CHECKS:
+        if name not in verdicts.CHECKS:
             raise BadInput(f"--force {name}: no such check",
-                           f"checks: {', '.join(preflight.CHECKS)}", stage=Stage.USAGE)
-        if name not in preflight.FORCEABLE:
+                           f"checks: {', '.join(verdicts.CHECKS)}", stage=Stage.USAGE)
+        if name not in verdicts.FORCEABLE:
             raise BadInput(f"--force {name}: this check cannot be overridden",
-                           f"only these can: {', '.join(preflight.FORCEABLE)}",
+                           f"only these can: {', '.join(verdicts.FORCEABLE)}",
                            stage=Stage.USAGE)
+
+
+def pid_argument(many: bool = False):
+    """PID (or PID... for snap), completed with the running processes."""
+    if many:
+        return click.argument("pids", metavar="[PID]...", nargs=-1,
+                              shell_complete=complete.pids)
+    return click.argument("pid", metavar="[PID]", required=False, shell_complete=complete.pids)
 
 
 def target_options(command):
     """Ways to name the processes to snapshot, besides pids."""
     for option in reversed([
         click.option("--name", "name_pattern", metavar="PATTERN",
+                     shell_complete=complete.process_names,
                      help="Processes whose name or command line matches this regular "
                           "expression (like pgrep); several matches are refused unless "
                           "--all."),
@@ -120,6 +130,7 @@ def target_options(command):
 
 
 def resolve_targets(pids, name_pattern, take_all, pidfile, unit) -> list[int]:
+    from snapcore.cli import selection as targets  # psutil: only when a name is given
     found = [parse_pid(p) for p in pids]
     if name_pattern:
         found += targets.by_name(name_pattern, take_all)
@@ -191,8 +202,9 @@ def snap_options(command):
                      help="Kill the dump and fail if it lasts longer than this. 0: no "
                           "limit."),
         click.option("--force", "force", multiple=True, metavar="CHECK",
+                     shell_complete=complete.check_names,
                      help="Go ahead although this check refuses (repeatable; see "
-                          "`snapcore check`). Only " + ", ".join(preflight.FORCEABLE)
+                          "`snapcore check`). Only " + ", ".join(verdicts.FORCEABLE)
                           + " can be forced."),
         click.option("--reason", default="", metavar="TEXT",
                      help="Why the snapshot is taken (an incident id), kept in its record."),

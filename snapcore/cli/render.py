@@ -1,16 +1,41 @@
-"""Render snapshots and errors: rich for people, one JSON document for scripts."""
+"""Render snapshots and errors: rich for people, one JSON document for scripts.
+
+rich is imported only where something is drawn with it: `snapcore --help`,
+shell completion and the start of a snapshot (until the target is released)
+need none of it, and it takes tens of milliseconds to load.
+"""
 
 from __future__ import annotations
 
 import json
+import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from rich.console import Console
-from rich.table import Table
-
-from snapcore.engine.result import Snapshot
 from snapcore.errors import SnapcoreError
 from snapcore.units import human
+
+if TYPE_CHECKING:
+    from rich.console import Console
+
+    from snapcore.engine.result import Snapshot
+
+
+def stdout_console() -> Console:
+    """Rich on stdout; piped output gets wide lines rather than wrapped tables."""
+    from rich.console import Console
+    return Console(soft_wrap=True, width=None if sys.stdout.isatty() else 200)
+
+
+def stderr_console() -> Console:
+    from rich.console import Console
+    return Console(stderr=True)
+
+
+def say(text: str) -> None:
+    """One plain line on stderr, exactly as given (no markup, no wrapping)."""
+    sys.stderr.write(text + "\n")
+    sys.stderr.flush()
 
 
 def _ms(seconds: float) -> float:
@@ -151,6 +176,7 @@ def check_dict(result) -> dict:
 
 
 def print_checks(result, console: Console) -> None:
+    from rich.table import Table
     t = result.target
     table = Table(title=f"snapcore check {t.pid} ({t.name})", title_justify="left")
     for column in ("check", "verdict", "reason", "fix"):
@@ -189,6 +215,7 @@ def print_records(found, console: Console) -> None:
     if not found:
         console.print("no snapshots", highlight=False)
         return
+    from rich.table import Table
     table = Table()
     for column in ("taken (UTC)", "target", "pid", "size", "threads", "zst", "reason", "core"):
         table.add_column(column, overflow="fold")
@@ -199,6 +226,34 @@ def print_records(found, console: Console) -> None:
                       "yes" if r["compressed"] else "", _plain(r["reason"]),
                       _plain(Path(r["core"]).name if r["core"] else "(missing)"))
     console.print(table)
+
+
+def print_info(record, console: Console) -> None:
+    """A snapshot's record, a `key  value` line each, and its threads by name."""
+    d = record.data
+    t, core = d.get("target", {}), d.get("core", {})
+    threads = d.get("threads", [])
+    names: dict[str, int] = {}
+    for thread in threads:
+        names[thread.get("name") or "?"] = names.get(thread.get("name") or "?", 0) + 1
+    shown = ", ".join(f"{n} x{c}" if c > 1 else n for n, c in list(names.items())[:12])
+    rows = [
+        ("core", str(record.core) if record.core else f"(missing: {core.get('file')})"),
+        ("record", str(record.sidecar)),
+        ("taken", d.get("taken_at", "?")),
+        ("reason", d.get("reason") or "-"),
+        ("target", f"{t.get('name')} (pid {t.get('pid')}) {t.get('exe')}"),
+        ("command", " ".join(t.get("cmdline") or [])),
+        ("program", t.get("program") or "-"),
+        ("build-id", t.get("build_id") or "-"),
+        ("user", f"{t.get('user')} (uid {t.get('uid')})"),
+        ("size", human(core.get("size", 0)) + (" (zstd)" if core.get("compressed") else "")),
+        ("paused", f"{d.get('pause_ms')} ms; dump took {d.get('dump_seconds')} s"),
+        ("threads", f"{len(threads)}: {shown}" + (", ..." if len(names) > 12 else "")),
+        ("host", f"{d.get('hostname')}, kernel {d.get('kernel')}"),
+    ] + [("note", note) for note in d.get("notes", [])]
+    for key, value in rows:
+        console.print(f"{key:<9} {value}", markup=False, highlight=False)
 
 
 PLAIN_COLUMNS = ("taken_at", "name", "pid", "size", "threads", "compressed", "reason", "core")
@@ -215,6 +270,10 @@ def print_records_plain(found) -> None:
                         for c in PLAIN_COLUMNS))
 
 
-def print_error(err: SnapcoreError, console: Console) -> None:
-    console.print(f"snapcore: error: {error_line(err)}", markup=False, highlight=False,
-                  soft_wrap=True)
+def print_error(err: SnapcoreError, console: Console | None = None) -> None:
+    """One line, whole: the reason and its fix (not wrapped, so grep finds it)."""
+    if console is None:
+        say(f"snapcore: error: {error_line(err)}")
+    else:
+        console.print(f"snapcore: error: {error_line(err)}", markup=False, highlight=False,
+                      soft_wrap=True)

@@ -97,7 +97,7 @@ class Record:
     @property
     def target_key(self) -> str:
         t = self.data.get("target", {})
-        return t.get("exe") or t.get("name", "?")
+        return t.get("program") or t.get("exe") or t.get("name", "?")
 
     @property
     def size(self) -> int:
@@ -128,11 +128,15 @@ def records(directory: Path) -> list[Record]:
 
 
 def select(found: list[Record], name: str | None = None,
-           since: float | None = None) -> list[Record]:
+           since: float | None = None, pid: int | None = None) -> list[Record]:
+    """The records of programs whose name, executable or program (ratelimit)
+    contains `name`, of process `pid`, taken since `since`."""
     out = []
     for r in found:
         t = r.data.get("target", {})
-        if name and name not in t.get("name", "") and name not in t.get("exe", ""):
+        if name and not any(name in (t.get(key) or "") for key in ("name", "exe", "program")):
+            continue
+        if pid is not None and t.get("pid") != pid:
             continue
         if since is not None and r.taken_at < since:
             continue

@@ -6,8 +6,10 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from snapcore.linux.procfs import Target
+if TYPE_CHECKING:  # the command layer imports this module for THREAD_MODES alone
+    from snapcore.linux.procfs import Target
 
 
 @dataclass

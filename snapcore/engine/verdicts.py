@@ -8,9 +8,11 @@ from __future__ import annotations
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from snapcore.errors import ExitCode, SnapcoreError, Stage
-from snapcore.linux.procfs import Target
+if TYPE_CHECKING:  # the command layer imports this module for the check names alone
+    from snapcore.linux.procfs import Target
 
 OK, WARN, REFUSE = "ok", "warn", "refuse"
 
