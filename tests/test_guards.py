@@ -404,3 +404,20 @@ def test_target_exiting_at_any_moment(victim_exe, tmp_path, out_dir):
                                               capture_output=True, text=True).stdout
               .splitlines() if line.startswith(("t", "T"))]
     assert traced == []
+
+
+def test_core_estimate_is_what_the_core_takes_on_disk_and_with_holes(start_victim, out_dir):
+    """A reserve touched in a few pages is holes; a private file mapping once
+    written is dumped whole, read in from its file: the disk check needs the
+    second, `ls -l` shows the first."""
+    victim = start_victim("sparse")
+    code, doc = snap_json("-o", str(out_dir), str(victim.pid))
+    assert code == 0, doc
+    core = Path(doc["core"]["path"]).stat()
+    allocated, apparent = core.st_blocks * 512, core.st_size
+    assert apparent > 8 << 30 and allocated < 256 << 20
+    assert doc["core"]["allocated"] == allocated and doc["core"]["size"] == apparent
+    assert allocated >= 32 << 20  # the file mapping, whole
+    assert 0.8 * allocated <= doc["core_estimate"] <= 1.25 * allocated + (1 << 20), doc
+    assert 0.95 * apparent <= doc["core_estimate_apparent"] <= 1.05 * apparent, doc
+    victim.assert_unharmed()

@@ -50,6 +50,7 @@ def snapshot_dict(snap: Snapshot) -> dict:
         "target": {"pid": t.pid, "name": t.name, "exe": t.exe, "uid": t.uid,
                    "program": snap.program},
         "core": ({"path": str(snap.core_path), "size": snap.core_size,
+                  "allocated": snap.core_allocated,
                   "record": str(snap.sidecar_path) if snap.sidecar_path else None}
                  if snap.core_path else None),
         "pause_ms": _ms(snap.pause["pause"]),
@@ -66,6 +67,7 @@ def snapshot_dict(snap: Snapshot) -> dict:
         "core_pattern": {"kind": pattern.kind, "pattern": pattern.pattern},
         "taken_at": snap.taken_at.isoformat().replace("+00:00", "Z"),
         "core_estimate": snap.core_estimate,
+        "core_estimate_apparent": snap.core_apparent,
         "notes": snap.notes,
         "regions_missing": snap.regions_missing,
         "checks": snap.checks,
@@ -101,7 +103,10 @@ def print_snapshot(snap: Snapshot, verbose: bool, console: Console) -> None:
     rows += [("paused", pause), ("dumped", f"{snap.dump_seconds:.2f} s at idle priority"),
              ("threads", str(snap.threads))]
     if snap.core_path:
-        rows += [("size", human(snap.core_size)), ("core", str(snap.core_path))]
+        size = human(snap.core_size)
+        if snap.core_allocated < snap.core_size * 0.9:  # sparse: say what it takes
+            size += f" ({human(snap.core_allocated)} on disk)"
+        rows += [("size", size), ("core", str(snap.core_path))]
     else:
         rows.append(("core", f"handed to {snap.core_pattern.handler} by core_pattern: "
                              f"{pipe_lookup(snap)}"))
@@ -168,6 +173,7 @@ def check_dict(result) -> dict:
         "would_snapshot": not refusals,
         "exit_code": int(refusals[0].exit_code) if refusals else 0,
         "core_estimate": result.core_estimate,
+        "core_estimate_apparent": result.core_apparent,
         "checks": [dict(c, fix=with_flags(c["fix"], c["setting"],
                                           c["name"] if c["verdict"] == "refuse"
                                           and c["forceable"] else ""))

@@ -68,6 +68,7 @@ def write_sidecar(snap, reason: str = "") -> Path:
         "pause_ms": round(snap.pause["pause"] * 1000, 3),
         "dump_seconds": round(snap.dump_seconds, 3),
         "core": {"file": snap.core_path.name, "size": snap.core_size,
+                 "allocated": snap.core_allocated,
                  "compressed": snap.core_path.name.endswith(".zst")},
         "regions_missing": snap.regions_missing,
         "notes": snap.notes,

@@ -94,8 +94,9 @@ def check_disk(pre: Preflight, opts: Options, maps, pattern: core_pattern.CorePa
     if not maps:
         pre.add("disk", OK, "not estimated")
         return
-    size = estimate.core_size(maps, estimate.coredump_filter(t.pid), len(t.threads))
-    pre.core_estimate = size
+    sizes = estimate.core_size(maps, estimate.coredump_filter(t.pid), len(t.threads))
+    pre.core_estimate, pre.core_apparent = sizes.allocated, sizes.apparent
+    size = sizes.allocated  # what the disk must hold: holes take nothing
     out = _existing_ancestor(Path(opts.output_dir).absolute())
     places = {str(out)}
     root = placement.target_root(t.pid)
@@ -120,7 +121,8 @@ def check_disk(pre: Preflight, opts: Options, maps, pattern: core_pattern.CorePa
                     "free space, choose another output directory, or keep less in reserve",
                     setting="min_free")
             return
-    pre.add("disk", OK, f"core about {units.human(size)}; room in "
+    pre.add("disk", OK, f"core about {units.human(size)} on disk "
+            f"({units.human(sizes.apparent)} with its holes); room in "
             f"{', '.join(sorted(places))}")
 
 

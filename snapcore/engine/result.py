@@ -29,7 +29,9 @@ class Snapshot:
     checks: list[dict] = field(default_factory=list)  # the preflight's verdicts
     escalated_after: float | None = None  # seconds into a stalled dump, if raised
     sidecar_path: Path | None = None  # the record beside the core
-    core_estimate: int = 0  # what the preflight expected the core to weigh
+    core_estimate: int = 0  # what the preflight expected the core to take on disk
+    core_apparent: int = 0  # and its size with holes
+    core_allocated: int = 0  # what the stored core takes on disk (core_size: with holes)
     # MADV_DONTFORK regions (absent from the child, so from the core) and
     # MADV_WIPEONFORK ones (zeros in the core): {"start", "end", "kind"}
     regions_missing: list[dict] = field(default_factory=list)

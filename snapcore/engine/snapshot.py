@@ -71,7 +71,7 @@ def _take_exclusive(pid: int, opts: preflight.Options, *, threads: str,
         limiter.record(key)
     snap.checks = pre.as_dicts()
     snap.program = key
-    snap.core_estimate = pre.core_estimate
+    snap.core_estimate, snap.core_apparent = pre.core_estimate, pre.core_apparent
     snap.regions_missing = pre.regions_missing
     if snap.core_path is not None:
         _publish(snap, output_dir, reason, compressed)
@@ -89,7 +89,8 @@ def _publish(snap: Snapshot, output_dir: Path, reason: str, compressed: bool) ->
         except OutputError as exc:
             snap.notes.append(f"not compressed: {exc.one_line()}")
     snap.core_path = output_dir / store.final_name(partial.name)
-    snap.core_size = partial.stat().st_size
+    stat = partial.stat()
+    snap.core_size, snap.core_allocated = stat.st_size, stat.st_blocks * 512
     snap.sidecar_path = records.write_sidecar(snap, reason)
     store.publish(partial, snap.core_path)
 

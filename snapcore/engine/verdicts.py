@@ -67,7 +67,8 @@ class Options:
 class Preflight:
     target: Target
     checks: list[Check] = field(default_factory=list)
-    core_estimate: int = 0
+    core_estimate: int = 0  # bytes on disk (allocated)
+    core_apparent: int = 0  # the file's size, holes included
     core_pattern: core_pattern.CorePattern | None = None
     syscall_at: int = 0  # the `syscall` instruction injections will use
     filters: list = field(default_factory=list)  # the target's seccomp filters, parsed
