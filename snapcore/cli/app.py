@@ -117,11 +117,13 @@ def main(argv=None):
         sys.exit(ExitCode.USAGE)
     as_json = "--json" in args
     try:
-        cli.main(args=args, prog_name="snapcore", standalone_mode=False)
+        # Not cli.main(): it would answer a Ctrl-C with an empty line first.
+        with cli.make_context("snapcore", args) as ctx:
+            cli.invoke(ctx)
     except click.UsageError as exc:
         fail(BadInput(exc.format_message().rstrip("."), "see snapcore --help",
                       stage=Stage.USAGE), as_json)
-    except click.exceptions.Abort:  # Ctrl-C outside the engine: nothing was touched
+    except (KeyboardInterrupt, click.exceptions.Abort):  # outside the engine: untouched
         fail(Interrupted("interrupted", "the target was not touched",
                          stage=Stage.INTERRUPT), as_json)
     except click.exceptions.Exit as exc:

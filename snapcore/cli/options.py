@@ -149,14 +149,14 @@ class SnapRequest:
     """How to take a snapshot: the options `snap`, `stacks` and `watch` share."""
 
     threads: str = "all"
-    stall_timeout: float = 10.0
+    dump_deadline: float = 30.0
     max_dump_time: float = 0.0
     force: tuple[str, ...] = ()
     reason: str = ""
     compressed: bool = False
 
     def limits(self, progress=None) -> DumpLimits:
-        return DumpLimits(self.stall_timeout, self.max_dump_time, progress)
+        return DumpLimits(self.dump_deadline, self.max_dump_time, progress)
 
 
 def one_target(pid, name_pattern, take_all, pidfile, unit) -> int:
@@ -191,12 +191,12 @@ def snap_options(command):
                           "microseconds per thread). main: only the main thread is held "
                           "and dumped (the shortest pause; other threads show without "
                           "registers)."),
-        click.option("--stall-timeout", type=click.FloatRange(min=0), default=10.0,
+        click.option("--dump-deadline", type=click.FloatRange(min=0), default=30.0,
                      show_default=True, metavar="SECONDS",
-                     help="If the core has not grown by 1 MiB for this long (an "
-                          "idle-priority dump "
-                          "starved by busy CPUs, while the target pays for copy-on-write), "
-                          "raise the dump to normal priority at nice 19. 0: never."),
+                     help="Have the core by then: the dump runs at idle priority, and "
+                          "when it would end later on a busy machine (the target pays "
+                          "for copy-on-write meanwhile) it is stepped up, never above "
+                          "the target's own priority. 0: always idle."),
         click.option("--max-dump-time", type=click.FloatRange(min=0), default=0.0,
                      show_default=True, metavar="SECONDS",
                      help="Kill the dump and fail if it lasts longer than this. 0: no "

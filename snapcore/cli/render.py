@@ -59,8 +59,7 @@ def snapshot_dict(snap: Snapshot) -> dict:
                            "release": _ms(snap.pause["release"])},
         "reap_pause_ms": _ms(snap.reap_pause),
         "dump_seconds": round(snap.dump_seconds, 3),
-        "escalated_after_s": (None if snap.escalated_after is None
-                              else round(snap.escalated_after, 3)),
+        "priority_steps": snap.priority_steps,
         "threads": snap.threads,
         "thread_map": snap.thread_map,
         "child_pid": snap.child_pid,
@@ -100,8 +99,14 @@ def print_snapshot(snap: Snapshot, verbose: bool, console: Console) -> None:
         p = snap.pause
         pause += (f"  (capture {_ms(p['capture']):.3f}, fork {_ms(p['syscall']):.3f}, "
                   f"release {_ms(p['release']):.3f} ms; reap {_ms(snap.reap_pause):.3f} ms)")
-    rows += [("paused", pause), ("dumped", f"{snap.dump_seconds:.2f} s at idle priority"),
-             ("threads", str(snap.threads))]
+    steps = snap.priority_steps
+    dumped = f"{snap.dump_seconds:.2f} s at idle priority"
+    if steps:
+        dumped += f", stepped up to {steps[-1]['to']} on a busy machine"
+    rows += [("paused", pause), ("dumped", dumped), ("threads", str(snap.threads))]
+    if verbose:
+        rows += [("priority", f"at {s['at_s']:.1f} s, {s['from']} -> {s['to']}: {s['why']}"
+                  + (f" ({s['error']})" if "error" in s else "")) for s in steps]
     if snap.core_path:
         size = human(snap.core_size)
         if snap.core_allocated < snap.core_size * 0.9:  # sparse: say what it takes

@@ -67,6 +67,7 @@ def write_sidecar(snap, reason: str = "") -> Path:
         "threads": snap.thread_map,
         "pause_ms": round(snap.pause["pause"] * 1000, 3),
         "dump_seconds": round(snap.dump_seconds, 3),
+        "priority_steps": snap.priority_steps,
         "core": {"file": snap.core_path.name, "size": snap.core_size,
                  "allocated": snap.core_allocated,
                  "compressed": snap.core_path.name.endswith(".zst")},

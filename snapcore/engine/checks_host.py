@@ -146,6 +146,8 @@ def check_memory(pre: Preflight, maps) -> None:
             problems.append(f"strict overcommit leaves {units.human(room)} to commit and "
                             f"fork needs {units.human(need)}")
     cgroup = cgroups.memory_headroom(t.pid)
+    pre.memory_room = min(available, cgroup[1]) if cgroup else available
+    pre.memory_limit_file = cgroup[0] if cgroup else ""
     if cgroup and worst > cgroup[1]:
         problems.append(f"its cgroup has {units.human(cgroup[1])} left below "
                         f"{cgroup[0]}")

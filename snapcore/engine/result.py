@@ -27,7 +27,8 @@ class Snapshot:
     taken_at: datetime
     notes: list[str] = field(default_factory=list)
     checks: list[dict] = field(default_factory=list)  # the preflight's verdicts
-    escalated_after: float | None = None  # seconds into a stalled dump, if raised
+    # Each step of the dump's priority: at_s, from, to, why (engine/controller.py).
+    priority_steps: list[dict] = field(default_factory=list)
     sidecar_path: Path | None = None  # the record beside the core
     core_estimate: int = 0  # what the preflight expected the core to take on disk
     core_apparent: int = 0  # and its size with holes
@@ -47,7 +48,7 @@ THREAD_MODES = ("all", "main")
 
 @dataclass
 class DumpLimits:
-    stall_timeout: float = 10.0  # raise a dump that grew < 1 MiB in this long; 0: never
+    deadline: float = 30.0  # step the dump up to have the core by then; 0: never
     max_dump_time: float = 0.0  # kill a dump that lasts longer; 0: no limit
     progress: object = None  # (bytes written, bytes expected) -> None, while dumping
     expected: int = 0  # the preflight's estimate of the core's size

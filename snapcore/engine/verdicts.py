@@ -74,6 +74,11 @@ class Preflight:
     filters: list = field(default_factory=list)  # the target's seccomp filters, parsed
     fingerprint: tuple = ()  # target.mm_fingerprint: its program, to notice an exec
     regions_missing: list[dict] = field(default_factory=list)
+    # What the memory check found free for copy-on-write copies: the lesser of
+    # MemAvailable and the room under the tightest memory cgroup limit (that
+    # limit's file, "" without one).  The dump's controller keeps to it.
+    memory_room: int = 0
+    memory_limit_file: str = ""
 
     def add(self, name: str, verdict: str, reason: str, fix: str = "",
             setting: str = "") -> None:

@@ -100,6 +100,19 @@ def memory_headroom(pid: int) -> tuple[str, int] | None:
     return min(found, key=lambda h: h[1]) if found else None
 
 
+def anon_bytes(limit_file: str) -> int | None:
+    """Anonymous memory charged to the cgroup whose limit is `limit_file`, its
+    descendants included (v2 memory.stat anon, v1 total_rss): what the copies
+    a copy-on-write child causes add to.  Page cache (the core being written
+    goes there too) is left out: the kernel reclaims it under the limit."""
+    text = _read(os.path.join(os.path.dirname(limit_file), "memory.stat"))
+    if text is None:
+        return None
+    stats = dict(line.split() for line in text.splitlines() if len(line.split()) == 2)
+    value = stats.get("anon", stats.get("total_rss"))
+    return int(value) if value is not None else None
+
+
 def tasks_headroom(pid: int) -> tuple[str, int] | None:
     """Tasks left below pids.max of the target's cgroup (v1 or v2)."""
     found = [h for h in (_tightest(pid, "", "pids.max", "pids.current"),
