@@ -76,7 +76,10 @@ def _collect(child: Child, deadline: float | None = None,
         if left:
             # The kernel dumps from the thread that took SIGABRT: the first.
             if controller is not None and controller.tick([child.pid]):
-                os.kill(child.pid, signal.SIGKILL)
+                try:
+                    os.kill(child.pid, signal.SIGKILL)
+                except ProcessLookupError:
+                    pass  # it ended meanwhile: collected below
             timeout = 1.0 if deadline is None else deadline - time.monotonic()
             if timeout <= 0:
                 break
