@@ -449,7 +449,9 @@ def report_check(module, cmd, rc, doc, err):
         module.fail_json(msg="a snapshot would be refused (%s): %s" % (first["name"], why),
                          **result)
     result["changed"] = True  # a snapshot would be taken
-    module.exit_json(**result)
+    # Ansible takes a result with a non-zero rc for a failure unless told
+    # otherwise: here rc is that of a refusal named in force.
+    module.exit_json(failed=False, **result)
 
 
 def report_snap(module, cmd, rc, doc, err):
@@ -487,7 +489,9 @@ def report_snap(module, cmd, rc, doc, err):
     if failures:
         result["error"] = failures[0]
         module.fail_json(msg=one_line(failures[0]), **result)
-    module.exit_json(**result)
+    # Ansible takes a result with a non-zero rc for a failure unless told
+    # otherwise: rc 9 is a snapshot taken, its core handed to a pipe handler.
+    module.exit_json(failed=False, **result)
 
 
 def main():
