@@ -157,7 +157,7 @@ notes:
   - The command line this module runs is described in C(man snapcore) on the
     host, and C(snapcore --help).
 author:
-  - snapcore maintainers
+  - snapcore maintainers (!UNKNOWN)
 '''
 
 EXAMPLES = r'''
