@@ -257,6 +257,8 @@ def test_playbook_fetches_the_core_and_its_record_then_prunes(ansible_env, start
     [core] = cores_in(fetched)
     record = core.replace(".core", ".json")
     assert sorted(os.listdir(fetched)) == sorted([core, record])
+    for name in (core, record):  # private on the controller as on the host
+        assert (fetched / name).stat().st_mode & 0o777 == 0o600, name
     data = json.loads((fetched / record).read_text())
     assert data["reason"] == "INC-14" and data["target"]["pid"] == victim.pid
     assert (fetched / core).stat().st_size == data["core"]["size"]
