@@ -15,7 +15,7 @@ from pathlib import Path
 
 from snapcore.core import placement, records, store
 from snapcore.core.compress import compress
-from snapcore.engine import preflight, sequence
+from snapcore.engine import interrupts, preflight, sequence
 from snapcore.engine.ratelimit import RateLimiter, program
 from snapcore.engine.result import DumpLimits, Snapshot
 from snapcore.errors import NoSuchProcess, OutputError, SnapcoreError, Stage
@@ -34,7 +34,7 @@ def take(pid: int, opts: preflight.Options, *, threads: str = "all",
     The stored core gets its record (records.write_sidecar) with `reason`;
     `compressed` turns it into CORE.zst first.
     """
-    with exclusive(pid):
+    with interrupts.engage(), exclusive(pid):
         return _take_exclusive(pid, opts, threads=threads, force=force, limits=limits,
                                reason=reason, compressed=compressed)
 
