@@ -1,4 +1,4 @@
-"""The checks about the host: where the core goes and whether it fits,
+"""The checks about the host: where the core goes (and is staged) and whether it fits,
 the memory copy-on-write may cost, the tasks the snapshot adds under the
 process's limits, and the rate limit.
 """
@@ -13,6 +13,7 @@ from snapcore.core import core_pattern, placement
 from snapcore.engine import estimate
 from snapcore.engine.ratelimit import RateLimiter, label, program, time_text
 from snapcore.engine.verdicts import OK, REFUSE, WARN, Options, Preflight
+from snapcore.errors import OutputError
 from snapcore.linux import cgroups
 from snapcore.linux.procfs import read_status
 
@@ -86,6 +87,43 @@ def _min_free(spec: str, fs_size: int) -> int:
     return units.parse_size(spec)
 
 
+def check_staging(pre: Preflight, opts: Options, pattern: core_pattern.CorePattern) -> None:
+    """Where the kernel writes a relative core_pattern's core: the output
+    directory, or a staging directory in a place the target's user can write,
+    in the target's view of the files (placement.staging_base).  Nowhere
+    writable there (a read-only root filesystem) is known now, before the
+    target is touched; no override makes a read-only mount writable."""
+    t = pre.target
+    if pattern.kind != "relative":
+        pre.add("staging", OK, "none: core_pattern is " + ("a pipe" if pattern.kind == "pipe"
+                                                           else "an absolute path"))
+        return
+    out = Path(opts.output_dir).absolute()
+    try:
+        base = placement.staging_base(out, t.uid, placement.target_root(t.pid))
+    except OutputError as exc:
+        pre.add("staging", REFUSE, exc.message, exc.hint)
+        return
+    pre.add("staging", OK, "in the output directory" if base == str(out)
+            else f"in {base}, then moved to the output directory")
+
+
+def _places(opts: Options, pattern: core_pattern.CorePattern, pid: int, uid: int) -> set:
+    """Every filesystem the core is written to: the output directory, and where
+    the kernel writes it first (core_pattern's directory, or the staging one)."""
+    out = Path(opts.output_dir).absolute()
+    places = {str(_existing_ancestor(out))}
+    root = placement.target_root(pid)
+    if pattern.kind == "absolute":
+        places.add(root + os.path.dirname(pattern.pattern))
+    elif pattern.kind == "relative":
+        try:
+            places.add(str(_existing_ancestor(Path(placement.staging_base(out, uid, root)))))
+        except OutputError:
+            pass  # the staging check refuses
+    return places
+
+
 def check_disk(pre: Preflight, opts: Options, maps, pattern: core_pattern.CorePattern) -> None:
     t = pre.target
     if pattern.kind == "pipe":
@@ -97,15 +135,7 @@ def check_disk(pre: Preflight, opts: Options, maps, pattern: core_pattern.CorePa
     sizes = estimate.core_size(maps, estimate.coredump_filter(t.pid), len(t.threads))
     pre.core_estimate, pre.core_apparent = sizes.allocated, sizes.apparent
     size = sizes.allocated  # what the disk must hold: holes take nothing
-    out = _existing_ancestor(Path(opts.output_dir).absolute())
-    places = {str(out)}
-    root = placement.target_root(t.pid)
-    if pattern.kind == "absolute":
-        places.add(root + os.path.dirname(pattern.pattern))
-    elif root:
-        places.add(_existing_ancestor(Path(f"{root}/var/tmp")).as_posix())
-    elif t.uid != os.geteuid():
-        places.add("/var/tmp")  # where the kernel writes for another user
+    places = _places(opts, pattern, t.pid, t.uid)
     for place in sorted(places):
         try:
             free, fs_size = estimate.free_space(place)

@@ -52,6 +52,7 @@ def _run(pid: int, opts: Options) -> Preflight:
     pattern = checks_host.check_core_destination(pre)
     pre.core_pattern = pattern
     checks_host.check_output_dir(pre, opts)
+    checks_host.check_staging(pre, opts, pattern)
     maps = estimate.read_smaps(pid) if usable and not t.kernel_thread else []
     checks_host.check_disk(pre, opts, maps, pattern)
     checks_host.check_memory(pre, maps)

@@ -1,0 +1,73 @@
+"""Targets in namespaces a container gives them, as docs/kubernetes.md meets
+them: a read-only root filesystem (staging), a cgroup namespace around
+snapcore (the limits it cannot see), memory.oom.group, and an executable only
+the target's mount namespace holds (--stacks).
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from snapcore.errors import ExitCode
+
+from conftest import run_snapcore, snap_json
+from helpers import check_json, prstatus_pids, verdicts
+
+# The target's own mount namespace, in which the directories named in $RO are
+# read-only bind mounts of themselves.  The report's directory (under /tmp)
+# is made writable again: a bind mount has flags of its own, copied from its
+# source (fs/namespace.c: clone_mnt), then changed by remount,bind.
+READ_ONLY = ('for d in $RO; do mount --bind "$d" "$d" && mount -o remount,ro,bind "$d" '
+             '|| exit 99; done; r=$(dirname "$3") && mount --bind "$r" "$r" && '
+             'mount -o remount,rw,bind "$r" && exec "$@"')
+
+
+def read_only(*dirs: str) -> tuple[str, ...]:
+    return ("env", f"RO={' '.join(dirs)}", "unshare", "--mount", "--propagation", "private",
+            "sh", "-c", READ_ONLY, "sh")
+
+
+def staged_in(pid: int, place: str) -> list[str]:
+    return [p for p in os.listdir(f"/proc/{pid}/root{place}")
+            if p.startswith(".snapcore-staging-")]
+
+
+def test_read_only_var_tmp_stages_in_the_targets_tmp(start_victim, out_dir):
+    victim = start_victim("sleep", prefix=read_only("/var/tmp"))
+    assert os.statvfs(f"/proc/{victim.pid}/root/var/tmp").f_flag & os.ST_RDONLY
+    assert not os.statvfs(f"/proc/{victim.pid}/root/tmp").f_flag & os.ST_RDONLY
+    code, doc = check_json("-o", str(out_dir), str(victim.pid))
+    assert verdicts(doc)["staging"] == verdicts(doc)["disk"] == "ok", doc["checks"]
+    reasons = {c["name"]: c["reason"] for c in doc["checks"]}
+    assert f"/proc/{victim.pid}/root/tmp" in reasons["staging"], reasons
+    assert f"/proc/{victim.pid}/root/tmp" in reasons["disk"], reasons
+    code, doc = snap_json("--max-per-hour", "0", "-o", str(out_dir), str(victim.pid))
+    assert code == 0, doc
+    core = Path(doc["core"]["path"])
+    assert core.parent == out_dir and prstatus_pids(core) == [victim.pid]
+    assert staged_in(victim.pid, "/tmp") == [] and staged_in(victim.pid, "/var/tmp") == []
+    victim.wait_for_heartbeats(victim.heartbeats())
+    victim.assert_unharmed()
+
+
+def test_no_writable_place_in_the_targets_view_is_refused_untouched(start_victim, out_dir):
+    victim = start_victim("sleep", prefix=read_only("/var/tmp", "/tmp"))
+    beats = victim.heartbeats()
+    proc = run_snapcore("--max-per-hour", "0", "-o", str(out_dir), str(victim.pid))
+    assert proc.returncode == ExitCode.OUTPUT, f"exit {proc.returncode}: {proc.stderr}"
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1, proc.stderr
+    assert "read-only" in lines[0] and "/tmp" in lines[0] and "emptyDir" in lines[0], lines
+    assert "internal error" not in lines[0] and "--force" not in lines[0]
+    code, doc = check_json("-o", str(out_dir), str(victim.pid))
+    assert code == ExitCode.OUTPUT and verdicts(doc)["staging"] == "refuse", doc["checks"]
+    # No override makes a read-only mount writable: forcing the checks that
+    # may be forced still ends in the same refusal, before the target is touched.
+    proc = run_snapcore("--force", "disk", "--force", "output-dir", "--max-per-hour", "0",
+                        "-o", str(out_dir), str(victim.pid))
+    assert proc.returncode == ExitCode.OUTPUT, f"exit {proc.returncode}: {proc.stderr}"
+    assert "read-only" in proc.stderr and "internal error" not in proc.stderr
+    victim.wait_for_heartbeats(beats + 2)
+    victim.assert_unharmed()
+    assert not out_dir.exists() or [p for p in os.listdir(out_dir) if p.endswith(".core")] == []
