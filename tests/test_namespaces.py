@@ -6,7 +6,10 @@ the target's mount namespace holds (--stacks).
 
 from __future__ import annotations
 
+import json
 import os
+import subprocess
+import sys
 from pathlib import Path
 
 from snapcore.errors import ExitCode
@@ -71,3 +74,56 @@ def test_no_writable_place_in_the_targets_view_is_refused_untouched(start_victim
     victim.wait_for_heartbeats(beats + 2)
     victim.assert_unharmed()
     assert not out_dir.exists() or [p for p in os.listdir(out_dir) if p.endswith(".core")] == []
+
+
+def _checks(command: list[str]) -> tuple[int, dict[str, dict]]:
+    proc = subprocess.run(command, capture_output=True, text=True, timeout=120)
+    assert proc.stdout, proc.stderr
+    return proc.returncode, {c["name"]: c for c in json.loads(proc.stdout)["checks"]}
+
+
+def test_cgroup_limits_from_a_cgroup_namespace(start_victim, cgroup, out_dir):
+    """A memory and a pids limit (v1), judged by snapcore from the host's cgroup
+    namespace, from one of its own that still has the host's cgroup mounts
+    (unshare --cgroup: the limits are found through the mounts' roots), and
+    from a debug container's view: a cgroup namespace rooted at a sibling
+    cgroup, whose cgroup filesystem shows that cgroup alone (the target's is
+    out of sight: a warning, never "ok")."""
+    memory, pids = cgroup("memory"), cgroup("pids")
+    victim = start_victim("fat", prefix=(
+        "sh", "-c", f'echo $$ > {memory}/cgroup.procs && echo $$ > {pids}/cgroup.procs && '
+        'exec "$@"', "sh"))
+    usage = int((memory / "memory.usage_in_bytes").read_text())
+    (memory / "memory.limit_in_bytes").write_text(str(usage + (4 << 20)))
+    (pids / "pids.max").write_text(str(len(os.listdir(f"/proc/{victim.pid}/task")) + 3))
+    check = [sys.executable, "-m", "snapcore", "check", "--json", "-o", str(out_dir),
+             str(victim.pid)]
+
+    code, host = _checks(check)
+    assert host["memory"]["verdict"] == "refuse", host["memory"]
+    assert "memory.limit_in_bytes" in host["memory"]["reason"]
+    assert host["tasks"]["verdict"] == "refuse" and "pids.max" in host["tasks"]["reason"]
+
+    code, inside = _checks(["unshare", "--cgroup", *check])
+    assert inside["memory"]["verdict"] == "refuse", inside["memory"]
+    assert f"{memory}/memory.limit_in_bytes" in inside["memory"]["reason"]
+    assert inside["tasks"]["verdict"] == "refuse", inside["tasks"]
+    assert code == ExitCode.MEMORY
+
+    seen_from = {"memory": cgroup("memory"), "pids": cgroup("pids")}
+    debug = ("for c in $DBG; do echo $$ > /sys/fs/cgroup/$c/cgroup.procs || exit 99; done; "
+             "exec unshare --cgroup --mount --propagation private sh -c "
+             "'for c in $DBG; do mount --bind /sys/fs/cgroup/$c /sys/fs/cgroup/${c%%/*} "
+             "|| exit 99; done; exec \"$@\"' sh \"$@\"")
+    dbg = " ".join(f"{c}/{p.name}" for c, p in seen_from.items())
+    code, blind = _checks(["env", f"DBG={dbg}", "sh", "-c", debug, "sh", *check])
+    for name in ("memory", "tasks"):
+        assert blind[name]["verdict"] == "warn", blind[name]
+        assert "cannot see the target's cgroup limits from this cgroup namespace" in \
+            blind[name]["reason"], blind[name]
+        assert "nsenter -C -t 1" in blind[name]["fix"]
+    assert f"/../{memory.name}" in blind["memory"]["reason"]
+    assert f"/../{pids.name}" in blind["tasks"]["reason"]
+    assert code == 0  # a warning: the operator decides
+    victim.wait_for_heartbeats(victim.heartbeats())
+    victim.assert_unharmed()

@@ -156,6 +156,19 @@ def check_disk(pre: Preflight, opts: Options, maps, pattern: core_pattern.CorePa
             f"{', '.join(sorted(places))}")
 
 
+# A cgroup namespace of snapcore's own (a debug container's) hides the
+# cgroups outside it: /proc/PID/cgroup names them "/../..." (relative to the
+# reader's namespace root), and the cgroup filesystem mounted there shows
+# none of them.  No limit found then means nothing.
+BLIND_FIX = ("run snapcore in the host's cgroup namespace, e.g. kubectl debug "
+             "node/NODE, or nsenter -C -t 1")
+
+
+def _blind(entry: str) -> str:
+    return (f"cannot see the target's cgroup limits from this cgroup namespace "
+            f"(its cgroup is {entry})")
+
+
 def check_memory(pre: Preflight, maps) -> None:
     t = pre.target
     if not maps:
@@ -183,9 +196,13 @@ def check_memory(pre: Preflight, maps) -> None:
                         f"{cgroup[0]}")
     what = (f"if the target rewrites all its private memory while the child lives, the "
             f"copies cost up to {units.human(worst)}")
+    unseen = cgroups.hidden(t.pid, "memory")
     if problems:
         pre.add("memory", REFUSE, f"{what}; {'; '.join(problems)}",
                 "snapshot when the machine has more free memory")
+    elif unseen:
+        pre.add("memory", WARN, f"{what}; {'; '.join(warnings + [_blind(unseen)])}",
+                BLIND_FIX)
     elif warnings:
         pre.add("memory", WARN, f"{what}; {'; '.join(warnings)}",
                 "the child has oom_score_adj 1000: the OOM killer takes it first")
@@ -246,6 +263,9 @@ def check_tasks(pre: Preflight) -> None:
         pre.add("tasks", REFUSE, f"the snapshot adds up to {need} tasks and {what} leaves "
                 f"room for {room}: the process's own forks and threads would fail",
                 "raise the limit, or snapshot the main thread only", setting="threads")
+    elif unseen := cgroups.hidden(t.pid, "pids"):
+        pre.add("tasks", WARN, f"the snapshot adds up to {need} tasks; {_blind(unseen)}",
+                BLIND_FIX)
     elif limits:
         pre.add("tasks", OK, f"the snapshot adds up to {need} tasks; room for "
                 f"{min(room for _, room in limits)}")
