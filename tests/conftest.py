@@ -228,12 +228,14 @@ def wait_until_catching(proc, signum: int, timeout: float = 30.0) -> None:
 
 @pytest.fixture
 def cgroup():
-    """make(controller, **files) -> a new v1 cgroup under that controller's root.
+    """make(controller, **files) -> a new cgroup under that controller's root
+    (v1; "unified": the v2 hierarchy), or `under` one made before.
     Removed after the test: thawed, its processes moved to the parent, rmdir."""
     made: list[Path] = []
 
-    def make(controller: str, **files) -> Path:
-        path = Path(f"/sys/fs/cgroup/{controller}/snapcore-test-{os.getpid()}-{len(made)}")
+    def make(controller: str, under: Path | None = None, **files) -> Path:
+        parent = under or Path(f"/sys/fs/cgroup/{controller}")
+        path = parent / f"snapcore-test-{os.getpid()}-{len(made)}"
         path.mkdir()
         made.append(path)
         for name, value in files.items():

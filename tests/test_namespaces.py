@@ -127,3 +127,76 @@ def test_cgroup_limits_from_a_cgroup_namespace(start_victim, cgroup, out_dir):
     assert code == 0  # a warning: the operator decides
     victim.wait_for_heartbeats(victim.heartbeats())
     victim.assert_unharmed()
+
+
+def _fake_memory(where: Path, current: int, room: int | None, group: int) -> None:
+    where.mkdir(parents=True, exist_ok=True)
+    (where / "memory.current").write_text(f"{current}\n")
+    (where / "memory.max").write_text(f"{current + room}\n" if room is not None else "max\n")
+    (where / "memory.oom.group").write_text(f"{group}\n")
+    (where / "memory.stat").write_text("anon 0\nfile 0\n")
+
+
+def test_memory_oom_group_makes_the_memory_check_stricter(start_victim, cgroup, tmp_path,
+                                                          out_dir):
+    """kubelet's memory.oom.group=1: an OOM kill under the limit takes the target
+    with the child.  The target runs in a real v2 cgroup (pod/container) whose
+    path snapcore reads from /proc/PID/cgroup and walks up to the mount; the
+    v2 memory controller is bound to v1 on the test machine, so the memory
+    files are a tree bind-mounted over the pod's directory in snapcore's own
+    mount namespace (the kernel's OOM-group kill itself is not exercised)."""
+    pod = cgroup("unified")
+    container = cgroup("unified", under=pod)
+    victim = start_victim("fat", prefix=("sh", "-c", f'echo $$ > {container}/cgroup.procs && '
+                                         'exec "$@"', "sh"))
+    assert f"0::/{pod.name}/{container.name}\n" in \
+        Path(f"/proc/{victim.pid}/cgroup").read_text().splitlines(keepends=True)
+    fake = tmp_path / "fake"
+    seen_as = ("env", f"FAKE={fake}", f"POD={pod}", "unshare", "--mount", "--propagation",
+               "private", "sh", "-c", 'mount --bind "$FAKE" "$POD" && exec "$@"', "sh",
+               sys.executable, "-m", "snapcore")
+    snap = (*seen_as, "--json", "--max-per-hour", "0", "-o", str(out_dir))
+    check = (*seen_as, "check", "--json", "-o", str(out_dir), str(victim.pid))
+
+    def memory(container_room, container_group, pod_room=None, pod_group=0):
+        _fake_memory(fake, 100 << 20, pod_room, pod_group)
+        _fake_memory(fake / container.name, 90 << 20, container_room, container_group)
+        code, checks = _checks(list(check))
+        return code, checks["memory"]
+
+    # The copy-on-write worst case, about 24 MiB, fits in 40 MiB of room: ok
+    # without oom.group, refused with it (over half the room), on the
+    # container's own cgroup or on the pod's above it.
+    code, plain = memory(40 << 20, 0)
+    assert plain["verdict"] == "ok", plain
+    code, grouped = memory(40 << 20, 1)
+    assert grouped["verdict"] == "refuse" and code == ExitCode.MEMORY, grouped
+    assert f"{container}/memory.oom.group is 1" in grouped["reason"], grouped
+    assert f"{container}/memory.max" in grouped["reason"], grouped
+    proc = subprocess.run([*seen_as, "--max-per-hour", "0", "-o", str(out_dir),
+                           str(victim.pid)], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == ExitCode.MEMORY, proc.stderr
+    assert len(proc.stderr.strip().splitlines()) == 1 and "memory.oom.group" in proc.stderr
+    assert "--force memory" in proc.stderr
+    victim.assert_unharmed()
+
+    code, above = memory(None, 0, pod_room=40 << 20, pod_group=1)
+    assert above["verdict"] == "refuse", above
+    assert f"{pod}/memory.oom.group is 1" in above["reason"], above
+
+    proc = subprocess.run([*snap, "--force", "memory", str(victim.pid)], capture_output=True,
+                          text=True, timeout=120)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    victim.wait_for_heartbeats(victim.heartbeats())
+    victim.assert_unharmed()
+
+    # Ample room: a warning naming oom.group, and the snapshot goes ahead.
+    code, roomy = memory(1 << 30, 1)
+    assert roomy["verdict"] == "warn" and "memory.oom.group is 1" in roomy["reason"], roomy
+    proc = subprocess.run([*snap, str(victim.pid)], capture_output=True, text=True,
+                          timeout=120)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    doc = json.loads(proc.stdout)
+    assert prstatus_pids(Path(doc["core"]["path"])) == [victim.pid]
+    victim.wait_for_heartbeats(victim.heartbeats())
+    victim.assert_unharmed()

@@ -169,6 +169,36 @@ def memory_headroom(pid: int) -> tuple[str, int] | None:
     return min(found, key=lambda h: h[1]) if found else None
 
 
+def oom_group(pid: int) -> tuple[str, tuple[str, int] | None] | None:
+    """The lowest cgroup on the target's v2 path with memory.oom.group 1
+    (kubelet sets it on every container), with the tightest (limit file,
+    room) at or above it; None without one.
+
+    An OOM kill walks from the victim's cgroup up to the cgroup whose limit
+    was hit (the root for the machine's own OOM) and kills every task of the
+    highest one there with oom.group set (mm/memcontrol.c:
+    mem_cgroup_get_oom_group): the snapshot child lives in the target's
+    cgroup, so an OOM under any limit at or above that cgroup, or of the
+    machine, takes the target with the child whatever their oom_score_adj."""
+    try:
+        where = _hierarchies(pid).get("")
+    except OSError:
+        return None
+    if where is None:
+        return None
+    group, tightest = None, None
+    for directory in _ancestors(*where):
+        if group is None and _read(os.path.join(directory, "memory.oom.group")) == "1":
+            group = directory
+        limit = _number(_read(os.path.join(directory, "memory.max")))
+        usage = _number(_read(os.path.join(directory, "memory.current")))
+        if group is None or limit is None or usage is None:
+            continue
+        if tightest is None or limit - usage < tightest[1]:
+            tightest = (os.path.join(directory, "memory.max"), limit - usage)
+    return (group, tightest) if group else None
+
+
 def anon_bytes(limit_file: str) -> int | None:
     """Anonymous memory charged to the cgroup whose limit is `limit_file`, its
     descendants included (v2 memory.stat anon, v1 total_rss): what the copies
