@@ -200,3 +200,44 @@ def test_memory_oom_group_makes_the_memory_check_stricter(start_victim, cgroup, 
     assert prstatus_pids(Path(doc["core"]["path"])) == [victim.pid]
     victim.wait_for_heartbeats(victim.heartbeats())
     victim.assert_unharmed()
+
+
+def test_stacks_of_a_target_whose_executable_only_it_sees(start_victim, victim_exe, tmp_path,
+                                                          out_dir):
+    """The target runs a copy of its program from a tmpfs mounted in its own
+    mount namespace: its name for the file names nothing in snapcore's.  gdb
+    is handed the file itself (/proc/PID/exe, opened while the target ran),
+    the record keeps the target's name with that file's build-id, and later
+    readers find it through /proc/PID/root while the target lives."""
+    hidden = tmp_path / "hidden"
+    hidden.mkdir()
+    program = hidden / "prog"
+    hide = ("unshare", "--mount", "--propagation", "private", "sh", "-c",
+            f'mount -t tmpfs tmpfs {hidden} && cp "$0" {program} && shift && '
+            f'exec {program} "$@"', str(victim_exe))
+    victim = start_victim("sleep", prefix=hide)
+    assert os.readlink(f"/proc/{victim.pid}/exe") == str(program)
+    assert not program.exists()  # in snapcore's view: nothing
+    proc = run_snapcore("--stacks", "--max-per-hour", "0", "-o", str(out_dir),
+                        str(victim.pid))
+    assert proc.returncode == 0, proc.stderr
+    assert "mode_sleep" in proc.stdout and " main (" in proc.stdout, proc.stdout + proc.stderr
+    assert "stacks" not in proc.stderr, proc.stderr
+
+    proc = run_snapcore("stacks", "--json", "--max-per-hour", "0", "-o", str(out_dir),
+                        str(victim.pid))
+    assert proc.returncode == 0, proc.stderr
+    doc = json.loads(proc.stdout)
+    assert "mode_sleep" in doc["stacks"] and doc["exe"] == str(program), doc
+    core = Path(doc["core"])
+    record = json.loads(core.with_suffix(".json").read_text())
+    assert record["target"]["exe"] == str(program)
+    from snapcore.core import elf
+    assert record["target"]["build_id"] == elf.build_id(str(victim_exe)) is not None
+    # Read later, the target still running: its root holds the recorded build.
+    proc = run_snapcore("stacks", "--core", str(core))
+    assert proc.returncode == 0 and "mode_sleep" in proc.stdout, proc.stdout + proc.stderr
+    proc = run_snapcore("info", "--json", str(core), "-o", str(out_dir))
+    assert proc.returncode == 0 and json.loads(proc.stdout)["warnings"] == [], proc.stdout
+    victim.wait_for_heartbeats(victim.heartbeats())
+    victim.assert_unharmed()
