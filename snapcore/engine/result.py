@@ -37,6 +37,12 @@ class Snapshot:
     # MADV_WIPEONFORK ones (zeros in the core): {"start", "end", "kind"}
     regions_missing: list[dict] = field(default_factory=list)
     program: str = ""  # what the rate limit counts it as (ratelimit.program)
+    # The target's executable, read through /proc/PID/exe while it ran: its
+    # build-id ("" : not read), and with keep_exe a descriptor on it, for gdb
+    # (target.exe is the target's own name for it, which in another mount
+    # namespace may name nothing or another file here).  The caller closes it.
+    exe_build_id: str | None = ""
+    exe_fd: int | None = None
 
     @property
     def pause_ms(self) -> float:

@@ -13,35 +13,47 @@ import signal
 from dataclasses import replace
 from pathlib import Path
 
-from snapcore.core import placement, records, store
+from snapcore.core import elf, placement, records, store
 from snapcore.core.compress import compress
 from snapcore.engine import interrupts, preflight, sequence
 from snapcore.engine.ratelimit import RateLimiter, program
 from snapcore.engine.result import DumpLimits, Snapshot
 from snapcore.errors import NoSuchProcess, OutputError, SnapcoreError, Stage
 from snapcore.linux import stops
-from snapcore.linux.procfs import exclusive, reading, start_time
+from snapcore.linux.procfs import exclusive, open_exe, reading, start_time
 
 
 def take(pid: int, opts: preflight.Options, *, threads: str = "all",
          force: tuple[str, ...] = (), limits: DumpLimits | None = None,
-         reason: str = "", compressed: bool = False) -> Snapshot:
+         reason: str = "", compressed: bool = False, keep_exe: bool = False) -> Snapshot:
     """Snapshot process `pid` into `opts.output_dir`; the target keeps running.
 
     Every preflight check runs first; a refusal raises unless its name is in
     `force` (and it may be forced).  threads="all" holds every thread for the
     fork and puts each in the core; "main" holds and dumps the main thread only.
     The stored core gets its record (records.write_sidecar) with `reason`;
-    `compressed` turns it into CORE.zst first.
+    `compressed` turns it into CORE.zst first.  `keep_exe`: the Snapshot's
+    exe_fd stays open on the target's executable (for gdb; the caller closes it).
     """
     with interrupts.engage(), exclusive(pid):
-        return _take_exclusive(pid, opts, threads=threads, force=force, limits=limits,
-                               reason=reason, compressed=compressed)
+        exe_fd = open_exe(pid)
+        try:
+            snap = _take_exclusive(pid, opts, threads=threads, force=force, limits=limits,
+                                   reason=reason, compressed=compressed, exe_fd=exe_fd)
+        except BaseException:
+            if exe_fd is not None:
+                os.close(exe_fd)
+            raise
+    if exe_fd is not None and not keep_exe:
+        os.close(exe_fd)
+    else:
+        snap.exe_fd = exe_fd
+    return snap
 
 
 def _take_exclusive(pid: int, opts: preflight.Options, *, threads: str,
                     force: tuple[str, ...], limits: DumpLimits | None, reason: str,
-                    compressed: bool) -> Snapshot:
+                    compressed: bool, exe_fd: int | None) -> Snapshot:
     pre = preflight.run(pid, opts)
     refusals = pre.refusals(force)
     if refusals:
@@ -73,6 +85,8 @@ def _take_exclusive(pid: int, opts: preflight.Options, *, threads: str,
     snap.program = key
     snap.core_estimate, snap.core_apparent = pre.core_estimate, pre.core_apparent
     snap.regions_missing = pre.regions_missing
+    if exe_fd is not None:  # the file the target runs, not the one its name names here
+        snap.exe_build_id = elf.build_id(f"/proc/self/fd/{exe_fd}")
     if snap.core_path is not None:
         _publish(snap, output_dir, reason, compressed)
     return snap
