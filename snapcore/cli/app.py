@@ -99,7 +99,13 @@ def _stop_requested(signum, frame):
         report.say("snapcore: still putting the target back and removing the child; "
                    "waiting for that first")
         return
+    if _stopping[0] and not interrupts.engaged():
+        return  # the first request is being acted on: snapcore is saying so and ending
+    _stopping[0] = True
     raise KeyboardInterrupt
+
+
+_stopping = [False]  # a stop request was raised once already
 
 
 def _swallowed(info):
