@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import sys
 from pathlib import Path
 
 from rich.console import Console
@@ -25,7 +26,8 @@ def snapshot_dict(snap: Snapshot) -> dict:
         "target": {"pid": t.pid, "name": t.name, "exe": t.exe, "uid": t.uid},
         "core": ({"path": str(snap.core_path), "size": snap.core_size,
                   "record": str(snap.sidecar_path) if snap.sidecar_path else None}
-                 if snap.core_path else None),
+                 if snap.core_path else {"path": "-", "size": snap.core_size, "record": None}
+                 if snap.streamed else None),
         "pause_ms": _ms(snap.pause["pause"]),
         "pause_split_ms": {"capture": _ms(snap.pause["capture"]),
                            "fork": _ms(snap.pause["syscall"]),
@@ -40,6 +42,8 @@ def snapshot_dict(snap: Snapshot) -> dict:
         "core_pattern": {"kind": pattern.kind, "pattern": pattern.pattern},
         "taken_at": snap.taken_at.isoformat().replace("+00:00", "Z"),
         "core_estimate": snap.core_estimate,
+        "writer": {"name": snap.writer, "reason": snap.writer_reason},
+        "streamed": snap.streamed,
         "notes": snap.notes,
         "regions_missing": snap.regions_missing,
         "checks": snap.checks,
@@ -57,8 +61,8 @@ def pipe_lookup(snap: Snapshot) -> str:
     return f"look for pid {snap.child_pid} where {handler} stores cores"
 
 
-def print_json(doc: dict) -> None:
-    print(json.dumps(doc, indent=2))
+def print_json(doc: dict, to_stderr: bool = False) -> None:
+    print(json.dumps(doc, indent=2), file=sys.stderr if to_stderr else sys.stdout)
 
 
 def print_snapshot(snap: Snapshot, verbose: bool, console: Console) -> None:
@@ -72,10 +76,13 @@ def print_snapshot(snap: Snapshot, verbose: bool, console: Console) -> None:
         p = snap.pause
         pause += (f"  (capture {_ms(p['capture']):.3f}, fork {_ms(p['syscall']):.3f}, "
                   f"release {_ms(p['release']):.3f} ms; reap {_ms(snap.reap_pause):.3f} ms)")
-    rows += [("paused", pause), ("dumped", f"{snap.dump_seconds:.2f} s at idle priority"),
+    rows += [("paused", pause), ("dumped", f"{snap.dump_seconds:.2f} s at idle priority by "
+                                           f"{'snapcore' if snap.writer == 'snapcore' else 'the kernel'}"),
              ("threads", str(snap.threads))]
     if snap.core_path:
         rows += [("size", human(snap.core_size)), ("core", str(snap.core_path))]
+    elif snap.streamed:
+        rows += [("size", human(snap.core_size)), ("core", "standard output")]
     else:
         rows.append(("core", f"handed to {snap.core_pattern.handler} by core_pattern: "
                              f"{pipe_lookup(snap)}"))
@@ -87,7 +94,8 @@ def print_snapshot(snap: Snapshot, verbose: bool, console: Console) -> None:
     rows += [(f"check {c['name']}", f"{c['verdict']}: {c['reason']}")
              for c in snap.checks if c["verdict"] != "ok" or verbose]
     if verbose:
-        rows += [("child", f"pid {snap.child_pid}"),
+        rows += [("writer", f"{snap.writer}: {snap.writer_reason}"),
+                 ("child", f"pid {snap.child_pid}"),
                  ("core_pattern", f"{snap.core_pattern.pattern} ({snap.core_pattern.kind})")]
         rows += [("note", note) for note in snap.notes]
         rows += [("thread", f"{th['tid']} {th['name']}") for th in snap.thread_map]
@@ -107,6 +115,7 @@ FLAGS = {
     "max_per_hour": "--max-per-hour",
     "max_dump_time": "--max-dump-time",
     "threads": "--threads main",
+    "writer": "--writer",
 }
 
 
@@ -142,6 +151,7 @@ def check_dict(result) -> dict:
         "would_snapshot": not refusals,
         "exit_code": int(refusals[0].exit_code) if refusals else 0,
         "core_estimate": result.core_estimate,
+        "writer": {"name": result.writer, "reason": result.writer_reason},
         "checks": [dict(c, fix=with_flags(c["fix"], c["setting"],
                                           c["name"] if c["verdict"] == "refuse"
                                           and c["forceable"] else ""))

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import contextlib
 import sys
+from dataclasses import replace
 
 import click
 from rich.console import Console
@@ -17,7 +18,7 @@ from snapcore.cli.options import (EXIT_CODES_HELP, SnapRequest, check_force, com
                                   make_options, resolve_targets, snap_options, target_options)
 from snapcore.core.gdb import backtraces
 from snapcore.engine.snapshot import take
-from snapcore.errors import ExitCode, Interrupted, SnapcoreError, Stage
+from snapcore.errors import BadInput, ExitCode, Interrupted, SnapcoreError, Stage
 
 
 @contextlib.contextmanager
@@ -44,13 +45,18 @@ def take_each(pids, opts, request: SnapRequest, show_progress: bool = False,
               to_syslog: bool = False, reason: str | None = None):
     """Snapshot each target in turn; a result per target (Snapshot or error)."""
     results = []
+    opts = replace(opts, compress=request.compressed, compress_ratio=request.compress_ratio)
+    stream = None
+    if opts.to_stdout:
+        sys.stdout.flush()  # nothing of snapcore's own may mix with the core
+        stream = sys.stdout.fileno()
     for target_pid in pids:
         try:
             with dump_progress(show_progress) as progress:
                 results.append(take(target_pid, opts, threads=request.threads,
                                     force=request.force, limits=request.limits(progress),
                                     reason=request.reason if reason is None else reason,
-                                    compressed=request.compressed))
+                                    compressed=request.compressed, stream=stream))
         except SnapcoreError as exc:
             exc.pid = exc.pid if exc.pid is not None else target_pid
             results.append(exc)
@@ -66,7 +72,8 @@ def exit_code_of(results) -> int:
     for r in results:
         if isinstance(r, SnapcoreError):
             return int(r.exit_code)
-    return int(ExitCode.CORE_PIPED) if any(r.core_path is None for r in results) else 0
+    return int(ExitCode.CORE_PIPED) if any(r.core_path is None and not r.streamed
+                                           for r in results) else 0
 
 
 @cli.command(epilog=EXIT_CODES_HELP)
@@ -83,8 +90,8 @@ def exit_code_of(results) -> int:
 @click.option("--syslog", "to_syslog", is_flag=True,
               help="Log one line per snapshot or refusal to syslog even on a terminal "
                    "(always done when stderr is not a terminal).")
-def snap(pids, name_pattern, take_all, pidfile, unit, output_dir, as_json, timeout, min_free,
-         max_per_hour, quiet, verbose, with_stacks, to_syslog, request: SnapRequest):
+def snap(pids, name_pattern, take_all, pidfile, unit, output_dir, writer, as_json, timeout,
+         min_free, max_per_hour, quiet, verbose, with_stacks, to_syslog, request: SnapRequest):
     """Snapshot each process into a core file; the processes keep running.
 
     Every check of `snapcore check` runs first. The core is named
@@ -97,7 +104,11 @@ def snap(pids, name_pattern, take_all, pidfile, unit, output_dir, as_json, timeo
     try:
         wanted = resolve_targets(pids, name_pattern, take_all, pidfile, unit)
         check_force(request.force)
-        opts = make_options(output_dir, timeout, min_free, max_per_hour)
+        opts = make_options(output_dir, timeout, min_free, max_per_hour, writer,
+                            stdout_ok=True)
+        if opts.to_stdout:
+            check_stream(wanted, with_stacks)
+            out = err  # the core has standard output to itself: the report goes to stderr
     except SnapcoreError as exc:
         fail(exc, as_json, err)
     results = take_each(wanted, opts, request, show_progress=not (as_json or quiet),
@@ -119,7 +130,9 @@ def snap(pids, name_pattern, take_all, pidfile, unit, output_dir, as_json, timeo
         if as_json:
             continue
         if quiet:
-            if result.core_path is not None:
+            if result.streamed:
+                pass  # the core itself is standard output
+            elif result.core_path is not None:
                 click.echo(str(result.core_path))
             else:
                 err.print(f"snapcore: core of {result.target.pid} handed to "
@@ -133,5 +146,19 @@ def snap(pids, name_pattern, take_all, pidfile, unit, output_dir, as_json, timeo
             err.print(f"snapcore: {doc['stacks_error']}", markup=False, highlight=False)
     if as_json:
         report.print_json(docs[0] if len(docs) == 1 else
-                          {"ok": all(d["ok"] for d in docs), "snapshots": docs})
+                          {"ok": all(d["ok"] for d in docs), "snapshots": docs},
+                          to_stderr=opts.to_stdout)
     sys.exit(exit_code_of(results))
+
+
+def check_stream(wanted: list[int], with_stacks: bool) -> None:
+    """-o -: refused before anything is touched when it cannot work."""
+    if sys.stdout.isatty():
+        raise BadInput("refusing to write a core to a terminal (-o -)",
+                       "redirect standard output to a file or a pipe", stage=Stage.USAGE)
+    if len(wanted) > 1:
+        raise BadInput(f"-o - takes one process ({len(wanted)} given)",
+                       "snapshot them one at a time", stage=Stage.USAGE)
+    if with_stacks:
+        raise BadInput("--stacks needs a core file, not -o -", "give an output directory",
+                       stage=Stage.USAGE)

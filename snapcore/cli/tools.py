@@ -34,8 +34,8 @@ from snapcore.units import parse_size
               help="The executable of --core (default: from its record).")
 @common_options
 @snap_options
-def stacks(pid, name_pattern, take_all, pidfile, unit, core_file, exe, output_dir, as_json,
-           timeout, min_free, max_per_hour, request: SnapRequest):
+def stacks(pid, name_pattern, take_all, pidfile, unit, core_file, exe, output_dir, writer,
+           as_json, timeout, min_free, max_per_hour, request: SnapRequest):
     """Every thread's backtrace, like gstack, with a pause of milliseconds.
 
     Takes a snapshot of PID (kept, like any other) and prints its stacks with
@@ -52,7 +52,7 @@ def stacks(pid, name_pattern, take_all, pidfile, unit, core_file, exe, output_di
                                "see snapcore stacks --help", stage=Stage.USAGE)
             target_pid = one_target(pid, name_pattern, take_all, pidfile, unit)
             check_force(request.force)
-            opts = make_options(output_dir, timeout, min_free, max_per_hour)
+            opts = make_options(output_dir, timeout, min_free, max_per_hour, writer)
             result = take_each([target_pid], opts, request)[0]
             if isinstance(result, SnapcoreError):
                 raise result
@@ -99,7 +99,7 @@ def _exe_from_record(core: Path) -> str:
 @common_options
 @snap_options
 def watch(pid, name_pattern, take_all, pidfile, unit, interval, hold, cpu, rss, threads_over,
-          fds, count, cooldown, output_dir, as_json, timeout, min_free, max_per_hour,
+          fds, count, cooldown, output_dir, writer, as_json, timeout, min_free, max_per_hour,
           request: SnapRequest):
     """Watch PID and snapshot it when a condition holds for --for seconds.
 
@@ -116,7 +116,7 @@ def watch(pid, name_pattern, take_all, pidfile, unit, interval, hold, cpu, rss, 
             raise BadInput("no condition to watch for",
                            "give --cpu, --rss, --threads-over or --fds", stage=Stage.USAGE)
         check_force(request.force)
-        opts = make_options(output_dir, timeout, min_free, max_per_hour)
+        opts = make_options(output_dir, timeout, min_free, max_per_hour, writer)
         taken, ended = [], ""
 
         def snapshot(reason):

@@ -69,6 +69,7 @@ def write_sidecar(snap, reason: str = "") -> Path:
         "core": {"file": snap.core_path.name, "size": snap.core_size,
                  "compressed": snap.core_path.name.endswith(".zst")},
         "regions_missing": snap.regions_missing,
+        "writer": {"name": snap.writer, "reason": snap.writer_reason},
         "notes": snap.notes,
         "kernel": platform.release(),
         "hostname": socket.gethostname(),

@@ -10,16 +10,26 @@ from pathlib import Path
 
 from snapcore import units
 from snapcore.core import core_pattern, placement
-from snapcore.engine import estimate
+from snapcore.engine import checks_writer, estimate
 from snapcore.engine.ratelimit import RateLimiter, key_for, time_text
 from snapcore.engine.verdicts import OK, REFUSE, WARN, Options, Preflight
 from snapcore.linux import cgroups
 from snapcore.linux.procfs import read_status
 
 
-def check_core_destination(pre: Preflight) -> core_pattern.CorePattern:
+def check_core_destination(pre: Preflight, opts: Options,
+                           size: int) -> core_pattern.CorePattern:
+    """Who writes the core (checks_writer.py), then, for the kernel's
+    writer, whether core_pattern and RLIMIT_CORE let it."""
     t = pre.target
     pattern = core_pattern.read_core_pattern()
+    checks_writer.choose_writer(pre, opts, pattern, size)
+    if pre.writer == "snapcore":
+        pre.add("core-pattern", OK, f"{pattern.pattern} ({pattern.kind}): not used, "
+                "snapcore writes the core")
+        pre.add("core-limit", OK, f"RLIMIT_CORE {_limits_text(t)}: not used, a snapshot is "
+                "not a crash (gcore ignores the limit too)")
+        return pattern
     if pattern.kind == "pipe":
         try:
             with open("/proc/sys/kernel/core_pipe_limit") as f:
@@ -28,25 +38,32 @@ def check_core_destination(pre: Preflight) -> core_pattern.CorePattern:
             limit = "?"
         pre.add("core-pattern", WARN, f"core_pattern pipes cores to {pattern.handler} "
                 f"(core_pipe_limit {limit}): the core goes there, not to the output "
-                "directory", "look it up with the handler's tools (coredumpctl)")
+                "directory", "look it up with the handler's tools (coredumpctl), or let "
+                "snapcore write it", setting="writer")
     elif pattern.kind == "absolute" and not os.path.isdir(
             placement.target_root(t.pid) + os.path.dirname(pattern.pattern)):
         pre.add("core-pattern", REFUSE, f"core_pattern writes to "
                 f"{os.path.dirname(pattern.pattern)}, which does not exist for the process",
-                "create it or fix kernel.core_pattern")
+                "create it, fix kernel.core_pattern, or let snapcore write the core",
+                setting="writer")
     else:
         pre.add("core-pattern", OK, f"{pattern.kind}: {pattern.pattern}"
                 + (" (core_uses_pid)" if pattern.uses_pid else ""))
     if pattern.kind != "pipe" and t.core_hard == 0:
         pre.add("core-limit", REFUSE, f"hard RLIMIT_CORE of {t.pid} ({t.name}) is 0: the "
                 "kernel will write no core", "raise it where the process is started "
-                "(ulimit -Hc, LimitCORE= in its systemd unit)")
+                "(ulimit -Hc, LimitCORE= in its systemd unit), or let snapcore write it",
+                setting="writer")
     else:
-        soft = "unlimited" if t.core_soft >= (1 << 63) else units.human(t.core_soft)
-        hard = "unlimited" if t.core_hard >= (1 << 63) else units.human(t.core_hard)
-        pre.add("core-limit", OK, f"RLIMIT_CORE soft {soft}, hard {hard} (the child "
-                "raises its soft limit to the hard one)")
+        pre.add("core-limit", OK, f"RLIMIT_CORE {_limits_text(t)} (the child raises its "
+                "soft limit to the hard one)")
     return pattern
+
+
+def _limits_text(t) -> str:
+    soft = "unlimited" if t.core_soft >= (1 << 63) else units.human(t.core_soft)
+    hard = "unlimited" if t.core_hard >= (1 << 63) else units.human(t.core_hard)
+    return f"soft {soft}, hard {hard}"
 
 
 def _existing_ancestor(path: Path) -> Path:
@@ -58,6 +75,10 @@ def _existing_ancestor(path: Path) -> Path:
 
 
 def check_output_dir(pre: Preflight, opts: Options) -> None:
+    if opts.to_stdout:
+        pre.add("output-dir", OK, "standard output (the rate limit's state stays in "
+                f"{Path(opts.output_dir).absolute()})")
+        return
     out = Path(opts.output_dir).absolute()
     existing = _existing_ancestor(out)
     try:
@@ -88,23 +109,21 @@ def _min_free(spec: str, fs_size: int) -> int:
 
 def check_disk(pre: Preflight, opts: Options, maps, pattern: core_pattern.CorePattern) -> None:
     t = pre.target
-    if pattern.kind == "pipe":
+    if maps:
+        pre.core_estimate = estimate.core_size(maps, estimate.coredump_filter(t.pid),
+                                               len(t.threads))
+    if opts.to_stdout and pre.writer == "snapcore":
+        pre.add("disk", OK, "the core goes to standard output")
+        return
+    if pattern.kind == "pipe" and pre.writer == "kernel":
         pre.add("disk", OK, "the core goes to the pipe handler")
         return
     if not maps:
         pre.add("disk", OK, "not estimated")
         return
-    size = estimate.core_size(maps, estimate.coredump_filter(t.pid), len(t.threads))
-    pre.core_estimate = size
+    size, how = checks_writer.disk_need(pre, opts, pre.core_estimate)
     out = _existing_ancestor(Path(opts.output_dir).absolute())
-    places = {str(out)}
-    root = placement.target_root(t.pid)
-    if pattern.kind == "absolute":
-        places.add(root + os.path.dirname(pattern.pattern))
-    elif root:
-        places.add(_existing_ancestor(Path(f"{root}/var/tmp")).as_posix())
-    elif t.uid != os.geteuid():
-        places.add("/var/tmp")  # where the kernel writes for another user
+    places = checks_writer.disk_places(pre, opts, str(out), pattern)
     for place in sorted(places):
         try:
             free, fs_size = estimate.free_space(place)
@@ -114,13 +133,13 @@ def check_disk(pre: Preflight, opts: Options, maps, pattern: core_pattern.CorePa
             return
         reserve = _min_free(opts.min_free, fs_size)
         if size > free - reserve:
-            pre.add("disk", REFUSE, f"the core needs about {units.human(size)}, "
+            pre.add("disk", REFUSE, f"the core needs about {units.human(size)}{how}, "
                     f"{place} has {units.human(free)} free and keeps "
                     f"{units.human(reserve)} in reserve ({opts.min_free})",
                     "free space, choose another output directory, or keep less in reserve",
                     setting="min_free")
             return
-    pre.add("disk", OK, f"core about {units.human(size)}; room in "
+    pre.add("disk", OK, f"core about {units.human(size)}{how}; room in "
             f"{', '.join(sorted(places))}")
 
 
@@ -160,10 +179,11 @@ def check_memory(pre: Preflight, maps) -> None:
                 f"{units.human(available)} available")
 
 
-def tasks_added(threads: int) -> int:
+def tasks_added(threads: int, writer: str = "kernel") -> int:
     """Most tasks a snapshot adds at once: in the window the intermediate task
-    and the child; then the child and one recreated thread per other thread."""
-    return max(2, threads)
+    and the child; then, for the kernel's writer, the child and one recreated
+    thread per other thread (snapcore's writer recreates none)."""
+    return 2 if writer == "snapcore" else max(2, threads)
 
 
 def _tasks_of_user(uid: int) -> int:
@@ -197,7 +217,7 @@ def check_tasks(pre: Preflight) -> None:
     user's RLIMIT_NPROC (kernel/fork.c: copy_process checks both): near either
     limit, they would make the target's own fork or pthread_create fail."""
     t = pre.target
-    need = tasks_added(len(t.threads))
+    need = tasks_added(len(t.threads), pre.writer)
     limits = []
     cgroup = cgroups.tasks_headroom(t.pid)
     if cgroup is not None:

@@ -49,10 +49,12 @@ def _run(pid: int, opts: Options) -> Preflight:
         pre.add("seccomp", OK if t.seccomp == 0 else REFUSE,
                 f"Seccomp: {t.seccomp}", "not evaluated: the process cannot be snapshot")
     checks_process.check_dumpable(pre)
-    pattern = checks_host.check_core_destination(pre)
+    maps = estimate.read_smaps(pid) if usable and not t.kernel_thread else []
+    size = (estimate.core_size(maps, estimate.coredump_filter(pid), len(t.threads))
+            if maps else 0)
+    pattern = checks_host.check_core_destination(pre, opts, size)
     pre.core_pattern = pattern
     checks_host.check_output_dir(pre, opts)
-    maps = estimate.read_smaps(pid) if usable and not t.kernel_thread else []
     checks_host.check_disk(pre, opts, maps, pattern)
     checks_host.check_memory(pre, maps)
     checks_host.check_tasks(pre)

@@ -17,7 +17,7 @@ from snapcore.core import placement, records, store
 from snapcore.core.compress import compress
 from snapcore.engine import preflight, sequence
 from snapcore.engine.ratelimit import RateLimiter, key_for
-from snapcore.engine.result import DumpLimits, Snapshot
+from snapcore.engine.result import DumpLimits, Output, Snapshot
 from snapcore.errors import NoSuchProcess, OutputError, SnapcoreError, Stage
 from snapcore.linux import stops
 from snapcore.linux.procfs import exclusive, reading, start_time
@@ -25,23 +25,25 @@ from snapcore.linux.procfs import exclusive, reading, start_time
 
 def take(pid: int, opts: preflight.Options, *, threads: str = "all",
          force: tuple[str, ...] = (), limits: DumpLimits | None = None,
-         reason: str = "", compressed: bool = False) -> Snapshot:
+         reason: str = "", compressed: bool = False, stream: int | None = None) -> Snapshot:
     """Snapshot process `pid` into `opts.output_dir`; the target keeps running.
 
     Every preflight check runs first; a refusal raises unless its name is in
     `force` (and it may be forced).  threads="all" holds every thread for the
     fork and puts each in the core; "main" holds and dumps the main thread only.
     The stored core gets its record (records.write_sidecar) with `reason`;
-    `compressed` turns it into CORE.zst first.
+    `compressed` turns it into CORE.zst (snapcore's writer compresses while
+    writing).  With `opts.to_stdout` the core goes to descriptor `stream`
+    instead, and has no record.
     """
     with exclusive(pid):
         return _take_exclusive(pid, opts, threads=threads, force=force, limits=limits,
-                               reason=reason, compressed=compressed)
+                               reason=reason, compressed=compressed, stream=stream)
 
 
 def _take_exclusive(pid: int, opts: preflight.Options, *, threads: str,
                     force: tuple[str, ...], limits: DumpLimits | None, reason: str,
-                    compressed: bool) -> Snapshot:
+                    compressed: bool, stream: int | None) -> Snapshot:
     pre = preflight.run(pid, opts)
     refusals = pre.refusals(force)
     if refusals:
@@ -55,13 +57,15 @@ def _take_exclusive(pid: int, opts: preflight.Options, *, threads: str,
         placement.remove_stale_staging(placement.staging_bases(output_dir, root))
         store.finish_interrupted(output_dir)
         staging = (placement.make_staging_dir(output_dir, target.uid, target.gid, root)
-                   if pre.core_pattern.kind == "relative" else None)
+                   if pre.core_pattern.kind == "relative" and pre.writer == "kernel"
+                   else None)
+        output = Output(output_dir, stream if opts.to_stdout else None, compressed)
         try:
             with stops.signals_held([signal.SIGCHLD]):
                 limits = replace(limits or DumpLimits(), expected=pre.core_estimate)
                 snap = _take(pre, output_dir, staging, threads == "all", opts.timeout,
                              allow_undumpable="dumpable" in force, dump_limits=limits,
-                             root=root)
+                             root=root, output=output)
         except SnapcoreError as exc:
             exc.pid = exc.pid if exc.pid is not None else pid
             raise
@@ -72,7 +76,7 @@ def _take_exclusive(pid: int, opts: preflight.Options, *, threads: str,
     snap.checks = pre.as_dicts()
     snap.core_estimate = pre.core_estimate
     snap.regions_missing = pre.regions_missing
-    if snap.core_path is not None:
+    if snap.core_path is not None and not snap.streamed:
         _publish(snap, output_dir, reason, compressed)
     return snap
 
@@ -82,7 +86,7 @@ def _publish(snap: Snapshot, output_dir: Path, reason: str, compressed: bool) ->
     its name: a core is never seen without its record (list and prune would
     not know it)."""
     partial = snap.core_path
-    if compressed:
+    if compressed and not partial.name.endswith(".zst"):  # the kernel's raw core
         try:
             partial = compress(partial)
         except OutputError as exc:
@@ -95,7 +99,7 @@ def _publish(snap: Snapshot, output_dir: Path, reason: str, compressed: bool) ->
 
 def _take(pre: preflight.Preflight, output_dir: Path, staging: Path | None,
           all_threads: bool, stop_timeout: float, *, allow_undumpable: bool,
-          dump_limits: DumpLimits, root: str) -> Snapshot:
+          dump_limits: DumpLimits, root: str, output: Output) -> Snapshot:
     pid = pre.target.pid
     # Pin the identity before the window: a pidfd opened now refers to this
     # process for good, and the start time says the pid was not reused since
@@ -107,7 +111,7 @@ def _take(pre: preflight.Preflight, output_dir: Path, staging: Path | None,
             raise NoSuchProcess(f"process {pid} exited and its pid was reused",
                                 "check the pid again", pid=pid, stage=Stage.PREFLIGHT)
         return sequence.fork_and_dump(pre, output_dir, staging, all_threads, stop_timeout,
-                                      allow_undumpable, dump_limits, pidfd, root)
+                                      allow_undumpable, dump_limits, pidfd, root, output)
     finally:
         os.close(pidfd)
 

@@ -10,6 +10,8 @@ import time
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
+from snapcore.linux import priority
+
 if TYPE_CHECKING:  # child.py uses this module
     from snapcore.engine.child import Child
 
@@ -35,6 +37,9 @@ class Watchdog:
     timed_out: bool = False
     progress: object = None  # (bytes written, bytes expected) -> None, for a progress bar
     expected: int = 0
+    # The task that writes the core, by thread id: the child's (the kernel
+    # writes it in the child's context), or snapcore's writer thread.  0: the child.
+    task: int = 0
 
     def start(self) -> None:
         self.started = self.last_growth = time.monotonic()
@@ -53,8 +58,7 @@ class Watchdog:
                 and now - self.last_growth >= self.stall_timeout):
             self.escalated_after = now - self.started
             try:
-                os.sched_setscheduler(child.pid, os.SCHED_OTHER, os.sched_param(0))
-                os.setpriority(os.PRIO_PROCESS, child.pid, 19)
+                priority.raise_to_normal(self.task or child.pid)
                 child.notes.append(f"the dump stalled; raised to normal priority at nice 19 "
                                    f"after {self.escalated_after:.1f} s")
             except OSError as exc:
