@@ -175,6 +175,8 @@ def _store(run: _Dump, snap: Snapshot, ended: stops.Stop, watchdog: Watchdog,
             snap.notes.append("threads that ended right after the fork keep the child's "
                               "ids in the core")
         notes.rename_threads(core, layout, renames, run.target_ns.get(pid) or 0)
+        if run.target_ns.get(pid) is not None:
+            notes.main_thread_first(core, run.target_ns[pid])
         snap.core_path = store.store(core, output_dir,
                                         placement.core_name(target.name, pid, taken_at))
     finally:
@@ -185,7 +187,9 @@ def _store(run: _Dump, snap: Snapshot, ended: stops.Stop, watchdog: Watchdog,
 def _thread_map(pid: int, kid: childmod.Child, target_ns: dict[int, int | None]) -> list[dict]:
     """Target thread id, its name, and the LWP the core names it by (its own id
     in its pid namespace, once the notes are rewritten), in the core's order."""
+    # The main thread first, as core/notes.main_thread_first orders the notes.
     order = [kid.pid] + [t for t in kid.threads if t != kid.pid]
+    order.sort(key=lambda c: kid.threads.get(c) != pid)
     return [{"tid": kid.threads[c], "name": thread_name(pid, kid.threads[c]),
              "core_lwp": target_ns.get(kid.threads[c]), "child_tid": c} for c in order]
 

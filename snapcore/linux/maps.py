@@ -121,6 +121,9 @@ def present_runs(pagemap_fd: int, start: int, end: int,
             count = len(raw) // _ENTRY
             if count == 0:
                 break
+        if raw.count(0) == len(raw):  # nothing there at all: the usual case in a reservation
+            at += count * page
+            continue
         for i, entry in enumerate(struct.unpack(f"<{count}Q", raw[:count * _ENTRY])):
             data = entry & PM_SWAPPED or (entry & PM_PRESENT and (
                 zero_pfn is None or (entry & PM_PFN_MASK) != zero_pfn))
