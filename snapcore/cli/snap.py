@@ -110,7 +110,7 @@ def snap(pids, name_pattern, take_all, pidfile, unit, output_dir, writer, as_jso
             check_stream(wanted, with_stacks)
             out = err  # the core has standard output to itself: the report goes to stderr
     except SnapcoreError as exc:
-        fail(exc, as_json, err)
+        fail(exc, as_json, err, to_stderr=output_dir is not None and str(output_dir) == "-")
     results = take_each(wanted, opts, request, show_progress=not (as_json or quiet),
                         to_syslog=to_syslog)
     docs = []

@@ -20,6 +20,10 @@ class FileSink:
         self.fd = fd
         self.pos = 0
 
+    @property
+    def out_bytes(self) -> int:
+        return self.pos
+
     def write(self, data) -> None:
         view = memoryview(data)
         while view:
@@ -39,10 +43,16 @@ class StreamSink:
     """A stream: `out` has write(); holes are zeros (zstandard makes next to
     nothing of them)."""
 
-    def __init__(self, out, closer=None):
+    def __init__(self, out, closer=None, raw=None):
         self.out = out
         self.pos = 0
         self._closer = closer
+        self._raw = raw  # the FdWriter under a compressor: what really went out
+
+    @property
+    def out_bytes(self) -> int:
+        """Bytes written to the descriptor (compressed ones, under zstandard)."""
+        return self._raw.count if self._raw is not None else self.pos
 
     def write(self, data) -> None:
         self.out.write(data)
@@ -65,21 +75,33 @@ class FdWriter:
 
     def __init__(self, fd: int):
         self.fd = fd
+        self.count = 0
 
     def write(self, data) -> int:
         view = memoryview(data)
         total = len(view)
         while view:
             view = view[os.write(self.fd, view):]
+        self.count += total
         return total
+
+
+def zstd_missing() -> str:
+    """Why compressing while writing cannot work here ("" when it can)."""
+    try:
+        import zstandard  # noqa: F401
+    except ImportError:
+        return "compression needs the zstandard package (pip install 'snapcore[compress]')"
+    return ""
 
 
 def zstd_sink(fd: int, level: int = 3) -> StreamSink:
     """Compress while writing into `fd` (a file or standard output)."""
     import zstandard
-    writer = zstandard.ZstdCompressor(level=level).stream_writer(FdWriter(fd), closefd=False)
+    raw = FdWriter(fd)
+    writer = zstandard.ZstdCompressor(level=level).stream_writer(raw, closefd=False)
 
     def close() -> None:
         writer.flush(zstandard.FLUSH_FRAME)
         writer.close()
-    return StreamSink(writer, close)
+    return StreamSink(writer, close, raw)

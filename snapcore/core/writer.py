@@ -48,7 +48,7 @@ def open_memory(pid: int) -> tuple[int, int]:
     return mem, pagemap
 
 
-def _read(fd: int, size: int, address: int) -> bytes:
+def read_memory(fd: int, size: int, address: int) -> bytes:
     # Addresses past 2**63 ([vsyscall]) are negative offsets to pread, which
     # /proc/PID/mem accepts (FMODE_UNSIGNED_OFFSET).
     return os.pread(fd, size, address - _U64 if address >= 1 << 63 else address)
@@ -65,7 +65,7 @@ def plan_loads(pid: int, vmas: list[maps.Vma], mem: int, pagemap: int) -> list[L
         if size == dumprules.MAYBE_ELF_HEADER:
             # The kernel reads the first four bytes as well (dump_vma_snapshot).
             try:
-                magic = _read(mem, 4, vma.start)
+                magic = read_memory(mem, 4, vma.start)
             except OSError:
                 magic = b""
             size = arch.PAGE_SIZE if magic == dumprules.ELF_MAGIC else 0
@@ -120,7 +120,7 @@ def _copy(mem: int, start: int, end: int, sink, progress: Progress) -> None:
             raise WriteCancelled()
         want = min(CHUNK, end - at)
         try:
-            data = _read(mem, want, at)
+            data = read_memory(mem, want, at)
         except OSError:
             data = None
         if data is None:

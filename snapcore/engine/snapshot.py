@@ -15,6 +15,7 @@ from pathlib import Path
 
 from snapcore.core import placement, records, store
 from snapcore.core.compress import compress
+from snapcore.core.sink import zstd_missing
 from snapcore.engine import preflight, sequence
 from snapcore.engine.ratelimit import RateLimiter, key_for
 from snapcore.engine.result import DumpLimits, Output, Snapshot
@@ -49,6 +50,9 @@ def _take_exclusive(pid: int, opts: preflight.Options, *, threads: str,
     if refusals:
         raise preflight.Refused(refusals[0], pid)
     target = pre.target
+    if compressed and pre.writer == "snapcore" and zstd_missing():
+        raise OutputError(zstd_missing(), "snapshot without --compress", pid=pid,
+                          stage=Stage.PREFLIGHT)
     output_dir = placement.prepare_output_dir(opts.output_dir)
     limiter = RateLimiter(output_dir, opts.max_per_hour, opts.clock)
     key = key_for(target.exe, pid)

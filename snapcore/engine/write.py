@@ -48,7 +48,8 @@ def gather(pid: int, held: list[HeldThread], target_ns: dict[int, int | None]):
 def process_state(child: int, name: str, facts: taskinfo.ProcessFacts, mem: int,
                   vmas: list[maps.Vma], root: str) -> corenotes.ProcessState:
     try:
-        args = corewriter._read(mem, max(0, facts.arg_end - facts.arg_start), facts.arg_start)
+        args = corewriter.read_memory(mem, max(0, facts.arg_end - facts.arg_start),
+                                      facts.arg_start)
     except OSError:
         args = b""
     return corenotes.ProcessState(
@@ -198,7 +199,7 @@ def dump_and_store(pre, forked, kid, gathered, pidfd: int, stop_timeout: float,
                 reap_pause = reap_adopted(pre, pidfd, forked.child_ns_pid, kid.guard,
                                           stop_timeout, kid.notes)
     return Snapshot(
-        target=target, core_path=path, core_size=sink.pos, pause=forked.timings,
+        target=target, core_path=path, core_size=sink.out_bytes, pause=forked.timings,
         reap_pause=reap_pause, dump_seconds=seconds, threads=len(states),
         thread_map=[{"tid": tid, "name": thread_name(target.pid, tid), "core_lwp": s.tid,
                      "child_tid": None} for tid, s in zip(tids, states)],

@@ -1,0 +1,149 @@
+#!/usr/bin/env python3
+"""How long until the core is complete, and what it costs: the kernel's
+writer, snapcore's writer and gcore.
+
+    python3 bench/writer.py [--sizes 256,1024,4096] [--busy 0,2] [--runs 1]
+                            [--tools kernel,snapcore,gcore] [--compress both|no|yes]
+
+For each size (MB) a bench/hold.c process holds that much written memory and
+sleeps; `--busy N` runs N spinning processes meanwhile (N = the CPUs: a busy
+machine, where an idle-priority dump waits for the watchdog to raise it).
+Per run:
+
+- seconds: the tool's wall time, start-up included, until the core is on disk;
+- CPU: the tool's own (user + system, its children included) plus, for the
+  kernel's writer, the snapshot child's (the kernel writes in its context;
+  read from the child's /proc stat, which stays while it is a zombie);
+- extra memory: the tool's peak resident size plus the page tables the fork
+  copied (the target's VmPTE; gcore forks nothing).  The target is asleep,
+  so copy-on-write costs nothing here;
+- the core's size on disk.
+
+Needs root, gcc, gdb.  Prints a Markdown table.  Timings are this machine's.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+HERE = Path(__file__).parent
+
+
+def build(tmp: Path) -> Path:
+    exe = tmp / "hold"
+    subprocess.run(["gcc", "-O2", "-o", str(exe), str(HERE / "hold.c")], check=True)
+    return exe
+
+
+def clock_ticks(pid: int) -> float:
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return 0.0
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def vm_pte(pid: int) -> int:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmPTE:"):
+            return int(line.split()[1]) * 1024
+    return 0
+
+
+def run(cmd: list[str], stdout=subprocess.PIPE) -> tuple[float, float, int, str]:
+    """Wall seconds, CPU seconds and peak RSS (bytes) of a command and its children."""
+    t0 = time.monotonic()
+    proc = subprocess.Popen(cmd, stdout=stdout, stderr=subprocess.PIPE, text=True)
+    out = proc.stdout.read() if proc.stdout else ""
+    _, status, usage = os.wait4(proc.pid, 0)
+    wall = time.monotonic() - t0
+    if os.waitstatus_to_exitcode(status) not in (0,):
+        raise RuntimeError(f"{cmd[:4]} failed: {proc.stderr.read()[-400:]}")
+    return wall, usage.ru_utime + usage.ru_stime, usage.ru_maxrss * 1024, out
+
+
+def one(tool: str, compress: bool, pid: int, out: Path) -> dict:
+    pte = vm_pte(pid)
+    if tool == "gcore":
+        core = out / "gcore"
+        wall, cpu, rss, _ = run(["gcore", "-o", str(core), str(pid)])
+        files = list(out.glob("gcore*"))
+        if compress:
+            w2, c2, r2, _ = run(["zstd", "-q", "--rm", "-3", str(files[0])])
+            wall, cpu, rss = wall + w2, cpu + c2, max(rss, r2)
+            files = list(out.glob("gcore*"))
+        pte = 0
+    else:
+        cmd = [sys.executable, "-m", "snapcore", "--json", "--max-per-hour", "0",
+               "--writer", tool, "-o", str(out), str(pid)] + (["--compress"] if compress else [])
+        wall, cpu, rss, text = run(cmd)
+        doc = json.loads(text)
+        if tool == "kernel":
+            cpu += clock_ticks(doc["child_pid"])
+        files = [Path(doc["core"]["path"])]
+    disk = sum(f.stat().st_blocks * 512 for f in files)
+    for f in out.iterdir():
+        if f.is_file():
+            f.unlink()
+    return {"seconds": wall, "cpu": cpu, "memory": rss + pte, "disk": disk}
+
+
+def spinners(n: int) -> list[subprocess.Popen]:
+    return [subprocess.Popen([sys.executable, "-c", "while True: pass"]) for _ in range(n)]
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--sizes", default="256,1024,4096")
+    ap.add_argument("--busy", default="0,2")
+    ap.add_argument("--runs", type=int, default=1)
+    ap.add_argument("--tools", default="kernel,snapcore,gcore")
+    ap.add_argument("--compress", default="both", choices=("both", "no", "yes"))
+    args = ap.parse_args()
+    tmp = Path(tempfile.mkdtemp(prefix="snapcore-writer-bench-"))
+    exe = build(tmp)
+    out = tmp / "out"
+    out.mkdir()
+    modes = {"both": (False, True), "no": (False,), "yes": (True,)}[args.compress]
+    print("| size | machine | writer | compress | until core complete | CPU | extra memory | core on disk |")
+    print("| --- | --- | --- | --- | --- | --- | --- | --- |")
+    try:
+        for mb in [int(s) for s in args.sizes.split(",")]:
+            target = subprocess.Popen([str(exe), str(mb)], stdout=subprocess.PIPE, text=True)
+            assert target.stdout.readline().strip() == "ready"
+            try:
+                for busy in [int(b) for b in args.busy.split(",")]:
+                    load = spinners(busy)
+                    try:
+                        for compress in modes:
+                            for tool in args.tools.split(","):
+                                results = [one(tool, compress, target.pid, out)
+                                           for _ in range(args.runs)]
+                                best = min(results, key=lambda r: r["seconds"])
+                                print(f"| {mb} MB | {'busy' if busy else 'idle'} | {tool} | "
+                                      f"{'zstd' if compress else 'no'} | "
+                                      f"{best['seconds']:.2f} s | {best['cpu']:.2f} s | "
+                                      f"{best['memory'] / 2**20:.0f} MiB | "
+                                      f"{best['disk'] / 2**20:.0f} MiB |", flush=True)
+                    finally:
+                        for p in load:
+                            p.kill()
+                            p.wait()
+            finally:
+                target.kill()
+                target.wait()
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()
