@@ -3,8 +3,8 @@
 #
 # Its own virtualenv under /opt/snapcore: PEP 668 keeps pip out of the
 # distribution's Python (externally-managed-environment), and pip itself is
-# often absent.  The command is linked into /usr/local/bin (on root's PATH),
-# the manual page into /usr/local/share/man (on man's path).
+# often absent.  The command goes into /usr/local/bin (on root's PATH), the
+# manual page into /usr/local/share/man (on man's path).
 # PREFIX, BINDIR and MANDIR override those places.
 set -eu
 cd "$(dirname "$0")"
@@ -19,7 +19,14 @@ fi
 python3 -m venv "$PREFIX"
 "$PREFIX/bin/python" -m pip install -q --disable-pip-version-check .
 mkdir -p "$BINDIR" "$MANDIR/man1"
-ln -sf "$PREFIX/bin/snapcore" "$BINDIR/snapcore"
+# Not a link: a Ctrl-C must never show Python's traceback.  The interpreter
+# starts with the stop signals ignored (it then leaves SIGINT alone; one
+# pressed in these milliseconds is lost, before anything is touched) and with
+# -S, so that bin/snapcore catches them before site loads anything.
+rm -f "$BINDIR/snapcore"
+printf '#!/bin/sh\ntrap "" INT TERM HUP\nexec "%s/bin/python3" -S "%s/bin/snapcore" "$@"\n' \
+    "$PREFIX" "$PREFIX" > "$BINDIR/snapcore"
+chmod 0755 "$BINDIR/snapcore"
 cp man/snapcore.1 "$MANDIR/man1/snapcore.1"
 chmod 0644 "$MANDIR/man1/snapcore.1"
 echo "snapcore installed: $BINDIR/snapcore, man snapcore"

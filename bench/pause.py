@@ -199,14 +199,29 @@ def plot(rows: list[dict], path: str) -> None:
 
 
 def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--sizes", default="64,256")
-    parser.add_argument("--threads", default="1")
-    parser.add_argument("--runs", type=int, default=5)
-    parser.add_argument("--cow-pages", type=int, default=0)
-    parser.add_argument("--tools", default="fork,snapcore-all,snapcore-main,gcore")
-    parser.add_argument("--plot", help="also write a PNG plot (needs matplotlib)")
-    parser.add_argument("--json", help="also write the rows as JSON to this file")
+    parser = argparse.ArgumentParser(
+        description=__doc__.split("\n\n", 2)[2].split("Prints a Markdown")[0].strip(),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog="Prints a Markdown table of the medians.  Needs root, gcc, and gdb for gcore.")
+    parser.add_argument("--sizes", default="64,256", metavar="MB,...",
+                        help="heap sizes of the target, in MB (default: %(default)s)")
+    parser.add_argument("--threads", default="1", metavar="N,...",
+                        help="thread counts of the target (default: %(default)s)")
+    parser.add_argument("--runs", type=int, default=5, metavar="N",
+                        help="runs per tool, size and thread count (default: %(default)s)")
+    parser.add_argument("--cow-pages", type=int, default=0, metavar="K",
+                        help="pages the target rewrites per heartbeat iteration, to "
+                             "measure copy-on-write cost while the child lives "
+                             "(default: %(default)s)")
+    parser.add_argument("--tools", default="fork,snapcore-all,snapcore-main,gcore",
+                        metavar="T,...",
+                        help="what to measure: fork (the target forking itself: the "
+                             "physical limit), snapcore-all, snapcore-main (--threads "
+                             "main), gcore (default: %(default)s)")
+    parser.add_argument("--plot", metavar="PNG",
+                        help="also write a PNG plot (needs matplotlib)")
+    parser.add_argument("--json", metavar="FILE",
+                        help="also write the rows as JSON to this file")
     args = parser.parse_args(argv)
     build = Path(tempfile.mkdtemp(prefix="snapcore-bench-build-"))
     exe = build / "heartbeat"

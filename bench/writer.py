@@ -11,9 +11,9 @@ machine, where an idle-priority dump waits for the watchdog to raise it).
 Per run:
 
 - seconds: the tool's wall time, start-up included, until the core is on disk;
-- CPU: the tool's own (user + system, its children included) plus, for the
-  kernel's writer, the snapshot child's (the kernel writes in its context;
-  read from the child's /proc stat, which stays while it is a zombie);
+- CPU: the tool's own (user + system, its children included) plus the
+  snapshot child's (the kernel's writer works in its context), polled from
+  /proc every 50 ms while the tool runs;
 - extra memory: the tool's peak resident size plus the page tables the fork
   copied (the target's VmPTE; gcore forks nothing).  The target is asleep,
   so copy-on-write costs nothing here;
@@ -32,6 +32,7 @@ import shutil
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from pathlib import Path
 
@@ -50,6 +51,36 @@ def clock_ticks(pid: int) -> float:
     except OSError:
         return 0.0
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+class ChildCpu:
+    """The snapshot child's CPU, polled while the tool runs: the kernel writes
+    the core in the child's context, and the child (an orphan, soon reaped)
+    is not the tool's child, so no rusage counts it."""
+
+    def __init__(self, name: str, target: int):
+        self.name, self.target = name, target
+        self.seen: dict[int, float] = {}
+        self.done = threading.Event()
+        self.thread = threading.Thread(target=self._poll, daemon=True)
+        self.thread.start()
+
+    def _poll(self) -> None:
+        while not self.done.is_set():
+            for entry in os.listdir("/proc"):
+                if entry.isdigit() and int(entry) != self.target:
+                    try:
+                        if Path(f"/proc/{entry}/comm").read_text().strip() == self.name:
+                            self.seen[int(entry)] = max(self.seen.get(int(entry), 0.0),
+                                                        clock_ticks(int(entry)))
+                    except OSError:
+                        pass
+            time.sleep(0.05)
+
+    def total(self) -> float:
+        self.done.set()
+        self.thread.join()
+        return sum(self.seen.values())
 
 
 def vm_pte(pid: int) -> int:
@@ -85,10 +116,10 @@ def one(tool: str, compress: bool, pid: int, out: Path) -> dict:
     else:
         cmd = [sys.executable, "-m", "snapcore", "--json", "--max-per-hour", "0",
                "--writer", tool, "-o", str(out), str(pid)] + (["--compress"] if compress else [])
+        child = ChildCpu("hold", pid)
         wall, cpu, rss, text = run(cmd)
+        cpu += child.total()
         doc = json.loads(text)
-        if tool == "kernel":
-            cpu += clock_ticks(doc["child_pid"])
         files = [Path(doc["core"]["path"])]
     disk = sum(f.stat().st_blocks * 512 for f in files)
     for f in out.iterdir():

@@ -26,6 +26,7 @@ class ExitCode(enum.IntEnum):
     RATE_LIMITED = 12  # too many snapshots of this program in the last hour
     LIMITS = 13  # the snapshot's tasks would take the target's room under its task limits
     TOOL = 14  # a tool snapcore runs (gdb, for stacks) is missing or failed
+    WATCH_ENDED = 15  # watch: the process exited before any condition fired
     INTERRUPTED = 130  # Ctrl-C or SIGTERM; the target was released first
 
 

@@ -28,3 +28,12 @@ def test_bench_smoke_run_produces_a_table(tmp_path):
         assert len(cells) == 8
         assert re.fullmatch(number + r"\(" + number + r"\)\s*", cells[3]), line
     assert rows_file.read_text().startswith("[")
+
+
+def test_bench_help_explains_every_option():
+    proc = subprocess.run([sys.executable, str(ROOT / "bench/pause.py"), "--help"],
+                          capture_output=True, text=True, cwd=ROOT)
+    assert proc.returncode == 0
+    options = re.findall(r"^  (--[a-z-]+)( \S+)?\s{2,}(\S.*)$", proc.stdout, re.M)
+    assert {o[0] for o in options} == {"--sizes", "--threads", "--runs", "--cow-pages",
+                                       "--tools", "--plot", "--json"}, proc.stdout

@@ -74,7 +74,7 @@ def test_version():
 
 def snap_options() -> list[str]:
     options = set()
-    for command in ("snap", "check", "stacks", "list", "prune"):
+    for command in ("snap", "check", "stacks", "watch", "list", "prune", "info", "debug"):
         help_text = CliRunner().invoke(cli, [command, "--help"]).output
         options |= set(re.findall(r"(?<![\w-])(--[a-z][a-z-]+)", help_text))
     return sorted(options)
@@ -116,3 +116,46 @@ def test_operator_mistakes_get_one_clear_line(args, words, tmp_path):
     assert proc.returncode == ExitCode.USAGE, proc.stderr
     assert proc.stderr.count("\n") == 1 and proc.stderr.startswith("snapcore: error: ")
     assert words in proc.stderr and ".:" not in proc.stderr
+
+
+def test_top_level_help_shows_snapshot_usage_options_and_whole_summaries():
+    for flag in ("-h", "--help"):
+        proc = run(flag)
+        assert proc.returncode == 0
+        assert "Usage: snapcore [OPTIONS] PID..." in proc.stdout
+        assert "Snapshot options (snapcore PID, snapcore snap PID)" in proc.stdout
+        for option in ("--compress", "--reason", "--force", "--name", "-o, --output-dir"):
+            assert option in proc.stdout
+        assert "..." not in proc.stdout.split("Commands")[1].split("Snapshot options")[0]
+    assert "Usage: snapcore snap" in run("snap", "-h").stdout
+
+
+def complete(*words: str) -> list[str]:
+    """What the shell is offered for the last word (bash's protocol)."""
+    env = dict(os.environ, _SNAPCORE_COMPLETE="bash_complete",
+               COMP_WORDS=" ".join(("snapcore",) + words), COMP_CWORD=str(len(words)))
+    proc = subprocess.run([sys.executable, "-m", "snapcore"], env=env, capture_output=True,
+                          text=True, cwd=ROOT)
+    return [line.split(",", 1)[1] for line in proc.stdout.splitlines()]
+
+
+def test_completion_offers_processes_and_check_names():
+    sleeper = subprocess.Popen(["sleep", "60"])
+    try:
+        assert str(sleeper.pid) in complete("check", str(sleeper.pid)[:-1])
+        assert str(sleeper.pid) in complete(str(sleeper.pid)[:-1])  # snapcore PID
+        assert {"snap", "check", "info", "debug"} <= set(complete(""))
+        assert "sleep" in complete("--name", "sle")
+        assert complete("--force", "") == list(preflight.FORCEABLE)
+        assert complete("stacks", "--force", "d") == ["dumpable", "disk"]
+    finally:
+        sleeper.kill()
+        sleeper.wait()
+
+
+def test_parsing_loads_neither_rich_nor_psutil_nor_the_engine():
+    """Every TAB runs snapcore afresh: click alone is loaded to parse."""
+    code = ("import sys, snapcore.cli; print(' '.join(m for m in ('rich', 'psutil', "
+            "'snapcore.engine.preflight', 'snapcore.linux.ptrace', 'ctypes') if m in sys.modules))")
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT)
+    assert proc.returncode == 0 and proc.stdout.strip() == "", proc.stdout + proc.stderr

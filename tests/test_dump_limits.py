@@ -1,15 +1,21 @@
-"""An idle-priority dump on a saturated machine: escalation and the time limit."""
+"""The dump's priority on a busy machine: stepped up only when it would not
+finish in time or its copies eat the memory promised; the time limit."""
 
 from __future__ import annotations
 
 import os
+import re
+import subprocess
+from pathlib import Path
 
 import pytest
 
 from snapcore.errors import ExitCode
 
-from conftest import run_snapcore, snap_json
+from conftest import compile_target, run_snapcore, snap_json
 from helpers import cores_in
+
+MEMORY_CGROUP = Path("/sys/fs/cgroup/memory/snapcore-test-cow")
 
 
 @pytest.fixture
@@ -18,19 +24,62 @@ def busy_machine(start_victim):
     return [start_victim("busy") for _ in range(2 * os.cpu_count())]
 
 
-def test_stalled_dump_is_raised_to_normal_priority(start_victim, busy_machine, out_dir):
-    victim = start_victim("fat")
-    code, doc = snap_json("--stall-timeout", "0.3", "-o", str(out_dir), str(victim.pid))
+@pytest.fixture(scope="session")
+def busyheap_exe(build_dir):
+    return compile_target(build_dir, "busyheap")
+
+
+def test_saturated_machine_steps_the_dump_up_and_completes(start_victim, busyheap_exe,
+                                                          busy_machine, out_dir):
+    # 256 MB, two spinning threads of its own, four more hogs, two CPUs:
+    # at SCHED_IDLE this dump used to take minutes.
+    victim = start_victim("spin", exe=busyheap_exe, args=("256", "2"))
+    code, doc = snap_json("-o", str(out_dir), str(victim.pid))
     assert code == 0, doc
-    assert doc["escalated_after_s"] is not None and doc["escalated_after_s"] >= 0.3
-    assert any("raised to normal priority at nice 19" in n for n in doc["notes"])
-    victim.wait_for_heartbeats(victim.heartbeats())
+    steps = doc["priority_steps"]
+    assert steps and steps[0]["from"] == "idle" and "deadline" in steps[0]["why"], steps
+    assert all(s["to"].startswith("nice ") for s in steps)
+    assert int(steps[-1]["to"].split()[1]) >= 0  # never above the target (nice 0)
+    assert doc["core"]["allocated"] >= 256 << 20  # complete: the whole heap is in it
+    record = (Path(doc["core"]["record"])).read_text()
+    assert '"priority_steps"' in record and steps[0]["why"] in record
+    verbose = run_snapcore("-v", "--force", "rate-limit", "-o", str(out_dir), str(victim.pid))
+    assert verbose.returncode == 0 and re.search(r"^priority +at \d+\.\d s, idle -> nice 19: ",
+                                                 verbose.stdout, re.M), verbose.stdout
     victim.assert_unharmed()
+
+
+def test_idle_machine_never_steps_up(start_victim, busyheap_exe, out_dir):
+    victim = start_victim("spin", exe=busyheap_exe, args=("64", "0"))
+    code, doc = snap_json("-o", str(out_dir), str(victim.pid))
+    assert code == 0 and doc["priority_steps"] == [], doc
+    victim.assert_unharmed()
+
+
+def test_copy_on_write_pressure_steps_the_dump_up(start_victim, busyheap_exe, busy_machine,
+                                                 out_dir):
+    # A target rewriting its whole heap during the dump, in a memory cgroup
+    # whose room is less than twice its heap: the copies pass half the room.
+    MEMORY_CGROUP.mkdir()
+    try:
+        victim = start_victim("rewrite", exe=busyheap_exe, args=("64", "1"))
+        (MEMORY_CGROUP / "cgroup.procs").write_text(str(victim.pid))
+        used = int((MEMORY_CGROUP / "memory.usage_in_bytes").read_text())
+        (MEMORY_CGROUP / "memory.limit_in_bytes").write_text(str(used + (100 << 20)))
+        code, doc = snap_json("-o", str(out_dir), str(victim.pid))
+        assert code == 0, doc
+        memory = [s for s in doc["priority_steps"] if "copy-on-write copies" in s["why"]]
+        assert memory and memory[0]["from"] == "idle", doc["priority_steps"]
+        victim.assert_unharmed()
+    finally:
+        for pid in (MEMORY_CGROUP / "cgroup.procs").read_text().split():
+            Path("/sys/fs/cgroup/memory/cgroup.procs").write_text(pid)
+        MEMORY_CGROUP.rmdir()
 
 
 def test_dump_longer_than_max_dump_time_is_killed(start_victim, busy_machine, out_dir):
     victim = start_victim("fat")
-    proc = run_snapcore("--stall-timeout", "0", "--max-dump-time", "0.3", "-o", str(out_dir),
+    proc = run_snapcore("--dump-deadline", "0", "--max-dump-time", "0.3", "-o", str(out_dir),
                         str(victim.pid))
     assert proc.returncode == ExitCode.CORE_NOT_WRITTEN, proc.stderr
     assert "longer than the longest dump allowed" in proc.stderr and "(--max-dump-time)" in proc.stderr

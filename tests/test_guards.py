@@ -19,7 +19,8 @@ from pathlib import Path
 import pytest
 
 from snapcore.engine import preflight
-from snapcore.engine.ratelimit import RateLimiter
+from snapcore.engine.ratelimit import RateLimiter, program
+from snapcore.linux import procfs
 from snapcore.engine.snapshot import take
 from snapcore.errors import ExitCode, SnapcoreError
 
@@ -166,10 +167,54 @@ def test_rate_limit_refuses_with_the_next_allowed_time(start_victim, out_dir):
     victim.assert_unharmed()
 
 
+def test_rate_limit_counts_each_program_not_each_executable(start_victim, out_dir):
+    # Same executable, different command lines: two programs (two Python
+    # services are not one), each named by its command line.
+    first, second = start_victim("read"), start_victim("read")
+    code, doc = snap_json("--max-per-hour", "1", "-o", str(out_dir), str(first.pid))
+    assert code == 0 and doc["target"]["program"] == " ".join(
+        Path(f"/proc/{first.pid}/cmdline").read_text().rstrip("\0").split("\0"))
+    code, doc = snap_json("--max-per-hour", "1", "-o", str(out_dir), str(second.pid))
+    assert code == 0, doc
+    code, doc = snap_json("--max-per-hour", "1", "-o", str(out_dir), str(first.pid))
+    assert code == ExitCode.RATE_LIMITED, doc
+    first.assert_unharmed()
+    second.assert_unharmed()
+
+
+UNIT_CGROUP = Path("/sys/fs/cgroup/systemd/system.slice/snapcore-test.service")
+
+
+def test_rate_limit_counts_a_service_by_its_unit_across_restarts(start_victim, out_dir):
+    # systemd puts each service in a cgroup named after its unit; a restarted
+    # service (a new pid, another command line) is still the same program.
+    made_slice = not UNIT_CGROUP.parent.exists()
+    UNIT_CGROUP.mkdir(parents=True)
+    try:
+        before, after = start_victim("read"), start_victim("sleep")
+        for victim in (before, after):
+            (UNIT_CGROUP / "cgroup.procs").write_text(str(victim.pid))
+        code, doc = snap_json("--max-per-hour", "1", "-o", str(out_dir), str(before.pid))
+        assert code == 0 and doc["target"]["program"] == "snapcore-test.service", doc
+        record = json.loads(Path(doc["core"]["record"]).read_text())
+        assert record["target"]["program"] == "snapcore-test.service"
+        proc = run_snapcore("--max-per-hour", "1", "-o", str(out_dir), str(after.pid))
+        assert proc.returncode == ExitCode.RATE_LIMITED, proc.stderr
+        assert "1 snapshots of snapcore-test.service in the last hour" in proc.stderr
+        before.assert_unharmed()
+        after.assert_unharmed()
+    finally:
+        for pid in (UNIT_CGROUP / "cgroup.procs").read_text().split():
+            UNIT_CGROUP.parent.parent.joinpath("cgroup.procs").write_text(pid)
+        UNIT_CGROUP.rmdir()
+        if made_slice:
+            UNIT_CGROUP.parent.rmdir()
+
+
 def test_one_snapshot_at_a_time_per_target(start_victim, out_dir):
     victim = start_victim("sleep")
     limiter = RateLimiter(out_dir, 4)
-    with limiter.exclusive(os.readlink(f"/proc/{victim.pid}/exe"), victim.pid):
+    with limiter.exclusive(program(procfs.read(victim.pid)), victim.pid):
         proc = run_snapcore("-o", str(out_dir), str(victim.pid))
     assert proc.returncode == ExitCode.BUSY and "another snapcore" in proc.stderr
     victim.assert_unharmed()
@@ -359,3 +404,20 @@ def test_target_exiting_at_any_moment(victim_exe, tmp_path, out_dir):
                                               capture_output=True, text=True).stdout
               .splitlines() if line.startswith(("t", "T"))]
     assert traced == []
+
+
+def test_core_estimate_is_what_the_core_takes_on_disk_and_with_holes(start_victim, out_dir):
+    """A reserve touched in a few pages is holes; a private file mapping once
+    written is dumped whole, read in from its file: the disk check needs the
+    second, `ls -l` shows the first."""
+    victim = start_victim("sparse")
+    code, doc = snap_json("-o", str(out_dir), str(victim.pid))
+    assert code == 0, doc
+    core = Path(doc["core"]["path"]).stat()
+    allocated, apparent = core.st_blocks * 512, core.st_size
+    assert apparent > 8 << 30 and allocated < 256 << 20
+    assert doc["core"]["allocated"] == allocated and doc["core"]["size"] == apparent
+    assert allocated >= 32 << 20  # the file mapping, whole
+    assert 0.8 * allocated <= doc["core_estimate"] <= 1.25 * allocated + (1 << 20), doc
+    assert 0.95 * apparent <= doc["core_estimate_apparent"] <= 1.05 * apparent, doc
+    victim.assert_unharmed()

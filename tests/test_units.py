@@ -57,8 +57,10 @@ def test_core_pattern_kinds():
 
 # core size (fs/coredump.c: vma_dump_size)
 
-def _mapping(perms, rss, *, inode=0, path="", offset=0, flags=(), anonymous=0):
-    return estimate.Mapping(perms, offset, inode, path, rss, rss, anonymous, set(flags))
+def _mapping(perms, rss, *, inode=0, path="", offset=0, flags=(), anonymous=0, size=None,
+             swap=0):
+    return estimate.Mapping(perms, offset, inode, path, rss if size is None else size, rss,
+                            anonymous, set(flags), swap=swap)
 
 
 def test_core_size_follows_the_kernel_rules():
@@ -69,12 +71,17 @@ def test_core_size_follows_the_kernel_rules():
         _mapping("rw-s", 10 * page),  # anonymous shared: bit 1
         _mapping("r-xp", 30 * page, inode=5, path="/lib/x.so"),  # file private, clean:
         # only its first page, as an ELF header (bit 4)
-        _mapping("rw-p", 8 * page, inode=5, path="/lib/x.so", offset=page,
-                 anonymous=2 * page),  # written private file pages: dumped with bit 0
+        _mapping("rw-p", 3 * page, inode=5, path="/lib/x.so", offset=page, size=8 * page,
+                 anonymous=2 * page),  # written private file pages: dumped whole with
+        # bit 0, the pages never read in included (read from the file)
+        _mapping("rw-p", 5 * page, size=1000 * page, swap=3 * page),  # a reserve: holes
+        # but for the pages touched, resident or swapped
     ]
     notes_room = 4 * page + 64 * 1024  # one thread
-    assert estimate.core_size(maps, 0x33, 1) == (100 + 10 + 1 + 8) * page + notes_room
-    assert estimate.core_size(maps, 0x00, 1) == notes_room
+    assert estimate.core_size(maps, 0x33, 1) == (
+        (100 + 10 + 1 + 8 + 1000) * page + notes_room,  # apparent
+        (100 + 10 + 1 + 8 + 8) * page + notes_room)  # allocated
+    assert estimate.core_size(maps, 0x00, 1) == (notes_room, notes_room)
     assert estimate.cow_worst_case(maps) == 108 * page
 
 

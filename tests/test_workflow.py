@@ -255,9 +255,14 @@ def test_watch_fires_on_rss_and_honours_count_and_cooldown(start_victim, out_dir
                         "0.1", "--count", "2", "--cooldown", "1", "-o", str(out_dir),
                         str(victim.pid))
     assert proc.returncode == 0, proc.stderr
-    doc = json.loads(proc.stdout)
-    assert doc["ended"] == "2 snapshot(s) taken, as many as asked"
-    shots = doc["snapshots"]
+    lines = [json.loads(line) for line in proc.stdout.splitlines()]  # one JSON per line
+    assert lines[-1]["event"] == "end" and lines[-1]["fired"] is True
+    assert lines[-1]["reason"] == "2 snapshot(s) taken, as many as asked"
+    samples = [e for e in lines if e["event"] == "sample"]
+    assert samples and all(re.fullmatch(r"\d{8}T\d{6}\.\d{3}Z", e["time"]) for e in samples)
+    assert any(e["met"] for e in samples) and not samples[0]["met"]
+    assert [e["event"] for e in lines].count("fire") == 2
+    shots = [e for e in lines if e["event"] == "snapshot"]
     assert len(shots) == 2 and all(s["ok"] for s in shots)
     taken = [time.mktime(time.strptime(s["taken_at"][:19], "%Y-%m-%dT%H:%M:%S"))
              + float("0." + s["taken_at"][20:26]) for s in shots]
@@ -284,9 +289,10 @@ def test_watch_logs_samples_and_ends_when_the_target_exits(victim_exe, tmp_path,
     target.wait()
     _, rest = watcher.communicate(timeout=30)
     err = first + rest
-    assert watcher.returncode == 0
+    assert watcher.returncode == ExitCode.WATCH_ENDED  # nothing fired: not a success
     assert "fds" in err and "threads" in err
-    assert f"watch ended: process {target.pid} exited" in err
+    assert re.match(r"\d{8}T\d{6}\.\d{3}Z cpu ", first), first  # UTC, like the cores
+    assert f"watch ended: process {target.pid} exited (no condition fired)" in err
 
 
 def test_stacks_of_a_file_gdb_cannot_read_is_an_error(tmp_path):
@@ -381,6 +387,92 @@ def test_every_command_names_its_process_the_same_ways(start_victim, out_dir, tm
     first = watcher.stderr.readline() if ready else ""  # its first sample of `other`
     other.stop()
     _, rest = watcher.communicate(timeout=30)
-    assert watcher.returncode == 0, first + rest
+    assert watcher.returncode == ExitCode.WATCH_ENDED, first + rest
     assert f"process {other.proc.pid} exited" in first + rest
+    victim.assert_unharmed()
+
+
+def test_watch_waits_for_a_process_and_fires_from_below(victim_exe, tmp_path, out_dir):
+    """--wait --name: watching starts before the process does (procdump -w);
+    --cpu-below fires on a process that does nothing."""
+    report = tmp_path / "late-starter.txt"
+    watcher = subprocess.Popen([sys.executable, "-m", "snapcore", "watch", "--json", "--wait",
+                                "--name", str(report), "--cpu-below", "50", "--for", "0.3",
+                                "--interval", "0.1", "-o", str(out_dir)],
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                               cwd=Path(__file__).parent.parent)
+    ready, _, _ = select.select([watcher.stdout], [], [], 30)
+    waiting = json.loads(watcher.stdout.readline() if ready else "{}")
+    assert waiting.get("event") == "waiting", waiting
+    target = subprocess.Popen([str(victim_exe), "sleep", str(report)],
+                              stdin=subprocess.PIPE, stdout=subprocess.PIPE)
+    try:
+        assert target.stdout.readline() == b"ready\n"
+        out, err = watcher.communicate(timeout=60)
+        assert watcher.returncode == 0, err
+        events = [json.loads(line) for line in out.splitlines()]
+        fired = [e for e in events if e["event"] == "fire"]
+        assert fired and fired[0]["reason"].startswith("cpu 0% < 50%"), events
+        shot = next(e for e in events if e["event"] == "snapshot")
+        assert shot["ok"] and shot["target"]["pid"] == target.pid
+        assert target.poll() is None and process_state(target.pid) in "SR"
+    finally:
+        target.kill()
+        target.wait()
+
+
+def test_info_and_debug_open_the_newest_snapshot(start_victim, threads_exe, out_dir):
+    """Like coredumpctl info/debug: by pid or name, plain or compressed."""
+    victim = start_victim("eight", exe=threads_exe)
+    assert run_snapcore("-q", "-o", str(out_dir), str(victim.pid)).returncode == 0
+    zst = run_snapcore("-q", "--compress", "--force", "rate-limit", "-o", str(out_dir),
+                       str(victim.pid))
+    assert zst.returncode == 0 and zst.stdout.strip().endswith(".zst"), zst.stderr
+    info = run_snapcore("info", "-o", str(out_dir), str(victim.pid))
+    assert info.returncode == 0, info.stderr
+    assert f"core      {zst.stdout.strip()}" in info.stdout  # the newest one, whole
+    assert "threads   8: threads x8" in info.stdout and "Program terminated with signal SIGABRT" \
+        in info.stderr and "not a crash" in info.stderr
+    doc = json.loads(run_snapcore("info", "--json", "-o", str(out_dir), "threads").stdout)
+    assert doc["core"] == zst.stdout.strip() and doc["record"]["target"]["pid"] == victim.pid
+    for match in (str(victim.pid), zst.stdout.strip()):
+        proc = run_snapcore("debug", "-o", str(out_dir), match, "-A",
+                            "-batch -nx -ex 'thread apply all bt'")
+        assert proc.returncode == 0, proc.stderr
+        assert "mutex_waiter_thread" in proc.stdout and "main_sleeper" in proc.stdout
+    plain = next(p for p in out_dir.iterdir() if p.name.endswith(".core"))
+    proc = run_snapcore("debug", str(plain), "-A", "-batch -nx -ex 'info threads'")
+    listed = re.findall(r"^\*?\s+\d+\s+Thread \S+ \(LWP \d+\)", proc.stdout, re.M)
+    assert proc.returncode == 0 and len(listed) == 8, proc.stdout
+    assert not [p for p in Path(os.environ.get("TMPDIR", "/var/tmp")).glob("snapcore-debug-*")]
+    missing = run_snapcore("info", "-o", str(out_dir), "no-such-program")
+    assert missing.returncode == ExitCode.NO_SUCH_PROCESS
+    assert missing.stderr.count("\n") == 1 and "no snapshot matching" in missing.stderr
+    victim.assert_unharmed()
+
+
+def test_debug_warns_when_the_executable_changed(start_victim, victim_exe, tmp_path, out_dir):
+    exe = tmp_path / "victim-copy"
+    shutil.copy(victim_exe, exe)
+    victim = start_victim("sleep", exe=exe)
+    assert run_snapcore("-q", "-o", str(out_dir), str(victim.pid)).returncode == 0
+    victim.stop()
+    subprocess.run(["gcc", "-O0", "-x", "c", "-o", str(exe), "-"], check=True,
+                   input="int main(void) { return 0; }", text=True)  # an upgrade
+    proc = run_snapcore("debug", "-o", str(out_dir), "-A", "-batch -nx")
+    assert "is not the executable that was snapshotted (build-id" in proc.stderr
+
+
+def test_stacks_says_where_the_snapshot_is_kept_or_discards_it(start_victim, out_dir):
+    victim = start_victim("sleep")
+    kept = run_snapcore("stacks", "-o", str(out_dir), str(victim.pid))
+    assert kept.returncode == 0 and "mode_sleep" in kept.stdout
+    core = next(p for p in out_dir.iterdir() if p.name.endswith(".core"))
+    assert f"the snapshot is kept: {core} (" in kept.stderr
+    gone = run_snapcore("stacks", "--discard", "--force", "rate-limit", "-o", str(out_dir),
+                        str(victim.pid))
+    assert gone.returncode == 0 and "mode_sleep" in gone.stdout, gone.stderr
+    assert "kept" not in gone.stderr
+    assert sorted(p.name for p in out_dir.iterdir() if not p.name.startswith(".")) == \
+        sorted([core.name, core.name[:-5] + ".json"])
     victim.assert_unharmed()

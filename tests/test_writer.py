@@ -27,7 +27,7 @@ EIGHT = ["main_busy", "sleeper_thread", "condvar_thread", "pipe_reader_thread", 
 BUSY = {"main_busy": "main_busy", "busy_thread": "busy_thread_loop"}
 # The machine's two CPUs are shared (and the targets' threads spin): an
 # idle-priority dump could wait for the watchdog's default 10 s to be raised.
-FAST = ("--stall-timeout", "0.5")
+FAST = ("--dump-deadline", "1")
 YMM = bytes(range(1, 33))
 GIB = 1 << 30
 

@@ -5,19 +5,15 @@ from __future__ import annotations
 
 import sys
 
-import click
-from rich.console import Console
-
 from snapcore.cli import render as report
-from snapcore.cli.app import cli, fail, stdout_console
+from snapcore.cli.app import cli, fail
 from snapcore.cli.options import (EXIT_CODES_HELP, common_options, make_options, one_target,
-                                  target_options)
-from snapcore.engine import preflight
+                                  pid_argument, target_options)
 from snapcore.errors import Interrupted, SnapcoreError, Stage
 
 
 @cli.command(epilog=EXIT_CODES_HELP)
-@click.argument("pid", metavar="[PID]", required=False)
+@pid_argument()
 @target_options
 @common_options
 def check(pid, name_pattern, take_all, pidfile, unit, output_dir, writer, as_json, timeout,
@@ -30,19 +26,19 @@ def check(pid, name_pattern, take_all, pidfile, unit, output_dir, writer, as_jso
     has some. Exits 0 when a snapshot would go ahead, else with the exit code
     the first refusal would give.
     """
-    err = Console(stderr=True)
+    from snapcore.engine import preflight
     try:
         opts = make_options(output_dir, timeout, min_free, max_per_hour, writer,
                             stdout_ok=True)
         result = preflight.run(one_target(pid, name_pattern, take_all, pidfile, unit), opts)
     except SnapcoreError as exc:
-        fail(exc, as_json, err)
+        fail(exc, as_json)
     except KeyboardInterrupt:
         fail(Interrupted("interrupted", "the target keeps running", stage=Stage.INTERRUPT),
-              as_json, err)
+             as_json)
     refusals = result.refusals()
     if as_json:
         report.print_json(report.check_dict(result))
     else:
-        report.print_checks(result, stdout_console())
+        report.print_checks(result, report.stdout_console())
     sys.exit(int(refusals[0].exit_code) if refusals else 0)

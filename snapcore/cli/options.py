@@ -11,9 +11,9 @@ from pathlib import Path
 
 import click
 
-from snapcore.cli import selection as targets
+from snapcore.cli import complete
 from snapcore.core.placement import default_output_dir
-from snapcore.engine import preflight
+from snapcore.engine import verdicts
 from snapcore.engine.result import THREAD_MODES, WRITERS, DumpLimits
 from snapcore.errors import BadInput, Stage
 from snapcore.units import parse_size
@@ -31,6 +31,7 @@ Exit codes:
   5  busy (already traced)  12  rate limit reached
   6  target not supported   13  too near its task limits
   7  target did not stop    14  gdb missing or failed
+                            15  watch: process ended, nothing fired
                            130  interrupted (target released)"""
 
 
@@ -85,7 +86,7 @@ def common_options(command):
 
 
 def make_options(output_dir, timeout, min_free, max_per_hour, writer: str = "auto",
-                 stdout_ok: bool = False) -> preflight.Options:
+                 stdout_ok: bool = False) -> verdicts.Options:
     if not (min_free.strip().endswith("%") or is_size(min_free)):
         raise BadInput(f"invalid --min-free {min_free!r}", "give a size (2G) or a "
                        "percentage of the filesystem (10%)", stage=Stage.USAGE)
@@ -97,9 +98,9 @@ def make_options(output_dir, timeout, min_free, max_per_hour, writer: str = "aut
         raise BadInput("--writer kernel cannot write to standard output (-o -)",
                        "the kernel writes cores only into files or a core_pattern pipe",
                        stage=Stage.USAGE)
-    return preflight.Options(output_dir=default_output_dir() if to_stdout or not output_dir
-                             else output_dir, min_free=min_free, max_per_hour=max_per_hour,
-                             timeout=timeout, writer=writer, to_stdout=to_stdout)
+    return verdicts.Options(output_dir=default_output_dir() if to_stdout or not output_dir
+                            else output_dir, min_free=min_free, max_per_hour=max_per_hour,
+                            timeout=timeout, writer=writer, to_stdout=to_stdout)
 
 
 def is_size(text: str) -> bool:
@@ -112,19 +113,28 @@ def is_size(text: str) -> bool:
 
 def check_force(names: tuple[str, ...]) -> None:
     for name in names:
-        if name not in preflight.CHECKS:
+        if name not in verdicts.CHECKS:
             raise BadInput(f"--force {name}: no such check",
-                           f"checks: {', '.join(preflight.CHECKS)}", stage=Stage.USAGE)
-        if name not in preflight.FORCEABLE:
+                           f"checks: {', '.join(verdicts.CHECKS)}", stage=Stage.USAGE)
+        if name not in verdicts.FORCEABLE:
             raise BadInput(f"--force {name}: this check cannot be overridden",
-                           f"only these can: {', '.join(preflight.FORCEABLE)}",
+                           f"only these can: {', '.join(verdicts.FORCEABLE)}",
                            stage=Stage.USAGE)
+
+
+def pid_argument(many: bool = False):
+    """PID (or PID... for snap), completed with the running processes."""
+    if many:
+        return click.argument("pids", metavar="[PID]...", nargs=-1,
+                              shell_complete=complete.pids)
+    return click.argument("pid", metavar="[PID]", required=False, shell_complete=complete.pids)
 
 
 def target_options(command):
     """Ways to name the processes to snapshot, besides pids."""
     for option in reversed([
         click.option("--name", "name_pattern", metavar="PATTERN",
+                     shell_complete=complete.process_names,
                      help="Processes whose name or command line matches this regular "
                           "expression (like pgrep); several matches are refused unless "
                           "--all."),
@@ -140,6 +150,7 @@ def target_options(command):
 
 
 def resolve_targets(pids, name_pattern, take_all, pidfile, unit) -> list[int]:
+    from snapcore.cli import selection as targets  # psutil: only when a name is given
     found = [parse_pid(p) for p in pids]
     if name_pattern:
         found += targets.by_name(name_pattern, take_all)
@@ -158,7 +169,7 @@ class SnapRequest:
     """How to take a snapshot: the options `snap`, `stacks` and `watch` share."""
 
     threads: str = "all"
-    stall_timeout: float = 10.0
+    dump_deadline: float = 30.0
     max_dump_time: float = 0.0
     force: tuple[str, ...] = ()
     reason: str = ""
@@ -166,7 +177,7 @@ class SnapRequest:
     compress_ratio: float = 1.0
 
     def limits(self, progress=None) -> DumpLimits:
-        return DumpLimits(self.stall_timeout, self.max_dump_time, progress)
+        return DumpLimits(self.dump_deadline, self.max_dump_time, progress)
 
 
 def one_target(pid, name_pattern, take_all, pidfile, unit) -> int:
@@ -201,19 +212,20 @@ def snap_options(command):
                           "microseconds per thread). main: only the main thread is held "
                           "and dumped (the shortest pause; other threads show without "
                           "registers)."),
-        click.option("--stall-timeout", type=click.FloatRange(min=0), default=10.0,
+        click.option("--dump-deadline", type=click.FloatRange(min=0), default=30.0,
                      show_default=True, metavar="SECONDS",
-                     help="If the core has not grown by 1 MiB for this long (an "
-                          "idle-priority dump "
-                          "starved by busy CPUs, while the target pays for copy-on-write), "
-                          "raise the dump to normal priority at nice 19. 0: never."),
+                     help="Have the core by then: the dump runs at idle priority, and "
+                          "when it would end later on a busy machine (the target pays "
+                          "for copy-on-write meanwhile) it is stepped up, never above "
+                          "the target's own priority. 0: always idle."),
         click.option("--max-dump-time", type=click.FloatRange(min=0), default=0.0,
                      show_default=True, metavar="SECONDS",
                      help="Kill the dump and fail if it lasts longer than this. 0: no "
                           "limit."),
         click.option("--force", "force", multiple=True, metavar="CHECK",
+                     shell_complete=complete.check_names,
                      help="Go ahead although this check refuses (repeatable; see "
-                          "`snapcore check`). Only " + ", ".join(preflight.FORCEABLE)
+                          "`snapcore check`). Only " + ", ".join(verdicts.FORCEABLE)
                           + " can be forced."),
         click.option("--reason", default="", metavar="TEXT",
                      help="Why the snapshot is taken (an incident id), kept in its record."),

@@ -1,17 +1,41 @@
-"""Render snapshots and errors: rich for people, one JSON document for scripts."""
+"""Render snapshots and errors: rich for people, one JSON document for scripts.
+
+rich is imported only where something is drawn with it: `snapcore --help`,
+shell completion and the start of a snapshot (until the target is released)
+need none of it, and it takes tens of milliseconds to load.
+"""
 
 from __future__ import annotations
 
 import json
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from rich.console import Console
-from rich.table import Table
-
-from snapcore.engine.result import Snapshot
 from snapcore.errors import SnapcoreError
 from snapcore.units import human
+
+if TYPE_CHECKING:
+    from rich.console import Console
+
+    from snapcore.engine.result import Snapshot
+
+
+def stdout_console() -> Console:
+    """Rich on stdout; piped output gets wide lines rather than wrapped tables."""
+    from rich.console import Console
+    return Console(soft_wrap=True, width=None if sys.stdout.isatty() else 200)
+
+
+def stderr_console() -> Console:
+    from rich.console import Console
+    return Console(stderr=True)
+
+
+def say(text: str) -> None:
+    """One plain line on stderr, exactly as given (no markup, no wrapping)."""
+    sys.stderr.write(text + "\n")
+    sys.stderr.flush()
 
 
 def _ms(seconds: float) -> float:
@@ -23,8 +47,10 @@ def snapshot_dict(snap: Snapshot) -> dict:
     pattern = snap.core_pattern
     doc = {
         "ok": True,
-        "target": {"pid": t.pid, "name": t.name, "exe": t.exe, "uid": t.uid},
+        "target": {"pid": t.pid, "name": t.name, "exe": t.exe, "uid": t.uid,
+                   "program": snap.program},
         "core": ({"path": str(snap.core_path), "size": snap.core_size,
+                  "allocated": snap.core_allocated,
                   "record": str(snap.sidecar_path) if snap.sidecar_path else None}
                  if snap.core_path else {"path": "-", "size": snap.core_size, "record": None}
                  if snap.streamed else None),
@@ -34,14 +60,14 @@ def snapshot_dict(snap: Snapshot) -> dict:
                            "release": _ms(snap.pause["release"])},
         "reap_pause_ms": _ms(snap.reap_pause),
         "dump_seconds": round(snap.dump_seconds, 3),
-        "escalated_after_s": (None if snap.escalated_after is None
-                              else round(snap.escalated_after, 3)),
+        "priority_steps": snap.priority_steps,
         "threads": snap.threads,
         "thread_map": snap.thread_map,
         "child_pid": snap.child_pid,
         "core_pattern": {"kind": pattern.kind, "pattern": pattern.pattern},
         "taken_at": snap.taken_at.isoformat().replace("+00:00", "Z"),
         "core_estimate": snap.core_estimate,
+        "core_estimate_apparent": snap.core_apparent,
         "writer": {"name": snap.writer, "reason": snap.writer_reason},
         "streamed": snap.streamed,
         "notes": snap.notes,
@@ -76,11 +102,20 @@ def print_snapshot(snap: Snapshot, verbose: bool, console: Console) -> None:
         p = snap.pause
         pause += (f"  (capture {_ms(p['capture']):.3f}, fork {_ms(p['syscall']):.3f}, "
                   f"release {_ms(p['release']):.3f} ms; reap {_ms(snap.reap_pause):.3f} ms)")
-    rows += [("paused", pause), ("dumped", f"{snap.dump_seconds:.2f} s at idle priority by "
-                                           f"{'snapcore' if snap.writer == 'snapcore' else 'the kernel'}"),
-             ("threads", str(snap.threads))]
+    steps = snap.priority_steps
+    by = "snapcore" if snap.writer == "snapcore" else "the kernel"
+    dumped = f"{snap.dump_seconds:.2f} s at idle priority by {by}"
+    if steps:
+        dumped += f", stepped up to {steps[-1]['to']} on a busy machine"
+    rows += [("paused", pause), ("dumped", dumped), ("threads", str(snap.threads))]
+    if verbose:
+        rows += [("priority", f"at {s['at_s']:.1f} s, {s['from']} -> {s['to']}: {s['why']}"
+                  + (f" ({s['error']})" if "error" in s else "")) for s in steps]
     if snap.core_path:
-        rows += [("size", human(snap.core_size)), ("core", str(snap.core_path))]
+        size = human(snap.core_size)
+        if snap.core_allocated < snap.core_size * 0.9:  # sparse: say what it takes
+            size += f" ({human(snap.core_allocated)} on disk)"
+        rows += [("size", size), ("core", str(snap.core_path))]
     elif snap.streamed:
         rows += [("size", human(snap.core_size)), ("core", "standard output")]
     else:
@@ -151,6 +186,7 @@ def check_dict(result) -> dict:
         "would_snapshot": not refusals,
         "exit_code": int(refusals[0].exit_code) if refusals else 0,
         "core_estimate": result.core_estimate,
+        "core_estimate_apparent": result.core_apparent,
         "writer": {"name": result.writer, "reason": result.writer_reason},
         "checks": [dict(c, fix=with_flags(c["fix"], c["setting"],
                                           c["name"] if c["verdict"] == "refuse"
@@ -160,6 +196,7 @@ def check_dict(result) -> dict:
 
 
 def print_checks(result, console: Console) -> None:
+    from rich.table import Table
     t = result.target
     table = Table(title=f"snapcore check {t.pid} ({t.name})", title_justify="left")
     for column in ("check", "verdict", "reason", "fix"):
@@ -198,6 +235,7 @@ def print_records(found, console: Console) -> None:
     if not found:
         console.print("no snapshots", highlight=False)
         return
+    from rich.table import Table
     table = Table()
     for column in ("taken (UTC)", "target", "pid", "size", "threads", "zst", "reason", "core"):
         table.add_column(column, overflow="fold")
@@ -208,6 +246,34 @@ def print_records(found, console: Console) -> None:
                       "yes" if r["compressed"] else "", _plain(r["reason"]),
                       _plain(Path(r["core"]).name if r["core"] else "(missing)"))
     console.print(table)
+
+
+def print_info(record, console: Console) -> None:
+    """A snapshot's record, a `key  value` line each, and its threads by name."""
+    d = record.data
+    t, core = d.get("target", {}), d.get("core", {})
+    threads = d.get("threads", [])
+    names: dict[str, int] = {}
+    for thread in threads:
+        names[thread.get("name") or "?"] = names.get(thread.get("name") or "?", 0) + 1
+    shown = ", ".join(f"{n} x{c}" if c > 1 else n for n, c in list(names.items())[:12])
+    rows = [
+        ("core", str(record.core) if record.core else f"(missing: {core.get('file')})"),
+        ("record", str(record.sidecar)),
+        ("taken", d.get("taken_at", "?")),
+        ("reason", d.get("reason") or "-"),
+        ("target", f"{t.get('name')} (pid {t.get('pid')}) {t.get('exe')}"),
+        ("command", " ".join(t.get("cmdline") or [])),
+        ("program", t.get("program") or "-"),
+        ("build-id", t.get("build_id") or "-"),
+        ("user", f"{t.get('user')} (uid {t.get('uid')})"),
+        ("size", human(core.get("size", 0)) + (" (zstd)" if core.get("compressed") else "")),
+        ("paused", f"{d.get('pause_ms')} ms; dump took {d.get('dump_seconds')} s"),
+        ("threads", f"{len(threads)}: {shown}" + (", ..." if len(names) > 12 else "")),
+        ("host", f"{d.get('hostname')}, kernel {d.get('kernel')}"),
+    ] + [("note", note) for note in d.get("notes", [])]
+    for key, value in rows:
+        console.print(f"{key:<9} {value}", markup=False, highlight=False)
 
 
 PLAIN_COLUMNS = ("taken_at", "name", "pid", "size", "threads", "compressed", "reason", "core")
@@ -224,6 +290,10 @@ def print_records_plain(found) -> None:
                         for c in PLAIN_COLUMNS))
 
 
-def print_error(err: SnapcoreError, console: Console) -> None:
-    console.print(f"snapcore: error: {error_line(err)}", markup=False, highlight=False,
-                  soft_wrap=True)
+def print_error(err: SnapcoreError, console: Console | None = None) -> None:
+    """One line, whole: the reason and its fix (not wrapped, so grep finds it)."""
+    if console is None:
+        say(f"snapcore: error: {error_line(err)}")
+    else:
+        console.print(f"snapcore: error: {error_line(err)}", markup=False, highlight=False,
+                      soft_wrap=True)

@@ -8,16 +8,13 @@ import sys
 from dataclasses import replace
 
 import click
-from rich.console import Console
-from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TimeElapsedColumn
 
 from snapcore.cli import render as report
 from snapcore.cli import syslog
-from snapcore.cli.app import cli, fail, stdout_console
+from snapcore.cli.app import cli, fail
 from snapcore.cli.options import (EXIT_CODES_HELP, SnapRequest, check_force, common_options,
-                                  make_options, resolve_targets, snap_options, target_options)
-from snapcore.core.gdb import backtraces
-from snapcore.engine.snapshot import take
+                                  make_options, pid_argument, resolve_targets, snap_options,
+                                  target_options)
 from snapcore.errors import BadInput, ExitCode, Interrupted, SnapcoreError, Stage
 
 
@@ -28,22 +25,35 @@ def dump_progress(enabled: bool):
     if not enabled or not sys.stderr.isatty():
         yield None
         return
-    # GiB like the summary; past the estimate the kernel is still writing
-    # (notes, the last mappings): say "finishing" rather than sit at 100%.
-    columns = (TextColumn("{task.fields[phase]}"), BarColumn(),
-               DownloadColumn(binary_units=True), TimeElapsedColumn())
-    with Progress(*columns, console=Console(stderr=True), transient=True) as bar:
-        task = bar.add_task("dump", total=None, phase="dumping")
+    with contextlib.ExitStack() as drawn:
+        shown = []
 
         def show(written: int, expected: int) -> None:
+            # Drawn from the first report of the dump on: rich loads after
+            # the target is released, not before it is stopped.
+            if not shown:
+                shown.append(drawn.enter_context(_bar()))
+            bar, task = shown[0]
+            # GiB like the summary; past the estimate the kernel is still
+            # writing (notes, the last mappings): "finishing", not 100%.
             bar.update(task, completed=written, total=max(expected, written) or None,
                        phase="finishing" if expected and written >= expected else "dumping")
         yield show
 
 
+@contextlib.contextmanager
+def _bar():
+    from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TimeElapsedColumn
+    columns = (TextColumn("{task.fields[phase]}"), BarColumn(),
+               DownloadColumn(binary_units=True), TimeElapsedColumn())
+    with Progress(*columns, console=report.stderr_console(), transient=True) as bar:
+        yield bar, bar.add_task("dump", total=None, phase="dumping")
+
+
 def take_each(pids, opts, request: SnapRequest, show_progress: bool = False,
               to_syslog: bool = False, reason: str | None = None):
     """Snapshot each target in turn; a result per target (Snapshot or error)."""
+    from snapcore.engine.snapshot import take
     results = []
     opts = replace(opts, compress=request.compressed, compress_ratio=request.compress_ratio)
     stream = None
@@ -77,7 +87,7 @@ def exit_code_of(results) -> int:
 
 
 @cli.command(epilog=EXIT_CODES_HELP)
-@click.argument("pids", metavar="[PID]...", nargs=-1)
+@pid_argument(many=True)
 @target_options
 @common_options
 @click.option("-q", "--quiet", is_flag=True, help="Print only the cores' paths.")
@@ -99,8 +109,6 @@ def snap(pids, name_pattern, take_all, pidfile, unit, output_dir, writer, as_jso
     TIMESTAMP_NAME_PID.json beside it, so `ls` lists snapshots by time and
     `gdb EXE "$(snapcore -q PID)"` works.
     """
-    out = stdout_console()
-    err = Console(stderr=True)
     try:
         wanted = resolve_targets(pids, name_pattern, take_all, pidfile, unit)
         check_force(request.force)
@@ -108,11 +116,14 @@ def snap(pids, name_pattern, take_all, pidfile, unit, output_dir, writer, as_jso
                             stdout_ok=True)
         if opts.to_stdout:
             check_stream(wanted, with_stacks)
-            out = err  # the core has standard output to itself: the report goes to stderr
     except SnapcoreError as exc:
-        fail(exc, as_json, err, to_stderr=output_dir is not None and str(output_dir) == "-")
+        fail(exc, as_json, to_stderr=output_dir is not None and str(output_dir) == "-")
     results = take_each(wanted, opts, request, show_progress=not (as_json or quiet),
                         to_syslog=to_syslog)
+    from snapcore.core.gdb import backtraces
+    out, err = report.stdout_console(), report.stderr_console()
+    if opts.to_stdout:
+        out = err  # the core has standard output to itself: the report goes to stderr
     docs = []
     for result in results:
         if isinstance(result, SnapcoreError):

@@ -62,11 +62,14 @@ def write_sidecar(snap, reason: str = "") -> Path:
             "pid": t.pid, "name": t.name, "exe": t.exe, "cmdline": command_line(t.cmdline),
             "build_id": elf.build_id(t.exe) if t.exe else None,
             "started_at": _iso(started_at(t.start_time)), "user": user, "uid": t.uid,
+            "program": snap.program,
         },
         "threads": snap.thread_map,
         "pause_ms": round(snap.pause["pause"] * 1000, 3),
         "dump_seconds": round(snap.dump_seconds, 3),
+        "priority_steps": snap.priority_steps,
         "core": {"file": snap.core_path.name, "size": snap.core_size,
+                 "allocated": snap.core_allocated,
                  "compressed": snap.core_path.name.endswith(".zst")},
         "regions_missing": snap.regions_missing,
         "writer": {"name": snap.writer, "reason": snap.writer_reason},
@@ -97,7 +100,7 @@ class Record:
     @property
     def target_key(self) -> str:
         t = self.data.get("target", {})
-        return t.get("exe") or t.get("name", "?")
+        return t.get("program") or t.get("exe") or t.get("name", "?")
 
     @property
     def size(self) -> int:
@@ -128,11 +131,15 @@ def records(directory: Path) -> list[Record]:
 
 
 def select(found: list[Record], name: str | None = None,
-           since: float | None = None) -> list[Record]:
+           since: float | None = None, pid: int | None = None) -> list[Record]:
+    """The records of programs whose name, executable or program (ratelimit)
+    contains `name`, of process `pid`, taken since `since`."""
     out = []
     for r in found:
         t = r.data.get("target", {})
-        if name and name not in t.get("name", "") and name not in t.get("exe", ""):
+        if name and not any(name in (t.get(key) or "") for key in ("name", "exe", "program")):
+            continue
+        if pid is not None and t.get("pid") != pid:
             continue
         if since is not None and r.taken_at < since:
             continue

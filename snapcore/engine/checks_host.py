@@ -11,7 +11,7 @@ from pathlib import Path
 from snapcore import units
 from snapcore.core import core_pattern, placement
 from snapcore.engine import checks_writer, estimate
-from snapcore.engine.ratelimit import RateLimiter, key_for, time_text
+from snapcore.engine.ratelimit import RateLimiter, label, program, time_text
 from snapcore.engine.verdicts import OK, REFUSE, WARN, Options, Preflight
 from snapcore.linux import cgroups
 from snapcore.linux.procfs import read_status
@@ -110,8 +110,8 @@ def _min_free(spec: str, fs_size: int) -> int:
 def check_disk(pre: Preflight, opts: Options, maps, pattern: core_pattern.CorePattern) -> None:
     t = pre.target
     if maps:
-        pre.core_estimate = estimate.core_size(maps, estimate.coredump_filter(t.pid),
-                                               len(t.threads))
+        sizes = estimate.core_size(maps, estimate.coredump_filter(t.pid), len(t.threads))
+        pre.core_estimate, pre.core_apparent = sizes.allocated, sizes.apparent
     if opts.to_stdout and pre.writer == "snapcore":
         pre.add("disk", OK, "the core goes to standard output")
         return
@@ -121,7 +121,8 @@ def check_disk(pre: Preflight, opts: Options, maps, pattern: core_pattern.CorePa
     if not maps:
         pre.add("disk", OK, "not estimated")
         return
-    size, how = checks_writer.disk_need(pre, opts, pre.core_estimate)
+    # What the disk must hold: holes take nothing (compressed: see disk_need).
+    size, how = checks_writer.disk_need(pre, opts, sizes.allocated)
     out = _existing_ancestor(Path(opts.output_dir).absolute())
     places = checks_writer.disk_places(pre, opts, str(out), pattern)
     for place in sorted(places):
@@ -139,7 +140,8 @@ def check_disk(pre: Preflight, opts: Options, maps, pattern: core_pattern.CorePa
                     "free space, choose another output directory, or keep less in reserve",
                     setting="min_free")
             return
-    pre.add("disk", OK, f"core about {units.human(size)}{how}; room in "
+    pre.add("disk", OK, f"core about {units.human(size)} on disk{how} "
+            f"({units.human(sizes.apparent)} with its holes); room in "
             f"{', '.join(sorted(places))}")
 
 
@@ -163,6 +165,8 @@ def check_memory(pre: Preflight, maps) -> None:
             problems.append(f"strict overcommit leaves {units.human(room)} to commit and "
                             f"fork needs {units.human(need)}")
     cgroup = cgroups.memory_headroom(t.pid)
+    pre.memory_room = min(available, cgroup[1]) if cgroup else available
+    pre.memory_limit_file = cgroup[0] if cgroup else ""
     if cgroup and worst > cgroup[1]:
         problems.append(f"its cgroup has {units.human(cgroup[1])} left below "
                         f"{cgroup[0]}")
@@ -245,7 +249,7 @@ def check_rate(pre: Preflight, opts: Options) -> None:
     if opts.max_per_hour <= 0:
         pre.add("rate-limit", OK, "no limit")
         return
-    key = key_for(t.exe, t.pid)
+    key = program(t)
     try:
         when = limiter.next_allowed(key)
         taken = len(limiter.recent(key))
@@ -257,9 +261,9 @@ def check_rate(pre: Preflight, opts: Options) -> None:
                 "fix or remove .snapcore/state.json in the output directory")
         return
     if when is not None:
-        pre.add("rate-limit", REFUSE, f"{taken} snapshots of {key} in the last hour "
+        pre.add("rate-limit", REFUSE, f"{taken} snapshots of {label(key)} in the last hour "
                 f"(at most {opts.max_per_hour} an hour); next allowed at {time_text(when)}",
                 "wait, or allow more an hour", setting="max_per_hour")
     else:
-        pre.add("rate-limit", OK, f"{taken} of {opts.max_per_hour} snapshots of {key} "
+        pre.add("rate-limit", OK, f"{taken} of {opts.max_per_hour} snapshots of {label(key)} "
                 "in the last hour")

@@ -7,14 +7,13 @@ from __future__ import annotations
 
 import os
 
-import psutil
 
 from snapcore.engine import child as childmod
 from snapcore.engine import fork
 from snapcore.engine.verdicts import OK, REFUSE, WARN, Options, Preflight
 from snapcore.errors import SnapcoreError
 from snapcore.linux import arch, cgroups, ptrace, seccomp
-from snapcore.linux.procfs import thread_state
+from snapcore.linux.procfs import ancestors, thread_name, thread_state
 from snapcore.linux.window import peek
 
 CAP_SYS_PTRACE = 19
@@ -89,7 +88,7 @@ def check_state(pre: Preflight) -> None:
     elif t.kernel_thread:
         pre.add("state", REFUSE, f"process {t.pid} ({t.name}) is a kernel thread",
                 "kernel threads have no user memory to dump")
-    elif t.pid == me or t.pid in {p.pid for p in psutil.Process(me).parents()}:
+    elif t.pid == me or t.pid in ancestors(me):
         pre.add("state", REFUSE, f"process {t.pid} ({t.name}) is snapcore itself or one "
                 "of its parents", "run snapcore from another shell")
     elif t.state in "Tt":
@@ -197,7 +196,4 @@ def check_dumpable(pre: Preflight) -> None:
 
 
 def name_of(pid: int) -> str:
-    try:
-        return psutil.Process(pid).name()
-    except psutil.Error:
-        return "?"
+    return thread_name(pid, pid) or "?"

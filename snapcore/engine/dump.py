@@ -9,15 +9,15 @@ import signal
 import time
 
 from snapcore.engine.child import Child
-from snapcore.engine.watchdog import Watchdog
+from snapcore.engine.controller import Controller
 from snapcore.errors import NoSuchProcess
-from snapcore.linux import ptrace, stops
+from snapcore.linux import priority, ptrace, stops
 from snapcore.linux.inject import HeldThread
 from snapcore.linux.stops import ENDED, StopKind
 
 
 def dump(child: Child, runner: HeldThread,
-         watchdog: Watchdog | None = None) -> tuple[stops.Stop, float]:
+         controller: Controller | None = None) -> tuple[stops.Stop, float]:
     """Give the child the forking thread's state back and let SIGABRT dump it.
 
     The signal argument of PTRACE_CONT is ignored at an event or syscall stop,
@@ -44,14 +44,14 @@ def dump(child: Child, runner: HeldThread,
             return stop, 0.0
         ptrace.cont(pid)  # anything else is not for the child: drop it
     started = time.monotonic()
-    if watchdog is not None:
-        watchdog.start()
+    if controller is not None:
+        controller.start()
     ptrace.cont(pid, signal.SIGABRT)
-    return _collect(child, watchdog=watchdog), time.monotonic() - started
+    return _collect(child, controller=controller), time.monotonic() - started
 
 
 def _collect(child: Child, deadline: float | None = None,
-             watchdog: Watchdog | None = None) -> stops.Stop:
+             controller: Controller | None = None) -> stops.Stop:
     """Wait until every thread of the child has ended; return how the first one ended.
 
     The kernel reports a thread-group leader's end only after the other
@@ -74,12 +74,13 @@ def _collect(child: Child, deadline: float | None = None,
                 except NoSuchProcess:
                     pass
         if left:
-            if watchdog is not None:
-                watchdog.tick(child)
+            # The kernel dumps from the thread that took SIGABRT: the first.
+            if controller is not None and controller.tick([child.pid]):
+                os.kill(child.pid, signal.SIGKILL)
             timeout = 1.0 if deadline is None else deadline - time.monotonic()
             if timeout <= 0:
                 break
-            signal.sigtimedwait([signal.SIGCHLD], min(timeout, 0.25 if watchdog else 1.0))
+            signal.sigtimedwait([signal.SIGCHLD], min(timeout, 0.25 if controller else 1.0))
     child.alive = False
     return ended or stops.Stop(StopKind.KILLED, sig=signal.SIGKILL)
 
@@ -88,6 +89,12 @@ def kill(child: Child) -> None:
     """End the child (a private copy: killing it harms no one) and collect it."""
     if not child.alive:
         return
+    try:
+        # An idle task being killed must still be scheduled to run its exit:
+        # on busy CPUs a SCHED_IDLE child would linger, and its copies with it.
+        priority.apply(child.pid, priority.level_for_nice(19))
+    except OSError:
+        pass  # gone, or not permitted: SIGKILL all the same
     try:
         os.kill(child.pid, signal.SIGKILL)
     except ProcessLookupError:

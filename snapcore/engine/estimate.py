@@ -6,6 +6,7 @@ from __future__ import annotations
 import os
 import re
 from dataclasses import dataclass
+from typing import NamedTuple
 
 from snapcore.linux import arch
 
@@ -22,6 +23,7 @@ class Mapping:
     flags: set[str]
     start: int = 0
     end: int = 0
+    swap: int = 0
 
 
 def read_smaps(pid: int) -> list[Mapping]:
@@ -38,6 +40,8 @@ def read_smaps(pid: int) -> list[Mapping]:
                 maps[-1].rss = int(line.split()[1]) * 1024
             elif maps and line.startswith("Anonymous:"):
                 maps[-1].anonymous = int(line.split()[1]) * 1024
+            elif maps and line.startswith("Swap:"):
+                maps[-1].swap = int(line.split()[1]) * 1024
             elif maps and line.startswith("VmFlags:"):
                 maps[-1].flags = set(line.split()[1:])
     return maps
@@ -48,37 +52,53 @@ def coredump_filter(pid: int) -> int:
         return int(f.read().strip(), 16)
 
 
-def core_size(maps: list[Mapping], filter_bits: int, threads: int) -> int:
-    """Bytes the kernel will write (resident pages of the mappings it dumps).
+class CoreSize(NamedTuple):
+    apparent: int  # the file's size, holes included (ls -l)
+    allocated: int  # what it takes on disk (du): what the disk check needs
+
+
+def core_size(maps: list[Mapping], filter_bits: int, threads: int) -> CoreSize:
+    """How big the kernel's core will be.
 
     Mirrors vma_dump_size() in fs/coredump.c: VM_DONTDUMP and VM_IO mappings
     are skipped; bits of coredump_filter choose anonymous/file, private/shared
     and hugetlb mappings; a private file mapping with copied-on-write pages is
     dumped whole when anonymous private memory is; otherwise its first page
-    when it starts an ELF file (bit 4).  Pages never touched are holes.
+    when it starts an ELF file (bit 4).  Each dumped mapping counts whole in
+    the file's size; on disk, dump_user_range() leaves a hole for each page
+    get_dump_page() finds never touched (anonymous memory neither resident
+    nor swapped), but reads a file-backed page in from its file, resident or
+    not.  So a JVM's reserved heap is mostly holes, while a library's data
+    mapping, once written, takes its whole size.
     """
+    apparent = allocated = 0
+    for m in maps:
+        whole = _dumped(m, filter_bits)
+        if whole:
+            apparent += m.size
+            allocated += m.rss + m.swap if m.inode == 0 or "ht" in m.flags else m.size
+        elif m.inode != 0 and m.perms[3] == "p" and filter_bits & (1 << 4) and m.offset == 0:
+            apparent += arch.PAGE_SIZE
+            allocated += arch.PAGE_SIZE
+    notes = threads * 4 * arch.PAGE_SIZE + 64 * 1024  # registers, FP state, files
+    return CoreSize(apparent + notes, allocated + notes)
+
+
+def _dumped(m: Mapping, filter_bits: int) -> bool:
+    """Whether the kernel dumps this mapping whole (vma_dump_size)."""
     def bit(n: int) -> bool:
         return bool(filter_bits & (1 << n))
 
-    total = 0
-    for m in maps:
-        if "dd" in m.flags or "io" in m.flags:
-            continue
-        shared = m.perms[3] == "s"
-        anon = m.inode == 0
-        if "ht" in m.flags:
-            dumped = bit(6) if shared else bit(5)
-        elif anon:
-            dumped = bit(1) if shared else bit(0)
-        elif shared:
-            dumped = bit(3)
-        else:
-            dumped = bit(2) or (m.anonymous > 0 and bit(0))
-        if dumped:
-            total += m.rss
-        elif not anon and not shared and bit(4) and m.offset == 0:
-            total += arch.PAGE_SIZE
-    return total + threads * 4 * arch.PAGE_SIZE + 64 * 1024  # notes: registers, FP state, files
+    if "dd" in m.flags or "io" in m.flags:
+        return False
+    shared = m.perms[3] == "s"
+    if "ht" in m.flags:
+        return bit(6) if shared else bit(5)
+    if m.inode == 0:
+        return bit(1) if shared else bit(0)
+    if shared:
+        return bit(3)
+    return bit(2) or (m.anonymous > 0 and bit(0))
 
 
 def cow_worst_case(maps: list[Mapping]) -> int:

@@ -50,7 +50,8 @@ def _run(pid: int, opts: Options) -> Preflight:
                 f"Seccomp: {t.seccomp}", "not evaluated: the process cannot be snapshot")
     checks_process.check_dumpable(pre)
     maps = estimate.read_smaps(pid) if usable and not t.kernel_thread else []
-    size = (estimate.core_size(maps, estimate.coredump_filter(pid), len(t.threads))
+    # RLIMIT_CORE counts the file's size, holes included (dump_skip).
+    size = (estimate.core_size(maps, estimate.coredump_filter(pid), len(t.threads)).apparent
             if maps else 0)
     pattern = checks_host.check_core_destination(pre, opts, size)
     pre.core_pattern = pattern

@@ -3,7 +3,7 @@
 A cron job looping every minute must not hammer a server.  State lives under
 the output directory (`.snapcore/`), shared by concurrent snapcore runs and
 guarded by flock(2): `state.json` holds the times of recent snapshots per
-executable, and `lock-<key>` is held for the whole of one snapshot.
+program (see `program`), and `lock-<hash>` is held for the whole of one snapshot.
 """
 
 from __future__ import annotations
@@ -17,6 +17,8 @@ import time
 from pathlib import Path
 
 from snapcore.errors import AlreadyTraced, Stage
+from snapcore.linux import cgroups
+from snapcore.linux.procfs import Target
 
 WINDOW = 3600.0
 
@@ -83,15 +85,30 @@ class RateLimiter:
             except OSError as exc:
                 if exc.errno not in (errno.EWOULDBLOCK, errno.EAGAIN):
                     raise
-                raise AlreadyTraced(f"busy: another snapcore is snapshotting {key} right "
+                raise AlreadyTraced(f"busy: another snapcore is snapshotting {label(key)} right "
                                     "now", "wait for it to finish", pid=pid,
                                     stage=Stage.PREFLIGHT) from None
             yield
 
 
-def key_for(exe: str, pid: int) -> str:
-    """Rate limits follow the program, not the pid (which changes on restart)."""
-    return exe or f"pid:{pid}"
+def program(target: Target) -> str:
+    """What an operator calls one program, which the rate limit counts: its
+    systemd service where it runs under one (whatever its pid after a
+    restart), else its command line as it was started.  The executable alone
+    would lump every Python or Java service of a host together, and name a
+    symlinked one (redis-server) after its target (redis-check-rdb)."""
+    unit = cgroups.systemd_unit(target.pid)
+    if unit:
+        return unit
+    if target.cmdline:
+        return " ".join(target.cmdline)
+    return target.exe or f"pid {target.pid}"
+
+
+def label(program_name: str) -> str:
+    """A program's name for a one-line message: a JVM's command line runs to
+    kilobytes."""
+    return program_name if len(program_name) <= 60 else program_name[:59] + "…"
 
 
 def time_text(when: float) -> str:

@@ -6,8 +6,10 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from snapcore.linux.procfs import Target
+if TYPE_CHECKING:  # the command layer imports this module for THREAD_MODES alone
+    from snapcore.linux.procfs import Target
 
 
 @dataclass
@@ -25,15 +27,19 @@ class Snapshot:
     taken_at: datetime
     notes: list[str] = field(default_factory=list)
     checks: list[dict] = field(default_factory=list)  # the preflight's verdicts
-    escalated_after: float | None = None  # seconds into a stalled dump, if raised
+    # Each step of the dump's priority: at_s, from, to, why (engine/controller.py).
+    priority_steps: list[dict] = field(default_factory=list)
     sidecar_path: Path | None = None  # the record beside the core
-    core_estimate: int = 0  # what the preflight expected the core to weigh
+    core_estimate: int = 0  # what the preflight expected the core to take on disk
+    core_apparent: int = 0  # and its size with holes
+    core_allocated: int = 0  # what the stored core takes on disk (core_size: with holes)
     # MADV_DONTFORK regions (absent from the child, so from the core) and
     # MADV_WIPEONFORK ones (zeros in the core): {"start", "end", "kind"}
     regions_missing: list[dict] = field(default_factory=list)
     writer: str = "kernel"  # who wrote the core: "kernel" or "snapcore"
     writer_reason: str = ""  # why that writer (the preflight's writer check)
     streamed: bool = False  # written to a stream (standard output): no file, no record
+    program: str = ""  # what the rate limit counts it as (ratelimit.program)
 
     @property
     def pause_ms(self) -> float:
@@ -56,7 +62,7 @@ class Output:
 
 @dataclass
 class DumpLimits:
-    stall_timeout: float = 10.0  # raise a dump that grew < 1 MiB in this long; 0: never
+    deadline: float = 30.0  # step the dump up to have the core by then; 0: never
     max_dump_time: float = 0.0  # kill a dump that lasts longer; 0: no limit
     progress: object = None  # (bytes written, bytes expected) -> None, while dumping
     expected: int = 0  # the preflight's estimate of the core's size

@@ -19,10 +19,10 @@ from snapcore.engine import dump
 from snapcore.engine import fork as forkmod
 from snapcore.engine import interrupts, preflight, write
 from snapcore.engine.identity import identity_check, reap_adopted
+from snapcore.engine.controller import Controller, MemoryWatch, ladder
 from snapcore.engine.result import DumpLimits, Output, Snapshot
-from snapcore.engine.watchdog import Watchdog
 from snapcore.errors import CoreNotWritten, NoSuchProcess, Stage
-from snapcore.linux import arch, seccomp, stops
+from snapcore.linux import arch, priority, seccomp, stops
 from snapcore.linux.procfs import Target, adopts_orphans, ns_tid, thread_name
 from snapcore.linux.stops import StopKind
 
@@ -77,10 +77,10 @@ def fork_and_dump(pre: preflight.Preflight, output_dir: Path, staging: Path | No
     run = _Dump(pre, forked, kid, where, staging, time.time(),
                 {t: ns_tid(target.pid, t) for t in tids})
     try:
-        snap, ended, watchdog = _dump(run, pidfd, stop_timeout, allow_undumpable,
-                                      dump_limits, root, taken_at)
+        snap, ended, controller = _dump(run, pidfd, stop_timeout, allow_undumpable,
+                                        dump_limits, root, taken_at)
         snap.writer_reason = pre.writer_reason
-        return _store(run, snap, ended, watchdog, dump_limits, output_dir, taken_at)
+        return _store(run, snap, ended, controller, dump_limits, output_dir, taken_at)
     except BaseException:
         if pattern.kind == "absolute":
             # A staging directory goes with its contents; a partial core in the
@@ -95,10 +95,12 @@ def _dump(run: _Dump, pidfd: int, stop_timeout: float, allow_undumpable: bool,
     """Make the child safe, let the kernel dump it, and make sure it is gone."""
     pre, forked, kid = run.pre, run.forked, run.kid
     target, at = pre.target, pre.syscall_at
-    watchdog = Watchdog(lambda: store.bytes_written(run.where, run.staging),
-                                 dump_limits.stall_timeout, dump_limits.max_dump_time,
-                                 progress=dump_limits.progress,
-                                 expected=dump_limits.expected)
+    controller = Controller(lambda: store.bytes_written(run.where, run.staging),
+                            dump_limits.expected, ladder(*priority.own_level(target.pid)),
+                            deadline=dump_limits.deadline,
+                            max_dump_time=dump_limits.max_dump_time,
+                            memory=MemoryWatch(pre.memory_room, pre.memory_limit_file),
+                            progress=dump_limits.progress)
     reap_pause = 0.0
     try:
         deadline = time.monotonic() + 30 + 0.01 * len(forked.others)
@@ -108,7 +110,7 @@ def _dump(run: _Dump, pidfd: int, stop_timeout: float, allow_undumpable: bool,
                          allow_undumpable=allow_undumpable, deadline=deadline)
         childmod.resurrect(kid, at, forked.others, deadline)
         childmod.lower_priority(kid, at, deadline)
-        ended, dump_seconds = dump.dump(kid, forked.runner, watchdog)
+        ended, dump_seconds = dump.dump(kid, forked.runner, controller)
     except NoSuchProcess as exc:
         # Only the child is touched in this phase: it was killed from outside.
         raise CoreNotWritten(f"the snapshot child ended before its dump ({exc.message})",
@@ -124,11 +126,11 @@ def _dump(run: _Dump, pidfd: int, stop_timeout: float, allow_undumpable: bool,
                     reap_pause=reap_pause, dump_seconds=dump_seconds,
                     threads=len(kid.threads), thread_map=_thread_map(target.pid, kid, run.target_ns),
                     child_pid=kid.pid, core_pattern=pre.core_pattern, taken_at=taken_at,
-                    notes=kid.notes, escalated_after=watchdog.escalated_after)
-    return snap, ended, watchdog
+                    notes=kid.notes + controller.notes, priority_steps=controller.steps)
+    return snap, ended, controller
 
 
-def _store(run: _Dump, snap: Snapshot, ended: stops.Stop, watchdog: Watchdog,
+def _store(run: _Dump, snap: Snapshot, ended: stops.Stop, controller: Controller,
            dump_limits: DumpLimits, output_dir: Path, taken_at: datetime) -> Snapshot:
     """Find the core the kernel wrote, name the threads as the target does, and
     put it in the output directory."""
@@ -143,12 +145,16 @@ def _store(run: _Dump, snap: Snapshot, ended: stops.Stop, watchdog: Watchdog,
                               "snapcore cannot rewrite there: gdb lists each thread "
                               "twice, once without registers (thread_map gives the pairs)")
         return snap
-    if watchdog.timed_out:
-        raise CoreNotWritten(f"the dump took longer than the longest dump allowed "
-                             f"({dump_limits.max_dump_time:g} s); the child was killed",
+    if controller.failure == "max_dump_time":
+        raise CoreNotWritten(f"{controller.failure_text}; the child was killed",
                              "snapshot when the machine is less busy, or allow a "
                              "longer dump", pid=pid, stage=Stage.DUMP,
                              setting="max_dump_time")
+    if controller.failure == "memory":
+        raise CoreNotWritten(f"{controller.failure_text} while the target rewrote its "
+                             "memory during the dump; the child was killed before the "
+                             "host ran short", "snapshot when the machine has more free "
+                             "memory or the target is quieter", pid=pid, stage=Stage.DUMP)
     if not ended.core_dumped:
         raise CoreNotWritten(_why_no_core(target, ended, pattern, run.staging, kid),
                              pid=pid, stage=Stage.DUMP)

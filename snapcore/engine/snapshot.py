@@ -17,7 +17,7 @@ from snapcore.core import placement, records, store
 from snapcore.core.compress import compress
 from snapcore.core.sink import zstd_missing
 from snapcore.engine import preflight, sequence
-from snapcore.engine.ratelimit import RateLimiter, key_for
+from snapcore.engine.ratelimit import RateLimiter, program
 from snapcore.engine.result import DumpLimits, Output, Snapshot
 from snapcore.errors import NoSuchProcess, OutputError, SnapcoreError, Stage
 from snapcore.linux import stops
@@ -55,7 +55,7 @@ def _take_exclusive(pid: int, opts: preflight.Options, *, threads: str,
                           stage=Stage.PREFLIGHT)
     output_dir = placement.prepare_output_dir(opts.output_dir)
     limiter = RateLimiter(output_dir, opts.max_per_hour, opts.clock)
-    key = key_for(target.exe, pid)
+    key = program(target)
     with limiter.exclusive(key, pid):
         root = placement.target_root(pid)
         placement.remove_stale_staging(placement.staging_bases(output_dir, root))
@@ -78,7 +78,8 @@ def _take_exclusive(pid: int, opts: preflight.Options, *, threads: str,
                 placement.remove_staging(staging)
         limiter.record(key)
     snap.checks = pre.as_dicts()
-    snap.core_estimate = pre.core_estimate
+    snap.program = key
+    snap.core_estimate, snap.core_apparent = pre.core_estimate, pre.core_apparent
     snap.regions_missing = pre.regions_missing
     if snap.core_path is not None and not snap.streamed:
         _publish(snap, output_dir, reason, compressed)
@@ -96,7 +97,8 @@ def _publish(snap: Snapshot, output_dir: Path, reason: str, compressed: bool) ->
         except OutputError as exc:
             snap.notes.append(f"not compressed: {exc.one_line()}")
     snap.core_path = output_dir / store.final_name(partial.name)
-    snap.core_size = partial.stat().st_size
+    stat = partial.stat()
+    snap.core_size, snap.core_allocated = stat.st_size, stat.st_blocks * 512
     snap.sidecar_path = records.write_sidecar(snap, reason)
     store.publish(partial, snap.core_path)
 

@@ -8,9 +8,11 @@ from __future__ import annotations
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from snapcore.errors import ExitCode, SnapcoreError, Stage
-from snapcore.linux.procfs import Target
+if TYPE_CHECKING:  # the command layer imports this module for the check names alone
+    from snapcore.linux.procfs import Target
 
 OK, WARN, REFUSE = "ok", "warn", "refuse"
 
@@ -70,7 +72,8 @@ class Options:
 class Preflight:
     target: Target
     checks: list[Check] = field(default_factory=list)
-    core_estimate: int = 0
+    core_estimate: int = 0  # bytes on disk (allocated)
+    core_apparent: int = 0  # the file's size, holes included
     core_pattern: core_pattern.CorePattern | None = None
     syscall_at: int = 0  # the `syscall` instruction injections will use
     filters: list = field(default_factory=list)  # the target's seccomp filters, parsed
@@ -78,6 +81,11 @@ class Preflight:
     regions_missing: list[dict] = field(default_factory=list)
     writer: str = "kernel"  # who will write the core: "kernel" or "snapcore"
     writer_reason: str = ""
+    # What the memory check found free for copy-on-write copies: the lesser of
+    # MemAvailable and the room under the tightest memory cgroup limit (that
+    # limit's file, "" without one).  The dump's controller keeps to it.
+    memory_room: int = 0
+    memory_limit_file: str = ""
 
     def add(self, name: str, verdict: str, reason: str, fix: str = "",
             setting: str = "") -> None:

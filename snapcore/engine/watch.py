@@ -4,7 +4,9 @@
 saw; when one of the conditions has held for `hold` seconds it takes a
 snapshot (at most `count`, at least `cooldown` seconds apart, and never more
 than the rate limit allows).  It ends when the process exits or `count`
-snapshots are taken.  Several conditions: any one of them fires.
+snapshots are taken.  Several conditions: any one of them fires.  Limits
+from below (`cpu_below`, `rss_below`) catch a process that stalls or
+shrinks, as ProcDump's -cl and -ml do.
 """
 
 from __future__ import annotations
@@ -20,13 +22,16 @@ from snapcore.units import human
 
 @dataclass
 class Conditions:
-    cpu: float | None = None  # percent of one CPU
-    rss: int | None = None  # bytes
+    cpu: float | None = None  # percent of one CPU, at least
+    rss: int | None = None  # bytes, at least
     threads: int | None = None
     fds: int | None = None
+    cpu_below: float | None = None  # percent of one CPU, less than
+    rss_below: int | None = None  # bytes, less than
 
     def any(self) -> bool:
-        return any(v is not None for v in (self.cpu, self.rss, self.threads, self.fds))
+        return any(v is not None for v in (self.cpu, self.rss, self.threads, self.fds,
+                                           self.cpu_below, self.rss_below))
 
 
 @dataclass
@@ -35,6 +40,7 @@ class Sample:
     rss: int
     threads: int
     fds: int
+    at: float = 0.0  # wall-clock time of the sample
 
     def text(self) -> str:
         return (f"cpu {self.cpu:.0f}%, rss {human(self.rss)}, {self.threads} threads, "
@@ -52,13 +58,18 @@ def exceeded(sample: Sample, cond: Conditions) -> list[str]:
         met.append(f"threads {sample.threads} >= {cond.threads}")
     if cond.fds is not None and sample.fds >= cond.fds:
         met.append(f"fds {sample.fds} >= {cond.fds}")
+    if cond.cpu_below is not None and sample.cpu < cond.cpu_below:
+        met.append(f"cpu {sample.cpu:.0f}% < {cond.cpu_below:g}%")
+    if cond.rss_below is not None and sample.rss < cond.rss_below:
+        met.append(f"rss {human(sample.rss)} < {human(cond.rss_below)}")
     return met
 
 
 def events(pid: int, cond: Conditions, snapshot, *, interval: float, hold: float,
            count: int, cooldown: float, clock=time.monotonic, sleep=time.sleep):
     """Yield ("sample", Sample, met), ("fire", reasons), ("snapshot", result or
-    SnapcoreError) and finally ("end", why).  `snapshot(reason)` takes one."""
+    SnapcoreError) and finally ("end", why, fired): `fired` is False when the
+    process exited before any condition fired.  `snapshot(reason)` takes one."""
     try:
         proc = psutil.Process(pid)
         proc.cpu_percent(None)  # the first reading primes the counter
@@ -75,9 +86,9 @@ def events(pid: int, cond: Conditions, snapshot, *, interval: float, hold: float
                 if proc.status() == psutil.STATUS_ZOMBIE:
                     raise psutil.NoSuchProcess(pid)
                 sample = Sample(proc.cpu_percent(None), proc.memory_info().rss,
-                                proc.num_threads(), proc.num_fds())
+                                proc.num_threads(), proc.num_fds(), time.time())
         except psutil.NoSuchProcess:
-            yield ("end", f"process {pid} exited")
+            yield ("end", f"process {pid} exited", last_shot is not None)
             return
         met = exceeded(sample, cond)
         yield ("sample", sample, met)
@@ -101,5 +112,5 @@ def events(pid: int, cond: Conditions, snapshot, *, interval: float, hold: float
         if not isinstance(result, SnapcoreError):
             taken += 1
             if taken >= count:
-                yield ("end", f"{taken} snapshot(s) taken, as many as asked")
+                yield ("end", f"{taken} snapshot(s) taken, as many as asked", True)
                 return

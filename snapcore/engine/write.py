@@ -22,7 +22,7 @@ from snapcore.engine import child as childmod
 from snapcore.engine import dump, interrupts
 from snapcore.engine.identity import reap_adopted
 from snapcore.engine.result import DumpLimits, Output, Snapshot
-from snapcore.engine.watchdog import Watchdog
+from snapcore.engine.controller import Controller, MemoryWatch, ladder
 from snapcore.errors import CoreNotWritten, NoSuchProcess, OutputError, Stage
 from snapcore.linux import maps, priority, taskinfo
 from snapcore.linux.inject import HeldThread
@@ -98,11 +98,12 @@ def open_sink(output: Output, name: str):
     return sink, output.directory / partial, fd
 
 
-def run_writer(layout: Layout, mem: int, sink, limits: DumpLimits, kid,
-               notes: list[str]) -> tuple[float, Watchdog]:
-    """Write in a thread of snapcore's own that makes itself idle (CPU and
-    I/O); meanwhile the watchdog raises that thread when it starves and stops
-    it when it lasts too long, as it does for the kernel's dump."""
+def run_writer(pre, layout: Layout, mem: int, sink, limits: DumpLimits,
+               kid) -> tuple[float, Controller]:
+    """Write in a thread of snapcore's own that puts itself at the idle level
+    (SCHED_IDLE, I/O class idle); meanwhile the dump's controller steps that
+    thread up, by its id, and abandons the dump, exactly as it does for the
+    kernel's dump in the child."""
     progress = corewriter.Progress(total=layout.data_bytes())
     started = threading.Event()
     outcome: dict = {}
@@ -111,7 +112,10 @@ def run_writer(layout: Layout, mem: int, sink, limits: DumpLimits, kid,
         # SIGCHLD stays blocked here, as in every thread of snapcore (cli/app.py):
         # a thread that took it would steal the waits' notifications.
         outcome["tid"] = threading.get_native_id()
-        outcome["failed"] = priority.make_self_idle()
+        try:
+            priority.apply(outcome["tid"], priority.IDLE)
+        except OSError as exc:
+            outcome["failed"] = f"the writer stays at snapcore's priority: {exc.strerror}"
         started.set()
         try:
             corewriter.write(layout, mem, sink, progress)
@@ -119,29 +123,32 @@ def run_writer(layout: Layout, mem: int, sink, limits: DumpLimits, kid,
             outcome["error"] = exc
 
     thread = threading.Thread(target=work, name="snapcore-writer", daemon=True)
-    watchdog = Watchdog(lambda: progress.written, limits.stall_timeout, limits.max_dump_time,
-                        progress=limits.progress, expected=progress.total)
+    controller = Controller(lambda: progress.written, progress.total,
+                            ladder(*priority.own_level(pre.target.pid)),
+                            deadline=limits.deadline, max_dump_time=limits.max_dump_time,
+                            memory=MemoryWatch(pre.memory_room, pre.memory_limit_file),
+                            progress=limits.progress)
     t0 = time.monotonic()
     thread.start()
     try:
         started.wait()
-        notes += [f"writer {f}" for f in outcome["failed"]]
-        watchdog.task = outcome["tid"]
-        watchdog.start()
+        if "failed" in outcome:
+            controller.notes.append(outcome["failed"])
+        controller.start()
         while thread.is_alive():
             thread.join(0.25)
-            watchdog.tick(kid)
-            if watchdog.timed_out:
+            if thread.is_alive() and controller.tick([outcome["tid"]]):
                 progress.cancelled = True
+                dump.kill(kid)  # its copies are what the memory rule is about
     finally:
         progress.cancelled = True  # an interrupt: the writer stops at its next block
         thread.join()
     if limits.progress is not None:
         limits.progress(progress.written, progress.total)
     error = outcome.get("error")
-    if error is not None and not watchdog.timed_out:
+    if error is not None and not controller.failure:
         _raise(error)
-    return time.monotonic() - t0, watchdog
+    return time.monotonic() - t0, controller
 
 
 def _raise(error: BaseException) -> None:
@@ -172,16 +179,11 @@ def dump_and_store(pre, forked, kid, gathered, pidfd: int, stop_timeout: float,
             layout = plan(kid.pid, target.name, states, facts, mem, pagemap)
             sink, path, fd = open_sink(output, placement.core_name(target.name, target.pid,
                                                                      taken_at))
-            seconds, watchdog = run_writer(layout, mem, sink, limits, kid, kid.notes)
+            seconds, controller = run_writer(pre, layout, mem, sink, limits, kid)
         finally:
             for d in (mem, pagemap):
                 os.close(d)
-        if watchdog.timed_out:
-            raise CoreNotWritten(f"the dump took longer than the longest dump allowed "
-                                 f"({limits.max_dump_time:g} s); it was stopped",
-                                 "snapshot when the machine is less busy, or allow a "
-                                 "longer dump", pid=target.pid, stage=Stage.DUMP,
-                                 setting="max_dump_time")
+        _abandoned(controller, target.pid)
     except NoSuchProcess as exc:
         raise CoreNotWritten(f"the snapshot child ended before its dump ({exc.message})",
                              "no core was written; the target is unharmed",
@@ -204,5 +206,19 @@ def dump_and_store(pre, forked, kid, gathered, pidfd: int, stop_timeout: float,
         thread_map=[{"tid": tid, "name": thread_name(target.pid, tid), "core_lwp": s.tid,
                      "child_tid": None} for tid, s in zip(tids, states)],
         child_pid=kid.pid, core_pattern=pre.core_pattern, taken_at=taken_at,
-        notes=kid.notes + forked.notes, escalated_after=watchdog.escalated_after,
-        writer="snapcore", streamed=output.stream is not None)
+        notes=kid.notes + forked.notes + controller.notes,
+        priority_steps=controller.steps, writer="snapcore", streamed=output.stream is not None)
+
+
+def _abandoned(controller: Controller, pid: int) -> None:
+    """The controller gave the dump up: say why, as for the kernel's dump."""
+    if controller.failure == "max_dump_time":
+        raise CoreNotWritten(f"{controller.failure_text}; the writer was stopped",
+                             "snapshot when the machine is less busy, or allow a "
+                             "longer dump", pid=pid, stage=Stage.DUMP,
+                             setting="max_dump_time")
+    if controller.failure == "memory":
+        raise CoreNotWritten(f"{controller.failure_text} while the target rewrote its "
+                             "memory during the dump; the child was killed before the "
+                             "host ran short", "snapshot when the machine has more free "
+                             "memory or the target is quieter", pid=pid, stage=Stage.DUMP)

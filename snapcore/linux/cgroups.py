@@ -28,6 +28,23 @@ def paths(pid: int) -> dict[str, str]:
     return found
 
 
+def systemd_unit(pid: int) -> str | None:
+    """The systemd service the process runs in (`redis-server.service`), from
+    the path systemd gives each unit's cgroup (v2, or v1's name=systemd
+    hierarchy): the innermost `*.service` component.  None outside one."""
+    try:
+        with open(f"/proc/{pid}/cgroup") as f:
+            lines = [line.rstrip("\n").split(":", 2) for line in f]
+    except OSError:
+        return None
+    for _n, controllers, path in sorted(lines, key=lambda l: l[1] != "name=systemd"):
+        if controllers in ("", "name=systemd"):
+            units = [part for part in path.split("/") if part.endswith(".service")]
+            if units:
+                return units[-1]
+    return None
+
+
 def _read(path: str) -> str | None:
     try:
         with open(path) as f:
@@ -81,6 +98,19 @@ def memory_headroom(pid: int) -> tuple[str, int] | None:
                          _tightest(pid, "memory", "memory.limit_in_bytes",
                                    "memory.usage_in_bytes")) if h]
     return min(found, key=lambda h: h[1]) if found else None
+
+
+def anon_bytes(limit_file: str) -> int | None:
+    """Anonymous memory charged to the cgroup whose limit is `limit_file`, its
+    descendants included (v2 memory.stat anon, v1 total_rss): what the copies
+    a copy-on-write child causes add to.  Page cache (the core being written
+    goes there too) is left out: the kernel reclaims it under the limit."""
+    text = _read(os.path.join(os.path.dirname(limit_file), "memory.stat"))
+    if text is None:
+        return None
+    stats = dict(line.split() for line in text.splitlines() if len(line.split()) == 2)
+    value = stats.get("anon", stats.get("total_rss"))
+    return int(value) if value is not None else None
 
 
 def tasks_headroom(pid: int) -> tuple[str, int] | None:

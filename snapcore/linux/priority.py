@@ -1,47 +1,91 @@
-"""The priority of one task (a thread id): idle for the machine, or raised.
+"""CPU and I/O priority of a task, set from outside, and how starved it is.
 
-sched_setscheduler, setpriority and ioprio_set with 0 act on the calling
-thread alone (Linux keeps these per thread): a thread of snapcore may make
-itself idle while the rest of snapcore is not.
+A dump runs at the lowest priority the machine has (SCHED_IDLE, I/O class
+idle) and is stepped up, never above the target's own priority, when it would
+not finish in time (engine/controller.py).  Each setting is per thread:
+sched_setscheduler(2), setpriority(2) with PRIO_PROCESS and ioprio_set(2)
+with IOPRIO_WHO_PROCESS all take a thread id.
 """
 
 from __future__ import annotations
 
 import ctypes
 import os
+from typing import NamedTuple
 
 from snapcore.linux import arch
 
-IOPRIO_WHO_PROCESS = 1  # a task id, despite the name
-IOPRIO_CLASS_IDLE = 3
-IOPRIO_CLASS_SHIFT = 13
+IOPRIO_WHO_PROCESS = 1
+IOPRIO_CLASS_BE, IOPRIO_CLASS_IDLE = 2, 3
+SCHED_POLICIES = {0: "normal", 1: "fifo", 2: "rr", 3: "batch", 5: "idle", 6: "deadline"}
 
 _libc = ctypes.CDLL(None, use_errno=True)
 
 
-def _ioprio_set(tid: int, value: int) -> None:
-    if _libc.syscall(arch.NR["ioprio_set"], IOPRIO_WHO_PROCESS, tid, value) < 0:
-        raise OSError(ctypes.get_errno(), os.strerror(ctypes.get_errno()))
+class Level(NamedTuple):
+    """One step of a dump's priority: a scheduling class and nice, an I/O class."""
+
+    name: str
+    idle: bool  # SCHED_IDLE (nice is then irrelevant) and I/O class idle
+    nice: int  # SCHED_OTHER's nice, when not idle
+    io_level: int  # best-effort I/O level 0 (high) to 7 (low), when not idle
 
 
-def make_self_idle() -> list[str]:
-    """SCHED_IDLE, nice 19 and the idle I/O class for the calling thread, as
-    the snapshot child gets for the kernel's dump.  Returns what failed."""
-    failed = []
-    for name, action in [
-        ("sched_setscheduler", lambda: os.sched_setscheduler(0, os.SCHED_IDLE,
-                                                             os.sched_param(0))),
-        ("setpriority", lambda: os.setpriority(os.PRIO_PROCESS, 0, 19)),
-        ("ioprio_set", lambda: _ioprio_set(0, IOPRIO_CLASS_IDLE << IOPRIO_CLASS_SHIFT)),
-    ]:
-        try:
-            action()
-        except OSError as exc:
-            failed.append(f"{name}: {exc.strerror}")
-    return failed
+IDLE = Level("idle", True, 19, 7)
 
 
-def raise_to_normal(tid: int) -> None:
-    """SCHED_OTHER at nice 19: what a starving idle dump is raised to."""
+def level_for_nice(nice: int) -> Level:
+    # The kernel's default best-effort level follows nice the same way
+    # (task_nice_ioprio(): (nice + 20) / 5).
+    return Level(f"nice {nice}", False, nice, (nice + 20) // 5)
+
+
+def apply(tid: int, level: Level) -> None:
+    """Put thread `tid` at `level`; raises OSError (ESRCH, EPERM)."""
+    if level.idle:
+        os.sched_setscheduler(tid, os.SCHED_IDLE, os.sched_param(0))
+        _ioprio_set(tid, IOPRIO_CLASS_IDLE, 0)
+        return
+    # From SCHED_IDLE to SCHED_OTHER first: nice means nothing to an idle task.
     os.sched_setscheduler(tid, os.SCHED_OTHER, os.sched_param(0))
-    os.setpriority(os.PRIO_PROCESS, tid, 19)
+    os.setpriority(os.PRIO_PROCESS, tid, level.nice)
+    _ioprio_set(tid, IOPRIO_CLASS_BE, level.io_level)
+
+
+def _ioprio_set(tid: int, io_class: int, level: int) -> None:
+    ret = _libc.syscall(arch.NR["ioprio_set"], IOPRIO_WHO_PROCESS, tid,
+                        (io_class << 13) | level)
+    if ret != 0:
+        err = ctypes.get_errno()
+        raise OSError(err, os.strerror(err))
+
+
+def own_level(pid: int) -> tuple[str, int]:
+    """The target's scheduling policy name and nice (stat fields 41 and 19):
+    a dump is never raised above them."""
+    with open(f"/proc/{pid}/stat") as f:
+        fields = f.read().rsplit(")", 1)[1].split()
+    # fields[0] is stat field 3 (state): field N is fields[N - 3].
+    return SCHED_POLICIES.get(int(fields[38]), "other"), int(fields[16])
+
+
+def waited(tid: int) -> tuple[float, float]:
+    """Seconds thread `tid` has run on a CPU, and waited on a run queue
+    (/proc/PID/schedstat: what schedstats count, in nanoseconds)."""
+    try:
+        with open(f"/proc/{tid}/schedstat") as f:
+            ran, waited_ns, _slices = f.read().split()
+    except (OSError, ValueError):
+        return 0.0, 0.0
+    return int(ran) / 1e9, int(waited_ns) / 1e9
+
+
+def io_pressure() -> float:
+    """The share of the last 10 s some task waited for I/O (PSI), 0 to 1;
+    0 where the kernel has no pressure stall information."""
+    try:
+        with open("/proc/pressure/io") as f:
+            some = f.readline().split()
+    except OSError:
+        return 0.0
+    return float(dict(kv.split("=") for kv in some[1:])["avg10"]) / 100

@@ -89,6 +89,18 @@ def read_status(pid: int) -> dict[str, str]:
         return dict(line.rstrip("\n").split(":\t", 1) for line in f if ":\t" in line)
 
 
+def ancestors(pid: int) -> list[int]:
+    """The pids of the process's parent, its parent's parent, ... up to init."""
+    found = []
+    while pid > 1:
+        try:
+            pid = int(read_status(pid)["PPid"])
+        except (OSError, KeyError, ValueError):
+            break
+        found.append(pid)
+    return found
+
+
 def _stat_fields(path: str) -> list[str]:
     """The fields of a /proc stat file after comm (state is [0]); comm may hold
     spaces and parentheses, so split after the last ')'."""

@@ -22,6 +22,9 @@
  *   bigmap  maps 3 GiB private writable memory it never touches, then like sleep
  *   fat     writes 24 MiB of heap (a core of that size), then like sleep
  *   grow    writes 4 MiB more heap every 100 ms up to 96 MiB, then like sleep
+ *   sparse  an 8 GiB reservation touched in 4 pages, and a 32 MiB file
+ *           (REPORT_FILE.data) mapped private and written in one page: the
+ *           kernel dumps that mapping whole, reading the rest from the file
  *
  * Every violation is appended to REPORT_FILE as a "VIOLATION ..." line, by
  * path (not by descriptor), so that a copy of this process with its
@@ -291,6 +294,21 @@ int main(int argc, char **argv)
             checked_sleep(100);
         }
         mode_sleep_loop();
+    } else if (!strcmp(mode, "sparse")) {
+        char *reserve = mmap(NULL, 8UL << 30, PROT_READ | PROT_WRITE,
+                             MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
+        char data[4096];
+        snprintf(data, sizeof data, "%s.data", report_path);
+        int fd = open(data, O_RDWR | O_CREAT | O_TRUNC, 0600);
+        if (reserve == MAP_FAILED || fd < 0 || ftruncate(fd, 32 << 20) != 0)
+            exit(2);
+        char *file = mmap(NULL, 32 << 20, PROT_READ | PROT_WRITE, MAP_PRIVATE, fd, 0);
+        if (file == MAP_FAILED)
+            exit(2);
+        for (int i = 0; i < 4; i++)
+            reserve[(size_t)i << 30] = 1;
+        file[0] = 1; /* one copied page: the mapping gets an anon_vma */
+        mode_sleep();
     } else if (!strcmp(mode, "bigmap")) {
         if (mmap(NULL, 3UL << 30, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0) ==
             MAP_FAILED)

@@ -1,0 +1,235 @@
+"""The commands that read a snapshot, like coredumpctl: info, debug, stacks.
+
+MATCH names a snapshot in the output directory: a pid, a program name (part
+of the name, executable or program of its record), or a core file; the
+newest that matches is taken.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shlex
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import click
+
+from snapcore.cli import render as report
+from snapcore.cli.app import cli, fail
+from snapcore.cli.options import (EXIT_CODES_HELP, SnapRequest, check_force, common_options,
+                                  make_options, one_target, pid_argument, snap_options,
+                                  target_options)
+from snapcore.errors import BadInput, NoSuchProcess, OutputError, SnapcoreError, Stage
+
+NOT_A_CRASH = ("gdb reports \"Program terminated with signal SIGABRT\": that is how the "
+               "snapshot was made (its copy-on-write child took SIGABRT), not a crash")
+
+output_dir_option = click.option(
+    "-o", "--output-dir", type=click.Path(file_okay=False, path_type=Path),
+    help="The output directory to look in (default as for snap).")
+match_argument = click.argument("match", required=False, metavar="[MATCH]")
+
+
+def find(match: str | None, output_dir: Path | None):
+    """The newest snapshot MATCH names (a Record), or a one-line error."""
+    from snapcore.core import records
+    from snapcore.core.placement import default_output_dir
+    directory = output_dir or default_output_dir()
+    if match and (os.sep in match or Path(match).is_file()):
+        core = Path(match).absolute()
+        found = [r for r in records.records(core.parent) if r.core == core]
+        if not found:
+            raise BadInput(f"{match} has no snapcore record beside it",
+                           "give a core snapcore wrote, or its pid or name", stage=Stage.USAGE)
+        return found[0]
+    pid = int(match) if match and match.isdigit() else None
+    found = records.select(records.records(directory), None if pid else match, pid=pid)
+    if not found:
+        what = f"matching {match!r} " if match else ""
+        raise NoSuchProcess(f"no snapshot {what}in {directory}",
+                            "see snapcore list (or give -o DIR)", stage=Stage.USAGE)
+    return found[0]
+
+
+def exe_changed(record) -> str | None:
+    """A warning when the executable on disk is no longer the one snapshotted
+    (an upgrade since): gdb would read the wrong symbols."""
+    from snapcore.core import elf
+    t = record.data.get("target", {})
+    exe, then = t.get("exe"), t.get("build_id")
+    if not exe or not then:
+        return None
+    now = elf.build_id(exe) if os.path.exists(exe) else None
+    if now == then:
+        return None
+    return (f"{exe} is not the executable that was snapshotted (build-id {then}, now "
+            f"{now or 'missing'}): gdb may show wrong symbols; use the old build")
+
+
+@cli.command(epilog=EXIT_CODES_HELP)
+@match_argument
+@output_dir_option
+@click.option("--json", "as_json", is_flag=True, help="Print the record as one JSON document.")
+def info(match, output_dir, as_json):
+    """The record and threads of the newest snapshot MATCH names.
+
+    MATCH: a pid, a program name, or a core file; none: the newest snapshot.
+    """
+    try:
+        record = find(match, output_dir)
+    except SnapcoreError as exc:
+        fail(exc, as_json)
+    warning = exe_changed(record)
+    if as_json:
+        report.print_json({"ok": True, "core": str(record.core) if record.core else None,
+                           "record": record.data, "path": str(record.sidecar),
+                           "warnings": [warning] if warning else []})
+        return
+    report.print_info(record, report.stdout_console())
+    for line in filter(None, [warning]):
+        report.say(f"snapcore: warning: {line}")
+    report.say(f"snapcore: note: {NOT_A_CRASH}")
+
+
+@cli.command(epilog=EXIT_CODES_HELP)
+@match_argument
+@output_dir_option
+@click.option("-A", "--debugger-arguments", "gdb_args", default="", metavar="ARGS",
+              help='More arguments for gdb, as one string (e.g. -A "-batch -ex bt").')
+def debug(match, output_dir, gdb_args):
+    """Open the newest snapshot MATCH names in gdb.
+
+    The executable comes from the snapshot's record; a .zst core is unpacked
+    into $TMPDIR (default /var/tmp) first and removed afterwards. Exits with
+    gdb's status.
+    """
+    import shutil
+    import tempfile
+
+    from snapcore.core.compress import decompress_to
+    try:
+        record = find(match, output_dir)
+        if record.core is None:
+            raise OutputError(f"the core of {record.sidecar.name} is missing",
+                              "it was removed; see snapcore list", stage=Stage.USAGE)
+        gdb = shutil.which("gdb")
+        if gdb is None:
+            from snapcore.errors import ToolError
+            raise ToolError("snapcore debug needs gdb, which is not installed",
+                            "install it (apt-get install gdb)", stage=Stage.STACKS)
+        extra = shlex.split(gdb_args)
+    except ValueError as exc:
+        fail(BadInput(f"-A {gdb_args!r}: {exc}", "quote it as the shell would",
+                      stage=Stage.USAGE), False)
+    except SnapcoreError as exc:
+        fail(exc, False)
+    for line in filter(None, [exe_changed(record)]):
+        report.say(f"snapcore: warning: {line}")
+    report.say(f"snapcore: note: {NOT_A_CRASH}")
+    exe = record.data.get("target", {}).get("exe") or ""
+    with tempfile.TemporaryDirectory(prefix="snapcore-debug-",
+                                     dir=os.environ.get("TMPDIR", "/var/tmp")) as tmp:
+        core = record.core
+        if core.name.endswith(".zst"):
+            plain = Path(tmp) / core.name[:-4]
+            decompress_to(core, plain)
+            core = plain
+        # gdb owns the terminal and Ctrl-C while it runs; snapcore waits.
+        previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
+        try:
+            code = subprocess.call([gdb, *extra, exe, str(core)], preexec_fn=_gdb_signals)
+        finally:
+            signal.signal(signal.SIGINT, previous)
+    sys.exit(code)
+
+
+def _gdb_signals() -> None:
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, [signal.SIGCHLD])  # blocked by main()
+
+
+@cli.command(epilog=EXIT_CODES_HELP)
+@pid_argument()
+@target_options
+@click.option("--core", "core_file", type=click.Path(exists=True, dir_okay=False,
+                                                      path_type=Path),
+              help="Read an existing snapshot instead of taking one.")
+@click.option("--exe", type=click.Path(exists=True, dir_okay=False),
+              help="The executable of --core (default: from its record).")
+@click.option("--discard", is_flag=True,
+              help="Remove the snapshot once its stacks are printed (it is kept by "
+                   "default, like any other, and counts toward --max-per-hour either way).")
+@common_options
+@snap_options
+def stacks(pid, name_pattern, take_all, pidfile, unit, core_file, exe, discard, output_dir,
+           writer, as_json, timeout, min_free, max_per_hour, request: SnapRequest):
+    """Every thread's backtrace, like gstack, with a pause of milliseconds.
+
+    Takes a snapshot of PID and prints its stacks with gdb (saying where the
+    snapshot is kept, or removing it with --discard); or reads an existing
+    one with --core FILE.
+    """
+    from snapcore.core.gdb import backtraces
+    kept = None
+    try:
+        if core_file is not None:
+            exe = exe or _exe_from_record(core_file)
+            text = backtraces(exe, core_file)
+        else:
+            if not (pid or name_pattern or pidfile or unit):
+                raise BadInput("give a PID (or --name, --pidfile, --unit), or --core FILE",
+                               "see snapcore stacks --help", stage=Stage.USAGE)
+            result = _snapshot(one_target(pid, name_pattern, take_all, pidfile, unit),
+                               output_dir, timeout, min_free, max_per_hour, request, writer)
+            exe, core_file = result.target.exe, result.core_path
+            try:
+                text = backtraces(exe, core_file)
+            finally:
+                kept = _keep_or_discard(result, discard)
+    except SnapcoreError as exc:
+        fail(exc, as_json)
+    if as_json:
+        report.print_json({"ok": True, "core": str(core_file), "exe": exe, "stacks": text,
+                           "discarded": discard and core_file is not None and kept is None})
+    else:
+        click.echo(text)
+        if kept is not None:
+            report.say(f"snapcore: the snapshot is kept: {kept} (--discard to not keep it)")
+
+
+def _snapshot(pid: int, output_dir, timeout, min_free, max_per_hour, request: SnapRequest,
+              writer: str = "auto"):
+    from snapcore.cli.snap import take_each
+    check_force(request.force)
+    opts = make_options(output_dir, timeout, min_free, max_per_hour, writer)
+    result = take_each([pid], opts, request)[0]
+    if isinstance(result, SnapcoreError):
+        raise result
+    if result.core_path is None:
+        raise OutputError(f"core_pattern hands cores to "
+                          f"{result.core_pattern.handler}: no core here to read",
+                          report.pipe_lookup(result), stage=Stage.STACKS)
+    return result
+
+
+def _keep_or_discard(result, discard: bool) -> str | None:
+    """The kept core's path and size, or None once it is removed."""
+    from snapcore.units import human
+    if discard:
+        result.core_path.unlink(missing_ok=True)
+        if result.sidecar_path is not None:
+            result.sidecar_path.unlink(missing_ok=True)
+        return None
+    return f"{result.core_path} ({human(result.core_size)})"
+
+
+def _exe_from_record(core: Path) -> str:
+    from snapcore.core import records
+    try:
+        return json.loads(records.sidecar_path(core).read_text())["target"]["exe"]
+    except (OSError, ValueError, KeyError):
+        raise BadInput(f"no record beside {core} names its executable",
+                       "give it with --exe", stage=Stage.USAGE) from None

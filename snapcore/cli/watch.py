@@ -1,0 +1,174 @@
+"""snapcore watch: sample a process and snapshot it when a condition holds,
+like ProcDump's triggers."""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+from datetime import datetime, timezone
+
+import click
+
+from snapcore.cli import render as report
+from snapcore.cli.app import cli, fail
+from snapcore.cli.options import (EXIT_CODES_HELP, SnapRequest, check_force, common_options,
+                                  make_options, one_target, pid_argument, snap_options,
+                                  target_options)
+from snapcore.errors import BadInput, ExitCode, Interrupted, SnapcoreError, Stage
+
+
+@cli.command(epilog=EXIT_CODES_HELP)
+@pid_argument()
+@target_options
+@click.option("--wait", "wait_for", is_flag=True,
+              help="With --name: wait for a matching process to start, then watch it.")
+@click.option("--interval", type=click.FloatRange(min=0.01), default=1.0, show_default=True,
+              metavar="SECONDS", help="How often to sample the process.")
+@click.option("--for", "hold", type=click.FloatRange(min=0), default=5.0, show_default=True,
+              metavar="SECONDS", help="How long a condition must hold before it fires.")
+@click.option("--cpu", type=click.FloatRange(min=0), metavar="PCT",
+              help="Fire when the process uses at least PCT percent of a CPU.")
+@click.option("--cpu-below", type=click.FloatRange(min=0), metavar="PCT",
+              help="Fire when it uses less than PCT percent of a CPU (stalled).")
+@click.option("--rss", metavar="SIZE", help="Fire when its resident memory reaches SIZE.")
+@click.option("--rss-below", metavar="SIZE",
+              help="Fire when its resident memory is less than SIZE.")
+@click.option("--threads-over", "threads_over", type=click.IntRange(min=1), metavar="N",
+              help="Fire when it has at least N threads.")
+@click.option("--fds", type=click.IntRange(min=1), metavar="N",
+              help="Fire when it has at least N open file descriptors.")
+@click.option("--count", type=click.IntRange(min=1), default=1, show_default=True,
+              metavar="N", help="Stop after N snapshots.")
+@click.option("--cooldown", type=click.FloatRange(min=0), default=300.0, show_default=True,
+              metavar="SECONDS", help="At least this long between two snapshots.")
+@common_options
+@snap_options
+def watch(pid, name_pattern, take_all, pidfile, unit, wait_for, interval, hold, cpu,
+          cpu_below, rss, rss_below, threads_over, fds, count, cooldown, output_dir, writer,
+          as_json, timeout, min_free, max_per_hour, request: SnapRequest):
+    """Watch PID and snapshot it when a condition holds for --for seconds.
+
+    Conditions: --cpu, --cpu-below, --rss, --rss-below, --threads-over,
+    --fds (any one fires). Takes at most --count snapshots, --cooldown apart,
+    within the rate limit. Logs each sample (UTC) and why it fired; with
+    --json, one JSON document a line per sample, firing, snapshot and end.
+    Exits when the process exits: 15 if nothing fired.
+    """
+    from snapcore.engine import watch as watchmod
+    try:
+        conditions = watchmod.Conditions(cpu, _size(rss), threads_over, fds, cpu_below,
+                                         _size(rss_below))
+        if not conditions.any():
+            raise BadInput("no condition to watch for", "give --cpu, --cpu-below, --rss, "
+                           "--rss-below, --threads-over or --fds", stage=Stage.USAGE)
+        if wait_for and not name_pattern:
+            raise BadInput("--wait needs --name", "say which process to wait for",
+                           stage=Stage.USAGE)
+        check_force(request.force)
+        opts = make_options(output_dir, timeout, min_free, max_per_hour, writer)
+        if wait_for:
+            target_pid = _wait_for(name_pattern, interval, as_json)
+        else:
+            target_pid = one_target(pid, name_pattern, take_all, pidfile, unit)
+        ended, taken = _run(watchmod.events(target_pid, conditions, _snapshotter(
+            target_pid, opts, request), interval=interval, hold=hold, count=count,
+            cooldown=cooldown), as_json)
+    except SnapcoreError as exc:
+        fail(exc, as_json)
+    except KeyboardInterrupt:
+        fail(Interrupted("interrupted", "the process keeps running", stage=Stage.INTERRUPT),
+             as_json)
+    from snapcore.cli.snap import exit_code_of
+    sys.exit(exit_code_of(taken) if taken else
+             0 if ended[2] else int(ExitCode.WATCH_ENDED))
+
+
+def _snapshotter(pid: int, opts, request: SnapRequest):
+    from snapcore.cli.snap import take_each
+
+    def snapshot(reason):
+        result = take_each([pid], opts, request, reason=reason)[0]
+        if isinstance(result, SnapcoreError):
+            raise result
+        return result
+    return snapshot
+
+
+def _run(events, as_json: bool):
+    """Report each event as it comes: a line for people, a JSON line for scripts."""
+    taken, ended = [], None
+    for event in events:
+        kind = event[0]
+        if kind == "snapshot":
+            taken.append(event[1])
+        elif kind == "end":
+            ended = event
+        if as_json:
+            _json_line(event)
+        elif kind == "sample":
+            met = f"  <- {'; '.join(event[2])}" if event[2] else ""
+            report.say(f"{stamp(event[1].at)} {event[1].text()}{met}")
+        elif kind == "fire":
+            report.say(f"{stamp()} snapcore: firing: {event[1]}")
+        elif kind == "snapshot" and isinstance(event[1], SnapcoreError):
+            report.print_error(event[1])
+        elif kind == "snapshot":
+            click.echo(str(event[1].core_path or "(handed to core_pattern pipe)"))
+        elif kind == "end":
+            report.say(f"{stamp()} snapcore: watch ended: {event[1]}"
+                       + ("" if event[2] else " (no condition fired)"))
+    return ended, taken
+
+
+def _json_line(event) -> None:
+    kind, doc = event[0], {"event": event[0], "time": stamp()}
+    if kind == "sample":
+        s = event[1]
+        doc.update(time=stamp(s.at), cpu=round(s.cpu, 1), rss=s.rss, threads=s.threads,
+                   fds=s.fds, met=event[2])
+    elif kind == "fire":
+        doc["reason"] = event[1]
+    elif kind == "snapshot":
+        doc.update({"ok": False, "error": report.error_dict(event[1])}
+                   if isinstance(event[1], SnapcoreError) else report.snapshot_dict(event[1]))
+    elif kind == "end":
+        doc.update(reason=event[1], fired=event[2])
+    elif kind == "waiting":
+        doc["name"] = event[1]
+    click.echo(json.dumps(doc))
+
+
+def _wait_for(pattern: str, interval: float, as_json: bool) -> int:
+    """The pid of the first process matching --name, polling until one starts."""
+    from snapcore.cli import selection
+    from snapcore.errors import NoSuchProcess
+    said = False
+    while True:
+        try:
+            return selection.by_name(pattern, take_all=False)[0]
+        except NoSuchProcess:
+            if not said:
+                if as_json:
+                    _json_line(("waiting", pattern))
+                else:
+                    report.say(f"{stamp()} snapcore: waiting for a process matching "
+                               f"{pattern!r}")
+                said = True
+            time.sleep(interval)
+
+
+def stamp(when: float | None = None) -> str:
+    """UTC, as in the cores' names: 20261127T103555.797Z."""
+    at = datetime.fromtimestamp(time.time() if when is None else when, timezone.utc)
+    return at.strftime("%Y%m%dT%H%M%S.") + f"{at.microsecond // 1000:03d}Z"
+
+
+def _size(text: str | None) -> int | None:
+    from snapcore.units import parse_size
+    if text is None:
+        return None
+    try:
+        return parse_size(text)
+    except ValueError as exc:
+        raise BadInput(str(exc), "e.g. 512M or 2G", stage=Stage.USAGE) from None
