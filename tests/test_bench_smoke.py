@@ -8,6 +8,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 ROOT = Path(__file__).parent.parent
 
 
@@ -30,10 +32,14 @@ def test_bench_smoke_run_produces_a_table(tmp_path):
     assert rows_file.read_text().startswith("[")
 
 
-def test_bench_help_explains_every_option():
-    proc = subprocess.run([sys.executable, str(ROOT / "bench/pause.py"), "--help"],
+@pytest.mark.parametrize("script, wanted", [
+    ("pause.py", {"--sizes", "--threads", "--runs", "--cow-pages", "--tools", "--plot",
+                  "--json"}),
+    ("busy.py", {"--runs", "--mb", "--hogs"}),
+])
+def test_bench_help_explains_every_option(script, wanted):
+    proc = subprocess.run([sys.executable, str(ROOT / "bench" / script), "--help"],
                           capture_output=True, text=True, cwd=ROOT)
     assert proc.returncode == 0
     options = re.findall(r"^  (--[a-z-]+)( \S+)?\s{2,}(\S.*)$", proc.stdout, re.M)
-    assert {o[0] for o in options} == {"--sizes", "--threads", "--runs", "--cow-pages",
-                                       "--tools", "--plot", "--json"}, proc.stdout
+    assert {o[0] for o in options} == wanted, proc.stdout

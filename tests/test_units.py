@@ -294,3 +294,19 @@ def test_the_record_keeps_no_trailing_empty_arguments():
     assert records.command_line(["redis-server *:6379", "", "", ""]) == ["redis-server *:6379"]
     assert records.command_line(["prog", "", "x"]) == ["prog", "", "x"]  # a real empty arg
     assert records.command_line([]) == []
+
+
+@pytest.mark.unit
+@pytest.mark.parametrize("policy, nice, names", [
+    ("normal", 0, ["idle", "nice 19", "nice 10", "nice 0"]),
+    ("normal", 5, ["idle", "nice 19", "nice 10", "nice 5"]),
+    ("batch", 19, ["idle", "nice 19"]),
+    ("normal", -5, ["idle", "nice 19", "nice 10", "nice 0", "nice -5"]),
+    ("idle", 0, ["idle"]),  # a target at SCHED_IDLE: its dump is never above it
+])
+def test_dump_priority_never_goes_above_the_target(policy, nice, names):
+    from snapcore.engine.controller import ladder
+    levels = ladder(policy, nice)
+    assert [level.name for level in levels] == names
+    # The kernel's default best-effort I/O level for each nice.
+    assert all(level.io_level == (level.nice + 20) // 5 for level in levels[1:])

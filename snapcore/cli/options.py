@@ -150,14 +150,15 @@ def target_options(command):
 
 
 def resolve_targets(pids, name_pattern, take_all, pidfile, unit) -> list[int]:
-    from snapcore.cli import selection as targets  # psutil: only when a name is given
     found = [parse_pid(p) for p in pids]
-    if name_pattern:
-        found += targets.by_name(name_pattern, take_all)
-    if pidfile:
-        found.append(targets.by_pidfile(pidfile))
-    if unit:
-        found.append(targets.by_unit(unit))
+    if name_pattern or pidfile or unit:
+        from snapcore.cli import selection as targets  # psutil: not for a plain PID
+        if name_pattern:
+            found += targets.by_name(name_pattern, take_all)
+        if pidfile:
+            found.append(targets.by_pidfile(pidfile))
+        if unit:
+            found.append(targets.by_unit(unit))
     if not found:
         raise BadInput("no target given", "give a PID, or --name, --pidfile or --unit",
                        stage=Stage.USAGE)
