@@ -26,7 +26,7 @@ EIGHT = ["main_busy", "sleeper_thread", "condvar_thread", "pipe_reader_thread", 
          "ymm_thread", "mutex_waiter_thread", "sleeper2_thread"]
 BUSY = {"main_busy": "main_busy", "busy_thread": "busy_thread_loop"}
 # The machine's two CPUs are shared (and the targets' threads spin): an
-# idle-priority dump could wait for the watchdog's default 10 s to be raised.
+# idle-priority dump could wait long before the controller steps it up.
 FAST = ("--dump-deadline", "1")
 YMM = bytes(range(1, 33))
 GIB = 1 << 30
