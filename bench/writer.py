@@ -90,13 +90,26 @@ def vm_pte(pid: int) -> int:
     return 0
 
 
+class TooLong(Exception):
+    pass
+
+
+LIMIT = [600.0]  # seconds a run may take (--limit)
+
+
 def run(cmd: list[str], stdout=subprocess.PIPE) -> tuple[float, float, int, str]:
-    """Wall seconds, CPU seconds and peak RSS (bytes) of a command and its children."""
+    """Wall seconds, CPU seconds and peak RSS (bytes) of a command and its children.
+    A run past LIMIT is stopped (SIGTERM: snapcore cleans up) and raises TooLong."""
     t0 = time.monotonic()
     proc = subprocess.Popen(cmd, stdout=stdout, stderr=subprocess.PIPE, text=True)
+    timer = threading.Timer(LIMIT[0], proc.terminate)
+    timer.start()
     out = proc.stdout.read() if proc.stdout else ""
     _, status, usage = os.wait4(proc.pid, 0)
+    timer.cancel()
     wall = time.monotonic() - t0
+    if wall >= LIMIT[0]:
+        raise TooLong()
     if os.waitstatus_to_exitcode(status) not in (0,):
         raise RuntimeError(f"{cmd[:4]} failed: {proc.stderr.read()[-400:]}")
     return wall, usage.ru_utime + usage.ru_stime, usage.ru_maxrss * 1024, out
@@ -139,7 +152,10 @@ def main() -> None:
     ap.add_argument("--runs", type=int, default=1)
     ap.add_argument("--tools", default="kernel,snapcore,gcore")
     ap.add_argument("--compress", default="both", choices=("both", "no", "yes"))
+    ap.add_argument("--limit", type=float, default=600.0,
+                    help="seconds a run may take before it is stopped and reported as such")
     args = ap.parse_args()
+    LIMIT[0] = args.limit
     tmp = Path(tempfile.mkdtemp(prefix="snapcore-writer-bench-"))
     exe = build(tmp)
     out = tmp / "out"
@@ -157,8 +173,17 @@ def main() -> None:
                     try:
                         for compress in modes:
                             for tool in args.tools.split(","):
-                                results = [one(tool, compress, target.pid, out)
-                                           for _ in range(args.runs)]
+                                try:
+                                    results = [one(tool, compress, target.pid, out)
+                                               for _ in range(args.runs)]
+                                except TooLong:
+                                    print(f"| {mb} MB | {'busy' if busy else 'idle'} | {tool} "
+                                          f"| {'zstd' if compress else 'no'} | over "
+                                          f"{LIMIT[0]:.0f} s (stopped) | | | |", flush=True)
+                                    for f in out.iterdir():
+                                        if f.is_file():
+                                            f.unlink()
+                                    continue
                                 best = min(results, key=lambda r: r["seconds"])
                                 print(f"| {mb} MB | {'busy' if busy else 'idle'} | {tool} | "
                                       f"{'zstd' if compress else 'no'} | "

@@ -5,6 +5,7 @@ leaves as holes; compression while writing; standard output."""
 
 from __future__ import annotations
 
+import json
 import os
 import pty
 import re
@@ -238,7 +239,8 @@ def test_pipe_core_pattern_gets_snapcores_writer(core_pattern, handler, start_vi
     core = Path(doc["core"]["path"])
     assert core.parent == out_dir and cores_in(out_dir) == [core.name]
     assert sorted(prstatus_pids(core)) == sorted(t["tid"] for t in doc["thread_map"])
-    assert "snapcore" in Path(doc["core"]["record"]).read_text()  # the record names it
+    record = json.loads(Path(doc["core"]["record"]).read_text())
+    assert record["writer"]["name"] == "snapcore" and "pipes" in record["writer"]["reason"]
     assert not handler_ran_for(ran, doc["child_pid"], victim.pid)  # the crash handler never ran
     victim.wait_for_heartbeats(victim.heartbeats())
     victim.assert_unharmed()
@@ -366,6 +368,26 @@ def test_stdout_to_a_file_and_never_to_a_terminal(start_victim, victim_exe, tmp_
     assert proc.returncode == 2 and proc.stderr.count("\n") == 1, proc.stderr
     assert "terminal" in proc.stderr
     victim.wait_for_heartbeats(victim.heartbeats())
+    victim.assert_unharmed()
+
+
+def test_the_controller_steps_the_writer_thread_up_on_a_busy_machine(start_victim, out_dir):
+    """Every CPU busy: the idle writer thread starves until the dump's
+    controller steps it up, by its thread id, as it does the kernel's child."""
+    victim = start_victim("fat")
+    spinners = [subprocess.Popen([sys.executable, "-c", "while True: pass"])
+                for _ in range(os.cpu_count() or 2)]
+    try:
+        code, doc = snap_json("--writer", "snapcore", "--dump-deadline", "1", "-o",
+                              str(out_dir), str(victim.pid))
+    finally:
+        for p in spinners:
+            p.kill()
+            p.wait()
+    assert code == 0, doc
+    steps = doc["priority_steps"]
+    assert steps and steps[0]["from"] == "idle" and "error" not in steps[0], steps
+    assert prstatus_pids(Path(doc["core"]["path"])) == [victim.pid]
     victim.assert_unharmed()
 
 
