@@ -94,6 +94,10 @@ class TooLong(Exception):
     pass
 
 
+class Failed(Exception):
+    pass
+
+
 LIMIT = [600.0]  # seconds a run may take (--limit)
 
 
@@ -111,7 +115,10 @@ def run(cmd: list[str], stdout=subprocess.PIPE) -> tuple[float, float, int, str]
     if wall >= LIMIT[0]:
         raise TooLong()
     if os.waitstatus_to_exitcode(status) not in (0,):
-        raise RuntimeError(f"{cmd[:4]} failed: {proc.stderr.read()[-400:]}")
+        try:
+            raise Failed(json.loads(out)["error"]["message"])
+        except (ValueError, KeyError, TypeError):
+            raise Failed(proc.stderr.read()[-200:].strip()) from None
     return wall, usage.ru_utime + usage.ru_stime, usage.ru_maxrss * 1024, out
 
 
@@ -176,6 +183,11 @@ def main() -> None:
                                 try:
                                     results = [one(tool, compress, target.pid, out)
                                                for _ in range(args.runs)]
+                                except Failed as exc:
+                                    print(f"| {mb} MB | {'busy' if busy else 'idle'} | {tool} "
+                                          f"| {'zstd' if compress else 'no'} | failed: "
+                                          f"{exc} | | | |", flush=True)
+                                    continue
                                 except TooLong:
                                     print(f"| {mb} MB | {'busy' if busy else 'idle'} | {tool} "
                                           f"| {'zstd' if compress else 'no'} | over "
