@@ -227,6 +227,41 @@ def wait_until_catching(proc, signum: int, timeout: float = 30.0) -> None:
 
 
 @pytest.fixture
+def cgroup():
+    """make(controller, **files) -> a new cgroup under that controller's root
+    (v1; "unified": the v2 hierarchy), or `under` one made before.
+    Removed after the test: thawed, its processes moved to the parent, rmdir."""
+    made: list[Path] = []
+
+    def make(controller: str, under: Path | None = None, **files) -> Path:
+        parent = under or Path(f"/sys/fs/cgroup/{controller}")
+        path = parent / f"snapcore-test-{os.getpid()}-{len(made)}"
+        path.mkdir()
+        made.append(path)
+        for name, value in files.items():
+            (path / name.replace("__", ".")).write_text(str(value))
+        return path
+
+    yield make
+    for path in reversed(made):
+        if (path / "freezer.state").exists():
+            (path / "freezer.state").write_text("THAWED")
+        end = time.monotonic() + 10
+        while True:
+            for pid in (path / "cgroup.procs").read_text().split():
+                try:
+                    (path.parent / "cgroup.procs").write_text(pid)
+                except OSError:
+                    pass  # it exited meanwhile
+            try:
+                path.rmdir()
+                break
+            except OSError:  # EBUSY: a process forked into it just now
+                assert time.monotonic() < end, f"cannot remove {path}"
+                time.sleep(0.02)
+
+
+@pytest.fixture
 def core_pattern():
     """Set core_pattern/core_uses_pid for one test, and always put them back."""
     files = [Path("/proc/sys/kernel/core_pattern"), Path("/proc/sys/kernel/core_uses_pid")]

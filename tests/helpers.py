@@ -1,9 +1,17 @@
-"""What several test files share: reading cores and verdicts, and waiting on /proc."""
+"""What several test files share: reading cores and verdicts, waiting on /proc,
+running snapcore on a pseudo-terminal."""
 
 from __future__ import annotations
 
+import fcntl
 import json
 import os
+import pty
+import re
+import struct
+import subprocess
+import sys
+import termios
 import time
 from pathlib import Path
 
@@ -70,3 +78,25 @@ def a_kernel_thread() -> int:
             if int(stat.rsplit(")", 1)[1].split()[6]) & 0x00200000:
                 return int(entry)
     raise AssertionError("no kernel thread visible in /proc")
+
+
+def on_terminal(*args: str, columns: int = 80) -> tuple[int, str]:
+    """Run snapcore with stdin, stdout and stderr on a new pseudo-terminal."""
+    master, slave = pty.openpty()
+    fcntl.ioctl(slave, termios.TIOCSWINSZ, struct.pack("HHHH", 24, columns, 0, 0))
+    proc = subprocess.Popen([sys.executable, "-m", "snapcore", *args], stdin=slave,
+                            stdout=slave, stderr=slave, cwd=Path(__file__).parent.parent,
+                            start_new_session=True)
+    os.close(slave)
+    text = b""
+    while True:
+        try:
+            chunk = os.read(master, 65536)
+        except OSError:
+            break  # the other side closed
+        if not chunk:
+            break
+        text += chunk
+    code = proc.wait(timeout=120)
+    os.close(master)
+    return code, re.sub(rb"\x1b\[[0-9;?]*[a-zA-Z]", b"", text).decode(errors="replace")

@@ -3,7 +3,7 @@ sparse core moved across filesystems, MADV_DONTFORK/WIPEONFORK regions, a frozen
 cgroup, the child's OOM in a memory cgroup, and a second snapcore mid-dump.
 
 Each cgroup is a v1 sub-cgroup of its own, created per test and removed
-afterwards (its processes moved back to the parent first)."""
+afterwards (its processes moved back to the parent first: conftest.cgroup)."""
 
 from __future__ import annotations
 
@@ -31,39 +31,6 @@ NOBODY = 65534
 @pytest.fixture(scope="session")
 def limits_exe(build_dir):
     return compile_target(build_dir, "limits")
-
-
-@pytest.fixture
-def cgroup():
-    """make(controller, **files) -> a new v1 cgroup under that controller's root.
-    Removed after the test: thawed, its processes moved to the parent, rmdir."""
-    made: list[Path] = []
-
-    def make(controller: str, **files) -> Path:
-        path = Path(f"/sys/fs/cgroup/{controller}/snapcore-test-{os.getpid()}-{len(made)}")
-        path.mkdir()
-        made.append(path)
-        for name, value in files.items():
-            (path / name.replace("__", ".")).write_text(str(value))
-        return path
-
-    yield make
-    for path in reversed(made):
-        if (path / "freezer.state").exists():
-            (path / "freezer.state").write_text("THAWED")
-        end = time.monotonic() + 10
-        while True:
-            for pid in (path / "cgroup.procs").read_text().split():
-                try:
-                    (path.parent / "cgroup.procs").write_text(pid)
-                except OSError:
-                    pass  # it exited meanwhile
-            try:
-                path.rmdir()
-                break
-            except OSError:  # EBUSY: a process forked into it just now
-                assert time.monotonic() < end, f"cannot remove {path}"
-                time.sleep(0.02)
 
 
 def move_into(cg: Path, pid: int) -> None:
@@ -350,8 +317,11 @@ def test_memory_cgroup_v1_limit_is_refused(rewriter_near_its_memory_limit, out_d
     assert oom_kills(cg) == 0
 
 
-def test_forced_past_memory_cgroup_v1_limit_the_oom_killer_takes_the_child(
+def test_forced_past_memory_cgroup_v1_limit_the_child_goes_not_the_target(
         rewriter_near_its_memory_limit, out_dir):
+    """Forced past the memory check: the dump's controller abandons the child
+    as its copies near the room (or, if the copies outrun it, the OOM killer
+    takes the child, oom_score_adj 1000); the target lives on."""
     victim, cg = rewriter_near_its_memory_limit
     proc = run_snapcore("--force", "memory", "-o", str(out_dir), str(victim.pid))
     assert victim.proc.poll() is None, \
@@ -360,9 +330,11 @@ def test_forced_past_memory_cgroup_v1_limit_the_oom_killer_takes_the_child(
         f"exit {proc.returncode}: {proc.stderr}"
     if proc.returncode == ExitCode.CORE_NOT_WRITTEN:
         line = one_line(proc)
-        assert "oom" in line.lower() or "out of memory" in line.lower(), line
+        abandoned = "copy-on-write copies reached" in line and "the child was killed" in line
+        oom = "oom" in line.lower() or "out of memory" in line.lower()
+        assert abandoned or oom, line
         assert "core_pattern" not in line, line
-        assert oom_kills(cg) >= 1
+        assert abandoned or oom_kills(cg) >= 1
     victim.wait_for_heartbeats(victim.heartbeats() + 1)
     victim.assert_unharmed()
 

@@ -3,41 +3,12 @@
 
 from __future__ import annotations
 
-import fcntl
 import os
 import re
 import statistics
-import struct
-import subprocess
-import sys
-import termios
-from pathlib import Path
 
 from conftest import snap_json
-
-ROOT = Path(__file__).parent.parent
-
-
-def on_terminal(*args: str, columns: int = 80) -> tuple[int, str]:
-    """Run snapcore with stdin, stdout and stderr on a new pseudo-terminal."""
-    import pty
-    master, slave = pty.openpty()
-    fcntl.ioctl(slave, termios.TIOCSWINSZ, struct.pack("HHHH", 24, columns, 0, 0))
-    proc = subprocess.Popen([sys.executable, "-m", "snapcore", *args], stdin=slave,
-                            stdout=slave, stderr=slave, cwd=ROOT, start_new_session=True)
-    os.close(slave)
-    text = b""
-    while True:
-        try:
-            chunk = os.read(master, 65536)
-        except OSError:
-            break  # the other side closed
-        if not chunk:
-            break
-        text += chunk
-    code = proc.wait(timeout=120)
-    os.close(master)
-    return code, re.sub(rb"\x1b\[[0-9;?]*[a-zA-Z]", b"", text).decode(errors="replace")
+from helpers import on_terminal
 
 
 def test_twenty_terminal_runs_on_a_24_thread_target(start_victim, threads_exe, out_dir):

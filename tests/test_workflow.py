@@ -3,20 +3,16 @@ prune, compression, stacks and syslog."""
 
 from __future__ import annotations
 
-import fcntl
 import json
 import os
 import platform
-import pty
 import re
 import select
 import shutil
 import socket
 import stat
-import struct
 import subprocess
 import sys
-import termios
 import time
 from pathlib import Path
 
@@ -26,7 +22,7 @@ from snapcore.core import compress, records
 from snapcore.errors import ExitCode
 
 from conftest import run_snapcore, snap_json
-from helpers import process_state, prstatus_pids, wait_until
+from helpers import on_terminal, process_state, prstatus_pids, wait_until
 
 
 def test_name_pattern_ambiguous_then_all(start_victim, out_dir):
@@ -322,24 +318,9 @@ def test_summary_prints_the_core_path_whole_at_80_columns(start_victim, tmp_path
     no line of the summary ends in padding (piped or not)."""
     out_dir = tmp_path / ("a-rather-long-directory-name-for-cores-" * 2) / "cores"
     victim = start_victim("sleep")
-    master, slave = pty.openpty()
-    fcntl.ioctl(slave, termios.TIOCSWINSZ, struct.pack("HHHH", 24, 80, 0, 0))
-    proc = subprocess.Popen([sys.executable, "-m", "snapcore", "-o", str(out_dir),
-                             str(victim.pid)], stdin=slave, stdout=slave, stderr=slave,
-                            cwd=Path(__file__).parent.parent)
-    os.close(slave)
-    text = b""
-    while True:
-        try:
-            chunk = os.read(master, 65536)
-        except OSError:
-            break  # the other side closed
-        if not chunk:
-            break
-        text += chunk
-    assert proc.wait(timeout=60) == 0, text
-    os.close(master)
-    lines = re.sub(rb"\x1b\[[0-9;?]*[a-zA-Z]", b"", text).decode().splitlines()
+    code, text = on_terminal("-o", str(out_dir), str(victim.pid))
+    assert code == 0, text
+    lines = text.splitlines()
     core_lines = [x for x in lines if x.startswith("core ")]
     assert len(core_lines) == 1, lines
     path = core_lines[0].split(None, 1)[1].strip()

@@ -104,7 +104,31 @@ def _stop_requested(signum, frame):
     raise KeyboardInterrupt
 
 
+def _swallowed(info):
+    """sys.unraisablehook: a stop request raised where Python could not raise
+    it (a weakref callback inside an import, a __del__) would only print
+    "Exception ignored in ..." and be lost.  Outside the engine nothing was
+    touched: end here; inside, the engine acts on it at its next safe point."""
+    if not (info.exc_type and issubclass(info.exc_type, KeyboardInterrupt)):
+        sys.__unraisablehook__(info)
+        return
+    if interrupts.engaged():
+        interrupts.request()
+        return
+    error = Interrupted("interrupted", "the target was not touched", stage=Stage.INTERRUPT)
+    if _as_json[0]:
+        report.print_json({"ok": False, "error": report.error_dict(error)})
+        sys.stdout.flush()
+    else:
+        report.print_error(error)
+    os._exit(int(error.exit_code))
+
+
+_as_json = [False]  # for _swallowed: how the command reports
+
+
 def main(argv=None):
+    sys.unraisablehook = _swallowed
     for signum in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
         signal.signal(signum, _stop_requested)
     # Before any thread exists (a progress bar, compression): the engine's
@@ -117,7 +141,7 @@ def main(argv=None):
     if not args:
         click.echo(cli.get_help(click.Context(cli, info_name="snapcore")), err=True)
         sys.exit(ExitCode.USAGE)
-    as_json = "--json" in args
+    as_json = _as_json[0] = "--json" in args
     try:
         # Not cli.main(): it would answer a Ctrl-C with an empty line first.
         with cli.make_context("snapcore", args) as ctx:

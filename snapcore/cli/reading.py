@@ -57,10 +57,10 @@ def find(match: str | None, output_dir: Path | None):
 def exe_changed(record) -> str | None:
     """A warning when the executable on disk is no longer the one snapshotted
     (an upgrade since): gdb would read the wrong symbols."""
-    from snapcore.core import elf
+    from snapcore.core import elf, records
     t = record.data.get("target", {})
     exe, then = t.get("exe"), t.get("build_id")
-    if not exe or not then:
+    if not exe or not then or records.executable_here(record.data) != exe:
         return None
     now = elf.build_id(exe) if os.path.exists(exe) else None
     if now == then:
@@ -109,6 +109,7 @@ def debug(match, output_dir, gdb_args):
     import shutil
     import tempfile
 
+    from snapcore.core import records
     from snapcore.core.compress import decompress_to
     try:
         record = find(match, output_dir)
@@ -129,7 +130,7 @@ def debug(match, output_dir, gdb_args):
     for line in filter(None, [exe_changed(record)]):
         report.say(f"snapcore: warning: {line}")
     report.say(f"snapcore: note: {NOT_A_CRASH}")
-    exe = record.data.get("target", {}).get("exe") or ""
+    exe = records.executable_here(record.data)
     with tempfile.TemporaryDirectory(prefix="snapcore-debug-",
                                      dir=os.environ.get("TMPDIR", "/var/tmp")) as tmp:
         core = record.core
@@ -172,6 +173,7 @@ def stacks(pid, name_pattern, take_all, pidfile, unit, core_file, exe, discard, 
     snapshot is kept, or removing it with --discard); or reads an existing
     one with --core FILE.
     """
+    from snapcore.cli.snap import close_exe, executable
     from snapcore.core.gdb import backtraces
     kept = None
     try:
@@ -186,8 +188,9 @@ def stacks(pid, name_pattern, take_all, pidfile, unit, core_file, exe, discard, 
                                output_dir, timeout, min_free, max_per_hour, request, writer)
             exe, core_file = result.target.exe, result.core_path
             try:
-                text = backtraces(exe, core_file)
+                text = backtraces(executable(result), core_file)
             finally:
+                close_exe(result)
                 kept = _keep_or_discard(result, discard)
     except SnapcoreError as exc:
         fail(exc, as_json)
@@ -205,10 +208,12 @@ def _snapshot(pid: int, output_dir, timeout, min_free, max_per_hour, request: Sn
     from snapcore.cli.snap import take_each
     check_force(request.force)
     opts = make_options(output_dir, timeout, min_free, max_per_hour, writer)
-    result = take_each([pid], opts, request)[0]
+    result = take_each([pid], opts, request, keep_exe=True)[0]
     if isinstance(result, SnapcoreError):
         raise result
     if result.core_path is None:
+        from snapcore.cli.snap import close_exe
+        close_exe(result)
         raise OutputError(f"core_pattern hands cores to "
                           f"{result.core_pattern.handler}: no core here to read",
                           report.pipe_lookup(result), stage=Stage.STACKS)
@@ -229,7 +234,10 @@ def _keep_or_discard(result, discard: bool) -> str | None:
 def _exe_from_record(core: Path) -> str:
     from snapcore.core import records
     try:
-        return json.loads(records.sidecar_path(core).read_text())["target"]["exe"]
+        data = json.loads(records.sidecar_path(core).read_text())
+        if not data["target"]["exe"]:
+            raise KeyError("exe")
+        return records.executable_here(data)
     except (OSError, ValueError, KeyError):
         raise BadInput(f"no record beside {core} names its executable",
                        "give it with --exe", stage=Stage.USAGE) from None

@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import contextlib
+import os
 import sys
 from dataclasses import replace
 
@@ -51,8 +52,10 @@ def _bar():
 
 
 def take_each(pids, opts, request: SnapRequest, show_progress: bool = False,
-              to_syslog: bool = False, reason: str | None = None):
-    """Snapshot each target in turn; a result per target (Snapshot or error)."""
+              to_syslog: bool = False, reason: str | None = None, keep_exe: bool = False):
+    """Snapshot each target in turn; a result per target (Snapshot or error).
+    keep_exe: each Snapshot keeps a descriptor on its executable, for gdb
+    (closed by the caller: close_exe)."""
     from snapcore.engine.snapshot import take
     results = []
     opts = replace(opts, compress=request.compressed, compress_ratio=request.compress_ratio)
@@ -66,7 +69,8 @@ def take_each(pids, opts, request: SnapRequest, show_progress: bool = False,
                 results.append(take(target_pid, opts, threads=request.threads,
                                     force=request.force, limits=request.limits(progress),
                                     reason=request.reason if reason is None else reason,
-                                    compressed=request.compressed, stream=stream))
+                                    compressed=request.compressed, stream=stream,
+                                    keep_exe=keep_exe))
         except SnapcoreError as exc:
             exc.pid = exc.pid if exc.pid is not None else target_pid
             results.append(exc)
@@ -76,6 +80,19 @@ def take_each(pids, opts, request: SnapRequest, show_progress: bool = False,
             break
         syslog.log_result(results[-1], to_syslog)
     return results
+
+
+def executable(result) -> str | int:
+    """What gdb is handed for a snapshot: the descriptor on the very file the
+    target ran (its own name for it may name nothing, or another file, in
+    snapcore's mount namespace), else that name."""
+    return result.exe_fd if result.exe_fd is not None else result.target.exe
+
+
+def close_exe(result) -> None:
+    if getattr(result, "exe_fd", None) is not None:
+        os.close(result.exe_fd)
+        result.exe_fd = None
 
 
 def exit_code_of(results) -> int:
@@ -119,7 +136,7 @@ def snap(pids, name_pattern, take_all, pidfile, unit, output_dir, writer, as_jso
     except SnapcoreError as exc:
         fail(exc, as_json, to_stderr=output_dir is not None and str(output_dir) == "-")
     results = take_each(wanted, opts, request, show_progress=not (as_json or quiet),
-                        to_syslog=to_syslog)
+                        to_syslog=to_syslog, keep_exe=with_stacks)
     from snapcore.core.gdb import backtraces
     out, err = report.stdout_console(), report.stderr_console()
     if opts.to_stdout:
@@ -134,9 +151,11 @@ def snap(pids, name_pattern, take_all, pidfile, unit, output_dir, writer, as_jso
         doc = report.snapshot_dict(result)
         if with_stacks and result.core_path is not None:
             try:
-                doc["stacks"] = backtraces(result.target.exe, result.core_path)
+                doc["stacks"] = backtraces(executable(result), result.core_path)
             except SnapcoreError as exc:
                 doc["stacks_error"] = report.error_line(exc)
+            finally:
+                close_exe(result)
         docs.append(doc)
         if as_json:
             continue

@@ -11,8 +11,10 @@ from snapcore.core.compress import decompress_to
 from snapcore.errors import Stage, ToolError
 
 
-def backtraces(exe: str, core: Path, timeout: float = 300) -> str:
-    """gdb's `thread apply all bt` for CORE of EXE (a .zst core is unpacked first)."""
+def backtraces(exe: str | int, core: Path, timeout: float = 300) -> str:
+    """gdb's `thread apply all bt` for CORE of EXE (a .zst core is unpacked first).
+    EXE may be a descriptor on the executable (Snapshot.exe_fd): gdb is handed
+    it and reads it as /proc/self/fd/N, whatever file its name names here."""
     gdb = shutil.which("gdb")
     if gdb is None:
         raise ToolError("reading stacks needs gdb, which is not installed",
@@ -23,9 +25,11 @@ def backtraces(exe: str, core: Path, timeout: float = 300) -> str:
             plain = Path(tmp) / core.name[:-4]
             decompress_to(core, plain)
             core = plain
+        fds = (exe,) if isinstance(exe, int) else ()
         out = subprocess.run([gdb, "-batch", "-nx", "-ex", "set pagination off",
-                              "-ex", "thread apply all bt", exe, str(core)],
-                             capture_output=True, text=True, timeout=timeout)
+                              "-ex", "thread apply all bt",
+                              f"/proc/self/fd/{exe}" if fds else exe, str(core)],
+                             capture_output=True, text=True, timeout=timeout, pass_fds=fds)
     lines = [line for line in out.stdout.splitlines()
              if not line.startswith(("[New LWP", "warning: Section", "[Thread debugging",
                                      "Using host libthread_db"))]

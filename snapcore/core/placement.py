@@ -59,27 +59,74 @@ def target_root(pid: int) -> str:
     return "" if same_ns and same_root else f"/proc/{pid}/root"
 
 
+def staging_candidates(root: str = "") -> list[str]:
+    """Where the kernel may write the core for a target of another user or
+    with another root, best first: /var/tmp, then /tmp (a container with a
+    read-only root filesystem often has a writable volume at /tmp alone).
+    Never /dev/shm: it is memory, and a file written there is charged to the
+    memory cgroup of the task writing it (mm/shmem.c charges the page to the
+    writer's memcg), here the snapshot child, in the target's cgroup: a core
+    as big as the process would eat the room the copy-on-write copies need."""
+    return [f"{root}/var/tmp", f"{root}/tmp"]
+
+
+def _unwritable(base: str) -> str | None:
+    """Why `base` cannot take a staging directory, or None.  A read-only mount
+    is read through its own flags (statvfs ST_RDONLY: a bind mount may be
+    read-only on a writable filesystem, and /proc/PID/root walks the target's
+    mounts); access(2) also answers EROFS for it, even to root."""
+    if not os.path.isdir(base):
+        return "is missing"
+    try:
+        if os.statvfs(base).f_flag & os.ST_RDONLY:
+            return "is read-only"
+    except OSError as exc:
+        return f"cannot be looked at ({exc.strerror})"
+    return None if os.access(base, os.W_OK | os.X_OK) else "is not writable for you"
+
+
+def staging_base(output_dir: Path, uid: int, root: str = "") -> str:
+    """The directory make_staging_dir will stage in (see there); OutputError
+    when the target's view of the files has no writable one."""
+    if uid == os.geteuid() and not root:
+        return str(output_dir)
+    problems = []
+    for base in staging_candidates(root):
+        why = _unwritable(base)
+        if why is None:
+            return base
+        problems.append(f"{as_seen_by_target(Path(base), root)} {why}")
+    if root:
+        raise OutputError("the kernel writes the core in the target's view of the files, "
+                          f"where nothing is writable ({', '.join(problems)})",
+                          "give the target a writable /tmp (in Kubernetes an emptyDir "
+                          "volume mounted at /tmp)", stage=Stage.PREFLIGHT)
+    raise OutputError("the kernel writes another user's core with that user's "
+                      f"credentials, and nothing is writable for it ({', '.join(problems)})",
+                      "make /tmp writable, or run snapcore as the target's user",
+                      stage=Stage.PREFLIGHT)
+
+
 def make_staging_dir(output_dir: Path, uid: int, gid: int, root: str = "") -> Path:
     """A private directory the target's user may write, for the kernel to dump into.
 
     The kernel writes the core with the target's credentials, so a root-owned
     0700 output directory would make a `postgres` target's dump fail silently.
     Same user: stage inside the output directory (the move is a rename).
-    Another user: stage under /var/tmp (world-traversable), owned by that user.
-    A target with another root (`root`, see target_root): stage in its own
-    /var/tmp (or /tmp), the only places its child can reach.
+    Another user: stage under /var/tmp (else /tmp; world-writable, sticky),
+    owned by that user.  A target with another root (`root`, see
+    target_root): stage in its own /var/tmp or /tmp, the only places its
+    child can reach (staging_base).  Failing here is before the target is
+    touched.
     """
     same_user = uid == os.geteuid() and not root
-    if root:
-        bases = [d for d in (f"{root}/var/tmp", f"{root}/tmp") if os.path.isdir(d)]
-        if not bases:
-            raise OutputError("the target's filesystem has no /var/tmp or /tmp for the "
-                              "kernel to write the core in", "snapshot it from inside its "
-                              "container", stage=Stage.PREFLIGHT)
-        base = bases[0]
-    else:
-        base = str(output_dir) if same_user else "/var/tmp"
-    staging = Path(tempfile.mkdtemp(prefix=f"{STAGING_PREFIX}{os.getpid()}-", dir=base))
+    base = staging_base(output_dir, uid, root)
+    try:
+        staging = Path(tempfile.mkdtemp(prefix=f"{STAGING_PREFIX}{os.getpid()}-", dir=base))
+    except OSError as exc:
+        raise OutputError(f"cannot make a staging directory in {base}: {exc.strerror}",
+                          "make it writable, or give the target a writable /tmp",
+                          stage=Stage.PREFLIGHT) from None
     st = os.lstat(staging)
     _staged[str(staging)] = (st.st_dev, st.st_ino)
     if not same_user:
@@ -148,9 +195,9 @@ def core_name(comm: str, pid: int, when: datetime) -> str:
 
 def staging_bases(output_dir: Path, root: str = "") -> list[str]:
     """Every directory make_staging_dir may use, for the stale clean-up."""
-    bases = [str(output_dir), "/var/tmp"]
+    bases = [str(output_dir), *staging_candidates()]
     if root:
-        bases += [f"{root}/var/tmp", f"{root}/tmp"]
+        bases += staging_candidates(root)
     return bases
 
 

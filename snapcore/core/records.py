@@ -47,6 +47,19 @@ def command_line(args: list[str]) -> list[str]:
     return args
 
 
+def executable_here(record: dict) -> str:
+    """The snapshotted executable in this view of the files: the record's
+    `exe` (the target's own name for it), unless that names another build
+    here and the target's root, /proc/PID/root, still holds the recorded
+    build (a container seen from outside it, while the target lives)."""
+    t = record.get("target", {})
+    exe, then = t.get("exe") or "", t.get("build_id")
+    if not exe or not then or elf.build_id(exe) == then:
+        return exe
+    inside = f"/proc/{t.get('pid')}/root{exe}"
+    return inside if elf.build_id(inside) == then else exe
+
+
 def write_sidecar(snap, reason: str = "") -> Path:
     """Write the record for a stored snapshot (a snapshot.Snapshot)."""
     t = snap.target
@@ -60,7 +73,8 @@ def write_sidecar(snap, reason: str = "") -> Path:
         "reason": reason,
         "target": {
             "pid": t.pid, "name": t.name, "exe": t.exe, "cmdline": command_line(t.cmdline),
-            "build_id": elf.build_id(t.exe) if t.exe else None,
+            "build_id": snap.exe_build_id if snap.exe_build_id != "" else
+            (elf.build_id(t.exe) if t.exe else None),
             "started_at": _iso(started_at(t.start_time)), "user": user, "uid": t.uid,
             "program": snap.program,
         },

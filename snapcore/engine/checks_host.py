@@ -1,6 +1,5 @@
-"""The checks about the host: where the core goes and whether it fits,
-the memory copy-on-write may cost, the tasks the snapshot adds under the
-process's limits, and the rate limit.
+"""The checks about the host: where the core goes (and is staged), whether it
+fits, and the rate limit.  The memory and task limits: checks_limits.py.
 """
 
 from __future__ import annotations
@@ -13,8 +12,7 @@ from snapcore.core import core_pattern, placement
 from snapcore.engine import checks_writer, estimate
 from snapcore.engine.ratelimit import RateLimiter, label, program, time_text
 from snapcore.engine.verdicts import OK, REFUSE, WARN, Options, Preflight
-from snapcore.linux import cgroups
-from snapcore.linux.procfs import read_status
+from snapcore.errors import OutputError
 
 
 def check_core_destination(pre: Preflight, opts: Options,
@@ -107,6 +105,47 @@ def _min_free(spec: str, fs_size: int) -> int:
     return units.parse_size(spec)
 
 
+def check_staging(pre: Preflight, opts: Options, pattern: core_pattern.CorePattern) -> None:
+    """Where the kernel writes a relative core_pattern's core: the output
+    directory, or a staging directory in a place the target's user can write,
+    in the target's view of the files (placement.staging_base).  Nowhere
+    writable there (a read-only root filesystem) is known now, before the
+    target is touched; no override makes a read-only mount writable."""
+    t = pre.target
+    if pre.writer == "snapcore":
+        pre.add("staging", OK, "none: snapcore's writer writes into the output directory "
+                "itself")
+        return
+    if pattern.kind != "relative":
+        pre.add("staging", OK, "none: core_pattern is " + ("a pipe" if pattern.kind == "pipe"
+                                                           else "an absolute path"))
+        return
+    out = Path(opts.output_dir).absolute()
+    try:
+        base = placement.staging_base(out, t.uid, placement.target_root(t.pid))
+    except OutputError as exc:
+        pre.add("staging", REFUSE, exc.message, exc.hint)
+        return
+    pre.add("staging", OK, "in the output directory" if base == str(out)
+            else f"in {base}, then moved to the output directory")
+
+
+def _places(opts: Options, pattern: core_pattern.CorePattern, pid: int, uid: int) -> set:
+    """Every filesystem the core is written to: the output directory, and where
+    the kernel writes it first (core_pattern's directory, or the staging one)."""
+    out = Path(opts.output_dir).absolute()
+    places = {str(_existing_ancestor(out))}
+    root = placement.target_root(pid)
+    if pattern.kind == "absolute":
+        places.add(root + os.path.dirname(pattern.pattern))
+    elif pattern.kind == "relative":
+        try:
+            places.add(str(_existing_ancestor(Path(placement.staging_base(out, uid, root)))))
+        except OutputError:
+            pass  # the staging check refuses
+    return places
+
+
 def check_disk(pre: Preflight, opts: Options, maps, pattern: core_pattern.CorePattern) -> None:
     t = pre.target
     if maps:
@@ -123,8 +162,9 @@ def check_disk(pre: Preflight, opts: Options, maps, pattern: core_pattern.CorePa
         return
     # What the disk must hold: holes take nothing (compressed: see disk_need).
     size, how = checks_writer.disk_need(pre, opts, sizes.allocated)
-    out = _existing_ancestor(Path(opts.output_dir).absolute())
-    places = checks_writer.disk_places(pre, opts, str(out), pattern)
+    # snapcore's writer writes into the output directory alone.
+    places = ({str(_existing_ancestor(Path(opts.output_dir).absolute()))}
+              if pre.writer == "snapcore" else _places(opts, pattern, t.pid, t.uid))
     for place in sorted(places):
         try:
             free, fs_size = estimate.free_space(place)
@@ -143,104 +183,6 @@ def check_disk(pre: Preflight, opts: Options, maps, pattern: core_pattern.CorePa
     pre.add("disk", OK, f"core about {units.human(size)} on disk{how} "
             f"({units.human(sizes.apparent)} with its holes); room in "
             f"{', '.join(sorted(places))}")
-
-
-def check_memory(pre: Preflight, maps) -> None:
-    t = pre.target
-    if not maps:
-        pre.add("memory", OK, "not estimated")
-        return
-    worst = estimate.cow_worst_case(maps)
-    info = estimate.meminfo()
-    available = info.get("MemAvailable", 0)
-    problems, warnings = [], []
-    if worst > available:
-        problems.append(f"MemAvailable is {units.human(available)}")
-    elif worst > available // 2:
-        warnings.append(f"that is over half of MemAvailable ({units.human(available)})")
-    if estimate.overcommit_mode() == 2:
-        room = info.get("CommitLimit", 0) - info.get("Committed_AS", 0)
-        need = estimate.private_writable_size(maps)
-        if need > room:
-            problems.append(f"strict overcommit leaves {units.human(room)} to commit and "
-                            f"fork needs {units.human(need)}")
-    cgroup = cgroups.memory_headroom(t.pid)
-    pre.memory_room = min(available, cgroup[1]) if cgroup else available
-    pre.memory_limit_file = cgroup[0] if cgroup else ""
-    if cgroup and worst > cgroup[1]:
-        problems.append(f"its cgroup has {units.human(cgroup[1])} left below "
-                        f"{cgroup[0]}")
-    what = (f"if the target rewrites all its private memory while the child lives, the "
-            f"copies cost up to {units.human(worst)}")
-    if problems:
-        pre.add("memory", REFUSE, f"{what}; {'; '.join(problems)}",
-                "snapshot when the machine has more free memory")
-    elif warnings:
-        pre.add("memory", WARN, f"{what}; {'; '.join(warnings)}",
-                "the child has oom_score_adj 1000: the OOM killer takes it first")
-    else:
-        pre.add("memory", OK, f"copy-on-write worst case {units.human(worst)}, "
-                f"{units.human(available)} available")
-
-
-def tasks_added(threads: int, writer: str = "kernel") -> int:
-    """Most tasks a snapshot adds at once: in the window the intermediate task
-    and the child; then, for the kernel's writer, the child and one recreated
-    thread per other thread (snapcore's writer recreates none)."""
-    return 2 if writer == "snapcore" else max(2, threads)
-
-
-def _tasks_of_user(uid: int) -> int:
-    """Tasks (threads included) of real uid `uid`: what RLIMIT_NPROC counts."""
-    count = 0
-    for entry in os.scandir("/proc"):
-        if entry.name.isdigit():
-            try:
-                if _real_uid(entry.name) == uid:
-                    count += len(os.listdir(f"/proc/{entry.name}/task"))
-            except (OSError, KeyError):
-                continue
-    return count
-
-
-def _real_uid(pid: str) -> int:
-    return int(read_status(int(pid))["Uid"].split()[0])
-
-
-def _nproc_limit(pid: int) -> int | None:
-    with open(f"/proc/{pid}/limits") as f:
-        for line in f:
-            if line.startswith("Max processes"):
-                soft = line.split()[2]
-                return None if soft == "unlimited" else int(soft)
-    return None
-
-
-def check_tasks(pre: Preflight) -> None:
-    """The snapshot's tasks count against the target's pids cgroup and its
-    user's RLIMIT_NPROC (kernel/fork.c: copy_process checks both): near either
-    limit, they would make the target's own fork or pthread_create fail."""
-    t = pre.target
-    need = tasks_added(len(t.threads), pre.writer)
-    limits = []
-    cgroup = cgroups.tasks_headroom(t.pid)
-    if cgroup is not None:
-        limits.append((cgroup[0], cgroup[1]))
-    nproc = _nproc_limit(t.pid) if t.uid != 0 else None  # root's user is exempt
-    if nproc is not None:
-        limits.append((f"RLIMIT_NPROC of uid {t.uid} ({nproc})",
-                       nproc - _tasks_of_user(t.uid)))
-    tight = [(what, room) for what, room in limits if room - need < need]
-    if tight:
-        what, room = tight[0]
-        pre.add("tasks", REFUSE, f"the snapshot adds up to {need} tasks and {what} leaves "
-                f"room for {room}: the process's own forks and threads would fail",
-                "raise the limit, or snapshot the main thread only", setting="threads")
-    elif limits:
-        pre.add("tasks", OK, f"the snapshot adds up to {need} tasks; room for "
-                f"{min(room for _, room in limits)}")
-    else:
-        pre.add("tasks", OK, f"the snapshot adds up to {need} tasks; no task limit")
 
 
 def check_rate(pre: Preflight, opts: Options) -> None:

@@ -67,29 +67,6 @@ def _chosen(pre: Preflight, writer: str, why: str) -> None:
     pre.writer, pre.writer_reason = writer, why
 
 
-def disk_places(pre: Preflight, opts: Options, out: str, pattern) -> set[str]:
-    """Where the core takes room while it is written: the output directory
-    for snapcore's writer; for the kernel's, where the kernel writes it too."""
-    places = {out}
-    if pre.writer == "snapcore":
-        return places
-    t = pre.target
-    root = placement.target_root(t.pid)
-    if pattern.kind == "absolute":
-        places.add(root + os.path.dirname(pattern.pattern))
-    elif root:
-        places.add(_existing(f"{root}/var/tmp"))
-    elif t.uid != os.geteuid():
-        places.add("/var/tmp")  # where the kernel writes for another user
-    return places
-
-
-def _existing(path: str) -> str:
-    while not os.path.exists(path) and path != os.path.dirname(path):
-        path = os.path.dirname(path)
-    return path
-
-
 def disk_need(pre: Preflight, opts: Options, size: int) -> tuple[int, str]:
     """The room the disk check asks for: the core's estimate, or with
     --compress and snapcore's writer (which never writes the raw core) the

@@ -9,6 +9,7 @@ import signal
 import time
 
 from snapcore.engine.child import Child
+from snapcore.engine import interrupts
 from snapcore.engine.controller import Controller
 from snapcore.errors import NoSuchProcess
 from snapcore.linux import priority, ptrace, stops
@@ -60,6 +61,7 @@ def _collect(child: Child, deadline: float | None = None,
     left = set(child.threads) | {child.pid}
     ended = None
     while left:
+        interrupts.check()  # a stop request Python could not raise where it landed
         for tid in list(left):
             stop = stops.try_wait(tid)
             if stop is None:
@@ -76,7 +78,10 @@ def _collect(child: Child, deadline: float | None = None,
         if left:
             # The kernel dumps from the thread that took SIGABRT: the first.
             if controller is not None and controller.tick([child.pid]):
-                os.kill(child.pid, signal.SIGKILL)
+                try:
+                    os.kill(child.pid, signal.SIGKILL)
+                except ProcessLookupError:
+                    pass  # it ended meanwhile: collected below
             timeout = 1.0 if deadline is None else deadline - time.monotonic()
             if timeout <= 0:
                 break

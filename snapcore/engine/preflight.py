@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import signal
 
-from snapcore.engine import checks_host, checks_process, estimate
+from snapcore.engine import checks_host, checks_limits, checks_process, estimate
 from snapcore.engine.verdicts import (CHECKS, FORCEABLE, OK, REFUSE, WARN, Check,  # noqa: F401
                                       Options, Preflight, Refused)
 from snapcore.errors import Stage
@@ -56,9 +56,10 @@ def _run(pid: int, opts: Options) -> Preflight:
     pattern = checks_host.check_core_destination(pre, opts, size)
     pre.core_pattern = pattern
     checks_host.check_output_dir(pre, opts)
+    checks_host.check_staging(pre, opts, pattern)
     checks_host.check_disk(pre, opts, maps, pattern)
-    checks_host.check_memory(pre, maps)
-    checks_host.check_tasks(pre)
+    checks_limits.check_memory(pre, maps)
+    checks_limits.check_tasks(pre)
     checks_host.check_rate(pre, opts)
     pre.regions_missing = [{"start": m.start, "end": m.end,
                             "kind": "dontfork" if "dc" in m.flags else "wipeonfork",

@@ -40,6 +40,12 @@ class Snapshot:
     writer_reason: str = ""  # why that writer (the preflight's writer check)
     streamed: bool = False  # written to a stream (standard output): no file, no record
     program: str = ""  # what the rate limit counts it as (ratelimit.program)
+    # The target's executable, read through /proc/PID/exe while it ran: its
+    # build-id ("" : not read), and with keep_exe a descriptor on it, for gdb
+    # (target.exe is the target's own name for it, which in another mount
+    # namespace may name nothing or another file here).  The caller closes it.
+    exe_build_id: str | None = ""
+    exe_fd: int | None = None
 
     @property
     def pause_ms(self) -> float:

@@ -13,20 +13,21 @@ import signal
 from dataclasses import replace
 from pathlib import Path
 
-from snapcore.core import placement, records, store
+from snapcore.core import elf, placement, records, store
 from snapcore.core.compress import compress
 from snapcore.core.sink import zstd_missing
-from snapcore.engine import preflight, sequence
+from snapcore.engine import interrupts, preflight, sequence
 from snapcore.engine.ratelimit import RateLimiter, program
 from snapcore.engine.result import DumpLimits, Output, Snapshot
 from snapcore.errors import NoSuchProcess, OutputError, SnapcoreError, Stage
 from snapcore.linux import stops
-from snapcore.linux.procfs import exclusive, reading, start_time
+from snapcore.linux.procfs import exclusive, open_exe, reading, start_time
 
 
 def take(pid: int, opts: preflight.Options, *, threads: str = "all",
          force: tuple[str, ...] = (), limits: DumpLimits | None = None,
-         reason: str = "", compressed: bool = False, stream: int | None = None) -> Snapshot:
+         reason: str = "", compressed: bool = False, stream: int | None = None,
+         keep_exe: bool = False) -> Snapshot:
     """Snapshot process `pid` into `opts.output_dir`; the target keeps running.
 
     Every preflight check runs first; a refusal raises unless its name is in
@@ -35,16 +36,29 @@ def take(pid: int, opts: preflight.Options, *, threads: str = "all",
     The stored core gets its record (records.write_sidecar) with `reason`;
     `compressed` turns it into CORE.zst (snapcore's writer compresses while
     writing).  With `opts.to_stdout` the core goes to descriptor `stream`
-    instead, and has no record.
+    instead, and has no record.  `keep_exe`: the Snapshot's exe_fd stays open
+    on the target's executable (for gdb; the caller closes it).
     """
-    with exclusive(pid):
-        return _take_exclusive(pid, opts, threads=threads, force=force, limits=limits,
-                               reason=reason, compressed=compressed, stream=stream)
+    with interrupts.engage(), exclusive(pid):
+        exe_fd = open_exe(pid)
+        try:
+            snap = _take_exclusive(pid, opts, threads=threads, force=force, limits=limits,
+                                   reason=reason, compressed=compressed, exe_fd=exe_fd,
+                                   stream=stream)
+        except BaseException:
+            if exe_fd is not None:
+                os.close(exe_fd)
+            raise
+    if exe_fd is not None and not keep_exe:
+        os.close(exe_fd)
+    else:
+        snap.exe_fd = exe_fd
+    return snap
 
 
 def _take_exclusive(pid: int, opts: preflight.Options, *, threads: str,
                     force: tuple[str, ...], limits: DumpLimits | None, reason: str,
-                    compressed: bool, stream: int | None) -> Snapshot:
+                    compressed: bool, exe_fd: int | None, stream: int | None) -> Snapshot:
     pre = preflight.run(pid, opts)
     refusals = pre.refusals(force)
     if refusals:
@@ -81,6 +95,8 @@ def _take_exclusive(pid: int, opts: preflight.Options, *, threads: str,
     snap.program = key
     snap.core_estimate, snap.core_apparent = pre.core_estimate, pre.core_apparent
     snap.regions_missing = pre.regions_missing
+    if exe_fd is not None:  # the file the target runs, not the one its name names here
+        snap.exe_build_id = elf.build_id(f"/proc/self/fd/{exe_fd}")
     if snap.core_path is not None and not snap.streamed:
         _publish(snap, output_dir, reason, compressed)
     return snap

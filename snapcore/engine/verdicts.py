@@ -28,6 +28,7 @@ CHECKS = {
     "core-pattern": (ExitCode.CORE_NOT_WRITTEN, False),
     "core-limit": (ExitCode.CORE_NOT_WRITTEN, False),
     "output-dir": (ExitCode.OUTPUT, True),
+    "staging": (ExitCode.OUTPUT, False),
     "disk": (ExitCode.OUTPUT, True),
     "memory": (ExitCode.MEMORY, True),
     "tasks": (ExitCode.LIMITS, True),

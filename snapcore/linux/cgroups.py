@@ -8,24 +8,94 @@ target's cgroup and every ancestor, and the tightest wins.
 from __future__ import annotations
 
 import os
+import re
 
-ROOT = "/sys/fs/cgroup"
 _UNLIMITED = 1 << 62  # v1 writes "no limit" as a huge number, v2 as "max"
 
 
-def paths(pid: int) -> dict[str, str]:
-    """controller -> directory of the target's cgroup ("" key: the v2 one)."""
-    found: dict[str, str] = {}
-    with open(f"/proc/{pid}/cgroup") as f:
+def _parts(path: str) -> list[str]:
+    return [part for part in path.split("/") if part]
+
+
+def _unescape(text: str) -> str:
+    """A mountinfo field: space, tab, newline and backslash come as \\ooo."""
+    return re.sub(r"\\([0-7]{3})", lambda m: chr(int(m.group(1), 8)), text)
+
+
+def _mounts() -> dict[str, list[tuple[str, list[str]]]]:
+    """hierarchy ("" for v2, else each v1 controller or name=X) -> every
+    (mount point, the mount's root) of it.  The kernel shows a cgroup mount's
+    root, like /proc/PID/cgroup's paths, relative to the reader's cgroup
+    namespace root (kernel/cgroup: cgroup_show_path): "/../.." for a
+    hierarchy mounted outside snapcore's cgroup namespace."""
+    found: dict[str, list[tuple[str, list[str]]]] = {}
+    with open("/proc/self/mountinfo") as f:
         for line in f:
-            _n, controllers, path = line.rstrip("\n").split(":", 2)
-            if controllers == "":
-                found[""] = os.path.join(ROOT, "unified" if os.path.isdir(
-                    f"{ROOT}/unified") else "", path.lstrip("/"))
-            for name in controllers.split(","):
-                if name:
-                    found[name] = os.path.join(ROOT, name, path.lstrip("/"))
+            left, _, right = line.partition(" - ")
+            fields, fs = left.split(), right.split()
+            if len(fields) < 5 or len(fs) < 3 or fs[0] not in ("cgroup", "cgroup2"):
+                continue
+            for key in ([""] if fs[0] == "cgroup2" else fs[2].split(",")):
+                found.setdefault(key, []).append((_unescape(fields[4]),
+                                                  _parts(_unescape(fields[3]))))
     return found
+
+
+def _locate(path: str, mounts: list[tuple[str, list[str]]]) -> tuple[str, str] | None:
+    """(directory, mount point) of a cgroup named as /proc/PID/cgroup names it;
+    None when no mount here reaches it: a path above snapcore's cgroup
+    namespace ("/../x") under a mount made inside it, or no mount at all."""
+    parts = _parts(path)
+    for point, root in mounts:
+        rest = parts[len(root):]
+        if parts[:len(root)] == root and ".." not in rest:
+            directory = os.path.join(point, *rest)
+            if os.path.isdir(directory):
+                return directory, point
+    return None
+
+
+def _hierarchies(pid: int) -> dict[str, tuple[str, str] | None]:
+    """controller ("" : v2) -> (directory of the target's cgroup, the mount
+    point above it), or None when snapcore cannot reach that cgroup."""
+    mounts = _mounts()
+    found: dict[str, tuple[str, str] | None] = {}
+    for _n, controllers, path in _lines(pid):
+        for name in (controllers.split(",") if controllers else [""]):
+            found[name] = _locate(path, mounts.get(name, []))
+    return found
+
+
+def _lines(pid: int) -> list[list[str]]:
+    with open(f"/proc/{pid}/cgroup") as f:
+        return [line.rstrip("\n").split(":", 2) for line in f]
+
+
+def paths(pid: int) -> dict[str, str | None]:
+    """controller -> directory of the target's cgroup ("" key: the v2 one);
+    None for a cgroup snapcore cannot reach."""
+    return {name: where[0] if where else None for name, where in _hierarchies(pid).items()}
+
+
+def hidden(pid: int, controller: str) -> str | None:
+    """The target's /proc/PID/cgroup entry for the hierarchy that carries
+    `controller` (its v1 one, else the v2 one) when that cgroup lies outside
+    snapcore's cgroup namespace ("/.." on its path), or is mounted here but
+    not found: its limits cannot be read, and "no limit" would mean nothing.
+    None when it is seen (or when that hierarchy is not mounted at all)."""
+    try:
+        lines, found, mounts = _lines(pid), _hierarchies(pid), _mounts()
+    except OSError:
+        return None
+    v1 = [(c, p) for _n, c, p in lines if controller in c.split(",")]
+    v2 = [(c, p) for _n, c, p in lines if c == ""]
+    if not (v1 or v2):
+        return None
+    controllers, path = (v1 or v2)[0]
+    key = controller if v1 else ""
+    if found.get(key) is not None or not (".." in _parts(path) or mounts.get(key)):
+        return None
+    return f"{controllers or '0:'}:{path}"
 
 
 def systemd_unit(pid: int) -> str | None:
@@ -72,13 +142,12 @@ def _tightest(pid: int, controller: str, limit_file: str,
               usage_file: str) -> tuple[str, int] | None:
     """(file naming the limit, limit - usage) of the tightest cgroup on the way up."""
     try:
-        base = paths(pid).get(controller)
+        where = _hierarchies(pid).get(controller)
     except OSError:
         return None
-    if base is None:
+    if where is None:
         return None
-    top = os.path.join(ROOT, controller or ("unified" if os.path.isdir(f"{ROOT}/unified")
-                                            else ""))
+    base, top = where
     best = None
     for directory in _ancestors(base, top):
         limit = _number(_read(os.path.join(directory, limit_file)))
@@ -98,6 +167,36 @@ def memory_headroom(pid: int) -> tuple[str, int] | None:
                          _tightest(pid, "memory", "memory.limit_in_bytes",
                                    "memory.usage_in_bytes")) if h]
     return min(found, key=lambda h: h[1]) if found else None
+
+
+def oom_group(pid: int) -> tuple[str, tuple[str, int] | None] | None:
+    """The lowest cgroup on the target's v2 path with memory.oom.group 1
+    (kubelet sets it on every container), with the tightest (limit file,
+    room) at or above it; None without one.
+
+    An OOM kill walks from the victim's cgroup up to the cgroup whose limit
+    was hit (the root for the machine's own OOM) and kills every task of the
+    highest one there with oom.group set (mm/memcontrol.c:
+    mem_cgroup_get_oom_group): the snapshot child lives in the target's
+    cgroup, so an OOM under any limit at or above that cgroup, or of the
+    machine, takes the target with the child whatever their oom_score_adj."""
+    try:
+        where = _hierarchies(pid).get("")
+    except OSError:
+        return None
+    if where is None:
+        return None
+    group, tightest = None, None
+    for directory in _ancestors(*where):
+        if group is None and _read(os.path.join(directory, "memory.oom.group")) == "1":
+            group = directory
+        limit = _number(_read(os.path.join(directory, "memory.max")))
+        usage = _number(_read(os.path.join(directory, "memory.current")))
+        if group is None or limit is None or usage is None:
+            continue
+        if tightest is None or limit - usage < tightest[1]:
+            tightest = (os.path.join(directory, "memory.max"), limit - usage)
+    return (group, tightest) if group else None
 
 
 def anon_bytes(limit_file: str) -> int | None:

@@ -166,6 +166,17 @@ def _limit(text: str) -> int:
     return RLIM_INFINITY if text == "unlimited" else int(text)
 
 
+def open_exe(pid: int) -> int | None:
+    """A descriptor on the very file the process runs (/proc/PID/exe opens
+    the inode, not a path: right in any mount namespace, and it keeps the
+    file readable after the process and its namespace are gone); None when
+    it cannot be opened (a kernel thread, a process that exited)."""
+    try:
+        return os.open(f"/proc/{pid}/exe", os.O_RDONLY | os.O_CLOEXEC)
+    except OSError:
+        return None
+
+
 def elf_identity(pid: int) -> tuple[int, int]:
     """ELF class (1: 32-bit, 2: 64-bit) and machine of the target's executable."""
     with open(f"/proc/{pid}/exe", "rb") as f:

@@ -1,0 +1,163 @@
+"""The checks about the target's limits: the memory copy-on-write may cost
+(MemAvailable, memory cgroups, memory.oom.group), and the tasks the snapshot
+adds under its pids cgroup and RLIMIT_NPROC.
+"""
+
+from __future__ import annotations
+
+import os
+
+from snapcore import units
+from snapcore.engine import estimate
+from snapcore.engine.verdicts import OK, REFUSE, WARN, Preflight
+from snapcore.linux import cgroups
+from snapcore.linux.procfs import read_status
+
+# A cgroup namespace of snapcore's own (a debug container's) hides the
+# cgroups outside it: /proc/PID/cgroup names them "/../..." (relative to the
+# reader's namespace root), and the cgroup filesystem mounted there shows
+# none of them.  No limit found then means nothing.
+BLIND_FIX = ("run snapcore in the host's cgroup namespace, e.g. kubectl debug "
+             "node/NODE, or nsenter -C -t 1")
+
+
+def _blind(entry: str) -> str:
+    return (f"cannot see the target's cgroup limits from this cgroup namespace "
+            f"(its cgroup is {entry})")
+
+
+def check_memory(pre: Preflight, maps) -> None:
+    t = pre.target
+    if not maps:
+        pre.add("memory", OK, "not estimated")
+        return
+    worst = estimate.cow_worst_case(maps)
+    info = estimate.meminfo()
+    available = info.get("MemAvailable", 0)
+    problems, warnings = [], []
+    if worst > available:
+        problems.append(f"MemAvailable is {units.human(available)}")
+    elif worst > available // 2:
+        warnings.append(f"that is over half of MemAvailable ({units.human(available)})")
+    if estimate.overcommit_mode() == 2:
+        room = info.get("CommitLimit", 0) - info.get("Committed_AS", 0)
+        need = estimate.private_writable_size(maps)
+        if need > room:
+            problems.append(f"strict overcommit leaves {units.human(room)} to commit and "
+                            f"fork needs {units.human(need)}")
+    cgroup = cgroups.memory_headroom(t.pid)
+    pre.memory_room = min(available, cgroup[1]) if cgroup else available
+    pre.memory_limit_file = cgroup[0] if cgroup else ""
+    if cgroup and worst > cgroup[1]:
+        problems.append(f"its cgroup has {units.human(cgroup[1])} left below "
+                        f"{cgroup[0]}")
+    grouped = _oom_group(pre, worst, available, problems, warnings)
+    what = (f"if the target rewrites all its private memory while the child lives, the "
+            f"copies cost up to {units.human(worst)}")
+    unseen = cgroups.hidden(t.pid, "memory")
+    if problems:
+        pre.add("memory", REFUSE, f"{what}; {'; '.join(problems)}",
+                GROUP_FIX if grouped else "snapshot when the machine has more free memory")
+    elif unseen:
+        pre.add("memory", WARN, f"{what}; {'; '.join(warnings + [_blind(unseen)])}",
+                BLIND_FIX)
+    elif warnings:
+        pre.add("memory", WARN, f"{what}; {'; '.join(warnings)}",
+                "an OOM kill there takes the target too: snapshot when it uses less memory"
+                if grouped else "the child has oom_score_adj 1000: the OOM killer takes "
+                "it first")
+    else:
+        pre.add("memory", OK, f"copy-on-write worst case {units.human(worst)}, "
+                f"{units.human(available)} available")
+
+
+GROUP_FIX = ("snapshot when it uses less memory, or raise its memory limit (forced, an OOM "
+             "kill would take the target too)")
+
+
+def _oom_group(pre: Preflight, worst: int, available: int, problems, warnings) -> bool:
+    """With memory.oom.group set at or below a limit (or anywhere on the path,
+    for the machine's own OOM), an OOM kill takes every task of that cgroup:
+    the child's oom_score_adj 1000 no longer spares the target.  The copies
+    may then take half the room there at most (refused beyond, forceable like
+    the rest of this check), and the dump's controller keeps to that half."""
+    found = cgroups.oom_group(pre.target.pid)
+    if found is None:
+        return False
+    group, tightest = found
+    where, room = "the machine's MemAvailable", available
+    if tightest is not None and tightest[1] < available:
+        where, room = tightest
+        pre.memory_limit_file = tightest[0]
+    pre.memory_room = min(pre.memory_room, room // 2)
+    said = (f"{group}/memory.oom.group is 1: an OOM kill under {where} takes every task "
+            f"of that cgroup, the target with the child")
+    if worst > room // 2:
+        problems.append(f"{said}, and the worst case is over half of the "
+                        f"{units.human(room)} left there")
+    else:
+        warnings.append(said)
+    return True
+
+
+def tasks_added(threads: int, writer: str = "kernel") -> int:
+    """Most tasks a snapshot adds at once: in the window the intermediate task
+    and the child; then, for the kernel's writer, the child and one recreated
+    thread per other thread (snapcore's writer recreates none)."""
+    return 2 if writer == "snapcore" else max(2, threads)
+
+
+def _tasks_of_user(uid: int) -> int:
+    """Tasks (threads included) of real uid `uid`: what RLIMIT_NPROC counts."""
+    count = 0
+    for entry in os.scandir("/proc"):
+        if entry.name.isdigit():
+            try:
+                if _real_uid(entry.name) == uid:
+                    count += len(os.listdir(f"/proc/{entry.name}/task"))
+            except (OSError, KeyError):
+                continue
+    return count
+
+
+def _real_uid(pid: str) -> int:
+    return int(read_status(int(pid))["Uid"].split()[0])
+
+
+def _nproc_limit(pid: int) -> int | None:
+    with open(f"/proc/{pid}/limits") as f:
+        for line in f:
+            if line.startswith("Max processes"):
+                soft = line.split()[2]
+                return None if soft == "unlimited" else int(soft)
+    return None
+
+
+def check_tasks(pre: Preflight) -> None:
+    """The snapshot's tasks count against the target's pids cgroup and its
+    user's RLIMIT_NPROC (kernel/fork.c: copy_process checks both): near either
+    limit, they would make the target's own fork or pthread_create fail."""
+    t = pre.target
+    need = tasks_added(len(t.threads), pre.writer)
+    limits = []
+    cgroup = cgroups.tasks_headroom(t.pid)
+    if cgroup is not None:
+        limits.append((cgroup[0], cgroup[1]))
+    nproc = _nproc_limit(t.pid) if t.uid != 0 else None  # root's user is exempt
+    if nproc is not None:
+        limits.append((f"RLIMIT_NPROC of uid {t.uid} ({nproc})",
+                       nproc - _tasks_of_user(t.uid)))
+    tight = [(what, room) for what, room in limits if room - need < need]
+    if tight:
+        what, room = tight[0]
+        pre.add("tasks", REFUSE, f"the snapshot adds up to {need} tasks and {what} leaves "
+                f"room for {room}: the process's own forks and threads would fail",
+                "raise the limit, or snapshot the main thread only", setting="threads")
+    elif unseen := cgroups.hidden(t.pid, "pids"):
+        pre.add("tasks", WARN, f"the snapshot adds up to {need} tasks; {_blind(unseen)}",
+                BLIND_FIX)
+    elif limits:
+        pre.add("tasks", OK, f"the snapshot adds up to {need} tasks; room for "
+                f"{min(room for _, room in limits)}")
+    else:
+        pre.add("tasks", OK, f"the snapshot adds up to {need} tasks; no task limit")
