@@ -371,24 +371,23 @@ def test_stdout_to_a_file_and_never_to_a_terminal(start_victim, victim_exe, tmp_
     victim.assert_unharmed()
 
 
-def test_the_controller_steps_the_writer_thread_up_on_a_busy_machine(start_victim, out_dir):
-    """Every CPU busy: the idle writer thread starves until the dump's
-    controller steps it up, by its thread id, as it does the kernel's child."""
-    victim = start_victim("fat")
-    spinners = [subprocess.Popen([sys.executable, "-c", "while True: pass"])
-                for _ in range(os.cpu_count() or 2)]
-    try:
-        code, doc = snap_json("--writer", "snapcore", "--dump-deadline", "1", "-o",
-                              str(out_dir), str(victim.pid))
-    finally:
-        for p in spinners:
-            p.kill()
-            p.wait()
+def test_the_controller_steps_the_writer_thread_up_on_a_busy_machine(start_victim, build_dir,
+                                                                     out_dir):
+    """Every CPU taken, twice over: the idle writer thread starves until the
+    dump's controller steps it up, by its thread id, as it does the kernel's
+    child (test_dump_limits.py)."""
+    hogs = [start_victim("busy") for _ in range(2 * (os.cpu_count() or 2))]
+    victim = start_victim("spin", exe=compile_target(build_dir, "busyheap"), args=("64", "2"))
+    code, doc = snap_json("--writer", "snapcore", "--dump-deadline", "1", "-o", str(out_dir),
+                          str(victim.pid))
     assert code == 0, doc
     steps = doc["priority_steps"]
-    assert steps and steps[0]["from"] == "idle" and "error" not in steps[0], steps
-    assert prstatus_pids(Path(doc["core"]["path"])) == [victim.pid]
+    assert steps and steps[0]["from"] == "idle" and "deadline" in steps[0]["why"], steps
+    assert all("error" not in s for s in steps), steps
+    assert doc["core"]["allocated"] >= 64 << 20  # complete: the whole heap is in it
     victim.assert_unharmed()
+    for hog in hogs:
+        hog.assert_unharmed()
 
 
 def test_kernel_writer_with_a_pipe_to_stdout_is_one_line(start_victim):
