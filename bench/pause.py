@@ -89,8 +89,10 @@ def run_tool(tool: str, pid: int, out: Path) -> tuple[float | None, float]:
     reports and how long its child lived (dumping)."""
     if tool.startswith("snapcore"):
         threads = tool.split("-")[1]
+        # snapcore-all-own: snapcore's own writer (the window is the same)
+        writer = ["--writer", "snapcore"] if tool.endswith("-own") else []
         proc = subprocess.run([sys.executable, "-m", "snapcore", "--json", "--threads",
-                               threads, "--max-per-hour", "0", "--min-free", "1G",
+                               threads, *writer, "--max-per-hour", "0", "--min-free", "1G",
                                "-o", str(out), str(pid)],
                               capture_output=True, text=True, cwd=HERE.parent)
         doc = json.loads(proc.stdout)

@@ -149,8 +149,9 @@ def test_check_mode_a_refusal_named_in_force_does_not_fail(ansible_env, start_vi
 
 def test_a_core_handed_to_a_pipe_is_a_snapshot_taken(ansible_env, core_pattern,
                                                      start_victim, out_dir, tmp_path):
-    """snapcore exits 9 when core_pattern pipes the core to a handler: the
-    snapshot was taken, so the task is changed, not failed, and warns."""
+    """With the kernel's writer, snapcore exits 9 when core_pattern pipes the
+    core to a handler: the snapshot was taken, so the task is changed, not
+    failed, and warns.  (`auto` writes such a core itself: test_writer.py.)"""
     kept = tmp_path / "kept"
     kept.mkdir()
     handler = tmp_path / "handler.sh"
@@ -158,7 +159,7 @@ def test_a_core_handed_to_a_pipe_is_a_snapshot_taken(ansible_env, core_pattern,
     handler.chmod(0o755)
     core_pattern(f"|{handler} %P")
     victim = start_victim("sleep")
-    code, status, result = run_module(ansible_env, {"pid": victim.pid,
+    code, status, result = run_module(ansible_env, {"pid": victim.pid, "writer": "kernel",
                                                     "output_dir": str(out_dir)})
     assert code == 0 and status == "CHANGED", result
     assert result["rc"] == ExitCode.CORE_PIPED and result["core_path"] is None

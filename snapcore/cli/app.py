@@ -82,9 +82,11 @@ def cli():
     """
 
 
-def fail(exc: SnapcoreError, as_json: bool):
+def fail(exc: SnapcoreError, as_json: bool, to_stderr: bool = False):
+    """One line on stderr, or one JSON document (on stderr too when standard
+    output is the core's: -o -); exit with the error's code."""
     if as_json:
-        report.print_json({"ok": False, "error": report.error_dict(exc)})
+        report.print_json({"ok": False, "error": report.error_dict(exc)}, to_stderr=to_stderr)
     else:
         report.print_error(exc)
     sys.exit(int(exc.exit_code))

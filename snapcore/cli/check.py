@@ -16,8 +16,8 @@ from snapcore.errors import Interrupted, SnapcoreError, Stage
 @pid_argument()
 @target_options
 @common_options
-def check(pid, name_pattern, take_all, pidfile, unit, output_dir, as_json, timeout, min_free,
-          max_per_hour):
+def check(pid, name_pattern, take_all, pidfile, unit, output_dir, writer, as_json, timeout,
+          min_free, max_per_hour):
     """Say whether a snapshot of PID (or --name, --pidfile, --unit) would go
     ahead, and why not.
 
@@ -28,7 +28,8 @@ def check(pid, name_pattern, take_all, pidfile, unit, output_dir, as_json, timeo
     """
     from snapcore.engine import preflight
     try:
-        opts = make_options(output_dir, timeout, min_free, max_per_hour)
+        opts = make_options(output_dir, timeout, min_free, max_per_hour, writer,
+                            stdout_ok=True)
         result = preflight.run(one_target(pid, name_pattern, take_all, pidfile, unit), opts)
     except SnapcoreError as exc:
         fail(exc, as_json)

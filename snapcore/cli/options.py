@@ -14,7 +14,7 @@ import click
 from snapcore.cli import complete
 from snapcore.core.placement import default_output_dir
 from snapcore.engine import verdicts
-from snapcore.engine.result import THREAD_MODES, DumpLimits
+from snapcore.engine.result import THREAD_MODES, WRITERS, DumpLimits
 from snapcore.errors import BadInput, Stage
 from snapcore.units import parse_size
 
@@ -55,7 +55,17 @@ def common_options(command):
         click.option("-o", "--output-dir", type=click.Path(file_okay=False, path_type=Path),
                      help="Where the core goes (created 0700). Default: $SNAPCORE_DIR, "
                           "else /var/lib/snapcore for root, else "
-                          "$XDG_STATE_HOME/snapcore."),
+                          "$XDG_STATE_HOME/snapcore. `-o -` (snap only): the core (or "
+                          ".zst with --compress) to standard output, never a terminal; "
+                          "the report goes to stderr."),
+        click.option("--writer", type=click.Choice(WRITERS), default="auto",
+                     show_default=True,
+                     help="Who writes the core. kernel: the child takes SIGABRT and the "
+                          "kernel writes it where core_pattern says (a pipe hands it to "
+                          "the crash handler, e.g. coredumpctl). snapcore: snapcore reads "
+                          "the stopped child and writes the core itself, at idle priority. "
+                          "auto: the kernel where core_pattern writes a file and "
+                          "RLIMIT_CORE lets it, snapcore everywhere else."),
         click.option("--json", "as_json", is_flag=True,
                      help="Print one JSON document (errors too) instead of text."),
         click.option("--timeout", type=click.FloatRange(min=0.01), default=2.0,
@@ -75,12 +85,22 @@ def common_options(command):
     return command
 
 
-def make_options(output_dir, timeout, min_free, max_per_hour) -> verdicts.Options:
+def make_options(output_dir, timeout, min_free, max_per_hour, writer: str = "auto",
+                 stdout_ok: bool = False) -> verdicts.Options:
     if not (min_free.strip().endswith("%") or is_size(min_free)):
         raise BadInput(f"invalid --min-free {min_free!r}", "give a size (2G) or a "
                        "percentage of the filesystem (10%)", stage=Stage.USAGE)
-    return verdicts.Options(output_dir=output_dir or default_output_dir(),
-                             min_free=min_free, max_per_hour=max_per_hour, timeout=timeout)
+    to_stdout = output_dir is not None and str(output_dir) == "-"
+    if to_stdout and not stdout_ok:
+        raise BadInput("-o - (standard output) is for snap only",
+                       "give an output directory", stage=Stage.USAGE)
+    if to_stdout and writer == "kernel":
+        raise BadInput("--writer kernel cannot write to standard output (-o -)",
+                       "the kernel writes cores only into files or a core_pattern pipe",
+                       stage=Stage.USAGE)
+    return verdicts.Options(output_dir=default_output_dir() if to_stdout or not output_dir
+                            else output_dir, min_free=min_free, max_per_hour=max_per_hour,
+                            timeout=timeout, writer=writer, to_stdout=to_stdout)
 
 
 def is_size(text: str) -> bool:
@@ -155,6 +175,7 @@ class SnapRequest:
     force: tuple[str, ...] = ()
     reason: str = ""
     compressed: bool = False
+    compress_ratio: float = 1.0
 
     def limits(self, progress=None) -> DumpLimits:
         return DumpLimits(self.dump_deadline, self.max_dump_time, progress)
@@ -210,7 +231,13 @@ def snap_options(command):
         click.option("--reason", default="", metavar="TEXT",
                      help="Why the snapshot is taken (an incident id), kept in its record."),
         click.option("--compress", "compressed", is_flag=True,
-                     help="Store the core as CORE.zst (zstandard, at idle priority)."),
+                     help="Store the core as CORE.zst (zstandard, at idle priority). "
+                          "snapcore's writer compresses while writing: the raw core is "
+                          "never on disk."),
+        click.option("--compress-ratio", type=click.FloatRange(min=1.0), default=1.0,
+                     show_default=True, metavar="N",
+                     help="With --compress and snapcore's writer, let the disk check "
+                          "assume the core shrinks N times (1: room for the whole core)."),
     ]):
         command = option(command)
     return command

@@ -166,7 +166,7 @@ def _gdb_signals() -> None:
 @common_options
 @snap_options
 def stacks(pid, name_pattern, take_all, pidfile, unit, core_file, exe, discard, output_dir,
-           as_json, timeout, min_free, max_per_hour, request: SnapRequest):
+           writer, as_json, timeout, min_free, max_per_hour, request: SnapRequest):
     """Every thread's backtrace, like gstack, with a pause of milliseconds.
 
     Takes a snapshot of PID and prints its stacks with gdb (saying where the
@@ -185,7 +185,7 @@ def stacks(pid, name_pattern, take_all, pidfile, unit, core_file, exe, discard, 
                 raise BadInput("give a PID (or --name, --pidfile, --unit), or --core FILE",
                                "see snapcore stacks --help", stage=Stage.USAGE)
             result = _snapshot(one_target(pid, name_pattern, take_all, pidfile, unit),
-                               output_dir, timeout, min_free, max_per_hour, request)
+                               output_dir, timeout, min_free, max_per_hour, request, writer)
             exe, core_file = result.target.exe, result.core_path
             try:
                 text = backtraces(executable(result), core_file)
@@ -203,10 +203,11 @@ def stacks(pid, name_pattern, take_all, pidfile, unit, core_file, exe, discard, 
             report.say(f"snapcore: the snapshot is kept: {kept} (--discard to not keep it)")
 
 
-def _snapshot(pid: int, output_dir, timeout, min_free, max_per_hour, request: SnapRequest):
+def _snapshot(pid: int, output_dir, timeout, min_free, max_per_hour, request: SnapRequest,
+              writer: str = "auto"):
     from snapcore.cli.snap import take_each
     check_force(request.force)
-    opts = make_options(output_dir, timeout, min_free, max_per_hour)
+    opts = make_options(output_dir, timeout, min_free, max_per_hour, writer)
     result = take_each([pid], opts, request, keep_exe=True)[0]
     if isinstance(result, SnapcoreError):
         raise result

@@ -52,7 +52,8 @@ def snapshot_dict(snap: Snapshot) -> dict:
         "core": ({"path": str(snap.core_path), "size": snap.core_size,
                   "allocated": snap.core_allocated,
                   "record": str(snap.sidecar_path) if snap.sidecar_path else None}
-                 if snap.core_path else None),
+                 if snap.core_path else {"path": "-", "size": snap.core_size, "record": None}
+                 if snap.streamed else None),
         "pause_ms": _ms(snap.pause["pause"]),
         "pause_split_ms": {"capture": _ms(snap.pause["capture"]),
                            "fork": _ms(snap.pause["syscall"]),
@@ -67,6 +68,8 @@ def snapshot_dict(snap: Snapshot) -> dict:
         "taken_at": snap.taken_at.isoformat().replace("+00:00", "Z"),
         "core_estimate": snap.core_estimate,
         "core_estimate_apparent": snap.core_apparent,
+        "writer": {"name": snap.writer, "reason": snap.writer_reason},
+        "streamed": snap.streamed,
         "notes": snap.notes,
         "regions_missing": snap.regions_missing,
         "checks": snap.checks,
@@ -84,8 +87,8 @@ def pipe_lookup(snap: Snapshot) -> str:
     return f"look for pid {snap.child_pid} where {handler} stores cores"
 
 
-def print_json(doc: dict) -> None:
-    print(json.dumps(doc, indent=2))
+def print_json(doc: dict, to_stderr: bool = False) -> None:
+    print(json.dumps(doc, indent=2), file=sys.stderr if to_stderr else sys.stdout)
 
 
 def print_snapshot(snap: Snapshot, verbose: bool, console: Console) -> None:
@@ -100,7 +103,8 @@ def print_snapshot(snap: Snapshot, verbose: bool, console: Console) -> None:
         pause += (f"  (capture {_ms(p['capture']):.3f}, fork {_ms(p['syscall']):.3f}, "
                   f"release {_ms(p['release']):.3f} ms; reap {_ms(snap.reap_pause):.3f} ms)")
     steps = snap.priority_steps
-    dumped = f"{snap.dump_seconds:.2f} s at idle priority"
+    by = "snapcore" if snap.writer == "snapcore" else "the kernel"
+    dumped = f"{snap.dump_seconds:.2f} s at idle priority by {by}"
     if steps:
         dumped += f", stepped up to {steps[-1]['to']} on a busy machine"
     rows += [("paused", pause), ("dumped", dumped), ("threads", str(snap.threads))]
@@ -112,6 +116,8 @@ def print_snapshot(snap: Snapshot, verbose: bool, console: Console) -> None:
         if snap.core_allocated < snap.core_size * 0.9:  # sparse: say what it takes
             size += f" ({human(snap.core_allocated)} on disk)"
         rows += [("size", size), ("core", str(snap.core_path))]
+    elif snap.streamed:
+        rows += [("size", human(snap.core_size)), ("core", "standard output")]
     else:
         rows.append(("core", f"handed to {snap.core_pattern.handler} by core_pattern: "
                              f"{pipe_lookup(snap)}"))
@@ -123,7 +129,8 @@ def print_snapshot(snap: Snapshot, verbose: bool, console: Console) -> None:
     rows += [(f"check {c['name']}", f"{c['verdict']}: {c['reason']}")
              for c in snap.checks if c["verdict"] != "ok" or verbose]
     if verbose:
-        rows += [("child", f"pid {snap.child_pid}"),
+        rows += [("writer", f"{snap.writer}: {snap.writer_reason}"),
+                 ("child", f"pid {snap.child_pid}"),
                  ("core_pattern", f"{snap.core_pattern.pattern} ({snap.core_pattern.kind})")]
         rows += [("note", note) for note in snap.notes]
         rows += [("thread", f"{th['tid']} {th['name']}") for th in snap.thread_map]
@@ -143,6 +150,7 @@ FLAGS = {
     "max_per_hour": "--max-per-hour",
     "max_dump_time": "--max-dump-time",
     "threads": "--threads main",
+    "writer": "--writer",
 }
 
 
@@ -179,6 +187,7 @@ def check_dict(result) -> dict:
         "exit_code": int(refusals[0].exit_code) if refusals else 0,
         "core_estimate": result.core_estimate,
         "core_estimate_apparent": result.core_apparent,
+        "writer": {"name": result.writer, "reason": result.writer_reason},
         "checks": [dict(c, fix=with_flags(c["fix"], c["setting"],
                                           c["name"] if c["verdict"] == "refuse"
                                           and c["forceable"] else ""))

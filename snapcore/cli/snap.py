@@ -6,6 +6,7 @@ from __future__ import annotations
 import contextlib
 import os
 import sys
+from dataclasses import replace
 
 import click
 
@@ -15,7 +16,7 @@ from snapcore.cli.app import cli, fail
 from snapcore.cli.options import (EXIT_CODES_HELP, SnapRequest, check_force, common_options,
                                   make_options, pid_argument, resolve_targets, snap_options,
                                   target_options)
-from snapcore.errors import ExitCode, Interrupted, SnapcoreError, Stage
+from snapcore.errors import BadInput, ExitCode, Interrupted, SnapcoreError, Stage
 
 
 @contextlib.contextmanager
@@ -57,13 +58,19 @@ def take_each(pids, opts, request: SnapRequest, show_progress: bool = False,
     (closed by the caller: close_exe)."""
     from snapcore.engine.snapshot import take
     results = []
+    opts = replace(opts, compress=request.compressed, compress_ratio=request.compress_ratio)
+    stream = None
+    if opts.to_stdout:
+        sys.stdout.flush()  # nothing of snapcore's own may mix with the core
+        stream = sys.stdout.fileno()
     for target_pid in pids:
         try:
             with dump_progress(show_progress) as progress:
                 results.append(take(target_pid, opts, threads=request.threads,
                                     force=request.force, limits=request.limits(progress),
                                     reason=request.reason if reason is None else reason,
-                                    compressed=request.compressed, keep_exe=keep_exe))
+                                    compressed=request.compressed, stream=stream,
+                                    keep_exe=keep_exe))
         except SnapcoreError as exc:
             exc.pid = exc.pid if exc.pid is not None else target_pid
             results.append(exc)
@@ -92,7 +99,8 @@ def exit_code_of(results) -> int:
     for r in results:
         if isinstance(r, SnapcoreError):
             return int(r.exit_code)
-    return int(ExitCode.CORE_PIPED) if any(r.core_path is None for r in results) else 0
+    return int(ExitCode.CORE_PIPED) if any(r.core_path is None and not r.streamed
+                                           for r in results) else 0
 
 
 @cli.command(epilog=EXIT_CODES_HELP)
@@ -109,8 +117,8 @@ def exit_code_of(results) -> int:
 @click.option("--syslog", "to_syslog", is_flag=True,
               help="Log one line per snapshot or refusal to syslog even on a terminal "
                    "(always done when stderr is not a terminal).")
-def snap(pids, name_pattern, take_all, pidfile, unit, output_dir, as_json, timeout, min_free,
-         max_per_hour, quiet, verbose, with_stacks, to_syslog, request: SnapRequest):
+def snap(pids, name_pattern, take_all, pidfile, unit, output_dir, writer, as_json, timeout,
+         min_free, max_per_hour, quiet, verbose, with_stacks, to_syslog, request: SnapRequest):
     """Snapshot each process into a core file; the processes keep running.
 
     Every check of `snapcore check` runs first. The core is named
@@ -121,13 +129,18 @@ def snap(pids, name_pattern, take_all, pidfile, unit, output_dir, as_json, timeo
     try:
         wanted = resolve_targets(pids, name_pattern, take_all, pidfile, unit)
         check_force(request.force)
-        opts = make_options(output_dir, timeout, min_free, max_per_hour)
+        opts = make_options(output_dir, timeout, min_free, max_per_hour, writer,
+                            stdout_ok=True)
+        if opts.to_stdout:
+            check_stream(wanted, with_stacks)
     except SnapcoreError as exc:
-        fail(exc, as_json)
+        fail(exc, as_json, to_stderr=output_dir is not None and str(output_dir) == "-")
     results = take_each(wanted, opts, request, show_progress=not (as_json or quiet),
                         to_syslog=to_syslog, keep_exe=with_stacks)
     from snapcore.core.gdb import backtraces
     out, err = report.stdout_console(), report.stderr_console()
+    if opts.to_stdout:
+        out = err  # the core has standard output to itself: the report goes to stderr
     docs = []
     for result in results:
         if isinstance(result, SnapcoreError):
@@ -147,7 +160,9 @@ def snap(pids, name_pattern, take_all, pidfile, unit, output_dir, as_json, timeo
         if as_json:
             continue
         if quiet:
-            if result.core_path is not None:
+            if result.streamed:
+                pass  # the core itself is standard output
+            elif result.core_path is not None:
                 click.echo(str(result.core_path))
             else:
                 err.print(f"snapcore: core of {result.target.pid} handed to "
@@ -161,5 +176,19 @@ def snap(pids, name_pattern, take_all, pidfile, unit, output_dir, as_json, timeo
             err.print(f"snapcore: {doc['stacks_error']}", markup=False, highlight=False)
     if as_json:
         report.print_json(docs[0] if len(docs) == 1 else
-                          {"ok": all(d["ok"] for d in docs), "snapshots": docs})
+                          {"ok": all(d["ok"] for d in docs), "snapshots": docs},
+                          to_stderr=opts.to_stdout)
     sys.exit(exit_code_of(results))
+
+
+def check_stream(wanted: list[int], with_stacks: bool) -> None:
+    """-o -: refused before anything is touched when it cannot work."""
+    if sys.stdout.isatty():
+        raise BadInput("refusing to write a core to a terminal (-o -)",
+                       "redirect standard output to a file or a pipe", stage=Stage.USAGE)
+    if len(wanted) > 1:
+        raise BadInput(f"-o - takes one process ({len(wanted)} given)",
+                       "snapshot them one at a time", stage=Stage.USAGE)
+    if with_stacks:
+        raise BadInput("--stacks needs a core file, not -o -", "give an output directory",
+                       stage=Stage.USAGE)

@@ -45,8 +45,8 @@ from snapcore.errors import BadInput, ExitCode, Interrupted, SnapcoreError, Stag
 @common_options
 @snap_options
 def watch(pid, name_pattern, take_all, pidfile, unit, wait_for, interval, hold, cpu,
-          cpu_below, rss, rss_below, threads_over, fds, count, cooldown, output_dir, as_json,
-          timeout, min_free, max_per_hour, request: SnapRequest):
+          cpu_below, rss, rss_below, threads_over, fds, count, cooldown, output_dir, writer,
+          as_json, timeout, min_free, max_per_hour, request: SnapRequest):
     """Watch PID and snapshot it when a condition holds for --for seconds.
 
     Conditions: --cpu, --cpu-below, --rss, --rss-below, --threads-over,
@@ -66,7 +66,7 @@ def watch(pid, name_pattern, take_all, pidfile, unit, wait_for, interval, hold, 
             raise BadInput("--wait needs --name", "say which process to wait for",
                            stage=Stage.USAGE)
         check_force(request.force)
-        opts = make_options(output_dir, timeout, min_free, max_per_hour)
+        opts = make_options(output_dir, timeout, min_free, max_per_hour, writer)
         if wait_for:
             target_pid = _wait_for(name_pattern, interval, as_json)
         else:

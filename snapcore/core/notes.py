@@ -89,3 +89,50 @@ def check_core(core: OpenCore, child_pid: int) -> CoreNotes:
                              "directory", setting="output_dir",
                              stage=Stage.DUMP)
     return notes
+
+
+# Register sets the kernel writes per thread (x86: NT_PRFPREG, NT_386_TLS,
+# NT_386_IOPERM, NT_X86_XSTATE, NT_X86_SHSTK); every other note is the process's.
+THREAD_NOTES = {arch.NT_PRSTATUS, 2, 0x200, 0x201, arch.NT_X86_XSTATE, 0x204}
+
+
+def main_thread_first(core: OpenCore, lwp: int) -> bool:
+    """Put thread `lwp`'s notes first, in place, as write_note_info would had
+    that thread dumped: its NT_PRSTATUS, the process's notes that follow the
+    first thread's, its other register sets, then every other thread as it
+    was.  gdb opens a core on its first thread: the kernel's writer puts the
+    dumping thread there, which is the thread that ran the fork.  The note
+    segment keeps its size and place.  Returns whether anything moved."""
+    with os.fdopen(os.dup(core.fd), "rb") as f:
+        _type, segs = elf.segments(f)
+        seg = next((s for s in segs if s.type == elf.PT_NOTE), None)
+        if seg is None:
+            return False
+        f.seek(seg.offset)
+        data = f.read(seg.filesz)
+    groups: list[list[bytes]] = []  # per thread: its notes, NT_PRSTATUS first
+    early: list[bytes] = []  # the process's notes inside the first thread's group
+    late: list[bytes] = []  # the process's notes after the threads' (or before any)
+    for n_type, _name, desc_at, size in elf.notes(data):
+        start = _note_start(data, desc_at, _name)
+        raw = data[start:desc_at + ((size + 3) & ~3)]
+        if n_type == arch.NT_PRSTATUS:
+            groups.append([raw])
+        elif n_type in THREAD_NOTES and groups:
+            groups[-1].append(raw)
+        elif len(groups) == 1 and len(groups[0]) == 1:
+            early.append(raw)
+        else:
+            late.append(raw)
+    pids = [_int32(g[0], 12 + 8 + arch.PRSTATUS_PID_OFFSET) for g in groups]
+    if not groups or lwp not in pids or pids[0] == lwp:
+        return False
+    main = groups.pop(pids.index(lwp))
+    order = [main[0], *early, *main[1:]] + [raw for g in groups for raw in g] + late
+    os.pwrite(core.fd, b"".join(order), seg.offset)
+    return True
+
+
+def _note_start(data: bytes, desc_at: int, name: bytes) -> int:
+    """Where a note's header starts, from where its descriptor does."""
+    return desc_at - 12 - ((len(name) + 1 + 3) & ~3) if name else desc_at - 12

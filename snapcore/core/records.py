@@ -86,6 +86,7 @@ def write_sidecar(snap, reason: str = "") -> Path:
                  "allocated": snap.core_allocated,
                  "compressed": snap.core_path.name.endswith(".zst")},
         "regions_missing": snap.regions_missing,
+        "writer": {"name": snap.writer, "reason": snap.writer_reason},
         "notes": snap.notes,
         "kernel": platform.release(),
         "hostname": socket.gethostname(),

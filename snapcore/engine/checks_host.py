@@ -9,15 +9,25 @@ from pathlib import Path
 
 from snapcore import units
 from snapcore.core import core_pattern, placement
-from snapcore.engine import estimate
+from snapcore.engine import checks_writer, estimate
 from snapcore.engine.ratelimit import RateLimiter, label, program, time_text
 from snapcore.engine.verdicts import OK, REFUSE, WARN, Options, Preflight
 from snapcore.errors import OutputError
 
 
-def check_core_destination(pre: Preflight) -> core_pattern.CorePattern:
+def check_core_destination(pre: Preflight, opts: Options,
+                           size: int) -> core_pattern.CorePattern:
+    """Who writes the core (checks_writer.py), then, for the kernel's
+    writer, whether core_pattern and RLIMIT_CORE let it."""
     t = pre.target
     pattern = core_pattern.read_core_pattern()
+    checks_writer.choose_writer(pre, opts, pattern, size)
+    if pre.writer == "snapcore":
+        pre.add("core-pattern", OK, f"{pattern.pattern} ({pattern.kind}): not used, "
+                "snapcore writes the core")
+        pre.add("core-limit", OK, f"RLIMIT_CORE {_limits_text(t)}: not used, a snapshot is "
+                "not a crash (gcore ignores the limit too)")
+        return pattern
     if pattern.kind == "pipe":
         try:
             with open("/proc/sys/kernel/core_pipe_limit") as f:
@@ -26,25 +36,32 @@ def check_core_destination(pre: Preflight) -> core_pattern.CorePattern:
             limit = "?"
         pre.add("core-pattern", WARN, f"core_pattern pipes cores to {pattern.handler} "
                 f"(core_pipe_limit {limit}): the core goes there, not to the output "
-                "directory", "look it up with the handler's tools (coredumpctl)")
+                "directory", "look it up with the handler's tools (coredumpctl), or let "
+                "snapcore write it", setting="writer")
     elif pattern.kind == "absolute" and not os.path.isdir(
             placement.target_root(t.pid) + os.path.dirname(pattern.pattern)):
         pre.add("core-pattern", REFUSE, f"core_pattern writes to "
                 f"{os.path.dirname(pattern.pattern)}, which does not exist for the process",
-                "create it or fix kernel.core_pattern")
+                "create it, fix kernel.core_pattern, or let snapcore write the core",
+                setting="writer")
     else:
         pre.add("core-pattern", OK, f"{pattern.kind}: {pattern.pattern}"
                 + (" (core_uses_pid)" if pattern.uses_pid else ""))
     if pattern.kind != "pipe" and t.core_hard == 0:
         pre.add("core-limit", REFUSE, f"hard RLIMIT_CORE of {t.pid} ({t.name}) is 0: the "
                 "kernel will write no core", "raise it where the process is started "
-                "(ulimit -Hc, LimitCORE= in its systemd unit)")
+                "(ulimit -Hc, LimitCORE= in its systemd unit), or let snapcore write it",
+                setting="writer")
     else:
-        soft = "unlimited" if t.core_soft >= (1 << 63) else units.human(t.core_soft)
-        hard = "unlimited" if t.core_hard >= (1 << 63) else units.human(t.core_hard)
-        pre.add("core-limit", OK, f"RLIMIT_CORE soft {soft}, hard {hard} (the child "
-                "raises its soft limit to the hard one)")
+        pre.add("core-limit", OK, f"RLIMIT_CORE {_limits_text(t)} (the child raises its "
+                "soft limit to the hard one)")
     return pattern
+
+
+def _limits_text(t) -> str:
+    soft = "unlimited" if t.core_soft >= (1 << 63) else units.human(t.core_soft)
+    hard = "unlimited" if t.core_hard >= (1 << 63) else units.human(t.core_hard)
+    return f"soft {soft}, hard {hard}"
 
 
 def _existing_ancestor(path: Path) -> Path:
@@ -56,6 +73,10 @@ def _existing_ancestor(path: Path) -> Path:
 
 
 def check_output_dir(pre: Preflight, opts: Options) -> None:
+    if opts.to_stdout:
+        pre.add("output-dir", OK, "standard output (the rate limit's state stays in "
+                f"{Path(opts.output_dir).absolute()})")
+        return
     out = Path(opts.output_dir).absolute()
     existing = _existing_ancestor(out)
     try:
@@ -91,6 +112,10 @@ def check_staging(pre: Preflight, opts: Options, pattern: core_pattern.CorePatte
     writable there (a read-only root filesystem) is known now, before the
     target is touched; no override makes a read-only mount writable."""
     t = pre.target
+    if pre.writer == "snapcore":
+        pre.add("staging", OK, "none: snapcore's writer writes into the output directory "
+                "itself")
+        return
     if pattern.kind != "relative":
         pre.add("staging", OK, "none: core_pattern is " + ("a pipe" if pattern.kind == "pipe"
                                                            else "an absolute path"))
@@ -123,16 +148,23 @@ def _places(opts: Options, pattern: core_pattern.CorePattern, pid: int, uid: int
 
 def check_disk(pre: Preflight, opts: Options, maps, pattern: core_pattern.CorePattern) -> None:
     t = pre.target
-    if pattern.kind == "pipe":
+    if maps:
+        sizes = estimate.core_size(maps, estimate.coredump_filter(t.pid), len(t.threads))
+        pre.core_estimate, pre.core_apparent = sizes.allocated, sizes.apparent
+    if opts.to_stdout and pre.writer == "snapcore":
+        pre.add("disk", OK, "the core goes to standard output")
+        return
+    if pattern.kind == "pipe" and pre.writer == "kernel":
         pre.add("disk", OK, "the core goes to the pipe handler")
         return
     if not maps:
         pre.add("disk", OK, "not estimated")
         return
-    sizes = estimate.core_size(maps, estimate.coredump_filter(t.pid), len(t.threads))
-    pre.core_estimate, pre.core_apparent = sizes.allocated, sizes.apparent
-    size = sizes.allocated  # what the disk must hold: holes take nothing
-    places = _places(opts, pattern, t.pid, t.uid)
+    # What the disk must hold: holes take nothing (compressed: see disk_need).
+    size, how = checks_writer.disk_need(pre, opts, sizes.allocated)
+    # snapcore's writer writes into the output directory alone.
+    places = ({str(_existing_ancestor(Path(opts.output_dir).absolute()))}
+              if pre.writer == "snapcore" else _places(opts, pattern, t.pid, t.uid))
     for place in sorted(places):
         try:
             free, fs_size = estimate.free_space(place)
@@ -142,13 +174,13 @@ def check_disk(pre: Preflight, opts: Options, maps, pattern: core_pattern.CorePa
             return
         reserve = _min_free(opts.min_free, fs_size)
         if size > free - reserve:
-            pre.add("disk", REFUSE, f"the core needs about {units.human(size)}, "
+            pre.add("disk", REFUSE, f"the core needs about {units.human(size)}{how}, "
                     f"{place} has {units.human(free)} free and keeps "
                     f"{units.human(reserve)} in reserve ({opts.min_free})",
                     "free space, choose another output directory, or keep less in reserve",
                     setting="min_free")
             return
-    pre.add("disk", OK, f"core about {units.human(size)} on disk "
+    pre.add("disk", OK, f"core about {units.human(size)} on disk{how} "
             f"({units.human(sizes.apparent)} with its holes); room in "
             f"{', '.join(sorted(places))}")
 

@@ -100,10 +100,11 @@ def _oom_group(pre: Preflight, worst: int, available: int, problems, warnings) -
     return True
 
 
-def tasks_added(threads: int) -> int:
+def tasks_added(threads: int, writer: str = "kernel") -> int:
     """Most tasks a snapshot adds at once: in the window the intermediate task
-    and the child; then the child and one recreated thread per other thread."""
-    return max(2, threads)
+    and the child; then, for the kernel's writer, the child and one recreated
+    thread per other thread (snapcore's writer recreates none)."""
+    return 2 if writer == "snapcore" else max(2, threads)
 
 
 def _tasks_of_user(uid: int) -> int:
@@ -137,7 +138,7 @@ def check_tasks(pre: Preflight) -> None:
     user's RLIMIT_NPROC (kernel/fork.c: copy_process checks both): near either
     limit, they would make the target's own fork or pthread_create fail."""
     t = pre.target
-    need = tasks_added(len(t.threads))
+    need = tasks_added(len(t.threads), pre.writer)
     limits = []
     cgroup = cgroups.tasks_headroom(t.pid)
     if cgroup is not None:

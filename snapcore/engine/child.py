@@ -130,16 +130,38 @@ def prepare(child: Child, at: int, *, core_hard: int, staging: str | None, name:
         child.notes.append("could not name the child after the target")
     _close_files(pid, call)
     child.scratch = scratch
+    _oom_first(child)
+
+
+def prepare_still(child: Child, at: int, *, allow_undumpable: bool, deadline: float) -> None:
+    """Make the child harmless for snapcore's own writer, which only reads it:
+    no open files, the OOM killer's first choice, and nothing else.  No page
+    is mapped and no setting changed that the core would show; the child
+    never runs an instruction of the target and never takes a signal."""
+    pid = child.pid
+    wait_for_interrupt_stop(pid, deadline)  # auto-attached children start in an event stop
+    base = ptrace.get_regs(pid)
+
+    def call(syscall_name: str, *args: int) -> int:
+        return syscall(pid, base, at, arch.NR[syscall_name], *args, deadline=deadline,
+                       guard=child.guard)[0]
+
+    _check_dumpable(child, call, allow_undumpable, writer="snapcore")
+    _close_files(pid, call)
+    _oom_first(child)
+
+
+def _oom_first(child: Child) -> None:
     try:
         # So the OOM killer takes the child, not the target.  Raising one's own
         # score needs no capability; root may do it from outside.
-        with open(f"/proc/{pid}/oom_score_adj", "w") as f:
+        with open(f"/proc/{child.pid}/oom_score_adj", "w") as f:
             f.write("1000")
     except OSError as exc:
         child.notes.append(f"oom_score_adj: {exc.strerror}")
 
 
-def _check_dumpable(child: Child, call, allow_undumpable: bool) -> None:
+def _check_dumpable(child: Child, call, allow_undumpable: bool, writer: str = "kernel") -> None:
     """The child inherited the target's dumpable flag: for root's processes
     this is the only place it can be read."""
     if call("prctl", PR_GET_DUMPABLE) != 0:
@@ -148,6 +170,8 @@ def _check_dumpable(child: Child, call, allow_undumpable: bool) -> None:
         raise NotDumpable("the process made itself non-dumpable (PR_SET_DUMPABLE 0): "
                           "it keeps its memory out of cores", "respect that",
                           stage=Stage.CHILD)
+    if writer == "snapcore":
+        return  # snapcore reads the child as root: the flag needs no change
     # Overridden: only the child is made dumpable again (a process may set
     # its own flag back to 1 without privilege); the target keeps its 0.
     if call("prctl", PR_SET_DUMPABLE, 1) < 0:

@@ -49,11 +49,14 @@ def _run(pid: int, opts: Options) -> Preflight:
         pre.add("seccomp", OK if t.seccomp == 0 else REFUSE,
                 f"Seccomp: {t.seccomp}", "not evaluated: the process cannot be snapshot")
     checks_process.check_dumpable(pre)
-    pattern = checks_host.check_core_destination(pre)
+    maps = estimate.read_smaps(pid) if usable and not t.kernel_thread else []
+    # RLIMIT_CORE counts the file's size, holes included (dump_skip).
+    size = (estimate.core_size(maps, estimate.coredump_filter(pid), len(t.threads)).apparent
+            if maps else 0)
+    pattern = checks_host.check_core_destination(pre, opts, size)
     pre.core_pattern = pattern
     checks_host.check_output_dir(pre, opts)
     checks_host.check_staging(pre, opts, pattern)
-    maps = estimate.read_smaps(pid) if usable and not t.kernel_thread else []
     checks_host.check_disk(pre, opts, maps, pattern)
     checks_limits.check_memory(pre, maps)
     checks_limits.check_tasks(pre)

@@ -36,6 +36,9 @@ class Snapshot:
     # MADV_DONTFORK regions (absent from the child, so from the core) and
     # MADV_WIPEONFORK ones (zeros in the core): {"start", "end", "kind"}
     regions_missing: list[dict] = field(default_factory=list)
+    writer: str = "kernel"  # who wrote the core: "kernel" or "snapcore"
+    writer_reason: str = ""  # why that writer (the preflight's writer check)
+    streamed: bool = False  # written to a stream (standard output): no file, no record
     program: str = ""  # what the rate limit counts it as (ratelimit.program)
     # The target's executable, read through /proc/PID/exe while it ran: its
     # build-id ("" : not read), and with keep_exe a descriptor on it, for gdb
@@ -50,6 +53,17 @@ class Snapshot:
 
 
 THREAD_MODES = ("all", "main")
+WRITERS = ("auto", "kernel", "snapcore")
+
+
+@dataclass
+class Output:
+    """Where the core goes: the output directory, or a stream (standard
+    output) when `stream` is a descriptor; `compress`: zstandard."""
+
+    directory: Path
+    stream: int | None = None
+    compress: bool = False
 
 
 @dataclass

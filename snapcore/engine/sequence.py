@@ -17,10 +17,10 @@ from snapcore.core import core_pattern, notes, placement, store
 from snapcore.engine import child as childmod
 from snapcore.engine import dump
 from snapcore.engine import fork as forkmod
-from snapcore.engine import interrupts, preflight
+from snapcore.engine import interrupts, preflight, write
 from snapcore.engine.identity import identity_check, reap_adopted
-from snapcore.engine.result import DumpLimits, Snapshot
 from snapcore.engine.controller import Controller, MemoryWatch, ladder
+from snapcore.engine.result import DumpLimits, Output, Snapshot
 from snapcore.errors import CoreNotWritten, NoSuchProcess, Stage
 from snapcore.linux import arch, priority, seccomp, stops
 from snapcore.linux.procfs import Target, adopts_orphans, ns_tid, thread_name
@@ -44,8 +44,10 @@ class _Dump:
 
 def fork_and_dump(pre: preflight.Preflight, output_dir: Path, staging: Path | None,
                    all_threads: bool, stop_timeout: float, allow_undumpable: bool,
-                   dump_limits: DumpLimits, pidfd: int, root: str) -> Snapshot:
-    """The phases: fork (the one stop window), dump (the child), store."""
+                   dump_limits: DumpLimits, pidfd: int, root: str,
+                   output: Output | None = None) -> Snapshot:
+    """The phases: fork (the one stop window), dump (the child), store.  With
+    snapcore's writer (pre.writer) the dump and store are engine/write.py's."""
     target, pattern = pre.target, pre.core_pattern
     guard = seccomp.Guard(pre.filters, arch.AUDIT_ARCH)
     taken_at = datetime.now(timezone.utc)
@@ -56,6 +58,16 @@ def fork_and_dump(pre: preflight.Preflight, output_dir: Path, staging: Path | No
                           main_only=target.seccomp != 0)
     kid = childmod.Child(forked.child, guard=guard, notes=list(forked.notes))
     kid.ns_tids[kid.pid] = forked.child_ns_pid
+    if pre.writer == "snapcore":
+        held = [forked.runner, *forked.others]
+        tids = [t.tid for t in held]
+        gathered = write.gather(target.pid, held, {t: ns_tid(target.pid, t) for t in tids})
+        kid.notes = []  # the window's notes are added once, by the writer
+        snap = write.dump_and_store(pre, forked, kid, gathered, pidfd, stop_timeout,
+                                    allow_undumpable, dump_limits,
+                                    output or Output(output_dir), taken_at)
+        snap.writer_reason = pre.writer_reason
+        return snap
     where = None if pattern.kind == "pipe" else core_pattern.expand(
         pattern, pid=kid.pid, uid=target.uid, gid=target.gid, comm=target.name,
         exe=target.exe, soft_limit=target.core_hard, ns_pid=forked.child_ns_pid)
@@ -67,6 +79,7 @@ def fork_and_dump(pre: preflight.Preflight, output_dir: Path, staging: Path | No
     try:
         snap, ended, controller = _dump(run, pidfd, stop_timeout, allow_undumpable,
                                         dump_limits, root, taken_at)
+        snap.writer_reason = pre.writer_reason
         return _store(run, snap, ended, controller, dump_limits, output_dir, taken_at)
     except BaseException:
         if pattern.kind == "absolute":
@@ -168,6 +181,8 @@ def _store(run: _Dump, snap: Snapshot, ended: stops.Stop, controller: Controller
             snap.notes.append("threads that ended right after the fork keep the child's "
                               "ids in the core")
         notes.rename_threads(core, layout, renames, run.target_ns.get(pid) or 0)
+        if run.target_ns.get(pid) is not None:
+            notes.main_thread_first(core, run.target_ns[pid])
         snap.core_path = store.store(core, output_dir,
                                         placement.core_name(target.name, pid, taken_at))
     finally:
@@ -178,7 +193,9 @@ def _store(run: _Dump, snap: Snapshot, ended: stops.Stop, controller: Controller
 def _thread_map(pid: int, kid: childmod.Child, target_ns: dict[int, int | None]) -> list[dict]:
     """Target thread id, its name, and the LWP the core names it by (its own id
     in its pid namespace, once the notes are rewritten), in the core's order."""
+    # The main thread first, as core/notes.main_thread_first orders the notes.
     order = [kid.pid] + [t for t in kid.threads if t != kid.pid]
+    order.sort(key=lambda c: kid.threads.get(c) != pid)
     return [{"tid": kid.threads[c], "name": thread_name(pid, kid.threads[c]),
              "core_lwp": target_ns.get(kid.threads[c]), "child_tid": c} for c in order]
 

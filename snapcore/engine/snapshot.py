@@ -15,9 +15,10 @@ from pathlib import Path
 
 from snapcore.core import elf, placement, records, store
 from snapcore.core.compress import compress
+from snapcore.core.sink import zstd_missing
 from snapcore.engine import interrupts, preflight, sequence
 from snapcore.engine.ratelimit import RateLimiter, program
-from snapcore.engine.result import DumpLimits, Snapshot
+from snapcore.engine.result import DumpLimits, Output, Snapshot
 from snapcore.errors import NoSuchProcess, OutputError, SnapcoreError, Stage
 from snapcore.linux import stops
 from snapcore.linux.procfs import exclusive, open_exe, reading, start_time
@@ -25,21 +26,25 @@ from snapcore.linux.procfs import exclusive, open_exe, reading, start_time
 
 def take(pid: int, opts: preflight.Options, *, threads: str = "all",
          force: tuple[str, ...] = (), limits: DumpLimits | None = None,
-         reason: str = "", compressed: bool = False, keep_exe: bool = False) -> Snapshot:
+         reason: str = "", compressed: bool = False, stream: int | None = None,
+         keep_exe: bool = False) -> Snapshot:
     """Snapshot process `pid` into `opts.output_dir`; the target keeps running.
 
     Every preflight check runs first; a refusal raises unless its name is in
     `force` (and it may be forced).  threads="all" holds every thread for the
     fork and puts each in the core; "main" holds and dumps the main thread only.
     The stored core gets its record (records.write_sidecar) with `reason`;
-    `compressed` turns it into CORE.zst first.  `keep_exe`: the Snapshot's
-    exe_fd stays open on the target's executable (for gdb; the caller closes it).
+    `compressed` turns it into CORE.zst (snapcore's writer compresses while
+    writing).  With `opts.to_stdout` the core goes to descriptor `stream`
+    instead, and has no record.  `keep_exe`: the Snapshot's exe_fd stays open
+    on the target's executable (for gdb; the caller closes it).
     """
     with interrupts.engage(), exclusive(pid):
         exe_fd = open_exe(pid)
         try:
             snap = _take_exclusive(pid, opts, threads=threads, force=force, limits=limits,
-                                   reason=reason, compressed=compressed, exe_fd=exe_fd)
+                                   reason=reason, compressed=compressed, exe_fd=exe_fd,
+                                   stream=stream)
         except BaseException:
             if exe_fd is not None:
                 os.close(exe_fd)
@@ -53,12 +58,15 @@ def take(pid: int, opts: preflight.Options, *, threads: str = "all",
 
 def _take_exclusive(pid: int, opts: preflight.Options, *, threads: str,
                     force: tuple[str, ...], limits: DumpLimits | None, reason: str,
-                    compressed: bool, exe_fd: int | None) -> Snapshot:
+                    compressed: bool, exe_fd: int | None, stream: int | None) -> Snapshot:
     pre = preflight.run(pid, opts)
     refusals = pre.refusals(force)
     if refusals:
         raise preflight.Refused(refusals[0], pid)
     target = pre.target
+    if compressed and pre.writer == "snapcore" and zstd_missing():
+        raise OutputError(zstd_missing(), "snapshot without --compress", pid=pid,
+                          stage=Stage.PREFLIGHT)
     output_dir = placement.prepare_output_dir(opts.output_dir)
     limiter = RateLimiter(output_dir, opts.max_per_hour, opts.clock)
     key = program(target)
@@ -67,13 +75,15 @@ def _take_exclusive(pid: int, opts: preflight.Options, *, threads: str,
         placement.remove_stale_staging(placement.staging_bases(output_dir, root))
         store.finish_interrupted(output_dir)
         staging = (placement.make_staging_dir(output_dir, target.uid, target.gid, root)
-                   if pre.core_pattern.kind == "relative" else None)
+                   if pre.core_pattern.kind == "relative" and pre.writer == "kernel"
+                   else None)
+        output = Output(output_dir, stream if opts.to_stdout else None, compressed)
         try:
             with stops.signals_held([signal.SIGCHLD]):
                 limits = replace(limits or DumpLimits(), expected=pre.core_estimate)
                 snap = _take(pre, output_dir, staging, threads == "all", opts.timeout,
                              allow_undumpable="dumpable" in force, dump_limits=limits,
-                             root=root)
+                             root=root, output=output)
         except SnapcoreError as exc:
             exc.pid = exc.pid if exc.pid is not None else pid
             raise
@@ -87,7 +97,7 @@ def _take_exclusive(pid: int, opts: preflight.Options, *, threads: str,
     snap.regions_missing = pre.regions_missing
     if exe_fd is not None:  # the file the target runs, not the one its name names here
         snap.exe_build_id = elf.build_id(f"/proc/self/fd/{exe_fd}")
-    if snap.core_path is not None:
+    if snap.core_path is not None and not snap.streamed:
         _publish(snap, output_dir, reason, compressed)
     return snap
 
@@ -97,7 +107,7 @@ def _publish(snap: Snapshot, output_dir: Path, reason: str, compressed: bool) ->
     its name: a core is never seen without its record (list and prune would
     not know it)."""
     partial = snap.core_path
-    if compressed:
+    if compressed and not partial.name.endswith(".zst"):  # the kernel's raw core
         try:
             partial = compress(partial)
         except OutputError as exc:
@@ -111,7 +121,7 @@ def _publish(snap: Snapshot, output_dir: Path, reason: str, compressed: bool) ->
 
 def _take(pre: preflight.Preflight, output_dir: Path, staging: Path | None,
           all_threads: bool, stop_timeout: float, *, allow_undumpable: bool,
-          dump_limits: DumpLimits, root: str) -> Snapshot:
+          dump_limits: DumpLimits, root: str, output: Output) -> Snapshot:
     pid = pre.target.pid
     # Pin the identity before the window: a pidfd opened now refers to this
     # process for good, and the start time says the pid was not reused since
@@ -123,7 +133,7 @@ def _take(pre: preflight.Preflight, output_dir: Path, staging: Path | None,
             raise NoSuchProcess(f"process {pid} exited and its pid was reused",
                                 "check the pid again", pid=pid, stage=Stage.PREFLIGHT)
         return sequence.fork_and_dump(pre, output_dir, staging, all_threads, stop_timeout,
-                                      allow_undumpable, dump_limits, pidfd, root)
+                                      allow_undumpable, dump_limits, pidfd, root, output)
     finally:
         os.close(pidfd)
 

@@ -24,6 +24,7 @@ CHECKS = {
     "state": (ExitCode.UNSUPPORTED, False),
     "seccomp": (ExitCode.UNSUPPORTED, False),
     "dumpable": (ExitCode.CORE_NOT_WRITTEN, True),
+    "writer": (ExitCode.USAGE, False),
     "core-pattern": (ExitCode.CORE_NOT_WRITTEN, False),
     "core-limit": (ExitCode.CORE_NOT_WRITTEN, False),
     "output-dir": (ExitCode.OUTPUT, True),
@@ -62,6 +63,10 @@ class Options:
     max_per_hour: int = 4  # 0: no limit
     timeout: float = 2.0
     clock: object = time.time
+    writer: str = "auto"  # auto, kernel or snapcore (result.WRITERS)
+    to_stdout: bool = False  # the core goes to standard output, not output_dir
+    compress: bool = False
+    compress_ratio: float = 1.0  # the disk check's guess at what --compress saves
 
 
 @dataclass
@@ -75,6 +80,8 @@ class Preflight:
     filters: list = field(default_factory=list)  # the target's seccomp filters, parsed
     fingerprint: tuple = ()  # target.mm_fingerprint: its program, to notice an exec
     regions_missing: list[dict] = field(default_factory=list)
+    writer: str = "kernel"  # who will write the core: "kernel" or "snapcore"
+    writer_reason: str = ""
     # What the memory check found free for copy-on-write copies: the lesser of
     # MemAvailable and the room under the tightest memory cgroup limit (that
     # limit's file, "" without one).  The dump's controller keeps to it.

@@ -1,0 +1,150 @@
+"""The notes of an ELF core, built as the kernel builds them (fs/binfmt_elf.c:
+fill_note_info, fill_thread_core_info, write_note_info), for x86_64.
+
+Order, as write_note_info writes it: the first thread's NT_PRSTATUS, then the
+process's NT_PRPSINFO, NT_SIGINFO, NT_AUXV and NT_FILE, then the first
+thread's other register sets (NT_PRFPREG, NT_X86_XSTATE); then each other
+thread: NT_PRSTATUS, NT_PRFPREG, NT_X86_XSTATE.  gdb opens a core on the
+thread of its first NT_PRSTATUS.
+"""
+
+from __future__ import annotations
+
+import struct
+from dataclasses import dataclass, field
+
+from snapcore.linux import arch
+
+NT_PRSTATUS, NT_PRFPREG, NT_PRPSINFO = 1, 2, 3
+NT_AUXV = 6
+NT_SIGINFO = 0x53494749
+NT_FILE = 0x46494c45
+NT_X86_XSTATE = arch.NT_X86_XSTATE
+
+PRSTATUS_SIZE = 336  # struct elf_prstatus on x86_64
+PRPSINFO_SIZE = 136  # struct elf_prpsinfo
+SIGINFO_SIZE = 128  # siginfo_t
+FXSAVE_SIZE = 512  # struct user_i387_struct: the legacy area at the start of XSAVE
+FX_SW_RESERVED = 464  # where XSAVE's software-reserved bytes start in that area
+PSARGS_SIZE = 80  # ELF_PRARGSZ
+
+
+def note(name: bytes, n_type: int, desc: bytes) -> bytes:
+    """One ELF note: header, NUL-terminated name and descriptor, each padded to 4."""
+    name = name + b"\0"
+    return (struct.pack("<III", len(name), len(desc), n_type) + _pad4(name) + _pad4(desc))
+
+
+def _pad4(data: bytes) -> bytes:
+    return data + b"\0" * (-len(data) % 4)
+
+
+def timeval(ticks: int, hz: int) -> bytes:
+    """Clock ticks as struct __kernel_old_timeval (seconds, microseconds)."""
+    return struct.pack("<qq", ticks // hz, (ticks % hz) * 1_000_000 // hz)
+
+
+@dataclass
+class ThreadState:
+    """One thread as the core shows it: what it was when the window held it."""
+
+    tid: int  # in the target's own pid namespace
+    regs: bytes  # struct user_regs_struct, as PTRACE_GETREGSET NT_PRSTATUS gave it
+    xstate: bytes  # NT_X86_XSTATE, as PTRACE_GETREGSET gave it ("" when none)
+    sigmask: int  # blocked signals
+    sigpend: int = 0  # signals pending for this thread alone
+    utime: int = 0  # clock ticks (for the main thread: the whole process's, as the kernel)
+    stime: int = 0
+
+
+@dataclass
+class ProcessState:
+    pid: int  # in the target's own pid namespace, like ppid, pgrp and sid
+    ppid: int
+    pgrp: int
+    sid: int
+    uid: int  # real ids
+    gid: int
+    comm: str
+    args: bytes  # the memory between arg_start and arg_end
+    nice: int
+    flags: int  # task flags (stat field 9)
+    hz: int  # clock ticks per second, for the times
+    cutime: int = 0
+    cstime: int = 0
+    signo: int = 6  # what NT_SIGINFO and pr_cursig say (see siginfo())
+    sender_pid: int = 0
+    sender_uid: int = 0
+    auxv: bytes = b""
+    files: list[tuple[int, int, int, str]] = field(default_factory=list)  # start, end, pgoff, path
+
+
+def prstatus(p: ProcessState, t: ThreadState) -> bytes:
+    """struct elf_prstatus (fill_prstatus): si_signo and pr_cursig, the thread's
+    pending and blocked signals, its ids, its times, then its registers."""
+    head = struct.pack("<iiih2xQQiiii", p.signo, 0, 0, p.signo, t.sigpend, t.sigmask,
+                       t.tid, p.ppid, p.pgrp, p.sid)
+    times = (timeval(t.utime, p.hz) + timeval(t.stime, p.hz) + timeval(p.cutime, p.hz)
+             + timeval(p.cstime, p.hz))
+    regs = t.regs[:arch.REGS_SIZE].ljust(arch.REGS_SIZE, b"\0")
+    fpvalid = struct.pack("<i4x", 1 if t.xstate else 0)
+    body = head + times + regs + fpvalid
+    assert len(body) == PRSTATUS_SIZE
+    return note(b"CORE", NT_PRSTATUS, body)
+
+
+def prpsinfo(p: ProcessState) -> bytes:
+    """struct elf_prpsinfo (fill_psinfo): state, nice, flags, real uid and gid,
+    ids, the name and the command line (NULs as spaces, at most 79 bytes)."""
+    args = p.args[:PSARGS_SIZE - 1].replace(b"\0", b" ")
+    body = struct.pack("<bcbb4xQIIiiii16s80s", 0, b"R", 0, p.nice, p.flags, p.uid, p.gid,
+                       p.pid, p.ppid, p.pgrp, p.sid, p.comm.encode()[:15], args)
+    assert len(body) == PRPSINFO_SIZE
+    return note(b"CORE", NT_PRPSINFO, body)
+
+
+def siginfo(p: ProcessState) -> bytes:
+    """siginfo_t of a kill() from snapcore (SI_USER): what the kernel writer's
+    core says, whose child took SIGABRT from snapcore.  Both writers say the
+    same, so a core reads the same whoever wrote it."""
+    body = struct.pack("<iiiiiI", p.signo, 0, 0, 0, p.sender_pid, p.sender_uid)
+    return note(b"CORE", NT_SIGINFO, body.ljust(SIGINFO_SIZE, b"\0"))
+
+
+def auxv(p: ProcessState) -> bytes:
+    return note(b"CORE", NT_AUXV, p.auxv)
+
+
+def files(p: ProcessState) -> bytes:
+    """NT_FILE (fill_files_note): count, page size, (start, end, page offset)
+    per file mapping, then the NUL-terminated names in the same order."""
+    table = struct.pack("<QQ", len(p.files), arch.PAGE_SIZE)
+    table += b"".join(struct.pack("<QQQ", s, e, o) for s, e, o, _ in p.files)
+    names = b"".join(path.encode(errors="surrogateescape") + b"\0" for *_, path in p.files)
+    return note(b"CORE", NT_FILE, table + names)
+
+
+def fpregs(t: ThreadState) -> bytes:
+    """NT_PRFPREG: the legacy FXSAVE area, which is the first 512 bytes of the
+    XSAVE state; its software-reserved tail is XSAVE's own, not FXSAVE's."""
+    area = t.xstate[:FX_SW_RESERVED].ljust(FXSAVE_SIZE, b"\0")
+    return note(b"CORE", NT_PRFPREG, area)
+
+
+def xstate(t: ThreadState) -> bytes:
+    return note(b"LINUX", NT_X86_XSTATE, t.xstate)
+
+
+def all_notes(p: ProcessState, threads: list[ThreadState]) -> bytes:
+    """The note segment, in write_note_info's order; threads[0] is the one gdb
+    opens on (the target's main thread)."""
+    out = []
+    for i, t in enumerate(threads):
+        out.append(prstatus(p, t))
+        if i == 0:
+            out += [prpsinfo(p), siginfo(p), auxv(p)]
+            if p.files:
+                out.append(files(p))
+        if t.xstate:
+            out += [fpregs(t), xstate(t)]
+    return b"".join(out)

@@ -1,0 +1,83 @@
+"""Which mappings a core holds, and how much of each: the kernel's own rules
+(fs/coredump.c: vma_dump_size, always_dump_vma), from what /proc shows.
+
+coredump_filter bits (Documentation/filesystems/proc.rst, "coredump_filter"):
+0 anonymous private, 1 anonymous shared, 2 file-backed private, 3 file-backed
+shared, 4 ELF headers, 5 hugetlb private, 6 hugetlb shared (7, 8: DAX, which
+/proc does not show; such mappings are judged as ordinary files).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from snapcore.linux import arch
+from snapcore.linux.maps import FileFacts, Vma
+
+ANON_PRIVATE, ANON_SHARED, MAPPED_PRIVATE, MAPPED_SHARED, ELF_HEADERS = 0, 1, 2, 3, 4
+HUGETLB_PRIVATE, HUGETLB_SHARED = 5, 6
+EXECUTABLE_BITS = 0o111
+ELF_MAGIC = b"\x7fELF"
+
+# What vma_dump_size answers for a private file mapping starting a file that
+# is not executable: the first page if it starts with the ELF magic, which
+# only a read of the memory can tell (the kernel reads it too, later).
+MAYBE_ELF_HEADER = -1
+
+
+@dataclass
+class Decision:
+    size: int  # bytes dumped from the mapping's start (p_filesz), or MAYBE_ELF_HEADER
+    why: str
+
+
+def dump_size(vma: Vma, filter_bits: int, facts: FileFacts | None) -> Decision:
+    """vma_dump_size(), in its order.  Notes on what /proc cannot show:
+
+    - `anon_vma` (the kernel dumps a private mapping whole once any page of it
+      was written) is judged from the pages: a mapping holding anonymous pages
+      (resident or swapped) has one.  A mapping whose written pages were all
+      dropped again (MADV_DONTNEED) has one too but no pages: the kernel
+      writes it as holes, snapcore with no data (p_filesz 0); either way it
+      reads as zeros.
+    - VM_SHARED is `sh` in VmFlags, not the `s` of the permissions (that is
+      VM_MAYSHARE: a read-only MAP_SHARED file mapping is not VM_SHARED).
+    """
+    def bit(n: int) -> bool:
+        return bool(filter_bits & (1 << n))
+
+    whole = vma.size
+    if vma.special:
+        return Decision(whole, "special mapping (vdso, vvar, vsyscall): always dumped")
+    if "dd" in vma.flags:
+        return Decision(0, "VM_DONTDUMP (MADV_DONTDUMP)")
+    shared = "sh" in vma.flags
+    if "ht" in vma.flags:
+        wanted = bit(HUGETLB_SHARED) if shared else bit(HUGETLB_PRIVATE)
+        return Decision(whole if wanted else 0, "hugetlb")
+    if "io" in vma.flags:
+        return Decision(0, "VM_IO")
+    if shared:
+        # i_nlink 0: shmem without a name, a memfd, or a deleted file.
+        unnamed = (facts.nlink == 0 if facts is not None
+                   else vma.path.endswith(" (deleted)"))
+        wanted = bit(ANON_SHARED) if unnamed or not vma.file_backed else bit(MAPPED_SHARED)
+        return Decision(whole if wanted else 0, "shared")
+    written = vma.anonymous + vma.swap > 0
+    if written and bit(ANON_PRIVATE):
+        return Decision(whole, "private, written (anon_vma)")
+    if not vma.file_backed:
+        return Decision(0, "anonymous, never written")
+    if bit(MAPPED_PRIVATE):
+        return Decision(whole, "file-backed private")
+    if bit(ELF_HEADERS) and vma.offset == 0 and "rd" in vma.flags:
+        if facts is not None and facts.mode & EXECUTABLE_BITS:
+            return Decision(arch.PAGE_SIZE, "first page of an executable file")
+        return Decision(MAYBE_ELF_HEADER, "first page, if it is an ELF header")
+    return Decision(0, "file-backed private, never written")
+
+
+def flags_of(vma: Vma) -> int:
+    """p_flags: PF_X 1, PF_W 2, PF_R 4, from the mapping's protection."""
+    return ((4 if vma.perms[0] == "r" else 0) | (2 if vma.perms[1] == "w" else 0)
+            | (1 if vma.perms[2] == "x" else 0))

@@ -1,0 +1,224 @@
+"""The dump phase with snapcore's own writer: the child stays stopped while a
+thread of snapcore, at idle priority, reads its memory and writes its core.
+
+Nothing of the child runs: no recreated threads, no SIGABRT, no crash
+handler or core_pattern, no line in the kernel's log.  The notes come from
+what the window captured of each target thread (core/corenotes.py).
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import threading
+import time
+from datetime import datetime
+
+from snapcore.core import corenotes, placement, store
+from snapcore.core import writer as corewriter
+from snapcore.core.elfcore import Layout
+from snapcore.core.sink import FdWriter, FileSink, StreamSink, zstd_sink
+from snapcore.engine import child as childmod
+from snapcore.engine import dump, interrupts
+from snapcore.engine.identity import reap_adopted
+from snapcore.engine.result import DumpLimits, Output, Snapshot
+from snapcore.engine.controller import Controller, MemoryWatch, ladder
+from snapcore.errors import CoreNotWritten, NoSuchProcess, OutputError, Stage
+from snapcore.linux import maps, priority, taskinfo
+from snapcore.linux.inject import HeldThread
+from snapcore.linux.procfs import thread_name
+
+
+def gather(pid: int, held: list[HeldThread], target_ns: dict[int, int | None]):
+    """Right after the window: each held thread's state for its notes (the
+    main thread first: gdb opens a core on its first thread), and the
+    process's ids and times."""
+    held = sorted(held, key=lambda t: (t.tid != pid, t.tid))
+    states = []
+    for thread in held:
+        facts = taskinfo.thread_facts(pid, thread.tid)
+        states.append(corenotes.ThreadState(
+            tid=target_ns.get(thread.tid) or thread.tid, regs=bytes(thread.regs),
+            xstate=thread.xstate, sigmask=thread.sigmask,
+            sigpend=facts.sigpend if facts else 0, utime=facts.utime if facts else 0,
+            stime=facts.stime if facts else 0))
+    return [t.tid for t in held], states, taskinfo.process_facts(pid)
+
+
+def process_state(child: int, name: str, facts: taskinfo.ProcessFacts, mem: int,
+                  vmas: list[maps.Vma], root: str) -> corenotes.ProcessState:
+    try:
+        args = corewriter.read_memory(mem, max(0, facts.arg_end - facts.arg_start),
+                                      facts.arg_start)
+    except OSError:
+        args = b""
+    return corenotes.ProcessState(
+        pid=facts.pid, ppid=facts.ppid, pgrp=facts.pgrp, sid=facts.sid, uid=facts.uid,
+        gid=facts.gid, comm=name, args=args, nice=facts.nice, flags=facts.flags,
+        hz=os.sysconf("SC_CLK_TCK"), cutime=facts.cutime, cstime=facts.cstime,
+        signo=int(signal.SIGABRT), sender_pid=facts.sender_pid, sender_uid=os.getuid(),
+        auxv=taskinfo.auxv(child), files=corewriter.file_entries(vmas, root))
+
+
+def plan(child: int, name: str, states, facts, mem: int, pagemap: int) -> Layout:
+    """The whole core's layout, before a byte of memory is copied."""
+    vmas = maps.read_smaps(child)
+    try:
+        root = os.readlink(f"/proc/{child}/root")
+    except OSError:
+        root = "/"
+    loads = corewriter.plan_loads(child, vmas, mem, pagemap)
+    notes = corenotes.all_notes(process_state(child, name, facts, mem, vmas, root), states)
+    return Layout(loads, notes)
+
+
+def open_sink(output: Output, name: str):
+    """The sink and the file it writes (None for a stream).  A file is made
+    new (O_EXCL, never following a link) under the hidden name that
+    store.publish later turns into its own."""
+    if output.stream is not None:
+        sink = zstd_sink(output.stream) if output.compress else \
+            StreamSink(FdWriter(output.stream))
+        return sink, None, -1
+    if output.compress:
+        name += ".zst"
+    partial = store.partial_name(name)
+    try:
+        dir_fd = os.open(output.directory, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+        try:
+            fd = os.open(partial, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW
+                         | os.O_CLOEXEC, 0o600, dir_fd=dir_fd)
+        finally:
+            os.close(dir_fd)
+    except OSError as exc:
+        raise OutputError(f"cannot create the core in {output.directory}: {exc.strerror}",
+                          "check permissions there", stage=Stage.CORE,
+                          setting="output_dir") from None
+    sink = zstd_sink(fd) if output.compress else FileSink(fd)
+    return sink, output.directory / partial, fd
+
+
+def run_writer(pre, layout: Layout, mem: int, sink, limits: DumpLimits,
+               kid) -> tuple[float, Controller]:
+    """Write in a thread of snapcore's own that puts itself at the idle level
+    (SCHED_IDLE, I/O class idle); meanwhile the dump's controller steps that
+    thread up, by its id, and abandons the dump, exactly as it does for the
+    kernel's dump in the child."""
+    progress = corewriter.Progress(total=layout.data_bytes())
+    started = threading.Event()
+    outcome: dict = {}
+
+    def work() -> None:
+        # SIGCHLD stays blocked here, as in every thread of snapcore (cli/app.py):
+        # a thread that took it would steal the waits' notifications.
+        outcome["tid"] = threading.get_native_id()
+        try:
+            priority.apply(outcome["tid"], priority.IDLE)
+        except OSError as exc:
+            outcome["failed"] = f"the writer stays at snapcore's priority: {exc.strerror}"
+        started.set()
+        try:
+            corewriter.write(layout, mem, sink, progress)
+        except BaseException as exc:  # handed to the waiting thread
+            outcome["error"] = exc
+
+    thread = threading.Thread(target=work, name="snapcore-writer", daemon=True)
+    controller = Controller(lambda: progress.written, progress.total,
+                            ladder(*priority.own_level(pre.target.pid)),
+                            deadline=limits.deadline, max_dump_time=limits.max_dump_time,
+                            memory=MemoryWatch(pre.memory_room, pre.memory_limit_file),
+                            progress=limits.progress)
+    t0 = time.monotonic()
+    thread.start()
+    try:
+        started.wait()
+        if "failed" in outcome:
+            controller.notes.append(outcome["failed"])
+        controller.start()
+        while thread.is_alive():
+            thread.join(0.25)
+            if thread.is_alive() and controller.tick([outcome["tid"]]):
+                progress.cancelled = True
+                dump.kill(kid)  # its copies are what the memory rule is about
+    finally:
+        progress.cancelled = True  # an interrupt: the writer stops at its next block
+        thread.join()
+    if limits.progress is not None:
+        limits.progress(progress.written, progress.total)
+    error = outcome.get("error")
+    if error is not None and not controller.failure:
+        _raise(error)
+    return time.monotonic() - t0, controller
+
+
+def _raise(error: BaseException) -> None:
+    if isinstance(error, corewriter.ProcessGone):
+        raise CoreNotWritten("the snapshot child was killed while its core was written",
+                             "no core was written; the target is unharmed",
+                             stage=Stage.DUMP) from None
+    if isinstance(error, OSError):
+        raise OutputError(f"writing the core failed: {error.strerror}",
+                          "check free space and the output", stage=Stage.DUMP) from None
+    raise error
+
+
+def dump_and_store(pre, forked, kid, gathered, pidfd: int, stop_timeout: float,
+                   allow_undumpable: bool, limits: DumpLimits, output: Output,
+                   taken_at: datetime) -> Snapshot:
+    """The phase after the window with snapcore's writer: the child made
+    harmless, its core written, the child killed and reaped as for the kernel's
+    dump.  The core is left under its hidden name for snapshot.py to publish."""
+    target = pre.target
+    tids, states, facts = gathered
+    path, fd, reap_pause = None, -1, 0.0
+    try:
+        childmod.prepare_still(kid, pre.syscall_at, allow_undumpable=allow_undumpable,
+                               deadline=time.monotonic() + 30)
+        mem, pagemap = corewriter.open_memory(kid.pid)
+        try:
+            layout = plan(kid.pid, target.name, states, facts, mem, pagemap)
+            sink, path, fd = open_sink(output, placement.core_name(target.name, target.pid,
+                                                                     taken_at))
+            seconds, controller = run_writer(pre, layout, mem, sink, limits, kid)
+        finally:
+            for d in (mem, pagemap):
+                os.close(d)
+        _abandoned(controller, target.pid)
+    except NoSuchProcess as exc:
+        raise CoreNotWritten(f"the snapshot child ended before its dump ({exc.message})",
+                             "no core was written; the target is unharmed",
+                             pid=target.pid, stage=Stage.CHILD) from None
+    except BaseException:
+        if path is not None:
+            path.unlink(missing_ok=True)
+        raise
+    finally:
+        if fd >= 0:
+            os.close(fd)
+        with interrupts.cleanup():
+            dump.kill(kid)
+            if forked.adopted:
+                reap_pause = reap_adopted(pre, pidfd, forked.child_ns_pid, kid.guard,
+                                          stop_timeout, kid.notes)
+    return Snapshot(
+        target=target, core_path=path, core_size=sink.out_bytes, pause=forked.timings,
+        reap_pause=reap_pause, dump_seconds=seconds, threads=len(states),
+        thread_map=[{"tid": tid, "name": thread_name(target.pid, tid), "core_lwp": s.tid,
+                     "child_tid": None} for tid, s in zip(tids, states)],
+        child_pid=kid.pid, core_pattern=pre.core_pattern, taken_at=taken_at,
+        notes=kid.notes + forked.notes + controller.notes,
+        priority_steps=controller.steps, writer="snapcore", streamed=output.stream is not None)
+
+
+def _abandoned(controller: Controller, pid: int) -> None:
+    """The controller gave the dump up: say why, as for the kernel's dump."""
+    if controller.failure == "max_dump_time":
+        raise CoreNotWritten(f"{controller.failure_text}; the writer was stopped",
+                             "snapshot when the machine is less busy, or allow a "
+                             "longer dump", pid=pid, stage=Stage.DUMP,
+                             setting="max_dump_time")
+    if controller.failure == "memory":
+        raise CoreNotWritten(f"{controller.failure_text} while the target rewrote its "
+                             "memory during the dump; the child was killed before the "
+                             "host ran short", "snapshot when the machine has more free "
+                             "memory or the target is quieter", pid=pid, stage=Stage.DUMP)
