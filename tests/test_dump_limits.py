@@ -76,8 +76,9 @@ def test_copy_on_write_pressure_steps_the_dump_up(start_victim, busyheap_exe, bu
         MEMORY_CGROUP.rmdir()
 
 
-def test_dump_longer_than_max_dump_time_is_killed(start_victim, busy_machine, out_dir):
-    victim = start_victim("fat")
+def test_dump_longer_than_max_dump_time_is_killed(start_victim, busyheap_exe, busy_machine,
+                                                  out_dir):
+    victim = start_victim("spin", exe=busyheap_exe, args=("256", "0"))  # not done in 0.3 s
     proc = run_snapcore("--dump-deadline", "0", "--max-dump-time", "0.3", "-o", str(out_dir),
                         str(victim.pid))
     assert proc.returncode == ExitCode.CORE_NOT_WRITTEN, proc.stderr

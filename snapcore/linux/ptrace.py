@@ -75,10 +75,14 @@ def seize(tid: int, options: int = 0) -> None:
 
     EPERM from a tracer that may trace anything means someone else traces
     the thread (another snapcore, gdb, strace): that is "busy", not a
-    missing privilege."""
+    missing privilege; or that it is exiting (ptrace_attach answers EPERM,
+    not ESRCH, to a task whose exit_state is set): that is "gone"."""
     try:
         _call(PTRACE_SEIZE, tid, 0, options, "seize")
     except PermissionDenied:
+        if procfs.gone(tid):
+            raise NoSuchProcess(f"thread {tid} exited while snapcore attached to it",
+                                pid=tid) from None
         try:
             tracer = int(procfs.read_status(tid).get("TracerPid", "0"))
         except OSError:
