@@ -80,9 +80,11 @@ options:
     description:
       - Who writes the core (C(snapcore --writer)). Passed to snapcore only
         when set.
-      - The C(--writer) option is not in snapcore 0.1.0; with such a snapcore,
-        setting O(writer) fails the task with snapcore's own message ("No such
-        option '--writer'", exit code 2). Leave it unset there.
+      - V(auto), snapcore's default, lets the kernel write where core_pattern
+        writes a file, and snapcore's own writer elsewhere (a crash handler's
+        pipe, a hard RLIMIT_CORE of 0, O(compress)); V(kernel) hands the core
+        to a pipe handler where there is one (snapcore then exits 9, which
+        this module does not count as a failure).
     type: str
     choices: [auto, kernel, snapcore]
   force:
