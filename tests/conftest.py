@@ -121,8 +121,8 @@ class Victim:
             try:
                 stat = Path(f"/proc/{self.pid}/task/{tid}/stat").read_text()
                 tracer = Path(f"/proc/{self.pid}/task/{tid}/status").read_text()
-            except FileNotFoundError:
-                continue  # a thread that ended meanwhile
+            except (FileNotFoundError, ProcessLookupError):
+                continue  # a thread that ended meanwhile (ESRCH once it is reaped)
             assert stat.rsplit(")", 1)[1].split()[0] not in "tT", f"thread {tid} left stopped"
             assert "TracerPid:\t0\n" in tracer, f"thread {tid} left traced"
         children = psutil.Process(self.pid).children()

@@ -96,8 +96,8 @@ class Controller:
         self.started = time.monotonic()
         self.level = 0
         self._window(self.started, 0, [])
-        if self.memory is not None:
-            self.memory.begin()
+        if self.memory is not None and not self.memory.start:
+            self.memory.begin()  # else begun before the fork, as it should be
 
     def _window(self, now: float, written: int, tasks: list[int]) -> None:
         self.window_at, self.window_bytes = now, written

@@ -72,3 +72,6 @@ class DumpLimits:
     max_dump_time: float = 0.0  # kill a dump that lasts longer; 0: no limit
     progress: object = None  # (bytes written, bytes expected) -> None, while dumping
     expected: int = 0  # the preflight's estimate of the core's size
+    # controller.MemoryWatch, begun just before the fork: the copies start the
+    # moment the target is released, long before the dump does.
+    memory: object = None

@@ -9,7 +9,7 @@ import os
 import shutil
 import signal
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -51,6 +51,9 @@ def fork_and_dump(pre: preflight.Preflight, output_dir: Path, staging: Path | No
     target, pattern = pre.target, pre.core_pattern
     guard = seccomp.Guard(pre.filters, arch.AUDIT_ARCH)
     taken_at = datetime.now(timezone.utc)
+    memory = MemoryWatch(pre.memory_room, pre.memory_limit_file)
+    memory.begin()
+    dump_limits = replace(dump_limits, memory=memory)
     forked = forkmod.fork(target.pid, pre.syscall_at,
                           threads=target.threads if all_threads else None,
                           timeout=stop_timeout, check=identity_check(pre, pidfd, Stage.CAPTURE),
@@ -99,8 +102,7 @@ def _dump(run: _Dump, pidfd: int, stop_timeout: float, allow_undumpable: bool,
                             dump_limits.expected, ladder(*priority.own_level(target.pid)),
                             deadline=dump_limits.deadline,
                             max_dump_time=dump_limits.max_dump_time,
-                            memory=MemoryWatch(pre.memory_room, pre.memory_limit_file),
-                            progress=dump_limits.progress)
+                            memory=dump_limits.memory, progress=dump_limits.progress)
     reap_pause = 0.0
     try:
         deadline = time.monotonic() + 30 + 0.01 * len(forked.others)

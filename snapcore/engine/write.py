@@ -22,7 +22,7 @@ from snapcore.engine import child as childmod
 from snapcore.engine import dump, interrupts
 from snapcore.engine.identity import reap_adopted
 from snapcore.engine.result import DumpLimits, Output, Snapshot
-from snapcore.engine.controller import Controller, MemoryWatch, ladder
+from snapcore.engine.controller import Controller, ladder
 from snapcore.errors import CoreNotWritten, NoSuchProcess, OutputError, Stage
 from snapcore.linux import maps, priority, taskinfo
 from snapcore.linux.inject import HeldThread
@@ -126,8 +126,7 @@ def run_writer(pre, layout: Layout, mem: int, sink, limits: DumpLimits,
     controller = Controller(lambda: progress.written, progress.total,
                             ladder(*priority.own_level(pre.target.pid)),
                             deadline=limits.deadline, max_dump_time=limits.max_dump_time,
-                            memory=MemoryWatch(pre.memory_room, pre.memory_limit_file),
-                            progress=limits.progress)
+                            memory=limits.memory, progress=limits.progress)
     t0 = time.monotonic()
     thread.start()
     try:
