@@ -36,7 +36,12 @@ HERE = Path(__file__).parent
 TARGET = HERE.parent / "tests" / "targets" / "busyheap.c"
 
 
+COMMAND: list[str] = []  # --snapcore, else snapcore on PATH, else python3 -m snapcore
+
+
 def snapcore_command() -> list[str]:
+    if COMMAND:
+        return COMMAND
     found = shutil.which("snapcore")
     return [found] if found else [sys.executable, "-m", "snapcore"]
 
@@ -109,7 +114,11 @@ def main(argv=None) -> int:
     parser.add_argument("--hogs", type=int, default=4, metavar="N",
                         help="spinning processes that saturate the machine "
                              "(default: %(default)s)")
+    parser.add_argument("--snapcore", metavar="PATH",
+                        help="the snapcore command to time (default: snapcore on PATH); "
+                             "time an installed one (install.sh): its bytecode is compiled")
     args = parser.parse_args(argv)
+    COMMAND[:] = [args.snapcore] if args.snapcore else []
     build = Path(tempfile.mkdtemp(prefix="snapcore-bench-"))
     exe = build / "busyheap"
     subprocess.run(["gcc", "-O2", "-pthread", "-o", str(exe), str(TARGET)], check=True)

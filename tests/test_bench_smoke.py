@@ -35,7 +35,7 @@ def test_bench_smoke_run_produces_a_table(tmp_path):
 @pytest.mark.parametrize("script, wanted", [
     ("pause.py", {"--sizes", "--threads", "--runs", "--cow-pages", "--tools", "--plot",
                   "--json"}),
-    ("busy.py", {"--runs", "--mb", "--hogs"}),
+    ("busy.py", {"--runs", "--mb", "--hogs", "--snapcore"}),
 ])
 def test_bench_help_explains_every_option(script, wanted):
     proc = subprocess.run([sys.executable, str(ROOT / "bench" / script), "--help"],
