@@ -24,6 +24,7 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass, field
 
+from snapcore.errors import CoreNotWritten, Stage
 from snapcore.linux import cgroups, priority
 from snapcore.linux.priority import IDLE, Level
 from snapcore.units import human
@@ -173,6 +174,21 @@ class Controller:
                 record["error"] = exc.strerror  # not permitted, say so and go on
         self.steps.append(record)
         self.level = to
+
+    def raise_failure(self, pid: int, ended: str) -> None:
+        """The dump was abandoned: say why, in one line (`ended`: what became
+        of the dump, the child killed or the writer stopped)."""
+        if self.failure == "max_dump_time":
+            raise CoreNotWritten(f"{self.failure_text}; {ended}",
+                                 "snapshot when the machine is less busy, or allow a "
+                                 "longer dump", pid=pid, stage=Stage.DUMP,
+                                 setting="max_dump_time")
+        if self.failure == "memory":
+            raise CoreNotWritten(f"{self.failure_text} while the target rewrote its "
+                                 "memory during the dump; the child was killed before the "
+                                 "host ran short", "snapshot when the machine has more "
+                                 "free memory or the target is quieter", pid=pid,
+                                 stage=Stage.DUMP)
 
     def _abandon(self, failure: str, text: str, tasks: list[int]) -> bool:
         """Raise the dump to the top first: an idle task being killed still

@@ -147,16 +147,7 @@ def _store(run: _Dump, snap: Snapshot, ended: stops.Stop, controller: Controller
                               "snapcore cannot rewrite there: gdb lists each thread "
                               "twice, once without registers (thread_map gives the pairs)")
         return snap
-    if controller.failure == "max_dump_time":
-        raise CoreNotWritten(f"{controller.failure_text}; the child was killed",
-                             "snapshot when the machine is less busy, or allow a "
-                             "longer dump", pid=pid, stage=Stage.DUMP,
-                             setting="max_dump_time")
-    if controller.failure == "memory":
-        raise CoreNotWritten(f"{controller.failure_text} while the target rewrote its "
-                             "memory during the dump; the child was killed before the "
-                             "host ran short", "snapshot when the machine has more free "
-                             "memory or the target is quieter", pid=pid, stage=Stage.DUMP)
+    controller.raise_failure(pid, "the child was killed")
     if not ended.core_dumped:
         raise CoreNotWritten(_why_no_core(target, ended, pattern, run.staging, kid),
                              pid=pid, stage=Stage.DUMP)

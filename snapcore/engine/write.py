@@ -182,7 +182,7 @@ def dump_and_store(pre, forked, kid, gathered, pidfd: int, stop_timeout: float,
         finally:
             for d in (mem, pagemap):
                 os.close(d)
-        _abandoned(controller, target.pid)
+        controller.raise_failure(target.pid, "the writer was stopped")
     except NoSuchProcess as exc:
         raise CoreNotWritten(f"the snapshot child ended before its dump ({exc.message})",
                              "no core was written; the target is unharmed",
@@ -207,17 +207,3 @@ def dump_and_store(pre, forked, kid, gathered, pidfd: int, stop_timeout: float,
         child_pid=kid.pid, core_pattern=pre.core_pattern, taken_at=taken_at,
         notes=kid.notes + forked.notes + controller.notes,
         priority_steps=controller.steps, writer="snapcore", streamed=output.stream is not None)
-
-
-def _abandoned(controller: Controller, pid: int) -> None:
-    """The controller gave the dump up: say why, as for the kernel's dump."""
-    if controller.failure == "max_dump_time":
-        raise CoreNotWritten(f"{controller.failure_text}; the writer was stopped",
-                             "snapshot when the machine is less busy, or allow a "
-                             "longer dump", pid=pid, stage=Stage.DUMP,
-                             setting="max_dump_time")
-    if controller.failure == "memory":
-        raise CoreNotWritten(f"{controller.failure_text} while the target rewrote its "
-                             "memory during the dump; the child was killed before the "
-                             "host ran short", "snapshot when the machine has more free "
-                             "memory or the target is quieter", pid=pid, stage=Stage.DUMP)
