@@ -19,26 +19,15 @@
 #include <string.h>
 #include <sys/mman.h>
 
-#include "report.h"
+#include "blocked.h"
 
 #define PATTERN_SIZE (64 * 1024)
 #define DONTDUMP_SIZE (1024 * 1024)
 #define RESERVATION (8ULL << 30)
 
-static pthread_barrier_t started;
-static pthread_mutex_t held_mutex = PTHREAD_MUTEX_INITIALIZER;
-static pthread_mutex_t cond_mutex = PTHREAD_MUTEX_INITIALIZER;
-static pthread_cond_t never = PTHREAD_COND_INITIALIZER;
-static int pipe_fds[2];
-static volatile uint64_t sink;
 static const uint8_t ymm_value[32] __attribute__((aligned(32))) = {
     0x01, 0x02, 0x03, 0x04, 0x05, 0x06, 0x07, 0x08, 0x09, 0x0a, 0x0b, 0x0c, 0x0d, 0x0e, 0x0f, 0x10,
     0x11, 0x12, 0x13, 0x14, 0x15, 0x16, 0x17, 0x18, 0x19, 0x1a, 0x1b, 0x1c, 0x1d, 0x1e, 0x1f, 0x20};
-
-static void announce(const char *name)
-{
-    report("thread %s %d", name, (int)gettid());
-}
 
 static void long_sleep(void)
 {
@@ -64,50 +53,6 @@ static void *sleeper2_thread(void *arg)
     return NULL;
 }
 
-static void *condvar_thread(void *arg)
-{
-    (void)arg;
-    announce("condvar_thread");
-    pthread_mutex_lock(&cond_mutex);
-    pthread_barrier_wait(&started);
-    for (;;)
-        pthread_cond_wait(&never, &cond_mutex);
-    return NULL;
-}
-
-static void *pipe_reader_thread(void *arg)
-{
-    char c;
-    (void)arg;
-    announce("pipe_reader_thread");
-    pthread_barrier_wait(&started);
-    for (;;) {
-        ssize_t n = read(pipe_fds[0], &c, 1);
-        report("VIOLATION pipe read returned %zd: %s", n, n < 0 ? strerror(errno) : "data");
-        sleep(1);
-    }
-    return NULL;
-}
-
-__attribute__((noinline)) static void busy_thread_loop(void)
-{
-    uint64_t x = 1;
-    for (;;) {
-        for (int i = 0; i < 1000000; i++)
-            x = x * 6364136223846793005ULL + 1442695040888963407ULL;
-        sink = x;
-    }
-}
-
-static void *busy_thread(void *arg)
-{
-    (void)arg;
-    announce("busy_thread");
-    pthread_barrier_wait(&started);
-    busy_thread_loop();
-    return NULL;
-}
-
 static void *ymm_thread(void *arg)
 {
     (void)arg;
@@ -125,23 +70,13 @@ static void *ymm_thread(void *arg)
     return NULL;
 }
 
-static void *mutex_waiter_thread(void *arg)
-{
-    (void)arg;
-    announce("mutex_waiter_thread");
-    pthread_barrier_wait(&started);
-    pthread_mutex_lock(&held_mutex); /* main never lets go */
-    report("VIOLATION mutex_waiter got the mutex");
-    return NULL;
-}
-
 __attribute__((noinline)) static void main_busy(void)
 {
     uint64_t x = 7;
     for (long round = 0;; round++) {
         for (int i = 0; i < 2000000; i++)
             x = x * 2862933555777941757ULL + 3037000493ULL;
-        sink = x;
+        busy_sink = x;
         if (round % 64 == 0)
             after_each_round();
     }
