@@ -102,13 +102,7 @@ def prepare(child: Child, at: int, *, core_hard: int, staging: str | None, name:
     staging directory as cwd, no open files, the OOM killer's first choice.
     It waits at a syscall stop, with a scratch page mapped, for `resurrect`."""
     pid = child.pid
-    wait_for_interrupt_stop(pid, deadline)  # auto-attached children start in an event stop
-    base = ptrace.get_regs(pid)
-
-    def call(syscall_name: str, *args: int) -> int:
-        return syscall(pid, base, at, arch.NR[syscall_name], *args, deadline=deadline,
-                       guard=child.guard)[0]
-
+    call = _injector(child, at, deadline)
     _check_dumpable(child, call, allow_undumpable)
     scratch = _scratch_page(pid, call, core_hard, staging, name)
     # Must succeed, or there is no core (or a core somewhere unexpected).
@@ -138,17 +132,22 @@ def prepare_still(child: Child, at: int, *, allow_undumpable: bool, deadline: fl
     no open files, the OOM killer's first choice, and nothing else.  No page
     is mapped and no setting changed that the core would show; the child
     never runs an instruction of the target and never takes a signal."""
-    pid = child.pid
-    wait_for_interrupt_stop(pid, deadline)  # auto-attached children start in an event stop
-    base = ptrace.get_regs(pid)
+    call = _injector(child, at, deadline)
+    _check_dumpable(child, call, allow_undumpable, writer="snapcore")
+    _close_files(child.pid, call)
+    _oom_first(child)
+
+
+def _injector(child: Child, at: int, deadline: float):
+    """call(name, *args) -> the return of that syscall run in the stopped child,
+    from the registers it has now (an auto-attached child starts in an event stop)."""
+    wait_for_interrupt_stop(child.pid, deadline)
+    base = ptrace.get_regs(child.pid)
 
     def call(syscall_name: str, *args: int) -> int:
-        return syscall(pid, base, at, arch.NR[syscall_name], *args, deadline=deadline,
+        return syscall(child.pid, base, at, arch.NR[syscall_name], *args, deadline=deadline,
                        guard=child.guard)[0]
-
-    _check_dumpable(child, call, allow_undumpable, writer="snapcore")
-    _close_files(pid, call)
-    _oom_first(child)
+    return call
 
 
 def _oom_first(child: Child) -> None:
