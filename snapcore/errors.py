@@ -41,7 +41,7 @@ class Stage(str, enum.Enum):
     CHILD = "child"  # making the child safe
     DUMP = "dump"  # the kernel writing the core
     CORE = "core"  # finding, checking and storing the core
-    REAP = "reap"  # the second stop, for a CLONE_PARENT child
+    REAP = "reap"  # the fork thread reaping what it made, and leaving
     COMPRESS = "compress"
     STACKS = "stacks"
     WATCH = "watch"

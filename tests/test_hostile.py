@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import os
 import random
+import re
 import shutil
 import signal
 import stat
@@ -144,20 +145,11 @@ def snap(out_dir: Path, pid: int, staging: Staging | None = None) -> tuple[int, 
     return proc.returncode, outcome(proc.returncode, out, err)
 
 
-def exit_signal(pid: int) -> int | None:
-    try:
-        return int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[35])
-    except (FileNotFoundError, ProcessLookupError):
-        return None
-
-
-def harm(victim, leftover_ok: bool = False, allowed: frozenset = frozenset()) -> list[str]:
-    """Everything wrong with the target right now (empty: unharmed).
-
-    leftover_ok: a zombie with exit signal 0 is accepted — the intermediate
-    task of a snapcore SIGKILLed during the fork (invisible to the target's
-    wait(); named snapcore-fork, the next snapshot reaps it; README, safety
-    rules).  `allowed`: zombies accepted by pid."""
+def harm(victim, allowed: frozenset = frozenset()) -> list[str]:
+    """Everything wrong with the target right now (empty: unharmed): dead,
+    stopped, traced, a child (zombies included), a thread snapcore added
+    (snapcore-fork) still there, a violation it reported.  `allowed`: zombies
+    accepted by pid."""
     if victim.proc.poll() is not None:
         return [f"target died: {victim.proc.returncode}"]
     problems = []
@@ -174,6 +166,8 @@ def harm(victim, leftover_ok: bool = False, allowed: frozenset = frozenset()) ->
         letter = state.rsplit(")", 1)[1].split()[0]
         if letter in "tT":
             problems.append(f"thread {tid} left stopped ({letter})")
+        if status.startswith("Name:\tsnapcore-fork\n"):
+            problems.append(f"thread {tid} is snapcore's fork thread, still there")
         if "TracerPid:\t0\n" not in status:
             tracer = status.split("TracerPid:\t", 1)[1].split()[0]
             problems.append(f"thread {tid} left traced by {tracer}")
@@ -181,8 +175,7 @@ def harm(victim, leftover_ok: bool = False, allowed: frozenset = frozenset()) ->
     try:
         for child in psutil.Process(victim.pid).children():  # zombies included
             try:
-                if child.status() == psutil.STATUS_ZOMBIE and (
-                        child.pid in allowed or leftover_ok and exit_signal(child.pid) == 0):
+                if child.status() == psutil.STATUS_ZOMBIE and child.pid in allowed:
                     continue
                 children.append(f"{child.pid} ({child.status()})")
             except psutil.NoSuchProcess:
@@ -193,6 +186,13 @@ def harm(victim, leftover_ok: bool = False, allowed: frozenset = frozenset()) ->
         problems.append(f"target has children: {', '.join(children)}")
     problems += [x for x in victim.lines() if x.startswith("VIOLATION")]
     return problems
+
+
+def fork_pages(pid: int) -> list[int]:
+    """Pages a killed snapcore left (engine/leftovers.py recognises them)."""
+    from snapcore.engine.estimate import read_smaps
+    from snapcore.engine.leftovers import stale_pages
+    return stale_pages(pid, read_smaps(pid))
 
 
 def blocked_signals(pid: int) -> dict[str, str]:
@@ -207,12 +207,11 @@ def blocked_signals(pid: int) -> dict[str, str]:
     return masks
 
 
-def settled(victim, timeout: float = 2.0, leftover_ok: bool = False,
-            allowed: frozenset = frozenset()) -> list[str]:
+def settled(victim, timeout: float = 2.0, allowed: frozenset = frozenset()) -> list[str]:
     """Poll /proc until the target is unharmed; what is still wrong after `timeout`."""
     end = time.monotonic() + timeout
     while True:
-        problems = harm(victim, leftover_ok, allowed)
+        problems = harm(victim, allowed)
         if not problems or time.monotonic() > end:
             return problems
         time.sleep(0.02)
@@ -225,14 +224,26 @@ def incarnation(pid: int) -> int:
     return int(args[3]) if len(args) > 4 else 0
 
 
+# An exec during the dump ends the fork thread (de_thread) and passes the
+# child to the thread that exec'd: snapcore ends the child before that exec
+# completes (no SIGCHLD for it), and a zombie with exit signal 0 stays, which
+# only a __WALL wait (this target's check) finds (docs/kernel-notes.md).
+EXEC_LEFTOVER = re.compile(
+    r"VIOLATION waitpid\(__WALL\) reaped child \d+ \(status 0x(9|86)\) in \d+")  # killed; dumped
+
+
 def test_exec_loop_target_survives_repeated_snapshots(start_victim, hostile_exe, out_dir):
     victim = start_victim("exec_loop", exe=hostile_exe)
-    codes = []
+    codes, exec_mid_dump, said_all = [], 0, []
     for i in range(15):
         code, doc = snap(out_dir, victim.pid)
         codes.append(code)
         assert code in (0, ExitCode.NO_SUCH_PROCESS, ExitCode.UNSUPPORTED), \
             f"snapshot {i}: exit {code}: {summary(json.dumps(doc))}"
+        said = doc["error"]["message"] if code else " ".join(doc.get("notes", []))
+        said_all.append((code, said))
+        if code in (0, ExitCode.NO_SUCH_PROCESS) and "during the snapshot" in said:
+            exec_mid_dump += 1
         assert victim.proc.poll() is None, \
             f"target died ({victim.proc.returncode}) in snapshot {i}: {doc}\n{harm(victim)}"
         if code == 0:
@@ -246,9 +257,12 @@ def test_exec_loop_target_survives_repeated_snapshots(start_victim, hostile_exe,
     while incarnation(victim.pid) < start + 3:
         assert time.monotonic() < end, f"target stopped exec'ing at {start}: {harm(victim)}"
         time.sleep(0.02)
-    # ... and nothing happened to it: alive, untraced, no child, no violation.
-    assert settled(victim) == [], codes
-    victim.assert_unharmed()
+    # ... and nothing happened to it: alive, untraced, no child, no violation
+    # but the zombies an exec mid-dump leaves, one per such snapshot at most.
+    problems = settled(victim)
+    leftovers = [x for x in problems if EXEC_LEFTOVER.fullmatch(x)]
+    assert len(leftovers) <= exec_mid_dump, (said_all, problems)
+    assert [x for x in problems if x not in leftovers] == [], (said_all, problems)
 
 
 # 2. The target exits during the dump and its pid goes to an innocent process.
@@ -446,7 +460,6 @@ def test_sigkill_at_random_moments(start_victim, threads_exe, fat_preload, big_o
     assert settled(victim) == []
 
     masks = blocked_signals(victim.pid)  # a killed snapcore must leave every mask as it was
-    unnamed: set[int] = set()
     seed = int(os.environ.get("HOSTILE_SEED", time.time()))
     rng = random.Random(seed)
     for i in range(30):
@@ -456,13 +469,9 @@ def test_sigkill_at_random_moments(start_victim, threads_exe, fat_preload, big_o
         time.sleep(delay)  # the random moment itself: nothing to poll for
         proc.kill()
         proc.wait()
-        problems = settled(victim, leftover_ok=True)
-        # A kill in the microseconds between the intermediate task's birth
-        # and its naming leaves a zombie no later snapshot can tell apart
-        # from the program's own: accepted by pid, documented.
-        unnamed |= {c.pid for c in psutil.Process(victim.pid).children()
-                    if c.status() == psutil.STATUS_ZOMBIE and c.name() != "snapcore-fork"
-                    and exit_signal(c.pid) == 0}
+        # The fork thread, let go in its page, reaps the child and exits by
+        # itself: no zombie, no thread of snapcore's stays; only its page.
+        problems = settled(victim, timeout=10)
         now = blocked_signals(victim.pid)
         problems += [f"thread {t} signal mask {now[t]} (was {masks[t]})"
                      for t in now if t in masks and now[t] != masks[t]]
@@ -487,6 +496,7 @@ def test_sigkill_at_random_moments(start_victim, threads_exe, fat_preload, big_o
                 json.loads((out_dir / name).read_text())
             except json.JSONDecodeError:
                 raise AssertionError(f"record {name} is incomplete (HOSTILE_SEED={seed})")
-    assert settled(victim, allowed=frozenset(unnamed)) == []  # the named ones were reaped
+    assert settled(victim) == []
+    assert fork_pages(victim.pid) == [], "the last snapshot left, or did not clear, a page"
     beats = {x.split()[1] for x in victim.lines() if x.startswith("hb ")}
     assert beats <= {str(victim.pid)}, f"heartbeats from another pid: {beats}"

@@ -284,7 +284,7 @@ def test_modules_and_functions_stay_small():
 
 
 def test_every_planned_syscall_has_a_number():
-    from snapcore.engine.checks_process import planned_syscalls
+    from snapcore.engine.checks_seccomp import planned_syscalls
     calls = planned_syscalls(threads=3)
     assert {name for _where, name, _args in calls} <= set(arch.NR)
     assert ("target", "clone") in {(where, name) for where, name, _ in calls}

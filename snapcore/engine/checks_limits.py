@@ -101,10 +101,11 @@ def _oom_group(pre: Preflight, worst: int, available: int, problems, warnings) -
 
 
 def tasks_added(threads: int, writer: str = "kernel") -> int:
-    """Most tasks a snapshot adds at once: in the window the intermediate task
-    and the child; then, for the kernel's writer, the child and one recreated
-    thread per other thread (snapcore's writer recreates none)."""
-    return 2 if writer == "snapcore" else max(2, threads)
+    """Most tasks a snapshot adds at once, for the whole dump: the fork
+    thread, the sentinel and the child (engine/forkthread.py), and for the
+    kernel's writer one recreated thread in the child per other thread
+    (snapcore's writer recreates none)."""
+    return 3 if writer == "snapcore" else threads + 2
 
 
 def _tasks_of_user(uid: int) -> int:

@@ -8,13 +8,9 @@ from __future__ import annotations
 import os
 
 
-from snapcore.engine import child as childmod
-from snapcore.engine import fork
-from snapcore.engine.verdicts import OK, REFUSE, WARN, Options, Preflight
-from snapcore.errors import SnapcoreError
-from snapcore.linux import arch, cgroups, ptrace, seccomp
+from snapcore.engine.verdicts import OK, REFUSE, WARN, Preflight
+from snapcore.linux import arch, cgroups
 from snapcore.linux.procfs import ancestors, thread_name, thread_state
-from snapcore.linux.window import peek
 
 CAP_SYS_PTRACE = 19
 
@@ -117,69 +113,6 @@ def _safe_state(pid: int, tid: int) -> str:
         return thread_state(pid, tid)
     except OSError:
         return "?"
-
-
-def planned_syscalls(threads: int) -> list[tuple[str, str, tuple[int, ...]]]:
-    """Every syscall snapcore injects: (where, name, args), pointers and pids as 0.
-    The engine checks each again just before it runs, with its real arguments."""
-    calls = [("target", "clone", (fork.INTERMEDIATE_FLAGS, 0, 0, 0, 0)),
-             ("target", "wait4", (0, 0, fork.REAP_OPTIONS, 0)),
-             ("target", "prctl", (fork.PR_GET_CHILD_SUBREAPER, 0)),
-             ("target", "prctl", (fork.PR_SET_NAME, 0)),
-             ("target", "mmap", (0, arch.PAGE_SIZE, fork.PROT_READ_WRITE,
-                                 fork.MAP_PRIVATE_ANONYMOUS, -1, 0)),
-             ("target", "munmap", (0, arch.PAGE_SIZE)),
-             ("target", "clone", (fork.SNAPSHOT_FLAGS, 0, 0, 0, 0)),
-             ("target", "clone", (fork.SNAPSHOT_FLAGS_ADOPTED, 0, 0, 0, 0))]
-    for name, args in childmod.CHILD_SYSCALLS:
-        calls.append(("child", name, args))
-    calls.append(("child", "close", (0,)))  # close_range's fallback, kernels before 5.9
-    if threads > 1:
-        calls.append(("child", "clone", (childmod.CLONE_THREAD_FLAGS, 0, 0, 0, 0)))
-    return calls
-
-
-def check_seccomp(pre: Preflight, opts: Options, candidates: list[int]) -> None:
-    """Judge every planned syscall at each candidate `syscall` instruction (a
-    filter may look at the instruction pointer) and keep the first address
-    where all would run."""
-    t = pre.target
-    if t.seccomp == 0:
-        pre.add("seccomp", OK, "no seccomp filter")
-        return
-    if t.seccomp == 1:
-        pre.add("seccomp", REFUSE, f"process {t.pid} ({t.name}) runs in strict seccomp "
-                "mode: any injected syscall but read/write/exit kills it",
-                "it cannot be snapshot safely")
-        return
-    if not _has_cap(CAP_SYS_ADMIN):
-        pre.add("seccomp", REFUSE, f"process {t.pid} ({t.name}) has seccomp filters, and "
-                "reading them needs CAP_SYS_ADMIN", "run as root (sudo)")
-        return
-    try:
-        raw = peek(t.pid, ptrace.seccomp_filters, opts.timeout)  # SIGCHLD: see run()
-        pre.filters = [seccomp.parse(r) for r in raw]
-        guard = seccomp.Guard(pre.filters, arch.AUDIT_ARCH)
-        blocked: list[str] = []
-        for at in candidates:
-            blocked = [f"{name} in the {where}: {seccomp.describe(ret)}"
-                       for where, name, args in planned_syscalls(len(t.threads))
-                       if seccomp.action(ret := guard.allows(arch.NR[name], args, at))
-                       not in seccomp.HARMLESS]
-            if not blocked:
-                pre.syscall_at = at
-                break
-    except (SnapcoreError, seccomp.FilterError) as exc:
-        pre.add("seccomp", REFUSE, f"cannot evaluate the seccomp filters of {t.pid}: "
-                f"{exc}", "leave this process alone, or snapshot it with gcore")
-        return
-    if blocked:
-        pre.add("seccomp", REFUSE, f"the seccomp filters of {t.pid} ({t.name}) would not "
-                f"allow {'; '.join(blocked)}", "an injected syscall must never be denied "
-                "or kill the process: it cannot be snapshot safely")
-    else:
-        pre.add("seccomp", OK, f"{len(pre.filters)} seccomp filter(s) allow every injected "
-                f"syscall from {pre.syscall_at:#x}")
 
 
 def check_dumpable(pre: Preflight) -> None:

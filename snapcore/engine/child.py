@@ -14,11 +14,11 @@ import signal
 from dataclasses import dataclass, field
 
 from snapcore.errors import CoreNotWritten, InternalError, NoSuchProcess, NotDumpable, Stage
-from snapcore.linux import arch, ptrace
-from snapcore.linux.inject import HeldThread, syscall, wait_for_interrupt_stop
+from snapcore.linux import abi, arch, ptrace
+from snapcore.linux.inject import HeldThread, TargetReplaced, syscall, wait_for_interrupt_stop
 
-PROT_READ_WRITE = 0x3
-MAP_PRIVATE_ANONYMOUS = 0x22
+PROT_READ_WRITE = abi.PROT_READ | abi.PROT_WRITE
+MAP_PRIVATE_ANONYMOUS = abi.MAP_PRIVATE | abi.MAP_ANONYMOUS
 SCHED_IDLE = 5
 PRIO_PROCESS = 0
 IOPRIO_WHO_PROCESS = 1
@@ -34,15 +34,16 @@ _PATH_AT = 256  # the staging directory, NUL-terminated
 
 
 # A thread of the child that shares everything with it, like a pthread.
-CLONE_THREAD_FLAGS = (0x100 | 0x200 | 0x400 | 0x800  # VM, FS, FILES, SIGHAND
-                      | 0x10000 | 0x40000)  # THREAD, SYSVSEM
-PR_GET_DUMPABLE = 3
-PR_SET_DUMPABLE = 4
-PR_SET_NAME = 15
+CLONE_THREAD_FLAGS = (abi.CLONE_VM | abi.CLONE_FS | abi.CLONE_FILES | abi.CLONE_SIGHAND
+                      | abi.CLONE_THREAD | abi.CLONE_SYSVSEM)
+PR_GET_DUMPABLE = abi.PR_GET_DUMPABLE
+PR_SET_DUMPABLE = abi.PR_SET_DUMPABLE
+PR_SET_NAME = abi.PR_SET_NAME
 
 # What runs inside the child, pointers as 0: the seccomp preflight evaluates
 # exactly these (plus the CLONE_THREAD clone when there are threads).
 CHILD_SYSCALLS = [
+    ("munmap", (0, arch.PAGE_SIZE)),  # the fork thread's page: not the target's
     ("mmap", (0, arch.PAGE_SIZE, PROT_READ_WRITE, MAP_PRIVATE_ANONYMOUS, -1, 0)),
     ("prlimit64", (0, RLIMIT_CORE, 0, 0)),
     ("rt_sigaction", (signal.SIGABRT, 0, 0, arch.KERNEL_SIGSET_SIZE)),
@@ -72,7 +73,11 @@ class Child:
     # container's), which is what the kernel writes into the core's notes.
     ns_tids: dict[int, int] = field(default_factory=dict)
     scratch: int = 0  # a page mapped in the child for syscall arguments
-    guard: object = None  # seccomp.Guard: the child inherited the target's filters
+    guard: object = None  # seccomp.Guard: the child inherited the fork thread's filters
+    page: int = 0  # the fork thread's code page, which the child has a copy of
+    # keeper() -> False once the child's parent, the fork thread, has ended
+    # (the target exec'd or exited): the dump is then abandoned at once.
+    keeper: object = None
     oom_kills_before: int = field(default_factory=lambda: oom_kills())
 
     def oom_killed(self) -> bool:
@@ -80,6 +85,11 @@ class Child:
         counts its kills in /proc/vmstat; a SIGKILL of the child that
         snapcore did not send, with a new OOM kill, is the OOM killer's)."""
         return oom_kills() > self.oom_kills_before
+
+    def check_parent(self) -> None:
+        if self.keeper is not None and not self.keeper():
+            raise TargetReplaced("the process exec'd or exited during the snapshot",
+                                 "the snapshot was abandoned", stage=Stage.DUMP)
 
 
 def oom_kills() -> int:
@@ -103,6 +113,7 @@ def prepare(child: Child, at: int, *, core_hard: int, staging: str | None, name:
     It waits at a syscall stop, with a scratch page mapped, for `resurrect`."""
     pid = child.pid
     call = _injector(child, at, deadline)
+    _unmap_fork_page(child, call)
     _check_dumpable(child, call, allow_undumpable)
     scratch = _scratch_page(pid, call, core_hard, staging, name)
     # Must succeed, or there is no core (or a core somewhere unexpected).
@@ -133,15 +144,24 @@ def prepare_still(child: Child, at: int, *, allow_undumpable: bool, deadline: fl
     is mapped and no setting changed that the core would show; the child
     never runs an instruction of the target and never takes a signal."""
     call = _injector(child, at, deadline)
+    _unmap_fork_page(child, call)
     _check_dumpable(child, call, allow_undumpable, writer="snapcore")
     _close_files(child.pid, call)
     _oom_first(child)
 
 
+def _unmap_fork_page(child: Child, call) -> None:
+    """The child was forked by the fork thread, page and all: the core shows
+    the target's memory, not snapcore's page."""
+    if child.page and call("munmap", child.page, arch.PAGE_SIZE) < 0:
+        child.notes.append("the fork thread's page could not be unmapped from the child: "
+                           "the core shows one page more than the process has")
+
+
 def _injector(child: Child, at: int, deadline: float):
     """call(name, *args) -> the return of that syscall run in the stopped child,
-    from the registers it has now (an auto-attached child starts in an event stop)."""
-    wait_for_interrupt_stop(child.pid, deadline)
+    from the registers it has now (it waits in the event stop it was born in:
+    engine/forkthread.py took that stop to give it PTRACE_O_EXITKILL)."""
     base = ptrace.get_regs(child.pid)
 
     def call(syscall_name: str, *args: int) -> int:

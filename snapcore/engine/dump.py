@@ -62,6 +62,8 @@ def _collect(child: Child, deadline: float | None = None,
     ended = None
     while left:
         interrupts.check()  # a stop request Python could not raise where it landed
+        if controller is not None:  # the dump itself, not a clean-up
+            child.check_parent()
         for tid in list(left):
             stop = stops.try_wait(tid)
             if stop is None:

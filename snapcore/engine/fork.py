@@ -2,57 +2,37 @@
 
 Inside one window, with every target thread held in a plain interrupt stop:
 
-1. One thread (the runner) runs an injected clone(CLONE_VM|CLONE_FS|
-   CLONE_FILES) with exit signal 0: an intermediate task sharing the target's
-   memory.  No page tables are copied, so this takes microseconds, and only
-   then does the runner carry injected registers (and PTRACE_O_EXITKILL).
-   The runner is parked again with its own registers at once.
-2. The intermediate task, never running a single instruction of the target's
-   code, runs the real fork: the snapshot child, a copy-on-write image of the
-   target as it is held.  This is the page-table copy, the cost of fork().
-3. The intermediate task is killed, and reaped by a wait4 injected into the
-   runner, still inside the window.  The snapshot child is now an orphan:
-   init (or the nearest child subreaper above the target) adopts it, and the
-   target never sees it again.  Nothing after the window touches the target.
-
-A target that adopts orphans itself (the init of its pid namespace: a
-container whose entrypoint is the program; or a child subreaper, asked with
-PR_GET_CHILD_SUBREAPER inside the window) would get the orphan and its
-SIGCHLD.  There the child is made with CLONE_PARENT instead: it becomes the
-target's own child with exit signal 0 (CLONE_PARENT takes the exit signal
-of the intermediate task, kernel/fork.c: copy_process), which no ordinary
-wait() or SIGCHLD ever shows, and is reaped after the dump (snapshot.py).
+1. One thread (the runner, whose seccomp filters, read now, let every
+   planned call run) maps the fork thread's code page and makes the fork
+   thread (engine/forkthread.py).  Only for these two calls does it carry
+   injected registers and PTRACE_O_EXITKILL, microseconds each; it is parked
+   again with its own registers at once.
+2. The fork thread runs the real fork: the snapshot child, a copy-on-write
+   image of the target as it is held.  This is the page-table copy, the
+   cost of fork().  Should it outlive the stop timeout, the target's threads
+   are let go at the timeout and the snapshot is abandoned.
+3. The target's threads are released.  The fork thread, the snapshot child's
+   parent, makes the sentinel and waits in its own page, untraced, until
+   the dump is over; then snapcore takes it back, it reaps what it made,
+   unmaps its page and exits (forkthread.end).  Nothing after the window
+   stops the target.
 """
 
 from __future__ import annotations
 
-import os
-import signal
 import time
 from dataclasses import dataclass
 
-from snapcore.engine import interrupts
-from snapcore.engine.leftovers import INTERMEDIATE_NAME, REAP_OPTIONS, reap_leftovers  # noqa: F401
-from snapcore.errors import InternalError, NoSuchProcess, Stage
-from snapcore.linux import arch, ptrace, rseq, stops
-from snapcore.linux.inject import HeldThread, syscall, wait_for_interrupt_stop
-from snapcore.linux.stops import ENDED
+from snapcore.engine import forkthread, interrupts, keeper, leftovers
+from snapcore.engine.forkthread import ForkThread
+from snapcore.errors import InternalError, SnapcoreError, Stage, StopTimeout, Unsupported
+from snapcore.linux import arch, procfs, ptrace, rseq, seccomp
+from snapcore.linux.inject import HeldThread
 from snapcore.linux.window import Window
 
-CLONE_VM = 0x100
-CLONE_FS = 0x200
-CLONE_FILES = 0x400
-CLONE_PARENT = 0x8000
-# Shares memory, files and cwd with the target: nothing is copied, and no
-# descriptor of the target is held open by a copy.  Exit signal 0 (low byte).
-INTERMEDIATE_FLAGS = CLONE_VM | CLONE_FS | CLONE_FILES
-# The snapshot child: a plain fork with exit signal 0.
-SNAPSHOT_FLAGS = 0
-SNAPSHOT_FLAGS_ADOPTED = CLONE_PARENT
-PR_SET_NAME = 15
-PR_GET_CHILD_SUBREAPER = 37
-PROT_READ_WRITE = 0x3
-MAP_PRIVATE_ANONYMOUS = 0x22
+# After the window's deadline the fork is waited for this long more, with
+# the target's threads released, to take back what it made.
+LATE_FORK_GRACE = 60.0
 
 
 @dataclass
@@ -63,195 +43,164 @@ class Forked:
     others: list[HeldThread]  # the other threads held, with their state
     timings: dict  # seconds: capture, syscall (the fork), release, pause
     notes: list[str]
-    adopted: bool  # made with CLONE_PARENT: the target's child, to reap after the dump
+    thread: ForkThread  # the child's parent, to end after the dump (forkthread.end)
 
 
-def clone_child(events: list[tuple[int, int]]) -> int | None:
-    born = [msg for event, msg in events if event == ptrace.EVENT_CLONE]
-    return born[0] if born else None
-
-
-def choose_runner(window: Window, main_only: bool) -> HeldThread:
-    """The thread that runs the injected calls: the main thread when it sits in
-    a syscall (or must: `main_only`), else one that does, else the main thread;
-    never one inside an rseq critical section when another will do."""
-    main = window.main
-    others = [t for t in window.held.values() if t is not main]
-    if main_only:
-        candidates = [main]
-    else:
-        candidates = ([main] if main.in_syscall else []) + \
-            [t for t in others if t.in_syscall] + [main] + \
-            [t for t in others if not t.in_syscall]
-    for thread in candidates:
-        if rseq.abort_ip(thread.tid, getattr(thread.regs, arch.REG_IP)) is None:
-            return thread
-    thread = candidates[0]
-    rseq.move_to_abort(thread.tid, thread.regs,
-                       rseq.abort_ip(thread.tid, getattr(thread.regs, arch.REG_IP)))
-    return thread
+class ForkTooSlow(StopTimeout):
+    """The fork outlived the stop timeout: the target was let go at the timeout."""
 
 
 def fork(pid: int, at: int, *, threads: list[int] | None, timeout: float, check,
-         adopted: bool, guard, main_only: bool) -> Forked:
-    """Make the snapshot child in one stop window of the target (see above)."""
-    made: dict[str, tuple[int, int]] = {}  # what exists so far: name -> (tid, ns pid)
-    with Window(pid, threads=threads, timeout=timeout, with_xstate=True,
-                check=check) as window:
-        runner = choose_runner(window, main_only)
-        notes: list[str] = []
-        try:
-            reap_leftovers(pid, runner, at, window.deadline, guard, notes)
-            if runner.pending_sig:
-                raise InternalError("a signal reached the process while it was held",
-                                    "it was delivered and the process released; try again",
-                                    pid=pid, stage=Stage.FORK)
-            adopted = _make_child(window, runner, at, adopted, guard, made, notes)
-        except BaseException:
+         planned, pages: list[int]) -> Forked:
+    """Make the snapshot child in one stop window of the target (see above).
+    `planned(guard, at)` says which planned call a thread's filters refuse;
+    `pages`: code pages a killed snapcore left (leftovers.stale_pages)."""
+    made: dict = {}
+    notes: list[str] = []
+    try:
+        with Window(pid, threads=threads, timeout=timeout, with_xstate=True,
+                    check=check) as window:
+            runner, guard = choose_runner(window, at, planned)
+            _inside(window, runner, guard, at, pages, made, notes)
+        thread = made["thread"]
+        keeper.hold(thread, time.monotonic() + 5)
+    except BaseException:
+        if "thread" in made:
             with interrupts.cleanup():
-                _undo(window, runner, at, made, made.get("adopted", adopted))
-            raise
-    child, child_ns_pid = made["child"]
+                abandon(made["thread"], notes)
+        raise
     others = [t for t in window.held.values() if t is not runner]
-    return Forked(child, child_ns_pid, runner, others, window.timings, notes, adopted)
+    return Forked(thread.child, thread.child_ns, runner, others, window.timings, notes,
+                  thread)
 
 
-def _make_child(window: Window, runner: HeldThread, at: int, adopted: bool, guard,
-                made: dict, notes: list[str]) -> bool:
-    """Returns whether the child was made as the target's own (CLONE_PARENT)."""
+def _inside(window: Window, runner: HeldThread, guard, at: int, pages: list[int],
+            made: dict, notes: list[str]) -> None:
+    """What the window holds the target for: the page, the fork thread, the fork."""
     deadline = window.deadline
-    result, events = runner.inject(at, arch.NR["clone"], INTERMEDIATE_FLAGS, 0, 0, 0, 0,
-                                   deadline=deadline, guard=guard)
-    middle = _born(made, "intermediate", result, events, "clone", window.pid)
-    wait_for_interrupt_stop(middle, deadline)  # auto-attached: starts in an event stop
-    adopted = _prepare_intermediate(free_thread(window, runner), middle, at, deadline, guard,
-                                    probe=not adopted) or adopted
-    made["adopted"] = adopted
-    flags = SNAPSHOT_FLAGS_ADOPTED if adopted else SNAPSHOT_FLAGS
-    # The page-table copy takes about 15 ms per GB resident: far past the
-    # window's stop deadline for the largest processes, and it always ends.
-    result, events = syscall(middle, ptrace.get_regs(middle), at, arch.NR["clone"], flags,
-                             0, 0, 0, 0, deadline=max(deadline, time.monotonic() + 60),
-                             guard=guard)
-    _born(made, "child", result, events, "fork", window.pid)
-    reaped = _end(made.pop("intermediate"), free_thread(window, runner), at, deadline)
-    if reaped is not None:
-        notes.append(reaped)
-    return adopted
-
-
-def free_thread(window: Window, runner: HeldThread) -> HeldThread | None:
-    """A held thread that may run an injected call now: the runner, unless a
-    signal reached it while parked (it is held in that signal's delivery stop,
-    and injecting there would drop the signal); then any other held thread.
-    Any thread of the process may reap its children (wait4 looks at the whole
-    thread group)."""
-    for thread in [runner, *window.held.values()]:
-        if thread.stopped and not thread.pending_sig and thread.regs is not None:
-            return thread
-    return None
-
-
-def _born(made: dict, name: str, result: int, events: list, what: str, pid: int) -> int:
-    """Note the task a clone made (so a failure can undo it), or say it failed."""
-    born = clone_child(events)
-    if born is not None:
-        made[name] = (born, result)
-    if result < 0 or born is None:
-        raise InternalError(f"{what} in process {pid} failed: "
-                            f"{os.strerror(-result) if result < 0 else 'no child'}",
-                            "the target was restored and is running", pid=pid, stage=Stage.FORK)
-    return born
-
-
-def _prepare_intermediate(runner: HeldThread | None, middle: int, at: int, deadline: float,
-                          guard, probe: bool) -> bool:
-    """Name the intermediate task INTERMEDIATE_NAME (a zombie of it left by a
-    killed snapcore is then recognised and reaped by the next snapshot), and
-    with `probe` ask whether the target is a child subreaper.
-
-    PR_GET_CHILD_SUBREAPER, which /proc does not show, needs a few writable
-    bytes in the target's memory: the intermediate task (which shares it) maps
-    a fresh page for the name and the answer, and unmaps it after, so none of
-    the target's own memory is written.  Returns whether it is a subreaper.
-    """
-    base = ptrace.get_regs(middle)
-    page, _ = syscall(middle, base, at, arch.NR["mmap"], 0, arch.PAGE_SIZE, PROT_READ_WRITE,
-                      MAP_PRIVATE_ANONYMOUS, -1, 0, deadline=deadline, guard=guard)
-    if page < 0:
-        raise InternalError(f"mmap in the intermediate task failed: {os.strerror(-page)}",
-                            stage=Stage.FORK)
+    leftovers.unmap_pages(runner, at, guard, pages, deadline, notes)
+    leftovers.reap_recorded(window.pid, runner, at, guard, deadline, notes)
+    if not runner.free:
+        raise InternalError("a signal reached the process while it was held",
+                            "it was delivered and the process released; try again",
+                            pid=window.pid, stage=Stage.FORK)
+    page = forkthread.plant(runner, at, guard, deadline)
+    blocked = forkthread.landing_refusals(guard, page)
+    if blocked:
+        forkthread.unplant(runner, page, at, guard, deadline)
+        raise Unsupported(f"the seccomp filters of process {window.pid} would answer "
+                          f"{blocked} to the fork thread's own wait4 or exit",
+                          "it cannot be snapshot safely", pid=window.pid, stage=Stage.FORK)
+    thread = ForkThread(window.pid, page, at, guard)
     try:
-        with open(f"/proc/{middle}/mem", "r+b", buffering=0) as mem:
-            mem.seek(page)
-            mem.write(INTERMEDIATE_NAME.encode() + b"\0")
-        syscall(middle, base, at, arch.NR["prctl"], PR_SET_NAME, page, deadline=deadline,
-                guard=guard)
-        if not probe:
-            return False
-        if runner is None:
-            return True  # cannot ask: take the answer that is safe either way
-        answer = page + 64
-        ret, _ = runner.inject(at, arch.NR["prctl"], PR_GET_CHILD_SUBREAPER, answer,
-                               deadline=deadline, guard=guard)
-        with open(f"/proc/{middle}/mem", "rb", buffering=0) as mem:
-            mem.seek(answer)
-            value = int.from_bytes(mem.read(4), "little")
-    finally:
-        syscall(middle, base, at, arch.NR["munmap"], page, arch.PAGE_SIZE, deadline=deadline,
-                guard=guard)
-    return ret == 0 and value != 0
+        forkthread.spawn(runner, thread, deadline)
+    except BaseException:
+        if thread.tid:
+            made["thread"] = thread
+        elif runner.free:
+            forkthread.unplant(runner, page, at, guard, deadline)
+        raise
+    made["thread"] = thread
+    late: list[float] = []
+
+    def overdue() -> float:
+        # Never hold the target past its timeout: let its threads go, and
+        # wait for the fork alone (the child it makes is abandoned).
+        window.release()
+        late.append(time.monotonic())
+        return time.monotonic() + LATE_FORK_GRACE
+
+    forkthread.make_child(thread, deadline, overdue)
+    if late:
+        raise ForkTooSlow(f"the fork of process {window.pid} took longer than the stop "
+                          "timeout; the process was let go at the timeout and the "
+                          "snapshot abandoned", "allow a longer stop timeout (about 20 ms "
+                          "per GB of memory)", pid=window.pid, stage=Stage.FORK,
+                          setting="timeout")
+    forkthread.keep_to_itself(thread, deadline)
 
 
-def _end(task: tuple[int, int], runner: HeldThread | None, at: int,
-         deadline: float) -> str | None:
-    """Kill a task the target is the parent of, collect it as its tracer, and
-    reap it from inside the target (wait4 in a held thread).  Returns what went
-    wrong, or None."""
-    tid, ns_pid = task
-    _kill_and_collect(tid, deadline)
-    if runner is None:
-        return (f"task {ns_pid} is left a zombie (exit signal 0, named "
-                f"{INTERMEDIATE_NAME}): no thread could reap it; the next snapshot will")
-    result, _ = runner.inject(at, arch.NR["wait4"], ns_pid, 0, REAP_OPTIONS, 0,
-                              deadline=deadline)
-    if result == ns_pid:
-        return None
-    return f"wait4 in the target for task {ns_pid} returned {result}"
-
-
-def _kill_and_collect(tid: int, deadline: float) -> None:
-    """SIGKILL one tracee (its own thread group: the target is not touched)
-    and wait for its end, so its parent can reap it."""
+def finish(thread: ForkThread) -> list[str]:
+    """After the dump, the child ended and collected: take the fork thread
+    back, let it reap the child, unmap its page and leave.  Returns notes."""
+    deadline = time.monotonic() + 10
     try:
-        os.kill(tid, signal.SIGKILL)
-    except ProcessLookupError:
-        return
-    while True:
-        try:
-            stop = stops.wait(tid, deadline)
-        except NoSuchProcess:
-            return
-        if stop.kind in ENDED:
-            return
+        if keeper.take_back(thread, deadline):
+            keeper.end(thread, deadline)
+            return []
+    except SnapcoreError as exc:
+        return [f"the fork thread could not be ended ({exc.message}): snapcore lets it go "
+                "in its page, where it reaps the child and exits; the page stays until "
+                "the next snapshot"]
+    # Ended by the target's exec or exit: the child passed to the thread that
+    # exec'd (or to the reaper), and ended, before the fork thread is collected.
+    keeper.collect_end(thread)
+    if procfs.parent(thread.child) == thread.pid:
+        return leftovers.record(thread.pid, [thread.child])
+    return [f"process {thread.pid} exec'd or exited during the snapshot: the child, ended "
+            "first, went to it (exit signal 0, no SIGCHLD) or to its reaper"]
 
 
-def _undo(window: Window, runner: HeldThread, at: int, made: dict, adopted: bool) -> None:
-    """The window failed after a clone: nothing made may outlive it.
+def abandon(thread: ForkThread, notes: list[str]) -> None:
+    """The window failed after the fork thread was made: nothing made may
+    outlive it.  The child dies; the fork thread reaps it, unmaps its page and
+    exits."""
+    if thread.child:
+        keeper.kill_and_collect(thread.child, time.monotonic() + 10)
+    notes += finish(thread)
 
-    The snapshot child goes first (as a child of the intermediate task it dies
-    silently, exit signal 0); then the intermediate task, reaped in the
-    target; an adopted child, the target's own, is reaped there too.
-    """
-    for name in ("child", "intermediate"):
-        if name not in made:
+
+def choose_runner(window: Window, at: int, planned) -> tuple[HeldThread, seccomp.Guard]:
+    """The thread that runs the injected calls, and its filters as a Guard.
+
+    Seccomp filters are per thread, and the fork thread and the child inherit
+    the runner's: so the runner is a thread whose own filters, read now that
+    no thread can install one, let every planned call run.  Among those: the
+    main thread when it sits in a syscall, else one that does, else the main
+    thread; never one inside an rseq critical section when another will do."""
+    main = window.main
+    others = [t for t in window.held.values() if t is not main]
+    order = ([main] if main.in_syscall else []) + [t for t in others if t.in_syscall] + \
+        [main] + [t for t in others if not t.in_syscall]
+    candidates = list({t.tid: t for t in order}.values())  # each once, first place kept
+    refused: list[str] = []
+    usable: list[tuple[HeldThread, seccomp.Guard]] = []
+    for thread in candidates:
+        guard = _guard_of(window.pid, thread, at, planned, refused)
+        if guard is None:
             continue
-        tid, ns_pid = made[name]
-        del made[name]
+        if rseq.abort_ip(thread.tid, getattr(thread.regs, arch.REG_IP)) is None:
+            return thread, guard
+        usable.append((thread, guard))
+    if not usable:
+        raise Unsupported(f"no thread of process {window.pid} may run snapcore's calls: "
+                          f"{'; '.join(refused[:3])}", "an injected call must never be "
+                          "denied or kill the process: it cannot be snapshot safely",
+                          pid=window.pid, stage=Stage.CAPTURE)
+    thread, guard = usable[0]
+    rseq.move_to_abort(thread.tid, thread.regs,
+                       rseq.abort_ip(thread.tid, getattr(thread.regs, arch.REG_IP)))
+    return thread, guard
+
+
+def _guard_of(pid: int, thread: HeldThread, at: int, planned,
+              refused: list[str]) -> seccomp.Guard | None:
+    """The thread's own filters as a Guard, or None (and why, in `refused`)
+    when they would refuse a planned call or cannot be read."""
+    mode = procfs.thread_seccomp(pid, thread.tid)
+    if mode == 1:
+        refused.append(f"thread {thread.tid} is in strict seccomp mode")
+        return None
+    filters = []
+    if mode == 2:
         try:
-            if name == "intermediate" or adopted:
-                _end((tid, ns_pid), free_thread(window, runner), at, window.deadline + 5)
-            else:
-                _kill_and_collect(tid, window.deadline + 5)
-        except Exception:  # the target itself may be gone: nothing left to reap in
-            pass
+            filters = [seccomp.parse(raw) for raw in ptrace.seccomp_filters(thread.tid)]
+        except (SnapcoreError, seccomp.FilterError) as exc:
+            refused.append(f"thread {thread.tid}'s filters cannot be read ({exc})")
+            return None
+    guard = seccomp.Guard(filters, arch.AUDIT_ARCH)
+    blocked = planned(guard, at)
+    if blocked:
+        refused.append(f"thread {thread.tid}'s filters would answer {blocked}")
+        return None
+    return guard

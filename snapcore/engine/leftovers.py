@@ -1,60 +1,139 @@
-"""What a snapcore killed during a fork leaves in the target: its intermediate
-task, a zombie with exit signal 0 (EXITKILL killed it before it could be
-reaped).  The next snapshot's window recognises and reaps it.
+"""What a snapshot can leave in its target, and the next snapshot's clean-up.
+
+- The fork thread's code page, when snapcore was killed before it could
+  unmap it (engine/forkthread.py).  Recognised by what it is: an anonymous,
+  private, read-and-execute mapping of one page holding exactly the page
+  snapcore writes.  The next snapshot's window unmaps it.
+- The snapshot child and the sentinel as zombies, when the target exec'd
+  during the dump: exec ends the fork thread (kernel/exec.c: de_thread), and
+  its children pass to the thread that exec'd, keeping exit signal 0 (no
+  SIGCHLD; only a __WALL wait sees them).  The snapcore that made them
+  records each (its id in the target's namespace and its start time) in
+  RECORDS; the next snapshot of that process reaps each still there.
 """
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
+import json
 import os
 
-from snapcore.linux import arch, stops
+from snapcore.engine import forkthread
+from snapcore.linux import abi, arch
 from snapcore.linux.inject import HeldThread
+from snapcore.linux.procfs import ns_tid, start_time
 
-# The intermediate task's name (comm): how a zombie of it is recognised.
-INTERMEDIATE_NAME = "snapcore-fork"
-# wait4 options for reaping from inside the target: never blocks it, and
-# __WALL sees children whose exit signal is not SIGCHLD.
-REAP_OPTIONS = stops.WALL | os.WNOHANG
+RECORDS = "/run/snapcore/leftovers.json"  # root's; a tmpfs: gone with the pids at boot
 
 
-def leftovers(pid: int) -> list[int]:
-    """Zombie intermediate tasks of the target, left by a snapcore killed during
-    the fork (EXITKILL killed them before they could be reaped): children of
-    the target named INTERMEDIATE_NAME, with exit signal 0.  As the target
-    names them: pids in its namespace."""
+def stale_pages(pid: int, maps) -> list[int]:
+    """Code pages a killed snapcore left in the process (see above); `maps`:
+    its mappings (engine/estimate.read_smaps)."""
+    wanted = forkthread.page_contents()
+    wanted += bytes(arch.PAGE_SIZE - len(wanted))
     found = []
-    try:
-        tasks = os.listdir(f"/proc/{pid}/task")
-    except OSError:
+    candidates = [m for m in maps if m.perms == "r-xp" and not m.inode and not m.path
+                  and m.size == arch.PAGE_SIZE]
+    if not candidates:
         return found
-    for tid in tasks:
+    try:
+        with open(f"/proc/{pid}/mem", "rb", buffering=0) as mem:
+            for m in candidates:
+                try:
+                    mem.seek(m.start)
+                    if mem.read(arch.PAGE_SIZE) == wanted:
+                        found.append(m.start)
+                except OSError:
+                    continue
+    except OSError:
+        pass
+    return found
+
+
+def unmap_pages(runner: HeldThread, at: int, guard, pages: list[int], deadline: float,
+                notes: list[str]) -> None:
+    for page in pages:
+        if not runner.free:
+            return  # the next snapshot, then
+        if runner.inject(at, arch.NR["munmap"], page, arch.PAGE_SIZE, deadline=deadline,
+                         guard=guard)[0] == 0:
+            notes.append(f"unmapped the page {page:#x} a snapcore killed mid-snapshot left")
+
+
+def record(pid: int, tids: list[int]) -> list[str]:
+    """Record tasks of snapcore's left as zombies of process `pid`; returns notes."""
+    entries = []
+    for tid in tids:
+        try:
+            entries.append({"ns_pid": ns_tid(tid, tid), "start": start_time(tid)})
+        except OSError:
+            continue  # reaped meanwhile, by the process itself
+    if not entries:
+        return []
+    try:
+        with _records() as state:
+            state.setdefault(_key(pid), []).extend(entries)
+    except OSError as exc:
+        return [f"could not record the zombies left in the process ({exc.strerror})"]
+    return [f"the process exec'd during the snapshot: {len(entries)} zombie(s) of "
+            "snapcore's stay in it (exit signal 0: invisible to its wait()), until its next "
+            "snapshot reaps them"]
+
+
+def reap_recorded(pid: int, runner: HeldThread, at: int, guard, deadline: float,
+                  notes: list[str]) -> None:
+    """Inside a window: reap the recorded zombies of `pid` that are still its own."""
+    if not os.path.exists(RECORDS):
+        return
+    try:
+        with _records() as state:
+            for entry in state.pop(_key(pid), []):
+                if runner.free and _still_there(pid, entry):
+                    got, _ = runner.inject(at, arch.NR["wait4"], entry["ns_pid"], 0,
+                                           abi.WALL | abi.WNOHANG, 0, deadline=deadline,
+                                           guard=guard)
+                    if got == entry["ns_pid"]:
+                        notes.append(f"reaped task {got}, left by an earlier snapshot")
+    except (OSError, ValueError):
+        return
+
+
+def _still_there(pid: int, entry: dict) -> bool:
+    """A zombie child of `pid` with the recorded namespace id and start time."""
+    for tid in os.listdir(f"/proc/{pid}/task"):
         try:
             with open(f"/proc/{pid}/task/{tid}/children") as f:
-                children = f.read().split()
+                children = [int(c) for c in f.read().split()]
         except OSError:
             continue
         for child in children:
             try:
-                with open(f"/proc/{child}/stat") as f:
-                    stat = f.read()
-                with open(f"/proc/{child}/status") as f:
-                    nspid = next(line for line in f if line.startswith("NSpid:"))
-            except (OSError, StopIteration):
+                if ns_tid(child, child) == entry["ns_pid"] and \
+                        start_time(child) == entry["start"]:
+                    return True
+            except OSError:
                 continue
-            comm = stat[stat.index("(") + 1:stat.rindex(")")]
-            fields = stat[stat.rindex(")") + 2:].split()
-            # fields[0] is state (stat field 3); exit_signal is field 38.
-            if comm == INTERMEDIATE_NAME and fields[0] == "Z" and fields[35] == "0":
-                found.append(int(nspid.split()[-1]))
-    return found
+    return False
 
 
-def reap_leftovers(pid: int, runner: HeldThread, at: int, deadline: float, guard,
-                    notes: list[str]) -> None:
-    for ns_pid in leftovers(pid):
-        if runner.pending_sig:
-            return  # the next snapshot, then
-        result, _ = runner.inject(at, arch.NR["wait4"], ns_pid, 0, REAP_OPTIONS, 0,
-                                  deadline=deadline, guard=guard)
-        if result == ns_pid:
-            notes.append(f"reaped task {ns_pid}, left by a snapcore killed during a fork")
+def _key(pid: int) -> str:
+    return f"{pid}:{start_time(pid)}"
+
+
+@contextlib.contextmanager
+def _records():
+    """The records, read and written under an exclusive lock.  The directory
+    is root's own (0700, never a link): nobody else may plant a file there."""
+    os.makedirs(os.path.dirname(RECORDS), mode=0o700, exist_ok=True)
+    fd = os.open(RECORDS, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
+    with os.fdopen(fd, "r+") as f:
+        fcntl.flock(f, fcntl.LOCK_EX)
+        text = f.read()
+        state = json.loads(text) if text.strip() else {}
+        if not isinstance(state, dict):
+            state = {}
+        yield state
+        f.seek(0)
+        f.truncate()
+        f.write(json.dumps(state))

@@ -11,7 +11,8 @@ from __future__ import annotations
 
 import signal
 
-from snapcore.engine import checks_host, checks_limits, checks_process, estimate
+from snapcore.engine import (checks_host, checks_limits, checks_process, checks_seccomp,
+                             estimate, leftovers)
 from snapcore.engine.verdicts import (CHECKS, FORCEABLE, OK, REFUSE, WARN, Check,  # noqa: F401
                                       Options, Preflight, Refused)
 from snapcore.errors import Stage
@@ -44,12 +45,14 @@ def _run(pid: int, opts: Options) -> Preflight:
         pre.fingerprint = mm_fingerprint(pid)
         candidates = syscall_instructions(pid)
         pre.syscall_at = candidates[0]
-        checks_process.check_seccomp(pre, opts, candidates)
+        checks_seccomp.check_seccomp(pre, opts, candidates)
     else:
         pre.add("seccomp", OK if t.seccomp == 0 else REFUSE,
                 f"Seccomp: {t.seccomp}", "not evaluated: the process cannot be snapshot")
     checks_process.check_dumpable(pre)
     maps = estimate.read_smaps(pid) if usable and not t.kernel_thread else []
+    checks_seccomp.check_userfaultfd(pre, maps)
+    pre.stale_pages = leftovers.stale_pages(pid, maps)
     # RLIMIT_CORE counts the file's size, holes included (dump_skip).
     size = (estimate.core_size(maps, estimate.coredump_filter(pid), len(t.threads)).apparent
             if maps else 0)

@@ -17,13 +17,16 @@ from snapcore.core import core_pattern, notes, placement, store
 from snapcore.engine import child as childmod
 from snapcore.engine import dump
 from snapcore.engine import fork as forkmod
+from snapcore.engine import keeper
 from snapcore.engine import interrupts, preflight, write
-from snapcore.engine.identity import identity_check, reap_adopted
+from snapcore.engine.checks_seccomp import planned_refusals
+from snapcore.engine.identity import identity_check
 from snapcore.engine.controller import Controller, MemoryWatch, ladder
 from snapcore.engine.result import DumpLimits, Output, Snapshot
+from snapcore.linux.inject import TargetReplaced
 from snapcore.errors import CoreNotWritten, NoSuchProcess, Stage
-from snapcore.linux import arch, priority, seccomp, stops
-from snapcore.linux.procfs import Target, adopts_orphans, ns_tid, thread_name
+from snapcore.linux import priority, stops
+from snapcore.linux.procfs import Target, ns_tid, thread_name
 from snapcore.linux.stops import StopKind
 
 
@@ -47,9 +50,10 @@ def fork_and_dump(pre: preflight.Preflight, output_dir: Path, staging: Path | No
                    dump_limits: DumpLimits, pidfd: int, root: str,
                    output: Output | None = None) -> Snapshot:
     """The phases: fork (the one stop window), dump (the child), store.  With
-    snapcore's writer (pre.writer) the dump and store are engine/write.py's."""
-    target, pattern = pre.target, pre.core_pattern
-    guard = seccomp.Guard(pre.filters, arch.AUDIT_ARCH)
+    snapcore's writer (pre.writer) the dump and store are engine/write.py's.
+    Whatever happens after the fork, the child is ended and the fork thread
+    reaps it and leaves (forkthread.end)."""
+    target = pre.target
     taken_at = datetime.now(timezone.utc)
     memory = MemoryWatch(pre.memory_room, pre.memory_limit_file)
     memory.begin()
@@ -57,20 +61,39 @@ def fork_and_dump(pre: preflight.Preflight, output_dir: Path, staging: Path | No
     forked = forkmod.fork(target.pid, pre.syscall_at,
                           threads=target.threads if all_threads else None,
                           timeout=stop_timeout, check=identity_check(pre, pidfd, Stage.CAPTURE),
-                          adopted=adopts_orphans(target.pid), guard=guard,
-                          main_only=target.seccomp != 0)
-    kid = childmod.Child(forked.child, guard=guard, notes=list(forked.notes))
+                          planned=planned_refusals(len(target.threads)),
+                          pages=pre.stale_pages)
+    kid = childmod.Child(forked.child, guard=forked.thread.guard, notes=list(forked.notes),
+                         page=forked.thread.page)
     kid.ns_tids[kid.pid] = forked.child_ns_pid
+    kid.keeper = lambda: keeper.service(forked.thread)
+    try:
+        snap = _after_fork(pre, forked, kid, output_dir, staging, allow_undumpable,
+                           dump_limits, root, output, taken_at)
+    except BaseException:
+        with interrupts.cleanup():
+            dump.kill(kid)
+            forkmod.finish(forked.thread)
+        raise
+    with interrupts.cleanup():
+        dump.kill(kid)  # a no-op: each writer ends it
+        snap.notes += forkmod.finish(forked.thread)
+    snap.writer_reason = pre.writer_reason
+    return snap
+
+
+def _after_fork(pre: preflight.Preflight, forked: forkmod.Forked, kid: childmod.Child,
+                output_dir: Path, staging: Path | None, allow_undumpable: bool,
+                dump_limits: DumpLimits, root: str, output: Output | None,
+                taken_at: datetime) -> Snapshot:
+    target, pattern = pre.target, pre.core_pattern
     if pre.writer == "snapcore":
         held = [forked.runner, *forked.others]
         tids = [t.tid for t in held]
         gathered = write.gather(target.pid, held, {t: ns_tid(target.pid, t) for t in tids})
         kid.notes = []  # the window's notes are added once, by the writer
-        snap = write.dump_and_store(pre, forked, kid, gathered, pidfd, stop_timeout,
-                                    allow_undumpable, dump_limits,
+        return write.dump_and_store(pre, forked, kid, gathered, allow_undumpable, dump_limits,
                                     output or Output(output_dir), taken_at)
-        snap.writer_reason = pre.writer_reason
-        return snap
     where = None if pattern.kind == "pipe" else core_pattern.expand(
         pattern, pid=kid.pid, uid=target.uid, gid=target.gid, comm=target.name,
         exe=target.exe, soft_limit=target.core_hard, ns_pid=forked.child_ns_pid)
@@ -80,9 +103,7 @@ def fork_and_dump(pre: preflight.Preflight, output_dir: Path, staging: Path | No
     run = _Dump(pre, forked, kid, where, staging, time.time(),
                 {t: ns_tid(target.pid, t) for t in tids})
     try:
-        snap, ended, controller = _dump(run, pidfd, stop_timeout, allow_undumpable,
-                                        dump_limits, root, taken_at)
-        snap.writer_reason = pre.writer_reason
+        snap, ended, controller = _dump(run, allow_undumpable, dump_limits, root, taken_at)
         return _store(run, snap, ended, controller, dump_limits, output_dir, taken_at)
     except BaseException:
         if pattern.kind == "absolute":
@@ -93,8 +114,8 @@ def fork_and_dump(pre: preflight.Preflight, output_dir: Path, staging: Path | No
         raise
 
 
-def _dump(run: _Dump, pidfd: int, stop_timeout: float, allow_undumpable: bool,
-          dump_limits: DumpLimits, root: str, taken_at: datetime):
+def _dump(run: _Dump, allow_undumpable: bool, dump_limits: DumpLimits, root: str,
+          taken_at: datetime):
     """Make the child safe, let the kernel dump it, and make sure it is gone."""
     pre, forked, kid = run.pre, run.forked, run.kid
     target, at = pre.target, pre.syscall_at
@@ -103,7 +124,6 @@ def _dump(run: _Dump, pidfd: int, stop_timeout: float, allow_undumpable: bool,
                             deadline=dump_limits.deadline,
                             max_dump_time=dump_limits.max_dump_time,
                             memory=dump_limits.memory, progress=dump_limits.progress)
-    reap_pause = 0.0
     try:
         deadline = time.monotonic() + 30 + 0.01 * len(forked.others)
         childmod.prepare(kid, at, core_hard=target.core_hard,
@@ -113,6 +133,8 @@ def _dump(run: _Dump, pidfd: int, stop_timeout: float, allow_undumpable: bool,
         childmod.resurrect(kid, at, forked.others, deadline)
         childmod.lower_priority(kid, at, deadline)
         ended, dump_seconds = dump.dump(kid, forked.runner, controller)
+    except TargetReplaced:
+        raise  # the process exec'd or exited: its own error, not the child's
     except NoSuchProcess as exc:
         # Only the child is touched in this phase: it was killed from outside.
         raise CoreNotWritten(f"the snapshot child ended before its dump ({exc.message})",
@@ -121,11 +143,8 @@ def _dump(run: _Dump, pidfd: int, stop_timeout: float, allow_undumpable: bool,
     finally:
         with interrupts.cleanup():
             dump.kill(kid)  # a no-op when it already ended
-            if forked.adopted:
-                reap_pause = reap_adopted(pre, pidfd, forked.child_ns_pid, kid.guard,
-                                           stop_timeout, kid.notes)
     snap = Snapshot(target=target, core_path=None, core_size=0, pause=forked.timings,
-                    reap_pause=reap_pause, dump_seconds=dump_seconds,
+                    reap_pause=0.0, dump_seconds=dump_seconds,
                     threads=len(kid.threads), thread_map=_thread_map(target.pid, kid, run.target_ns),
                     child_pid=kid.pid, core_pattern=pre.core_pattern, taken_at=taken_at,
                     notes=kid.notes + controller.notes, priority_steps=controller.steps)

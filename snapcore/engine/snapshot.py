@@ -8,8 +8,11 @@ record and the core's final name.  The engine never prints; it returns a
 
 from __future__ import annotations
 
+import contextlib
+import errno
 import os
 import signal
+import socket
 from dataclasses import replace
 from pathlib import Path
 
@@ -19,9 +22,9 @@ from snapcore.core.sink import zstd_missing
 from snapcore.engine import interrupts, preflight, sequence
 from snapcore.engine.ratelimit import RateLimiter, program
 from snapcore.engine.result import DumpLimits, Output, Snapshot
-from snapcore.errors import NoSuchProcess, OutputError, SnapcoreError, Stage
+from snapcore.errors import AlreadyTraced, NoSuchProcess, OutputError, SnapcoreError, Stage
 from snapcore.linux import stops
-from snapcore.linux.procfs import exclusive, open_exe, reading, start_time
+from snapcore.linux.procfs import open_exe, reading, start_time
 
 
 def take(pid: int, opts: preflight.Options, *, threads: str = "all",
@@ -138,3 +141,21 @@ def _take(pre: preflight.Preflight, output_dir: Path, staging: Path | None,
         os.close(pidfd)
 
 
+@contextlib.contextmanager
+def exclusive(pid: int):
+    """One snapcore at a time per target, whatever its output directory: an
+    abstract unix socket named after the target, which the kernel releases
+    when snapcore exits, however it exits (no file to go stale)."""
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    try:
+        sock.bind(f"\0snapcore-target-{pid}")
+    except OSError as exc:
+        sock.close()
+        if exc.errno != errno.EADDRINUSE:
+            raise
+        raise AlreadyTraced(f"process {pid} is busy: another snapcore is snapshotting it",
+                            "wait for it to finish", pid=pid, stage=Stage.PREFLIGHT) from None
+    try:
+        yield
+    finally:
+        sock.close()

@@ -23,6 +23,7 @@ CHECKS = {
     "tracer": (ExitCode.BUSY, False),
     "state": (ExitCode.UNSUPPORTED, False),
     "seccomp": (ExitCode.UNSUPPORTED, False),
+    "userfaultfd": (ExitCode.UNSUPPORTED, False),
     "dumpable": (ExitCode.CORE_NOT_WRITTEN, True),
     "writer": (ExitCode.USAGE, False),
     "core-pattern": (ExitCode.CORE_NOT_WRITTEN, False),
@@ -77,7 +78,7 @@ class Preflight:
     core_apparent: int = 0  # the file's size, holes included
     core_pattern: core_pattern.CorePattern | None = None
     syscall_at: int = 0  # the `syscall` instruction injections will use
-    filters: list = field(default_factory=list)  # the target's seccomp filters, parsed
+    stale_pages: list[int] = field(default_factory=list)  # left by a killed snapcore
     fingerprint: tuple = ()  # target.mm_fingerprint: its program, to notice an exec
     regions_missing: list[dict] = field(default_factory=list)
     writer: str = "kernel"  # who will write the core: "kernel" or "snapcore"

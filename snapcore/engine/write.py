@@ -20,9 +20,9 @@ from snapcore.core.elfcore import Layout
 from snapcore.core.sink import FdWriter, FileSink, StreamSink, zstd_sink
 from snapcore.engine import child as childmod
 from snapcore.engine import dump, interrupts
-from snapcore.engine.identity import reap_adopted
 from snapcore.engine.result import DumpLimits, Output, Snapshot
 from snapcore.engine.controller import Controller, ladder
+from snapcore.linux.inject import TargetReplaced
 from snapcore.errors import CoreNotWritten, NoSuchProcess, OutputError, Stage
 from snapcore.linux import maps, priority, taskinfo
 from snapcore.linux.inject import HeldThread
@@ -135,7 +135,10 @@ def run_writer(pre, layout: Layout, mem: int, sink, limits: DumpLimits,
             controller.notes.append(outcome["failed"])
         controller.start()
         while thread.is_alive():
-            thread.join(0.25)
+            # Woken by SIGCHLD too: the fork thread's job-control stops are
+            # answered at once (forkthread.service).
+            signal.sigtimedwait([signal.SIGCHLD], 0.25)
+            kid.check_parent()
             if thread.is_alive() and controller.tick([outcome["tid"]]):
                 progress.cancelled = True
                 dump.kill(kid)  # its copies are what the memory rule is about
@@ -161,15 +164,15 @@ def _raise(error: BaseException) -> None:
     raise error
 
 
-def dump_and_store(pre, forked, kid, gathered, pidfd: int, stop_timeout: float,
-                   allow_undumpable: bool, limits: DumpLimits, output: Output,
+def dump_and_store(pre, forked, kid, gathered, allow_undumpable: bool, limits: DumpLimits,
+                   output: Output,
                    taken_at: datetime) -> Snapshot:
     """The phase after the window with snapcore's writer: the child made
     harmless, its core written, the child killed and reaped as for the kernel's
     dump.  The core is left under its hidden name for snapshot.py to publish."""
     target = pre.target
     tids, states, facts = gathered
-    path, fd, reap_pause = None, -1, 0.0
+    path, fd = None, -1
     try:
         childmod.prepare_still(kid, pre.syscall_at, allow_undumpable=allow_undumpable,
                                deadline=time.monotonic() + 30)
@@ -183,6 +186,8 @@ def dump_and_store(pre, forked, kid, gathered, pidfd: int, stop_timeout: float,
             for d in (mem, pagemap):
                 os.close(d)
         controller.raise_failure(target.pid, "the writer was stopped")
+    except TargetReplaced:
+        raise  # the process exec'd or exited: its own error, not the child's
     except NoSuchProcess as exc:
         raise CoreNotWritten(f"the snapshot child ended before its dump ({exc.message})",
                              "no core was written; the target is unharmed",
@@ -196,12 +201,9 @@ def dump_and_store(pre, forked, kid, gathered, pidfd: int, stop_timeout: float,
             os.close(fd)
         with interrupts.cleanup():
             dump.kill(kid)
-            if forked.adopted:
-                reap_pause = reap_adopted(pre, pidfd, forked.child_ns_pid, kid.guard,
-                                          stop_timeout, kid.notes)
     return Snapshot(
         target=target, core_path=path, core_size=sink.out_bytes, pause=forked.timings,
-        reap_pause=reap_pause, dump_seconds=seconds, threads=len(states),
+        reap_pause=0.0, dump_seconds=seconds, threads=len(states),
         thread_map=[{"tid": tid, "name": thread_name(target.pid, tid), "core_lwp": s.tid,
                      "child_tid": None} for tid, s in zip(tids, states)],
         child_pid=kid.pid, core_pattern=pre.core_pattern, taken_at=taken_at,

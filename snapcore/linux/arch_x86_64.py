@@ -26,7 +26,9 @@ NR = {
     "mmap": 9,
     "munmap": 11,
     "rt_sigaction": 13,
+    "madvise": 28,
     "clone": 56,
+    "exit": 60,
     "wait4": 61,
     "chdir": 80,
     "setpriority": 141,
@@ -37,9 +39,30 @@ NR = {
     "close_range": 436,
 }
 
-# Kernel-internal: a clone interrupted by a signal asks to be run again
-# (include/linux/errno.h).
-ERESTARTNOINTR = -513
+# The fork thread's code page (engine/forkthread.py), position-independent.
+# Every call snapcore injects into a task it made in the target runs through
+# the `syscall` at FORK_THREAD_SYSCALL, so that the task's next instruction,
+# were it let go at any stop (snapcore killed), is the loop at 2: wait4(-1,
+# NULL, __WALL|__WNOTHREAD, NULL) until it has no child left, then exit(0),
+# which ends that one task (a thread: its thread group lives on).  The code
+# touches no memory, no stack and no register the kernel does not set.
+FORK_THREAD_CODE = bytes.fromhex(
+    "0f05"              # 0   syscall                 the injected calls
+    "48c7c7ffffffff"    # 2   mov $-1, %rdi           wait4(-1, NULL,
+    "31f6"              # 9   xor %esi, %esi
+    "ba00000060"        # 11  mov $0x60000000, %edx         __WALL|__WNOTHREAD,
+    "4d31d2"            # 16  xor %r10, %r10                NULL)
+    "b83d000000"        # 19  mov $61, %eax
+    "0f05"              # 24  syscall
+    "4885c0"            # 26  test %rax, %rax         a child reaped: wait again
+    "7fe3"              # 29  jg 2
+    "b83c000000"        # 31  mov $60, %eax           exit(0)
+    "31ff"              # 36  xor %edi, %edi
+    "0f05"              # 38  syscall
+    "0f0b")             # 40  ud2                     never reached
+FORK_THREAD_SYSCALL = 0  # where the injected calls' `syscall` is
+FORK_THREAD_WAIT = 24  # where the loop's wait4 `syscall` is
+FORK_THREAD_EXIT = 38  # where its exit `syscall` is
 
 # rt_sigaction's sigsetsize: the kernel's sigset_t (struct kernel_sigaction
 # is handler, flags, restorer, mask; all zero is SIG_DFL).

@@ -1,20 +1,28 @@
 """Run one syscall inside a stopped thread, and give the thread back untouched.
 
-No code is written into the target: the thread jumps to an existing
-`syscall` instruction (see procfs.syscall_instructions) with the number
-and arguments in its registers, and is stepped with PTRACE_SYSCALL stops.
+No code of the target is changed: the thread jumps to an existing `syscall`
+instruction (see procfs.syscall_instructions, or the fork thread's own page:
+engine/forkthread.py) with the number and arguments in its registers, and is
+stepped with PTRACE_SYSCALL stops.
 """
 
 from __future__ import annotations
 
+import math
+import os
+import signal
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
-from snapcore.errors import InternalError, NoSuchProcess, Stage, Unsupported
-from snapcore.linux import arch, ptrace, stops
+from snapcore.errors import InternalError, NoSuchProcess, Stage, StopTimeout, Unsupported
+from snapcore.linux import abi, arch, ptrace, stops
 from snapcore.linux.stops import ENDED, Event, StopKind
 
 _U64 = (1 << 64) - 1
+# How long a thread may take to come back from an injected call whose wait
+# was cut short: the call must be waited out, or the thread keeps foreign
+# registers.
+GIVE_BACK_GRACE = 30.0
 
 
 def signed(value: int) -> int:
@@ -31,51 +39,86 @@ class TargetReplaced(NoSuchProcess):
 
 
 def syscall(tid: int, base: ptrace.Regs, at: int, nr: int, *args: int,
-            deadline: float | None, events: list | None = None,
-            guard=None) -> tuple[int, list[tuple[int, int]]]:
+            deadline: float | None, events: list | None = None, guard=None,
+            on_clone=None, stops_taken: list | None = None, late=None,
+            keep_end: bool = False) -> tuple[int, list[tuple[int, int]]]:
     """Make stopped thread `tid` execute syscall `nr`; return its result and the
     ptrace events (event, message) it reported on the way.
 
     `guard(nr, args, at)`, when given, may refuse first (seccomp: see
-    seccomp.Guard): the filter is evaluated with the real address and arguments.
-    orig_rax is set to -1 so the kernel's syscall-restart logic, which runs when
-    the thread leaves its current stop, does not rewind rip or overwrite rax
-    (arch/x86/kernel/signal.c: arch_do_signal_or_restart).
+    seccomp.Guard).  orig_rax is set to -1 so the kernel's syscall-restart
+    logic, which runs when the thread leaves its current stop, does not
+    rewind rip or overwrite rax (arch/x86/kernel/signal.c:
+    arch_do_signal_or_restart).  `on_clone(tid)` runs for each task the call
+    makes, while the caller is still stopped in its clone event.
+
+    A SIGSTOP (the one signal an injected call's all-blocked mask cannot
+    keep out) taken on the way is appended to `stops_taken` for the caller
+    to give back, and suppressed meanwhile.  A call that a pending signal
+    made return -ERESTARTNOINTR (fork does: kernel/fork.c) is run again.
+    `late()`, when given, is called once if the deadline passes while the
+    call runs, and returns how much longer to wait for it.  `keep_end`: see
+    stops.wait.
     """
     if guard is not None:
         guard(nr, args, at)
-    regs = ptrace.copy_regs(base)
-    setattr(regs, arch.REG_IP, at)
-    setattr(regs, arch.REG_NR, nr)
-    setattr(regs, arch.REG_ORIG_NR, _U64)
-    for name, value in zip(arch.SYSCALL_ARGS, args):
-        setattr(regs, name, value & _U64)
-    ptrace.set_regs(tid, regs)
     events = [] if events is None else events  # the caller's list survives an exception
-    for _ in ("entry", "exit"):
-        ptrace.resume_to_syscall(tid)
-        _wait_syscall_stop(tid, deadline, events)
-    return signed(getattr(ptrace.get_regs(tid), arch.REG_RET)), events
+    for _attempt in range(10):
+        regs = ptrace.copy_regs(base)
+        setattr(regs, arch.REG_IP, at)
+        setattr(regs, arch.REG_NR, nr)
+        setattr(regs, arch.REG_ORIG_NR, _U64)
+        for name, value in zip(arch.SYSCALL_ARGS, args):
+            setattr(regs, name, value & _U64)
+        ptrace.set_regs(tid, regs)
+        for _ in ("entry", "exit"):
+            ptrace.resume_to_syscall(tid)
+            now_due = _wait_syscall_stop(tid, deadline, events, on_clone, stops_taken, late,
+                                         keep_end)
+            if now_due != deadline:  # late() was called: once only
+                deadline, late = now_due, None
+        result = signed(getattr(ptrace.get_regs(tid), arch.REG_RET))
+        if result != abi.ERESTARTNOINTR:
+            break
+    return result, events
 
 
-def _wait_syscall_stop(tid: int, deadline: float | None, events: list) -> None:
+def _wait_syscall_stop(tid: int, deadline: float | None, events: list, on_clone,
+                       stops_taken: list | None, late=None,
+                       keep_end: bool = False) -> float | None:
+    """Wait for the next syscall stop; returns the deadline now in force."""
     while True:
-        stop = stops.wait(tid, deadline)
+        try:
+            stop = stops.wait(tid, deadline, keep_end)
+        except StopTimeout:
+            if late is None:
+                raise
+            deadline, late = late(), None
+            continue
         if stop.kind is StopKind.SYSCALL:
-            return
+            return deadline
         if stop.kind is StopKind.EVENT:
             if stop.event == ptrace.EVENT_EXEC:
                 raise TargetReplaced(f"thread {tid} exec'd a new program", pid=tid,
                                      stage=Stage.INJECT)
             # PTRACE_EVENT_CLONE arrives between clone's entry and exit.
-            events.append(Event(stop.event, ptrace.event_msg(tid)))
+            event = Event(stop.event, ptrace.event_msg(tid))
+            events.append(event)
+            if on_clone is not None and event.kind == ptrace.EVENT_CLONE:
+                on_clone(event.message)
             ptrace.resume_to_syscall(tid)
         elif stop.kind is StopKind.GROUP:
-            # Someone sent SIGSTOP mid-injection; finish first (the kernel
-            # re-enters the group-stop when the thread is detached).
+            # A group stop began meanwhile: finish first (the kernel puts the
+            # thread back into it when it is detached).
+            ptrace.resume_to_syscall(tid)
+        elif stop.kind is StopKind.SIGNAL and stop.sig == signal.SIGSTOP:
+            # Job control: the one signal the mask cannot block.  It is held
+            # back, and given back by the caller once the thread is its own.
+            if stops_taken is not None:
+                stops_taken.append(stop.sig)
             ptrace.resume_to_syscall(tid)
         elif stop.kind is StopKind.SIGNAL:
-            # Every signal is blocked while snapcore injects, so this is a
+            # Every other signal is blocked while snapcore injects: this is a
             # synchronous fault caused by the injection itself.
             raise InternalError(f"thread {tid} got signal {stop.sig} during an injected "
                                 "syscall", pid=tid, stage=Stage.INJECT)
@@ -84,10 +127,14 @@ def _wait_syscall_stop(tid: int, deadline: float | None, events: list) -> None:
                                 stage=Stage.INJECT)
 
 
-def wait_for_interrupt_stop(tid: int, deadline: float | None) -> None:
-    """Wait for the PTRACE_INTERRUPT stop, passing on signals that arrive first."""
+def wait_for_interrupt_stop(tid: int, deadline: float | None, group_ok: bool = False,
+                            keep_end: bool = False) -> int:
+    """Wait for the PTRACE_INTERRUPT stop, passing on signals that arrive first.
+    Returns the stop signal of a group stop when `group_ok` (else refuses
+    one: a stopped process must stay stopped), 0 for a plain interrupt stop.
+    `keep_end`: see stops.wait."""
     while True:
-        stop = stops.wait(tid, deadline)
+        stop = stops.wait(tid, deadline, keep_end)
         if stop.kind is StopKind.EVENT:
             if stop.event == ptrace.EVENT_EXEC:
                 # The exec event stop came first; the interrupt stop follows,
@@ -95,16 +142,26 @@ def wait_for_interrupt_stop(tid: int, deadline: float | None) -> None:
                 raise TargetReplaced(f"process of thread {tid} exec'd a new program",
                                      "nothing was done to it; try again", pid=tid,
                                      stage=Stage.CAPTURE)
-            return
+            return 0
         if stop.kind is StopKind.SIGNAL:
             # A signal-delivery stop came first: deliver it as the kernel would
             # have; the interrupt stays pending and stops the thread next.
             ptrace.cont(tid, stop.sig)
         elif stop.kind is StopKind.GROUP:
+            if group_ok:
+                return stop.sig
             raise Unsupported(f"thread {tid} was stopped by signal {stop.sig} meanwhile",
                               "it must stay stopped; try again once it runs", pid=tid)
         else:
             raise NoSuchProcess(f"thread {tid} exited", pid=tid)
+
+
+def finite_deadline(deadline: float | None) -> float:
+    """A deadline to wait for a thread's return by, whatever the caller's was."""
+    now = time.monotonic()
+    if deadline is None or not math.isfinite(deadline):
+        return now + GIVE_BACK_GRACE
+    return max(deadline, now) + 5.0
 
 
 @dataclass
@@ -117,6 +174,8 @@ class HeldThread:
     xstate: bytes = b""
     sigmask: int = 0
     pending_sig: int = 0  # a signal it stopped to take while parked: delivered at release
+    # Stop signals it took during injected calls (suppressed then): given back at release.
+    stops_taken: list = field(default_factory=list)
 
     def save(self, with_xstate: bool) -> None:
         self.regs = ptrace.get_regs(self.tid)
@@ -128,37 +187,51 @@ class HeldThread:
     def in_syscall(self) -> bool:
         return signed(getattr(self.regs, arch.REG_ORIG_NR)) >= 0
 
+    @property
+    def free(self) -> bool:
+        """Whether it may run an injected call now: stopped, saved, and not
+        held in a signal's delivery stop (injecting there would drop it)."""
+        return self.stopped and not self.pending_sig and self.regs is not None
+
     def inject(self, at: int, nr: int, *args: int, deadline: float,
-               guard=None, events: list | None = None) -> tuple[int, list]:
+               guard=None, events: list | None = None, on_clone=None) -> tuple[int, list]:
         """Run one syscall in this held thread, then park it again with its own
         registers and signal mask.  PTRACE_O_EXITKILL is set before anything
         of the thread is changed and cleared only once all of it is back: if
         snapcore dies in between, the target dies rather than run on with
-        registers or a mask that are not its own."""
+        registers or a mask that are not its own.  Whatever ends the call
+        (an error, a refusal, a stop request), the thread is given back here."""
         tid = self.tid
-        if self.pending_sig:
+        if not self.free:
             raise InternalError(f"thread {tid} holds a signal to deliver", pid=tid,
                                 stage=Stage.INJECT)
+        if guard is not None:
+            guard(nr, args, at)  # a refusal before anything of the thread changes
         ptrace.set_options(tid, SEIZE_OPTIONS | ptrace.O_TRACECLONE | ptrace.O_EXITKILL)
-        ptrace.set_sigmask(tid, ptrace.ALL_SIGNALS_MASK)
         events = [] if events is None else events
         try:
-            for _attempt in range(10):
-                result, events = syscall(tid, self.regs, at, nr, *args, deadline=deadline,
-                                         guard=guard, events=events)
-                if result != arch.ERESTARTNOINTR:  # a signal raced the call: retry
-                    break
+            ptrace.set_sigmask(tid, ptrace.ALL_SIGNALS_MASK)
+            return syscall(tid, self.regs, at, nr, *args, deadline=deadline, events=events,
+                           on_clone=on_clone, stops_taken=self.stops_taken)
         finally:
-            # Its own deadline: a call cut short by the window's must still be
-            # waited out, so the thread gets its registers back.
-            self.park(max(deadline, time.monotonic()) + 5.0)
-        return result, events
+            self.park(finite_deadline(deadline))
 
-    def _restore(self) -> None:
-        ptrace.set_regs(self.tid, self.regs)
-        ptrace.set_sigmask(self.tid, self.sigmask)
+    def _give_back(self, deadline: float) -> None:
+        """Its own registers and mask, then (only then) no EXITKILL.  A call cut
+        short while the thread still runs it must be waited out first: it
+        stops at the call's exit, and is put back there."""
+        tid = self.tid
+        try:
+            ptrace.set_regs(tid, self.regs)
+        except NoSuchProcess:
+            if stops.wait(tid, deadline).kind in ENDED:
+                self.stopped = False
+                raise
+            ptrace.set_regs(tid, self.regs)
+        ptrace.set_sigmask(tid, self.sigmask)
+        ptrace.set_options(tid, SEIZE_OPTIONS)  # only now: drop EXITKILL and TRACECLONE
 
-    def park(self, deadline: float | None) -> None:
+    def park(self, deadline: float) -> None:
         """Put the thread's own registers and mask back, then hold it in an
         interrupt stop.
 
@@ -171,16 +244,7 @@ class HeldThread:
         delivery stop: it is held there, and the signal delivered at release.
         """
         tid = self.tid
-        try:
-            self._restore()
-        except NoSuchProcess:
-            # The injection was cut short while the thread ran its syscall: it
-            # stops at the syscall's exit, then it can be put back.
-            if stops.wait(tid, deadline).kind in ENDED:
-                self.stopped = False
-                raise
-            self._restore()
-        ptrace.set_options(tid, SEIZE_OPTIONS)  # only now: drop EXITKILL and TRACECLONE
+        self._give_back(deadline)
         ptrace.interrupt(tid)
         ptrace.cont(tid)
         while True:
@@ -197,10 +261,15 @@ class HeldThread:
 
     def release(self) -> None:
         """Detach; a signal that reached the thread while it was held is
-        delivered now, as the kernel would have."""
+        delivered now, as the kernel would have, and a stop signal it took
+        during an injected call is given back (a group stop, as meant)."""
         if not self.stopped:
             return
         self.stopped = False
-        ptrace.detach(self.tid, self.pending_sig)
-
-
+        given = self.pending_sig or (self.stops_taken[0] if self.stops_taken else 0)
+        ptrace.detach(self.tid, given)
+        if self.stops_taken and given != self.stops_taken[0]:
+            try:
+                os.kill(self.tid, self.stops_taken[0])
+            except ProcessLookupError:
+                pass

@@ -3,12 +3,10 @@
 from __future__ import annotations
 
 import contextlib
-import errno
 import os
-import socket
 from dataclasses import dataclass, field
 
-from snapcore.errors import AlreadyTraced, NoSuchProcess, Stage, Unsupported
+from snapcore.errors import NoSuchProcess, Stage, Unsupported
 from snapcore.linux import arch
 
 RLIM_INFINITY = (1 << 64) - 1
@@ -37,26 +35,6 @@ class Target:
     threads: list[int] = field(default_factory=list)
     proc_owner: int = 0  # owner of /proc/PID/stat: root when the target is not dumpable
     cmdline: list[str] = field(default_factory=list)
-
-
-@contextlib.contextmanager
-def exclusive(pid: int):
-    """One snapcore at a time per target, whatever its output directory: an
-    abstract unix socket named after the target, which the kernel releases
-    when snapcore exits, however it exits (no file to go stale)."""
-    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-    try:
-        sock.bind(f"\0snapcore-target-{pid}")
-    except OSError as exc:
-        sock.close()
-        if exc.errno != errno.EADDRINUSE:
-            raise
-        raise AlreadyTraced(f"process {pid} is busy: another snapcore is snapshotting it",
-                            "wait for it to finish", pid=pid, stage=Stage.PREFLIGHT) from None
-    try:
-        yield
-    finally:
-        sock.close()
 
 
 def gone(pid: int) -> bool:
@@ -89,6 +67,15 @@ def read_status(pid: int) -> dict[str, str]:
         return dict(line.rstrip("\n").split(":\t", 1) for line in f if ":\t" in line)
 
 
+def parent(pid: int) -> int | None:
+    """The parent's pid (the process, not the thread, a child belongs to);
+    None once the process is gone."""
+    try:
+        return int(read_status(pid)["PPid"])
+    except (OSError, KeyError, ValueError):
+        return None
+
+
 def ancestors(pid: int) -> list[int]:
     """The pids of the process's parent, its parent's parent, ... up to init."""
     found = []
@@ -109,8 +96,24 @@ def _stat_fields(path: str) -> list[str]:
     return stat[stat.rindex(")") + 2:].split()
 
 
-def start_time(pid: int) -> int:
-    return int(_stat_fields(f"/proc/{pid}/stat")[19])
+def start_time(pid: int, tid: int | None = None) -> int:
+    """Clock ticks since boot at the process's (or one thread's) start: with
+    the id, what pins it against reuse."""
+    path = f"/proc/{pid}/stat" if tid is None else f"/proc/{pid}/task/{tid}/stat"
+    return int(_stat_fields(path)[19])
+
+
+def thread_seccomp(pid: int, tid: int) -> int:
+    """A thread's seccomp mode (0 none, 1 strict, 2 filter): filters belong
+    to threads, not processes (kernel/seccomp.c), and may differ between them."""
+    try:
+        with open(f"/proc/{pid}/task/{tid}/status") as f:
+            for line in f:
+                if line.startswith("Seccomp:"):
+                    return int(line.split()[1])
+    except OSError:
+        pass
+    return 0
 
 
 def started_at(ticks: int) -> float:
@@ -284,10 +287,3 @@ def mm_fingerprint(pid: int) -> tuple[int, ...]:
     new layout (randomized), so a change means the program was replaced."""
     fields = _stat_fields(f"/proc/{pid}/stat")
     return tuple(int(fields[i]) for i in (23, 24, 25, 42, 43, 44, 45, 46, 47, 48))
-
-
-def adopts_orphans(pid: int) -> bool:
-    """True for the init of a pid namespace (a container's entrypoint): the
-    kernel hands it every orphan of its namespace (kernel/exit.c:
-    find_child_reaper)."""
-    return ns_tid(pid, pid) == 1

@@ -30,6 +30,7 @@ PTRACE_GETREGSET = 0x4204
 PTRACE_SETREGSET = 0x4205
 PTRACE_SEIZE = 0x4206
 PTRACE_INTERRUPT = 0x4207
+PTRACE_LISTEN = 0x4208
 PTRACE_GETSIGMASK = 0x420A
 PTRACE_SETSIGMASK = 0x420B
 PTRACE_SECCOMP_GET_FILTER = 0x420C
@@ -105,6 +106,13 @@ def set_options(tid: int, options: int) -> None:
 
 def cont(tid: int, sig: int = 0) -> None:
     _call(PTRACE_CONT, tid, 0, sig, "cont")
+
+
+def listen(tid: int) -> None:
+    """Leave a tracee in its PTRACE_EVENT_STOP, but let job control reach it:
+    a group stop or a SIGCONT of its process wakes it to take part, and it
+    stops (and reports) again (PTRACE_LISTEN)."""
+    _call(PTRACE_LISTEN, tid, 0, 0, "listen")
 
 
 def resume_to_syscall(tid: int) -> None:

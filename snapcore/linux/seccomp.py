@@ -13,7 +13,7 @@ import struct
 from dataclasses import dataclass
 
 from snapcore.errors import Stage, Unsupported
-from snapcore.linux.arch import NR
+from snapcore.linux.arch import NR, SYSCALL_INSN
 
 # Actions (include/uapi/linux/seccomp.h), most restrictive first.
 RET_KILL_PROCESS = 0x80000000
@@ -203,10 +203,14 @@ class Guard:
         self.audit_arch = audit_arch
 
     def allows(self, nr: int, args: tuple[int, ...], at: int) -> int:
-        """The filters' verdict (an action in HARMLESS means it runs)."""
+        """The filters' verdict (an action in HARMLESS means it runs) for
+        syscall `nr` run from the `syscall` instruction at `at`.  The kernel
+        gives the filters the address the thread returns to, just past that
+        instruction (kernel/seccomp.c: populate_seccomp_data, KSTK_EIP)."""
         if not self.filters:
             return RET_ALLOW
-        return verdict(self.filters, seccomp_data(nr, self.audit_arch, at, args))
+        ip = at + len(SYSCALL_INSN)
+        return verdict(self.filters, seccomp_data(nr, self.audit_arch, ip, args))
 
     def __call__(self, nr: int, args: tuple[int, ...], at: int) -> None:
         ret = self.allows(nr, args, at)

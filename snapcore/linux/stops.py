@@ -74,15 +74,25 @@ def _decode(status: int) -> Stop:
     return Stop(StopKind.SIGNAL, sig=sig, status=status)
 
 
-def wait(tid: int, deadline: float | None) -> Stop:
-    """Wait for the next stop (or the end) of one tracee, until `deadline` (monotonic)."""
+def wait(tid: int, deadline: float | None, keep_end: bool = False) -> Stop:
+    """Wait for the next stop (or the end) of one tracee, until `deadline`
+    (monotonic).  With `keep_end` its end is not collected: NoSuchProcess
+    says it ended, and the end stays for a later `wait` (collecting a
+    thread's end is what lets an exec or an exit of its process complete)."""
     while True:
-        try:
-            pid, status = os.waitpid(tid, WALL | os.WNOHANG)
-        except ChildProcessError:
-            raise NoSuchProcess(f"thread {tid} is no longer traced", pid=tid) from None
-        if pid:
-            return _decode(status)
+        if keep_end:
+            stop = try_stop(tid)
+            if stop is not None:
+                return stop
+            if has_ended(tid):
+                raise NoSuchProcess(f"thread {tid} ended", pid=tid)
+        else:
+            try:
+                pid, status = os.waitpid(tid, WALL | os.WNOHANG)
+            except ChildProcessError:
+                raise NoSuchProcess(f"thread {tid} is no longer traced", pid=tid) from None
+            if pid:
+                return _decode(status)
         timeout = 3600.0 if deadline is None else deadline - time.monotonic()
         if timeout <= 0:
             raise StopTimeout(f"thread {tid} did not stop in time",
@@ -101,6 +111,30 @@ def try_wait(tid: int) -> Stop | None:
     except ChildProcessError:
         return Stop(StopKind.EXITED)
     return _decode(status) if pid else None
+
+
+def try_stop(tid: int) -> Stop | None:
+    """A stop already reported, without waiting; never the tracee's end,
+    which stays to be collected (waitid without WEXITED)."""
+    try:
+        found = os.waitid(os.P_PID, tid, os.WSTOPPED | os.WNOHANG | WALL)
+    except ChildProcessError:
+        return None  # ended (or not snapcore's): see has_ended
+    if found is None:
+        return None
+    return _decode((found.si_status << 8) | 0x7F)
+
+
+def has_ended(tid: int) -> bool:
+    """Whether the tracee ended, without collecting its end (WNOWAIT).  A
+    tracer's waitid reports ptrace stops whatever it asks for
+    (kernel/exit.c: wait_task_stopped), so the kind of report is looked at."""
+    try:
+        found = os.waitid(os.P_PID, tid, os.WEXITED | os.WNOHANG | os.WNOWAIT | WALL)
+    except ChildProcessError:
+        return True  # collected already, or not snapcore's to wait for
+    return found is not None and found.si_code in (os.CLD_EXITED, os.CLD_KILLED,
+                                                   os.CLD_DUMPED)
 
 
 # Signals an operator or a service manager uses to stop snapcore.  While the

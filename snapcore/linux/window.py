@@ -119,35 +119,34 @@ class Window:
     def main(self) -> HeldThread:
         return self.held.get(self.pid) or next(iter(self.held.values()))
 
-    def __exit__(self, *exc) -> None:
+    def release(self) -> list[Exception]:
+        """Give every held thread back (once; the window's end, or earlier:
+        a fork that outlives the deadline must not hold the target).
+        Returns what failed."""
+        if self.timings:
+            return []
         t2 = time.perf_counter()
+        # A thread that never reached its stop (uninterruptible sleep past
+        # the deadline) cannot be detached while it runs; the kernel
+        # releases it when snapcore exits (exit_ptrace), untouched.
+        errors: list[Exception] = []
+        for thread in self.held.values():
+            try:
+                thread.release()
+            except NoSuchProcess:
+                pass  # it exited while held: nothing left to release
+            except Exception as err:  # release the others all the same
+                errors.append(err)
+        t3 = time.perf_counter()
+        t1 = getattr(self, "_t1", t2)
+        self.timings = {"capture": t1 - self._t0, "syscall": t2 - t1,
+                        "release": t3 - t2, "pause": t3 - self._t0}
+        return errors
+
+    def __exit__(self, *exc) -> None:
         try:
-            # A thread that never reached its stop (uninterruptible sleep past
-            # the deadline) cannot be detached while it runs; the kernel
-            # releases it when snapcore exits (exit_ptrace), untouched.
-            errors = []
-            for thread in self.held.values():
-                try:
-                    thread.release()
-                except NoSuchProcess:
-                    pass  # it exited while held: nothing left to release
-                except Exception as err:  # release the others all the same
-                    errors.append(err)
-            t3 = time.perf_counter()
-            t1 = getattr(self, "_t1", t2)
-            self.timings = {"capture": t1 - self._t0, "syscall": t2 - t1,
-                            "release": t3 - t2, "pause": t3 - self._t0}
+            errors = self.release()
             if errors and exc[0] is None:
                 raise errors[0]
         finally:
             self._signals.__exit__(None, None, None)
-
-
-def run_in_target(pid: int, at: int, nr: int, *args: int, timeout: float,
-                  check=None, guard=None) -> tuple[int, float]:
-    """Stop the target's main thread, run one syscall in it, give it back.
-    Returns the syscall's result and the pause it cost."""
-    with Window(pid, threads=None, timeout=timeout, check=check) as window:
-        result, _events = window.main.inject(at, nr, *args, deadline=window.deadline,
-                                             guard=guard)
-    return result, window.timings["pause"]

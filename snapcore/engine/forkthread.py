@@ -1,0 +1,180 @@
+"""The fork thread: a thread snapcore adds to the target for one snapshot.
+It makes the snapshot child, is its parent for the child's whole life, reaps
+it and leaves, so that nothing of the snapshot is ever the target's, its
+parent's or any reaper's to collect (docs/kernel-notes.md, "Who reaps").
+
+- A thread's end is reaped at once and told to no one (kernel/exit.c:
+  exit_notify autoreaps a thread that is not its group's leader).
+- The snapshot child is the thread's child with exit signal 0: no SIGCHLD,
+  no wait() of the target sees it (only __WALL or __WCLONE waits do), and
+  while snapcore traces it, its end is seen by snapcore alone
+  (wait_consider_task: "a zombie ptracee is only visible to its ptracer").
+  Then the fork thread reaps it (wait4 with __WNOTHREAD: its own children).
+  An orphan would go to the nearest child subreaper or to the pid
+  namespace's init, with SIGCHLD (find_new_reaper, reparent_leader): in a
+  container, often the application itself.
+- It runs no instruction of the target: only the `syscall`s snapcore
+  injects, from a code page of its own (arch.FORK_THREAD_CODE) mapped for
+  the snapshot.  It is born with every signal blocked (the mask its maker
+  had while it ran an injected call).
+- During the dump it is held stopped, then ended (engine/keeper.py).
+- Should snapcore die at any moment, every task it made is let go into the
+  code page's loop: the child dies (PTRACE_O_EXITKILL), the fork thread
+  reaps it and exits.  Only the code page stays (4 KiB), which the next
+  snapshot recognises by its contents and unmaps (engine/leftovers.py).
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from dataclasses import dataclass, field
+
+from snapcore.errors import InternalError, NoSuchProcess, Stage, Unsupported
+from snapcore.linux import abi, arch, ptrace, seccomp
+from snapcore.linux.inject import (SEIZE_OPTIONS, HeldThread, TargetReplaced, syscall,
+                                   wait_for_interrupt_stop)
+
+THREAD_FLAGS = abi.CLONE_VM | abi.CLONE_FS | abi.CLONE_FILES | abi.CLONE_SIGHAND | \
+    abi.CLONE_THREAD  # exit signal 0; its own (empty) SysV undo list
+CHILD_FLAGS = 0  # a plain fork, exit signal 0
+PAGE_PROT = abi.PROT_READ | abi.PROT_EXEC  # written through /proc/PID/mem: never writable
+PAGE_FLAGS = abi.MAP_PRIVATE | abi.MAP_ANONYMOUS
+LOOP_WAIT = abi.WALL | abi.WNOTHREAD  # the page's own loop (arch.FORK_THREAD_CODE)
+NAME = "snapcore-fork"  # the thread's name while it lives (ps -L, top -H)
+NAME_AT = 64  # where the name sits in the code page
+# The fork thread carries no EXITKILL (a SIGKILL of one thread ends its whole
+# process); what it makes does: a task of snapcore's dies with snapcore.
+THREAD_OPTIONS = ptrace.O_TRACESYSGOOD | ptrace.O_TRACECLONE
+MADE_OPTIONS = SEIZE_OPTIONS | ptrace.O_TRACECLONE | ptrace.O_EXITKILL
+
+
+def page_contents() -> bytes:
+    page = bytearray(arch.FORK_THREAD_CODE)
+    page += bytes(NAME_AT - len(page)) + NAME.encode() + b"\0"
+    return bytes(page)
+
+
+@dataclass
+class ForkThread:
+    """The fork thread and what it made; ids are in snapcore's pid namespace
+    unless named _ns (the target's)."""
+
+    pid: int  # the target
+    page: int  # its code page, in the target's memory
+    at: int  # a `syscall` of the target's own (vDSO, libc), for the page's unmapping
+    guard: object  # the target's seccomp filters, as the thread that made it has them
+    tid: int = 0
+    base: ptrace.Regs | None = None  # its registers at birth, the frame for injected calls
+    traced: bool = False
+    listening: bool = False  # held in PTRACE_LISTEN (else stopped in a stop already seen)
+    child: int = 0
+    child_ns: int = 0
+    stops_taken: list = field(default_factory=list)  # SIGSTOPs it took: given back
+
+    @property
+    def entry(self) -> int:
+        return self.page + arch.FORK_THREAD_SYSCALL
+
+    def call(self, nr: int, *args: int, deadline: float, on_clone=None,
+             late=None) -> tuple[int, list]:
+        """One syscall in the stopped fork thread, from its own page: whatever
+        stop it is let go from, it lands in the page's reaping loop."""
+        try:
+            return syscall(self.tid, self.base, self.entry, nr, *args, deadline=deadline,
+                           guard=self.guard, on_clone=on_clone, stops_taken=self.stops_taken,
+                           late=late, keep_end=True)
+        except NoSuchProcess:
+            raise gone(self.pid) from None
+
+
+def gone(pid: int) -> TargetReplaced:
+    """What ends the fork thread before snapcore does: the target's exec
+    (de_thread) or exit."""
+    return TargetReplaced(f"process {pid} exec'd or exited during the snapshot",
+                          "the snapshot was abandoned", pid=pid, stage=Stage.FORK)
+
+
+def plant(runner: HeldThread, at: int, guard, deadline: float) -> int:
+    """Map the code page into the target and fill it; returns its address."""
+    page, _ = runner.inject(at, arch.NR["mmap"], 0, arch.PAGE_SIZE, PAGE_PROT, PAGE_FLAGS,
+                            -1, 0, deadline=deadline, guard=guard)
+    if page < 0:
+        raise Unsupported(f"the process may not map snapcore's fork thread page "
+                          f"({os.strerror(-page)})", "it cannot be snapshot (an SELinux "
+                          "or seccomp policy against executable memory)", stage=Stage.FORK)
+    try:  # FOLL_FORCE, as a debugger writes a breakpoint: the page stays read-only
+        with open(f"/proc/{runner.tid}/mem", "r+b", buffering=0) as mem:
+            mem.seek(page)
+            mem.write(page_contents())
+    except OSError as exc:
+        unplant(runner, page, at, guard, deadline)
+        raise InternalError(f"writing the fork thread's page failed: {exc.strerror}",
+                            "the target was restored and is running", stage=Stage.FORK) from None
+    return page
+
+
+def landing_refusals(guard, page: int) -> str:
+    """What the filters would answer to the page's own loop (run only if
+    snapcore dies, so never checked when it runs): "" when it may run."""
+    blocked = []
+    for nr, args, offset in ((arch.NR["wait4"], (-1, 0, LOOP_WAIT, 0), arch.FORK_THREAD_WAIT),
+                             (arch.NR["exit"], (0,), arch.FORK_THREAD_EXIT)):
+        ret = guard.allows(nr, args, page + offset)
+        if seccomp.action(ret) not in seccomp.HARMLESS:
+            blocked.append(seccomp.describe(ret))
+    return ", ".join(blocked)
+
+
+def unplant(runner: HeldThread, page: int, at: int, guard, deadline: float) -> None:
+    runner.inject(at, arch.NR["munmap"], page, arch.PAGE_SIZE, deadline=deadline, guard=guard)
+
+
+def spawn(runner: HeldThread, thread: ForkThread, deadline: float) -> None:
+    """The runner makes the fork thread.  It starts in an event stop, with the
+    runner's EXITKILL, which it loses before the runner is parked."""
+    def born(tid: int) -> None:
+        thread.tid, thread.traced = tid, True
+        wait_for_interrupt_stop(tid, deadline, keep_end=True)
+        ptrace.set_options(tid, THREAD_OPTIONS)
+
+    result, _ = runner.inject(thread.entry, arch.NR["clone"], THREAD_FLAGS, 0, 0, 0, 0,
+                              deadline=deadline, guard=thread.guard, on_clone=born)
+    if result < 0 or not thread.tid:
+        raise InternalError(f"the fork thread could not be made: "
+                            f"{os.strerror(-result) if result < 0 else 'no clone event'}",
+                            "the target was restored and is running", stage=Stage.FORK)
+    thread.base = ptrace.get_regs(thread.tid)
+
+
+def _made(thread: ForkThread, what: str, deadline: float, flags: int,
+          late=None) -> tuple[int, int]:
+    """The fork thread makes one task of snapcore's (EXITKILL from its first stop)."""
+    made: list[int] = []
+
+    def adopt(tid: int) -> None:
+        made.append(tid)
+        wait_for_interrupt_stop(tid, max(deadline, time.monotonic() + 5))
+        ptrace.set_options(tid, MADE_OPTIONS)
+
+    result, _ = thread.call(arch.NR["clone"], flags, 0, 0, 0, 0, deadline=deadline,
+                            on_clone=adopt, late=late)
+    if result < 0 or not made:
+        raise InternalError(f"{what} in process {thread.pid} failed: "
+                            f"{os.strerror(-result) if result < 0 else 'no clone event'}",
+                            "the target was restored and is running", pid=thread.pid,
+                            stage=Stage.FORK)
+    return made[0], result
+
+
+def make_child(thread: ForkThread, deadline: float, late=None) -> None:
+    """The fork: the snapshot child, a copy-on-write image of the target as
+    held.  `late()`: see inject.syscall (the page-table copy takes about 15 ms
+    per GB resident, and a userfaultfd with fork events waits for its reader)."""
+    thread.child, thread.child_ns = _made(thread, "fork", deadline, CHILD_FLAGS, late)
+
+
+def keep_to_itself(thread: ForkThread, deadline: float) -> None:
+    """Forks the target makes from now on do not copy the page (MADV_DONTFORK)."""
+    thread.call(arch.NR["madvise"], thread.page, arch.PAGE_SIZE, abi.MADV_DONTFORK,
+                deadline=deadline)

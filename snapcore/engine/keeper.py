@@ -1,0 +1,168 @@
+"""The fork thread (engine/forkthread.py) while the child dumps, and its end.
+
+During the dump it is held in a PTRACE_LISTEN stop: a stopped thread is
+never picked to take a signal of the process (kernel/signal.c: wants_signal),
+and job control still reaches it: a group stop wakes it to take part, and it
+stops again (`service` answers each such stop).  When the target execs or
+exits, the fork thread is killed, and its end waits for snapcore (its tracer
+collects it): snapcore ends the child first, so that an exec'd program is
+never sent SIGCHLD for it (kernel/signal.c: do_notify_parent sends SIGCHLD
+for a child whose parent exec'd since the child was made), then collects
+the fork thread, which lets the exec complete.  At the end, it reaps the
+child, unmaps its page and exits.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import time
+
+from snapcore.engine.forkthread import NAME_AT, THREAD_OPTIONS, ForkThread, gone
+from snapcore.errors import InternalError, NoSuchProcess, SnapcoreError, Stage
+from snapcore.linux import abi, arch, ptrace, seccomp, stops
+from snapcore.linux.inject import syscall, wait_for_interrupt_stop
+from snapcore.linux.stops import ENDED, StopKind
+
+REAP = abi.WALL | abi.WNOTHREAD | abi.WNOHANG  # its own children, never blocking
+
+
+def hold(thread: ForkThread, deadline: float) -> None:
+    """Name it, and hold it in a listening stop for the dump (see above).
+    It is let go from a stop in its own page: snapcore dying now, it reaps
+    the child and exits."""
+    name_at = thread.page + NAME_AT
+    if seccomp.action(thread.guard.allows(arch.NR["prctl"], (abi.PR_SET_NAME, name_at),
+                                          thread.entry)) in seccomp.HARMLESS:
+        thread.call(arch.NR["prctl"], abi.PR_SET_NAME, name_at, deadline=deadline)
+    try:
+        ptrace.interrupt(thread.tid)
+        ptrace.cont(thread.tid)
+        wait_for_interrupt_stop(thread.tid, deadline, group_ok=True, keep_end=True)
+    except NoSuchProcess:
+        raise gone(thread.pid) from None
+    ptrace.listen(thread.tid)
+    thread.listening = True
+    for sig in thread.stops_taken:  # a stop signal it took is the target's: given back
+        _signal(thread.pid, sig)
+    thread.stops_taken.clear()
+
+
+def service(thread: ForkThread) -> bool:
+    """Keep the held fork thread listening; False once it has ended (the
+    target exec'd or exited: de_thread or the group exit killed it), its end
+    not yet collected.  Then the child must be ended and collected before
+    the fork thread is (`finish`): an exec completes only once the fork
+    thread is collected, and the child, passed to the thread that exec'd,
+    must end before that thread's program changes (kernel/signal.c:
+    do_notify_parent sends SIGCHLD for a child whose parent exec'd since)."""
+    while True:
+        stop = stops.try_stop(thread.tid)
+        if stop is None:
+            return not stops.has_ended(thread.tid)
+        try:
+            if stop.kind is StopKind.SIGNAL:
+                ptrace.cont(thread.tid, stop.sig)  # not for it to keep: the process's
+            else:
+                ptrace.listen(thread.tid)  # a group stop, or a SIGCONT: wait on
+        except NoSuchProcess:
+            return False
+
+
+def take_back(thread: ForkThread, deadline: float) -> bool:
+    """Stop the held fork thread for the last injected calls; False when it
+    has ended (its end left for `finish` to collect)."""
+    try:
+        if thread.listening:
+            ptrace.interrupt(thread.tid)
+        while thread.listening:
+            stop = stops.try_stop(thread.tid)
+            if stop is not None and stop.kind is StopKind.SIGNAL:
+                ptrace.cont(thread.tid, stop.sig)
+            elif stop is not None:
+                thread.listening = False
+            elif stops.has_ended(thread.tid):
+                return False
+            elif time.monotonic() > deadline:
+                raise InternalError(f"the fork thread {thread.tid} did not stop",
+                                    stage=Stage.REAP)
+            else:
+                signal.sigtimedwait([signal.SIGCHLD], 0.05)
+        ip = getattr(ptrace.get_regs(thread.tid), arch.REG_IP)
+    except NoSuchProcess:
+        return False
+    if not thread.page <= ip < thread.page + len(arch.FORK_THREAD_CODE):
+        raise InternalError(f"the fork thread {thread.tid} is at {ip:#x}, outside its page",
+                            stage=Stage.REAP)
+    return True
+
+
+def collect_end(thread: ForkThread) -> None:
+    """Collect the end of a fork thread the target's exec or exit killed."""
+    try:
+        while stops.wait(thread.tid, time.monotonic() + 5).kind not in ENDED:
+            pass
+    except SnapcoreError:
+        pass
+    thread.traced = False
+
+
+def end(thread: ForkThread, deadline: float) -> None:
+    """Reap what it made, unmap its page, end it.  The snapshot child must be
+    ended and collected already (engine/dump.py: kill)."""
+    while thread.call(arch.NR["wait4"], -1, 0, REAP, 0, deadline=deadline)[0] > 0:
+        pass
+    _unmap_and_exit(thread, deadline)
+
+
+def _unmap_and_exit(thread: ForkThread, deadline: float) -> None:
+    """The page must go before the thread, from an instruction outside it:
+    the target's own `syscall`, whose next instructions are the target's.
+    So for this one call the fork thread carries EXITKILL, as the runner does
+    for its calls: a snapcore killed within it ends the target rather than
+    let a thread of it run on with registers that are not its own.  The exit
+    call is set up before EXITKILL is dropped, so no moment is left unguarded."""
+    tid = thread.tid
+    ptrace.set_options(tid, THREAD_OPTIONS | ptrace.O_EXITKILL)
+    syscall(tid, thread.base, thread.at, arch.NR["munmap"], thread.page, arch.PAGE_SIZE,
+            deadline=deadline, guard=thread.guard, stops_taken=thread.stops_taken,
+            keep_end=True)
+    regs = ptrace.copy_regs(thread.base)
+    setattr(regs, arch.REG_IP, thread.at)
+    setattr(regs, arch.REG_NR, arch.NR["exit"])
+    setattr(regs, arch.REG_ORIG_NR, (1 << 64) - 1)
+    setattr(regs, arch.SYSCALL_ARGS[0], 0)
+    ptrace.set_regs(tid, regs)
+    ptrace.set_options(tid, THREAD_OPTIONS)
+    ptrace.resume_to_syscall(tid)
+    while True:
+        stop = stops.wait(tid, deadline)
+        if stop.kind in ENDED:
+            break
+        ptrace.resume_to_syscall(tid)  # its exit's entry stop: on to the end
+    thread.traced = False
+    for sig in thread.stops_taken:  # a job-control stop it took is the target's
+        _signal(thread.pid, sig)
+
+
+def _signal(pid: int, sig: int) -> None:
+    try:
+        os.kill(pid, sig)
+    except ProcessLookupError:
+        pass
+
+
+def kill_and_collect(tid: int, deadline: float) -> None:
+    """SIGKILL one task of snapcore's and collect its end as its tracer."""
+    _signal(tid, signal.SIGKILL)
+    while True:
+        try:
+            stop = stops.wait(tid, max(deadline, time.monotonic() + 5))
+        except NoSuchProcess:
+            return
+        if stop.kind in ENDED:
+            return
+        try:
+            ptrace.cont(tid)
+        except NoSuchProcess:
+            pass

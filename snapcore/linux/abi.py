@@ -1,0 +1,35 @@
+"""Linux's own numbers that are the same on every architecture snapcore
+supports: clone, mmap, prctl and wait flags (include/uapi/linux/sched.h,
+asm-generic/mman-common.h, linux/prctl.h, linux/wait.h).  Syscall numbers,
+registers and layouts differ per architecture: linux/arch_*.py.
+"""
+
+# clone(2) flags; the low byte is the exit signal (0: none at all).
+CLONE_VM = 0x100
+CLONE_FS = 0x200
+CLONE_FILES = 0x400
+CLONE_SIGHAND = 0x800
+CLONE_THREAD = 0x10000
+CLONE_SYSVSEM = 0x40000
+
+PROT_READ = 0x1
+PROT_WRITE = 0x2
+PROT_EXEC = 0x4
+MAP_PRIVATE = 0x02
+MAP_ANONYMOUS = 0x20
+MADV_DONTFORK = 10
+
+PR_GET_DUMPABLE = 3
+PR_SET_DUMPABLE = 4
+PR_SET_NAME = 15
+
+# wait4 options: __WALL also sees children whose exit signal is not SIGCHLD;
+# __WNOTHREAD only the caller's own children, not its thread group's.
+WNOHANG = 0x1
+WNOTHREAD = 0x20000000
+WALL = 0x40000000
+
+# Kernel-internal errno a syscall interrupted by a signal returns to the
+# tracer: the call is run again (include/linux/errno.h).
+ERESTARTSYS = -512
+ERESTARTNOINTR = -513

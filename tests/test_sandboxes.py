@@ -1,0 +1,164 @@
+"""Targets that change under snapcore: seccomp filters of one thread only, a
+filter installed while snapcore starts, a userfaultfd whose fork waits for
+its monitor, and job control storms (tests/targets/sandbox.c, victim.c)."""
+
+from __future__ import annotations
+
+import json
+import random
+import signal
+import subprocess
+import sys
+import threading
+import time
+
+import psutil
+import pytest
+
+from conftest import compile_target, run_snapcore, snap_json
+from helpers import check_json, verdicts
+from snapcore.errors import ExitCode
+
+
+@pytest.fixture(scope="session")
+def sandbox_exe(build_dir):
+    return compile_target(build_dir, "sandbox")
+
+
+def no_leftovers(pid: int) -> list[str]:
+    """Children (zombies included) and fork threads left in the target."""
+    found = [f"child {c.pid} ({c.status()})" for c in psutil.Process(pid).children()]
+    for thread in psutil.Process(pid).threads():
+        try:
+            with open(f"/proc/{pid}/task/{thread.id}/comm") as f:
+                if f.read().strip() == "snapcore-fork":
+                    found.append(f"fork thread {thread.id}")
+        except FileNotFoundError:
+            pass
+    return found
+
+
+@pytest.mark.parametrize("mode", ["thread_kill", "thread_trap"])
+def test_a_thread_with_its_own_filter_never_runs_snapcores_calls(start_victim, sandbox_exe,
+                                                                 out_dir, mode):
+    """Filters belong to threads: a worker's own filter kills (or traps) a
+    fork, the main thread has none and computes.  The worker, asleep in a
+    syscall, would be the natural runner; its filters refuse, so the main
+    thread runs the calls, and the fork thread and the child inherit its (no)
+    filters."""
+    victim = start_victim(mode, exe=sandbox_exe)
+    code, doc = check_json(str(victim.pid))
+    assert code == 0, doc
+    assert "has no seccomp filter" in next(c["reason"] for c in doc["checks"]
+                                           if c["name"] == "seccomp"), doc
+    for writer in ("kernel", "snapcore", "kernel", "snapcore"):
+        code, doc = snap_json("--max-per-hour", "0", "--writer", writer, "-o", str(out_dir),
+                              str(victim.pid))
+        assert code == 0, doc
+        assert victim.proc.poll() is None, f"the target died: {victim.proc.returncode}"
+    victim.wait_for_heartbeats(victim.heartbeats())
+    victim.assert_unharmed()  # no SIGSYS handler ran, no child, untraced
+
+
+def test_a_filter_installed_while_snapcore_starts_never_kills(start_victim, sandbox_exe,
+                                                             out_dir):
+    """A sandbox that tightens itself after start-up: a filter killing any
+    fork, on every thread, lands 0 to 300 ms after snapcore starts, before
+    its preflight, between its preflight and its window, or after.  snapcore
+    reads the filters inside the window (no thread can install one while all
+    are held): it snapshots, or refuses; the target never dies."""
+    rng = random.Random(int(time.time()))
+    outcomes = []
+    for _ in range(20):
+        victim = start_victim("late_filter", exe=sandbox_exe)
+        proc = subprocess.Popen([sys.executable, "-m", "snapcore", "--json", "--max-per-hour",
+                                 "0", "-o", str(out_dir), str(victim.pid)],
+                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        time.sleep(rng.uniform(0, 0.3))
+        victim.send("filter\n")
+        out, err = proc.communicate(timeout=60)
+        victim.wait_for_line("filtered")
+        assert victim.proc.poll() is None, f"the target died: {out} {err}"
+        outcomes.append(proc.returncode)
+        assert proc.returncode in (0, ExitCode.UNSUPPORTED), (out, err)
+        if proc.returncode:
+            assert "seccomp" in json.loads(out)["error"]["message"], out
+        assert no_leftovers(victim.pid) == []
+        victim.wait_for_heartbeats(victim.heartbeats())
+        victim.assert_unharmed()
+        victim.stop()
+    assert 0 in outcomes, outcomes  # the filter came after the window at least once
+
+
+def test_userfaultfd_with_fork_events_is_refused(start_victim, sandbox_exe, out_dir):
+    """A fork of memory under a userfaultfd that asks for fork events waits
+    until the monitor reads the event: the monitor is a thread the window
+    would hold.  Refused before the target is touched."""
+    victim = start_victim("uffd_fork", exe=sandbox_exe)
+    code, doc = check_json(str(victim.pid))
+    assert code == ExitCode.UNSUPPORTED and verdicts(doc)["userfaultfd"] == "refuse", doc
+    started = time.monotonic()
+    code, doc = snap_json("--max-per-hour", "0", "-o", str(out_dir), str(victim.pid))
+    assert code == ExitCode.UNSUPPORTED, doc
+    assert "userfaultfd" in doc["error"]["message"], doc
+    assert time.monotonic() - started < 10
+    assert "fork event" not in victim.lines()
+    victim.wait_for_heartbeats(victim.heartbeats())
+    victim.assert_unharmed()
+
+
+class Storm:
+    """Job control on the target's process group, as a shell's ^Z and fg, or
+    a supervisor pausing it: `sig` then SIGCONT, each every `period` s."""
+
+    def __init__(self, pgid: int, sig: int, period: float = 0.001):
+        self.pgid, self.sig, self.period = pgid, sig, period
+        self.done = threading.Event()
+        self.thread = threading.Thread(target=self.run, daemon=True)
+        self.thread.start()
+
+    def run(self) -> None:
+        while not self.done.is_set():
+            for sig in (self.sig, signal.SIGCONT):
+                try:
+                    psutil.Process(self.pgid)  # still there
+                    subprocess.os.killpg(self.pgid, sig)
+                except (ProcessLookupError, psutil.NoSuchProcess):
+                    return
+                time.sleep(self.period)
+
+    def stop(self) -> None:
+        self.done.set()
+        self.thread.join()
+        subprocess.os.killpg(self.pgid, signal.SIGCONT)
+
+
+CLEAN_REFUSALS = (ExitCode.UNSUPPORTED,)  # "stopped": it must stay stopped
+
+
+@pytest.mark.parametrize("sig", [signal.SIGSTOP, signal.SIGTSTP])
+def test_job_control_storm_during_snapshots(start_victim, out_dir, sig):
+    """SIGSTOP (or SIGTSTP) and SIGCONT to the target's process group every
+    millisecond, during 30 snapshots.  A stop is normal life: each snapshot
+    goes ahead (a stop signal taken during an injected call is given back
+    at release) or is refused because the process is stopped; never a
+    zombie, never an error about the signal, never a target left stopped."""
+    victim = start_victim("sleep", prefix=("setsid",))
+    storm = Storm(victim.pid, sig)
+    codes = []
+    try:
+        for _ in range(30):
+            proc = run_snapcore("--json", "--max-per-hour", "0", "-o", str(out_dir),
+                                str(victim.pid))
+            codes.append(proc.returncode)
+            doc = json.loads(proc.stdout)
+            assert proc.returncode == 0 or proc.returncode in CLEAN_REFUSALS, doc
+            if proc.returncode:
+                assert "stopped" in doc["error"]["message"], doc
+    finally:
+        storm.stop()
+    assert 0 in codes, codes
+    time.sleep(0.1)
+    assert no_leftovers(victim.pid) == []
+    victim.wait_for_heartbeats(victim.heartbeats())
+    victim.assert_unharmed()
