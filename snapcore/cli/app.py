@@ -34,7 +34,7 @@ class DefaultToSnap(click.Group):
         # so that `snap` says what is wrong with it.  Other commands take no
         # pids: there a negative number is an option's value (`--keep -1`),
         # as it is in snap after an option that takes one (`--timeout -1`).
-        if "--" not in args and args[0] == "snap" and "snap" in self.commands:
+        if args and args[0] == "snap" and "--" not in args and "snap" in self.commands:
             takes_value = {name for p in self.commands["snap"].params
                            if isinstance(p, click.Option) and not p.is_flag
                            for name in p.opts}
