@@ -14,6 +14,7 @@ from snapcore.engine.verdicts import OK, REFUSE, WARN, Options, Preflight
 from snapcore.errors import SnapcoreError
 from snapcore.linux import arch, cgroups, ptrace, seccomp
 from snapcore.linux.procfs import ancestors, thread_name, thread_state
+from snapcore.linux.proctext import proc_open
 from snapcore.linux.window import peek
 
 CAP_SYS_PTRACE = 19
@@ -23,7 +24,7 @@ CAP_SYS_ADMIN = 21
 
 
 def _capabilities() -> int:
-    with open("/proc/self/status") as f:
+    with proc_open("/proc/self/status") as f:
         for line in f:
             if line.startswith("CapEff:"):
                 return int(line.split()[1], 16)
