@@ -6,12 +6,22 @@ harmless, and the target is untouched."""
 
 from __future__ import annotations
 
+import importlib
+import json
+import os
 import re
+import signal
 import subprocess
+import threading
+import time
+import traceback
 from pathlib import Path
 
 import pytest
 
+from snapcore.engine.snapshot import take
+from snapcore.engine.verdicts import Options
+from snapcore.errors import ExitCode, SnapcoreError
 from snapcore.linux.proctext import readable
 
 from conftest import TARGETS, run_snapcore, snap_json
@@ -71,3 +81,72 @@ def test_a_target_named_in_bytes_that_are_not_utf8(writer, start_victim, hostile
     assert info.returncode == 0 and f"target    {shown} (pid {victim.pid})" in info.stdout
     victim.wait_for_heartbeats(victim.heartbeats())
     victim.assert_unharmed()
+
+
+# 3. The target gone right after the fork
+
+def in_worker(work) -> dict:
+    """work() in a forked copy of this process (the engine takes SIGCHLD for
+    itself), as root; what it returns (JSON), or its traceback."""
+    read_end, write_end = os.pipe()
+    child = os.fork()
+    if child == 0:
+        try:
+            try:
+                result = work()
+            except BaseException:
+                result = {"crash": traceback.format_exc()}
+            os.write(write_end, json.dumps(result).encode())
+        finally:
+            os._exit(0)
+    os.close(write_end)
+    with os.fdopen(read_end) as f:
+        text = f.read()
+    os.waitpid(child, 0)
+    return json.loads(text)
+
+
+def killed_first(victim, function):
+    """`function`, called after the target is killed and reaped (by this
+    test's reaper thread, in the parent): its /proc entry is gone."""
+    def hooked(*args, **kwargs):
+        os.kill(victim.pid, signal.SIGKILL)
+        end = time.monotonic() + 10
+        while os.path.exists(f"/proc/{victim.pid}") and time.monotonic() < end:
+            time.sleep(0.001)
+        return function(*args, **kwargs)
+    return hooked
+
+
+@pytest.mark.parametrize("writer, module, name", [
+    ("kernel", "snapcore.linux.priority", "own_level"),  # the first read after the fork
+    ("snapcore", "snapcore.engine.write", "gather"),
+])
+def test_target_gone_right_after_the_fork(writer, module, name, start_victim, out_dir):
+    """The child is a whole copy: its dump goes on, and the core is the
+    target's (its threads' ids), or the error says the process exited."""
+    victim = start_victim("sleep")
+    reaper = threading.Thread(target=victim.proc.wait)
+
+    def work():
+        target = importlib.import_module(module)
+        setattr(target, name, killed_first(victim, getattr(target, name)))
+        try:
+            snap = take(victim.pid, Options(output_dir=out_dir, max_per_hour=0, writer=writer))
+            return {"core": str(snap.core_path), "writer": snap.writer}
+        except SnapcoreError as exc:
+            return {"error": exc.one_line(), "exit_code": int(exc.exit_code)}
+
+    reaper.start()
+    try:
+        result = in_worker(work)
+    finally:
+        victim.stop()
+        reaper.join()
+    assert "crash" not in result, result["crash"]
+    assert victim.proc.returncode == -signal.SIGKILL  # it was gone, as meant
+    if "error" in result:
+        assert result["exit_code"] == ExitCode.NO_SUCH_PROCESS and "exited" in result["error"]
+    else:
+        assert result["writer"] == writer
+        assert prstatus_pids(Path(result["core"])) == [victim.pid]
