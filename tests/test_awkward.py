@@ -6,6 +6,7 @@ harmless, and the target is untouched."""
 
 from __future__ import annotations
 
+import errno
 import importlib
 import json
 import os
@@ -150,3 +151,48 @@ def test_target_gone_right_after_the_fork(writer, module, name, start_victim, ou
     else:
         assert result["writer"] == writer
         assert prstatus_pids(Path(result["core"])) == [victim.pid]
+
+
+# 4. An exec while snapcore attaches
+
+@pytest.mark.skipif(Path("/proc/sys/kernel/randomize_va_space").read_text().strip() == "0",
+                    reason="without ASLR an exec of the same program keeps its layout")
+def test_exec_while_snapcore_attaches_is_said_so(start_victim, hostile, out_dir):
+    """ptrace_attach answers EPERM to the main thread a multi-threaded exec
+    replaces, once the exec is through (the old task has exited): the seize
+    of the first window is made to fail so, just after the target (exec_loop)
+    exec'd.  Not "run as root": the exec, exit 3, and the target untouched."""
+    victim = start_victim("exec_loop", exe=hostile)
+
+    def work():
+        from ptrace import PtraceError
+
+        from snapcore.linux import ptrace as ptracemod
+        real, raced = ptracemod._raw_ptrace, []
+
+        def racing(request, pid, addr=0, data=0):
+            if request == ptracemod.PTRACE_SEIZE and pid == victim.pid and not raced:
+                raced.append(pid)
+                before = Path(f"/proc/{pid}/cmdline").read_bytes()
+                end = time.monotonic() + 5
+                while Path(f"/proc/{pid}/cmdline").read_bytes() == before:
+                    assert time.monotonic() < end, "the target stopped exec'ing"
+                    time.sleep(0.001)
+                raise PtraceError("seize: EPERM", errno=errno.EPERM, pid=pid)
+            return real(request, pid, addr, data)
+
+        ptracemod._raw_ptrace = racing
+        try:
+            take(victim.pid, Options(output_dir=out_dir, max_per_hour=0))
+            return {"raced": raced}
+        except SnapcoreError as exc:
+            return {"raced": raced, "error": exc.one_line(), "exit_code": int(exc.exit_code)}
+
+    result = in_worker(work)
+    assert "crash" not in result, result["crash"]
+    assert result["raced"] == [victim.pid] and "error" in result, result
+    assert result["exit_code"] == ExitCode.NO_SUCH_PROCESS, result
+    assert "exec'd a new program while snapcore attached" in result["error"], result
+    assert "try again" in result["error"] and "root" not in result["error"]
+    victim.wait_for_heartbeats(victim.heartbeats())
+    victim.assert_unharmed()

@@ -11,9 +11,11 @@ import os
 from snapcore.engine import child as childmod
 from snapcore.engine import fork
 from snapcore.engine.verdicts import OK, REFUSE, WARN, Options, Preflight
-from snapcore.errors import SnapcoreError
+from snapcore.errors import NoSuchProcess, PermissionDenied, SnapcoreError, Stage
 from snapcore.linux import arch, cgroups, ptrace, seccomp
-from snapcore.linux.procfs import ancestors, thread_name, thread_state
+from snapcore.linux.inject import TargetReplaced
+from snapcore.linux.procfs import (ancestors, mm_fingerprint, start_time, thread_name,
+                                   thread_state)
 from snapcore.linux.proctext import proc_open
 from snapcore.linux.window import peek
 
@@ -171,6 +173,9 @@ def check_seccomp(pre: Preflight, opts: Options, candidates: list[int]) -> None:
                 pre.syscall_at = at
                 break
     except (SnapcoreError, seccomp.FilterError) as exc:
+        raced = exec_race(pre, exc, Stage.PREFLIGHT)
+        if raced is not exc:
+            raise raced from None
         pre.add("seccomp", REFUSE, f"cannot evaluate the seccomp filters of {t.pid}: "
                 f"{exc}", "leave this process alone, or snapshot it with gcore")
         return
@@ -181,6 +186,31 @@ def check_seccomp(pre: Preflight, opts: Options, candidates: list[int]) -> None:
     else:
         pre.add("seccomp", OK, f"{len(pre.filters)} seccomp filter(s) allow every injected "
                 f"syscall from {pre.syscall_at:#x}")
+
+
+def exec_race(pre: Preflight, exc, stage: Stage):
+    """What a refusal to trace the target really was.  ptrace answers EPERM,
+    not ESRCH, to a task whose exit has begun: the main thread that another
+    thread's exec replaces (de_thread), when snapcore named it by its pid
+    just before, and the exec is through by the time the answer comes.  A
+    process whose memory layout or executable changed since the preflight
+    was exec'ing: say so, not "run as root".  Other errors are given back."""
+    t = pre.target
+    if not isinstance(exc, PermissionDenied) or not pre.fingerprint:
+        return exc
+    try:
+        if start_time(t.pid) != t.start_time:
+            raise FileNotFoundError(t.pid)  # exited, and its pid is another's now
+        changed = (mm_fingerprint(t.pid) != pre.fingerprint
+                   or os.readlink(f"/proc/{t.pid}/exe") != t.exe)
+    except OSError:
+        return NoSuchProcess(f"process {t.pid} exited while snapcore attached",
+                             "nothing to snapshot", pid=t.pid, stage=stage)
+    if not changed:
+        return exc
+    return TargetReplaced(f"the process {t.pid} exec'd a new program while snapcore "
+                          "attached", "nothing was done to it; try again", pid=t.pid,
+                          stage=stage)
 
 
 def check_dumpable(pre: Preflight) -> None:

@@ -17,9 +17,10 @@ from snapcore.core import elf, placement, records, store
 from snapcore.core.compress import compress
 from snapcore.core.sink import zstd_missing
 from snapcore.engine import interrupts, preflight, sequence
+from snapcore.engine.checks_process import exec_race
 from snapcore.engine.ratelimit import RateLimiter, program
 from snapcore.engine.result import DumpLimits, Output, Snapshot
-from snapcore.errors import NoSuchProcess, OutputError, SnapcoreError, Stage
+from snapcore.errors import NoSuchProcess, OutputError, PermissionDenied, SnapcoreError, Stage
 from snapcore.linux import stops
 from snapcore.linux.procfs import exclusive, open_exe, reading, start_time
 
@@ -134,6 +135,8 @@ def _take(pre: preflight.Preflight, output_dir: Path, staging: Path | None,
                                 "check the pid again", pid=pid, stage=Stage.PREFLIGHT)
         return sequence.fork_and_dump(pre, output_dir, staging, all_threads, stop_timeout,
                                       allow_undumpable, dump_limits, pidfd, root, output)
+    except PermissionDenied as exc:  # an exec while snapcore attached, it may be
+        raise exec_race(pre, exc, Stage.CAPTURE) from None
     finally:
         os.close(pidfd)
 
