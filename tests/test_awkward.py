@@ -13,6 +13,7 @@ import os
 import re
 import signal
 import subprocess
+import sys
 import threading
 import time
 import traceback
@@ -195,4 +196,93 @@ def test_exec_while_snapcore_attaches_is_said_so(start_victim, hostile, out_dir)
     assert "exec'd a new program while snapcore attached" in result["error"], result
     assert "try again" in result["error"] and "root" not in result["error"]
     victim.wait_for_heartbeats(victim.heartbeats())
+    victim.assert_unharmed()
+
+
+# 5. The reader of standard output goes away; a core removed meanwhile
+
+@pytest.mark.parametrize("compressed", [False, True])
+def test_reader_of_standard_output_goes_away(compressed, start_victim, tmp_path):
+    """`snapcore -o - PID | head -c 100`: one line saying so (exit 10),
+    not "check free space"; with --json, the document on stderr."""
+    victim = start_victim("sleep")
+    for as_json in (False, True):
+        args = [sys.executable, "-m", "snapcore", "--max-per-hour", "0", "-o", "-",
+                *(["--compress"] if compressed else []), *(["--json"] if as_json else []),
+                str(victim.pid)]
+        proc = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                text=True, cwd=tmp_path)
+        if not compressed:  # head -c 100 (a compressed core may fit in the pipe)
+            assert len(proc.stdout.buffer.read(100)) == 100
+        proc.stdout.close()
+        err = proc.stderr.read()
+        assert proc.wait(timeout=60) == ExitCode.OUTPUT, err
+        if as_json:
+            doc = json.loads(err)
+            assert doc["error"]["exit_code"] == ExitCode.OUTPUT
+            line = f"{doc['error']['message']}: {doc['error']['hint']}"
+        else:
+            assert err.count("\n") == 1 and err.startswith("snapcore: error: "), err
+            line = err
+        assert "reader of standard output went away" in line and "free space" not in line
+        assert "target is unharmed" in line
+    victim.wait_for_heartbeats(victim.heartbeats())
+    victim.assert_unharmed()
+
+
+def removing_first(function, remove):
+    def hooked(*args, **kwargs):
+        remove(*args)
+        return function(*args, **kwargs)
+    return hooked
+
+
+def test_staged_core_removed_before_it_is_taken(start_victim, out_dir):
+    """The kernel's core, held by descriptor, loses its name in the staging
+    directory (a clean-up of /var/tmp): snapcore copies it from the
+    descriptor; before, "check free space and permissions there"."""
+    victim = start_victim("sleep")
+
+    def work():
+        from snapcore.core import store
+        store.store = removing_first(store.store,
+                                     lambda core, *_: os.unlink(core.name, dir_fd=core.dir_fd))
+        try:
+            snap = take(victim.pid, Options(output_dir=out_dir, max_per_hour=0,
+                                            writer="kernel"))
+            return {"core": str(snap.core_path)}
+        except SnapcoreError as exc:
+            return {"error": exc.one_line(), "exit_code": int(exc.exit_code)}
+
+    result = in_worker(work)
+    assert "core" in result, result
+    assert prstatus_pids(Path(result["core"])) == [victim.pid]
+    assert Path(result["core"]).with_suffix(".json").exists()
+    victim.assert_unharmed()
+
+
+def test_core_removed_from_the_output_directory_before_it_is_named(start_victim, out_dir):
+    """snapcore's writer's core, under its hidden name, removed by someone
+    else: said so (exit 10), and no record is left behind for it."""
+    victim = start_victim("sleep")
+
+    def work():
+        from snapcore.engine import write
+
+        def gone(snap):
+            os.unlink(snap.core_path)
+            return snap
+        real = write.dump_and_store
+        write.dump_and_store = lambda *args: gone(real(*args))
+        try:
+            take(victim.pid, Options(output_dir=out_dir, max_per_hour=0, writer="snapcore"))
+            return {}
+        except SnapcoreError as exc:
+            return {"error": exc.one_line(), "exit_code": int(exc.exit_code)}
+
+    result = in_worker(work)
+    assert result.get("exit_code") == ExitCode.OUTPUT, result
+    assert "was removed from" in result["error"] and "not by snapcore" in result["error"]
+    assert "free space" not in result["error"]
+    assert [p.name for p in out_dir.iterdir() if not p.name.startswith(".snapcore")] == []
     victim.assert_unharmed()

@@ -114,10 +114,17 @@ def _publish(snap: Snapshot, output_dir: Path, reason: str, compressed: bool) ->
         except OutputError as exc:
             snap.notes.append(f"not compressed: {exc.one_line()}")
     snap.core_path = output_dir / store.final_name(partial.name)
-    stat = partial.stat()
+    try:
+        stat = partial.stat()
+    except FileNotFoundError:
+        raise store.removed(partial) from None
     snap.core_size, snap.core_allocated = stat.st_size, stat.st_blocks * 512
     snap.sidecar_path = records.write_sidecar(snap, reason)
-    store.publish(partial, snap.core_path)
+    try:
+        store.publish(partial, snap.core_path)
+    except OutputError:
+        snap.sidecar_path.unlink(missing_ok=True)  # a record of no core
+        raise
 
 
 def _take(pre: preflight.Preflight, output_dir: Path, staging: Path | None,

@@ -8,6 +8,7 @@ what the window captured of each target thread (core/corenotes.py).
 
 from __future__ import annotations
 
+import errno
 import os
 import signal
 import threading
@@ -174,9 +175,19 @@ def _raise(error: BaseException) -> None:
         raise CoreNotWritten("the snapshot child was killed while its core was written",
                              "no core was written; the target is unharmed",
                              stage=Stage.DUMP) from None
+    if isinstance(error, BrokenPipeError):
+        raise OutputError("the reader of standard output went away before the whole core "
+                          "was written (broken pipe)", "no core was kept; the target is "
+                          "unharmed: let the reader read to the end, or write the core "
+                          "into a directory", stage=Stage.DUMP, setting="output_dir") from None
+    if isinstance(error, OSError) and error.errno in (errno.ENOSPC, errno.EDQUOT):
+        raise OutputError(f"writing the core failed: {error.strerror}",
+                          "free space, or choose another output directory",
+                          stage=Stage.DUMP, setting="output_dir") from None
     if isinstance(error, OSError):
         raise OutputError(f"writing the core failed: {error.strerror}",
-                          "check free space and the output", stage=Stage.DUMP) from None
+                          "check the output directory's filesystem", stage=Stage.DUMP,
+                          setting="output_dir") from None
     raise error
 
 
