@@ -286,3 +286,87 @@ def test_core_removed_from_the_output_directory_before_it_is_named(start_victim,
     assert "free space" not in result["error"]
     assert [p.name for p in out_dir.iterdir() if not p.name.startswith(".snapcore")] == []
     victim.assert_unharmed()
+
+
+# 6. A record of the wrong shape beside the others
+
+GOOD, BAD = "20261201T100000.000Z_nginx_12", "20261202T100000.000Z_bad_13"
+
+
+def good_record(base: str) -> dict:
+    """A record as records.write_sidecar writes it, for the core BASE.core."""
+    stamp, name, pid = base.split("_")
+    taken = f"{stamp[:4]}-{stamp[4:6]}-{stamp[6:11]}:{stamp[11:13]}:{stamp[13:]}"
+    return {"snapcore_version": "0.1.0", "taken_at": taken, "reason": "",
+            "target": {"pid": int(pid), "name": name, "exe": f"/usr/bin/{name}",
+                       "cmdline": [name], "build_id": None,
+                       "started_at": "2026-01-01T00:00:00Z", "user": "root", "uid": 0,
+                       "program": name},
+            "threads": [{"tid": int(pid), "name": name, "core_lwp": int(pid),
+                         "child_tid": None}],
+            "pause_ms": 1.5, "dump_seconds": 0.2, "priority_steps": [],
+            "core": {"file": f"{base}.core", "size": 4, "allocated": 4096,
+                     "compressed": False},
+            "regions_missing": [], "writer": {"name": "kernel", "reason": ""}, "notes": [],
+            "kernel": "6.1", "hostname": "h"}
+
+
+def place(directory: Path, base: str, record) -> Path:
+    """BASE.core and its record BASE.json, `record` as given."""
+    (directory / f"{base}.core").write_bytes(b"core")
+    sidecar = directory / f"{base}.json"
+    sidecar.write_text(record if isinstance(record, str) else json.dumps(record))
+    return sidecar
+
+
+def wrong(change):
+    record = good_record(BAD)
+    return change(record) or record
+
+
+WRONG = {
+    "pid a string": lambda r: r["target"].update(pid="x"),
+    "threads null": lambda r: r.update(threads=None),
+    "a list": lambda r: [r],
+    "not JSON": lambda r: '{"taken_at": ',
+    "taken_at a number": lambda r: r.update(taken_at=5),
+    "taken_at no time": lambda r: r.update(taken_at="yesterday"),
+    "core a string": lambda r: r.update(core="x.core"),
+    "cmdline of numbers": lambda r: r["target"].update(cmdline=[1, 2]),
+    "a thread a string": lambda r: r.update(threads=["main"]),
+    "target a list": lambda r: r.update(target=[13]),
+    "name a list": lambda r: r["target"].update(name=["bad"]),
+}
+
+
+@pytest.mark.parametrize("what", WRONG)
+def test_one_record_of_the_wrong_shape_is_skipped_with_a_warning(what, tmp_path):
+    good = place(tmp_path, GOOD, good_record(GOOD))
+    bad = place(tmp_path, BAD, wrong(WRONG[what]))
+    (tmp_path / "settings.json").write_text("[1, 2]")  # not snapcore's: not a word of it
+    for args in (["list"], ["list", "--json"], ["list", "--name", "ngi"], ["info"],
+                 ["info", "--json", "12"], ["prune", "--keep", "0", "--dry-run"]):
+        proc = run_snapcore(*args, "-o", str(tmp_path))
+        assert proc.returncode == 0, (args, proc.stderr)
+        warnings = proc.stderr.splitlines()
+        assert warnings and warnings[0].startswith(f"snapcore: warning: skipped {bad}: "), \
+            (args, proc.stderr)
+        assert "settings.json" not in proc.stderr and "Traceback" not in proc.stderr
+        assert "nginx" in proc.stdout, (args, proc.stdout)
+        if args == ["list", "--json"]:
+            assert [s["pid"] for s in json.loads(proc.stdout)["snapshots"]] == [12]
+        if args[0] == "prune":
+            assert str(bad.with_suffix(".core")) not in proc.stdout  # never touched
+    assert good.exists() and bad.exists() and bad.with_suffix(".core").exists()
+
+
+@pytest.mark.unit
+def test_records_says_which_were_left_out(tmp_path):
+    from snapcore.core import records
+    place(tmp_path, GOOD, good_record(GOOD))
+    bad = place(tmp_path, BAD, wrong(WRONG["threads null"]))
+    skipped: list[str] = []
+    found = records.records(tmp_path, skipped)
+    assert [r.data["target"]["pid"] for r in found] == [12]
+    assert skipped == [f"{bad}: 'threads' is null, not a list"]
+    assert records.shape_problem(good_record(GOOD)) is None

@@ -12,6 +12,7 @@ from snapcore import bounds
 from snapcore.cli import render as report
 from snapcore.cli.app import cli, fail
 from snapcore.cli.options import Bounded
+from snapcore.cli.reading import snapshots
 from snapcore.core import records
 from snapcore.core.placement import default_output_dir
 from snapcore.errors import BadInput, Stage
@@ -39,7 +40,7 @@ def list_(output_dir, as_json, quiet, latest, name_filter, since):
     if not directory.is_dir():
         report.say(f"snapcore: warning: no output directory {directory} (nothing snapshot "
                    "there yet, or another -o DIR)")
-    found = records.select(records.records(directory), name_filter, cutoff)
+    found = records.select(snapshots(directory), name_filter, cutoff)
     found = found[:1] if latest else found
     if as_json:
         report.print_json({"ok": True, "snapshots": [report.record_dict(r) for r in found]})
@@ -75,7 +76,7 @@ def prune(output_dir, keep, older_than, max_total, dry_run, as_json):
     if keep is None and older_than is None and max_total is None:
         fail(BadInput("nothing to prune by", "give --keep, --older-than or --max-total",
                       stage=Stage.USAGE), as_json)
-    found = records.records(output_dir or default_output_dir())
+    found = snapshots(output_dir or default_output_dir())
     doomed = records.plan_prune(found, keep=keep, older_than=older_than, max_total=max_total)
     if not dry_run:
         for record in doomed:
