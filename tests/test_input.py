@@ -168,3 +168,12 @@ def test_the_engine_takes_its_defaults_and_valid_values():
     DumpLimits()
     DumpLimits(deadline=0, max_dump_time=86400)
     watch.Conditions(cpu=150.0, rss=1 << 30, threads=10, fds=100)
+
+
+def test_with_the_core_on_standard_output_a_bad_number_is_said_on_stderr(start_victim):
+    """-o -: standard output is the core's, so even the JSON error goes to stderr."""
+    victim = start_victim("sleep")
+    proc = run_snapcore("--json", "-o", "-", "--timeout", "inf", str(victim.pid))
+    assert proc.returncode == ExitCode.USAGE and proc.stdout == ""
+    assert "--timeout" in json.loads(proc.stderr)["error"]["message"]
+    victim.assert_unharmed()
