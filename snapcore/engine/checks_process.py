@@ -196,14 +196,16 @@ def exec_race(pre: Preflight, exc, stage: Stage):
     process whose memory layout or executable changed since the preflight
     was exec'ing: say so, not "run as root".  Other errors are given back."""
     t = pre.target
-    if not isinstance(exc, PermissionDenied) or not pre.fingerprint:
+    if not isinstance(exc, PermissionDenied) or not pre.fingerprint \
+            or exc.pid not in (t.pid, *t.threads):
         return exc
     try:
-        if start_time(t.pid) != t.start_time:
-            raise FileNotFoundError(t.pid)  # exited, and its pid is another's now
+        gone = start_time(t.pid) != t.start_time  # its pid is another process's now
         changed = (mm_fingerprint(t.pid) != pre.fingerprint
                    or os.readlink(f"/proc/{t.pid}/exe") != t.exe)
     except OSError:
+        gone = True
+    if gone:
         return NoSuchProcess(f"process {t.pid} exited while snapcore attached",
                              "nothing to snapshot", pid=t.pid, stage=stage)
     if not changed:
