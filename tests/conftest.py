@@ -113,14 +113,14 @@ class Victim:
         """Running, not stopped, not traced, no child, no violation, only its own heartbeats."""
         assert self.proc.poll() is None, f"target died: {self.proc.returncode}"
         status = dict(line.split(":\t", 1) for line in
-                      Path(f"/proc/{self.pid}/status").read_text().splitlines()
+                      Path(f"/proc/{self.pid}/status").read_text(errors="replace").splitlines()
                       if ":\t" in line)
         assert status["State"][0] not in "tTZ", status["State"]
         assert status["TracerPid"].strip() == "0"
         for tid in os.listdir(f"/proc/{self.pid}/task"):
             try:
-                stat = Path(f"/proc/{self.pid}/task/{tid}/stat").read_text()
-                tracer = Path(f"/proc/{self.pid}/task/{tid}/status").read_text()
+                stat = Path(f"/proc/{self.pid}/task/{tid}/stat").read_text(errors="replace")
+                tracer = Path(f"/proc/{self.pid}/task/{tid}/status").read_text(errors="replace")
             except (FileNotFoundError, ProcessLookupError):
                 continue  # a thread that ended meanwhile (ESRCH once it is reaped)
             assert stat.rsplit(")", 1)[1].split()[0] not in "tT", f"thread {tid} left stopped"

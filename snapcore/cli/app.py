@@ -32,10 +32,17 @@ class DefaultToSnap(click.Group):
             args = ["snap", *args]
         # click would take `-5` for an unknown option; pass it on as the PID
         # so that `snap` says what is wrong with it.  Other commands take no
-        # pids: there a negative number is an option's value (`--keep -1`).
-        negatives = [a for a in args if NEGATIVE_NUMBER.fullmatch(a)]
-        if negatives and "--" not in args and args[0] == "snap":
-            args = [a for a in args if a not in negatives] + ["--", *negatives]
+        # pids: there a negative number is an option's value (`--keep -1`),
+        # as it is in snap after an option that takes one (`--timeout -1`).
+        if args and args[0] == "snap" and "--" not in args and "snap" in self.commands:
+            takes_value = {name for p in self.commands["snap"].params
+                           if isinstance(p, click.Option) and not p.is_flag
+                           for name in p.opts}
+            negatives = [i for i, a in enumerate(args) if NEGATIVE_NUMBER.fullmatch(a)
+                         and args[i - 1] not in takes_value]
+            if negatives:
+                args = [a for i, a in enumerate(args) if i not in negatives] + \
+                    ["--", *(args[i] for i in negatives)]
         return super().parse_args(ctx, args)
 
     def shell_complete(self, ctx, incomplete):
@@ -133,6 +140,13 @@ def _swallowed(info):
 _as_json = [False]  # for _swallowed: how the command reports
 
 
+def _streams_core(args: list[str]) -> bool:
+    """-o - (standard output is the core's): errors go to stderr, JSON too."""
+    pairs = zip(args, args[1:] + [""])
+    return any(a in ("-o", "--output-dir") and b == "-" for a, b in pairs) or \
+        any(a in ("-o-", "--output-dir=-") for a in args)
+
+
 def main(argv=None):
     sys.unraisablehook = _swallowed
     for signum in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
@@ -154,7 +168,7 @@ def main(argv=None):
             cli.invoke(ctx)
     except click.UsageError as exc:
         fail(BadInput(exc.format_message().rstrip("."), "see snapcore --help",
-                      stage=Stage.USAGE), as_json)
+                      stage=Stage.USAGE), as_json, to_stderr=_streams_core(args))
     except (KeyboardInterrupt, click.exceptions.Abort):  # outside the engine: untouched
         fail(Interrupted("interrupted", "the target was not touched",
                          stage=Stage.INTERRUPT), as_json)

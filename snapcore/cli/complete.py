@@ -8,6 +8,8 @@ import os
 
 from click.shell_completion import CompletionItem
 
+from snapcore.linux.proctext import proc_text, readable
+
 
 def _processes():
     """(pid, name, command line) of each user-space process."""
@@ -18,8 +20,7 @@ def _processes():
         try:
             with open(f"/proc/{entry}/cmdline", "rb") as f:
                 argv = f.read().rstrip(b"\0").replace(b"\0", b" ").decode(errors="replace")
-            with open(f"/proc/{entry}/comm") as f:
-                name = f.read().strip()
+            name = readable(proc_text(f"/proc/{entry}/comm").strip())
         except OSError:
             continue  # gone meanwhile, or not ours to read
         if argv:  # kernel threads have no command line: nothing to snapshot

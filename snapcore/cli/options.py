@@ -11,12 +11,12 @@ from pathlib import Path
 
 import click
 
+from snapcore import bounds, units
 from snapcore.cli import complete
 from snapcore.core.placement import default_output_dir
 from snapcore.engine import verdicts
 from snapcore.engine.result import THREAD_MODES, WRITERS, DumpLimits
 from snapcore.errors import BadInput, Stage
-from snapcore.units import parse_size
 
 PID_MAX_LIMIT = 1 << 22  # PID_MAX_LIMIT on 64-bit kernels
 
@@ -49,6 +49,49 @@ def parse_pid(text: str) -> int:
 
 
 
+class Bounded(click.ParamType):
+    """A finite number in its setting's range (snapcore/bounds.py), parsed
+    as `kind` says: "number", "size" (512M), "duration" (7d: a unit is
+    needed) or "min_free" (a size or a percentage, kept as written for the
+    engine).  nan, an infinity, a negative or a huge number is refused here,
+    in one line naming the option, the value and the range, before anything
+    is touched."""
+
+    EXAMPLES = {"size": " (e.g. 512M or 2G)", "duration": " (e.g. 90s, 30m, 12h, 7d, 2w)"}
+
+    def __init__(self, setting: str, kind: str = "number"):
+        self.setting, self.kind = setting, kind
+        self.name = ("integer" if bounds.integer(setting) else "number") \
+            if kind == "number" else kind
+
+    def convert(self, value, param, ctx):
+        if not isinstance(value, str):  # a default, already a number
+            return value
+        text = value.strip()
+        if self.kind == "duration" and text.replace(".", "", 1).isdigit():
+            self.fail(f"{value}: a duration needs a unit: say {text}d, {text}h, {text}m or "
+                      f"{text}s", param, ctx)  # 7 seconds or 7 days?
+        try:
+            if self.kind == "min_free":
+                return bounds.min_free(value)
+            return bounds.check(self.setting, self._parse(text))
+        except (ValueError, BadInput):
+            self.fail(f"{value} is not {self.valid()}", param, ctx)
+
+    def _parse(self, text: str):
+        if self.kind == "size":
+            return units.parse_size(text)
+        if self.kind == "duration":
+            return units.parse_duration(text)
+        return int(text) if bounds.integer(self.setting) else float(text)
+
+    def valid(self) -> str:
+        if self.kind == "min_free":
+            return (f"a size from {bounds.span('min_free')} (2G) or a percentage of the "
+                    f"filesystem from {bounds.span('min_free_percent')} (10%)")
+        return bounds.describe(self.setting) + self.EXAMPLES.get(self.kind, "")
+
+
 def common_options(command):
     """Options that `snap` and `check` share (they judge the same things)."""
     for option in reversed([
@@ -68,18 +111,22 @@ def common_options(command):
                           "RLIMIT_CORE lets it, snapcore everywhere else."),
         click.option("--json", "as_json", is_flag=True,
                      help="Print one JSON document (errors too) instead of text."),
-        click.option("--timeout", type=click.FloatRange(min=0.01), default=2.0,
+        click.option("--timeout", type=Bounded("timeout"), default=2.0,
                      show_default=True, metavar="SECONDS",
                      help="How long to wait for the target to stop (a thread in "
                           "uninterruptible sleep may never); the target is left "
-                          "untouched."),
-        click.option("--min-free", default="10%", show_default=True, metavar="SIZE|PCT",
+                          f"untouched. {bounds.span('timeout')}: the threads that did "
+                          "stop wait, stopped, for the others meanwhile."),
+        click.option("--min-free", type=Bounded("min_free", "min_free"), default="10%",
+                     show_default=True, metavar="SIZE|PCT",
                      help="Free space to leave on the output filesystem after the core "
-                          "(e.g. 2G or 10%)."),
-        click.option("--max-per-hour", type=click.IntRange(min=0), default=4,
+                          f"(e.g. 2G or 10%; a size {bounds.span('min_free')}, a "
+                          f"percentage {bounds.span('min_free_percent')})."),
+        click.option("--max-per-hour", type=Bounded("max_per_hour"), default=4,
                      show_default=True, metavar="N",
                      help="At most N snapshots of the same program per hour (0: no "
-                          "limit); one at a time per program."),
+                          "limit); one at a time per program. "
+                          f"{bounds.span('max_per_hour')}."),
     ]):
         command = option(command)
     return command
@@ -87,9 +134,6 @@ def common_options(command):
 
 def make_options(output_dir, timeout, min_free, max_per_hour, writer: str = "auto",
                  stdout_ok: bool = False) -> verdicts.Options:
-    if not (min_free.strip().endswith("%") or is_size(min_free)):
-        raise BadInput(f"invalid --min-free {min_free!r}", "give a size (2G) or a "
-                       "percentage of the filesystem (10%)", stage=Stage.USAGE)
     to_stdout = output_dir is not None and str(output_dir) == "-"
     if to_stdout and not stdout_ok:
         raise BadInput("-o - (standard output) is for snap only",
@@ -101,14 +145,6 @@ def make_options(output_dir, timeout, min_free, max_per_hour, writer: str = "aut
     return verdicts.Options(output_dir=default_output_dir() if to_stdout or not output_dir
                             else output_dir, min_free=min_free, max_per_hour=max_per_hour,
                             timeout=timeout, writer=writer, to_stdout=to_stdout)
-
-
-def is_size(text: str) -> bool:
-    try:
-        parse_size(text)
-        return True
-    except ValueError:
-        return False
 
 
 def check_force(names: tuple[str, ...]) -> None:
@@ -213,16 +249,17 @@ def snap_options(command):
                           "microseconds per thread). main: only the main thread is held "
                           "and dumped (the shortest pause; other threads show without "
                           "registers)."),
-        click.option("--dump-deadline", type=click.FloatRange(min=0), default=30.0,
+        click.option("--dump-deadline", type=Bounded("dump_deadline"), default=30.0,
                      show_default=True, metavar="SECONDS",
                      help="Have the core by then: the dump runs at idle priority, and "
                           "when it would end later on a busy machine (the target pays "
                           "for copy-on-write meanwhile) it is stepped up, never above "
-                          "the target's own priority. 0: always idle."),
-        click.option("--max-dump-time", type=click.FloatRange(min=0), default=0.0,
+                          "the target's own priority. 0: always idle. "
+                          f"{bounds.span('dump_deadline')}."),
+        click.option("--max-dump-time", type=Bounded("max_dump_time"), default=0.0,
                      show_default=True, metavar="SECONDS",
                      help="Kill the dump and fail if it lasts longer than this. 0: no "
-                          "limit."),
+                          f"limit. {bounds.span('max_dump_time')}."),
         click.option("--force", "force", multiple=True, metavar="CHECK",
                      shell_complete=complete.check_names,
                      help="Go ahead although this check refuses (repeatable; see "
@@ -234,10 +271,11 @@ def snap_options(command):
                      help="Store the core as CORE.zst (zstandard, at idle priority). "
                           "snapcore's writer compresses while writing: the raw core is "
                           "never on disk."),
-        click.option("--compress-ratio", type=click.FloatRange(min=1.0), default=1.0,
+        click.option("--compress-ratio", type=Bounded("compress_ratio"), default=1.0,
                      show_default=True, metavar="N",
                      help="With --compress and snapcore's writer, let the disk check "
-                          "assume the core shrinks N times (1: room for the whole core)."),
+                          "assume the core shrinks N times (1: room for the whole core). "
+                          f"{bounds.span('compress_ratio')}."),
     ]):
         command = option(command)
     return command

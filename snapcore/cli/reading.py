@@ -33,6 +33,17 @@ output_dir_option = click.option(
 match_argument = click.argument("match", required=False, metavar="[MATCH]")
 
 
+def snapshots(directory: Path) -> list:
+    """The records in `directory` (records.records), each one that snapcore
+    cannot read left out with a warning on stderr naming its file."""
+    from snapcore.core import records
+    skipped: list[str] = []
+    found = records.records(directory, skipped)
+    for line in skipped:
+        report.say(f"snapcore: warning: skipped {line}")
+    return found
+
+
 def find(match: str | None, output_dir: Path | None):
     """The newest snapshot MATCH names (a Record), or a one-line error."""
     from snapcore.core import records
@@ -40,13 +51,13 @@ def find(match: str | None, output_dir: Path | None):
     directory = output_dir or default_output_dir()
     if match and (os.sep in match or Path(match).is_file()):
         core = Path(match).absolute()
-        found = [r for r in records.records(core.parent) if r.core == core]
+        found = [r for r in snapshots(core.parent) if r.core == core]
         if not found:
             raise BadInput(f"{match} has no snapcore record beside it",
                            "give a core snapcore wrote, or its pid or name", stage=Stage.USAGE)
         return found[0]
     pid = int(match) if match and match.isdigit() else None
-    found = records.select(records.records(directory), None if pid else match, pid=pid)
+    found = records.select(snapshots(directory), None if pid else match, pid=pid)
     if not found:
         what = f"matching {match!r} " if match else ""
         raise NoSuchProcess(f"no snapshot {what}in {directory}",
@@ -234,8 +245,8 @@ def _keep_or_discard(result, discard: bool) -> str | None:
 def _exe_from_record(core: Path) -> str:
     from snapcore.core import records
     try:
-        data = json.loads(records.sidecar_path(core).read_text())
-        if not data["target"]["exe"]:
+        data = json.loads(records.sidecar_path(core).read_text(errors="replace"))
+        if records.shape_problem(data) or not data["target"]["exe"]:
             raise KeyError("exe")
         return records.executable_here(data)
     except (OSError, ValueError, KeyError):

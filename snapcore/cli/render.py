@@ -149,6 +149,7 @@ FLAGS = {
     "min_free": "--min-free",
     "max_per_hour": "--max-per-hour",
     "max_dump_time": "--max-dump-time",
+    "dump_deadline": "--dump-deadline", "compress_ratio": "--compress-ratio",
     "threads": "--threads main",
     "writer": "--writer",
 }

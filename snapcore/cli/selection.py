@@ -9,6 +9,7 @@ import subprocess
 import psutil
 
 from snapcore.errors import BadInput, NoSuchProcess, Stage
+from snapcore.linux.proctext import readable
 
 
 def by_name(pattern: str, take_all: bool) -> list[int]:
@@ -33,7 +34,8 @@ def by_name(pattern: str, take_all: bool) -> list[int]:
         raise NoSuchProcess(f"no process matches --name {pattern!r}",
                             "check with pgrep -a PATTERN", stage=Stage.USAGE)
     if len(found) > 1 and not take_all:
-        listed = "; ".join(f"{p['pid']} {' '.join(p['cmdline'])[:60]}" for p in found[:10])
+        listed = "; ".join(f"{p['pid']} {readable(' '.join(p['cmdline']))[:60]}"
+                           for p in found[:10])
         raise BadInput(f"--name {pattern!r} matches {len(found)} processes: {listed}",
                        "make the pattern more specific, or add --all", stage=Stage.USAGE)
     return sorted(p["pid"] for p in found)

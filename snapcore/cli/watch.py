@@ -10,11 +10,12 @@ from datetime import datetime, timezone
 
 import click
 
+from snapcore import bounds
 from snapcore.cli import render as report
 from snapcore.cli.app import cli, fail
-from snapcore.cli.options import (EXIT_CODES_HELP, SnapRequest, check_force, common_options,
-                                  make_options, one_target, pid_argument, snap_options,
-                                  target_options)
+from snapcore.cli.options import (EXIT_CODES_HELP, Bounded, SnapRequest, check_force,
+                                  common_options, make_options, one_target, pid_argument,
+                                  snap_options, target_options)
 from snapcore.errors import BadInput, ExitCode, Interrupted, SnapcoreError, Stage
 
 
@@ -23,25 +24,33 @@ from snapcore.errors import BadInput, ExitCode, Interrupted, SnapcoreError, Stag
 @target_options
 @click.option("--wait", "wait_for", is_flag=True,
               help="With --name: wait for a matching process to start, then watch it.")
-@click.option("--interval", type=click.FloatRange(min=0.01), default=1.0, show_default=True,
-              metavar="SECONDS", help="How often to sample the process.")
-@click.option("--for", "hold", type=click.FloatRange(min=0), default=5.0, show_default=True,
-              metavar="SECONDS", help="How long a condition must hold before it fires.")
-@click.option("--cpu", type=click.FloatRange(min=0), metavar="PCT",
-              help="Fire when the process uses at least PCT percent of a CPU.")
-@click.option("--cpu-below", type=click.FloatRange(min=0), metavar="PCT",
-              help="Fire when it uses less than PCT percent of a CPU (stalled).")
-@click.option("--rss", metavar="SIZE", help="Fire when its resident memory reaches SIZE.")
-@click.option("--rss-below", metavar="SIZE",
-              help="Fire when its resident memory is less than SIZE.")
-@click.option("--threads-over", "threads_over", type=click.IntRange(min=1), metavar="N",
-              help="Fire when it has at least N threads.")
-@click.option("--fds", type=click.IntRange(min=1), metavar="N",
-              help="Fire when it has at least N open file descriptors.")
-@click.option("--count", type=click.IntRange(min=1), default=1, show_default=True,
-              metavar="N", help="Stop after N snapshots.")
-@click.option("--cooldown", type=click.FloatRange(min=0), default=300.0, show_default=True,
-              metavar="SECONDS", help="At least this long between two snapshots.")
+@click.option("--interval", type=Bounded("interval"), default=1.0, show_default=True,
+              metavar="SECONDS",
+              help=f"How often to sample the process ({bounds.span('interval')}).")
+@click.option("--for", "hold", type=Bounded("hold"), default=5.0, show_default=True,
+              metavar="SECONDS", help="How long a condition must hold before it fires "
+                                      f"({bounds.span('hold')}).")
+@click.option("--cpu", type=Bounded("cpu"), metavar="PCT",
+              help="Fire when the process uses at least PCT percent of a CPU (100 a CPU; "
+                   f"{bounds.span('cpu')}).")
+@click.option("--cpu-below", type=Bounded("cpu_below"), metavar="PCT",
+              help="Fire when it uses less than PCT percent of a CPU (stalled; "
+                   f"{bounds.span('cpu_below')}).")
+@click.option("--rss", type=Bounded("rss", "size"), metavar="SIZE",
+              help=f"Fire when its resident memory reaches SIZE ({bounds.span('rss')}).")
+@click.option("--rss-below", type=Bounded("rss_below", "size"), metavar="SIZE",
+              help="Fire when its resident memory is less than SIZE "
+                   f"({bounds.span('rss_below')}).")
+@click.option("--threads-over", "threads_over", type=Bounded("threads"), metavar="N",
+              help=f"Fire when it has at least N threads ({bounds.span('threads')}).")
+@click.option("--fds", type=Bounded("fds"), metavar="N",
+              help="Fire when it has at least N open file descriptors "
+                   f"({bounds.span('fds')}).")
+@click.option("--count", type=Bounded("count"), default=1, show_default=True,
+              metavar="N", help=f"Stop after N snapshots ({bounds.span('count')}).")
+@click.option("--cooldown", type=Bounded("cooldown"), default=300.0, show_default=True,
+              metavar="SECONDS", help="At least this long between two snapshots "
+                                      f"({bounds.span('cooldown')}).")
 @common_options
 @snap_options
 def watch(pid, name_pattern, take_all, pidfile, unit, wait_for, interval, hold, cpu,
@@ -57,8 +66,7 @@ def watch(pid, name_pattern, take_all, pidfile, unit, wait_for, interval, hold, 
     """
     from snapcore.engine import watch as watchmod
     try:
-        conditions = watchmod.Conditions(cpu, _size(rss), threads_over, fds, cpu_below,
-                                         _size(rss_below))
+        conditions = watchmod.Conditions(cpu, rss, threads_over, fds, cpu_below, rss_below)
         if not conditions.any():
             raise BadInput("no condition to watch for", "give --cpu, --cpu-below, --rss, "
                            "--rss-below, --threads-over or --fds", stage=Stage.USAGE)
@@ -163,12 +171,3 @@ def stamp(when: float | None = None) -> str:
     at = datetime.fromtimestamp(time.time() if when is None else when, timezone.utc)
     return at.strftime("%Y%m%dT%H%M%S.") + f"{at.microsecond // 1000:03d}Z"
 
-
-def _size(text: str | None) -> int | None:
-    from snapcore.units import parse_size
-    if text is None:
-        return None
-    try:
-        return parse_size(text)
-    except ValueError as exc:
-        raise BadInput(str(exc), "e.g. 512M or 2G", stage=Stage.USAGE) from None

@@ -14,6 +14,8 @@ import signal
 import socket
 from dataclasses import dataclass
 
+from snapcore.linux.proctext import proc_open
+
 CORE_PATTERN = "/proc/sys/kernel/core_pattern"
 
 
@@ -37,7 +39,7 @@ class CorePattern:
 
 
 def read_core_pattern() -> CorePattern:
-    with open(CORE_PATTERN) as f:
+    with proc_open(CORE_PATTERN) as f:  # a path: its bytes kept, as os.* keeps them
         pattern = f.read().rstrip("\n")
     try:
         with open(CORE_USES_PID) as f:

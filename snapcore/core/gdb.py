@@ -29,7 +29,8 @@ def backtraces(exe: str | int, core: Path, timeout: float = 300) -> str:
         out = subprocess.run([gdb, "-batch", "-nx", "-ex", "set pagination off",
                               "-ex", "thread apply all bt",
                               f"/proc/self/fd/{exe}" if fds else exe, str(core)],
-                             capture_output=True, text=True, timeout=timeout, pass_fds=fds)
+                             capture_output=True, text=True, errors="replace",
+                             timeout=timeout, pass_fds=fds)  # a name need not be UTF-8
     lines = [line for line in out.stdout.splitlines()
              if not line.startswith(("[New LWP", "warning: Section", "[Thread debugging",
                                      "Using host libthread_db"))]

@@ -169,7 +169,11 @@ def store(core: OpenCore, output_dir: Path, name: str) -> Path:
             os.link(f"/proc/self/fd/{core.fd}", name, dst_dir_fd=out_fd,
                     follow_symlinks=True)
         except OSError as exc:
-            if exc.errno != errno.EXDEV:
+            # EXDEV: another filesystem.  ENOENT with no link left: the staged
+            # core was removed meanwhile (a clean-up of /var/tmp), and only
+            # snapcore's descriptor still holds it: a copy from that.
+            if exc.errno != errno.EXDEV and not (exc.errno == errno.ENOENT
+                                                 and os.fstat(core.fd).st_nlink == 0):
                 raise
             _copy_sparse(core.fd, out_fd, name)
         try:
@@ -178,10 +182,18 @@ def store(core: OpenCore, output_dir: Path, name: str) -> Path:
             pass
     except OSError as exc:
         raise OutputError(f"cannot move the core into {output_dir}: {exc.strerror}",
-                          "check free space and permissions there", stage=Stage.CORE) from None
+                          _fix(exc, output_dir), stage=Stage.CORE) from None
     finally:
         os.close(out_fd)
     return dest
+
+
+def _fix(exc: OSError, output_dir: Path) -> str:
+    if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+        return "free space there, or choose another output directory"
+    if exc.errno == errno.ENOENT:
+        return f"{output_dir} was removed meanwhile: snapshot again"
+    return "check permissions there"
 
 
 def partial_name(name: str) -> str:
@@ -196,9 +208,20 @@ def publish(partial: Path, final: Path) -> None:
     """The core's final name, once its record is written (rename: atomic)."""
     try:
         os.rename(partial, final)
+    except FileNotFoundError:
+        raise removed(partial) from None
     except OSError as exc:
         raise OutputError(f"cannot name the core {final}: {exc.strerror}",
                           "check permissions there", stage=Stage.CORE) from None
+
+
+def removed(partial: Path) -> OutputError:
+    """A core removed from the output directory before it had its name: not
+    by snapcore (a clean-up job, a person), and nothing of it is left."""
+    return OutputError(f"the core was removed from {partial.parent} before snapcore named "
+                       f"it ({partial.name}, not by snapcore)", "no core was kept; the "
+                       "target is unharmed: see what else cleans that directory, and "
+                       "snapshot again", stage=Stage.CORE, setting="output_dir")
 
 
 def finish_interrupted(output_dir: Path) -> list[str]:

@@ -9,8 +9,12 @@ import os
 
 
 from snapcore.engine.verdicts import OK, REFUSE, WARN, Preflight
+from snapcore.errors import NoSuchProcess, PermissionDenied, Stage
 from snapcore.linux import arch, cgroups
-from snapcore.linux.procfs import ancestors, thread_name, thread_state
+from snapcore.linux.inject import TargetReplaced
+from snapcore.linux.procfs import (ancestors, mm_fingerprint, start_time, thread_name,
+                                   thread_state)
+from snapcore.linux.proctext import proc_open
 
 CAP_SYS_PTRACE = 19
 
@@ -19,7 +23,7 @@ CAP_SYS_ADMIN = 21
 
 
 def _capabilities() -> int:
-    with open("/proc/self/status") as f:
+    with proc_open("/proc/self/status") as f:
         for line in f:
             if line.startswith("CapEff:"):
                 return int(line.split()[1], 16)
@@ -113,6 +117,33 @@ def _safe_state(pid: int, tid: int) -> str:
         return thread_state(pid, tid)
     except OSError:
         return "?"
+
+
+def exec_race(pre: Preflight, exc, stage: Stage):
+    """What a refusal to trace the target really was.  ptrace answers EPERM,
+    not ESRCH, to a task whose exit has begun: the main thread that another
+    thread's exec replaces (de_thread), when snapcore named it by its pid
+    just before, and the exec is through by the time the answer comes.  A
+    process whose memory layout or executable changed since the preflight
+    was exec'ing: say so, not "run as root".  Other errors are given back."""
+    t = pre.target
+    if not isinstance(exc, PermissionDenied) or not pre.fingerprint \
+            or exc.pid not in (t.pid, *t.threads):
+        return exc
+    try:
+        gone = start_time(t.pid) != t.start_time  # its pid is another process's now
+        changed = (mm_fingerprint(t.pid) != pre.fingerprint
+                   or os.readlink(f"/proc/{t.pid}/exe") != t.exe)
+    except OSError:
+        gone = True
+    if gone:
+        return NoSuchProcess(f"process {t.pid} exited while snapcore attached",
+                             "nothing to snapshot", pid=t.pid, stage=stage)
+    if not changed:
+        return exc
+    return TargetReplaced(f"the process {t.pid} exec'd a new program while snapcore "
+                          "attached", "nothing was done to it; try again", pid=t.pid,
+                          stage=stage)
 
 
 def check_dumpable(pre: Preflight) -> None:

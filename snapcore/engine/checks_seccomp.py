@@ -8,11 +8,12 @@ from __future__ import annotations
 
 from snapcore.engine import child as childmod
 from snapcore.engine import forkthread, keeper
-from snapcore.engine.checks_process import CAP_SYS_ADMIN, _has_cap
+from snapcore.engine.checks_process import CAP_SYS_ADMIN, _has_cap, exec_race
 from snapcore.engine.verdicts import OK, REFUSE, Options, Preflight
-from snapcore.errors import SnapcoreError
+from snapcore.errors import SnapcoreError, Stage
 from snapcore.linux import abi, arch, ptrace, seccomp
 from snapcore.linux.procfs import thread_seccomp
+from snapcore.linux.proctext import proc_open
 from snapcore.linux.userfaultfd import EVENT_FORK, REGISTERED, features
 from snapcore.linux.window import peek
 
@@ -99,7 +100,7 @@ def _unreadable_filters() -> tuple[str, str] | None:
 
 
 def _own_seccomp() -> int:
-    with open("/proc/self/status") as f:
+    with proc_open("/proc/self/status") as f:
         for line in f:
             if line.startswith("Seccomp:"):
                 return int(line.split()[1])
@@ -127,6 +128,9 @@ def _judge_threads(pre: Preflight, opts: Options, candidates: list[int],
                     return
             reasons.append(f"thread {tid}: {blocked}")
         except (SnapcoreError, seccomp.FilterError) as exc:
+            raced = exec_race(pre, exc, Stage.PREFLIGHT)
+            if raced is not exc:
+                raise raced from None
             reasons.append(f"thread {tid}: cannot evaluate its filters ({exc})")
     pre.add("seccomp", REFUSE, f"the seccomp filters of {t.pid} ({t.name}) would not allow "
             f"snapcore's calls in any thread ({'; '.join(reasons[:2])})", "an injected "

@@ -9,6 +9,7 @@ from dataclasses import dataclass
 from typing import NamedTuple
 
 from snapcore.linux import arch
+from snapcore.linux.proctext import proc_open
 
 
 @dataclass
@@ -29,7 +30,7 @@ class Mapping:
 def read_smaps(pid: int) -> list[Mapping]:
     maps: list[Mapping] = []
     header = re.compile(r"^([0-9a-f]+)-([0-9a-f]+) (\S+) ([0-9a-f]+) \S+ (\d+)\s*(.*)$")
-    with open(f"/proc/{pid}/smaps") as f:
+    with proc_open(f"/proc/{pid}/smaps") as f:
         for line in f:
             m = header.match(line)
             if m:

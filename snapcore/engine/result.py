@@ -8,6 +8,8 @@ from datetime import datetime
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from snapcore import bounds
+
 if TYPE_CHECKING:  # the command layer imports this module for THREAD_MODES alone
     from snapcore.linux.procfs import Target
 
@@ -75,3 +77,8 @@ class DumpLimits:
     # controller.MemoryWatch, begun just before the fork: the copies start the
     # moment the target is released, long before the dump does.
     memory: object = None
+
+    def __post_init__(self) -> None:
+        """Finite numbers in range (BadInput else), whoever made them."""
+        bounds.check("dump_deadline", self.deadline)
+        bounds.check("max_dump_time", self.max_dump_time)

@@ -20,9 +20,11 @@ from snapcore.core import elf, placement, records, store
 from snapcore.core.compress import compress
 from snapcore.core.sink import zstd_missing
 from snapcore.engine import interrupts, preflight, sequence
+from snapcore.engine.checks_process import exec_race
 from snapcore.engine.ratelimit import RateLimiter, program
 from snapcore.engine.result import DumpLimits, Output, Snapshot
-from snapcore.errors import AlreadyTraced, NoSuchProcess, OutputError, SnapcoreError, Stage
+from snapcore.errors import (AlreadyTraced, NoSuchProcess, OutputError, PermissionDenied,
+                             SnapcoreError, Stage)
 from snapcore.linux import stops
 from snapcore.linux.procfs import open_exe, reading, start_time
 
@@ -116,10 +118,17 @@ def _publish(snap: Snapshot, output_dir: Path, reason: str, compressed: bool) ->
         except OutputError as exc:
             snap.notes.append(f"not compressed: {exc.one_line()}")
     snap.core_path = output_dir / store.final_name(partial.name)
-    stat = partial.stat()
+    try:
+        stat = partial.stat()
+    except FileNotFoundError:
+        raise store.removed(partial) from None
     snap.core_size, snap.core_allocated = stat.st_size, stat.st_blocks * 512
     snap.sidecar_path = records.write_sidecar(snap, reason)
-    store.publish(partial, snap.core_path)
+    try:
+        store.publish(partial, snap.core_path)
+    except OutputError:
+        snap.sidecar_path.unlink(missing_ok=True)  # a record of no core
+        raise
 
 
 def _take(pre: preflight.Preflight, output_dir: Path, staging: Path | None,
@@ -137,6 +146,8 @@ def _take(pre: preflight.Preflight, output_dir: Path, staging: Path | None,
                                 "check the pid again", pid=pid, stage=Stage.PREFLIGHT)
         return sequence.fork_and_dump(pre, output_dir, staging, all_threads, stop_timeout,
                                       allow_undumpable, dump_limits, pidfd, root, output)
+    except PermissionDenied as exc:  # an exec while snapcore attached, it may be
+        raise exec_race(pre, exc, Stage.CAPTURE) from None
     finally:
         os.close(pidfd)
 

@@ -10,6 +10,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from snapcore import bounds
 from snapcore.errors import ExitCode, SnapcoreError, Stage
 if TYPE_CHECKING:  # the command layer imports this module for the check names alone
     from snapcore.linux.procfs import Target
@@ -68,6 +69,13 @@ class Options:
     to_stdout: bool = False  # the core goes to standard output, not output_dir
     compress: bool = False
     compress_ratio: float = 1.0  # the disk check's guess at what --compress saves
+
+    def __post_init__(self) -> None:
+        """A finite number in range for each (BadInput else): a library
+        caller's nan or infinity would reach the waits with the target held."""
+        for setting in ("timeout", "max_per_hour", "compress_ratio"):
+            bounds.check(setting, getattr(self, setting))
+        bounds.min_free(self.min_free)
 
 
 @dataclass

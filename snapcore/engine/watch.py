@@ -16,6 +16,7 @@ from dataclasses import dataclass
 
 import psutil
 
+from snapcore import bounds
 from snapcore.errors import NoSuchProcess, SnapcoreError, Stage
 from snapcore.units import human
 
@@ -28,6 +29,14 @@ class Conditions:
     fds: int | None = None
     cpu_below: float | None = None  # percent of one CPU, less than
     rss_below: int | None = None  # bytes, less than
+
+    def __post_init__(self) -> None:
+        """Each one given: a finite number in range (BadInput else)."""
+        for setting, value in (("cpu", self.cpu), ("rss", self.rss), ("threads", self.threads),
+                               ("fds", self.fds), ("cpu_below", self.cpu_below),
+                               ("rss_below", self.rss_below)):
+            if value is not None:
+                bounds.check(setting, value)
 
     def any(self) -> bool:
         return any(v is not None for v in (self.cpu, self.rss, self.threads, self.fds,
@@ -69,7 +78,17 @@ def events(pid: int, cond: Conditions, snapshot, *, interval: float, hold: float
            count: int, cooldown: float, clock=time.monotonic, sleep=time.sleep):
     """Yield ("sample", Sample, met), ("fire", reasons), ("snapshot", result or
     SnapcoreError) and finally ("end", why, fired): `fired` is False when the
-    process exited before any condition fired.  `snapshot(reason)` takes one."""
+    process exited before any condition fired.  `snapshot(reason)` takes one.
+    The settings are checked here, before the first sample (BadInput)."""
+    for setting, value in (("interval", interval), ("hold", hold), ("count", count),
+                           ("cooldown", cooldown)):
+        bounds.check(setting, value)
+    return _events(pid, cond, snapshot, interval=interval, hold=hold, count=count,
+                   cooldown=cooldown, clock=clock, sleep=sleep)
+
+
+def _events(pid: int, cond: Conditions, snapshot, *, interval: float, hold: float,
+            count: int, cooldown: float, clock, sleep):
     try:
         proc = psutil.Process(pid)
         proc.cpu_percent(None)  # the first reading primes the counter

@@ -8,10 +8,12 @@ what the window captured of each target thread (core/corenotes.py).
 
 from __future__ import annotations
 
+import errno
 import os
 import signal
 import threading
 import time
+from dataclasses import replace
 from datetime import datetime
 
 from snapcore.core import corenotes, placement, store
@@ -32,7 +34,8 @@ from snapcore.linux.procfs import thread_name
 def gather(pid: int, held: list[HeldThread], target_ns: dict[int, int | None]):
     """Right after the window: each held thread's state for its notes (the
     main thread first: gdb opens a core on its first thread), and the
-    process's ids and times."""
+    process's ids and times (None when the target exited right after the
+    fork: its child's are taken then, see _facts)."""
     held = sorted(held, key=lambda t: (t.tid != pid, t.tid))
     states = []
     for thread in held:
@@ -42,7 +45,24 @@ def gather(pid: int, held: list[HeldThread], target_ns: dict[int, int | None]):
             xstate=thread.xstate, sigmask=thread.sigmask,
             sigpend=facts.sigpend if facts else 0, utime=facts.utime if facts else 0,
             stime=facts.stime if facts else 0))
-    return [t.tid for t in held], states, taskinfo.process_facts(pid)
+    try:
+        facts = taskinfo.process_facts(pid)
+    except OSError:
+        facts = None
+    return [t.tid for t in held], states, facts
+
+
+def _facts(kid, facts: taskinfo.ProcessFacts | None, states) -> taskinfo.ProcessFacts:
+    """The target's facts, or for a target gone right after the fork its
+    child's (the same process group, session, uid, nice and memory layout;
+    its parent may be another) with the target's pid as its namespace named
+    it, from the first thread's note: the main thread's."""
+    if facts is not None:
+        return facts
+    try:
+        return replace(taskinfo.process_facts(kid.pid), pid=states[0].tid, cutime=0, cstime=0)
+    except OSError:
+        raise NoSuchProcess(f"snapshot child {kid.pid} is gone", pid=kid.pid) from None
 
 
 def process_state(child: int, name: str, facts: taskinfo.ProcessFacts, mem: int,
@@ -158,9 +178,19 @@ def _raise(error: BaseException) -> None:
         raise CoreNotWritten("the snapshot child was killed while its core was written",
                              "no core was written; the target is unharmed",
                              stage=Stage.DUMP) from None
+    if isinstance(error, BrokenPipeError):
+        raise OutputError("the reader of standard output went away before the whole core "
+                          "was written (broken pipe)", "no core was kept; the target is "
+                          "unharmed: let the reader read to the end, or write the core "
+                          "into a directory", stage=Stage.DUMP, setting="output_dir") from None
+    if isinstance(error, OSError) and error.errno in (errno.ENOSPC, errno.EDQUOT):
+        raise OutputError(f"writing the core failed: {error.strerror}",
+                          "free space, or choose another output directory",
+                          stage=Stage.DUMP, setting="output_dir") from None
     if isinstance(error, OSError):
         raise OutputError(f"writing the core failed: {error.strerror}",
-                          "check free space and the output", stage=Stage.DUMP) from None
+                          "check the output directory's filesystem", stage=Stage.DUMP,
+                          setting="output_dir") from None
     raise error
 
 
@@ -176,6 +206,7 @@ def dump_and_store(pre, forked, kid, gathered, allow_undumpable: bool, limits: D
     try:
         childmod.prepare_still(kid, pre.syscall_at, allow_undumpable=allow_undumpable,
                                deadline=time.monotonic() + 30)
+        facts = _facts(kid, facts, states)
         mem, pagemap = corewriter.open_memory(kid.pid)
         try:
             layout = plan(kid.pid, target.name, states, facts, mem, pagemap)

@@ -10,6 +10,8 @@ from __future__ import annotations
 import os
 import re
 
+from snapcore.linux.proctext import proc_open
+
 _UNLIMITED = 1 << 62  # v1 writes "no limit" as a huge number, v2 as "max"
 
 
@@ -29,7 +31,7 @@ def _mounts() -> dict[str, list[tuple[str, list[str]]]]:
     namespace root (kernel/cgroup: cgroup_show_path): "/../.." for a
     hierarchy mounted outside snapcore's cgroup namespace."""
     found: dict[str, list[tuple[str, list[str]]]] = {}
-    with open("/proc/self/mountinfo") as f:
+    with proc_open("/proc/self/mountinfo") as f:
         for line in f:
             left, _, right = line.partition(" - ")
             fields, fs = left.split(), right.split()
@@ -67,7 +69,7 @@ def _hierarchies(pid: int) -> dict[str, tuple[str, str] | None]:
 
 
 def _lines(pid: int) -> list[list[str]]:
-    with open(f"/proc/{pid}/cgroup") as f:
+    with proc_open(f"/proc/{pid}/cgroup") as f:
         return [line.rstrip("\n").split(":", 2) for line in f]
 
 
@@ -103,7 +105,7 @@ def systemd_unit(pid: int) -> str | None:
     the path systemd gives each unit's cgroup (v2, or v1's name=systemd
     hierarchy): the innermost `*.service` component.  None outside one."""
     try:
-        with open(f"/proc/{pid}/cgroup") as f:
+        with proc_open(f"/proc/{pid}/cgroup") as f:
             lines = [line.rstrip("\n").split(":", 2) for line in f]
     except OSError:
         return None

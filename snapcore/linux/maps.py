@@ -13,6 +13,7 @@ import struct
 from dataclasses import dataclass, field
 
 from snapcore.linux import arch
+from snapcore.linux.proctext import proc_open
 
 _HEADER = re.compile(r"^([0-9a-f]+)-([0-9a-f]+) (\S{4}) ([0-9a-f]+) (\S+) (\d+)\s*(.*)$")
 
@@ -57,7 +58,7 @@ class Vma:
 
 def read_smaps(pid: int) -> list[Vma]:
     vmas: list[Vma] = []
-    with open(f"/proc/{pid}/smaps") as f:
+    with proc_open(f"/proc/{pid}/smaps") as f:
         for line in f:
             m = _HEADER.match(line)
             if m:

@@ -8,6 +8,7 @@ from dataclasses import dataclass, field
 
 from snapcore.errors import NoSuchProcess, Stage, Unsupported
 from snapcore.linux import arch
+from snapcore.linux.proctext import COMM_BYTES, proc_open, proc_text, readable
 
 RLIM_INFINITY = (1 << 64) - 1
 
@@ -17,7 +18,7 @@ class Target:
     """Facts about the target, read from /proc without touching it."""
 
     pid: int
-    name: str  # comm
+    name: str  # comm, readable (proctext.readable)
     exe: str  # "" when unreadable (kernel threads)
     uid: int  # real uid: the kernel writes the core with the target's credentials
     gid: int
@@ -63,7 +64,7 @@ def reading(pid: int, stage: Stage):
 
 
 def read_status(pid: int) -> dict[str, str]:
-    with open(f"/proc/{pid}/status") as f:
+    with proc_open(f"/proc/{pid}/status") as f:
         return dict(line.rstrip("\n").split(":\t", 1) for line in f if ":\t" in line)
 
 
@@ -91,8 +92,7 @@ def ancestors(pid: int) -> list[int]:
 def _stat_fields(path: str) -> list[str]:
     """The fields of a /proc stat file after comm (state is [0]); comm may hold
     spaces and parentheses, so split after the last ')'."""
-    with open(path) as f:
-        stat = f.read()
+    stat = proc_text(path)
     return stat[stat.rindex(")") + 2:].split()
 
 
@@ -118,7 +118,7 @@ def thread_seccomp(pid: int, tid: int) -> int:
 
 def started_at(ticks: int) -> float:
     """A start time in clock ticks since boot (stat field 22) as a Unix time."""
-    with open("/proc/stat") as f:
+    with proc_open("/proc/stat") as f:
         boot = next(int(line.split()[1]) for line in f if line.startswith("btime"))
     return boot + ticks / os.sysconf("SC_CLK_TCK")
 
@@ -130,7 +130,7 @@ def ns_tid(pid: int, tid: int) -> int | None:
     name inside a container); the global id on kernels without NSpid (before
     4.1: no pid namespaces to tell apart)."""
     try:
-        with open(f"/proc/{pid}/task/{tid}/status") as f:
+        with proc_open(f"/proc/{pid}/task/{tid}/status") as f:
             for line in f:
                 if line.startswith("NSpid:"):
                     return int(line.split()[-1])
@@ -149,15 +149,14 @@ def thread_state(pid: int, tid: int) -> str:
 
 def thread_name(pid: int, tid: int) -> str:
     try:
-        with open(f"/proc/{pid}/task/{tid}/comm") as f:
-            return f.read().strip()
+        return readable(proc_text(f"/proc/{pid}/task/{tid}/comm").rstrip("\n"), COMM_BYTES)
     except OSError:
         return ""
 
 
 def core_limits(pid: int) -> tuple[int, int]:
     """Soft and hard RLIMIT_CORE of the target, from /proc/PID/limits."""
-    with open(f"/proc/{pid}/limits") as f:
+    with proc_open(f"/proc/{pid}/limits") as f:
         for line in f:
             if line.startswith("Max core file size"):
                 soft, hard = line.split()[4:6]
@@ -216,8 +215,8 @@ def read(pid: int) -> Target:
                 raise NoSuchProcess(f"process {pid} exited", "nothing to snapshot", pid=pid,
                                     stage=Stage.PREFLIGHT) from None
     uids = status.get("Uid", "0 0 0 0").split()
-    return Target(pid=pid, name=status.get("Name", "?"), exe=exe, uid=int(uids[0]),
-                  gid=int(status.get("Gid", "0").split()[0]), euid=int(uids[1]),
+    return Target(pid=pid, name=readable(status.get("Name", "?"), COMM_BYTES), exe=exe,
+                  uid=int(uids[0]), gid=int(status.get("Gid", "0").split()[0]), euid=int(uids[1]),
                   start_time=stime, state=status.get("State", "?")[0],
                   tgid=int(status.get("Tgid", pid)), tracer=int(status.get("TracerPid", "0")),
                   seccomp=int(status.get("Seccomp", "0")), kernel_thread=kthread,
@@ -240,7 +239,7 @@ def syscall_instructions(pid: int) -> list[int]:
     offered because a seccomp filter may judge by the instruction address.
     """
     maps = []
-    with open(f"/proc/{pid}/maps") as f:
+    with proc_open(f"/proc/{pid}/maps") as f:
         for line in f:
             parts = line.split()
             start, end = (int(x, 16) for x in parts[0].split("-"))

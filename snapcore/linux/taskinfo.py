@@ -9,6 +9,7 @@ import os
 from dataclasses import dataclass
 
 from snapcore.linux.procfs import _stat_fields, read_status
+from snapcore.linux.proctext import proc_open
 
 # Indexes into _stat_fields (field N of proc(5)'s stat is index N - 3).
 _PPID, _PGRP, _SESSION, _FLAGS = 1, 2, 3, 6
@@ -30,7 +31,7 @@ def thread_facts(pid: int, tid: int) -> ThreadFacts | None:
     path = f"/proc/{pid}/stat" if tid == pid else f"/proc/{pid}/task/{tid}/stat"
     try:
         stat = _stat_fields(path)
-        with open(f"/proc/{pid}/task/{tid}/status") as f:
+        with proc_open(f"/proc/{pid}/task/{tid}/status") as f:
             pending = next(int(line.split()[1], 16) for line in f if line.startswith("SigPnd:"))
     except (OSError, StopIteration):
         return None

@@ -33,6 +33,9 @@
  *                 the directory is gone (1 s at most).  Reports "attack DIR
  *                 STRATEGY" when it starts and "result DIR ..." when done, or
  *                 "skipped DIR ..."
+ *   badname       names itself "\xff\xfe" (prctl PR_SET_NAME: not UTF-8) and
+ *                 overwrites its argv[0] and argv[1] with those bytes too, then
+ *                 like innocent
  *
  * Built with -shared -fPIC -DHOSTILE_FAT_PRELOAD instead, this file is an
  * LD_PRELOAD library that gives any target HOSTILE_FAT_MB (default 100) MiB of
@@ -143,6 +146,15 @@ static void mode_exec_loop(char **argv, int argc)
     execve("/proc/self/exe", args, environ);
     report("VIOLATION execve in %d: %s", getpid(), strerror(errno));
     exit(2);
+}
+
+static void mode_badname(char **argv)
+{
+    prctl(PR_SET_NAME, "\xff\xfe", 0, 0, 0);
+    for (int i = 0; i < 2; i++)
+        for (char *c = argv[i]; *c; c++)
+            *c = (c - argv[i]) % 2 ? '\xfe' : '\xff';
+    mode_innocent();
 }
 
 static void mode_exit_mid_dump(double after)
@@ -457,7 +469,7 @@ static void mode_attacker(char **argv, int argc)
 int main(int argc, char **argv)
 {
     if (argc < 3) {
-        fprintf(stderr, "usage: hostile innocent|exec_loop|exit_mid_dump|seccomp_vdso|attacker "
+        fprintf(stderr, "usage: hostile innocent|exec_loop|exit_mid_dump|seccomp_vdso|attacker|badname "
                         "REPORT_FILE [ARGS]\n");
         return 2;
     }
@@ -475,6 +487,8 @@ int main(int argc, char **argv)
         mode_seccomp_vdso(argc > 3 && !strcmp(argv[3], "selftest"));
     else if (!strcmp(mode, "attacker"))
         mode_attacker(argv, argc);
+    else if (!strcmp(mode, "badname"))
+        mode_badname(argv);
     fprintf(stderr, "unknown mode %s\n", mode);
     return 2;
 }
