@@ -85,7 +85,9 @@ def reading(pid: int, stage: Stage):
 
 
 def read_status(pid: int) -> dict[str, str]:
-    with open(f"/proc/{pid}/status") as f:
+    # Name is whatever bytes the process gave itself (PR_SET_NAME): any user
+    # can make it invalid UTF-8, which must not stop snapcore reading others.
+    with open(f"/proc/{pid}/status", errors="replace") as f:
         return dict(line.rstrip("\n").split(":\t", 1) for line in f if ":\t" in line)
 
 
@@ -104,7 +106,7 @@ def ancestors(pid: int) -> list[int]:
 def _stat_fields(path: str) -> list[str]:
     """The fields of a /proc stat file after comm (state is [0]); comm may hold
     spaces and parentheses, so split after the last ')'."""
-    with open(path) as f:
+    with open(path, errors="replace") as f:  # comm: any bytes (see read_status)
         stat = f.read()
     return stat[stat.rindex(")") + 2:].split()
 
@@ -127,7 +129,7 @@ def ns_tid(pid: int, tid: int) -> int | None:
     name inside a container); the global id on kernels without NSpid (before
     4.1: no pid namespaces to tell apart)."""
     try:
-        with open(f"/proc/{pid}/task/{tid}/status") as f:
+        with open(f"/proc/{pid}/task/{tid}/status", errors="replace") as f:
             for line in f:
                 if line.startswith("NSpid:"):
                     return int(line.split()[-1])
@@ -146,7 +148,7 @@ def thread_state(pid: int, tid: int) -> str:
 
 def thread_name(pid: int, tid: int) -> str:
     try:
-        with open(f"/proc/{pid}/task/{tid}/comm") as f:
+        with open(f"/proc/{pid}/task/{tid}/comm", errors="replace") as f:
             return f.read().strip()
     except OSError:
         return ""
