@@ -36,6 +36,7 @@ NR = {
     "prlimit64": 302,
     "close_range": 436,
 }
+NR_OPENAT2 = 437  # snapcore's own call (linux/resolve.py), never injected
 
 # Kernel-internal: a clone interrupted by a signal asks to be run again
 # (include/linux/errno.h).
