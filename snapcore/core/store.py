@@ -14,8 +14,10 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from snapcore.core.notes import read_notes
+from snapcore.core import staging
 from snapcore.core.placement import owner_running
 from snapcore.errors import CoreNotWritten, OutputError, Stage
+from snapcore.linux import resolve
 
 # A stored core waits under this hidden name (with snapcore's pid) until its
 # record is written: a snapcore killed in between never leaves a core without
@@ -64,7 +66,7 @@ def open_core(glob_pattern: str, directory: Path | None, since: float,
     best = None
     for path in dirs:
         try:
-            dir_fd = os.open(path, dir_flags | os.O_CLOEXEC)
+            dir_fd = _open_dir(path, dir_flags)
         except OSError:
             continue
         keep = False
@@ -85,6 +87,14 @@ def open_core(glob_pattern: str, directory: Path | None, since: float,
             if not keep:
                 os.close(dir_fd)
     return best[1] if best else None
+
+
+def _open_dir(path: str, flags: int) -> int:
+    """A staging directory by the descriptor kept since it was made (its name
+    is its user's to change); a directory under /proc/PID/root (an absolute
+    core_pattern, as the target sees it) resolved inside that root."""
+    made = staging.opened(Path(path))
+    return made if made is not None else resolve.open_as_seen(path, flags)
 
 
 def _open_regular(dir_fd: int, name: str, since: float, owners: set[int],
@@ -134,7 +144,7 @@ def bytes_written(glob_pattern: str | None, directory: Path | None) -> int:
     if glob_pattern is None:
         return 0
     if directory is not None and not glob_pattern.startswith("/"):
-        glob_pattern = os.path.join(glob.escape(str(directory)), glob_pattern)
+        glob_pattern = os.path.join(glob.escape(staging.seen_here(directory)), glob_pattern)
     total = 0
     for name in glob.glob(glob_pattern):
         try:

@@ -8,7 +8,7 @@ import os
 from pathlib import Path
 
 from snapcore import units
-from snapcore.core import core_pattern, placement
+from snapcore.core import core_pattern, placement, staging
 from snapcore.engine import checks_writer, estimate
 from snapcore.engine.ratelimit import RateLimiter, label, program, time_text
 from snapcore.engine.verdicts import OK, REFUSE, WARN, Options, Preflight
@@ -108,7 +108,7 @@ def _min_free(spec: str, fs_size: int) -> int:
 def check_staging(pre: Preflight, opts: Options, pattern: core_pattern.CorePattern) -> None:
     """Where the kernel writes a relative core_pattern's core: the output
     directory, or a staging directory in a place the target's user can write,
-    in the target's view of the files (placement.staging_base).  Nowhere
+    in the target's view of the files (staging.staging_base).  Nowhere
     writable there (a read-only root filesystem) is known now, before the
     target is touched; no override makes a read-only mount writable."""
     t = pre.target
@@ -122,7 +122,7 @@ def check_staging(pre: Preflight, opts: Options, pattern: core_pattern.CorePatte
         return
     out = Path(opts.output_dir).absolute()
     try:
-        base = placement.staging_base(out, t.uid, placement.target_root(t.pid))
+        base = staging.staging_base(out, t.uid, placement.target_root(t.pid))
     except OutputError as exc:
         pre.add("staging", REFUSE, exc.message, exc.hint)
         return
@@ -140,7 +140,7 @@ def _places(opts: Options, pattern: core_pattern.CorePattern, pid: int, uid: int
         places.add(root + os.path.dirname(pattern.pattern))
     elif pattern.kind == "relative":
         try:
-            places.add(str(_existing_ancestor(Path(placement.staging_base(out, uid, root)))))
+            places.add(str(_existing_ancestor(Path(staging.staging_base(out, uid, root)))))
         except OutputError:
             pass  # the staging check refuses
     return places

@@ -14,6 +14,7 @@ from dataclasses import replace
 from pathlib import Path
 
 from snapcore.core import elf, placement, records, store
+from snapcore.core import staging as staging_dirs
 from snapcore.core.compress import compress
 from snapcore.core.sink import zstd_missing
 from snapcore.engine import interrupts, preflight, sequence
@@ -72,9 +73,9 @@ def _take_exclusive(pid: int, opts: preflight.Options, *, threads: str,
     key = program(target)
     with limiter.exclusive(key, pid):
         root = placement.target_root(pid)
-        placement.remove_stale_staging(placement.staging_bases(output_dir, root))
+        staging_dirs.remove_stale_staging(output_dir, root)
         store.finish_interrupted(output_dir)
-        staging = (placement.make_staging_dir(output_dir, target.uid, target.gid, root)
+        staging = (staging_dirs.make_staging_dir(output_dir, target.uid, target.gid, root)
                    if pre.core_pattern.kind == "relative" and pre.writer == "kernel"
                    else None)
         output = Output(output_dir, stream if opts.to_stdout else None, compressed)
@@ -89,7 +90,7 @@ def _take_exclusive(pid: int, opts: preflight.Options, *, threads: str,
             raise
         finally:
             if staging is not None:
-                placement.remove_staging(staging)
+                staging_dirs.remove_staging(staging)
         limiter.record(key)
     snap.checks = pre.as_dicts()
     snap.program = key
