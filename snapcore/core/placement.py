@@ -1,14 +1,17 @@
-"""Where snapcore writes: the output directory, names in it, and the
-target's view of the files.  The staging
+"""Where snapcore writes: the output directory (and whether root may write
+there at all), names in it, and the target's view of the files.  The staging
 directory the kernel dumps into: core/staging.py.
 """
 
 from __future__ import annotations
 
+import grp
 import os
+import stat
 from datetime import datetime, timezone
 from pathlib import Path
 
+from snapcore.core import safefs
 from snapcore.errors import OutputError, Stage
 
 
@@ -40,6 +43,61 @@ def prepare_output_dir(path: Path) -> Path:
                           setting="output_dir",
                           stage=Stage.PREFLIGHT)
     return path
+
+
+def existing_ancestor(path: Path) -> Path:
+    """The nearest directory on the way up that exists (os.path.exists, unlike
+    Path.exists, answers False instead of raising where search is denied)."""
+    while not os.path.exists(path) and path != path.parent:
+        path = path.parent
+    return path
+
+
+def output_dir_problem(out: Path) -> tuple[str, str] | None:
+    """Why snapcore must not write in output directory `out`, as (reason,
+    fix), or None.  Another user must not be able to choose where snapcore's
+    files go: no symlink of theirs on the way, every directory from / down
+    owned by root or snapcore's euid, none writable by others unless sticky
+    (there nobody else may move or replace an entry it does not own,
+    fs/namei.c: `may_delete`).  A sticky directory is fine: snapcore never
+    follows a name in it (core/safefs.py), and its own `.snapcore` must be
+    its own."""
+    out = Path(out).absolute()
+    mine = {0, os.geteuid()}
+    for i in range(2, len(out.parts) + 1):
+        st = safefs.lstat_or_none(Path(*out.parts[:i]))
+        if st is None:
+            break
+        if stat.S_ISLNK(st.st_mode) and st.st_uid not in mine:
+            return (f"{Path(*out.parts[:i])} is a symlink owned by uid {st.st_uid}, who "
+                    "decides where it points", "give the directory itself, not the link")
+    existing = existing_ancestor(out)
+    real = Path(os.path.realpath(existing))
+    for d in [*reversed(real.parents), real]:
+        st = os.stat(d)
+        if st.st_uid not in mine:
+            return (f"{d} belongs to uid {st.st_uid}, who could swap what snapcore writes "
+                    "there", "use a directory of root's (or your own)")
+        if st.st_mode & 0o022 and not st.st_mode & stat.S_ISVTX:
+            return (f"{d} is writable by {_others(st)} without the sticky bit: anyone "
+                    "could replace a core, or the directory", "chmod go-w it (or +t), or "
+                    "choose another output directory")
+    if existing == out:
+        state = out / ".snapcore"
+        why = safefs.dir_problem(safefs.lstat_or_none(state))
+        if why:
+            return (f"{state} is {why}: snapcore keeps its own state there",
+                    f"remove it (rm -r {state}); snapcore makes its own")
+    return None
+
+
+def _others(st: os.stat_result) -> str:
+    if st.st_mode & 0o002:
+        return "everyone"
+    try:
+        return f"group {grp.getgrgid(st.st_gid).gr_name}"
+    except KeyError:
+        return f"group {st.st_gid}"
 
 
 def target_root(pid: int) -> str:

@@ -64,15 +64,12 @@ def _limits_text(t) -> str:
     return f"soft {soft}, hard {hard}"
 
 
-def _existing_ancestor(path: Path) -> Path:
-    """The nearest directory on the way up that exists (os.path.exists, unlike
-    Path.exists, answers False instead of raising where search is denied)."""
-    while not os.path.exists(path) and path != path.parent:
-        path = path.parent
-    return path
+_existing_ancestor = placement.existing_ancestor
 
 
 def check_output_dir(pre: Preflight, opts: Options) -> None:
+    """The output directory can be made and written, and nobody else can
+    choose where snapcore's files go there (placement.output_dir_problem)."""
     if opts.to_stdout:
         pre.add("output-dir", OK, "standard output (the rate limit's state stays in "
                 f"{Path(opts.output_dir).absolute()})")
@@ -80,19 +77,21 @@ def check_output_dir(pre: Preflight, opts: Options) -> None:
     out = Path(opts.output_dir).absolute()
     existing = _existing_ancestor(out)
     try:
+        problem = placement.output_dir_problem(out)
         if not existing.is_dir():
             pre.add("output-dir", REFUSE, f"{existing} is not a directory",
                     "choose another output directory", setting="output_dir")
         elif not os.access(existing, os.W_OK | os.X_OK):
             pre.add("output-dir", REFUSE, f"{existing} is not writable for you",
                     "choose another output directory", setting="output_dir")
-        elif existing == out and (out.stat().st_mode & 0o1002) == 0o0002:
-            pre.add("output-dir", REFUSE, f"{out} is world-writable without the sticky "
-                    "bit: anyone could replace a core", "chmod 0700 it, or choose another "
-                    "with -o")
+        elif problem is not None:
+            pre.add("output-dir", REFUSE, *problem, setting="output_dir")
         else:
-            pre.add("output-dir", OK, str(out) + ("" if existing == out
-                                                  else " (will be created)"))
+            sticky = existing == out and out.stat().st_mode & 0o022
+            pre.add("output-dir", OK, str(out) + (
+                " (will be created)" if existing != out else
+                " (sticky, others write there too: snapcore never follows a name in it)"
+                if sticky else ""))
     except OSError as exc:
         pre.add("output-dir", REFUSE, f"cannot use {out}: {exc.strerror}",
                 "choose another output directory", setting="output_dir")
