@@ -197,6 +197,10 @@ def check_rate(pre: Preflight, opts: Options) -> None:
     except FileNotFoundError:
         pre.add("rate-limit", OK, "no snapshots recorded yet")
         return
+    except OutputError as exc:  # .snapcore or its state is not snapcore's (safefs.py)
+        pre.add("rate-limit", REFUSE, f"cannot read the rate limit's state: {exc.message}",
+                exc.hint)
+        return
     except (OSError, ValueError) as exc:
         pre.add("rate-limit", REFUSE, f"cannot read the rate limit's state: {exc}",
                 "fix or remove .snapcore/state.json in the output directory")
