@@ -13,6 +13,7 @@ import json
 import os
 import platform
 import pwd
+import secrets
 import socket
 import time
 from dataclasses import dataclass
@@ -20,7 +21,8 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 from snapcore import __version__
-from snapcore.core import elf
+from snapcore.core import elf, safefs
+from snapcore.errors import OutputError, Stage
 from snapcore.linux.procfs import started_at
 
 CORE_SUFFIXES = (".core", ".core.zst")
@@ -92,12 +94,28 @@ def write_sidecar(snap, reason: str = "") -> Path:
         "hostname": socket.gethostname(),
     }
     path = sidecar_path(snap.core_path)
-    # Written whole, then renamed: a record is never seen half written.
-    partial = path.with_name(f".{path.name}.{os.getpid()}.part")
-    fd = os.open(partial, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, 0o600)
-    with os.fdopen(fd, "w") as f:
-        json.dump(record, f, indent=2)
-    os.rename(partial, path)
+    # Written whole, then renamed: a record is never seen half written.  The
+    # directory may be a sticky one others write too: the partial is a new
+    # file under a name nobody can guess, the rename replaces whatever was
+    # planted at the record's name without following it (safefs.py).
+    partial = f".{path.name}.{os.getpid()}.{secrets.token_hex(4)}.part"
+    dir_fd = os.open(path.parent, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    try:
+        with os.fdopen(safefs.create(dir_fd, partial, path.with_name(partial)), "w") as f:
+            try:
+                json.dump(record, f, indent=2)
+            except BaseException:
+                os.unlink(partial, dir_fd=dir_fd)
+                raise
+        try:
+            os.rename(partial, path.name, src_dir_fd=dir_fd, dst_dir_fd=dir_fd)
+        except OSError as exc:  # a directory planted at the record's name
+            os.unlink(partial, dir_fd=dir_fd)
+            raise OutputError(f"cannot write the record {path}: {exc.strerror}",
+                              "remove what is there, or choose another output directory",
+                              stage=Stage.CORE) from None
+    finally:
+        os.close(dir_fd)
     return path
 
 

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from snapcore.core.notes import read_notes
-from snapcore.core import staging
+from snapcore.core import safefs, staging
 from snapcore.core.placement import owner_running
 from snapcore.errors import CoreNotWritten, OutputError, Stage
 from snapcore.linux import resolve
@@ -178,10 +178,12 @@ def store(core: OpenCore, output_dir: Path, name: str) -> Path:
         try:
             os.link(f"/proc/self/fd/{core.fd}", name, dst_dir_fd=out_fd,
                     follow_symlinks=True)
+        except FileExistsError:
+            raise safefs.refusal(dest, safefs.why_there(out_fd, name)) from None
         except OSError as exc:
             if exc.errno != errno.EXDEV:
                 raise
-            _copy_sparse(core.fd, out_fd, name)
+            _copy_sparse(core.fd, out_fd, name, dest)
         try:
             os.unlink(core.name, dir_fd=core.dir_fd)  # whatever that name is now
         except OSError:
@@ -213,37 +215,54 @@ def publish(partial: Path, final: Path) -> None:
 
 def finish_interrupted(output_dir: Path) -> list[str]:
     """What a killed snapcore left in the output directory: a hidden core whose
-    record was written gets its name; anything else of it is removed."""
+    record was written gets its name; anything else of it is removed.  Only
+    snapcore's own files count (regular, one link, its euid's: core/safefs.py):
+    in a sticky directory anyone may have planted a name like these."""
     done = []
     try:
-        entries = list(os.scandir(output_dir))
+        dir_fd = os.open(output_dir, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
     except OSError:
         return done
-    for entry in entries:
-        # compress.py's own partial file is "." + the name it compresses.
-        own = entry.name[1:] if entry.name.startswith("." + PART_PREFIX) else entry.name
-        if not own.startswith(PART_PREFIX) or "-" not in own[len(PART_PREFIX):]:
-            continue
-        if owner_running(own[len(PART_PREFIX):]):
-            continue
-        final = final_name(own)
-        record = output_dir / (final.split(".core", 1)[0] + ".json")
-        try:
-            if own == entry.name and final.endswith((".core", ".core.zst")) \
-                    and record.exists() and not entry.is_symlink():
-                os.rename(entry.path, output_dir / final)
-            else:
-                os.unlink(entry.path)
-            done.append(entry.path)
-        except OSError:
-            pass
+    try:
+        for name in os.listdir(dir_fd):
+            if _finish_one(dir_fd, name):
+                done.append(str(output_dir / name))
+    except OSError:
+        pass
+    finally:
+        os.close(dir_fd)
     return done
 
 
-def _copy_sparse(src: int, dir_fd: int, name: str) -> None:
+def _own(dir_fd: int, name: str) -> bool:
+    try:
+        return not safefs.not_own(os.stat(name, dir_fd=dir_fd, follow_symlinks=False))
+    except OSError:
+        return False
+
+
+def _finish_one(dir_fd: int, name: str) -> bool:
+    # compress.py's own partial file is "." + the name it compresses.
+    own = name[1:] if name.startswith("." + PART_PREFIX) else name
+    if not own.startswith(PART_PREFIX) or "-" not in own[len(PART_PREFIX):]:
+        return False
+    if owner_running(own[len(PART_PREFIX):]) or not _own(dir_fd, name):
+        return False
+    final = final_name(own)
+    record = final.split(".core", 1)[0] + ".json"
+    try:
+        if own == name and final.endswith((".core", ".core.zst")) and _own(dir_fd, record):
+            os.rename(name, final, src_dir_fd=dir_fd, dst_dir_fd=dir_fd)
+        else:
+            os.unlink(name, dir_fd=dir_fd)
+    except OSError:
+        return False
+    return True
+
+
+def _copy_sparse(src: int, dir_fd: int, name: str, dest: Path) -> None:
     size = os.fstat(src).st_size
-    dst = os.open(name, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC,
-                  0o600, dir_fd=dir_fd)
+    dst = safefs.create(dir_fd, name, dest)
     try:
         at = 0
         while at < size:

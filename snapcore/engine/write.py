@@ -14,7 +14,7 @@ import threading
 import time
 from datetime import datetime
 
-from snapcore.core import corenotes, placement, store
+from snapcore.core import corenotes, placement, safefs, store
 from snapcore.core import writer as corewriter
 from snapcore.core.elfcore import Layout
 from snapcore.core.sink import FdWriter, FileSink, StreamSink, zstd_sink
@@ -85,9 +85,8 @@ def open_sink(output: Output, name: str):
     partial = store.partial_name(name)
     try:
         dir_fd = os.open(output.directory, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
-        try:
-            fd = os.open(partial, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW
-                         | os.O_CLOEXEC, 0o600, dir_fd=dir_fd)
+        try:  # never a name made before, by anyone (core/safefs.py)
+            fd = safefs.create(dir_fd, partial, output.directory / partial)
         finally:
             os.close(dir_fd)
     except OSError as exc:
