@@ -15,6 +15,7 @@ import platform
 import pwd
 import secrets
 import socket
+import stat
 import time
 from dataclasses import dataclass
 from datetime import datetime, timezone
@@ -143,23 +144,46 @@ class Record:
 
 
 def records(directory: Path) -> list[Record]:
-    """Every snapshot in `directory` that has a readable sidecar, newest first."""
+    """Every snapshot in `directory` that has a readable sidecar, newest first.
+
+    Only files of snapcore's euid or of the directory's owner count, never
+    through a link: in a sticky directory anyone may add a record naming
+    another program and a core of their choosing (`debug` would hand them
+    to gdb), or a FIFO that would hang the reader."""
     found = []
     directory = Path(directory)
-    if not directory.is_dir():
+    try:
+        trusted = {os.geteuid(), os.stat(directory).st_uid}
+    except OSError:
         return found
     for sidecar in directory.glob("*.json"):
         try:
-            data = json.loads(sidecar.read_text())
+            data = json.loads(safefs.read_own(sidecar, trusted) or b"")
             name = data["core"]["file"]
             data["taken_at"]  # a snapcore record has these
-        except (OSError, ValueError, KeyError, TypeError):
+        except (ValueError, KeyError, TypeError):
             continue  # not ours
-        if Path(name).name != name or not name.endswith(CORE_SUFFIXES):
+        if not isinstance(name, str) or Path(name).name != name or \
+                not name.endswith(CORE_SUFFIXES):
             continue
         core = directory / name
-        found.append(Record(sidecar, core if core.exists() else None, data))
+        st = safefs.lstat_or_none(core)
+        ours = st is not None and stat.S_ISREG(st.st_mode) and st.st_uid in trusted
+        found.append(Record(sidecar, core if ours else None, data))
     return sorted(found, key=lambda r: r.taken_at, reverse=True)
+
+
+def core_problem(record: Record) -> str | None:
+    """Why the core beside a record is not the file the record describes: its
+    size differs (cut short when copied, or changed since); None when alike."""
+    want = record.data.get("core", {}).get("size")
+    if record.core is None or not isinstance(want, int):
+        return None
+    have = record.core.stat().st_size
+    if have == want:
+        return None
+    return (f"{record.core.name} is {have} bytes, its record says {want}: truncated or "
+            "changed since it was taken")
 
 
 def select(found: list[Record], name: str | None = None,
