@@ -65,9 +65,10 @@ def output_dir_problem(out: Path) -> tuple[str, str] | None:
     out = Path(out).absolute()
     mine = {0, os.geteuid()}
     for i in range(2, len(out.parts) + 1):
-        st = safefs.lstat_or_none(Path(*out.parts[:i]))
-        if st is None:
-            break
+        try:
+            st = os.lstat(Path(*out.parts[:i]))
+        except OSError:
+            break  # missing (made later, 0700), or below a file: refused elsewhere
         if stat.S_ISLNK(st.st_mode) and st.st_uid not in mine:
             return (f"{Path(*out.parts[:i])} is a symlink owned by uid {st.st_uid}, who "
                     "decides where it points", "give the directory itself, not the link")

@@ -77,14 +77,13 @@ def check_output_dir(pre: Preflight, opts: Options) -> None:
     out = Path(opts.output_dir).absolute()
     existing = _existing_ancestor(out)
     try:
-        problem = placement.output_dir_problem(out)
         if not existing.is_dir():
             pre.add("output-dir", REFUSE, f"{existing} is not a directory",
                     "choose another output directory", setting="output_dir")
         elif not os.access(existing, os.W_OK | os.X_OK):
             pre.add("output-dir", REFUSE, f"{existing} is not writable for you",
                     "choose another output directory", setting="output_dir")
-        elif problem is not None:
+        elif (problem := placement.output_dir_problem(out)) is not None:
             pre.add("output-dir", REFUSE, *problem, setting="output_dir")
         else:
             sticky = existing == out and out.stat().st_mode & 0o022
