@@ -18,7 +18,7 @@ def _processes():
         try:
             with open(f"/proc/{entry}/cmdline", "rb") as f:
                 argv = f.read().rstrip(b"\0").replace(b"\0", b" ").decode(errors="replace")
-            with open(f"/proc/{entry}/comm") as f:
+            with open(f"/proc/{entry}/comm", errors="replace") as f:  # any bytes
                 name = f.read().strip()
         except OSError:
             continue  # gone meanwhile, or not ours to read
