@@ -22,6 +22,7 @@ import json
 import os
 import re
 import shutil
+import signal
 import stat
 import subprocess
 import sys
@@ -420,6 +421,25 @@ class NsVictim(Victim):
 
     def lines(self) -> list[str]:
         return [f"hb {self.pid}" if x == f"hb {self.ns_pid}" else x for x in super().lines()]
+
+    def stop(self) -> None:
+        # unshare's --kill-child is a parent-death signal, which the kernel
+        # clears when chroot --userspec changes the credentials: the target
+        # is killed itself (the namespace's init: the namespace goes with it).
+        try:
+            os.kill(self.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+        super().stop()
+        end = time.monotonic() + 10
+        while True:
+            try:
+                if psutil.Process(self.pid).status() == psutil.STATUS_ZOMBIE:
+                    return
+            except psutil.NoSuchProcess:
+                return
+            assert time.monotonic() < end, f"target {self.pid} outlived its namespace"
+            time.sleep(0.01)
 
 
 CHROOT = 'exec chroot --userspec=nobody:nogroup "$0" /victim "$2" /report/victim.txt'
