@@ -262,7 +262,7 @@ def test_unprivileged_user_snapshots_its_own_process(start_victim, tmp_path):
     setup done from inside it (soft core limit, priorities, oom_score_adj)."""
     victim = start_victim("sleep", user="nobody")
     shared = Path(tempfile.mkdtemp(prefix="snapcore-nobody-"))  # reachable by nobody
-    shared.chmod(0o777)
+    shared.chmod(0o1777)  # sticky: nobody may write there, nobody else move its cores
     unreachable = tmp_path / "cores"  # under root's 0700 pytest directory
 
     checks = {c["name"]: c for c in as_nobody(lambda: preflight.run(

@@ -89,18 +89,19 @@ def info(match, output_dir, as_json):
 
     MATCH: a pid, a program name, or a core file; none: the newest snapshot.
     """
+    from snapcore.core.records import core_problem
     try:
         record = find(match, output_dir)
     except SnapcoreError as exc:
         fail(exc, as_json)
-    warning = exe_changed(record)
+    warnings = [w for w in (exe_changed(record), core_problem(record)) if w]
     if as_json:
         report.print_json({"ok": True, "core": str(record.core) if record.core else None,
                            "record": record.data, "path": str(record.sidecar),
-                           "warnings": [warning] if warning else []})
+                           "warnings": warnings})
         return
     report.print_info(record, report.stdout_console())
-    for line in filter(None, [warning]):
+    for line in warnings:
         report.say(f"snapcore: warning: {line}")
     report.say(f"snapcore: note: {NOT_A_CRASH}")
 
@@ -127,6 +128,10 @@ def debug(match, output_dir, gdb_args):
         if record.core is None:
             raise OutputError(f"the core of {record.sidecar.name} is missing",
                               "it was removed; see snapcore list", stage=Stage.USAGE)
+        damaged = records.core_problem(record)
+        if damaged:
+            raise OutputError(damaged, "gdb would read it wrongly: take another snapshot",
+                              stage=Stage.USAGE)
         gdb = shutil.which("gdb")
         if gdb is None:
             from snapcore.errors import ToolError
@@ -142,12 +147,17 @@ def debug(match, output_dir, gdb_args):
         report.say(f"snapcore: warning: {line}")
     report.say(f"snapcore: note: {NOT_A_CRASH}")
     exe = records.executable_here(record.data)
+    # A private directory (mkdtemp: new, 0700) in $TMPDIR, which is often
+    # everyone's: nothing can be planted at the unpacked core's name there.
     with tempfile.TemporaryDirectory(prefix="snapcore-debug-",
                                      dir=os.environ.get("TMPDIR", "/var/tmp")) as tmp:
         core = record.core
         if core.name.endswith(".zst"):
             plain = Path(tmp) / core.name[:-4]
-            decompress_to(core, plain)
+            try:
+                decompress_to(core, plain)
+            except SnapcoreError as exc:
+                fail(exc, False)
             core = plain
         # gdb owns the terminal and Ctrl-C while it runs; snapcore waits.
         previous = signal.signal(signal.SIGINT, signal.SIG_IGN)

@@ -13,18 +13,21 @@ import json
 import os
 import platform
 import pwd
-import re
+import secrets
 import socket
+import stat
 import time
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 
 from snapcore import __version__
-from snapcore.core import elf
+from snapcore.core import elf, safefs
+from snapcore.core.recordshape import looks_like_ours, shape_problem
+from snapcore.errors import OutputError, Stage
 from snapcore.linux.procfs import started_at
 
-CORE_SUFFIXES = (".core", ".core.zst")
+from snapcore.core.recordshape import CORE_SUFFIXES  # noqa: F401 (callers use records.CORE_SUFFIXES)
 
 
 def sidecar_path(core: Path) -> Path:
@@ -93,12 +96,28 @@ def write_sidecar(snap, reason: str = "") -> Path:
         "hostname": socket.gethostname(),
     }
     path = sidecar_path(snap.core_path)
-    # Written whole, then renamed: a record is never seen half written.
-    partial = path.with_name(f".{path.name}.{os.getpid()}.part")
-    fd = os.open(partial, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, 0o600)
-    with os.fdopen(fd, "w") as f:
-        json.dump(record, f, indent=2)
-    os.rename(partial, path)
+    # Written whole, then renamed: a record is never seen half written.  The
+    # directory may be a sticky one others write too: the partial is a new
+    # file under a name nobody can guess, the rename replaces whatever was
+    # planted at the record's name without following it (safefs.py).
+    partial = f".{path.name}.{os.getpid()}.{secrets.token_hex(4)}.part"
+    dir_fd = os.open(path.parent, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    try:
+        with os.fdopen(safefs.create(dir_fd, partial, path.with_name(partial)), "w") as f:
+            try:
+                json.dump(record, f, indent=2)
+            except BaseException:
+                os.unlink(partial, dir_fd=dir_fd)
+                raise
+        try:
+            os.rename(partial, path.name, src_dir_fd=dir_fd, dst_dir_fd=dir_fd)
+        except OSError as exc:  # a directory planted at the record's name
+            os.unlink(partial, dir_fd=dir_fd)
+            raise OutputError(f"cannot write the record {path}: {exc.strerror}",
+                              "remove what is there, or choose another output directory",
+                              stage=Stage.CORE) from None
+    finally:
+        os.close(dir_fd)
     return path
 
 
@@ -128,93 +147,49 @@ class Record:
 def records(directory: Path, skipped: list[str] | None = None) -> list[Record]:
     """Every snapshot in `directory` that has a readable sidecar, newest first.
 
-    A record that is not one snapcore can read (not JSON, or a field of the
-    wrong type: hand-edited, truncated, another program's) is left out, so
-    one bad file never hides the others.  When it looks like snapcore's (its
-    name is TIMESTAMP_NAME_PID.json, or a core of that name is beside it),
-    "PATH: what is wrong" is appended to `skipped`, for a warning; any
-    other JSON file is simply not a record."""
+    Only files of snapcore's euid or of the directory's owner count, never
+    through a link: in a sticky directory anyone may add a record naming
+    another program and a core of their choosing (`debug` would hand them
+    to gdb), or a FIFO that would hang the reader.  A record that is not one
+    snapcore can read (not JSON, or a field of the wrong type: hand-edited,
+    truncated, another program's) is left out, so one bad file never hides
+    the others.  When it looks like snapcore's (its name is
+    TIMESTAMP_NAME_PID.json, or a core of that name is beside it), "PATH:
+    what is wrong" is appended to `skipped`, for a warning; any other JSON
+    file is simply not a record."""
     found = []
     directory = Path(directory)
-    if not directory.is_dir():
+    try:
+        trusted = {os.geteuid(), os.stat(directory).st_uid}
+    except OSError:
         return found
     for sidecar in directory.glob("*.json"):
         try:
-            data = json.loads(sidecar.read_text(errors="replace"))
+            data = json.loads((safefs.read_own(sidecar, trusted) or b"").decode(errors="replace"))
             problem = shape_problem(data)
         except (OSError, ValueError) as exc:
             problem = f"not readable as JSON ({getattr(exc, 'strerror', None) or exc})"
         if problem is None:
             core = directory / data["core"]["file"]
-            found.append(Record(sidecar, core if core.exists() else None, data))
-        elif skipped is not None and _looks_like_ours(sidecar):
+            st = safefs.lstat_or_none(core)
+            ours = st is not None and stat.S_ISREG(st.st_mode) and st.st_uid in trusted
+            found.append(Record(sidecar, core if ours else None, data))
+        elif skipped is not None and looks_like_ours(sidecar):
             skipped.append(f"{sidecar}: {problem}")
     return sorted(found, key=lambda r: r.taken_at, reverse=True)
 
 
-_RECORD_NAME = re.compile(r"\d{8}T\d{6}\.\d{3}Z_.*_\d+\.json")
-_TEXT, _COUNT, _NUMBER = (str, type(None)), (int, type(None)), (int, float, type(None))
-# What each field is, where a record has it (older ones lack some): what
-# list, info, debug and prune read.  taken_at, core and core.file must be.
-_FIELDS = {
-    "taken_at": (str,), "core": (dict,), "core.file": (str,), "core.size": _COUNT,
-    "core.allocated": _COUNT, "core.compressed": (bool, type(None)), "reason": _TEXT,
-    "target": (dict,), "target.pid": _COUNT, "target.uid": _COUNT, "target.name": _TEXT,
-    "target.exe": _TEXT, "target.program": _TEXT, "target.build_id": _TEXT,
-    "target.user": _TEXT, "target.started_at": _TEXT, "target.cmdline": (list, type(None)),
-    "threads": (list,), "notes": (list,), "priority_steps": (list,),
-    "regions_missing": (list,), "pause_ms": _NUMBER, "dump_seconds": _NUMBER,
-    "hostname": _TEXT, "kernel": _TEXT, "snapcore_version": _TEXT,
-}
-_REQUIRED = ("taken_at", "core", "core.file")
-
-
-def shape_problem(data) -> str | None:
-    """What makes `data` no record snapcore can read, in words; None if it is one."""
-    if not isinstance(data, dict):
-        return f"a JSON {type(data).__name__}, not an object"
-    for key, kinds in _FIELDS.items():
-        head, _, field = key.partition(".")
-        within = data.get(head) if field else data
-        if not isinstance(within, dict) or (field or head) not in within:
-            if key in _REQUIRED:
-                return f"no {key!r}"
-            continue
-        value = within[field or head]
-        if not isinstance(value, kinds) or (isinstance(value, bool) and bool not in kinds):
-            return f"{key!r} is {json.dumps(value)[:40]}, not {_kinds(kinds)}"
-    return _content_problem(data)
-
-
-def _kinds(kinds: tuple) -> str:
-    names = {str: "a string", int: "a number", float: "a number", bool: "true or false",
-             list: "a list", dict: "an object", type(None): "null"}
-    return " or ".join(dict.fromkeys(names[k] for k in kinds))
-
-
-def _content_problem(data: dict) -> str | None:
-    name = data["core"]["file"]
-    if Path(name).name != name or not name.endswith(CORE_SUFFIXES):
-        return f"'core.file' is {json.dumps(name)[:40]}, not a core's name beside it"
-    try:
-        datetime.fromisoformat(data["taken_at"].replace("Z", "+00:00")).timestamp()
-    except ValueError:
-        return f"'taken_at' is {json.dumps(data['taken_at'])[:40]}, not a time"
-    lists = {"target.cmdline": (data.get("target") or {}).get("cmdline") or [],
-             "notes": data.get("notes", [])}
-    for key, items in lists.items():
-        if not all(isinstance(item, str) for item in items):
-            return f"{key!r} holds something other than strings"
-    if not all(isinstance(t, dict) and isinstance(t.get("name"), _TEXT)
-               for t in data.get("threads", [])):
-        return "'threads' holds something other than threads (objects with a name)"
-    return None
-
-
-def _looks_like_ours(sidecar: Path) -> bool:
-    stem = sidecar.name[:-len(".json")]
-    return bool(_RECORD_NAME.fullmatch(sidecar.name)) or any(
-        (sidecar.parent / (stem + suffix)).exists() for suffix in CORE_SUFFIXES)
+def core_problem(record: Record) -> str | None:
+    """Why the core beside a record is not the file the record describes: its
+    size differs (cut short when copied, or changed since); None when alike."""
+    want = record.data.get("core", {}).get("size")
+    if record.core is None or not isinstance(want, int):
+        return None
+    have = record.core.stat().st_size
+    if have == want:
+        return None
+    return (f"{record.core.name} is {have} bytes, its record says {want}: truncated or "
+            "changed since it was taken")
 
 
 def select(found: list[Record], name: str | None = None,

@@ -14,13 +14,11 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from snapcore.core.notes import read_notes
-from snapcore.core.placement import owner_running
+from snapcore.core import safefs, staging
+from snapcore.core.publish import partial_name
 from snapcore.errors import CoreNotWritten, OutputError, Stage
+from snapcore.linux import resolve
 
-# A stored core waits under this hidden name (with snapcore's pid) until its
-# record is written: a snapcore killed in between never leaves a core without
-# a record, and the next one finishes or removes what it left.
-PART_PREFIX = ".snapcore-part-"
 
 
 @dataclass
@@ -64,7 +62,7 @@ def open_core(glob_pattern: str, directory: Path | None, since: float,
     best = None
     for path in dirs:
         try:
-            dir_fd = os.open(path, dir_flags | os.O_CLOEXEC)
+            dir_fd = _open_dir(path, dir_flags)
         except OSError:
             continue
         keep = False
@@ -85,6 +83,14 @@ def open_core(glob_pattern: str, directory: Path | None, since: float,
             if not keep:
                 os.close(dir_fd)
     return best[1] if best else None
+
+
+def _open_dir(path: str, flags: int) -> int:
+    """A staging directory by the descriptor kept since it was made (its name
+    is its user's to change); a directory under /proc/PID/root (an absolute
+    core_pattern, as the target sees it) resolved inside that root."""
+    made = staging.opened(Path(path))
+    return made if made is not None else resolve.open_as_seen(path, flags)
 
 
 def _open_regular(dir_fd: int, name: str, since: float, owners: set[int],
@@ -134,7 +140,7 @@ def bytes_written(glob_pattern: str | None, directory: Path | None) -> int:
     if glob_pattern is None:
         return 0
     if directory is not None and not glob_pattern.startswith("/"):
-        glob_pattern = os.path.join(glob.escape(str(directory)), glob_pattern)
+        glob_pattern = os.path.join(glob.escape(staging.seen_here(directory)), glob_pattern)
     total = 0
     for name in glob.glob(glob_pattern):
         try:
@@ -168,6 +174,8 @@ def store(core: OpenCore, output_dir: Path, name: str) -> Path:
         try:
             os.link(f"/proc/self/fd/{core.fd}", name, dst_dir_fd=out_fd,
                     follow_symlinks=True)
+        except FileExistsError:
+            raise safefs.refusal(dest, safefs.why_there(out_fd, name)) from None
         except OSError as exc:
             # EXDEV: another filesystem.  ENOENT with no link left: the staged
             # core was removed meanwhile (a clean-up of /var/tmp), and only
@@ -175,7 +183,7 @@ def store(core: OpenCore, output_dir: Path, name: str) -> Path:
             if exc.errno != errno.EXDEV and not (exc.errno == errno.ENOENT
                                                  and os.fstat(core.fd).st_nlink == 0):
                 raise
-            _copy_sparse(core.fd, out_fd, name)
+            _copy_sparse(core.fd, out_fd, name, dest)
         try:
             os.unlink(core.name, dir_fd=core.dir_fd)  # whatever that name is now
         except OSError:
@@ -196,67 +204,9 @@ def _fix(exc: OSError, output_dir: Path) -> str:
     return "check permissions there"
 
 
-def partial_name(name: str) -> str:
-    return f"{PART_PREFIX}{os.getpid()}-{name}"
-
-
-def final_name(partial: str) -> str:
-    return partial[len(PART_PREFIX):].split("-", 1)[1]
-
-
-def publish(partial: Path, final: Path) -> None:
-    """The core's final name, once its record is written (rename: atomic)."""
-    try:
-        os.rename(partial, final)
-    except FileNotFoundError:
-        raise removed(partial) from None
-    except OSError as exc:
-        raise OutputError(f"cannot name the core {final}: {exc.strerror}",
-                          "check permissions there", stage=Stage.CORE) from None
-
-
-def removed(partial: Path) -> OutputError:
-    """A core removed from the output directory before it had its name: not
-    by snapcore (a clean-up job, a person), and nothing of it is left."""
-    return OutputError(f"the core was removed from {partial.parent} before snapcore named "
-                       f"it ({partial.name}, not by snapcore)", "no core was kept; the "
-                       "target is unharmed: see what else cleans that directory, and "
-                       "snapshot again", stage=Stage.CORE, setting="output_dir")
-
-
-def finish_interrupted(output_dir: Path) -> list[str]:
-    """What a killed snapcore left in the output directory: a hidden core whose
-    record was written gets its name; anything else of it is removed."""
-    done = []
-    try:
-        entries = list(os.scandir(output_dir))
-    except OSError:
-        return done
-    for entry in entries:
-        # compress.py's own partial file is "." + the name it compresses.
-        own = entry.name[1:] if entry.name.startswith("." + PART_PREFIX) else entry.name
-        if not own.startswith(PART_PREFIX) or "-" not in own[len(PART_PREFIX):]:
-            continue
-        if owner_running(own[len(PART_PREFIX):]):
-            continue
-        final = final_name(own)
-        record = output_dir / (final.split(".core", 1)[0] + ".json")
-        try:
-            if own == entry.name and final.endswith((".core", ".core.zst")) \
-                    and record.exists() and not entry.is_symlink():
-                os.rename(entry.path, output_dir / final)
-            else:
-                os.unlink(entry.path)
-            done.append(entry.path)
-        except OSError:
-            pass
-    return done
-
-
-def _copy_sparse(src: int, dir_fd: int, name: str) -> None:
+def _copy_sparse(src: int, dir_fd: int, name: str, dest: Path) -> None:
     size = os.fstat(src).st_size
-    dst = os.open(name, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC,
-                  0o600, dir_fd=dir_fd)
+    dst = safefs.create(dir_fd, name, dest)
     try:
         at = 0
         while at < size:

@@ -8,7 +8,7 @@ import os
 from pathlib import Path
 
 from snapcore import units
-from snapcore.core import core_pattern, placement
+from snapcore.core import core_pattern, placement, staging
 from snapcore.engine import checks_writer, estimate
 from snapcore.engine.ratelimit import RateLimiter, label, program, time_text
 from snapcore.engine.verdicts import OK, REFUSE, WARN, Options, Preflight
@@ -64,15 +64,12 @@ def _limits_text(t) -> str:
     return f"soft {soft}, hard {hard}"
 
 
-def _existing_ancestor(path: Path) -> Path:
-    """The nearest directory on the way up that exists (os.path.exists, unlike
-    Path.exists, answers False instead of raising where search is denied)."""
-    while not os.path.exists(path) and path != path.parent:
-        path = path.parent
-    return path
+_existing_ancestor = placement.existing_ancestor
 
 
 def check_output_dir(pre: Preflight, opts: Options) -> None:
+    """The output directory can be made and written, and nobody else can
+    choose where snapcore's files go there (placement.output_dir_problem)."""
     if opts.to_stdout:
         pre.add("output-dir", OK, "standard output (the rate limit's state stays in "
                 f"{Path(opts.output_dir).absolute()})")
@@ -86,13 +83,14 @@ def check_output_dir(pre: Preflight, opts: Options) -> None:
         elif not os.access(existing, os.W_OK | os.X_OK):
             pre.add("output-dir", REFUSE, f"{existing} is not writable for you",
                     "choose another output directory", setting="output_dir")
-        elif existing == out and (out.stat().st_mode & 0o1002) == 0o0002:
-            pre.add("output-dir", REFUSE, f"{out} is world-writable without the sticky "
-                    "bit: anyone could replace a core", "chmod 0700 it, or choose another "
-                    "with -o")
+        elif (problem := placement.output_dir_problem(out)) is not None:
+            pre.add("output-dir", REFUSE, *problem, setting="output_dir")
         else:
-            pre.add("output-dir", OK, str(out) + ("" if existing == out
-                                                  else " (will be created)"))
+            sticky = existing == out and out.stat().st_mode & 0o022
+            pre.add("output-dir", OK, str(out) + (
+                " (will be created)" if existing != out else
+                " (sticky, others write there too: snapcore never follows a name in it)"
+                if sticky else ""))
     except OSError as exc:
         pre.add("output-dir", REFUSE, f"cannot use {out}: {exc.strerror}",
                 "choose another output directory", setting="output_dir")
@@ -108,7 +106,7 @@ def _min_free(spec: str, fs_size: int) -> int:
 def check_staging(pre: Preflight, opts: Options, pattern: core_pattern.CorePattern) -> None:
     """Where the kernel writes a relative core_pattern's core: the output
     directory, or a staging directory in a place the target's user can write,
-    in the target's view of the files (placement.staging_base).  Nowhere
+    in the target's view of the files (staging.staging_base).  Nowhere
     writable there (a read-only root filesystem) is known now, before the
     target is touched; no override makes a read-only mount writable."""
     t = pre.target
@@ -122,7 +120,7 @@ def check_staging(pre: Preflight, opts: Options, pattern: core_pattern.CorePatte
         return
     out = Path(opts.output_dir).absolute()
     try:
-        base = placement.staging_base(out, t.uid, placement.target_root(t.pid))
+        base = staging.staging_base(out, t.uid, placement.target_root(t.pid))
     except OutputError as exc:
         pre.add("staging", REFUSE, exc.message, exc.hint)
         return
@@ -140,7 +138,7 @@ def _places(opts: Options, pattern: core_pattern.CorePattern, pid: int, uid: int
         places.add(root + os.path.dirname(pattern.pattern))
     elif pattern.kind == "relative":
         try:
-            places.add(str(_existing_ancestor(Path(placement.staging_base(out, uid, root)))))
+            places.add(str(_existing_ancestor(Path(staging.staging_base(out, uid, root)))))
         except OutputError:
             pass  # the staging check refuses
     return places
@@ -197,6 +195,10 @@ def check_rate(pre: Preflight, opts: Options) -> None:
         taken = len(limiter.recent(key))
     except FileNotFoundError:
         pre.add("rate-limit", OK, "no snapshots recorded yet")
+        return
+    except OutputError as exc:  # .snapcore or its state is not snapcore's (safefs.py)
+        pre.add("rate-limit", REFUSE, f"cannot read the rate limit's state: {exc.message}",
+                exc.hint)
         return
     except (OSError, ValueError) as exc:
         pre.add("rate-limit", REFUSE, f"cannot read the rate limit's state: {exc}",

@@ -13,9 +13,11 @@ import errno
 import fcntl
 import hashlib
 import json
+import os
 import time
 from pathlib import Path
 
+from snapcore.core import safefs
 from snapcore.errors import AlreadyTraced, Stage
 from snapcore.linux import cgroups
 from snapcore.linux.procfs import Target
@@ -24,18 +26,36 @@ WINDOW = 3600.0
 
 
 class RateLimiter:
+    """The state lives in `.snapcore/` of the output directory, which may be a
+    sticky one others write too: the directory must be snapcore's own (never
+    a symlink), and its files are opened without following a name
+    (core/safefs.py)."""
+
     def __init__(self, output_dir: Path, max_per_hour: int, clock=time.time):
-        self.dir = Path(output_dir) / ".snapcore"
+        self.output_dir = Path(output_dir)
+        self.dir = self.output_dir / ".snapcore"
         self.max_per_hour = max_per_hour
         self.clock = clock
 
-    def _state(self):
-        self.dir.mkdir(mode=0o700, parents=True, exist_ok=True)
-        return open(self.dir / "state.json", "a+")
+    def _open(self, name: str, create: bool):
+        """`.snapcore/NAME`, a file of snapcore's own, as a file object;
+        FileNotFoundError when it (or .snapcore) is missing and not to be made."""
+        if create:
+            self.output_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+        out = os.open(self.output_dir, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+        try:
+            state_dir = safefs.own_dir(out, ".snapcore", self.dir, create)
+        finally:
+            os.close(out)
+        try:
+            fd = safefs.open_own(state_dir, name, self.dir / name, os.O_RDWR, create)
+        finally:
+            os.close(state_dir)
+        return os.fdopen(fd, "r+")
 
     @contextlib.contextmanager
-    def _locked_state(self):
-        with self._state() as f:
+    def _locked_state(self, create: bool = True):
+        with self._open("state.json", create) as f:
             fcntl.flock(f, fcntl.LOCK_EX)
             f.seek(0)
             text = f.read()
@@ -52,12 +72,13 @@ class RateLimiter:
             f.write(json.dumps(state))
 
     def recent(self, key: str) -> list[float]:
-        if not (self.dir / "state.json").exists():
-            return []
         now = self.clock()
-        with self._locked_state() as state:
-            times = [t for t in state.get(key, []) if now - t < WINDOW]
-            state[key] = times
+        try:
+            with self._locked_state(create=False) as state:
+                times = [t for t in state.get(key, []) if now - t < WINDOW]
+                state[key] = times
+        except FileNotFoundError:
+            return []
         return times
 
     def next_allowed(self, key: str) -> float | None:
@@ -77,9 +98,8 @@ class RateLimiter:
     @contextlib.contextmanager
     def exclusive(self, key: str, pid: int):
         """Hold the per-target lock for one snapshot; refuse when another run holds it."""
-        self.dir.mkdir(mode=0o700, parents=True, exist_ok=True)
         name = hashlib.sha256(key.encode()).hexdigest()[:16]
-        with open(self.dir / f"lock-{name}", "a") as f:
+        with self._open(f"lock-{name}", create=True) as f:
             try:
                 fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
             except OSError as exc:

@@ -16,7 +16,8 @@ import socket
 from dataclasses import replace
 from pathlib import Path
 
-from snapcore.core import elf, placement, records, store
+from snapcore.core import elf, placement, publish, records
+from snapcore.core import staging as staging_dirs
 from snapcore.core.compress import compress
 from snapcore.core.sink import zstd_missing
 from snapcore.engine import interrupts, preflight, sequence
@@ -77,9 +78,9 @@ def _take_exclusive(pid: int, opts: preflight.Options, *, threads: str,
     key = program(target)
     with limiter.exclusive(key, pid):
         root = placement.target_root(pid)
-        placement.remove_stale_staging(placement.staging_bases(output_dir, root))
-        store.finish_interrupted(output_dir)
-        staging = (placement.make_staging_dir(output_dir, target.uid, target.gid, root)
+        staging_dirs.remove_stale_staging(output_dir, root)
+        publish.finish_interrupted(output_dir)
+        staging = (staging_dirs.make_staging_dir(output_dir, target.uid, target.gid, root)
                    if pre.core_pattern.kind == "relative" and pre.writer == "kernel"
                    else None)
         output = Output(output_dir, stream if opts.to_stdout else None, compressed)
@@ -94,7 +95,7 @@ def _take_exclusive(pid: int, opts: preflight.Options, *, threads: str,
             raise
         finally:
             if staging is not None:
-                placement.remove_staging(staging)
+                staging_dirs.remove_staging(staging)
         limiter.record(key)
     snap.checks = pre.as_dicts()
     snap.program = key
@@ -117,15 +118,15 @@ def _publish(snap: Snapshot, output_dir: Path, reason: str, compressed: bool) ->
             partial = compress(partial)
         except OutputError as exc:
             snap.notes.append(f"not compressed: {exc.one_line()}")
-    snap.core_path = output_dir / store.final_name(partial.name)
+    snap.core_path = output_dir / publish.final_name(partial.name)
     try:
         stat = partial.stat()
     except FileNotFoundError:
-        raise store.removed(partial) from None
+        raise publish.removed(partial) from None
     snap.core_size, snap.core_allocated = stat.st_size, stat.st_blocks * 512
     snap.sidecar_path = records.write_sidecar(snap, reason)
     try:
-        store.publish(partial, snap.core_path)
+        publish.publish(partial, snap.core_path)
     except OutputError:
         snap.sidecar_path.unlink(missing_ok=True)  # a record of no core
         raise

@@ -16,7 +16,7 @@ import time
 from dataclasses import replace
 from datetime import datetime
 
-from snapcore.core import corenotes, placement, store
+from snapcore.core import corenotes, placement, publish, safefs
 from snapcore.core import writer as corewriter
 from snapcore.core.elfcore import Layout
 from snapcore.core.sink import FdWriter, FileSink, StreamSink, zstd_sink
@@ -95,19 +95,18 @@ def plan(child: int, name: str, states, facts, mem: int, pagemap: int) -> Layout
 def open_sink(output: Output, name: str):
     """The sink and the file it writes (None for a stream).  A file is made
     new (O_EXCL, never following a link) under the hidden name that
-    store.publish later turns into its own."""
+    publish.publish later turns into its own."""
     if output.stream is not None:
         sink = zstd_sink(output.stream) if output.compress else \
             StreamSink(FdWriter(output.stream))
         return sink, None, -1
     if output.compress:
         name += ".zst"
-    partial = store.partial_name(name)
+    partial = publish.partial_name(name)
     try:
         dir_fd = os.open(output.directory, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
-        try:
-            fd = os.open(partial, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW
-                         | os.O_CLOEXEC, 0o600, dir_fd=dir_fd)
+        try:  # never a name made before, by anyone (core/safefs.py)
+            fd = safefs.create(dir_fd, partial, output.directory / partial)
         finally:
             os.close(dir_fd)
     except OSError as exc:

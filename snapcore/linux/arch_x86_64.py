@@ -38,6 +38,7 @@ NR = {
     "prlimit64": 302,
     "close_range": 436,
 }
+NR_OPENAT2 = 437  # snapcore's own call (linux/resolve.py), never injected
 
 # The fork thread's code page (engine/forkthread.py), position-independent.
 # Every call snapcore injects into a task it made in the target runs through
