@@ -249,3 +249,40 @@ def test_snapcore_killed_mid_dump_leaves_only_a_page_the_next_snapshot_removes(
     assert code == 0, doc
     assert any("unmapped the page" in n for n in doc["notes"]), doc["notes"]
     r.assert_clean()
+
+
+def test_a_namespace_init_target_killed_mid_dump_then_snapshot_again(victim_exe, tmp_path,
+                                                                   out_dir, hog_cpu0):
+    """The target is its pid namespace's init, and snapcore is SIGKILLed in
+    the middle of the kernel's dump: nothing is left for that init to reap
+    (it is the target: it would wait for no one), and the next snapshot goes
+    ahead and unmaps the page the killed one left."""
+    report = tmp_path / "report.txt"
+    report.touch()
+    outer = subprocess.Popen(["taskset", "-c", str(hog_cpu0), "unshare", "--pid", "--fork",
+                              "--kill-child", "--mount-proc", str(victim_exe), "fat",
+                              str(report)], stdout=subprocess.PIPE)
+    try:
+        assert outer.stdout.readline() == b"ready\n"
+        top = psutil.Process(outer.pid)
+        while top.name() in ("taskset", "unshare"):
+            top = top.children()[0]
+        pid = top.pid
+        assert status(pid)["NSpid"].split()[-1] == "1"
+        target = Reaper.__new__(Reaper)
+        target.victim = pid
+        proc = dump_in_progress(target, out_dir, "kernel")
+        proc.kill()
+        proc.communicate()
+        wait_until(lambda: leftovers_below(pid) == [], "the fork thread reaped and left")
+        assert len(fork_pages(pid)) == 1
+        code, doc = snap_json("--max-per-hour", "0", "-o", str(out_dir), str(pid))
+        assert code == 0, doc
+        assert any("unmapped the page" in n for n in doc["notes"]), doc["notes"]
+        assert leftovers_below(pid) == [] and fork_pages(pid) == []
+        before = beats(report)
+        wait_until(lambda: beats(report) > before, "the target beats again")
+        assert [x for x in report.read_text().splitlines() if "VIOLATION" in x] == []
+    finally:
+        outer.kill()
+        outer.wait()

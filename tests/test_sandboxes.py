@@ -15,7 +15,7 @@ import time
 import psutil
 import pytest
 
-from conftest import compile_target, run_snapcore, snap_json
+from conftest import TARGETS, compile_target, run_snapcore, snap_json
 from helpers import check_json, verdicts
 from snapcore.errors import ExitCode
 
@@ -23,6 +23,16 @@ from snapcore.errors import ExitCode
 @pytest.fixture(scope="session")
 def sandbox_exe(build_dir):
     return compile_target(build_dir, "sandbox")
+
+
+@pytest.fixture(scope="session")
+def fat_preload(build_dir):
+    """hostile.c as an LD_PRELOAD library: HOSTILE_FAT_MB MiB of touched heap."""
+    lib = build_dir / "hostile_fat_sandbox.so"
+    subprocess.run(["gcc", "-Wall", "-Werror", "-g", "-O0", "-pthread", "-shared", "-fPIC",
+                    "-DHOSTILE_FAT_PRELOAD", "-o", str(lib), str(TARGETS / "hostile.c")],
+                   check=True)
+    return lib
 
 
 def no_leftovers(pid: int) -> list[str]:
@@ -159,6 +169,32 @@ def test_job_control_storm_during_snapshots(start_victim, out_dir, sig):
         storm.stop()
     assert 0 in codes, codes
     time.sleep(0.1)
+    assert no_leftovers(victim.pid) == []
+    victim.wait_for_heartbeats(victim.heartbeats())
+    victim.assert_unharmed()
+
+
+def test_a_fork_that_outlives_the_stop_timeout_lets_the_target_go(start_victim, fat_preload,
+                                                                  out_dir):
+    """The page-table copy of 4 GiB takes some 60 ms here; with a stop
+    timeout of 30 ms the target's threads are let go at the timeout while
+    the fork goes on in the fork thread, and the snapshot is abandoned:
+    never held past the timeout, nothing left."""
+    victim = start_victim("sleep", prefix=("env", f"LD_PRELOAD={fat_preload}",
+                                           "HOSTILE_FAT_MB=4096"))
+    codes = []
+    for _ in range(3):
+        proc = run_snapcore("--json", "--max-per-hour", "0", "--timeout", "0.03", "-o",
+                            str(out_dir), str(victim.pid))
+        codes.append(proc.returncode)
+        doc = json.loads(proc.stdout)
+        assert proc.returncode in (0, ExitCode.TIMEOUT), doc
+        if proc.returncode == ExitCode.TIMEOUT and "fork" in doc["error"]["message"]:
+            assert "stop timeout" in doc["error"]["message"], doc
+            break
+        assert no_leftovers(victim.pid) == []
+    else:
+        pytest.fail(f"the fork never outlived the timeout: {codes}")
     assert no_leftovers(victim.pid) == []
     victim.wait_for_heartbeats(victim.heartbeats())
     victim.assert_unharmed()

@@ -170,8 +170,16 @@ def _made(thread: ForkThread, what: str, deadline: float, flags: int,
 def make_child(thread: ForkThread, deadline: float, late=None) -> None:
     """The fork: the snapshot child, a copy-on-write image of the target as
     held.  `late()`: see inject.syscall (the page-table copy takes about 15 ms
-    per GB resident, and a userfaultfd with fork events waits for its reader)."""
+    per GB resident, and a userfaultfd with fork events waits for its reader).
+    From its first instant the child is the OOM killer's first choice: every
+    page the target now rewrites is copied, and under a memory limit the
+    OOM killer must take the copy, not the target."""
     thread.child, thread.child_ns = _made(thread, "fork", deadline, CHILD_FLAGS, late)
+    try:
+        with open(f"/proc/{thread.child}/oom_score_adj", "w") as f:
+            f.write("1000")
+    except OSError:
+        pass  # the child's preparation tries again, and says why it could not
 
 
 def keep_to_itself(thread: ForkThread, deadline: float) -> None:

@@ -107,7 +107,7 @@ def thread_seccomp(pid: int, tid: int) -> int:
     """A thread's seccomp mode (0 none, 1 strict, 2 filter): filters belong
     to threads, not processes (kernel/seccomp.c), and may differ between them."""
     try:
-        with open(f"/proc/{pid}/task/{tid}/status") as f:
+        with proc_open(f"/proc/{pid}/task/{tid}/status") as f:
             for line in f:
                 if line.startswith("Seccomp:"):
                     return int(line.split()[1])

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import enum
+import math
 import os
 import signal
 import time
@@ -94,6 +95,8 @@ def wait(tid: int, deadline: float | None, keep_end: bool = False) -> Stop:
             if pid:
                 return _decode(status)
         timeout = 3600.0 if deadline is None else deadline - time.monotonic()
+        if not math.isfinite(timeout):  # never reached from the command line (bounds.py)
+            raise ValueError(f"deadline {deadline!r} is not a time")
         if timeout <= 0:
             raise StopTimeout(f"thread {tid} did not stop in time",
                               "it may be in uninterruptible sleep (D); it is left "
