@@ -173,9 +173,10 @@ def choose_runner(window: Window, at: int, planned) -> tuple[HeldThread, seccomp
             return thread, guard
         usable.append((thread, guard))
     if not usable:
-        raise Unsupported(f"no thread of process {window.pid} may run snapcore's calls: "
-                          f"{'; '.join(refused[:3])}", "an injected call must never be "
-                          "denied or kill the process: it cannot be snapshot safely",
+        raise Unsupported(f"the seccomp filters of process {window.pid} let no thread of it "
+                          f"run snapcore's calls: {'; '.join(refused[:3])}", "an injected "
+                          "call must never be denied or kill the process: it cannot be "
+                          "snapshot safely",
                           pid=window.pid, stage=Stage.CAPTURE)
     thread, guard = usable[0]
     rseq.move_to_abort(thread.tid, thread.regs,
