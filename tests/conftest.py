@@ -53,6 +53,16 @@ def threads_exe(build_dir):
     return compile_target(build_dir, "threads")
 
 
+@pytest.fixture(scope="session")
+def fat_preload(build_dir):
+    """hostile.c as an LD_PRELOAD library: HOSTILE_FAT_MB MiB of touched heap."""
+    lib = build_dir / "hostile_fat.so"
+    subprocess.run(["gcc", "-Wall", "-Werror", "-g", "-O0", "-pthread", "-shared", "-fPIC",
+                    "-DHOSTILE_FAT_PRELOAD", "-o", str(lib), str(TARGETS / "hostile.c")],
+                   check=True)
+    return lib
+
+
 @pytest.fixture
 def out_dir(tmp_path):
     return tmp_path / "cores"

@@ -13,6 +13,7 @@ import subprocess
 import sys
 import termios
 import time
+import traceback
 from pathlib import Path
 
 from elftools.elf.elffile import ELFFile
@@ -100,3 +101,30 @@ def on_terminal(*args: str, columns: int = 80) -> tuple[int, str]:
     code = proc.wait(timeout=120)
     os.close(master)
     return code, re.sub(rb"\x1b\[[0-9;?]*[a-zA-Z]", b"", text).decode(errors="replace")
+
+
+def in_fork(work, as_nobody: bool = False):
+    """work() in a forked copy of this process, and what it returns (JSON), or
+    {"crash": traceback}.  Forked: the engine takes SIGCHLD for itself, and the
+    interpreter lives under /root, where `nobody` could not import from (the
+    modules work() needs are loaded already).  `as_nobody`: as that user."""
+    read_end, write_end = os.pipe()
+    child = os.fork()
+    if child == 0:
+        try:
+            if as_nobody:
+                os.setgroups([])
+                os.setgid(65534)
+                os.setuid(65534)
+            try:
+                result = work()
+            except BaseException:
+                result = {"crash": traceback.format_exc()}
+            os.write(write_end, json.dumps(result).encode())
+        finally:
+            os._exit(0)
+    os.close(write_end)
+    with os.fdopen(read_end) as f:
+        text = f.read()
+    os.waitpid(child, 0)
+    return json.loads(text)

@@ -16,7 +16,6 @@ import subprocess
 import sys
 import threading
 import time
-import traceback
 from pathlib import Path
 
 import pytest
@@ -27,7 +26,7 @@ from snapcore.errors import ExitCode, SnapcoreError
 from snapcore.linux.proctext import readable
 
 from conftest import TARGETS, run_snapcore, snap_json
-from helpers import check_json, prstatus_pids
+from helpers import check_json, in_fork, prstatus_pids
 
 REPLACEMENT = "\ufffd"
 
@@ -88,24 +87,8 @@ def test_a_target_named_in_bytes_that_are_not_utf8(writer, start_victim, hostile
 # 3. The target gone right after the fork
 
 def in_worker(work) -> dict:
-    """work() in a forked copy of this process (the engine takes SIGCHLD for
-    itself), as root; what it returns (JSON), or its traceback."""
-    read_end, write_end = os.pipe()
-    child = os.fork()
-    if child == 0:
-        try:
-            try:
-                result = work()
-            except BaseException:
-                result = {"crash": traceback.format_exc()}
-            os.write(write_end, json.dumps(result).encode())
-        finally:
-            os._exit(0)
-    os.close(write_end)
-    with os.fdopen(read_end) as f:
-        text = f.read()
-    os.waitpid(child, 0)
-    return json.loads(text)
+    """work() in a forked copy of this process, as root (helpers.in_fork)."""
+    return in_fork(work)
 
 
 def killed_first(victim, function):

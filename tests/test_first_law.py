@@ -32,6 +32,13 @@ def beats(report: Path) -> int:
     return sum(1 for x in report.read_text().splitlines() if x.startswith("hb "))
 
 
+def still_well(report: Path) -> None:
+    """The target beats again, and reported nothing wrong."""
+    before = beats(report)
+    wait_until(lambda: beats(report) > before, "the target beats again")
+    assert [x for x in report.read_text().splitlines() if "VIOLATION" in x] == []
+
+
 def fork_pages(pid: int) -> list[str]:
     """Anonymous one-page r-x mappings holding snapcore's fork thread code."""
     from snapcore.engine.forkthread import page_contents
@@ -189,9 +196,7 @@ def test_a_namespace_init_target_gets_no_child_and_no_sigchld(victim_exe, tmp_pa
         assert status(pid)["NSpid"].split()[-1] == "1"
         snapshots(pid, out_dir)
         assert leftovers_below(pid) == [] and fork_pages(pid) == []
-        before = beats(report)
-        wait_until(lambda: beats(report) > before, "the target beats again")
-        assert [x for x in report.read_text().splitlines() if "VIOLATION" in x] == []
+        still_well(report)
     finally:
         outer.kill()
         outer.wait()
@@ -280,9 +285,7 @@ def test_a_namespace_init_target_killed_mid_dump_then_snapshot_again(victim_exe,
         assert code == 0, doc
         assert any("unmapped the page" in n for n in doc["notes"]), doc["notes"]
         assert leftovers_below(pid) == [] and fork_pages(pid) == []
-        before = beats(report)
-        wait_until(lambda: beats(report) > before, "the target beats again")
-        assert [x for x in report.read_text().splitlines() if "VIOLATION" in x] == []
+        still_well(report)
     finally:
         outer.kill()
         outer.wait()

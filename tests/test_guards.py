@@ -13,7 +13,6 @@ import subprocess
 import sys
 import tempfile
 import time
-import traceback
 from pathlib import Path
 
 import pytest
@@ -25,7 +24,8 @@ from snapcore.engine.snapshot import take
 from snapcore.errors import ExitCode, SnapcoreError
 
 from conftest import run_snapcore, snap_json, wait_until_catching
-from helpers import check_json, cores_in, process_state, prstatus_pids, verdicts, wait_until
+from helpers import (check_json, cores_in, in_fork, process_state, prstatus_pids, verdicts,
+                     wait_until)
 
 
 def test_check_on_a_healthy_target_says_go(start_victim, out_dir):
@@ -221,30 +221,8 @@ def test_one_snapshot_at_a_time_per_target(start_victim, out_dir):
 
 
 def as_nobody(work):
-    """Run work() as the unprivileged user nobody and return what it returns (JSON).
-
-    In a forked copy of this process: the interpreter lives under /root, where
-    nobody cannot import from, and the modules work() needs are loaded already.
-    """
-    read_end, write_end = os.pipe()
-    child = os.fork()
-    if child == 0:
-        try:
-            os.setgroups([])
-            os.setgid(65534)
-            os.setuid(65534)
-            try:
-                result = work()
-            except BaseException:
-                result = {"crash": traceback.format_exc()}
-            os.write(write_end, json.dumps(result).encode())
-        finally:
-            os._exit(0)
-    os.close(write_end)
-    with os.fdopen(read_end) as f:
-        text = f.read()
-    os.waitpid(child, 0)
-    return json.loads(text)
+    """Run work() as the unprivileged user nobody and return what it returns (JSON)."""
+    return in_fork(work, as_nobody=True)
 
 
 def test_unprivileged_user_cannot_trace_root(start_victim, out_dir):

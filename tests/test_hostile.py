@@ -28,7 +28,7 @@ from elftools.elf.elffile import ELFFile
 
 from snapcore.errors import ExitCode
 
-from conftest import TARGETS, compile_target, gdb
+from conftest import compile_target, gdb
 from helpers import prstatus_pids
 
 STAGING_PREFIX = ".snapcore-staging-"
@@ -39,14 +39,6 @@ def hostile_exe(build_dir):
     return compile_target(build_dir, "hostile")
 
 
-@pytest.fixture(scope="session")
-def fat_preload(build_dir):
-    """hostile.c as an LD_PRELOAD library: HOSTILE_FAT_MB MiB of touched heap."""
-    lib = build_dir / "hostile_fat.so"
-    subprocess.run(["gcc", "-Wall", "-Werror", "-g", "-O0", "-pthread", "-shared", "-fPIC",
-                    "-DHOSTILE_FAT_PRELOAD", "-o", str(lib), str(TARGETS / "hostile.c")],
-                   check=True)
-    return lib
 
 
 def snapcore_cmd(out_dir: Path, pid: int) -> list[str]:

@@ -15,7 +15,7 @@ import time
 import psutil
 import pytest
 
-from conftest import TARGETS, compile_target, run_snapcore, snap_json
+from conftest import compile_target, run_snapcore, snap_json
 from helpers import check_json, verdicts
 from snapcore.errors import ExitCode
 
@@ -23,16 +23,6 @@ from snapcore.errors import ExitCode
 @pytest.fixture(scope="session")
 def sandbox_exe(build_dir):
     return compile_target(build_dir, "sandbox")
-
-
-@pytest.fixture(scope="session")
-def fat_preload(build_dir):
-    """hostile.c as an LD_PRELOAD library: HOSTILE_FAT_MB MiB of touched heap."""
-    lib = build_dir / "hostile_fat_sandbox.so"
-    subprocess.run(["gcc", "-Wall", "-Werror", "-g", "-O0", "-pthread", "-shared", "-fPIC",
-                    "-DHOSTILE_FAT_PRELOAD", "-o", str(lib), str(TARGETS / "hostile.c")],
-                   check=True)
-    return lib
 
 
 def no_leftovers(pid: int) -> list[str]:

@@ -62,11 +62,21 @@ def service(thread: ForkThread) -> bool:
             return not stops.has_ended(thread.tid)
         try:
             if stop.kind is StopKind.SIGNAL:
-                ptrace.cont(thread.tid, stop.sig)  # not for it to keep: the process's
+                _hold_back(thread, stop.sig)
             else:
                 ptrace.listen(thread.tid)  # a group stop, or a SIGCONT: wait on
         except NoSuchProcess:
             return False
+
+
+def _hold_back(thread: ForkThread, sig: int) -> None:
+    """A signal the fork thread stopped to take (it should take none: every
+    signal is blocked, and a stopped thread is never picked for one of the
+    process's) is the process's: kept for the process, and the fork thread
+    stopped again in an interrupt stop instead of being let run."""
+    thread.stops_taken.append(sig)
+    ptrace.interrupt(thread.tid)
+    ptrace.cont(thread.tid)
 
 
 def take_back(thread: ForkThread, deadline: float) -> bool:
@@ -77,9 +87,9 @@ def take_back(thread: ForkThread, deadline: float) -> bool:
             ptrace.interrupt(thread.tid)
         while thread.listening:
             stop = stops.try_stop(thread.tid)
-            if stop is not None and stop.kind is StopKind.SIGNAL:
-                ptrace.cont(thread.tid, stop.sig)
-            elif stop is not None:
+            if stop is not None:
+                if stop.kind is StopKind.SIGNAL:  # stopped all the same; the signal
+                    thread.stops_taken.append(stop.sig)  # is the process's (see _hold_back)
                 thread.listening = False
             elif stops.has_ended(thread.tid):
                 return False
@@ -123,6 +133,8 @@ def _unmap_and_exit(thread: ForkThread, deadline: float) -> None:
     let a thread of it run on with registers that are not its own.  The exit
     call is set up before EXITKILL is dropped, so no moment is left unguarded."""
     tid = thread.tid
+    thread.guard(arch.NR["exit"], (0,), thread.at)  # refused: before anything changes
+    thread.guard(arch.NR["munmap"], (thread.page, arch.PAGE_SIZE), thread.at)
     ptrace.set_options(tid, THREAD_OPTIONS | ptrace.O_EXITKILL)
     syscall(tid, thread.base, thread.at, arch.NR["munmap"], thread.page, arch.PAGE_SIZE,
             deadline=deadline, guard=thread.guard, stops_taken=thread.stops_taken,
@@ -141,7 +153,7 @@ def _unmap_and_exit(thread: ForkThread, deadline: float) -> None:
             break
         ptrace.resume_to_syscall(tid)  # its exit's entry stop: on to the end
     thread.traced = False
-    for sig in thread.stops_taken:  # a job-control stop it took is the target's
+    for sig in thread.stops_taken:  # a signal it took is the target's: given back
         _signal(thread.pid, sig)
 
 
