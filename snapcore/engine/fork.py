@@ -26,7 +26,7 @@ from dataclasses import dataclass
 from snapcore.engine import forkthread, interrupts, keeper, leftovers
 from snapcore.engine.forkthread import ForkThread
 from snapcore.errors import InternalError, SnapcoreError, Stage, StopTimeout, Unsupported
-from snapcore.linux import arch, procfs, ptrace, rseq, seccomp
+from snapcore.linux import arch, procfs, ptrace, rseq, seccomp, stops
 from snapcore.linux.inject import HeldThread
 from snapcore.linux.window import Window
 
@@ -93,7 +93,8 @@ def _inside(window: Window, runner: HeldThread, guard, at: int, pages: list[int]
                           "it cannot be snapshot safely", pid=window.pid, stage=Stage.FORK)
     thread = ForkThread(window.pid, page, at, guard)
     try:
-        forkthread.spawn(runner, thread, deadline)
+        with stops.while_waiting(lambda: keeper.collect_if_ended(thread)):
+            forkthread.spawn(runner, thread, deadline)
     except BaseException:
         if thread.tid:
             made["thread"] = thread

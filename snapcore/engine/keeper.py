@@ -107,6 +107,15 @@ def take_back(thread: ForkThread, deadline: float) -> bool:
     return True
 
 
+def collect_if_ended(thread: ForkThread) -> None:
+    """While the fork thread has no child yet: a target that exits (or execs)
+    ends it, and its leader's end is reported only once the fork thread's
+    is collected (kernel/exit.c: delay_group_leader) — collected here, so
+    that a wait on the leader does not wait for the stop timeout."""
+    if thread.tid and thread.traced and not thread.child and stops.has_ended(thread.tid):
+        collect_end(thread)
+
+
 def collect_end(thread: ForkThread) -> None:
     """Collect the end of a fork thread the target's exec or exit killed."""
     try:

@@ -102,7 +102,24 @@ def wait(tid: int, deadline: float | None, keep_end: bool = False) -> Stop:
                               "it may be in uninterruptible sleep (D); it is left "
                               "untouched: try again later, or allow a longer stop timeout", pid=tid,
                               setting="timeout")
+        for hook in _while_waiting:
+            hook()
         signal.sigtimedwait([signal.SIGCHLD], timeout)
+
+
+_while_waiting: list = []
+
+
+@contextlib.contextmanager
+def while_waiting(hook):
+    """Call hook() each time `wait` is about to sleep: for what a wait may
+    depend on, such as a thread's end to collect before its group leader's
+    can be reported (kernel/exit.c: delay_group_leader)."""
+    _while_waiting.append(hook)
+    try:
+        yield
+    finally:
+        _while_waiting.remove(hook)
 
 
 def try_wait(tid: int) -> Stop | None:
