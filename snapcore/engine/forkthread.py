@@ -30,7 +30,7 @@ import os
 import time
 from dataclasses import dataclass, field
 
-from snapcore.errors import InternalError, NoSuchProcess, Stage, Unsupported
+from snapcore.errors import CoreNotWritten, InternalError, NoSuchProcess, Stage, Unsupported
 from snapcore.linux import abi, arch, ptrace, seccomp
 from snapcore.linux.inject import (SEIZE_OPTIONS, HeldThread, TargetReplaced, syscall,
                                    wait_for_interrupt_stop)
@@ -84,7 +84,9 @@ class ForkThread:
             return syscall(self.tid, self.base, self.entry, nr, *args, deadline=deadline,
                            guard=self.guard, on_clone=on_clone, stops_taken=self.stops_taken,
                            late=late, keep_end=True)
-        except NoSuchProcess:
+        except NoSuchProcess as exc:
+            if exc.pid != self.tid:
+                raise  # another task's end (the child's): not the target's
             raise gone(self.pid) from None
 
 
@@ -149,13 +151,19 @@ def spawn(runner: HeldThread, thread: ForkThread, deadline: float) -> None:
 
 def _made(thread: ForkThread, what: str, deadline: float, flags: int,
           late=None) -> tuple[int, int]:
-    """The fork thread makes one task of snapcore's (EXITKILL from its first stop)."""
+    """The fork thread makes one task of snapcore's (EXITKILL from its first
+    stop).  Killed from outside as it is made, the task is named all the
+    same, for the fork thread to reap, once the fork thread's call is over."""
     made: list[int] = []
+    lost: list[str] = []
 
     def adopt(tid: int) -> None:
         made.append(tid)
-        wait_for_interrupt_stop(tid, max(deadline, time.monotonic() + 5))
-        ptrace.set_options(tid, MADE_OPTIONS)
+        try:
+            wait_for_interrupt_stop(tid, max(deadline, time.monotonic() + 5))
+            ptrace.set_options(tid, MADE_OPTIONS)
+        except NoSuchProcess as exc:
+            lost.append(exc.message)
 
     result, _ = thread.call(arch.NR["clone"], flags, 0, 0, 0, 0, deadline=deadline,
                             on_clone=adopt, late=late)
@@ -164,6 +172,11 @@ def _made(thread: ForkThread, what: str, deadline: float, flags: int,
                             f"{os.strerror(-result) if result < 0 else 'no clone event'}",
                             "the target was restored and is running", pid=thread.pid,
                             stage=Stage.FORK)
+    if lost:
+        thread.child, thread.child_ns = made[0], result
+        raise CoreNotWritten(f"the snapshot child ended as it was made ({lost[0]})",
+                             "no core was written; the target is unharmed",
+                             pid=thread.pid, stage=Stage.FORK)
     return made[0], result
 
 
