@@ -139,9 +139,18 @@ def test_target_gone_right_after_the_fork(writer, module, name, start_victim, ou
 
 # 4. An exec while snapcore attaches
 
-@pytest.mark.skipif(Path("/proc/sys/kernel/randomize_va_space").read_text().strip() == "0",
-                    reason="without ASLR an exec of the same program keeps its layout")
-def test_exec_while_snapcore_attaches_is_said_so(start_victim, hostile, out_dir):
+@pytest.fixture
+def aslr():
+    """Address space randomization on for one test (an exec is told from the
+    memory layout it randomizes), and put back as it was."""
+    knob = Path("/proc/sys/kernel/randomize_va_space")
+    saved = knob.read_text()
+    knob.write_text("2\n")
+    yield
+    knob.write_text(saved)
+
+
+def test_exec_while_snapcore_attaches_is_said_so(aslr, start_victim, hostile, out_dir):
     """ptrace_attach answers EPERM to the main thread a multi-threaded exec
     replaces, once the exec is through (the old task has exited): the seize
     of the first window is made to fail so, just after the target (exec_loop)

@@ -44,6 +44,26 @@ def test_install_script_then_a_snapshot(installed, tmp_path):
         target.wait()
 
 
+@pytest.mark.parametrize("writer", ["kernel", "snapcore"])
+def test_installed_command_compresses(installed, tmp_path, writer):
+    """--compress (cron, timers and the README's object-storage recipe use
+    it) works from the command install.sh put on PATH: zstandard is a
+    dependency, not an extra."""
+    target = subprocess.Popen(["sleep", "60"])
+    try:
+        taken = subprocess.run([str(installed), "-q", "--compress", "--writer", writer,
+                                "--max-per-hour", "0", "-o", str(tmp_path / "cores"),
+                                str(target.pid)], env=CLEAN, capture_output=True, text=True,
+                               timeout=120)
+        assert taken.returncode == 0, taken.stderr
+        core = Path(taken.stdout.strip())
+        assert core.name.endswith(".core.zst") and core.read_bytes()[:4] == b"\x28\xb5\x2f\xfd"
+        assert target.poll() is None
+    finally:
+        target.kill()
+        target.wait()
+
+
 def test_ctrl_c_at_30_moments_from_exec(installed, start_victim, tmp_path):
     """From the exec of the installed command to its exit: never a traceback,
     exit 130 (or death by SIGINT before the interpreter runs a line, which the

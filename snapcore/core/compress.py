@@ -15,8 +15,8 @@ def _zstandard():
     try:
         import zstandard
     except ImportError:
-        raise OutputError("compression needs the zstandard package",
-                          "pip install 'snapcore[compress]'", stage=Stage.COMPRESS) from None
+        raise OutputError("snapcore's environment lacks zstandard, a dependency",
+                          "reinstall snapcore (sh install.sh)", stage=Stage.COMPRESS) from None
     return zstandard
 
 

@@ -91,7 +91,7 @@ def zstd_missing() -> str:
     try:
         import zstandard  # noqa: F401
     except ImportError:
-        return "compression needs the zstandard package (pip install 'snapcore[compress]')"
+        return "snapcore's environment lacks zstandard, a dependency: reinstall snapcore (sh install.sh)"
     return ""
 
 
