@@ -29,7 +29,6 @@ WNOHANG = 0x1
 WNOTHREAD = 0x20000000
 WALL = 0x40000000
 
-# Kernel-internal errno a syscall interrupted by a signal returns to the
-# tracer: the call is run again (include/linux/errno.h).
-ERESTARTSYS = -512
+# Kernel-internal errno: a fork a pending signal interrupted is to be run
+# again (include/linux/errno.h).
 ERESTARTNOINTR = -513
