@@ -11,7 +11,8 @@ the end from the measured progress, and steps the dumping task up when
   on a run queue for a good part of the last second, or the machine is short
   of I/O): raising a task that is not starved would not make it faster;
 - the copies reach half, then three quarters, of what the memory check found
-  free (MemAvailable, and the room under the target's memory cgroup limit).
+  free (MemAvailable, and the room under the target's memory cgroup limit),
+  or will by the look after next at the rate they grow.
 
 It kills the dump when the copies reach nine tenths of that room, or when the
 dump outlives `max_dump_time`.  Every step is kept (time, from, to, why).
@@ -30,6 +31,12 @@ from snapcore.linux.priority import IDLE, Level
 from snapcore.units import human
 
 SETTLE = 1.0  # seconds of progress measured before (and after) each deadline step
+PERIOD = 0.25  # seconds between two looks at the dump
+# ... and where the copies have little room (a tight memory cgroup): a
+# target rewriting its memory fills tens of MiB in a few tens of ms, and the
+# dump must be abandoned by snapcore (the child then frees its own memory)
+# before the OOM killer has to act.
+TIGHT_ROOM, TIGHT_PERIOD = 1 << 30, 0.02
 STARVED = 0.2  # waiting on a run queue for this share of the time is starving
 IO_SHORT = 0.1  # PSI io "some" share over 10 s that means the disk is the queue
 MEMORY_STEPS = (0.5, 0.75)  # shares of the room at which copies step the dump up
@@ -90,6 +97,7 @@ class Controller:
     progress: object = None  # (written, expected) -> None, for a progress bar
     steps: list[dict] = field(default_factory=list)
     failure: str = ""  # "max_dump_time" or "memory" once the dump is abandoned
+    memory_seen: tuple = ()  # (elapsed s, copies' cost) at the last look
     failure_text: str = ""
     notes: list[str] = field(default_factory=list)
 
@@ -103,6 +111,12 @@ class Controller:
     def _window(self, now: float, written: int, tasks: list[int]) -> None:
         self.window_at, self.window_bytes = now, written
         self.window_wait = sum(priority.waited(t)[1] for t in tasks)
+
+    @property
+    def period(self) -> float:
+        """How long to wait between two ticks."""
+        tight = self.memory is not None and 0 < self.memory.room < TIGHT_ROOM
+        return TIGHT_PERIOD if tight else PERIOD
 
     def tick(self, tasks: list[int]) -> bool:
         """One look at the dump; True when it must be abandoned (kill it)."""
@@ -150,7 +164,13 @@ class Controller:
         cost = self.memory.cost()
         if room <= 0:
             return False
-        share = cost / room
+        # Where the copies will be by the look after next, at the rate they
+        # grew since the last one: a target that rewrites its memory fills a
+        # small room between two looks, and then the OOM killer acts first.
+        last_at, last_cost = self.memory_seen or (elapsed, cost)
+        rate = max(cost - last_cost, 0) / (elapsed - last_at) if elapsed > last_at else 0
+        self.memory_seen = (elapsed, cost)
+        share = (cost + rate * 2 * self.period) / room
         what = (f"the copy-on-write copies reached {human(cost)} of the {human(room)} "
                 f"the memory check found free")
         if share >= MEMORY_KILL:

@@ -12,7 +12,7 @@ from snapcore.engine.child import Child
 from snapcore.engine import interrupts
 from snapcore.engine.controller import Controller
 from snapcore.errors import NoSuchProcess
-from snapcore.linux import priority, ptrace, stops
+from snapcore.linux import priority, ptrace, release, stops
 from snapcore.linux.inject import HeldThread
 from snapcore.linux.stops import ENDED, StopKind
 
@@ -80,14 +80,12 @@ def _collect(child: Child, deadline: float | None = None,
         if left:
             # The kernel dumps from the thread that took SIGABRT: the first.
             if controller is not None and controller.tick([child.pid]):
-                try:
-                    os.kill(child.pid, signal.SIGKILL)
-                except ProcessLookupError:
-                    pass  # it ended meanwhile: collected below
+                release.kill_and_release(child.pid)  # collected below
             timeout = 1.0 if deadline is None else deadline - time.monotonic()
             if timeout <= 0:
                 break
-            signal.sigtimedwait([signal.SIGCHLD], min(timeout, 0.25 if controller else 1.0))
+            signal.sigtimedwait([signal.SIGCHLD],
+                                min(timeout, controller.period if controller else 1.0))
     child.alive = False
     return ended or stops.Stop(StopKind.KILLED, sig=signal.SIGKILL)
 
@@ -102,8 +100,5 @@ def kill(child: Child) -> None:
         priority.apply(child.pid, priority.level_for_nice(19))
     except OSError:
         pass  # gone, or not permitted: SIGKILL all the same
-    try:
-        os.kill(child.pid, signal.SIGKILL)
-    except ProcessLookupError:
-        pass
+    release.kill_and_release(child.pid)  # its memory freed now, not in its exit
     _collect(child, time.monotonic() + 10)

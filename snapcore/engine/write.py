@@ -117,6 +117,9 @@ def open_sink(output: Output, name: str):
     return sink, output.directory / partial, fd
 
 
+WRITER_STOP = 2.0  # seconds to wait for the writer to leave its read (a stalled pipe: not)
+
+
 def run_writer(pre, layout: Layout, mem: int, sink, limits: DumpLimits,
                kid) -> tuple[float, Controller]:
     """Write in a thread of snapcore's own that puts itself at the idle level
@@ -156,10 +159,15 @@ def run_writer(pre, layout: Layout, mem: int, sink, limits: DumpLimits,
         while thread.is_alive():
             # Woken by SIGCHLD too: the fork thread's job-control stops are
             # answered at once (forkthread.service).
-            signal.sigtimedwait([signal.SIGCHLD], 0.25)
+            signal.sigtimedwait([signal.SIGCHLD], controller.period)
             kid.check_parent()
             if thread.is_alive() and controller.tick([outcome["tid"]]):
+                # The writer, raised by the controller, leaves its read first: a
+                # read of /proc/CHILD/mem holds the child's memory (mm_users), so
+                # a child killed meanwhile would leave the cgroup before its
+                # memory is freed, and an OOM then would find only the target.
                 progress.cancelled = True
+                thread.join(WRITER_STOP)
                 dump.kill(kid)  # its copies are what the memory rule is about
     finally:
         progress.cancelled = True  # an interrupt: the writer stops at its next block

@@ -37,6 +37,7 @@ NR = {
     "ioprio_set": 251,
     "prlimit64": 302,
     "close_range": 436,
+    "process_mrelease": 448,
 }
 NR_OPENAT2 = 437  # snapcore's own call (linux/resolve.py), never injected
 
