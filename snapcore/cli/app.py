@@ -104,9 +104,15 @@ def _stop_requested(signum, frame):
     # while the target is stopped they are blocked; while snapcore puts things
     # back after a failure or a first interruption, they wait for it.
     if interrupts.in_cleanup():
+        # A first request that lands in the normal end (the fork thread
+        # reaping the child) is simply acted on after it, as anywhere else;
+        # a request after the first one is told what it waits for.
+        again = interrupts.pending() or _stopping[0]
         interrupts.remember()
-        report.say("snapcore: still putting the target back and removing the child; "
-                   "waiting for that first")
+        _stopping[0] = True
+        if again:
+            report.say("snapcore: still putting the target back and removing the child; "
+                       "waiting for that first")
         return
     if _stopping[0] and not interrupts.engaged():
         return  # the first request is being acted on: snapcore is saying so and ending

@@ -33,6 +33,11 @@ def remember() -> None:
     _pending = True
 
 
+def pending() -> bool:
+    """A stop request is recorded, to take effect once the cleanup is done."""
+    return _pending
+
+
 def engaged() -> bool:
     return _engaged > 0
 
