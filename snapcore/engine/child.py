@@ -78,6 +78,10 @@ class Child:
     # keeper() -> False once the child's parent, the fork thread, has ended
     # (the target exec'd or exited): the dump is then abandoned at once.
     keeper: object = None
+    # The fork thread, which reaps the child's end the moment snapcore has
+    # collected it (ready() before, reap() after; engine/fork.py: Parent):
+    # meanwhile a __WALL wait of the target could see it.
+    parent: object = None
     oom_kills_before: int = field(default_factory=lambda: oom_kills())
 
     def oom_killed(self) -> bool:

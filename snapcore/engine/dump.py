@@ -65,6 +65,8 @@ def _collect(child: Child, deadline: float | None = None,
         if controller is not None:  # the dump itself, not a clean-up
             child.check_parent()
         for tid in list(left):
+            if tid == child.pid and child.parent is not None and stops.has_ended(tid):
+                child.parent.ready()  # collecting the child's end hands it to its parent
             stop = stops.try_wait(tid)
             if stop is None:
                 continue
@@ -72,6 +74,8 @@ def _collect(child: Child, deadline: float | None = None,
                 left.discard(tid)
                 if tid == child.pid:
                     ended = stop
+                    if child.parent is not None:
+                        child.notes += child.parent.reap()
             else:
                 try:
                     ptrace.cont(tid)  # the dump is waking it: let it go to its end

@@ -121,9 +121,31 @@ def _inside(window: Window, runner: HeldThread, guard, at: int, pages: list[int]
     forkthread.keep_to_itself(thread, deadline)
 
 
+@dataclass
+class Parent:
+    """The fork thread as the child's parent, for engine/dump.py: stopped just
+    before the child's end is collected, and reaping it just after, so that
+    the zombie is the target's to see for the fewest microseconds."""
+
+    thread: ForkThread
+
+    def ready(self) -> None:
+        try:
+            keeper.take_back(self.thread, time.monotonic() + 10)
+        except SnapcoreError:
+            pass  # finish says so
+
+    def reap(self) -> list[str]:
+        return finish(self.thread)
+
+
 def finish(thread: ForkThread) -> list[str]:
     """After the dump, the child ended and collected: take the fork thread
-    back, let it reap the child, unmap its page and leave.  Returns notes."""
+    back, let it reap the child, unmap its page and leave (once: a second
+    call does nothing).  Returns notes."""
+    if thread.ended:
+        return []
+    thread.ended = True
     deadline = time.monotonic() + 10
     try:
         if keeper.take_back(thread, deadline):

@@ -68,6 +68,7 @@ class ForkThread:
     base: ptrace.Regs | None = None  # its registers at birth, the frame for injected calls
     traced: bool = False
     listening: bool = False  # held in PTRACE_LISTEN (else stopped in a stop already seen)
+    ended: bool = False  # fork.finish has ended it (or found it ended)
     child: int = 0
     child_ns: int = 0
     stops_taken: list = field(default_factory=list)  # SIGSTOPs it took: given back

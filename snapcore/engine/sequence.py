@@ -67,6 +67,7 @@ def fork_and_dump(pre: preflight.Preflight, output_dir: Path, staging: Path | No
                          page=forked.thread.page)
     kid.ns_tids[kid.pid] = forked.child_ns_pid
     kid.keeper = lambda: keeper.service(forked.thread)
+    kid.parent = forkmod.Parent(forked.thread)
     try:
         snap = _after_fork(pre, forked, kid, output_dir, staging, allow_undumpable,
                            dump_limits, root, output, taken_at)
