@@ -182,8 +182,8 @@ def harm(victim, allowed: frozenset = frozenset()) -> list[str]:
 
 def fork_pages(pid: int) -> list[int]:
     """Pages a killed snapcore left (engine/leftovers.py recognises them)."""
-    from snapcore.engine.estimate import read_smaps
     from snapcore.engine.leftovers import stale_pages
+    from snapcore.linux.maps import read_smaps
     return stale_pages(pid, read_smaps(pid))
 
 

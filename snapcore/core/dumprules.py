@@ -10,8 +10,9 @@ shared, 4 ELF headers, 5 hugetlb private, 6 hugetlb shared (7, 8: DAX, which
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import NamedTuple
 
-from snapcore.linux import arch
+from snapcore.linux import arch, maps
 from snapcore.linux.maps import FileFacts, Vma
 
 ANON_PRIVATE, ANON_SHARED, MAPPED_PRIVATE, MAPPED_SHARED, ELF_HEADERS = 0, 1, 2, 3, 4
@@ -81,3 +82,86 @@ def flags_of(vma: Vma) -> int:
     """p_flags: PF_X 1, PF_W 2, PF_R 4, from the mapping's protection."""
     return ((4 if vma.perms[0] == "r" else 0) | (2 if vma.perms[1] == "w" else 0)
             | (1 if vma.perms[2] == "x" else 0))
+
+
+# Which pages of a dumped mapping hold data (get_dump_page); the others are holes.
+PAGES = "pages"  # anonymous or hugetlb: the pages present or swapped (no_page_table
+#                  answers -EFAULT for the rest under FOLL_DUMP)
+FILE_DATA = "file data"  # shared: every page, through the page cache (maps.data_runs)
+WHOLE = "whole"  # a private file mapping reads its file; special mappings
+
+
+def source(vma: Vma) -> str:
+    if vma.special:
+        return WHOLE
+    if "ht" in vma.flags or not vma.file_backed:
+        return PAGES
+    if "sh" in vma.flags:
+        return FILE_DATA
+    return WHOLE
+
+
+def decide(pid: int, vma: Vma, filter_bits: int) -> int:
+    """Bytes of `vma` the core holds (p_filesz), or MAYBE_ELF_HEADER."""
+    facts = maps.file_facts(pid, vma) if vma.file_backed else None
+    return dump_size(vma, filter_bits, facts).size
+
+
+class CoreSize(NamedTuple):
+    apparent: int  # the file's size, holes included (ls -l); what RLIMIT_CORE counts
+    allocated: int  # what the kernel's core takes on disk (du)
+    shared_unwritten: int  # shared memory never written that the kernel's dump
+    #                        allocates (and snapcore's writer leaves a hole)
+
+    def on_disk(self, writer: str) -> int:
+        """What the core of `writer` takes on disk."""
+        return self.allocated - (self.shared_unwritten if writer == "snapcore" else 0)
+
+
+def core_size(pid: int, vmas: list[Vma], threads: int,
+              filter_bits: int | None = None) -> CoreSize:
+    """How big the core of the process will be, by the same rule each writer
+    follows (dump_size, source): the estimate and the core cannot disagree on
+    what is dumped.  Anonymous pages are counted from smaps (Rss, Swap,
+    *_Hugetlb), not pagemap: close enough for a disk check, and cheap."""
+    bits = maps.coredump_filter(pid) if filter_bits is None else filter_bits
+    apparent = allocated = unwritten = 0
+    for vma in vmas:
+        size = decide(pid, vma, bits)
+        if size == MAYBE_ELF_HEADER:
+            size = arch.PAGE_SIZE if _starts_elf(pid, vma) else 0
+        if not size:
+            continue
+        apparent += size
+        kind = source(vma)
+        if kind == PAGES:
+            allocated += min(size, vma.hugetlb if "ht" in vma.flags else vma.rss + vma.swap)
+        elif kind == FILE_DATA:
+            allocated += size
+            runs = maps.data_runs(pid, vma)
+            unwritten += 0 if runs is None else size - sum(e - s for s, e in runs)
+        elif not vma.special or not ({"io", "pf"} & vma.flags or vma.start >= 1 << 63):
+            allocated += size  # [vvar] and [vsyscall] cannot be read: holes
+    headers = _headers(vmas, threads)
+    return CoreSize(apparent + headers, allocated + headers, unwritten)
+
+
+def _starts_elf(pid: int, vma: Vma) -> bool:
+    try:
+        with open(f"/proc/{pid}/mem", "rb", buffering=0) as mem:
+            mem.seek(vma.start)
+            return mem.read(4) == ELF_MAGIC
+    except OSError:
+        return True  # at most a page: counted
+
+
+def _headers(vmas: list[Vma], threads: int) -> int:
+    """What precedes the memory: the ELF header, a program header a mapping
+    (and the notes'), and the notes: per thread NT_PRSTATUS, NT_PRFPREG,
+    NT_X86_XSTATE (2.7 KiB with AVX-512) and NT_SIGINFO, under 4 KiB; the
+    process's PRPSINFO and AUXV, about 1 KiB; NT_FILE, 24 bytes and the path
+    a file mapping.  The first PT_LOAD starts on a page (elf_core_dump)."""
+    files = sum(25 + len(v.path.encode()) for v in vmas
+                if v.file_backed and v.path.startswith("/"))
+    size = 64 + 56 * (len(vmas) + 2) + threads * 4096 + 1024 + files
+    return -(-size // arch.PAGE_SIZE) * arch.PAGE_SIZE

@@ -89,6 +89,10 @@ def write_sidecar(snap, reason: str = "") -> Path:
         "core": {"file": snap.core_path.name, "size": snap.core_size,
                  "allocated": snap.core_allocated,
                  "compressed": snap.core_path.name.endswith(".zst")},
+        # What the preflight expected (disk check, controller): beside what
+        # was written, so an operator can see how good the guess was.
+        "core_estimate": snap.core_estimate,
+        "core_estimate_apparent": snap.core_apparent,
         "regions_missing": snap.regions_missing,
         "writer": {"name": snap.writer, "reason": snap.writer_reason},
         "notes": snap.notes,

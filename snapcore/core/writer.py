@@ -55,13 +55,13 @@ def read_memory(fd: int, size: int, address: int) -> bytes:
 
 
 def plan_loads(pid: int, vmas: list[maps.Vma], mem: int, pagemap: int) -> list[Load]:
-    """One PT_LOAD per mapping, with what the kernel would dump of it."""
+    """One PT_LOAD per mapping, with what the kernel would dump of it
+    (dumprules: the rule the preflight's estimate follows too)."""
     bits = maps.coredump_filter(pid)
     zero = maps.zero_pfn()
     loads = []
     for vma in vmas:
-        facts = maps.file_facts(pid, vma) if vma.file_backed else None
-        size = dumprules.dump_size(vma, bits, facts).size
+        size = dumprules.decide(pid, vma, bits)
         if size == dumprules.MAYBE_ELF_HEADER:
             # The kernel reads the first four bytes as well (dump_vma_snapshot).
             try:
@@ -69,14 +69,26 @@ def plan_loads(pid: int, vmas: list[maps.Vma], mem: int, pagemap: int) -> list[L
             except OSError:
                 magic = b""
             size = arch.PAGE_SIZE if magic == dumprules.ELF_MAGIC else 0
-        runs = None
-        if size and not vma.file_backed and not vma.special:
-            # Anonymous memory: only pages ever touched hold data; the rest
-            # are holes (the kernel's get_dump_page returns no page for them).
-            runs = ([] if vma.rss + vma.swap == 0 else
-                    maps.present_runs(pagemap, vma.start, vma.start + size, zero))
-        loads.append(Load(vma.start, vma.size, dumprules.flags_of(vma), size, runs))
+        loads.append(Load(vma.start, vma.size, dumprules.flags_of(vma), size,
+                          _runs(pid, vma, size, pagemap, zero) if size else None))
     return loads
+
+
+def _runs(pid: int, vma: maps.Vma, size: int, pagemap: int,
+          zero: int | None) -> list[tuple[int, int]] | None:
+    """The address ranges that hold data; None: all of them."""
+    kind = dumprules.source(vma)
+    if kind == dumprules.PAGES:
+        # Only pages ever touched hold data; the rest are holes (the kernel's
+        # get_dump_page returns no page for them).
+        if vma.rss + vma.swap + vma.hugetlb == 0:
+            return []
+        return maps.present_runs(pagemap, vma.start, vma.start + size, zero)
+    if kind == dumprules.FILE_DATA:
+        # Never-written shared memory is a hole: reading it would allocate it
+        # in the target's shmem for good (maps.data_runs).
+        return maps.data_runs(pid, vma)
+    return None
 
 
 def file_entries(vmas: list[maps.Vma], root: str = "") -> list[tuple[int, int, int, str]]:

@@ -9,6 +9,7 @@ from pathlib import Path
 
 from snapcore import units
 from snapcore.core import core_pattern, placement, staging
+from snapcore.core.dumprules import CoreSize
 from snapcore.engine import checks_writer, estimate
 from snapcore.engine.ratelimit import RateLimiter, label, program, time_text
 from snapcore.engine.verdicts import OK, REFUSE, WARN, Options, Preflight
@@ -16,12 +17,12 @@ from snapcore.errors import OutputError
 
 
 def check_core_destination(pre: Preflight, opts: Options,
-                           size: int) -> core_pattern.CorePattern:
+                           sizes: CoreSize | None) -> core_pattern.CorePattern:
     """Who writes the core (checks_writer.py), then, for the kernel's
     writer, whether core_pattern and RLIMIT_CORE let it."""
     t = pre.target
     pattern = core_pattern.read_core_pattern()
-    checks_writer.choose_writer(pre, opts, pattern, size)
+    checks_writer.choose_writer(pre, opts, pattern, sizes)
     if pre.writer == "snapcore":
         pre.add("core-pattern", OK, f"{pattern.pattern} ({pattern.kind}): not used, "
                 "snapcore writes the core")
@@ -144,22 +145,22 @@ def _places(opts: Options, pattern: core_pattern.CorePattern, pid: int, uid: int
     return places
 
 
-def check_disk(pre: Preflight, opts: Options, maps, pattern: core_pattern.CorePattern) -> None:
+def check_disk(pre: Preflight, opts: Options, sizes: CoreSize | None,
+               pattern: core_pattern.CorePattern) -> None:
     t = pre.target
-    if maps:
-        sizes = estimate.core_size(maps, estimate.coredump_filter(t.pid), len(t.threads))
-        pre.core_estimate, pre.core_apparent = sizes.allocated, sizes.apparent
+    if sizes:
+        pre.core_estimate, pre.core_apparent = sizes.on_disk(pre.writer), sizes.apparent
     if opts.to_stdout and pre.writer == "snapcore":
         pre.add("disk", OK, "the core goes to standard output")
         return
     if pattern.kind == "pipe" and pre.writer == "kernel":
         pre.add("disk", OK, "the core goes to the pipe handler")
         return
-    if not maps:
+    if not sizes:
         pre.add("disk", OK, "not estimated")
         return
     # What the disk must hold: holes take nothing (compressed: see disk_need).
-    size, how = checks_writer.disk_need(pre, opts, sizes.allocated)
+    size, how = checks_writer.disk_need(pre, opts, pre.core_estimate)
     # snapcore's writer writes into the output directory alone.
     places = ({str(_existing_ancestor(Path(opts.output_dir).absolute()))}
               if pre.writer == "snapcore" else _places(opts, pattern, t.pid, t.uid))

@@ -8,6 +8,7 @@ from __future__ import annotations
 import os
 
 from snapcore import units
+from snapcore.core.dumprules import CoreSize
 from snapcore.engine import estimate
 from snapcore.engine.verdicts import OK, REFUSE, WARN, Preflight
 from snapcore.linux import cgroups
@@ -26,12 +27,15 @@ def _blind(entry: str) -> str:
             f"(its cgroup is {entry})")
 
 
-def check_memory(pre: Preflight, maps) -> None:
+def check_memory(pre: Preflight, maps, sizes: CoreSize | None) -> None:
     t = pre.target
     if not maps:
         pre.add("memory", OK, "not estimated")
         return
-    worst = estimate.cow_worst_case(maps)
+    # The kernel's dump allocates never-written shared memory (maps.data_runs):
+    # the target keeps it, as if it had written it.
+    filled = sizes.shared_unwritten if sizes and pre.writer == "kernel" else 0
+    worst = estimate.cow_worst_case(maps) + filled
     info = estimate.meminfo()
     available = info.get("MemAvailable", 0)
     problems, warnings = [], []
@@ -53,7 +57,10 @@ def check_memory(pre: Preflight, maps) -> None:
                         f"{cgroup[0]}")
     grouped = _oom_group(pre, worst, available, problems, warnings)
     what = (f"if the target rewrites all its private memory while the child lives, the "
-            f"copies cost up to {units.human(worst)}")
+            f"copies cost up to {units.human(worst - filled)}")
+    if filled:
+        what += (f"; the kernel's dump allocates {units.human(filled)} of shared memory the "
+                 "process never wrote, which it keeps (snapcore's writer does not)")
     unseen = cgroups.hidden(t.pid, "memory")
     if problems:
         pre.add("memory", REFUSE, f"{what}; {'; '.join(problems)}",
@@ -61,6 +68,10 @@ def check_memory(pre: Preflight, maps) -> None:
     elif unseen:
         pre.add("memory", WARN, f"{what}; {'; '.join(warnings + [_blind(unseen)])}",
                 BLIND_FIX)
+    elif filled:
+        pre.add("memory", WARN, "; ".join([what] + warnings),
+                "let snapcore's writer write the core",
+                setting="writer")
     elif warnings:
         pre.add("memory", WARN, f"{what}; {'; '.join(warnings)}",
                 "an OOM kill there takes the target too: snapshot when it uses less memory"

@@ -3,8 +3,9 @@ writes it where core_pattern says) or snapcore's own writer (it reads the
 stopped child and writes the core itself: engine/write.py).
 
 `auto` lets the kernel write where core_pattern writes a file and the
-process's limits let it, unless the core is to be compressed; everywhere else
-snapcore writes.  A snapshot is not
+process's limits let it, unless the core is to be compressed or the kernel's
+dump would fill never-written shared memory (core/dumprules.py); everywhere
+else snapcore writes.  A snapshot is not
 a crash: snapcore's writer, like gdb's gcore, ignores RLIMIT_CORE, and never
 hands a snapshot to a crash handler.
 """
@@ -15,16 +16,19 @@ import os
 
 from snapcore import units
 from snapcore.core import core_pattern, placement
+from snapcore.core.dumprules import CoreSize
 from snapcore.engine.verdicts import OK, REFUSE, Options, Preflight
 
 UNLIMITED = 1 << 63
 
 
 def choose_writer(pre: Preflight, opts: Options, pattern: core_pattern.CorePattern,
-                  size: int) -> None:
+                  sizes: CoreSize | None) -> None:
     """Sets pre.writer and its reason, and adds the `writer` verdict."""
     t = pre.target
     asked = opts.writer
+    # RLIMIT_CORE counts the file's size, holes included (dump_skip).
+    size = sizes.apparent if sizes else 0
     if opts.to_stdout:
         if asked == "kernel":
             pre.add("writer", REFUSE, "the kernel writes cores only into files or to a "
@@ -51,6 +55,11 @@ def choose_writer(pre: Preflight, opts: Options, pattern: core_pattern.CorePatte
             placement.target_root(t.pid) + os.path.dirname(pattern.pattern)):
         _chosen(pre, "snapcore", f"core_pattern writes to {os.path.dirname(pattern.pattern)}, "
                 "which does not exist for the process")
+    elif sizes and sizes.shared_unwritten:
+        _chosen(pre, "snapcore", f"the kernel's dump would allocate the "
+                f"{units.human(sizes.shared_unwritten)} of shared memory the process never "
+                "wrote, in its own shared memory, for good; snapcore's writer leaves them "
+                "holes")
     elif opts.compress:
         # Measured (docs/benchmarks.md): compressing while writing, in the
         # thread the controller steps up, beats the kernel's raw core then an

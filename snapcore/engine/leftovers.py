@@ -29,7 +29,7 @@ RECORDS = "/run/snapcore/leftovers.json"  # root's; a tmpfs: gone with the pids 
 
 def stale_pages(pid: int, maps) -> list[int]:
     """Code pages a killed snapcore left in the process (see above); `maps`:
-    its mappings (engine/estimate.read_smaps)."""
+    its mappings (linux/maps.read_smaps)."""
     wanted = forkthread.page_contents()
     wanted += bytes(arch.PAGE_SIZE - len(wanted))
     found = []

@@ -11,12 +11,12 @@ from __future__ import annotations
 
 import signal
 
-from snapcore.engine import (checks_host, checks_limits, checks_process, checks_seccomp,
-                             estimate, leftovers)
+from snapcore.core import dumprules
+from snapcore.engine import checks_host, checks_limits, checks_process, checks_seccomp, leftovers
 from snapcore.engine.verdicts import (CHECKS, FORCEABLE, OK, REFUSE, WARN, Check,  # noqa: F401
                                       Options, Preflight, Refused)
 from snapcore.errors import Stage
-from snapcore.linux import stops
+from snapcore.linux import maps, stops
 from snapcore.linux.procfs import mm_fingerprint, read, reading, syscall_instructions
 
 
@@ -50,24 +50,22 @@ def _run(pid: int, opts: Options) -> Preflight:
         pre.add("seccomp", OK if t.seccomp == 0 else REFUSE,
                 f"Seccomp: {t.seccomp}", "not evaluated: the process cannot be snapshot")
     checks_process.check_dumpable(pre)
-    maps = estimate.read_smaps(pid) if usable and not t.kernel_thread else []
-    checks_seccomp.check_userfaultfd(pre, maps)
-    pre.stale_pages = leftovers.stale_pages(pid, maps)
-    # RLIMIT_CORE counts the file's size, holes included (dump_skip).
-    size = (estimate.core_size(maps, estimate.coredump_filter(pid), len(t.threads)).apparent
-            if maps else 0)
-    pattern = checks_host.check_core_destination(pre, opts, size)
+    vmas = maps.read_smaps(pid) if usable and not t.kernel_thread else []
+    checks_seccomp.check_userfaultfd(pre, vmas)
+    pre.stale_pages = leftovers.stale_pages(pid, vmas)
+    sizes = dumprules.core_size(pid, vmas, len(t.threads)) if vmas else None
+    pattern = checks_host.check_core_destination(pre, opts, sizes)
     pre.core_pattern = pattern
     checks_host.check_output_dir(pre, opts)
     checks_host.check_staging(pre, opts, pattern)
-    checks_host.check_disk(pre, opts, maps, pattern)
-    checks_limits.check_memory(pre, maps)
+    checks_host.check_disk(pre, opts, sizes, pattern)
+    checks_limits.check_memory(pre, vmas, sizes)
     checks_limits.check_tasks(pre)
     checks_host.check_rate(pre, opts)
     pre.regions_missing = [{"start": m.start, "end": m.end,
                             "kind": "dontfork" if "dc" in m.flags else "wipeonfork",
                             "path": m.path}
-                           for m in maps if "dc" in m.flags or "wf" in m.flags]
+                           for m in vmas if "dc" in m.flags or "wf" in m.flags]
     return pre
 
 

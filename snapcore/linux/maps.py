@@ -6,6 +6,7 @@ present (/proc/PID/pagemap).
 from __future__ import annotations
 
 import ctypes
+import errno
 import mmap
 import os
 import re
@@ -37,6 +38,7 @@ class Vma:
     rss: int = 0
     swap: int = 0
     anonymous: int = 0
+    hugetlb: int = 0  # hugetlb pages mapped (Private_Hugetlb + Shared_Hugetlb: not in Rss)
     flags: set[str] = field(default_factory=set)  # VmFlags: "rd", "sh", "dd", "io", ...
 
     @property
@@ -72,6 +74,8 @@ def read_smaps(pid: int) -> list[Vma]:
                 vmas[-1].swap = int(line.split()[1]) * 1024
             elif line.startswith("Anonymous:"):
                 vmas[-1].anonymous = int(line.split()[1]) * 1024
+            elif line.startswith(("Private_Hugetlb:", "Shared_Hugetlb:")):
+                vmas[-1].hugetlb += int(line.split()[1]) * 1024
             elif line.startswith("VmFlags:"):
                 vmas[-1].flags = set(line.split()[1:])
     return vmas
@@ -104,6 +108,47 @@ def file_facts(pid: int, vma: Vma) -> FileFacts | None:
         except OSError:
             continue
     return None
+
+
+def data_runs(pid: int, vma: Vma) -> list[tuple[int, int]] | None:
+    """(start, end) address ranges of a shared mapping whose file holds data
+    (SEEK_DATA/SEEK_HOLE on the very file, through /proc/PID/map_files: root
+    only); None when that cannot be seen.
+
+    Why: a dump reads a shared mapping through the page cache, not through the
+    child's page tables (fork copies none for a shared mapping without
+    anon_vma: copy_page_range).  For shmem (MAP_SHARED|MAP_ANONYMOUS, memfd,
+    SysV shm) reading a page never written allocates it (shmem_fault), in the
+    target's own object, for good: the kernel's dump and a plain read of
+    /proc/PID/mem both do.  The holes SEEK_HOLE names read as zeros, so a
+    writer that skips them writes the same core and allocates nothing.  Swapped
+    shmem pages count as data (shmem_seek_hole_data)."""
+    first, last = vma.offset, vma.offset + vma.size
+    try:
+        fd = os.open(f"/proc/{pid}/map_files/{vma.start:x}-{vma.end:x}",
+                     os.O_RDONLY | os.O_CLOEXEC)
+    except OSError:
+        return None
+    runs: list[tuple[int, int]] = []
+    try:
+        at = first
+        while at < last:
+            try:
+                data = os.lseek(fd, at, os.SEEK_DATA)
+                hole = os.lseek(fd, data, os.SEEK_HOLE)
+            except OSError as exc:
+                if exc.errno == errno.ENXIO:  # no data past `at`
+                    break
+                return None
+            if data < at or hole <= data:  # a file whose lseek ignores SEEK_DATA
+                return None
+            start, end = max(data, first), min(hole, last)
+            if start < end:
+                runs.append((vma.start + start - first, vma.start + end - first))
+            at = hole
+    finally:
+        os.close(fd)
+    return runs
 
 
 def present_runs(pagemap_fd: int, start: int, end: int,
