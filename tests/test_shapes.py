@@ -244,3 +244,22 @@ def test_postgres_shared_buffers(cluster, tmp_path, writer):
     assert doc["core"]["size"] > 128 << 20, "shared_buffers is not in the core"
     assert_estimate_holds(doc, core)
     assert cluster.poll() is None
+
+
+def test_disk_check_counts_shared_memory(shapes_exe, tmp_path):
+    """The issue's night: 418 MiB of shared_buffers estimated at 3 MiB, the
+    kernel's writer then filled a small filesystem.  Now the disk check sees
+    the shared memory and refuses before the process is touched."""
+    small = tmp_path / "small"
+    small.mkdir()
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=32m", "tmpfs", str(small)], check=True)
+    target = Shape(shapes_exe, "anon-shared")
+    try:
+        proc = run_snapcore("--writer", "kernel", "-o", str(small / "cores"), str(target.pid))
+        assert proc.returncode == 10, proc.stderr
+        assert "disk" in proc.stderr and "64." in proc.stderr, proc.stderr
+        assert not (small / "cores").exists() or not os.listdir(small / "cores")
+        target.assert_unharmed()
+    finally:
+        target.stop()
+        subprocess.run(["umount", str(small)], check=True)
