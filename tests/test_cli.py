@@ -159,3 +159,49 @@ def test_parsing_loads_neither_rich_nor_psutil_nor_the_engine():
             "'snapcore.engine.preflight', 'snapcore.linux.ptrace', 'ctypes') if m in sys.modules))")
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT)
     assert proc.returncode == 0 and proc.stdout.strip() == "", proc.stdout + proc.stderr
+
+
+@pytest.fixture
+def titled_and_scripts(build_dir, tmp_path):
+    """A server that set its title to `tt-NONCE: master process`, and two
+    shell scripts whose command lines hold the same words."""
+    from conftest import compile_target
+    nonce = f"n{os.getpid()}x{len(str(tmp_path))}"
+    words = f"master process {nonce}"
+    exe = compile_target(build_dir, "titled")
+    server = subprocess.Popen([str(exe), f"tt-{nonce}: {words}"], stdout=subprocess.PIPE)
+    assert server.stdout.readline() == b"ready\n"
+    script = tmp_path / "watchdog.sh"
+    script.write_text("sleep 60\n")
+    shells = [subprocess.Popen(["sh", "-c", f"sleep 60; : {words}"]),
+              subprocess.Popen(["sh", str(script), words])]
+    yield words, server.pid, [s.pid for s in shells]
+    for proc in [server, *shells]:
+        proc.kill()
+        proc.wait()
+
+
+def test_name_matches_the_process_name_or_title_and_full_the_command_line(
+        titled_and_scripts, tmp_path):
+    words, server, shells = titled_and_scripts
+    out = str(tmp_path / "cores")
+    checked = run("check", "--json", "--name", words, "-o", out)
+    assert checked.returncode == 0, checked.stdout + checked.stderr
+    assert json.loads(checked.stdout)["target"]["pid"] == server  # not the scripts
+    by_comm = run("check", "--json", "--name", "^titled$", "-o", out)
+    assert json.loads(by_comm.stdout)["target"]["pid"] == server, by_comm.stdout
+    full = run("check", "-f", "--name", words, "-o", out)  # like pgrep -f: all three
+    assert full.returncode == ExitCode.USAGE and "matches 3 processes" in full.stderr
+    assert all(str(pid) in full.stderr for pid in [server, *shells]), full.stderr
+    alone = run("check", "--full", "-o", out)
+    assert alone.returncode == ExitCode.USAGE and "--name" in alone.stderr
+
+
+def test_name_never_matches_snapcore_or_its_ancestors(tmp_path):
+    """The pattern is on snapcore's own command line and its shell's."""
+    nonce = f"only-here-{os.getpid()}"
+    proc = subprocess.run(["sh", "-c", f"{sys.executable} -m snapcore check -f --name "
+                           f"{nonce} -o {tmp_path}; exit $?"], capture_output=True,
+                          text=True, cwd=ROOT)
+    assert proc.returncode == ExitCode.NO_SUCH_PROCESS, proc.stderr
+    assert "no process matches" in proc.stderr

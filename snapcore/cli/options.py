@@ -166,14 +166,43 @@ def pid_argument(many: bool = False):
     return click.argument("pid", metavar="[PID]", required=False, shell_complete=complete.pids)
 
 
+class NamePattern(str):
+    """--name's pattern, and whether -f/--full was given with it: carried
+    together so that every command that takes --name (watch --wait too)
+    matches the same way."""
+
+    full = False
+
+    @classmethod
+    def of(cls, pattern: str | None, full: bool) -> str | None:
+        if pattern is None:
+            return None
+        named = cls(pattern)
+        named.full = full
+        return named
+
+
 def target_options(command):
-    """Ways to name the processes to snapshot, besides pids."""
+    """Ways to name the processes to snapshot, besides pids.  The command gets
+    --name with -f folded in (NamePattern)."""
+    inner = command
+
+    @functools.wraps(inner)
+    def with_pattern(*args, full: bool, name_pattern, **kwargs):
+        if full and name_pattern is None:
+            raise click.UsageError("-f/--full goes with --name: give --name PATTERN")
+        return inner(*args, name_pattern=NamePattern.of(name_pattern, full), **kwargs)
+
+    command = with_pattern
     for option in reversed([
         click.option("--name", "name_pattern", metavar="PATTERN",
                      shell_complete=complete.process_names,
-                     help="Processes whose name or command line matches this regular "
-                          "expression (like pgrep); several matches are refused unless "
-                          "--all."),
+                     help="Processes whose name matches this regular expression, like "
+                          "pgrep: the name (comm) or the title a server sets (argv[0], "
+                          "e.g. 'postgres: checkpointer'); several matches are refused "
+                          "unless --all. snapcore and its ancestors never match."),
+        click.option("-f", "--full", is_flag=True,
+                     help="With --name: match the whole command line, like pgrep -f."),
         click.option("--all", "take_all", is_flag=True,
                      help="With --name: every matching process."),
         click.option("--pidfile", type=click.Path(dir_okay=False), metavar="FILE",
