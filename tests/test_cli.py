@@ -205,3 +205,26 @@ def test_name_never_matches_snapcore_or_its_ancestors(tmp_path):
                           text=True, cwd=ROOT)
     assert proc.returncode == ExitCode.NO_SUCH_PROCESS, proc.stderr
     assert "no process matches" in proc.stderr
+
+
+def test_quiet_stacks_keep_standard_output_to_the_path(start_victim, out_dir):
+    """gdb EXE "$(snapcore -q --stacks PID)": stdout is the path alone."""
+    victim = start_victim("sleep")
+    proc = run("-q", "--stacks", "-o", str(out_dir), str(victim.pid))
+    assert proc.returncode == 0, proc.stderr
+    assert len(proc.stdout.splitlines()) == 1 and Path(proc.stdout.strip()).is_file()
+    assert "mode_sleep" in proc.stderr and "mode_sleep" not in proc.stdout
+    victim.assert_unharmed()
+
+
+def test_stacks_without_gdb_keep_the_snapshot_and_exit_14(start_victim, out_dir):
+    victim = start_victim("sleep")
+    proc = subprocess.run([sys.executable, "-m", "snapcore", "-q", "--stacks", "-o",
+                           str(out_dir), str(victim.pid)], capture_output=True, text=True,
+                          env=dict(os.environ, PATH="/nonexistent"), cwd=ROOT)
+    assert proc.returncode == ExitCode.TOOL, proc.stderr
+    assert Path(proc.stdout.strip()).is_file()  # the core is kept, and said
+    lines = proc.stderr.splitlines()
+    assert len(lines) == 1 and lines[0].startswith("snapcore: error: ") \
+        and "needs gdb" in lines[0], proc.stderr
+    victim.assert_unharmed()
