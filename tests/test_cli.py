@@ -228,3 +228,19 @@ def test_stacks_without_gdb_keep_the_snapshot_and_exit_14(start_victim, out_dir)
     assert len(lines) == 1 and lines[0].startswith("snapcore: error: ") \
         and "needs gdb" in lines[0], proc.stderr
     victim.assert_unharmed()
+
+
+@pytest.mark.parametrize("where", ["/proc/nope", "/sys/nope/cores"])
+def test_an_output_dir_that_cannot_be_created_is_named_so(where, start_victim):
+    victim = start_victim("sleep")
+    proc = run("-o", where, str(victim.pid))
+    assert proc.returncode == ExitCode.OUTPUT, proc.stderr
+    assert proc.stderr.count("\n") == 1 and f"{where} cannot be created" in proc.stderr
+    assert "free" not in proc.stderr and "another output directory" in proc.stderr
+    checked = run("check", "--json", "-o", where, str(victim.pid))
+    doc = json.loads(checked.stdout)
+    assert checked.returncode == ExitCode.OUTPUT and doc["exit_code"] == ExitCode.OUTPUT
+    said = next(c for c in doc["checks"] if c["name"] == "output-dir")
+    assert said["verdict"] == "refuse" and "cannot be created" in said["reason"], said
+    assert not os.path.exists(where)
+    victim.assert_unharmed()
