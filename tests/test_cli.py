@@ -244,3 +244,73 @@ def test_an_output_dir_that_cannot_be_created_is_named_so(where, start_victim):
     assert said["verdict"] == "refuse" and "cannot be created" in said["reason"], said
     assert not os.path.exists(where)
     victim.assert_unharmed()
+
+
+def test_help_is_one_usage_line_and_a_command(tmp_path):
+    top = run("--help").stdout
+    assert top.count("Usage:") == 1, top
+    assert run("help").stdout == top
+    debug = run("help", "debug")
+    assert debug.returncode == 0 and "Usage: snapcore debug" in debug.stdout
+    unknown = run("help", "nope")
+    assert unknown.returncode == ExitCode.USAGE and "no command 'nope'" in unknown.stderr
+
+
+@pytest.mark.parametrize("command, own, foreign", [
+    ("info", "no snapshot matches", "rate limit"),
+    ("debug", "gdb's own status", "rate limit"),
+    ("snap", "rate limit reached", "gdb's own status"),
+])
+def test_each_command_help_shows_its_own_exit_codes(command, own, foreign):
+    text = run(command, "--help").stdout
+    assert own in text and foreign not in text, text
+
+
+def test_the_core_would_never_be_complete_is_said_so():
+    from snapcore.engine.controller import completion
+    assert completion(float("inf")) == "the core would never be complete"
+    assert completion(42.4) == "the core would be complete at 42 s"
+
+
+def test_forced_check_shows_as_forced(start_victim, out_dir):
+    victim = start_victim("sleep")
+    first = run("--max-per-hour", "1", "-o", str(out_dir), str(victim.pid))
+    assert first.returncode == 0, first.stderr
+    forced = run("--max-per-hour", "1", "--force", "rate-limit", "-o", str(out_dir),
+                 str(victim.pid))
+    assert forced.returncode == 0, forced.stderr
+    line = next(x for x in forced.stdout.splitlines() if x.startswith("check rate-limit"))
+    assert "forced: " in line and "refuse" not in line, line
+    doc = json.loads(run("--json", "--max-per-hour", "1", "--force", "rate-limit", "-o",
+                         str(out_dir), str(victim.pid)).stdout)
+    said = next(c for c in doc["checks"] if c["name"] == "rate-limit")
+    assert said["forced"] is True
+    victim.assert_unharmed()
+
+
+def test_check_table_has_no_empty_fix_cell(start_victim, out_dir):
+    from helpers import on_terminal
+    victim = start_victim("sleep")
+    code, text = on_terminal("check", "-o", str(out_dir), str(victim.pid), columns=200)
+    assert code == 0, text
+    rows = [x for x in text.splitlines() if x.startswith("│")]
+    cells = [[c.strip() for c in row.strip("│").split("│")] for row in rows]
+    header = next(x for x in text.splitlines() if "verdict" in x)
+    if "fix" in header:  # some check has a fix: every row says something there
+        assert all(row[-1] for row in cells if row[0]), text
+
+
+def test_list_never_wraps_the_core_and_says_booleans_as_words(start_victim, tmp_path):
+    from helpers import on_terminal
+    out_dir = tmp_path / "cores"
+    victim = start_victim("sleep")
+    snapped = run("--json", "--reason", "a reason long enough to need some room " * 2,
+                  "-o", str(out_dir), str(victim.pid))
+    name = Path(json.loads(snapped.stdout)["core"]["path"]).name
+    code, text = on_terminal("list", "-o", str(out_dir), columns=120)
+    assert code == 0 and name in text, text
+    plain = run("list", "-o", str(out_dir)).stdout.splitlines()
+    compressed = plain[0].split("\t").index("compressed")
+    assert plain[1].split("\t")[compressed] == "no", plain
+    assert "True" not in "\n".join(plain) and "False" not in "\n".join(plain)
+    victim.assert_unharmed()

@@ -13,26 +13,14 @@ import click
 
 from snapcore import bounds, units
 from snapcore.cli import complete
+from snapcore.cli.exitcodes import (DEBUG_EXIT_CODES_HELP, EXIT_CODES_HELP,  # noqa: F401
+                                    INFO_EXIT_CODES_HELP)
 from snapcore.core.placement import default_output_dir
 from snapcore.engine import verdicts
 from snapcore.engine.result import THREAD_MODES, WRITERS, DumpLimits
 from snapcore.errors import BadInput, Stage
 
 PID_MAX_LIMIT = 1 << 22  # PID_MAX_LIMIT on 64-bit kernels
-
-
-EXIT_CODES_HELP = """\b
-Exit codes:
-  0  snapshot taken (check: would go ahead)
-  1  internal error          8  kernel wrote no core
-  2  bad command line        9  core handed to a core_pattern pipe
-  3  no such process        10  output directory unusable or full
-  4  permission denied      11  not enough memory headroom
-  5  busy (already traced)  12  rate limit reached
-  6  target not supported   13  too near its task limits
-  7  target did not stop    14  gdb missing or failed
-                            15  watch: process ended, nothing fired
-                           130  interrupted (target released)"""
 
 
 def parse_pid(text: str) -> int:
