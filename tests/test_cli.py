@@ -159,3 +159,158 @@ def test_parsing_loads_neither_rich_nor_psutil_nor_the_engine():
             "'snapcore.engine.preflight', 'snapcore.linux.ptrace', 'ctypes') if m in sys.modules))")
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT)
     assert proc.returncode == 0 and proc.stdout.strip() == "", proc.stdout + proc.stderr
+
+
+@pytest.fixture
+def titled_and_scripts(build_dir, tmp_path):
+    """A server that set its title to `tt-NONCE: master process`, and two
+    shell scripts whose command lines hold the same words."""
+    from conftest import compile_target
+    nonce = f"n{os.getpid()}x{len(str(tmp_path))}"
+    words = f"master process {nonce}"
+    exe = compile_target(build_dir, "titled")
+    server = subprocess.Popen([str(exe), f"tt-{nonce}: {words}"], stdout=subprocess.PIPE)
+    assert server.stdout.readline() == b"ready\n"
+    script = tmp_path / "watchdog.sh"
+    script.write_text("sleep 60\n")
+    shells = [subprocess.Popen(["sh", "-c", f"sleep 60; : {words}"]),
+              subprocess.Popen(["sh", str(script), words])]
+    yield words, server.pid, [s.pid for s in shells]
+    for proc in [server, *shells]:
+        proc.kill()
+        proc.wait()
+
+
+def test_name_matches_the_process_name_or_title_and_full_the_command_line(
+        titled_and_scripts, tmp_path):
+    words, server, shells = titled_and_scripts
+    out = str(tmp_path / "cores")
+    checked = run("check", "--json", "--name", words, "-o", out)
+    assert checked.returncode == 0, checked.stdout + checked.stderr
+    assert json.loads(checked.stdout)["target"]["pid"] == server  # not the scripts
+    by_comm = run("check", "--json", "--name", "^titled$", "-o", out)
+    assert json.loads(by_comm.stdout)["target"]["pid"] == server, by_comm.stdout
+    full = run("check", "-f", "--name", words, "-o", out)  # like pgrep -f: all three
+    assert full.returncode == ExitCode.USAGE and "matches 3 processes" in full.stderr
+    assert all(str(pid) in full.stderr for pid in [server, *shells]), full.stderr
+    alone = run("check", "--full", "-o", out)
+    assert alone.returncode == ExitCode.USAGE and "--name" in alone.stderr
+
+
+def test_name_never_matches_snapcore_or_its_ancestors(tmp_path):
+    """The pattern is on snapcore's own command line and its shell's."""
+    nonce = f"only-here-{os.getpid()}"
+    proc = subprocess.run(["sh", "-c", f"{sys.executable} -m snapcore check -f --name "
+                           f"{nonce} -o {tmp_path}; exit $?"], capture_output=True,
+                          text=True, cwd=ROOT)
+    assert proc.returncode == ExitCode.NO_SUCH_PROCESS, proc.stderr
+    assert "no process matches" in proc.stderr
+
+
+def test_quiet_stacks_keep_standard_output_to_the_path(start_victim, out_dir):
+    """gdb EXE "$(snapcore -q --stacks PID)": stdout is the path alone."""
+    victim = start_victim("sleep")
+    proc = run("-q", "--stacks", "-o", str(out_dir), str(victim.pid))
+    assert proc.returncode == 0, proc.stderr
+    assert len(proc.stdout.splitlines()) == 1 and Path(proc.stdout.strip()).is_file()
+    assert "mode_sleep" in proc.stderr and "mode_sleep" not in proc.stdout
+    victim.assert_unharmed()
+
+
+def test_stacks_without_gdb_keep_the_snapshot_and_exit_14(start_victim, out_dir):
+    victim = start_victim("sleep")
+    proc = subprocess.run([sys.executable, "-m", "snapcore", "-q", "--stacks", "-o",
+                           str(out_dir), str(victim.pid)], capture_output=True, text=True,
+                          env=dict(os.environ, PATH="/nonexistent"), cwd=ROOT)
+    assert proc.returncode == ExitCode.TOOL, proc.stderr
+    assert Path(proc.stdout.strip()).is_file()  # the core is kept, and said
+    lines = proc.stderr.splitlines()
+    assert len(lines) == 1 and lines[0].startswith("snapcore: error: ") \
+        and "needs gdb" in lines[0], proc.stderr
+    victim.assert_unharmed()
+
+
+@pytest.mark.parametrize("where", ["/proc/nope", "/sys/nope/cores"])
+def test_an_output_dir_that_cannot_be_created_is_named_so(where, start_victim):
+    victim = start_victim("sleep")
+    proc = run("-o", where, str(victim.pid))
+    assert proc.returncode == ExitCode.OUTPUT, proc.stderr
+    assert proc.stderr.count("\n") == 1 and f"{where} cannot be created" in proc.stderr
+    assert "free" not in proc.stderr and "another output directory" in proc.stderr
+    checked = run("check", "--json", "-o", where, str(victim.pid))
+    doc = json.loads(checked.stdout)
+    assert checked.returncode == ExitCode.OUTPUT and doc["exit_code"] == ExitCode.OUTPUT
+    said = next(c for c in doc["checks"] if c["name"] == "output-dir")
+    assert said["verdict"] == "refuse" and "cannot be created" in said["reason"], said
+    assert not os.path.exists(where)
+    victim.assert_unharmed()
+
+
+def test_help_is_one_usage_line_and_a_command(tmp_path):
+    top = run("--help").stdout
+    assert top.count("Usage:") == 1, top
+    assert run("help").stdout == top
+    debug = run("help", "debug")
+    assert debug.returncode == 0 and "Usage: snapcore debug" in debug.stdout
+    unknown = run("help", "nope")
+    assert unknown.returncode == ExitCode.USAGE and "no command 'nope'" in unknown.stderr
+
+
+@pytest.mark.parametrize("command, own, foreign", [
+    ("info", "no snapshot matches", "rate limit"),
+    ("debug", "gdb's own status", "rate limit"),
+    ("snap", "rate limit reached", "gdb's own status"),
+])
+def test_each_command_help_shows_its_own_exit_codes(command, own, foreign):
+    text = run(command, "--help").stdout
+    assert own in text and foreign not in text, text
+
+
+def test_the_core_would_never_be_complete_is_said_so():
+    from snapcore.engine.controller import completion
+    assert completion(float("inf")) == "the core would never be complete"
+    assert completion(42.4) == "the core would be complete at 42 s"
+
+
+def test_forced_check_shows_as_forced(start_victim, out_dir):
+    victim = start_victim("sleep")
+    first = run("--max-per-hour", "1", "-o", str(out_dir), str(victim.pid))
+    assert first.returncode == 0, first.stderr
+    forced = run("--max-per-hour", "1", "--force", "rate-limit", "-o", str(out_dir),
+                 str(victim.pid))
+    assert forced.returncode == 0, forced.stderr
+    line = next(x for x in forced.stdout.splitlines() if x.startswith("check rate-limit"))
+    assert "forced: " in line and "refuse" not in line, line
+    doc = json.loads(run("--json", "--max-per-hour", "1", "--force", "rate-limit", "-o",
+                         str(out_dir), str(victim.pid)).stdout)
+    said = next(c for c in doc["checks"] if c["name"] == "rate-limit")
+    assert said["forced"] is True
+    victim.assert_unharmed()
+
+
+def test_check_table_has_no_empty_fix_cell(start_victim, out_dir):
+    from helpers import on_terminal
+    victim = start_victim("sleep")
+    code, text = on_terminal("check", "-o", str(out_dir), str(victim.pid), columns=200)
+    assert code == 0, text
+    rows = [x for x in text.splitlines() if x.startswith("│")]
+    cells = [[c.strip() for c in row.strip("│").split("│")] for row in rows]
+    header = next(x for x in text.splitlines() if "verdict" in x)
+    if "fix" in header:  # some check has a fix: every row says something there
+        assert all(row[-1] for row in cells if row[0]), text
+
+
+def test_list_never_wraps_the_core_and_says_booleans_as_words(start_victim, tmp_path):
+    from helpers import on_terminal
+    out_dir = tmp_path / "cores"
+    victim = start_victim("sleep")
+    snapped = run("--json", "--reason", "a reason long enough to need some room " * 2,
+                  "-o", str(out_dir), str(victim.pid))
+    name = Path(json.loads(snapped.stdout)["core"]["path"]).name
+    code, text = on_terminal("list", "-o", str(out_dir), columns=120)
+    assert code == 0 and name in text, text
+    plain = run("list", "-o", str(out_dir)).stdout.splitlines()
+    compressed = plain[0].split("\t").index("compressed")
+    assert plain[1].split("\t")[compressed] == "no", plain
+    assert "True" not in "\n".join(plain) and "False" not in "\n".join(plain)
+    victim.assert_unharmed()

@@ -28,11 +28,11 @@ from helpers import on_terminal, process_state, prstatus_pids, wait_until
 def test_name_pattern_ambiguous_then_all(start_victim, out_dir):
     first, second = start_victim("sleep"), start_victim("read")
     pattern = f"victim (sleep|read) {first.report.parent}"
-    proc = run_snapcore("--name", pattern, "-o", str(out_dir))
+    proc = run_snapcore("-f", "--name", pattern, "-o", str(out_dir))
     assert proc.returncode == ExitCode.USAGE
     assert "matches 2 processes" in proc.stderr and "--all" in proc.stderr
     assert str(first.pid) in proc.stderr and str(second.pid) in proc.stderr
-    code, doc = snap_json("--name", pattern, "--all", "-o", str(out_dir))
+    code, doc = snap_json("-f", "--name", pattern, "--all", "-o", str(out_dir))
     assert code == 0, doc
     assert sorted(s["target"]["pid"] for s in doc["snapshots"]) == sorted(
         [first.pid, second.pid])
@@ -347,7 +347,7 @@ def test_every_command_names_its_process_the_same_ways(start_victim, out_dir, tm
     """check, stacks and watch take PID, --name, --pidfile and --unit like snap."""
     victim, other = start_victim("sleep"), start_victim("sleep")
     unique = str(victim.report)  # on this target's command line, and nowhere else
-    checked = run_snapcore("check", "--json", "--name", unique, "-o", str(out_dir))
+    checked = run_snapcore("check", "--json", "-f", "--name", unique, "-o", str(out_dir))
     assert checked.returncode == 0, checked.stderr
     assert json.loads(checked.stdout)["target"]["pid"] == victim.pid
     pidfile = tmp_path / "victim.pid"
@@ -357,10 +357,10 @@ def test_every_command_names_its_process_the_same_ways(start_victim, out_dir, tm
     assert "mode_sleep" in stacks.stdout
     # Both targets' reports live in one directory: --all names two, and a
     # command that takes one says so in one line.
-    both = run_snapcore("check", "--name", str(victim.report.parent), "--all",
+    both = run_snapcore("check", "-f", "--name", str(victim.report.parent), "--all",
                         "-o", str(out_dir))
     assert both.returncode == ExitCode.USAGE and "this command takes one" in both.stderr
-    watcher = subprocess.Popen([sys.executable, "-m", "snapcore", "watch", "--name",
+    watcher = subprocess.Popen([sys.executable, "-m", "snapcore", "watch", "-f", "--name",
                                 str(other.report), "--fds", "100000", "--interval", "0.1",
                                 "-o", str(out_dir)], stderr=subprocess.PIPE, text=True,
                                cwd=Path(__file__).parent.parent)
@@ -377,7 +377,7 @@ def test_watch_waits_for_a_process_and_fires_from_below(victim_exe, tmp_path, ou
     """--wait --name: watching starts before the process does (procdump -w);
     --cpu-below fires on a process that does nothing."""
     report = tmp_path / "late-starter.txt"
-    watcher = subprocess.Popen([sys.executable, "-m", "snapcore", "watch", "--json", "--wait",
+    watcher = subprocess.Popen([sys.executable, "-m", "snapcore", "watch", "--json", "--wait", "-f",
                                 "--name", str(report), "--cpu-below", "50", "--for", "0.3",
                                 "--interval", "0.1", "-o", str(out_dir)],
                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,

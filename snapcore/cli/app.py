@@ -55,8 +55,7 @@ class DefaultToSnap(click.Group):
         return items
 
     def format_usage(self, ctx, formatter):
-        formatter.write_usage("snapcore", "[OPTIONS] PID...      (short for snapcore snap)")
-        formatter.write_usage("snapcore", "COMMAND [ARGS]...")
+        formatter.write_usage("snapcore", "[OPTIONS] PID... | COMMAND [ARGS]...")
 
     def format_options(self, ctx, formatter):
         """The group's options, snap's (they are what `snapcore PID` takes), then
@@ -87,6 +86,22 @@ def cli():
     priority while the process runs on.  `snapcore PID` is short for
     `snapcore snap PID`.
     """
+
+
+@cli.command(name="help")
+@click.argument("command", required=False)
+@click.pass_context
+def help_(ctx, command):
+    """Show this help, or COMMAND's (snapcore help COMMAND), like git help."""
+    group = ctx.parent
+    if command is None:
+        click.echo(cli.get_help(group))
+        return
+    found = cli.get_command(group, command)
+    if found is None:
+        raise click.UsageError(f"no command {command!r}; commands: "
+                               + ", ".join(cli.list_commands(group)))
+    click.echo(found.get_help(click.Context(found, info_name=command, parent=group)))
 
 
 def fail(exc: SnapcoreError, as_json: bool, to_stderr: bool = False):

@@ -13,26 +13,14 @@ import click
 
 from snapcore import bounds, units
 from snapcore.cli import complete
+from snapcore.cli.exitcodes import (DEBUG_EXIT_CODES_HELP, EXIT_CODES_HELP,  # noqa: F401
+                                    INFO_EXIT_CODES_HELP)
 from snapcore.core.placement import default_output_dir
 from snapcore.engine import verdicts
 from snapcore.engine.result import THREAD_MODES, WRITERS, DumpLimits
 from snapcore.errors import BadInput, Stage
 
 PID_MAX_LIMIT = 1 << 22  # PID_MAX_LIMIT on 64-bit kernels
-
-
-EXIT_CODES_HELP = """\b
-Exit codes:
-  0  snapshot taken (check: would go ahead)
-  1  internal error          8  kernel wrote no core
-  2  bad command line        9  core handed to a core_pattern pipe
-  3  no such process        10  output directory unusable or full
-  4  permission denied      11  not enough memory headroom
-  5  busy (already traced)  12  rate limit reached
-  6  target not supported   13  too near its task limits
-  7  target did not stop    14  gdb missing or failed
-                            15  watch: process ended, nothing fired
-                           130  interrupted (target released)"""
 
 
 def parse_pid(text: str) -> int:
@@ -166,14 +154,43 @@ def pid_argument(many: bool = False):
     return click.argument("pid", metavar="[PID]", required=False, shell_complete=complete.pids)
 
 
+class NamePattern(str):
+    """--name's pattern, and whether -f/--full was given with it: carried
+    together so that every command that takes --name (watch --wait too)
+    matches the same way."""
+
+    full = False
+
+    @classmethod
+    def of(cls, pattern: str | None, full: bool) -> str | None:
+        if pattern is None:
+            return None
+        named = cls(pattern)
+        named.full = full
+        return named
+
+
 def target_options(command):
-    """Ways to name the processes to snapshot, besides pids."""
+    """Ways to name the processes to snapshot, besides pids.  The command gets
+    --name with -f folded in (NamePattern)."""
+    inner = command
+
+    @functools.wraps(inner)
+    def with_pattern(*args, full: bool, name_pattern, **kwargs):
+        if full and name_pattern is None:
+            raise click.UsageError("-f/--full goes with --name: give --name PATTERN")
+        return inner(*args, name_pattern=NamePattern.of(name_pattern, full), **kwargs)
+
+    command = with_pattern
     for option in reversed([
         click.option("--name", "name_pattern", metavar="PATTERN",
                      shell_complete=complete.process_names,
-                     help="Processes whose name or command line matches this regular "
-                          "expression (like pgrep); several matches are refused unless "
-                          "--all."),
+                     help="Processes whose name matches this regular expression, like "
+                          "pgrep: the name (comm) or the title a server sets (argv[0], "
+                          "e.g. 'postgres: checkpointer'); several matches are refused "
+                          "unless --all. snapcore and its ancestors never match."),
+        click.option("-f", "--full", is_flag=True,
+                     help="With --name: match the whole command line, like pgrep -f."),
         click.option("--all", "take_all", is_flag=True,
                      help="With --name: every matching process."),
         click.option("--pidfile", type=click.Path(dir_okay=False), metavar="FILE",

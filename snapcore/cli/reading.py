@@ -19,6 +19,7 @@ import click
 
 from snapcore.cli import render as report
 from snapcore.cli.app import cli, fail
+from snapcore.cli.options import DEBUG_EXIT_CODES_HELP, INFO_EXIT_CODES_HELP
 from snapcore.cli.options import (EXIT_CODES_HELP, SnapRequest, check_force, common_options,
                                   make_options, one_target, pid_argument, snap_options,
                                   target_options)
@@ -80,7 +81,7 @@ def exe_changed(record) -> str | None:
             f"{now or 'missing'}): gdb may show wrong symbols; use the old build")
 
 
-@cli.command(epilog=EXIT_CODES_HELP)
+@cli.command(epilog=INFO_EXIT_CODES_HELP)
 @match_argument
 @output_dir_option
 @click.option("--json", "as_json", is_flag=True, help="Print the record as one JSON document.")
@@ -106,7 +107,7 @@ def info(match, output_dir, as_json):
     report.say(f"snapcore: note: {NOT_A_CRASH}")
 
 
-@cli.command(epilog=EXIT_CODES_HELP)
+@cli.command(epilog=DEBUG_EXIT_CODES_HELP)
 @match_argument
 @output_dir_option
 @click.option("-A", "--debugger-arguments", "gdb_args", default="", metavar="ARGS",

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import json
 import sys
-from pathlib import Path
 from typing import TYPE_CHECKING
 
 from snapcore.errors import SnapcoreError
@@ -72,7 +71,7 @@ def snapshot_dict(snap: Snapshot) -> dict:
         "streamed": snap.streamed,
         "notes": snap.notes,
         "regions_missing": snap.regions_missing,
-        "checks": snap.checks,
+        "checks": [dict(c, forced=c["verdict"] == "refuse") for c in snap.checks],
     }
     if pattern.kind == "pipe":
         doc["core_pattern"]["handler"] = pattern.handler
@@ -126,7 +125,8 @@ def print_snapshot(snap: Snapshot, verbose: bool, console: Console) -> None:
                 else "zeros (MADV_WIPEONFORK)")
         rows.append(("not in core", f"{region['start']:#x}-{region['end']:#x} "
                      f"{region['path']}: {what}".rstrip()))
-    rows += [(f"check {c['name']}", f"{c['verdict']}: {c['reason']}")
+    # A refusal in a snapshot that was taken is one --force overrode.
+    rows += [(f"check {c['name']}", f"{shown_verdict(c)}: {c['reason']}")
              for c in snap.checks if c["verdict"] != "ok" or verbose]
     if verbose:
         rows += [("writer", f"{snap.writer}: {snap.writer_reason}"),
@@ -141,6 +141,10 @@ def print_snapshot(snap: Snapshot, verbose: bool, console: Console) -> None:
 
 
 VERDICT_STYLE = {"ok": "green", "warn": "yellow", "refuse": "bold red"}
+
+
+def shown_verdict(check: dict) -> str:
+    return "forced" if check["verdict"] == "refuse" else check["verdict"]
 
 # The engine names the setting a hint is about; this is the flag that sets it.
 FLAGS = {
@@ -200,13 +204,15 @@ def print_checks(result, console: Console) -> None:
     from rich.table import Table
     t = result.target
     table = Table(title=f"snapcore check {t.pid} ({t.name})", title_justify="left")
-    for column in ("check", "verdict", "reason", "fix"):
+    fixes = [with_flags(c.fix, c.setting, c.name if c.verdict == "refuse" and c.forceable
+                        else "") for c in result.checks]
+    columns = ("check", "verdict", "reason") + (("fix",) if any(fixes) else ())
+    for column in columns:  # no empty fix column when nothing needs fixing
         table.add_column(column, overflow="fold")
-    for check in result.checks:
+    for check, fix in zip(result.checks, fixes):
         verdict = f"[{VERDICT_STYLE[check.verdict]}]{check.verdict}[/]"
-        fix = with_flags(check.fix, check.setting,
-                         check.name if check.verdict == "refuse" and check.forceable else "")
-        table.add_row(check.name, verdict, _plain(check.reason), _plain(fix))
+        row = (check.name, verdict, _plain(check.reason), _plain(fix or "-"))
+        table.add_row(*row[:len(columns)])
     console.print(table)
     refusals = result.refusals()
     if refusals:
@@ -230,23 +236,6 @@ def record_dict(record) -> dict:
         "threads": len(d.get("threads", [])), "compressed": d["core"].get("compressed"),
         "reason": d.get("reason", ""), "pause_ms": d.get("pause_ms"),
     }
-
-
-def print_records(found, console: Console) -> None:
-    if not found:
-        console.print("no snapshots", highlight=False)
-        return
-    from rich.table import Table
-    table = Table()
-    for column in ("taken (UTC)", "target", "pid", "size", "threads", "zst", "reason", "core"):
-        table.add_column(column, overflow="fold")
-    for record in found:
-        r = record_dict(record)
-        table.add_row(r["taken_at"].replace("T", " ")[:19], _plain(r["name"] or "?"),
-                      str(r["pid"]), human(r["size"]), str(r["threads"]),
-                      "yes" if r["compressed"] else "", _plain(r["reason"]),
-                      _plain(Path(r["core"]).name if r["core"] else "(missing)"))
-    console.print(table)
 
 
 def print_info(record, console: Console) -> None:
@@ -275,20 +264,6 @@ def print_info(record, console: Console) -> None:
     ] + [("note", note) for note in d.get("notes", [])]
     for key, value in rows:
         console.print(f"{key:<9} {value}", markup=False, highlight=False)
-
-
-PLAIN_COLUMNS = ("taken_at", "name", "pid", "size", "threads", "compressed", "reason", "core")
-
-
-def print_records_plain(found) -> None:
-    """For scripts: a header, then one tab-separated line per snapshot with the
-    core's full path (tabs and newlines in a reason become spaces)."""
-    print("\t".join(PLAIN_COLUMNS))
-    for record in found:
-        r = record_dict(record)
-        r["core"] = r["core"] or ""
-        print("\t".join(" ".join(str(r[c] if r[c] is not None else "").split())
-                        for c in PLAIN_COLUMNS))
 
 
 def print_error(err: SnapcoreError, console: Console | None = None) -> None:

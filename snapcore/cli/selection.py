@@ -9,13 +9,35 @@ import subprocess
 import psutil
 
 from snapcore.errors import BadInput, NoSuchProcess, Stage
-from snapcore.linux.proctext import readable
+from snapcore.linux.proctext import proc_text, readable
 
 
-def by_name(pattern: str, take_all: bool) -> list[int]:
-    """Processes whose name or command line matches the regular expression
-    `pattern` (like pgrep), snapcore and its ancestors aside.  Several matches
-    are refused, listing them, unless `take_all`."""
+def _names(pid: int) -> tuple[str, str, str] | None:
+    """(comm, title, command line) of a process; None for a kernel thread
+    (no command line) or one gone meanwhile.  The title is argv[0] as the
+    process left it: a server that sets its title (nginx, PostgreSQL, redis)
+    writes the whole title there, so `ps -o args` shows it; an interpreter
+    running a script has its own name there, never the script's words."""
+    try:
+        comm = proc_text(f"/proc/{pid}/comm").rstrip("\n")
+        with open(f"/proc/{pid}/cmdline", "rb") as f:
+            raw = f.read()
+    except (FileNotFoundError, ProcessLookupError, PermissionError):
+        return None
+    if not raw:
+        return None
+    args = [a.decode("utf-8", "surrogateescape") for a in raw.rstrip(b"\0").split(b"\0")]
+    return comm, args[0].strip(), " ".join(args).strip()
+
+
+def by_name(pattern: str, take_all: bool, full: bool | None = None) -> list[int]:
+    """Processes matching the regular expression `pattern`, snapcore and its
+    ancestors (its shell, sudo, cron) aside.  Like pgrep, the process's name
+    by default; unlike pgrep, which matches only the comm, also its title
+    (argv[0], see _names), so that `--name 'postgres: checkpointer'` works;
+    with `full` (pgrep -f) the whole command line.  Several matches are
+    refused, listing them, unless `take_all`."""
+    full = getattr(pattern, "full", False) if full is None else full
     try:
         regex = re.compile(pattern)
     except re.error as exc:
@@ -24,21 +46,23 @@ def by_name(pattern: str, take_all: bool) -> list[int]:
     me = psutil.Process()
     mine = {me.pid} | {p.pid for p in me.parents()}
     found = []
-    for proc in psutil.process_iter(["pid", "name", "cmdline"]):
-        info = proc.info
-        if info["pid"] in mine or not info["cmdline"]:  # kernel threads have no cmdline
+    for pid in psutil.pids():
+        names = None if pid in mine else _names(pid)
+        if names is None:
             continue
-        if regex.search(info["name"] or "") or regex.search(" ".join(info["cmdline"])):
-            found.append(info)
+        comm, title, cmdline = names
+        if regex.search(cmdline) if full else (regex.search(comm) or regex.search(title)):
+            found.append((pid, cmdline))
     if not found:
-        raise NoSuchProcess(f"no process matches --name {pattern!r}",
-                            "check with pgrep -a PATTERN", stage=Stage.USAGE)
+        raise NoSuchProcess(f"no process matches --name {pattern!r}"
+                            + ("" if full else " (by name; -f matches the whole command line)"),
+                            f"check with pgrep -a{'f' if full else ''} PATTERN",
+                            stage=Stage.USAGE)
     if len(found) > 1 and not take_all:
-        listed = "; ".join(f"{p['pid']} {readable(' '.join(p['cmdline']))[:60]}"
-                           for p in found[:10])
+        listed = "; ".join(f"{pid} {readable(line)[:60]}" for pid, line in found[:10])
         raise BadInput(f"--name {pattern!r} matches {len(found)} processes: {listed}",
                        "make the pattern more specific, or add --all", stage=Stage.USAGE)
-    return sorted(p["pid"] for p in found)
+    return sorted(pid for pid, _ in found)
 
 
 def by_pidfile(path: str) -> int:

@@ -107,13 +107,15 @@ def exit_code_of(results) -> int:
 @pid_argument(many=True)
 @target_options
 @common_options
-@click.option("-q", "--quiet", is_flag=True, help="Print only the cores' paths.")
+@click.option("-q", "--quiet", is_flag=True,
+              help="Print only the cores' paths (with --stacks, the stacks go to stderr).")
 @click.option("-v", "--verbose", is_flag=True,
               help="Also show the pause split, the child, core_pattern, the threads and "
                    "every check.")
 @snap_options
 @click.option("--stacks", "with_stacks", is_flag=True,
-              help="Also print every thread's backtrace from the core (needs gdb).")
+              help="Also print every thread's backtrace from the core (needs gdb; without it "
+                   "the snapshot is kept and reported, and snapcore exits 14).")
 @click.option("--syslog", "to_syslog", is_flag=True,
               help="Log one line per snapshot or refusal to syslog even on a terminal "
                    "(always done when stderr is not a terminal).")
@@ -171,14 +173,19 @@ def snap(pids, name_pattern, take_all, pidfile, unit, output_dir, writer, as_jso
         else:
             report.print_snapshot(result, verbose, out)
         if "stacks" in doc:
-            click.echo(doc["stacks"])
+            # With -q standard output is the core's path alone, for
+            # gdb EXE "$(snapcore -q --stacks PID)": the stacks go to stderr.
+            click.echo(doc["stacks"], err=quiet)
         elif "stacks_error" in doc:
-            err.print(f"snapcore: {doc['stacks_error']}", markup=False, highlight=False)
+            report.say(f"snapcore: error: {doc['stacks_error']}")  # one line, never wrapped
     if as_json:
         report.print_json(docs[0] if len(docs) == 1 else
                           {"ok": all(d["ok"] for d in docs), "snapshots": docs},
                           to_stderr=opts.to_stdout)
-    sys.exit(exit_code_of(results))
+    # A snapshot whose stacks failed is kept and reported as any other; the
+    # exit code (14) tells a script that what it asked for is not all there.
+    stacks_failed = any("stacks_error" in d for d in docs)
+    sys.exit(exit_code_of(results) or (int(ExitCode.TOOL) if stacks_failed else 0))
 
 
 def check_stream(wanted: list[int], with_stacks: bool) -> None:

@@ -16,6 +16,7 @@ from snapcore.cli.reading import snapshots
 from snapcore.core import records
 from snapcore.core.placement import default_output_dir
 from snapcore.errors import BadInput, Stage
+from snapcore.units import human
 
 
 @cli.command(name="list")
@@ -49,9 +50,50 @@ def list_(output_dir, as_json, quiet, latest, name_filter, since):
             if record.core is not None:
                 click.echo(str(record.core))
     elif sys.stdout.isatty():
-        report.print_records(found, report.stdout_console())
+        print_records(found, report.stdout_console())
     else:
-        report.print_records_plain(found)
+        print_records_plain(found)
+
+
+def print_records(found, console) -> None:
+    """A table for people.  The core's name is never wrapped, whatever the
+    terminal's width (it is what an operator copies): the reason column
+    gives way instead."""
+    if not found:
+        console.print("no snapshots", highlight=False)
+        return
+    from rich.table import Table
+    table = Table()
+    for column in ("taken (UTC)", "target", "pid", "size", "threads", "zst", "reason"):
+        table.add_column(column, overflow="fold")
+    table.add_column("core", no_wrap=True, overflow="ignore")
+    for record in found:
+        r = report.record_dict(record)
+        table.add_row(r["taken_at"].replace("T", " ")[:19], plain(r["name"] or "?"),
+                      str(r["pid"]), human(r["size"]), str(r["threads"]),
+                      "yes" if r["compressed"] else "no", plain(r["reason"]),
+                      plain(Path(r["core"]).name if r["core"] else "(missing)"))
+    console.print(table, soft_wrap=True)
+
+
+PLAIN_COLUMNS = ("taken_at", "name", "pid", "size", "threads", "compressed", "reason", "core")
+
+
+def print_records_plain(found) -> None:
+    """For scripts: a header, then one tab-separated line per snapshot with the
+    core's full path (tabs and newlines in a reason become spaces; a boolean
+    is yes or no)."""
+    print("\t".join(PLAIN_COLUMNS))
+    for record in found:
+        r = report.record_dict(record)
+        r["core"] = r["core"] or ""
+        r["compressed"] = "yes" if r["compressed"] else "no"
+        print("\t".join(" ".join(str(r[c] if r[c] is not None else "").split())
+                        for c in PLAIN_COLUMNS))
+
+
+def plain(text: str) -> str:
+    return text.replace("[", "\\[")
 
 
 @cli.command()

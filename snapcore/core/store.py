@@ -189,8 +189,10 @@ def store(core: OpenCore, output_dir: Path, name: str) -> Path:
         except OSError:
             pass
     except OSError as exc:
-        raise OutputError(f"cannot move the core into {output_dir}: {exc.strerror}",
-                          _fix(exc, output_dir), stage=Stage.CORE) from None
+        # A disk that fills up now is exit 8, as during the dump: no core.
+        kind = CoreNotWritten if exc.errno in (errno.ENOSPC, errno.EDQUOT) else OutputError
+        raise kind(f"cannot move the core into {output_dir}: {exc.strerror}",
+                   _fix(exc, output_dir), stage=Stage.CORE) from None
     finally:
         os.close(out_fd)
     return dest

@@ -86,6 +86,10 @@ def check_output_dir(pre: Preflight, opts: Options) -> None:
                     "choose another output directory", setting="output_dir")
         elif (problem := placement.output_dir_problem(out)) is not None:
             pre.add("output-dir", REFUSE, *problem, setting="output_dir")
+        elif existing != out and (why := _cannot_create_in(existing)):
+            pre.add("output-dir", REFUSE, f"{out} cannot be created: {existing} takes "
+                    f"no new directory ({why})", "choose another output directory",
+                    setting="output_dir")
         else:
             sticky = existing == out and out.stat().st_mode & 0o022
             pre.add("output-dir", OK, str(out) + (
@@ -95,6 +99,21 @@ def check_output_dir(pre: Preflight, opts: Options) -> None:
     except OSError as exc:
         pre.add("output-dir", REFUSE, f"cannot use {out}: {exc.strerror}",
                 "choose another output directory", setting="output_dir")
+
+
+def _cannot_create_in(parent: Path) -> str:
+    """Why no directory can be made in `parent`, or "".  Tried for real, with a
+    probe removed at once: permission bits say nothing of /proc, sysfs or a
+    read-only mount to root, whose access(2) passes where mkdir(2) fails."""
+    probe = parent / f".snapcore-probe-{os.getpid()}"
+    try:
+        os.mkdir(probe, 0o700)
+    except FileExistsError:
+        return ""  # a probe of a killed check, so directories can be made here
+    except OSError as exc:
+        return exc.strerror or str(exc)
+    os.rmdir(probe)
+    return ""
 
 
 def _min_free(spec: str, fs_size: int) -> int:

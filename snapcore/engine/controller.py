@@ -154,8 +154,7 @@ class Controller:
             if note not in self.notes:
                 self.notes.append(note)
             return ""
-        projected = "never" if end == float("inf") else f"at {end:.0f} s"
-        return (f"at {human(int(rate))}/s the core would be complete {projected}, past the "
+        return (f"at {human(int(rate))}/s {completion(end)}, past the "
                 f"{self.deadline:g} s deadline, and the dump waited for a CPU "
                 f"{min(100, 100 * waited / span):.0f}% of the time")
 
@@ -217,3 +216,11 @@ class Controller:
                   f"to end at once: {text}")
         self.failure, self.failure_text = failure, text
         return True
+
+
+def completion(end: float) -> str:
+    """When the core would be complete, projected (end: seconds from the
+    start, infinite when nothing was written in the last look)."""
+    if end == float("inf"):
+        return "the core would never be complete"
+    return f"the core would be complete at {end:.0f} s"

@@ -191,9 +191,12 @@ def _raise(error: BaseException) -> None:
                           "unharmed: let the reader read to the end, or write the core "
                           "into a directory", stage=Stage.DUMP, setting="output_dir") from None
     if isinstance(error, OSError) and error.errno in (errno.ENOSPC, errno.EDQUOT):
-        raise OutputError(f"writing the core failed: {error.strerror}",
-                          "free space, or choose another output directory",
-                          stage=Stage.DUMP, setting="output_dir") from None
+        # Exit 8 as with the kernel's writer: the snapshot went ahead and no
+        # core came of it (10 is the refusal before the target is touched).
+        raise CoreNotWritten(f"no core was written: the disk filled up while it was "
+                             f"written ({error.strerror})", "free space, or choose another "
+                             "output directory", stage=Stage.DUMP,
+                             setting="output_dir") from None
     if isinstance(error, OSError):
         raise OutputError(f"writing the core failed: {error.strerror}",
                           "check the output directory's filesystem", stage=Stage.DUMP,
