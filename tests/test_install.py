@@ -8,6 +8,7 @@ cannot drift from what is tested."""
 
 from __future__ import annotations
 
+import json
 import random
 import re
 import shlex
@@ -146,3 +147,108 @@ def test_install_hints_name_a_command_that_works(installed):
     simulated = subprocess.run(hint.replace("install", "install -s", 1), shell=True,
                                env=CLEAN, capture_output=True, text=True, timeout=120)
     assert simulated.returncode == 0, simulated.stdout + simulated.stderr
+
+
+@pytest.fixture
+def sleeper():
+    target = subprocess.Popen(["sleep", "300"])
+    yield target
+    assert target.poll() is None  # every recipe left it running
+    target.kill()
+    target.wait()
+
+
+def _run(argv, *, env=None, timeout=120, **kw):
+    return subprocess.run(argv, env=env or CRON, capture_output=True, text=True,
+                          timeout=timeout, stdin=subprocess.DEVNULL, **kw)
+
+
+def test_every_feature_from_the_installed_command(installed, sleeper, tmp_path):
+    """snapshot, --compress, --stacks, info, debug, list, prune, watch: the
+    command install.sh put on PATH, in cron's environment."""
+    sc, out, pid = str(installed), str(tmp_path / "cores"), str(sleeper.pid)
+    base = [sc, "-o", out, "--max-per-hour", "0"]
+    assert _run([*base, pid]).returncode == 0
+    taken = _run([*base, "-q", "--compress", pid])
+    assert taken.returncode == 0 and taken.stdout.strip().endswith(".core.zst"), taken
+    stacks = _run([*base, "--stacks", pid])
+    assert stacks.returncode == 0 and "#0 " in stacks.stdout, stacks
+    info = _run([sc, "info", "-o", out, pid])
+    assert info.returncode == 0 and "sleep" in info.stdout, info
+    for match in (pid, taken.stdout.strip()):  # the newest (plain), and the .zst
+        gdb = _run([sc, "debug", "-o", out, match, "-A", "-batch -ex bt"])
+        assert gdb.returncode == 0 and "#0 " in gdb.stdout, gdb
+    latest = _run([sc, "list", "-o", out, "-q", "--latest"])
+    assert latest.returncode == 0 and Path(latest.stdout.strip()).is_file(), latest
+    watched = _run([sc, "watch", "-o", out, "--max-per-hour", "0", "--rss", "1K", "--for",
+                    "0", "--interval", "0.1", "--count", "1", pid])
+    assert watched.returncode == 0, watched
+    assert len(list(Path(out).glob("*.json"))) == 4
+    pruned = _run([sc, "prune", "-o", out, "--keep", "1"])
+    assert pruned.returncode == 0 and "removed 3 snapshot(s), kept 1" in pruned.stdout, pruned
+    assert len(list(Path(out).glob("*.json"))) == 1
+
+
+def _readme_blocks(section: str) -> list[str]:
+    text = (ROOT / "README.md").read_text()
+    body = text.split(f"\n## {section}\n", 1)[1].split("\n## ", 1)[0]
+    return re.findall(r"```[a-z]*\n(.*?)```", body, re.S)
+
+
+def _substituted(line: str, installed: Path, pidfile: Path) -> str:
+    """A README line with only the command's place and the selector changed."""
+    for selector in ("--unit postgresql.service", "--name 'postgres: checkpointer'"):
+        line = line.replace(selector, f"--pidfile {pidfile}")
+    return line.replace("/usr/local/bin/snapcore", str(installed))
+
+
+def test_readme_cron_line_verbatim(installed, sleeper, tmp_path):
+    """The README's cron line under cron's environment (PATH=/usr/bin:/bin,
+    /bin/sh): a snapshot taken and pruned, and nothing printed (no cron mail)."""
+    lines = [line for block in _readme_blocks("Unattended runs")
+             for line in block.splitlines() if re.match(r"(\S+ ){5}root ", line)]
+    assert len(lines) == 1, lines
+    pidfile = tmp_path / "pid"
+    pidfile.write_text(f"{sleeper.pid}\n")
+    command = _substituted(lines[0].split(" ", 6)[6], installed, pidfile)
+    assert str(installed) in command and str(pidfile) in command
+    env = {**CRON, "SHELL": "/bin/sh", "HOME": "/root", "LOGNAME": "root",
+           "SNAPCORE_DIR": str(tmp_path / "cores")}  # the output dir, substituted
+    for _ in range(2):
+        ran = _run(["/bin/sh", "-c", command], env=env)
+        assert (ran.returncode, ran.stdout, ran.stderr) == (0, "", "")
+    assert len(list((tmp_path / "cores").glob("*.core.zst"))) == 2
+
+
+def test_readme_systemd_unit_verbatim(installed, sleeper, tmp_path):
+    """The README's service: each Exec line as systemd runs it (no shell, its
+    standard output discarded), exit 0 and nothing on standard error."""
+    unit = next(b for b in _readme_blocks("Unattended runs") if "ExecStart=" in b)
+    assert "StandardOutput=null" in unit
+    pidfile = tmp_path / "pid"
+    pidfile.write_text(f"{sleeper.pid}\n")
+    execs = [line.split("=", 1)[1] for line in unit.splitlines()
+             if line.startswith(("ExecStart=", "ExecStartPost="))]
+    assert len(execs) == 2
+    for line in execs:
+        argv = shlex.split(_substituted(line, installed, pidfile))
+        ran = subprocess.run(argv, env={**CRON, "SNAPCORE_DIR": str(tmp_path / "cores")},
+                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                             stdin=subprocess.DEVNULL, text=True, timeout=120)
+        assert (ran.returncode, ran.stderr) == (0, ""), line
+    assert len(list((tmp_path / "cores").glob("*.core.zst"))) == 1
+
+
+def test_readme_runbook_verbatim(installed, sleeper, tmp_path):
+    """The README's incident runbook, line by line, with the installed command
+    on PATH (as /usr/local/bin is on root's): every line exits 0."""
+    runbook = next(b for b in _readme_blocks("Unattended runs") if "snapcore check" in b)
+    pidfile = tmp_path / "pid"
+    pidfile.write_text(f"{sleeper.pid}\n")
+    env = {"PATH": f"{installed.parent}:/usr/bin:/bin", "SNAPCORE_DIR": str(tmp_path / "c")}
+    lines = [line.split("#")[0].strip() for line in runbook.splitlines() if line.strip()]
+    assert len(lines) == 5
+    for line in lines:
+        line = re.sub(r" postgres$", f" {sleeper.pid}", _substituted(line, installed, pidfile))
+        ran = _run(["/bin/sh", "-c", line], env=env)
+        assert ran.returncode == 0, (line, ran.stdout, ran.stderr)
