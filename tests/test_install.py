@@ -189,6 +189,56 @@ def test_every_feature_from_the_installed_command(installed, sleeper, tmp_path):
     assert len(list(Path(out).glob("*.json"))) == 1
 
 
+def test_info_and_debug_open_a_core_without_its_record(installed, sleeper, tmp_path):
+    """A `-o -` core and a .zst core whose record stayed behind (copied back
+    from object storage): info reads the core's notes, debug finds the
+    executable from them (NT_FILE at the auxv entry point)."""
+    sc, pid = str(installed), str(sleeper.pid)
+    with open(tmp_path / "streamed.core", "wb") as f:
+        assert subprocess.run([sc, "-o", "-", "--max-per-hour", "0", pid], env=CRON,
+                              stdout=f, stderr=subprocess.DEVNULL, timeout=120).returncode == 0
+    taken = _run([sc, "-q", "--compress", "-o", str(tmp_path / "d"), pid])
+    copied = tmp_path / "back-from-s3.core.zst"
+    shutil.copy(taken.stdout.strip(), copied)  # no record beside it
+    for core in (tmp_path / "streamed.core", copied):
+        info = _run([sc, "info", "--json", str(core)])
+        assert info.returncode == 0, info
+        doc = json.loads(info.stdout)
+        assert doc["record"] is None and doc["from_core"]["pid"] == sleeper.pid, doc
+        assert doc["from_core"]["exe"] == "/usr/bin/sleep" and doc["from_core"]["threads"]
+        shown = _run([sc, "info", str(core)])
+        assert shown.returncode == 0 and "no record beside it" in shown.stdout, shown
+        gdb = _run([sc, "debug", str(core), "-A", "-batch -ex bt"])
+        assert gdb.returncode == 0 and "#0 " in gdb.stdout, gdb
+        stacks = _run([sc, "stacks", "--core", str(core)])
+        assert stacks.returncode == 0 and "#0 " in stacks.stdout, stacks
+
+
+def test_debug_asks_for_exe_when_the_cores_executable_is_gone(installed, tmp_path):
+    """The executable the core names was removed (an upgrade): one line asks
+    for --exe (exit 2); with --exe, gdb opens it."""
+    exe = tmp_path / "gone-sleep"
+    shutil.copy("/usr/bin/sleep", exe)
+    target = subprocess.Popen([str(exe), "300"])
+    try:
+        core = tmp_path / "gone.core"
+        with open(core, "wb") as f:
+            assert subprocess.run([str(installed), "-o", "-", str(target.pid)], env=CRON,
+                                  stdout=f, stderr=subprocess.DEVNULL,
+                                  timeout=120).returncode == 0
+    finally:
+        target.kill()
+        target.wait()
+    exe.unlink()
+    refused = _run([str(installed), "debug", str(core), "-A", "-batch -ex bt"])
+    assert refused.returncode == 2 and refused.stdout == "", refused
+    assert refused.stderr.count("\n") == 1 and "--exe" in refused.stderr, refused.stderr
+    assert f"{exe}" in refused.stderr
+    given = _run([str(installed), "debug", "--exe", "/usr/bin/sleep", str(core),
+                  "-A", "-batch -ex bt"])
+    assert given.returncode == 0 and "#0 " in given.stdout, given
+
+
 def _readme_blocks(section: str) -> list[str]:
     text = (ROOT / "README.md").read_text()
     body = text.split(f"\n## {section}\n", 1)[1].split("\n## ", 1)[0]

@@ -111,3 +111,21 @@ def _unpack(zstandard, src, dst) -> bool:
         ended = dobj.eof
     return ended
 
+
+def head(core: Path, size: int) -> bytes:
+    """The first SIZE bytes of CORE as gdb would read it (unpacked when it is a
+    .zst): enough for its headers and notes without unpacking the memory."""
+    with open(core, "rb") as f:
+        if not core.name.endswith(".zst"):
+            return f.read(size)
+        zstandard = _zstandard()
+        try:
+            with zstandard.ZstdDecompressor().stream_reader(f, read_across_frames=True) as r:
+                out = b""
+                while len(out) < size and (chunk := r.read(size - len(out))):
+                    out += chunk
+        except zstandard.ZstdError as exc:
+            raise OutputError(f"cannot unpack {core.name}: {exc}",
+                              "the core is damaged: take another snapshot",
+                              stage=Stage.COMPRESS) from None
+    return out
