@@ -18,6 +18,9 @@ if ! python3 -c 'import venv, ensurepip' >/dev/null 2>&1; then
 fi
 python3 -m venv "$PREFIX"
 "$PREFIX/bin/python" -m pip install -q --disable-pip-version-check .
+# python-ptrace installs its demo programs gdb.py and strace.py as scripts:
+# a `gdb.py` beside snapcore is not gdb, and nothing of snapcore's uses them.
+rm -f "$PREFIX/bin/gdb.py" "$PREFIX/bin/strace.py"
 mkdir -p "$BINDIR" "$MANDIR/man1"
 # Not a link: a Ctrl-C must never show Python's traceback.  The interpreter
 # starts with the stop signals ignored (it then leaves SIGINT alone; one
@@ -30,3 +33,7 @@ chmod 0755 "$BINDIR/snapcore"
 cp man/snapcore.1 "$MANDIR/man1/snapcore.1"
 chmod 0644 "$MANDIR/man1/snapcore.1"
 echo "snapcore installed: $BINDIR/snapcore, man snapcore"
+case ":${PATH:-}:" in
+    *":$BINDIR:"*) ;;
+    *) echo "install.sh: warning: $BINDIR is not on PATH: run $BINDIR/snapcore by its full path" >&2 ;;
+esac

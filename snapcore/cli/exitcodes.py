@@ -18,12 +18,13 @@ Exit codes:
 # info and debug only read snapshots: their own codes, not a snapshot's.
 INFO_EXIT_CODES_HELP = """\b
 Exit codes:
-  0  the record was shown (a damaged core: a warning)
+  0  the record (or, without one, the core's notes) was shown
   1  internal error                3  no snapshot matches
   2  bad command line            130  interrupted"""
 
 DEBUG_EXIT_CODES_HELP = """\b
 Exit codes: gdb's own status once gdb runs; before that:
   1  internal error               10  the core is missing or damaged
-  2  bad command line             14  gdb is missing
+  2  bad command line, or the     14  gdb is missing
+     executable is unknown (--exe)
   3  no snapshot matches         130  interrupted"""

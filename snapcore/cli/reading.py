@@ -1,13 +1,11 @@
 """The commands that read a snapshot, like coredumpctl: info, debug, stacks.
 
-MATCH names a snapshot in the output directory: a pid, a program name (part
-of the name, executable or program of its record), or a core file; the
-newest that matches is taken.
+MATCH names a snapshot (cli/opening.py): a pid or a program name in the
+output directory, or a core file, with or without its record.
 """
 
 from __future__ import annotations
 
-import json
 import os
 import shlex
 import signal
@@ -19,11 +17,14 @@ import click
 
 from snapcore.cli import render as report
 from snapcore.cli.app import cli, fail
+# snapshots: cli/tools.py imports it from here.
+from snapcore.cli.opening import exe_changed, find, snapshots  # noqa: F401
+from snapcore.cli.opening import executable as exe_for
 from snapcore.cli.options import DEBUG_EXIT_CODES_HELP, INFO_EXIT_CODES_HELP
 from snapcore.cli.options import (EXIT_CODES_HELP, SnapRequest, check_force, common_options,
                                   make_options, one_target, pid_argument, snap_options,
                                   target_options)
-from snapcore.errors import BadInput, NoSuchProcess, OutputError, SnapcoreError, Stage
+from snapcore.errors import BadInput, OutputError, SnapcoreError, Stage
 
 NOT_A_CRASH = ("gdb reports \"Program terminated with signal SIGABRT\": that is how the "
                "snapshot was made (its copy-on-write child took SIGABRT), not a crash")
@@ -32,92 +33,79 @@ output_dir_option = click.option(
     "-o", "--output-dir", type=click.Path(file_okay=False, path_type=Path),
     help="The output directory to look in (default as for snap).")
 match_argument = click.argument("match", required=False, metavar="[MATCH]")
-
-
-def snapshots(directory: Path) -> list:
-    """The records in `directory` (records.records), each one that snapcore
-    cannot read left out with a warning on stderr naming its file."""
-    from snapcore.core import records
-    skipped: list[str] = []
-    found = records.records(directory, skipped)
-    for line in skipped:
-        report.say(f"snapcore: warning: skipped {line}")
-    return found
-
-
-def find(match: str | None, output_dir: Path | None):
-    """The newest snapshot MATCH names (a Record), or a one-line error."""
-    from snapcore.core import records
-    from snapcore.core.placement import default_output_dir
-    directory = output_dir or default_output_dir()
-    if match and (os.sep in match or Path(match).is_file()):
-        core = Path(match).absolute()
-        found = [r for r in snapshots(core.parent) if r.core == core]
-        if not found:
-            raise BadInput(f"{match} has no snapcore record beside it",
-                           "give a core snapcore wrote, or its pid or name", stage=Stage.USAGE)
-        return found[0]
-    pid = int(match) if match and match.isdigit() else None
-    found = records.select(snapshots(directory), None if pid else match, pid=pid)
-    if not found:
-        what = f"matching {match!r} " if match else ""
-        raise NoSuchProcess(f"no snapshot {what}in {directory}",
-                            "see snapcore list (or give -o DIR)", stage=Stage.USAGE)
-    return found[0]
-
-
-def exe_changed(record) -> str | None:
-    """A warning when the executable on disk is no longer the one snapshotted
-    (an upgrade since): gdb would read the wrong symbols."""
-    from snapcore.core import elf, records
-    t = record.data.get("target", {})
-    exe, then = t.get("exe"), t.get("build_id")
-    if not exe or not then or records.executable_here(record.data) != exe:
-        return None
-    now = elf.build_id(exe) if os.path.exists(exe) else None
-    if now == then:
-        return None
-    return (f"{exe} is not the executable that was snapshotted (build-id {then}, now "
-            f"{now or 'missing'}): gdb may show wrong symbols; use the old build")
+exe_option = click.option(
+    "--exe", type=click.Path(exists=True, dir_okay=False),
+    help="The executable of the core, when its record is missing or names the wrong one "
+         "(default: the record's, else the one the core's notes name, if it still exists).")
 
 
 @cli.command(epilog=INFO_EXIT_CODES_HELP)
 @match_argument
 @output_dir_option
+@exe_option
 @click.option("--json", "as_json", is_flag=True, help="Print the record as one JSON document.")
-def info(match, output_dir, as_json):
+def info(match, output_dir, exe, as_json):
     """The record and threads of the newest snapshot MATCH names.
 
-    MATCH: a pid, a program name, or a core file; none: the newest snapshot.
+    MATCH: a pid, a program name, or a core file (with or without a record
+    beside it; .zst or not); none: the newest snapshot. A core without a
+    record is described from its own notes.
     """
+    from snapcore.core import corefile
     from snapcore.core.records import core_problem
     try:
-        record = find(match, output_dir)
+        record, core = find(match, output_dir)
+        facts = corefile.read_facts(core) if record is None else None
     except SnapcoreError as exc:
         fail(exc, as_json)
-    warnings = [w for w in (exe_changed(record), core_problem(record)) if w]
+    warnings = [w for w in (exe_changed(record, exe),
+                            record and core_problem(record)) if w]
     if as_json:
-        report.print_json({"ok": True, "core": str(record.core) if record.core else None,
-                           "record": record.data, "path": str(record.sidecar),
+        report.print_json({"ok": True, "core": str(core) if core else None,
+                           "record": record and record.data,
+                           "path": record and str(record.sidecar),
+                           "from_core": facts and _facts_dict(facts, exe),
                            "warnings": warnings})
         return
-    report.print_info(record, report.stdout_console())
+    if record is not None:
+        report.print_info(record, report.stdout_console())
+    else:
+        _print_facts(core, facts, exe)
     for line in warnings:
         report.say(f"snapcore: warning: {line}")
     report.say(f"snapcore: note: {NOT_A_CRASH}")
 
 
+def _facts_dict(facts, exe: str | None) -> dict:
+    return {"pid": facts.pid, "name": facts.name, "args": facts.args, "uid": facts.uid,
+            "exe": exe or facts.exe, "threads": facts.tids}
+
+
+def _print_facts(core: Path, facts, exe: str | None) -> None:
+    """A core without a record, as its notes describe it."""
+    console = report.stdout_console()
+    rows = [("core", f"{core} (no record beside it: read from its notes)"),
+            ("target", f"{facts.name} (pid {facts.pid}) {exe or facts.exe or '?'}"),
+            ("command", facts.args), ("uid", str(facts.uid)),
+            ("threads", f"{len(facts.tids)}: " + " ".join(map(str, facts.tids[:12]))
+             + (" ..." if len(facts.tids) > 12 else ""))]
+    for key, value in rows:
+        console.print(f"{key:<9} {value}", markup=False, highlight=False)
+
+
 @cli.command(epilog=DEBUG_EXIT_CODES_HELP)
 @match_argument
 @output_dir_option
+@exe_option
 @click.option("-A", "--debugger-arguments", "gdb_args", default="", metavar="ARGS",
               help='More arguments for gdb, as one string (e.g. -A "-batch -ex bt").')
-def debug(match, output_dir, gdb_args):
+def debug(match, output_dir, exe, gdb_args):
     """Open the newest snapshot MATCH names in gdb.
 
-    The executable comes from the snapshot's record; a .zst core is unpacked
-    into $TMPDIR (default /var/tmp) first and removed afterwards. Exits with
-    gdb's status.
+    MATCH as for info: a core file needs no record. The executable is --exe,
+    else the record's, else the one the core's notes name; a .zst core is
+    unpacked into $TMPDIR (default /var/tmp) first and removed afterwards.
+    Exits with gdb's status.
     """
     import shutil
     import tempfile
@@ -125,14 +113,16 @@ def debug(match, output_dir, gdb_args):
     from snapcore.core import records
     from snapcore.core.compress import decompress_to
     try:
-        record = find(match, output_dir)
-        if record.core is None:
+        record, core = find(match, output_dir)
+        if core is None:
             raise OutputError(f"the core of {record.sidecar.name} is missing",
                               "it was removed; see snapcore list", stage=Stage.USAGE)
-        damaged = records.core_problem(record)
+        damaged = record and records.core_problem(record)
         if damaged:
             raise OutputError(damaged, "gdb would read it wrongly: take another snapshot",
                               stage=Stage.USAGE)
+        warning = exe_changed(record, exe)
+        exe = exe_for(record, core, exe)
         gdb = shutil.which("gdb")
         if gdb is None:
             from snapcore.errors import ToolError
@@ -144,15 +134,13 @@ def debug(match, output_dir, gdb_args):
                       stage=Stage.USAGE), False)
     except SnapcoreError as exc:
         fail(exc, False)
-    for line in filter(None, [exe_changed(record)]):
+    for line in filter(None, [warning]):
         report.say(f"snapcore: warning: {line}")
     report.say(f"snapcore: note: {NOT_A_CRASH}")
-    exe = records.executable_here(record.data)
     # A private directory (mkdtemp: new, 0700) in $TMPDIR, which is often
     # everyone's: nothing can be planted at the unpacked core's name there.
     with tempfile.TemporaryDirectory(prefix="snapcore-debug-",
                                      dir=os.environ.get("TMPDIR", "/var/tmp")) as tmp:
-        core = record.core
         if core.name.endswith(".zst"):
             plain = Path(tmp) / core.name[:-4]
             try:
@@ -181,7 +169,8 @@ def _gdb_signals() -> None:
                                                       path_type=Path),
               help="Read an existing snapshot instead of taking one.")
 @click.option("--exe", type=click.Path(exists=True, dir_okay=False),
-              help="The executable of --core (default: from its record).")
+              help="The executable of --core (default: from its record, else from the "
+                   "core's notes).")
 @click.option("--discard", is_flag=True,
               help="Remove the snapshot once its stacks are printed (it is kept by "
                    "default, like any other, and counts toward --max-per-hour either way).")
@@ -200,7 +189,7 @@ def stacks(pid, name_pattern, take_all, pidfile, unit, core_file, exe, discard, 
     kept = None
     try:
         if core_file is not None:
-            exe = exe or _exe_from_record(core_file)
+            exe = exe_for(find(str(core_file), None)[0], core_file, exe)
             text = backtraces(exe, core_file)
         else:
             if not (pid or name_pattern or pidfile or unit):
@@ -251,15 +240,3 @@ def _keep_or_discard(result, discard: bool) -> str | None:
             result.sidecar_path.unlink(missing_ok=True)
         return None
     return f"{result.core_path} ({human(result.core_size)})"
-
-
-def _exe_from_record(core: Path) -> str:
-    from snapcore.core import records
-    try:
-        data = json.loads(records.sidecar_path(core).read_text(errors="replace"))
-        if records.shape_problem(data) or not data["target"]["exe"]:
-            raise KeyError("exe")
-        return records.executable_here(data)
-    except (OSError, ValueError, KeyError):
-        raise BadInput(f"no record beside {core} names its executable",
-                       "give it with --exe", stage=Stage.USAGE) from None

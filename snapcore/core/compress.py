@@ -5,10 +5,22 @@ from __future__ import annotations
 
 import os
 import secrets
+import sys
+import sysconfig
 from pathlib import Path
 
 from snapcore.core import safefs
 from snapcore.errors import OutputError, Stage
+
+
+def zstandard_hint() -> str:
+    """The command that puts zstandard where this snapcore runs: pip of
+    snapcore's own virtualenv (install.sh's /opt/snapcore, or the user's);
+    apt for a distribution's Python, where PEP 668 refuses pip."""
+    managed = os.path.exists(os.path.join(sysconfig.get_path("stdlib"), "EXTERNALLY-MANAGED"))
+    if sys.prefix == sys.base_prefix and managed:
+        return "install it: apt-get install python3-zstandard"
+    return f"install it: {sys.executable} -m pip install zstandard"
 
 
 def _zstandard():
@@ -16,7 +28,7 @@ def _zstandard():
         import zstandard
     except ImportError:
         raise OutputError("snapcore's environment lacks zstandard, a dependency",
-                          "reinstall snapcore (sh install.sh)", stage=Stage.COMPRESS) from None
+                          zstandard_hint(), stage=Stage.COMPRESS) from None
     return zstandard
 
 
@@ -98,3 +110,22 @@ def _unpack(zstandard, src, dst) -> bool:
             chunk = dobj.unused_data if dobj.eof else b""
         ended = dobj.eof
     return ended
+
+
+def head(core: Path, size: int) -> bytes:
+    """The first SIZE bytes of CORE as gdb would read it (unpacked when it is a
+    .zst): enough for its headers and notes without unpacking the memory."""
+    with open(core, "rb") as f:
+        if not core.name.endswith(".zst"):
+            return f.read(size)
+        zstandard = _zstandard()
+        try:
+            with zstandard.ZstdDecompressor().stream_reader(f, read_across_frames=True) as r:
+                out = b""
+                while len(out) < size and (chunk := r.read(size - len(out))):
+                    out += chunk
+        except zstandard.ZstdError as exc:
+            raise OutputError(f"cannot unpack {core.name}: {exc}",
+                              "the core is damaged: take another snapshot",
+                              stage=Stage.COMPRESS) from None
+    return out

@@ -91,7 +91,8 @@ def zstd_missing() -> str:
     try:
         import zstandard  # noqa: F401
     except ImportError:
-        return "snapcore's environment lacks zstandard, a dependency: reinstall snapcore (sh install.sh)"
+        from snapcore.core.compress import zstandard_hint
+        return f"snapcore's environment lacks zstandard, a dependency: {zstandard_hint()}"
     return ""
 
 
