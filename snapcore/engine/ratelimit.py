@@ -18,8 +18,8 @@ import time
 from pathlib import Path
 
 from snapcore.core import safefs
-from snapcore.errors import AlreadyTraced, Stage
-from snapcore.linux import cgroups, execargs
+from snapcore.errors import AlreadyTraced, SnapcoreError, Stage
+from snapcore.linux import cgroups, execargs, procfs
 from snapcore.linux.procfs import Target
 from snapcore.linux.proctext import readable
 
@@ -134,6 +134,15 @@ def program(target: Target) -> str:
         return exe or f"pid {target.pid}"
     first = (words[0].decode(errors="replace") if image.argv else "")
     return line if not exe or first == exe else f"{line} ({exe})"
+
+
+def next_snapshot(pid: int, output_dir: Path, max_per_hour: int) -> float | None:
+    """When the rate limit next allows a snapshot of pid's program; None: now,
+    or not known here (the snapshot's own check then says why)."""
+    try:
+        return RateLimiter(output_dir, max_per_hour).next_allowed(program(procfs.read(pid)))
+    except (SnapcoreError, OSError, ValueError):
+        return None
 
 
 def label(program_name: str) -> str:
