@@ -60,8 +60,10 @@ def watch(pid, name_pattern, take_all, pidfile, unit, wait_for, interval, hold, 
 
     Conditions: --cpu, --cpu-below, --rss, --rss-below, --threads-over,
     --fds (any one fires). Takes at most --count snapshots, --cooldown apart,
-    within the rate limit. Logs each sample (UTC) and why it fired; with
-    --json, one JSON document a line per sample, firing, snapshot and end.
+    within the rate limit (spent: it says when the next is possible and
+    fires then if the condition holds). Logs each sample (UTC) and the
+    trigger; the record keeps --reason and the trigger. With --json, one
+    JSON document a line per sample, firing, snapshot, limit and end.
     Exits when the process exits: 15 if nothing fired.
     """
     from snapcore.engine import watch as watchmod
