@@ -393,7 +393,7 @@ def test_watch_waits_for_a_process_and_fires_from_below(victim_exe, tmp_path, ou
         assert watcher.returncode == 0, err
         events = [json.loads(line) for line in out.splitlines()]
         fired = [e for e in events if e["event"] == "fire"]
-        assert fired and fired[0]["reason"].startswith("cpu 0% < 50%"), events
+        assert fired and fired[0]["trigger"].startswith("cpu 0% < 50%"), events
         shot = next(e for e in events if e["event"] == "snapshot")
         assert shot["ok"] and shot["target"]["pid"] == target.pid
         assert target.poll() is None and process_state(target.pid) in "SR"

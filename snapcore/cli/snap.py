@@ -52,13 +52,16 @@ def _bar():
 
 
 def take_each(pids, opts, request: SnapRequest, show_progress: bool = False,
-              to_syslog: bool = False, reason: str | None = None, keep_exe: bool = False):
+              to_syslog: bool = False, reason: str | None = None, keep_exe: bool = False,
+              trigger: str = ""):
     """Snapshot each target in turn; a result per target (Snapshot or error).
+    `trigger`: what fired it (watch), recorded beside the reason.
     keep_exe: each Snapshot keeps a descriptor on its executable, for gdb
     (closed by the caller: close_exe)."""
     from snapcore.engine.snapshot import take
     results = []
     opts = replace(opts, compress=request.compressed, compress_ratio=request.compress_ratio)
+    reason = request.reason if reason is None else reason
     stream = None
     if opts.to_stdout:
         sys.stdout.flush()  # nothing of snapcore's own may mix with the core
@@ -68,9 +71,8 @@ def take_each(pids, opts, request: SnapRequest, show_progress: bool = False,
             with dump_progress(show_progress) as progress:
                 results.append(take(target_pid, opts, threads=request.threads,
                                     force=request.force, limits=request.limits(progress),
-                                    reason=request.reason if reason is None else reason,
-                                    compressed=request.compressed, stream=stream,
-                                    keep_exe=keep_exe))
+                                    reason=reason, compressed=request.compressed,
+                                    stream=stream, keep_exe=keep_exe, trigger=trigger))
         except SnapcoreError as exc:
             exc.pid = exc.pid if exc.pid is not None else target_pid
             results.append(exc)
@@ -78,7 +80,7 @@ def take_each(pids, opts, request: SnapRequest, show_progress: bool = False,
             results.append(Interrupted("interrupted", "the target was released and keeps "
                                        "running", pid=target_pid, stage=Stage.INTERRUPT))
             break
-        syslog.log_result(results[-1], to_syslog)
+        syslog.log_result(results[-1], to_syslog, reason=reason, trigger=trigger)
     return results
 
 

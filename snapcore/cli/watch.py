@@ -60,8 +60,10 @@ def watch(pid, name_pattern, take_all, pidfile, unit, wait_for, interval, hold, 
 
     Conditions: --cpu, --cpu-below, --rss, --rss-below, --threads-over,
     --fds (any one fires). Takes at most --count snapshots, --cooldown apart,
-    within the rate limit. Logs each sample (UTC) and why it fired; with
-    --json, one JSON document a line per sample, firing, snapshot and end.
+    within the rate limit (spent: it says when the next is possible and
+    fires then if the condition holds). Logs each sample (UTC) and the
+    trigger; the record keeps --reason and the trigger. With --json, one
+    JSON document a line per sample, firing, snapshot, limit and end.
     Exits when the process exits: 15 if nothing fired.
     """
     from snapcore.engine import watch as watchmod
@@ -79,9 +81,10 @@ def watch(pid, name_pattern, take_all, pidfile, unit, wait_for, interval, hold, 
             target_pid = _wait_for(name_pattern, interval, as_json)
         else:
             target_pid = one_target(pid, name_pattern, take_all, pidfile, unit)
-        ended, taken = _run(watchmod.events(target_pid, conditions, _snapshotter(
-            target_pid, opts, request), interval=interval, hold=hold, count=count,
-            cooldown=cooldown), as_json)
+        ended, taken = _run(watchmod.events(
+            target_pid, conditions, _snapshotter(target_pid, opts, request),
+            interval=interval, hold=hold, count=count, cooldown=cooldown,
+            next_allowed=_budget(target_pid, opts, request)), as_json, request.reason)
     except SnapcoreError as exc:
         fail(exc, as_json)
     except KeyboardInterrupt:
@@ -93,17 +96,29 @@ def watch(pid, name_pattern, take_all, pidfile, unit, wait_for, interval, hold, 
 
 
 def _snapshotter(pid: int, opts, request: SnapRequest):
+    """Take one snapshot for a trigger: the record keeps both the operator's
+    --reason (else "watch: TRIGGER", for list's reason column) and the trigger."""
     from snapcore.cli.snap import take_each
 
-    def snapshot(reason):
-        result = take_each([pid], opts, request, reason=reason)[0]
+    def snapshot(trigger):
+        result = take_each([pid], opts, request, reason=request.reason or f"watch: {trigger}",
+                           trigger=trigger)[0]
         if isinstance(result, SnapcoreError):
             raise result
         return result
     return snapshot
 
 
-def _run(events, as_json: bool):
+def _budget(pid: int, opts, request: SnapRequest):
+    """When the rate limit next allows a snapshot (None: now), for watch to
+    wait for rather than fire into a refusal."""
+    from snapcore.engine import ratelimit
+    if "rate-limit" in request.force or opts.max_per_hour <= 0:
+        return lambda: None
+    return lambda: ratelimit.next_snapshot(pid, opts.output_dir, opts.max_per_hour)
+
+
+def _run(events, as_json: bool, reason: str = ""):
     """Report each event as it comes: a line for people, a JSON line for scripts."""
     taken, ended = [], None
     for event in events:
@@ -113,7 +128,11 @@ def _run(events, as_json: bool):
         elif kind == "end":
             ended = event
         if as_json:
-            _json_line(event)
+            _json_line(event, reason)
+        elif kind == "limited":
+            report.say(f"{stamp()} snapcore: the rate limit's budget is used: the next "
+                       f"snapshot is possible at {stamp(event[1])} (in {_until(event[1])}); "
+                       "watch fires then if the condition still holds")
         elif kind == "sample":
             met = f"  <- {'; '.join(event[2])}" if event[2] else ""
             report.say(f"{stamp(event[1].at)} {event[1].text()}{met}")
@@ -129,17 +148,25 @@ def _run(events, as_json: bool):
     return ended, taken
 
 
-def _json_line(event) -> None:
+def _until(when: float) -> str:
+    left = max(0, round(when - time.time()))
+    return f"{left // 60} min {left % 60} s" if left >= 60 else f"{left} s"
+
+
+def _json_line(event, reason: str = "") -> None:
     kind, doc = event[0], {"event": event[0], "time": stamp()}
     if kind == "sample":
         s = event[1]
         doc.update(time=stamp(s.at), cpu=round(s.cpu, 1), rss=s.rss, threads=s.threads,
                    fds=s.fds, met=event[2])
     elif kind == "fire":
-        doc["reason"] = event[1]
+        doc.update(trigger=event[1], reason=reason)
     elif kind == "snapshot":
         doc.update({"ok": False, "error": report.error_dict(event[1])}
                    if isinstance(event[1], SnapcoreError) else report.snapshot_dict(event[1]))
+        doc.update(reason=reason or f"watch: {event[2]}", trigger=event[2])  # as recorded
+    elif kind == "limited":
+        doc["next_at"] = stamp(event[1])
     elif kind == "end":
         doc.update(reason=event[1], fired=event[2])
     elif kind == "waiting":

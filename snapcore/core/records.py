@@ -64,8 +64,9 @@ def executable_here(record: dict) -> str:
     return inside if elf.build_id(inside) == then else exe
 
 
-def write_sidecar(snap, reason: str = "") -> Path:
-    """Write the record for a stored snapshot (a snapshot.Snapshot)."""
+def write_sidecar(snap, reason: str = "", trigger: str = "") -> Path:
+    """Write the record for a stored snapshot (a snapshot.Snapshot): `reason`
+    the operator's (--reason), `trigger` what fired it (watch's condition)."""
     t = snap.target
     try:
         user = pwd.getpwuid(t.uid).pw_name
@@ -75,6 +76,7 @@ def write_sidecar(snap, reason: str = "") -> Path:
         "snapcore_version": __version__,
         "taken_at": snap.taken_at.isoformat().replace("+00:00", "Z"),
         "reason": reason,
+        "trigger": trigger,
         "target": {
             "pid": t.pid, "name": t.name, "exe": t.exe, "cmdline": command_line(t.cmdline),
             "build_id": snap.exe_build_id if snap.exe_build_id != "" else

@@ -18,9 +18,10 @@ import time
 from pathlib import Path
 
 from snapcore.core import safefs
-from snapcore.errors import AlreadyTraced, Stage
-from snapcore.linux import cgroups
+from snapcore.errors import AlreadyTraced, SnapcoreError, Stage
+from snapcore.linux import cgroups, execargs, procfs
 from snapcore.linux.procfs import Target
+from snapcore.linux.proctext import readable
 
 WINDOW = 3600.0
 
@@ -112,17 +113,36 @@ class RateLimiter:
 
 
 def program(target: Target) -> str:
-    """What an operator calls one program, which the rate limit counts: its
-    systemd service where it runs under one (whatever its pid after a
-    restart), else its command line as it was started.  The executable alone
-    would lump every Python or Java service of a host together, and name a
-    symlinked one (redis-server) after its target (redis-check-rdb)."""
+    """What an operator calls one program, which the rate limit and the lock
+    count: its systemd service where it runs under one (whatever its pid
+    after a restart), else its command line as it was exec'd, read from the
+    process that made the exec it runs (a PostgreSQL backend or an nginx
+    worker is its master's program, whatever title it shows: linux/execargs.py).
+    A process that rewrote its own argv area keeps nothing of it: its title
+    then, trimmed.  The executable is added when the command line does not
+    name it: the executable alone would lump every Python or Java service of
+    a host together, and name a symlinked one (redis-server) after its
+    target (redis-check-rdb)."""
     unit = cgroups.systemd_unit(target.pid)
     if unit:
         return unit
-    if target.cmdline:
-        return " ".join(target.cmdline)
-    return target.exe or f"pid {target.pid}"
+    image = execargs.leader(target.pid)
+    words = image.argv if image.argv is not None else image.title.split(b"\0")
+    line = readable(" ".join(w.decode(errors="replace").strip() for w in words if w.strip()))
+    exe = target.exe.removesuffix(" (deleted)")  # upgraded on disk: the same program
+    if not line:
+        return exe or f"pid {target.pid}"
+    first = (words[0].decode(errors="replace") if image.argv else "")
+    return line if not exe or first == exe else f"{line} ({exe})"
+
+
+def next_snapshot(pid: int, output_dir: Path, max_per_hour: int) -> float | None:
+    """When the rate limit next allows a snapshot of pid's program; None: now,
+    or not known here (the snapshot's own check then says why)."""
+    try:
+        return RateLimiter(output_dir, max_per_hour).next_allowed(program(procfs.read(pid)))
+    except (SnapcoreError, OSError, ValueError):
+        return None
 
 
 def label(program_name: str) -> str:

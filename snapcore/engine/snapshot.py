@@ -33,13 +33,14 @@ from snapcore.linux.procfs import open_exe, reading, start_time
 def take(pid: int, opts: preflight.Options, *, threads: str = "all",
          force: tuple[str, ...] = (), limits: DumpLimits | None = None,
          reason: str = "", compressed: bool = False, stream: int | None = None,
-         keep_exe: bool = False) -> Snapshot:
+         keep_exe: bool = False, trigger: str = "") -> Snapshot:
     """Snapshot process `pid` into `opts.output_dir`; the target keeps running.
 
     Every preflight check runs first; a refusal raises unless its name is in
     `force` (and it may be forced).  threads="all" holds every thread for the
     fork and puts each in the core; "main" holds and dumps the main thread only.
-    The stored core gets its record (records.write_sidecar) with `reason`;
+    The stored core gets its record (records.write_sidecar) with `reason` (the
+    operator's) and `trigger` (what fired it: watch's condition);
     `compressed` turns it into CORE.zst (snapcore's writer compresses while
     writing).  With `opts.to_stdout` the core goes to descriptor `stream`
     instead, and has no record.  `keep_exe`: the Snapshot's exe_fd stays open
@@ -49,8 +50,8 @@ def take(pid: int, opts: preflight.Options, *, threads: str = "all",
         exe_fd = open_exe(pid)
         try:
             snap = _take_exclusive(pid, opts, threads=threads, force=force, limits=limits,
-                                   reason=reason, compressed=compressed, exe_fd=exe_fd,
-                                   stream=stream)
+                                   reason=(reason, trigger), compressed=compressed,
+                                   exe_fd=exe_fd, stream=stream)
         except BaseException:
             if exe_fd is not None:
                 os.close(exe_fd)
@@ -63,7 +64,8 @@ def take(pid: int, opts: preflight.Options, *, threads: str = "all",
 
 
 def _take_exclusive(pid: int, opts: preflight.Options, *, threads: str,
-                    force: tuple[str, ...], limits: DumpLimits | None, reason: str,
+                    force: tuple[str, ...], limits: DumpLimits | None,
+                    reason: tuple[str, str],
                     compressed: bool, exe_fd: int | None, stream: int | None) -> Snapshot:
     pre = preflight.run(pid, opts)
     refusals = pre.refusals(force)
@@ -108,7 +110,8 @@ def _take_exclusive(pid: int, opts: preflight.Options, *, threads: str,
     return snap
 
 
-def _publish(snap: Snapshot, output_dir: Path, reason: str, compressed: bool) -> None:
+def _publish(snap: Snapshot, output_dir: Path, reason: tuple[str, str],
+             compressed: bool) -> None:
     """Compress the stored core if asked, write its record, then give the core
     its name: a core is never seen without its record (list and prune would
     not know it)."""
@@ -124,7 +127,7 @@ def _publish(snap: Snapshot, output_dir: Path, reason: str, compressed: bool) ->
     except FileNotFoundError:
         raise publish.removed(partial) from None
     snap.core_size, snap.core_allocated = stat.st_size, stat.st_blocks * 512
-    snap.sidecar_path = records.write_sidecar(snap, reason)
+    snap.sidecar_path = records.write_sidecar(snap, *reason)
     try:
         publish.publish(partial, snap.core_path)
     except OutputError:

@@ -17,7 +17,7 @@ from dataclasses import dataclass
 import psutil
 
 from snapcore import bounds
-from snapcore.errors import NoSuchProcess, SnapcoreError, Stage
+from snapcore.errors import ExitCode, NoSuchProcess, SnapcoreError, Stage
 from snapcore.units import human
 
 
@@ -75,29 +75,70 @@ def exceeded(sample: Sample, cond: Conditions) -> list[str]:
 
 
 def events(pid: int, cond: Conditions, snapshot, *, interval: float, hold: float,
-           count: int, cooldown: float, clock=time.monotonic, sleep=time.sleep):
-    """Yield ("sample", Sample, met), ("fire", reasons), ("snapshot", result or
-    SnapcoreError) and finally ("end", why, fired): `fired` is False when the
-    process exited before any condition fired.  `snapshot(reason)` takes one.
-    The settings are checked here, before the first sample (BadInput)."""
+           count: int, cooldown: float, clock=time.monotonic, sleep=time.sleep,
+           next_allowed=lambda: None):
+    """Yield ("sample", Sample, met), ("fire", trigger), ("snapshot", result or
+    SnapcoreError, trigger), ("limited", when) and finally ("end", why, fired): `fired`
+    is False when the process exited before any condition fired.
+    `snapshot(trigger)` takes one; `next_allowed()` is the wall-clock time
+    the rate limit next allows one (None: now).  Spent, watch says so (at the
+    start, and after each snapshot or refusal that leaves it spent), waits
+    until then and fires then if the condition still holds.  The settings are
+    checked here, before the first sample (BadInput)."""
     for setting, value in (("interval", interval), ("hold", hold), ("count", count),
                            ("cooldown", cooldown)):
         bounds.check(setting, value)
-    return _events(pid, cond, snapshot, interval=interval, hold=hold, count=count,
-                   cooldown=cooldown, clock=clock, sleep=sleep)
+    return _events(pid, cond, snapshot, _Pace(hold, cooldown, clock, next_allowed),
+                   interval=interval, count=count, sleep=sleep)
 
 
-def _events(pid: int, cond: Conditions, snapshot, *, interval: float, hold: float,
-            count: int, cooldown: float, clock, sleep):
+class _Pace:
+    """When a met condition may fire: held long enough, past the cooldown
+    since the last snapshot, and past the time the rate limit allows."""
+
+    def __init__(self, hold: float, cooldown: float, clock, next_allowed):
+        self.hold, self.cooldown, self.clock = hold, cooldown, clock
+        self.next_allowed = next_allowed
+        self.held_since = self.last_shot = self.not_before = None
+
+    def ready(self, met: list[str]) -> bool:
+        now = self.clock()
+        if not met:
+            self.held_since = None
+            return False
+        self.held_since = now if self.held_since is None else self.held_since
+        return (now - self.held_since >= self.hold
+                and (self.last_shot is None or now - self.last_shot >= self.cooldown)
+                and (self.not_before is None or time.time() >= self.not_before))
+
+    def trigger(self, met: list[str]) -> str:
+        return f"{'; '.join(met)} for {self.clock() - self.held_since:.1f} s"
+
+    def after(self, result) -> float | None:
+        """Note a snapshot's result; the time the rate limit next allows one
+        when it is spent now."""
+        refused = (isinstance(result, SnapcoreError)
+                   and result.exit_code == ExitCode.RATE_LIMITED)
+        if not refused:  # a refusal took nothing: no cooldown after it
+            self.last_shot, self.held_since = self.clock(), None
+        self.not_before = self.next_allowed()
+        if refused and self.not_before is None:  # unknown: try again after a cooldown
+            self.last_shot = self.clock()
+        return self.not_before
+
+
+def _events(pid: int, cond: Conditions, snapshot, pace: _Pace, *, interval: float,
+            count: int, sleep):
     try:
         proc = psutil.Process(pid)
         proc.cpu_percent(None)  # the first reading primes the counter
     except psutil.NoSuchProcess:
         raise NoSuchProcess(f"no such process {pid}", "check the pid with ps or pgrep",
                             pid=pid, stage=Stage.WATCH) from None
-    held_since = None
-    last_shot = None
-    taken = 0
+    pace.not_before = pace.next_allowed()
+    if pace.not_before is not None:
+        yield ("limited", pace.not_before)
+    taken = fired = 0
     while True:
         sleep(interval)
         try:
@@ -107,29 +148,24 @@ def _events(pid: int, cond: Conditions, snapshot, *, interval: float, hold: floa
                 sample = Sample(proc.cpu_percent(None), proc.memory_info().rss,
                                 proc.num_threads(), proc.num_fds(), time.time())
         except psutil.NoSuchProcess:
-            yield ("end", f"process {pid} exited", last_shot is not None)
+            yield ("end", f"process {pid} exited", fired > 0)
             return
         met = exceeded(sample, cond)
         yield ("sample", sample, met)
-        now = clock()
-        if not met:
-            held_since = None
+        if not pace.ready(met):
             continue
-        held_since = now if held_since is None else held_since
-        if now - held_since < hold:
-            continue
-        if last_shot is not None and now - last_shot < cooldown:
-            continue
-        reasons = f"{'; '.join(met)} for {now - held_since:.1f} s"
-        yield ("fire", reasons)
+        trigger = pace.trigger(met)
+        yield ("fire", trigger)
+        fired += 1
         try:
-            result = snapshot(f"watch: {reasons}")
+            result = snapshot(trigger)
         except SnapcoreError as exc:
             result = exc
-        yield ("snapshot", result)
-        last_shot, held_since = clock(), None
+        yield ("snapshot", result, trigger)
         if not isinstance(result, SnapcoreError):
             taken += 1
             if taken >= count:
                 yield ("end", f"{taken} snapshot(s) taken, as many as asked", True)
                 return
+        if pace.after(result) is not None:
+            yield ("limited", pace.not_before)
