@@ -10,6 +10,7 @@ import os
 from snapcore import units
 from snapcore.core.dumprules import CoreSize
 from snapcore.engine import estimate
+from snapcore.engine.checks_writer import SHARED_FILL_WORTH
 from snapcore.engine.verdicts import OK, REFUSE, WARN, Preflight
 from snapcore.linux import cgroups
 from snapcore.linux.procfs import read_status
@@ -58,7 +59,8 @@ def check_memory(pre: Preflight, maps, sizes: CoreSize | None) -> None:
     grouped = _oom_group(pre, worst, available, problems, warnings)
     what = (f"if the target rewrites all its private memory while the child lives, the "
             f"copies cost up to {units.human(worst - filled)}")
-    if filled:
+    worth = filled >= SHARED_FILL_WORTH
+    if worth:
         what += (f"; the kernel's dump allocates {units.human(filled)} of shared memory the "
                  "process never wrote, which it keeps (snapcore's writer does not)")
     unseen = cgroups.hidden(t.pid, "memory")
@@ -68,7 +70,7 @@ def check_memory(pre: Preflight, maps, sizes: CoreSize | None) -> None:
     elif unseen:
         pre.add("memory", WARN, f"{what}; {'; '.join(warnings + [_blind(unseen)])}",
                 BLIND_FIX)
-    elif filled:
+    elif worth:
         pre.add("memory", WARN, "; ".join([what] + warnings),
                 "let snapcore's writer write the core",
                 setting="writer")

@@ -20,6 +20,10 @@ from snapcore.core.dumprules import CoreSize
 from snapcore.engine.verdicts import OK, REFUSE, Options, Preflight
 
 UNLIMITED = 1 << 63
+# Never-written shared memory the kernel's dump would allocate (dumprules:
+# shared_unwritten) that is worth choosing the other writer for, and warning
+# about: a few pages are not.
+SHARED_FILL_WORTH = 1 << 20
 
 
 def choose_writer(pre: Preflight, opts: Options, pattern: core_pattern.CorePattern,
@@ -55,7 +59,7 @@ def choose_writer(pre: Preflight, opts: Options, pattern: core_pattern.CorePatte
             placement.target_root(t.pid) + os.path.dirname(pattern.pattern)):
         _chosen(pre, "snapcore", f"core_pattern writes to {os.path.dirname(pattern.pattern)}, "
                 "which does not exist for the process")
-    elif sizes and sizes.shared_unwritten:
+    elif sizes and sizes.shared_unwritten >= SHARED_FILL_WORTH:
         _chosen(pre, "snapcore", f"the kernel's dump would allocate the "
                 f"{units.human(sizes.shared_unwritten)} of shared memory the process never "
                 "wrote, in its own shared memory, for good; snapcore's writer leaves them "
