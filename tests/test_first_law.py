@@ -7,6 +7,8 @@ leaves nothing but one page the next snapshot removes."""
 
 from __future__ import annotations
 
+import os
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -289,3 +291,46 @@ def test_a_namespace_init_target_killed_mid_dump_then_snapshot_again(victim_exe,
     finally:
         outer.kill()
         outer.wait()
+
+
+def _child_of_fork_thread(pid: int) -> tuple[int, str] | None:
+    """(pid, state) of the snapshot child, from the fork thread's children."""
+    for tid in os.listdir(f"/proc/{pid}/task"):
+        try:
+            if Path(f"/proc/{pid}/task/{tid}/comm").read_text().strip() != "snapcore-fork":
+                continue
+            kids = Path(f"/proc/{pid}/task/{tid}/children").read_text().split()
+        except OSError:
+            continue
+        for kid in kids:
+            try:
+                return int(kid), Path(f"/proc/{kid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+            except OSError:
+                return int(kid), "gone"
+    return None
+
+
+@pytest.mark.parametrize("writer", ["kernel", "snapcore"])
+def test_ctrl_c_as_the_child_ends_leaves_no_zombie(start_victim, out_dir, writer):
+    """Ctrl-C aimed at the fork thread's end: the moment the child has dumped
+    and snapcore takes the fork thread back to reap it.  A request landing
+    halfway through must not leave the fork thread stopped mid-call (its
+    child's zombie then outlived it, a child of the target for good)."""
+    victim = start_victim("sleep")
+    landed = 0
+    for _ in range(20):
+        proc = subprocess.Popen([sys.executable, "-m", "snapcore", "--max-per-hour", "0",
+                                 "--writer", writer, "-o", str(out_dir), str(victim.pid)],
+                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        seen = None
+        while proc.poll() is None:
+            seen = _child_of_fork_thread(victim.pid) or seen
+            if seen and (_child_of_fork_thread(victim.pid) or (0, "gone"))[1] in "XZtgone":
+                proc.send_signal(signal.SIGINT)
+                break
+        _, err = proc.communicate(timeout=60)
+        assert proc.returncode in (0, 130), err
+        assert "Traceback" not in err, err
+        landed += proc.returncode == 130
+        victim.assert_unharmed()
+    assert landed, "no Ctrl-C landed while snapcore ran: the test proved nothing"

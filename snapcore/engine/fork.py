@@ -131,7 +131,8 @@ class Parent:
 
     def ready(self) -> None:
         try:
-            keeper.take_back(self.thread, time.monotonic() + 10)
+            with interrupts.cleanup():  # a stop it took must be recorded as taken
+                keeper.take_back(self.thread, time.monotonic() + 10)
         except SnapcoreError:
             pass  # finish says so
 
@@ -145,6 +146,14 @@ def finish(thread: ForkThread) -> list[str]:
     call does nothing).  Returns notes."""
     if thread.ended:
         return []
+    # From here it must finish: a stop request that landed halfway would
+    # leave the fork thread stopped mid-call, and the second call does
+    # nothing (the child's zombie then waited for a parent that was gone).
+    with interrupts.cleanup():
+        return _finish(thread)
+
+
+def _finish(thread: ForkThread) -> list[str]:
     thread.ended = True
     deadline = time.monotonic() + 10
     try:
