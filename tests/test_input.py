@@ -177,3 +177,18 @@ def test_with_the_core_on_standard_output_a_bad_number_is_said_on_stderr(start_v
     assert proc.returncode == ExitCode.USAGE and proc.stdout == ""
     assert "--timeout" in json.loads(proc.stderr)["error"]["message"]
     victim.assert_unharmed()
+
+
+@pytest.mark.parametrize("command", [[], ["check"], ["list"], ["prune", "--keep", "1"],
+                                     ["info"]])
+@pytest.mark.parametrize("name", ["a" * 300, "/".join(["d" * 200] * 21)])
+def test_an_output_dir_no_filesystem_can_hold_is_one_line(command, name, start_victim):
+    """A name over NAME_MAX (or a path over PATH_MAX) for -o: one line, exit 2,
+    for every command that takes -o (it was an internal error in list, and a
+    rate-limit refusal in check)."""
+    victim = start_victim("sleep")
+    pid = [str(victim.pid)] if command in ([], ["check"]) else []
+    proc = run_snapcore(*command, "-o", f"/tmp/{name}", *pid)
+    assert proc.returncode == 2, proc.stderr
+    assert proc.stderr.count("\n") == 1 and "at most" in proc.stderr, proc.stderr
+    victim.assert_unharmed()

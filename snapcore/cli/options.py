@@ -7,7 +7,6 @@ from __future__ import annotations
 import functools
 import re
 from dataclasses import dataclass, fields
-from pathlib import Path
 
 import click
 
@@ -15,6 +14,7 @@ from snapcore import bounds, units
 from snapcore.cli import complete
 from snapcore.cli.exitcodes import (DEBUG_EXIT_CODES_HELP, EXIT_CODES_HELP,  # noqa: F401
                                     INFO_EXIT_CODES_HELP)
+from snapcore.cli.paths import OUTPUT_DIR
 from snapcore.core.placement import default_output_dir
 from snapcore.engine import verdicts
 from snapcore.engine.result import THREAD_MODES, WRITERS, DumpLimits
@@ -83,7 +83,7 @@ class Bounded(click.ParamType):
 def common_options(command):
     """Options that `snap` and `check` share (they judge the same things)."""
     for option in reversed([
-        click.option("-o", "--output-dir", type=click.Path(file_okay=False, path_type=Path),
+        click.option("-o", "--output-dir", type=OUTPUT_DIR,
                      help="Where the core goes (created 0700). Default: $SNAPCORE_DIR, "
                           "else /var/lib/snapcore for root, else "
                           "$XDG_STATE_HOME/snapcore. `-o -` (snap only): the core (or "

@@ -24,13 +24,14 @@ from snapcore.cli.options import DEBUG_EXIT_CODES_HELP, INFO_EXIT_CODES_HELP
 from snapcore.cli.options import (EXIT_CODES_HELP, SnapRequest, check_force, common_options,
                                   make_options, one_target, pid_argument, snap_options,
                                   target_options)
+from snapcore.cli.paths import OUTPUT_DIR
 from snapcore.errors import BadInput, OutputError, SnapcoreError, Stage
 
 NOT_A_CRASH = ("gdb reports \"Program terminated with signal SIGABRT\": that is how the "
                "snapshot was made (its copy-on-write child took SIGABRT), not a crash")
 
 output_dir_option = click.option(
-    "-o", "--output-dir", type=click.Path(file_okay=False, path_type=Path),
+    "-o", "--output-dir", type=OUTPUT_DIR,
     help="The output directory to look in (default as for snap).")
 match_argument = click.argument("match", required=False, metavar="[MATCH]")
 exe_option = click.option(

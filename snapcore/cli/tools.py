@@ -12,6 +12,7 @@ from snapcore import bounds
 from snapcore.cli import render as report
 from snapcore.cli.app import cli, fail
 from snapcore.cli.options import Bounded
+from snapcore.cli.paths import OUTPUT_DIR
 from snapcore.cli.reading import snapshots
 from snapcore.core import records
 from snapcore.core.placement import default_output_dir
@@ -20,7 +21,7 @@ from snapcore.units import human
 
 
 @cli.command(name="list")
-@click.option("-o", "--output-dir", type=click.Path(file_okay=False, path_type=Path),
+@click.option("-o", "--output-dir", type=OUTPUT_DIR,
               help="The output directory to read (default as for snap).")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON document.")
 @click.option("-q", "--quiet", is_flag=True, help="Print only the cores' paths.")
@@ -97,7 +98,7 @@ def plain(text: str) -> str:
 
 
 @cli.command()
-@click.option("-o", "--output-dir", type=click.Path(file_okay=False, path_type=Path),
+@click.option("-o", "--output-dir", type=OUTPUT_DIR,
               help="The output directory to prune (default as for snap).")
 @click.option("--keep", type=Bounded("keep"), metavar="N",
               help=f"Keep the N newest snapshots of each program ({bounds.span('keep')}).")
