@@ -37,6 +37,7 @@ def check_memory(pre: Preflight, maps, sizes: CoreSize | None) -> None:
     # the target keeps it, as if it had written it.
     filled = sizes.shared_unwritten if sizes and pre.writer == "kernel" else 0
     worst = estimate.cow_worst_case(maps) + filled
+    pre.memory_worst = worst
     info = estimate.meminfo()
     available = info.get("MemAvailable", 0)
     problems, warnings = [], []

@@ -55,10 +55,14 @@ def ladder(policy: str, nice: int) -> list[Level]:
 @dataclass
 class MemoryWatch:
     """What the child's copies cost: anonymous memory added since the dump
-    began, host-wide (AnonPages) and under the target's memory cgroup."""
+    began under the target's memory cgroup (the copies are charged there,
+    the target's and the child's alike), else host-wide (AnonPages).  Not
+    the larger of the two: host-wide, every other process's allocations
+    count too, and a busy host abandoned dumps whose cgroup had room."""
 
     room: int  # what the memory check found free
     limit_file: str = ""
+    ceiling: int = 0  # the most the copies can cost (the memory check's worst case); 0: unknown
     start: tuple = ()
 
     def begin(self) -> None:
@@ -70,9 +74,10 @@ class MemoryWatch:
         return host, group
 
     def cost(self) -> int:
-        now = self._now()
-        return max([n - s for n, s in zip(now, self.start) if n is not None and s is not None]
-                   or [0])
+        (host, group), (host_then, group_then) = self._now(), self.start
+        if group is not None and group_then is not None:
+            return group - group_then
+        return host - host_then if host is not None and host_then is not None else 0
 
 
 def _meminfo_anon() -> int | None:
@@ -169,7 +174,12 @@ class Controller:
         last_at, last_cost = self.memory_seen or (elapsed, cost)
         rate = max(cost - last_cost, 0) / (elapsed - last_at) if elapsed > last_at else 0
         self.memory_seen = (elapsed, cost)
-        share = (cost + rate * 2 * self.period) / room
+        projected = cost + rate * 2 * self.period
+        if self.memory.ceiling:
+            # A target that rewrites all it has copies no more than that: the
+            # rate of a rewrite burst says nothing past it.
+            projected = min(projected, max(cost, self.memory.ceiling))
+        share = projected / room
         what = (f"the copy-on-write copies reached {human(cost)} of the {human(room)} "
                 f"the memory check found free")
         if share >= MEMORY_KILL:

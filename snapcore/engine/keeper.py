@@ -127,11 +127,40 @@ def collect_end(thread: ForkThread) -> None:
 
 
 def end(thread: ForkThread, deadline: float) -> None:
-    """Reap what it made, unmap its page, end it.  The snapshot child must be
-    ended and collected already (engine/dump.py: kill)."""
-    while thread.call(arch.NR["wait4"], -1, 0, REAP, 0, deadline=deadline)[0] > 0:
-        pass
+    """Reap what it made, unmap its page, end it.  The snapshot child should
+    be ended and collected already (engine/dump.py: kill); if it is not (its
+    wait4 says 0: a child not reapable yet), it is ended and collected here
+    first.  A fork thread that left with its child unreaped would hand the
+    child to another thread of the target (forget_original_parent): a zombie
+    with exit signal 0, the target's for good."""
+    while True:
+        reaped = thread.call(arch.NR["wait4"], -1, 0, REAP, 0, deadline=deadline)[0]
+        if reaped < 0:  # ECHILD: nothing of its own left
+            break
+        if reaped == 0:
+            if time.monotonic() > deadline:
+                raise InternalError(f"the snapshot child {thread.child} did not end",
+                                    stage=Stage.REAP)
+            _end_child(thread.child)
     _unmap_and_exit(thread, deadline)
+
+
+def _end_child(child: int) -> None:
+    """SIGKILL the child and collect, as its tracer, whatever its threads
+    report: the fork thread's wait4 sees its end only after that."""
+    _signal(child, signal.SIGKILL)
+    try:
+        tids = [int(t) for t in os.listdir(f"/proc/{child}/task")]
+    except OSError:
+        tids = []
+    for tid in {child, *tids}:
+        stop = stops.try_wait(tid)
+        if stop is not None and stop.kind not in ENDED:
+            try:
+                ptrace.cont(tid)
+            except NoSuchProcess:
+                pass
+    signal.sigtimedwait([signal.SIGCHLD], 0.01)
 
 
 def _unmap_and_exit(thread: ForkThread, deadline: float) -> None:

@@ -55,7 +55,7 @@ def fork_and_dump(pre: preflight.Preflight, output_dir: Path, staging: Path | No
     reaps it and leaves (forkthread.end)."""
     target = pre.target
     taken_at = datetime.now(timezone.utc)
-    memory = MemoryWatch(pre.memory_room, pre.memory_limit_file)
+    memory = MemoryWatch(pre.memory_room, pre.memory_limit_file, ceiling=pre.memory_worst)
     memory.begin()
     dump_limits = replace(dump_limits, memory=memory)
     forked = forkmod.fork(target.pid, pre.syscall_at,

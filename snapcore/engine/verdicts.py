@@ -95,6 +95,7 @@ class Preflight:
     # MemAvailable and the room under the tightest memory cgroup limit (that
     # limit's file, "" without one).  The dump's controller keeps to it.
     memory_room: int = 0
+    memory_worst: int = 0  # the most the copies can cost: the copy-on-write worst case
     memory_limit_file: str = ""
 
     def add(self, name: str, verdict: str, reason: str, fix: str = "",
