@@ -12,6 +12,7 @@
  * It exits when stdin closes; its children exit with it.
  */
 #include <signal.h>
+#include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -46,6 +47,20 @@ static void find_area(int argc, char **argv, char **envp)
     area_len = end - argv[0] + 1;
 }
 
+
+/* One write a line: the parent and its child share the pipe, and stdio on
+ * an unbuffered stream writes a line's text and its newline apart. */
+static void say(const char *fmt, ...)
+{
+    char buf[256];
+    va_list ap;
+    va_start(ap, fmt);
+    int n = vsnprintf(buf, sizeof buf, fmt, ap);
+    va_end(ap);
+    if (write(1, buf, n) != n)
+        _exit(3);
+}
+
 static void child_loop(int commands)
 {
     char line[512];
@@ -54,8 +69,7 @@ static void child_loop(int commands)
     while (fgets(line, sizeof line, in)) {
         line[strcspn(line, "\n")] = 0;
         retitle(line);
-        puts("done");
-        fflush(stdout);
+        say("done\n");
     }
     _exit(0);
 }
@@ -67,12 +81,12 @@ int main(int argc, char **argv, char **envp)
     pad = argc > 1 && !strcmp(argv[1], "space") ? ' ' : 0;
     find_area(argc, argv, envp);
     setvbuf(stdout, NULL, _IONBF, 0);
-    printf("ready %d\n", getpid());
+    say("ready %d\n", getpid());
     while (fgets(line, sizeof line, stdin)) {
         line[strcspn(line, "\n")] = 0;
         if (line[0] == 't') {
             retitle(line + 2);
-            puts("done");
+            say("done\n");
         } else if (line[0] == 'f') {
             int fds[2];
             if (pipe(fds))
@@ -81,12 +95,12 @@ int main(int argc, char **argv, char **envp)
             if (pid == 0) {
                 close(fds[1]);
                 retitle(line + 2);
-                puts("done");
+                say("done\n");
                 child_loop(fds[0]);
             }
             close(fds[0]);
             child_in = fdopen(fds[1], "w");
-            printf("child %d\n", pid);
+            say("child %d\n", pid);
         } else if (line[0] == 'c' && child_in) {
             fprintf(child_in, "%s\n", line + 2);
             fflush(child_in);
