@@ -237,6 +237,25 @@ def wait_until_catching(proc, signum: int, timeout: float = 30.0) -> None:
 
 
 @pytest.fixture
+def tmpfs(tmp_path):
+    """make(size) -> a new tmpfs of that size ("2m"), unmounted after the test:
+    a filesystem with little room."""
+    made: list[Path] = []
+
+    def make(size: str) -> Path:
+        mount = tmp_path / f"tmpfs{len(made)}"
+        mount.mkdir()
+        subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(mount)],
+                       check=True)
+        made.append(mount)
+        return mount
+
+    yield make
+    for mount in made:
+        subprocess.run(["umount", "-l", str(mount)], check=True)
+
+
+@pytest.fixture
 def cgroup():
     """make(controller, **files) -> a new cgroup under that controller's root
     (v1; "unified": the v2 hierarchy), or `under` one made before.

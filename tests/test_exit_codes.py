@@ -26,7 +26,6 @@ causes the others.  Where each one is caused:
 from __future__ import annotations
 
 import os
-import subprocess
 import tempfile
 from pathlib import Path
 
@@ -39,13 +38,8 @@ from helpers import cores_in
 
 
 @pytest.fixture
-def tiny_fs(tmp_path):
-    """A 2 MiB tmpfs, unmounted after the test."""
-    mount = tmp_path / "tiny"
-    mount.mkdir()
-    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=2M", "tmpfs", str(mount)], check=True)
-    yield mount
-    subprocess.run(["umount", "-l", str(mount)], check=True)
+def tiny_fs(tmpfs):
+    return tmpfs("2m")
 
 
 def test_disk_full_while_snapcores_writer_writes_is_exit_8(start_victim, tiny_fs):

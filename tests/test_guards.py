@@ -98,12 +98,8 @@ def test_uninterruptible_sleep_times_out_and_leaves_target_alone(start_victim, o
 
 
 @pytest.fixture
-def tiny_fs(tmp_path):
-    mount = tmp_path / "tiny"
-    mount.mkdir()
-    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=2M", "tmpfs", str(mount)], check=True)
-    yield mount
-    subprocess.run(["umount", "-l", str(mount)], check=True)
+def tiny_fs(tmpfs):
+    return tmpfs("2m")
 
 
 def test_no_room_on_disk_is_refused(start_victim, tiny_fs):

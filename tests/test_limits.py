@@ -173,13 +173,8 @@ def test_rlimit_nproc_without_headroom_is_refused(start_victim, limits_exe, out_
 # 3. A sparse core stored on another filesystem
 
 @pytest.fixture
-def small_fs(tmp_path):
-    mount = tmp_path / "small"
-    mount.mkdir()
-    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=64m", "tmpfs", str(mount)],
-                   check=True)
-    yield mount
-    subprocess.run(["umount", "-l", str(mount)], check=True)
+def small_fs(tmpfs):
+    return tmpfs("64m")
 
 
 def staging_dirs() -> set[str]:

@@ -246,13 +246,11 @@ def test_postgres_shared_buffers(cluster, tmp_path, writer):
     assert cluster.poll() is None
 
 
-def test_disk_check_counts_shared_memory(shapes_exe, tmp_path):
+def test_disk_check_counts_shared_memory(shapes_exe, tmpfs):
     """The issue's night: 418 MiB of shared_buffers estimated at 3 MiB, the
     kernel's writer then filled a small filesystem.  Now the disk check sees
     the shared memory and refuses before the process is touched."""
-    small = tmp_path / "small"
-    small.mkdir()
-    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=32m", "tmpfs", str(small)], check=True)
+    small = tmpfs("32m")
     target = Shape(shapes_exe, "anon-shared")
     try:
         proc = run_snapcore("--writer", "kernel", "-o", str(small / "cores"), str(target.pid))
@@ -262,4 +260,3 @@ def test_disk_check_counts_shared_memory(shapes_exe, tmp_path):
         target.assert_unharmed()
     finally:
         target.stop()
-        subprocess.run(["umount", str(small)], check=True)

@@ -31,24 +31,19 @@ def snapcore(*args: str, env=None):
 
 
 def test_a_refusal_and_a_failure_read_differently_with_the_reason(start_victim, sink,
-                                                                  tmp_path):
+                                                                  tmpfs, tmp_path):
     sock, env = sink
     victim = start_victim("fat")  # 24 MiB touched
-    small = tmp_path / "small"
-    small.mkdir()
-    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1m", "none", str(small)], check=True)
-    try:
-        # Past the disk check by force: the core does not fit, after the fork.
-        failed = snapcore("--reason", "INC-7", "--force", "disk", "--writer", "snapcore",
-                          "-o", str(small / "cores"), str(victim.pid), env=env)
-        assert failed.returncode != 0
-        line = sock.recv(8192).decode()
-        assert line.startswith("<27>"), line  # an error, not a warning
-        assert f"failed snapshot of pid {victim.pid} at the " in line
-        assert "after it was held" in line and line.endswith("; reason: INC-7")
-        assert "refused" not in line
-    finally:
-        subprocess.run(["umount", str(small)], check=True)
+    small = tmpfs("1m")
+    # Past the disk check by force: the core does not fit, after the fork.
+    failed = snapcore("--reason", "INC-7", "--force", "disk", "--writer", "snapcore",
+                      "-o", str(small / "cores"), str(victim.pid), env=env)
+    assert failed.returncode != 0
+    line = sock.recv(8192).decode()
+    assert line.startswith("<27>"), line  # an error, not a warning
+    assert f"failed snapshot of pid {victim.pid} at the " in line
+    assert "after it was held" in line and line.endswith("; reason: INC-7")
+    assert "refused" not in line
     refused = snapcore("--reason", "INC-7", "--max-per-hour", "0", "--min-free", "100%",
                        "-o", str(tmp_path / "cores"), str(victim.pid), env=env)
     assert refused.returncode != 0
