@@ -3,6 +3,7 @@ running snapcore on a pseudo-terminal."""
 
 from __future__ import annotations
 
+import ctypes
 import fcntl
 import json
 import os
@@ -116,6 +117,9 @@ def in_fork(work, as_nobody: bool = False):
                 os.setgroups([])
                 os.setgid(65534)
                 os.setuid(65534)
+                # A uid change leaves the process undumpable (its /proc files
+                # root's): a user's own snapcore never is.  PR_SET_DUMPABLE 4.
+                ctypes.CDLL(None, use_errno=True).prctl(4, 1, 0, 0, 0)
             try:
                 result = work()
             except BaseException:

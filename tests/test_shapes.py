@@ -26,7 +26,11 @@ from pathlib import Path
 import pytest
 from elftools.elf.elffile import ELFFile
 
+from snapcore.engine import preflight
+from snapcore.engine.snapshot import take
+
 from conftest import compile_target, run_snapcore, snap_json
+from helpers import in_fork
 
 MIB = 64
 TOLERANCE = 0.10
@@ -260,3 +264,36 @@ def test_disk_check_counts_shared_memory(shapes_exe, tmpfs):
         target.assert_unharmed()
     finally:
         target.stop()
+
+
+@pytest.mark.parametrize("writer", ["kernel", "snapcore"])
+def test_estimate_holds_for_a_user_without_privileges(shapes_exe, writer):
+    """Without root, /proc/PID/map_files is closed: shared memory was judged
+    by the name of its file, and "/dev/zero (deleted)" by /dev/zero, a device
+    with a link.  Its 64 MiB were missing from the estimate, and from the
+    core snapcore's writer wrote, though the kernel's held them."""
+    out = Path(tempfile.mkdtemp(prefix="snapcore-nobody-"))  # reachable by nobody
+    out.chmod(0o1777)
+    target = subprocess.Popen(["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups",
+                               str(shapes_exe), "anon-shared", str(MIB)],
+                              stdout=subprocess.PIPE, text=True)
+    try:
+        assert target.stdout.readline().startswith("ready")
+
+        def work():  # in this interpreter: nobody cannot exec the one under /root
+            snap = take(target.pid, preflight.Options(output_dir=out / "cores", writer=writer,
+                                                      max_per_hour=0))
+            return {"core_estimate": snap.core_estimate,
+                    "core_estimate_apparent": snap.core_apparent,
+                    "writer": {"name": snap.writer}, "core": str(snap.core_path)}
+
+        doc = in_fork(work, as_nobody=True)
+        assert "core" in doc, doc
+        core = Path(doc["core"])
+        assert doc["writer"]["name"] == writer
+        assert core.stat().st_size > MIB << 20, "the shared region is not in the core"
+        assert_estimate_holds(doc, core)
+    finally:
+        target.kill()
+        target.wait()
+        shutil.rmtree(out)

@@ -99,9 +99,14 @@ class FileFacts:
 
 def file_facts(pid: int, vma: Vma) -> FileFacts | None:
     """The very inode mapped there, through /proc/PID/map_files (root only),
-    else by its path; None when neither can be seen."""
-    for path in (f"/proc/{pid}/map_files/{vma.start:x}-{vma.end:x}",
-                 vma.path.removesuffix(" (deleted)")):
+    else by its path; None when neither can be seen.  Never by the path of
+    a deleted file: that name is another file's now, or nothing (the
+    shmem of MAP_SHARED|MAP_ANONYMOUS shows as "/dev/zero (deleted)", and
+    /dev/zero is a device with a link)."""
+    paths = [f"/proc/{pid}/map_files/{vma.start:x}-{vma.end:x}"]
+    if not vma.path.endswith(" (deleted)"):
+        paths.append(vma.path)
+    for path in paths:
         try:
             st = os.stat(path)
             return FileFacts(st.st_mode, st.st_nlink)
