@@ -74,6 +74,10 @@ def _collect(child: Child, deadline: float | None = None,
                 left.discard(tid)
                 if tid == child.pid:
                     ended = stop
+                    # Collected: nothing of it is left to kill, and once its
+                    # parent reaps it the pid may be another process's (a stop
+                    # request acted on after the reap must not kill by it).
+                    child.alive = False
                     if child.parent is not None:
                         child.notes += child.parent.reap()
             else:
