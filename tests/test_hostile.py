@@ -434,7 +434,55 @@ def test_links_planted_in_the_staging_directory(core_pattern, canaries,  # noqa:
     target.assert_unharmed()
 
 
-# 5. snapcore SIGKILLed at random moments.
+# 5. snapcore SIGKILLed at every moment it changes the target: at the entry
+# of each of its ptrace and wait calls in turn (strace's fault injection is
+# the killer: `-e inject=SYSCALL:signal=KILL:when=N` delivers SIGKILL to
+# snapcore as it enters its Nth call of that kind).  Every state snapcore
+# can leave the target in is the state after some call and before the next.
+
+KILL_POINTS = ("ptrace", "wait4", "waitid")
+
+
+def kill_points(cmd: list[str], log: Path) -> dict[str, int]:
+    """How many calls of each kind one snapshot makes (a run under strace)."""
+    subprocess.run(["strace", "-o", str(log), "-e", "trace=" + ",".join(KILL_POINTS),
+                    "--", *cmd], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                   check=True, timeout=60)
+    calls = [line.split("(", 1)[0] for line in log.read_text().splitlines()]
+    return {name: calls.count(name) for name in KILL_POINTS}
+
+
+def test_sigkill_at_every_call_leaves_the_target_unharmed(start_victim, tmp_path, staging):
+    out_dir = tmp_path / "cores"
+    # Its registers and FPU state are checked after each of its calls: a
+    # thread that lands (linux/landing.py) must come back exactly as it was.
+    victim = start_victim("registers")
+    cmd = snapcore_cmd(out_dir, victim.pid)
+    counts = kill_points(cmd, tmp_path / "calls.txt")
+    assert counts["ptrace"] > 50, counts
+    masks = blocked_signals(victim.pid)
+    for name, count in counts.items():
+        for n in range(1, count + 1):
+            proc = subprocess.run(["strace", "-o", "/dev/null", "-e", f"trace={name}",
+                                   "-e", f"inject={name}:signal=KILL:when={n}", "--", *cmd],
+                                  stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                                  timeout=60)
+            problems = settled(victim, timeout=10)
+            if not problems:
+                now = blocked_signals(victim.pid)
+                problems = [f"thread {t} signal mask {now[t]} (was {masks[t]})"
+                            for t in now if t in masks and now[t] != masks[t]]
+            assert problems == [], (f"snapcore killed entering its {name} call {n} of "
+                                    f"{count} (exit {proc.returncode}): {problems}")
+    code, doc = snap(out_dir, victim.pid, staging)
+    assert code == 0, f"exit {code}: {summary(json.dumps(doc))}"
+    assert settled(victim) == []
+    assert fork_pages(victim.pid) == [], "the last snapshot left, or did not clear, a page"
+    victim.wait_for_heartbeats(victim.heartbeats())
+    victim.assert_unharmed()
+
+
+# 6. snapcore SIGKILLed at random moments.
 
 def test_sigkill_at_random_moments(start_victim, threads_exe, fat_preload, big_out_dir,
                                    staging):

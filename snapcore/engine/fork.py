@@ -26,7 +26,7 @@ from dataclasses import dataclass
 from snapcore.engine import forkthread, interrupts, keeper, leftovers
 from snapcore.engine.forkthread import ForkThread
 from snapcore.errors import InternalError, SnapcoreError, Stage, StopTimeout, Unsupported
-from snapcore.linux import arch, procfs, ptrace, rseq, seccomp, stops
+from snapcore.linux import arch, landing, procfs, ptrace, rseq, seccomp, stops
 from snapcore.linux.inject import HeldThread
 from snapcore.linux.window import Window
 
@@ -51,17 +51,19 @@ class ForkTooSlow(StopTimeout):
 
 
 def fork(pid: int, at: int, *, threads: list[int] | None, timeout: float, check,
-         planned, pages: list[int]) -> Forked:
+         planned, pages: list[int], sites: landing.Sites | None = None) -> Forked:
     """Make the snapshot child in one stop window of the target (see above).
     `planned(guard, at)` says which planned call a thread's filters refuse;
-    `pages`: code pages a killed snapcore left (leftovers.stale_pages)."""
+    `pages`: code pages a killed snapcore left (leftovers.stale_pages);
+    `sites`: the target's code its threads' landings use (linux/landing.py)."""
+    sites = sites or landing.Sites()
     made: dict = {}
     notes: list[str] = []
     try:
         with Window(pid, threads=threads, timeout=timeout, with_xstate=True,
                     check=check) as window:
             runner, guard = choose_runner(window, at, planned)
-            _inside(window, runner, guard, at, pages, made, notes)
+            _inside(window, runner, guard, at, pages, made, notes, sites)
         thread = made["thread"]
         keeper.hold(thread, time.monotonic() + 5)
     except BaseException:
@@ -75,23 +77,24 @@ def fork(pid: int, at: int, *, threads: list[int] | None, timeout: float, check,
 
 
 def _inside(window: Window, runner: HeldThread, guard, at: int, pages: list[int],
-            made: dict, notes: list[str]) -> None:
+            made: dict, notes: list[str], sites: landing.Sites) -> None:
     """What the window holds the target for: the page, the fork thread, the fork."""
     deadline = window.deadline
-    leftovers.unmap_pages(runner, at, guard, pages, deadline, notes)
-    leftovers.reap_recorded(window.pid, runner, at, guard, deadline, notes)
+    stack = landing.on_stack(window.pid, runner, sites)
+    leftovers.unmap_pages(runner, at, guard, pages, deadline, notes, stack)
+    leftovers.reap_recorded(window.pid, runner, at, guard, deadline, notes, stack)
     if not runner.free:
         raise InternalError("a signal reached the process while it was held",
                             "it was delivered and the process released; try again",
                             pid=window.pid, stage=Stage.FORK)
-    page = forkthread.plant(runner, at, guard, deadline)
+    page = forkthread.plant(runner, at, guard, deadline, stack)
     blocked = forkthread.landing_refusals(guard, page)
     if blocked:
-        forkthread.unplant(runner, page, at, guard, deadline)
+        forkthread.unplant(runner, page, at, guard, deadline, stack)
         raise Unsupported(f"the seccomp filters of process {window.pid} would answer "
                           f"{blocked} to the fork thread's own wait4 or exit",
                           "it cannot be snapshot safely", pid=window.pid, stage=Stage.FORK)
-    thread = ForkThread(window.pid, page, at, guard)
+    thread = ForkThread(window.pid, page, at, guard, sites)
     try:
         with stops.while_waiting(lambda: keeper.collect_if_ended(thread)):
             forkthread.spawn(runner, thread, deadline)
@@ -99,7 +102,7 @@ def _inside(window: Window, runner: HeldThread, guard, at: int, pages: list[int]
         if thread.tid:
             made["thread"] = thread
         elif runner.free:
-            forkthread.unplant(runner, page, at, guard, deadline)
+            forkthread.unplant(runner, page, at, guard, deadline, stack)
         raise
     made["thread"] = thread
     late: list[float] = []

@@ -31,7 +31,7 @@ import time
 from dataclasses import dataclass, field
 
 from snapcore.errors import CoreNotWritten, InternalError, NoSuchProcess, Stage, Unsupported
-from snapcore.linux import abi, arch, ptrace, seccomp
+from snapcore.linux import abi, arch, landing, ptrace, seccomp
 from snapcore.linux.inject import (SEIZE_OPTIONS, HeldThread, TargetReplaced, syscall,
                                    wait_for_interrupt_stop)
 
@@ -50,9 +50,19 @@ MADE_OPTIONS = SEIZE_OPTIONS | ptrace.O_TRACECLONE | ptrace.O_EXITKILL
 
 
 def page_contents() -> bytes:
+    """What every fork thread page starts with: its code and the thread's name."""
     page = bytearray(arch.FORK_THREAD_CODE)
     page += bytes(NAME_AT - len(page)) + NAME.encode() + b"\0"
     return bytes(page)
+
+
+def _page_at(page: int) -> bytes:
+    """The page as written at `page`: with the fork thread's first return
+    address, the loop's (arch.FORK_THREAD_CELL).  The runner's frame is
+    written when its clone needs it (linux/landing.py)."""
+    head = page_contents()
+    return head + bytes(arch.FORK_THREAD_CELL - len(head)) + \
+        (page + arch.FORK_THREAD_LOOP).to_bytes(8, "little")
 
 
 @dataclass
@@ -64,6 +74,7 @@ class ForkThread:
     page: int  # its code page, in the target's memory
     at: int  # a `syscall` of the target's own (vDSO, libc), for the page's unmapping
     guard: object  # the target's seccomp filters, as the thread that made it has them
+    sites: landing.Sites = field(default_factory=landing.Sites)  # for its end: exit_at
     tid: int = 0
     base: ptrace.Regs | None = None  # its registers at birth, the frame for injected calls
     traced: bool = False
@@ -98,10 +109,12 @@ def gone(pid: int) -> TargetReplaced:
                           "the snapshot was abandoned", pid=pid, stage=Stage.FORK)
 
 
-def plant(runner: HeldThread, at: int, guard, deadline: float) -> int:
-    """Map the code page into the target and fill it; returns its address."""
+def plant(runner: HeldThread, at: int, guard, deadline: float,
+          stack: landing.Landing | None = None) -> int:
+    """Map the code page into the target and fill it; returns its address.
+    `stack`: the runner's landing for the calls without the page."""
     page, _ = runner.inject(at, arch.NR["mmap"], 0, arch.PAGE_SIZE, PAGE_PROT, PAGE_FLAGS,
-                            -1, 0, deadline=deadline, guard=guard)
+                            -1, 0, deadline=deadline, guard=guard, landing=stack)
     if page < 0:
         raise Unsupported(f"the process may not map snapcore's fork thread page "
                           f"({os.strerror(-page)})", "it cannot be snapshot (an SELinux "
@@ -109,9 +122,9 @@ def plant(runner: HeldThread, at: int, guard, deadline: float) -> int:
     try:  # FOLL_FORCE, as a debugger writes a breakpoint: the page stays read-only
         with open(f"/proc/{runner.tid}/mem", "r+b", buffering=0) as mem:
             mem.seek(page)
-            mem.write(page_contents())
+            mem.write(_page_at(page))
     except OSError as exc:
-        unplant(runner, page, at, guard, deadline)
+        unplant(runner, page, at, guard, deadline, stack)
         raise InternalError(f"writing the fork thread's page failed: {exc.strerror}",
                             "the target was restored and is running", stage=Stage.FORK) from None
     return page
@@ -129,20 +142,27 @@ def landing_refusals(guard, page: int) -> str:
     return ", ".join(blocked)
 
 
-def unplant(runner: HeldThread, page: int, at: int, guard, deadline: float) -> None:
-    runner.inject(at, arch.NR["munmap"], page, arch.PAGE_SIZE, deadline=deadline, guard=guard)
+def unplant(runner: HeldThread, page: int, at: int, guard, deadline: float,
+            stack: landing.Landing | None = None) -> None:
+    runner.inject(at, arch.NR["munmap"], page, arch.PAGE_SIZE, deadline=deadline, guard=guard,
+                  landing=stack)
 
 
 def spawn(runner: HeldThread, thread: ForkThread, deadline: float) -> None:
-    """The runner makes the fork thread.  It starts in an event stop, with the
-    runner's EXITKILL, which it loses before the runner is parked."""
+    """The runner makes the fork thread, from its landing in the page when it
+    has one.  The fork thread starts in an event stop (with the runner's
+    EXITKILL when the runner has no landing, which it loses before the
+    runner is parked), its stack pointer at the page's cell: let go, its
+    next instruction takes it to the loop."""
     def born(tid: int) -> None:
         thread.tid, thread.traced = tid, True
         wait_for_interrupt_stop(tid, deadline, keep_end=True)
         ptrace.set_options(tid, THREAD_OPTIONS)
 
-    result, _ = runner.inject(thread.entry, arch.NR["clone"], THREAD_FLAGS, 0, 0, 0, 0,
-                              deadline=deadline, guard=thread.guard, on_clone=born)
+    result, _ = runner.inject(thread.entry, arch.NR["clone"], THREAD_FLAGS,
+                              thread.page + arch.FORK_THREAD_CELL, 0, 0, 0,
+                              deadline=deadline, guard=thread.guard, on_clone=born,
+                              landing=landing.in_page(thread.pid, runner, thread.page))
     if result < 0 or not thread.tid:
         raise InternalError(f"the fork thread could not be made: "
                             f"{os.strerror(-result) if result < 0 else 'no clone event'}",

@@ -164,12 +164,45 @@ def _end_child(child: int) -> None:
 
 
 def _unmap_and_exit(thread: ForkThread, deadline: float) -> None:
-    """The page must go before the thread, from an instruction outside it:
-    the target's own `syscall`, whose next instructions are the target's.
-    So for this one call the fork thread carries EXITKILL, as the runner does
-    for its calls: a snapcore killed within it ends the target rather than
-    let a thread of it run on with registers that are not its own.  The exit
-    call is set up before EXITKILL is dropped, so no moment is left unguarded."""
+    """The page must go before the thread, from an instruction outside it.
+    The target's own thread-exit loop (linux/landing.py: exit_site) is such
+    an instruction: the munmap runs from its `syscall`, and the thread's next
+    call is exit(0), whatever happens to snapcore meanwhile."""
+    tid = thread.tid
+    sites = thread.sites
+    if sites.exit_at and _allowed(thread.guard, ((arch.NR["munmap"], (thread.page,
+                                  arch.PAGE_SIZE), sites.exit_at),
+                                  (arch.NR["exit"], (0,), sites.exit_syscall))):
+        base = ptrace.copy_regs(thread.base)
+        for register, value in sites.exit_regs:
+            setattr(base, register, value)
+        syscall(tid, base, sites.exit_at, arch.NR["munmap"], thread.page, arch.PAGE_SIZE,
+                deadline=deadline, stops_taken=thread.stops_taken, keep_end=True)
+    else:
+        _unmap_and_exit_killable(thread, deadline)
+    ptrace.resume_to_syscall(tid)
+    while True:
+        stop = stops.wait(tid, deadline)
+        if stop.kind in ENDED:
+            break
+        ptrace.resume_to_syscall(tid)  # its exit's entry stop: on to the end
+    thread.traced = False
+    for sig in thread.stops_taken:  # a signal it took is the target's: given back
+        _signal(thread.pid, sig)
+
+
+def _allowed(guard, calls) -> bool:
+    return all(seccomp.action(guard.allows(nr, args, at)) in seccomp.HARMLESS
+               for nr, args, at in calls)
+
+
+def _unmap_and_exit_killable(thread: ForkThread, deadline: float) -> None:
+    """Without the target's exit loop: the munmap from the target's own
+    `syscall`, whose next instructions are the target's.  So for this one
+    call the fork thread carries EXITKILL, as a runner without a landing
+    does: a snapcore killed within it ends the target rather than let a
+    thread of it run on with registers that are not its own.  The exit call
+    is set up before EXITKILL is dropped, so no moment is left unguarded."""
     tid = thread.tid
     thread.guard(arch.NR["exit"], (0,), thread.at)  # refused: before anything changes
     thread.guard(arch.NR["munmap"], (thread.page, arch.PAGE_SIZE), thread.at)
@@ -184,15 +217,6 @@ def _unmap_and_exit(thread: ForkThread, deadline: float) -> None:
     setattr(regs, arch.SYSCALL_ARGS[0], 0)
     ptrace.set_regs(tid, regs)
     ptrace.set_options(tid, THREAD_OPTIONS)
-    ptrace.resume_to_syscall(tid)
-    while True:
-        stop = stops.wait(tid, deadline)
-        if stop.kind in ENDED:
-            break
-        ptrace.resume_to_syscall(tid)  # its exit's entry stop: on to the end
-    thread.traced = False
-    for sig in thread.stops_taken:  # a signal it took is the target's: given back
-        _signal(thread.pid, sig)
 
 
 def _signal(pid: int, sig: int) -> None:

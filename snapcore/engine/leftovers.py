@@ -30,8 +30,7 @@ RECORDS = "/run/snapcore/leftovers.json"  # root's; a tmpfs: gone with the pids 
 def stale_pages(pid: int, maps) -> list[int]:
     """Code pages a killed snapcore left in the process (see above); `maps`:
     its mappings (linux/maps.read_smaps)."""
-    wanted = forkthread.page_contents()
-    wanted += bytes(arch.PAGE_SIZE - len(wanted))
+    wanted = forkthread.page_contents()  # the rest holds addresses: its own, the runner's
     found = []
     candidates = [m for m in maps if m.perms == "r-xp" and not m.inode and not m.path
                   and m.size == arch.PAGE_SIZE]
@@ -42,7 +41,7 @@ def stale_pages(pid: int, maps) -> list[int]:
             for m in candidates:
                 try:
                     mem.seek(m.start)
-                    if mem.read(arch.PAGE_SIZE) == wanted:
+                    if mem.read(len(wanted)) == wanted:
                         found.append(m.start)
                 except OSError:
                     continue
@@ -52,12 +51,12 @@ def stale_pages(pid: int, maps) -> list[int]:
 
 
 def unmap_pages(runner: HeldThread, at: int, guard, pages: list[int], deadline: float,
-                notes: list[str]) -> None:
+                notes: list[str], stack=None) -> None:
     for page in pages:
         if not runner.free:
             return  # the next snapshot, then
         if runner.inject(at, arch.NR["munmap"], page, arch.PAGE_SIZE, deadline=deadline,
-                         guard=guard)[0] == 0:
+                         guard=guard, landing=stack)[0] == 0:
             notes.append(f"unmapped the page {page:#x} a snapcore killed mid-snapshot left")
 
 
@@ -82,7 +81,7 @@ def record(pid: int, tids: list[int]) -> list[str]:
 
 
 def reap_recorded(pid: int, runner: HeldThread, at: int, guard, deadline: float,
-                  notes: list[str]) -> None:
+                  notes: list[str], stack=None) -> None:
     """Inside a window: reap the recorded zombies of `pid` that are still its own."""
     if not os.path.exists(RECORDS):
         return
@@ -92,7 +91,7 @@ def reap_recorded(pid: int, runner: HeldThread, at: int, guard, deadline: float,
                 if runner.free and _still_there(pid, entry):
                     got, _ = runner.inject(at, arch.NR["wait4"], entry["ns_pid"], 0,
                                            abi.WALL | abi.WNOHANG, 0, deadline=deadline,
-                                           guard=guard)
+                                           guard=guard, landing=stack)
                     if got == entry["ns_pid"]:
                         notes.append(f"reaped task {got}, left by an earlier snapshot")
     except (OSError, ValueError):

@@ -16,7 +16,7 @@ from snapcore.engine import checks_host, checks_limits, checks_process, checks_s
 from snapcore.engine.verdicts import (CHECKS, FORCEABLE, OK, REFUSE, WARN, Check,  # noqa: F401
                                       Options, Preflight, Refused)
 from snapcore.errors import Stage
-from snapcore.linux import maps, stops
+from snapcore.linux import landing, maps, stops
 from snapcore.linux.procfs import mm_fingerprint, read, reading, syscall_instructions
 
 
@@ -45,6 +45,7 @@ def _run(pid: int, opts: Options) -> Preflight:
         pre.fingerprint = mm_fingerprint(pid)
         candidates = syscall_instructions(pid)
         pre.syscall_at = candidates[0]
+        pre.sites = landing.find(pid)
         checks_seccomp.check_seccomp(pre, opts, candidates)
     else:
         pre.add("seccomp", OK if t.seccomp == 0 else REFUSE,

@@ -62,7 +62,7 @@ def fork_and_dump(pre: preflight.Preflight, output_dir: Path, staging: Path | No
                           threads=target.threads if all_threads else None,
                           timeout=stop_timeout, check=identity_check(pre, pidfd, Stage.CAPTURE),
                           planned=planned_refusals(len(target.threads)),
-                          pages=pre.stale_pages)
+                          pages=pre.stale_pages, sites=pre.sites)
     kid = childmod.Child(forked.child, guard=forked.thread.guard, notes=list(forked.notes),
                          page=forked.thread.page)
     kid.ns_tids[kid.pid] = forked.child_ns_pid

@@ -14,6 +14,7 @@ from snapcore import bounds
 from snapcore.errors import ExitCode, SnapcoreError, Stage
 if TYPE_CHECKING:  # the command layer imports this module for the check names alone
     from snapcore.linux.procfs import Target
+    from snapcore.linux import landing
 
 OK, WARN, REFUSE = "ok", "warn", "refuse"
 
@@ -87,6 +88,7 @@ class Preflight:
     core_pattern: core_pattern.CorePattern | None = None
     syscall_at: int = 0  # the `syscall` instruction injections will use
     stale_pages: list[int] = field(default_factory=list)  # left by a killed snapcore
+    sites: landing.Sites | None = None  # of the target's own code (linux/landing.py)
     fingerprint: tuple = ()  # target.mm_fingerprint: its program, to notice an exec
     regions_missing: list[dict] = field(default_factory=list)
     writer: str = "kernel"  # who will write the core: "kernel" or "snapcore"

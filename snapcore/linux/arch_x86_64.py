@@ -4,6 +4,8 @@ Nothing else in the package spells a syscall number, a register name, a
 kernel structure's layout or an errno the kernel uses only internally.
 """
 
+import struct as _struct
+
 ELF_MACHINE = 62  # EM_X86_64
 AUDIT_ARCH = 0xC000003E  # AUDIT_ARCH_X86_64, what seccomp filters compare against
 
@@ -26,6 +28,7 @@ NR = {
     "mmap": 9,
     "munmap": 11,
     "rt_sigaction": 13,
+    "rt_sigreturn": 15,
     "madvise": 28,
     "clone": 56,
     "exit": 60,
@@ -48,6 +51,12 @@ NR_OPENAT2 = 437  # snapcore's own call (linux/resolve.py), never injected
 # NULL, __WALL|__WNOTHREAD, NULL) until it has no child left, then exit(0),
 # which ends that one task (a thread: its thread group lives on).  The code
 # touches no memory, no stack and no register the kernel does not set.
+# At 42, the runner's landing (linux/landing.py): its calls run from the
+# `syscall; ret` there with the stack pointer at FORK_THREAD_FRAME, so that
+# a runner let go after its call returns into the restorer at 45, which
+# rt_sigreturn's it to its own registers and mask from the frame.  The fork
+# thread is born at the `ret` with its stack pointer at FORK_THREAD_CELL,
+# which holds the loop's address: let go, it goes to the loop.
 FORK_THREAD_CODE = bytes.fromhex(
     "0f05"              # 0   syscall                 the injected calls
     "48c7c7ffffffff"    # 2   mov $-1, %rdi           wait4(-1, NULL,
@@ -61,10 +70,129 @@ FORK_THREAD_CODE = bytes.fromhex(
     "b83c000000"        # 31  mov $60, %eax           exit(0)
     "31ff"              # 36  xor %edi, %edi
     "0f05"              # 38  syscall
-    "0f0b")             # 40  ud2                     never reached
+    "0f0b"              # 40  ud2                     never reached
+    "0f05"              # 42  syscall                 the runner's calls
+    "c3"                # 44  ret                     to the restorer (runner) or 2
+    "48c7c00f000000"    # 45  mov $15, %rax           rt_sigreturn()
+    "0f05"              # 52  syscall
+    "0f0b")             # 54  ud2                     never reached
 FORK_THREAD_SYSCALL = 0  # where the injected calls' `syscall` is
+FORK_THREAD_LOOP = 2  # where the loop starts
 FORK_THREAD_WAIT = 24  # where the loop's wait4 `syscall` is
 FORK_THREAD_EXIT = 38  # where its exit `syscall` is
+FORK_THREAD_RUNNER = 42  # the runner's `syscall; ret`
+FORK_THREAD_RESTORER = 45  # rt_sigreturn
+FORK_THREAD_CELL = 96  # 8 bytes: the loop's address, the fork thread's first `ret`
+FORK_THREAD_FRAME = 128  # the runner's signal frame (64-byte aligned)
+
+# Landings (linux/landing.py), found in the target's own code.  glibc's and
+# musl's __restore_rt, what their sigaction puts in sa_restorer.
+SYSCALL_RET = b"\x0f\x05\xc3"  # syscall; ret
+RESTORER = bytes.fromhex("48c7c00f0000000f05")  # mov $15, %rax; syscall
+RESTORER_SYSCALL = 7  # where its `syscall` is
+
+
+# The kernel's rt_sigframe (arch/x86/include/asm/sigframe.h) as rt_sigreturn
+# reads it at the stack pointer minus 8: pretcode (the return address the
+# handler's `ret` pops), struct ucontext (uc_flags, uc_link, uc_stack, struct
+# sigcontext, uc_sigmask), siginfo; then the XSAVE area uc_mcontext.fpstate
+# points to, 64-byte aligned, with struct _fpx_sw_bytes in its software
+# reserved bytes (464) and FP_XSTATE_MAGIC2 after it
+# (arch/x86/kernel/fpu/signal.c: check_xstate_in_sigframe).
+_SIGCONTEXT_REGS = ("r8", "r9", "r10", "r11", "r12", "r13", "r14", "r15", "rdi", "rsi",
+                    "rbp", "rbx", "rdx", "rax", "rcx", "rsp", "rip", "eflags")
+_UC_FLAGS = 1 | 2 | 4  # UC_FP_XSTATE | UC_SIGCONTEXT_SS | UC_STRICT_RESTORE_SS
+# uc_stack.ss_flags: a mode sigaltstack refuses (EINVAL), which rt_sigreturn
+# ignores (kernel/signal.c: restore_altstack squashes all but EFAULT): the
+# thread's alternate signal stack, which snapcore cannot read, stays as it is.
+_SS_NO_CHANGE = 4
+_FP_XSTATE_MAGIC1 = 0x46505853
+_FP_XSTATE_MAGIC2 = 0x46505845
+_XSAVE_AT = 448  # after pretcode (8), ucontext (304), siginfo (128): 440, aligned
+_XCR0_AT = 464  # what ptrace's NT_X86_XSTATE puts in the software reserved bytes
+USER_CS = 0x33  # a 64-bit task's code segment; a compat task's is 0x23
+# The kernel's syscall-restart codes (include/linux/errno.h): a thread
+# stopped in a syscall that returns to user space through the signal path
+# has its call rewound and run again (arch_do_signal_or_restart).
+_RESTARTS = (-512, -513, -514, -516)  # ERESTARTSYS, -NOINTR, -NOHAND, _RESTARTBLOCK
+
+
+def signal_frame(regs, mask: int, xstate: bytes, at: int, restorer: int) -> bytes:
+    """The bytes to put at `at` (64-byte aligned) so that rt_sigreturn with the
+    stack pointer at at+8 gives a thread `regs`, `mask` and `xstate` back, as
+    leaving the stop they were saved in would have.
+
+    A thread saved inside an interrupted syscall is given back before that
+    call, to run it again: rt_sigreturn itself skips the restart logic, and
+    it ends a pending restart_syscall (restart_block.fn is reset), so a
+    rewound nanosleep starts over with its whole duration instead of the rest
+    of it — the one difference, and only when snapcore died."""
+    values = {name: getattr(regs, name) for name in _SIGCONTEXT_REGS}
+    nr = regs.orig_rax - (1 << 64) if regs.orig_rax >> 63 else regs.orig_rax
+    ret = values["rax"] - (1 << 64) if values["rax"] >> 63 else values["rax"]
+    if nr >= 0 and ret in _RESTARTS:
+        values["rip"] -= 2
+        values["rax"] = nr
+    sigcontext = _struct.pack("<18Q4H4QQ8Q", *(values[n] for n in _SIGCONTEXT_REGS),
+                             regs.cs, 0, 0, regs.ss, 0, 0, 0, 0, at + _XSAVE_AT, *[0] * 8)
+    ucontext = _struct.pack("<QQQi4xQ", _UC_FLAGS, 0, 0, _SS_NO_CHANGE, 0) + sigcontext + \
+        _struct.pack("<Q", mask)
+    head = _struct.pack("<Q", restorer) + ucontext + bytes(128)
+    head += bytes(_XSAVE_AT - len(head))
+    xcr0 = _struct.unpack_from("<Q", xstate, _XCR0_AT)[0]
+    sw_bytes = _struct.pack("<IIQI28x", _FP_XSTATE_MAGIC1, len(xstate) + 4, xcr0, len(xstate))
+    fp = xstate[:_XCR0_AT] + sw_bytes + xstate[_XCR0_AT + len(sw_bytes):]
+    return head + fp + _struct.pack("<I", _FP_XSTATE_MAGIC2)
+
+
+# Decoding just enough x86_64 to follow the instructions after a `syscall`
+# (linux/landing.py: exit_site): register-to-register moves and clears of the
+# eight first registers, `mov $imm, reg`, a short jmp, and the next `syscall`.
+_REG32 = ("rax", "rcx", "rdx", "rbx", "rsp", "rbp", "rsi", "rdi")
+
+
+def run_to_syscall(code: bytes, start: int, limit: int = 16):
+    """Follow the code from `start` to the next `syscall`, if it gets there by
+    the instructions above alone.  Returns (offset of that syscall, registers
+    then): each register is ("imm", value) or ("reg", name) (its value
+    before: rax, rcx and r11 are the previous syscall's), or None."""
+    state = {r: ("reg", r) for r in _REG32}
+    at = start
+    for _ in range(limit):
+        if at < 0 or at + 2 > len(code):
+            return None
+        op = code[at]
+        rex_w = op == 0x48
+        if rex_w:
+            at += 1
+            op = code[at]
+        if not rex_w and code[at:at + 2] == SYSCALL_INSN:
+            return at, state
+        if op in (0x31, 0x33, 0x89, 0x8B) and code[at + 1] >> 6 == 3:
+            modrm = code[at + 1]
+            reg, rm = _REG32[(modrm >> 3) & 7], _REG32[modrm & 7]
+            if op in (0x31, 0x33):
+                if reg != rm:
+                    return None
+                state[reg] = ("imm", 0)
+            elif op == 0x89:
+                state[rm] = state[reg]
+            else:
+                state[reg] = state[rm]
+            at += 2
+        elif not rex_w and 0xB8 <= op <= 0xBF and at + 5 <= len(code):
+            state[_REG32[op - 0xB8]] = ("imm", int.from_bytes(code[at + 1:at + 5], "little"))
+            at += 5
+        elif rex_w and op == 0xC7 and 0xC0 <= code[at + 1] <= 0xC7 and at + 6 <= len(code):
+            value = int.from_bytes(code[at + 2:at + 6], "little", signed=True)
+            state[_REG32[code[at + 1] - 0xC0]] = ("imm", value & ((1 << 64) - 1))
+            at += 6
+        elif not rex_w and op == 0xEB:
+            at += 2 + int.from_bytes(code[at + 1:at + 2], "little", signed=True)
+        else:
+            return None
+    return None
+
 
 # rt_sigaction's sigsetsize: the kernel's sigset_t (struct kernel_sigaction
 # is handler, flags, restorer, mask; all zero is SIG_DFL).

@@ -64,13 +64,7 @@ def syscall(tid: int, base: ptrace.Regs, at: int, nr: int, *args: int,
         guard(nr, args, at)
     events = [] if events is None else events  # the caller's list survives an exception
     for _attempt in range(10):
-        regs = ptrace.copy_regs(base)
-        setattr(regs, arch.REG_IP, at)
-        setattr(regs, arch.REG_NR, nr)
-        setattr(regs, arch.REG_ORIG_NR, _U64)
-        for name, value in zip(arch.SYSCALL_ARGS, args):
-            setattr(regs, name, value & _U64)
-        ptrace.set_regs(tid, regs)
+        ptrace.set_regs(tid, call_regs(base, at, nr, args))
         for _ in ("entry", "exit"):
             ptrace.resume_to_syscall(tid)
             now_due = _wait_syscall_stop(tid, deadline, events, on_clone, stops_taken, late,
@@ -81,6 +75,17 @@ def syscall(tid: int, base: ptrace.Regs, at: int, nr: int, *args: int,
         if result != abi.ERESTARTNOINTR:
             break
     return result, events
+
+
+def call_regs(base: ptrace.Regs, at: int, nr: int, args: tuple) -> ptrace.Regs:
+    """`base` set up to run syscall `nr` from the `syscall` at `at`."""
+    regs = ptrace.copy_regs(base)
+    setattr(regs, arch.REG_IP, at)
+    setattr(regs, arch.REG_NR, nr)
+    setattr(regs, arch.REG_ORIG_NR, _U64)
+    for name, value in zip(arch.SYSCALL_ARGS, args):
+        setattr(regs, name, value & _U64)
+    return regs
 
 
 def _wait_syscall_stop(tid: int, deadline: float | None, events: list, on_clone,
@@ -194,19 +199,27 @@ class HeldThread:
         return self.stopped and not self.pending_sig and self.regs is not None
 
     def inject(self, at: int, nr: int, *args: int, deadline: float,
-               guard=None, events: list | None = None, on_clone=None) -> tuple[int, list]:
+               guard=None, events: list | None = None, on_clone=None,
+               landing=None) -> tuple[int, list]:
         """Run one syscall in this held thread, then park it again with its own
-        registers and signal mask.  PTRACE_O_EXITKILL is set before anything
-        of the thread is changed and cleared only once all of it is back: if
-        snapcore dies in between, the target dies rather than run on with
-        registers or a mask that are not its own.  Whatever ends the call
-        (an error, a refusal, a stop request), the thread is given back here."""
+        registers and signal mask.  Whatever ends the call (an error, a
+        refusal, a stop request), the thread is given back here.
+
+        Should snapcore die before it has given the thread back, the thread
+        must not run on with registers or a mask that are not its own.  With
+        a `landing` (linux/landing.py) the call runs from the landing's site
+        with the stack pointer at its frame: let go, the thread returns to
+        itself.  Without one, PTRACE_O_EXITKILL is set before anything of the
+        thread is changed and cleared only once all of it is back: the
+        target dies rather than run on."""
         tid = self.tid
         if not self.free:
             raise InternalError(f"thread {tid} holds a signal to deliver", pid=tid,
                                 stage=Stage.INJECT)
         if guard is not None:
             guard(nr, args, at)  # a refusal before anything of the thread changes
+        if landing is not None and landing.allows(guard, nr, args):
+            return self._inject_landed(landing, nr, args, deadline, events, on_clone)
         ptrace.set_options(tid, SEIZE_OPTIONS | ptrace.O_TRACECLONE | ptrace.O_EXITKILL)
         events = [] if events is None else events
         try:
@@ -216,11 +229,42 @@ class HeldThread:
         finally:
             self.park(finite_deadline(deadline))
 
-    def _give_back(self, deadline: float) -> None:
+    def _inject_landed(self, landing, nr: int, args: tuple, deadline: float,
+                       events: list | None, on_clone) -> tuple[int, list]:
+        """The call from the landing.  Order matters at every step, for a
+        snapcore killed between any two: the frame is in place before the
+        registers point at it, and the registers are the call's before the
+        mask is (the frame holds the thread's own mask); on the way back the
+        mask is the thread's own again before its registers are, and the
+        stack's bytes go back last."""
+        tid = self.tid
+        base = ptrace.copy_regs(self.regs)
+        setattr(base, arch.REG_SP, landing.frame)
+        landing.place(tid)
+        ptrace.set_options(tid, SEIZE_OPTIONS | ptrace.O_TRACECLONE)
+        events = [] if events is None else events
+        parked = False
+        try:
+            try:
+                ptrace.set_regs(tid, call_regs(base, landing.site, nr, args))
+                ptrace.set_sigmask(tid, ptrace.ALL_SIGNALS_MASK)
+                return syscall(tid, base, landing.site, nr, *args, deadline=deadline,
+                               events=events, on_clone=on_clone, stops_taken=self.stops_taken)
+            finally:
+                self.park(finite_deadline(deadline), mask_first=True)
+                parked = True
+        finally:
+            if parked:  # else its registers may still need the frame: left below its sp
+                landing.clear(tid)
+
+    def _give_back(self, deadline: float, mask_first: bool = False) -> None:
         """Its own registers and mask, then (only then) no EXITKILL.  A call cut
         short while the thread still runs it must be waited out first: it
-        stops at the call's exit, and is put back there."""
+        stops at the call's exit, and is put back there.  `mask_first`: a
+        landed call's thread, whose frame holds its own mask."""
         tid = self.tid
+        if mask_first:
+            ptrace.set_sigmask(tid, self.sigmask)
         try:
             ptrace.set_regs(tid, self.regs)
         except NoSuchProcess:
@@ -228,10 +272,11 @@ class HeldThread:
                 self.stopped = False
                 raise
             ptrace.set_regs(tid, self.regs)
-        ptrace.set_sigmask(tid, self.sigmask)
+        if not mask_first:
+            ptrace.set_sigmask(tid, self.sigmask)
         ptrace.set_options(tid, SEIZE_OPTIONS)  # only now: drop EXITKILL and TRACECLONE
 
-    def park(self, deadline: float) -> None:
+    def park(self, deadline: float, mask_first: bool = False) -> None:
         """Put the thread's own registers and mask back, then hold it in an
         interrupt stop.
 
@@ -244,7 +289,7 @@ class HeldThread:
         delivery stop: it is held there, and the signal delivered at release.
         """
         tid = self.tid
-        self._give_back(deadline)
+        self._give_back(deadline, mask_first)
         ptrace.interrupt(tid)
         ptrace.cont(tid)
         while True:

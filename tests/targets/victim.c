@@ -3,6 +3,11 @@
  *
  * MODE is where the main thread blocks between heartbeats:
  *   sleep   nanosleep(300 ms), checking it never returns early or with EINTR
+ *   registers  like sleep, from its own `syscall` with a known value in
+ *           rbx, r12 and ymm8 (its upper half too, with AVX2), checked after
+ *           each call: a thread given back its state by anything but the
+ *           kernel (a rt_sigreturn snapcore's landing made) shows a
+ *           difference
  *   read    read() on stdin; every line read is reported as "got LINE"
  *   accept  accept() on 127.0.0.1 (the port is reported as "port N")
  *   futex   a raw FUTEX_WAIT that a helper thread wakes per stdin line
@@ -233,6 +238,55 @@ static void mode_strict(void)
     }
 }
 
+#define KNOWN 0x1122334455667788ULL
+
+static void mode_registers(void)
+{
+    struct timespec ts = {0, 300 * 1000000L};
+    int avx2 = __builtin_cpu_supports("avx2");
+    ready();
+    for (;;) {
+        unsigned long long rbx, r12, low, high = KNOWN;
+        long ret;
+        double start = now();
+        if (avx2)
+            asm volatile("movabs $0x1122334455667788, %%rbx\n\t"
+                         "mov %%rbx, %%r12\n\t"
+                         "movq %%rbx, %%xmm8\n\t"
+                         "vpbroadcastq %%xmm8, %%ymm8\n\t"
+                         "syscall\n\t"
+                         "mov %%rbx, %[rbx]\n\t"
+                         "mov %%r12, %[r12]\n\t"
+                         "movq %%xmm8, %[low]\n\t"
+                         "vextracti128 $1, %%ymm8, %%xmm9\n\t"
+                         "movq %%xmm9, %[high]\n\t"
+                         "vzeroupper"
+                         : "=a"(ret), [rbx] "=m"(rbx), [r12] "=m"(r12), [low] "=m"(low),
+                           [high] "=m"(high)
+                         : "a"(SYS_nanosleep), "D"(&ts), "S"(0)
+                         : "rbx", "r12", "rcx", "r11", "xmm8", "xmm9", "memory");
+        else
+            asm volatile("movabs $0x1122334455667788, %%rbx\n\t"
+                         "mov %%rbx, %%r12\n\t"
+                         "movq %%rbx, %%xmm8\n\t"
+                         "syscall\n\t"
+                         "mov %%rbx, %[rbx]\n\t"
+                         "mov %%r12, %[r12]\n\t"
+                         "movq %%xmm8, %[low]"
+                         : "=a"(ret), [rbx] "=m"(rbx), [r12] "=m"(r12), [low] "=m"(low)
+                         : "a"(SYS_nanosleep), "D"(&ts), "S"(0)
+                         : "rbx", "r12", "rcx", "r11", "xmm8", "memory");
+        if (ret != 0)
+            report("VIOLATION nanosleep in %d returned %ld", (int)gettid(), ret);
+        else if (now() - start < 0.299)
+            report("VIOLATION nanosleep returned after %.3f s", now() - start);
+        if (rbx != KNOWN || r12 != KNOWN || low != KNOWN || high != KNOWN)
+            report("VIOLATION registers after a syscall: rbx %llx r12 %llx ymm8 %llx:%llx",
+                   rbx, r12, high, low);
+        after_each_round();
+    }
+}
+
 static void mode_vfork(void)
 {
     ready();
@@ -260,6 +314,8 @@ int main(int argc, char **argv)
     const char *mode = argv[1];
     if (!strcmp(mode, "sleep"))
         mode_sleep();
+    else if (!strcmp(mode, "registers"))
+        mode_registers();
     else if (!strcmp(mode, "read"))
         mode_read();
     else if (!strcmp(mode, "accept"))

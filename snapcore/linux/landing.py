@@ -1,0 +1,215 @@
+"""Where a held thread goes should snapcore die during an injected call:
+back to itself.
+
+A thread that runs a call snapcore injects carries registers and a signal
+mask that are not its own until snapcore puts its own back.  Killed in
+between (SIGKILL, the OOM killer), snapcore cannot: the kernel detaches the
+thread where it stands (kernel/ptrace.c: exit_ptrace).  A landing makes that
+moment harmless.  The call runs from a `syscall; ret`, with the stack
+pointer at a signal frame that holds the thread's own registers, mask and
+FPU state, and whose return address is a restorer (`mov $15, %rax;
+syscall`).  Let go at any moment of the call, the thread finishes it,
+returns into the restorer, and rt_sigreturn gives it its own state back, as
+after a signal handler (arch.signal_frame).  While snapcore lives the
+landing is never used: snapcore puts the thread's state back itself.
+
+Two landings:
+- in the fork thread's code page once it is planted (arch.FORK_THREAD_RUNNER,
+  the frame at FORK_THREAD_FRAME): for the runner's clone;
+- on the runner's own stack below its red zone, where the kernel itself puts
+  a signal frame, for the calls made before the page exists or that remove
+  it, from the target's libc's `syscall; ret` and restorer: only on the
+  main thread's [stack] (a goroutine's stack, say, may have no room below);
+  the bytes it covers are put back after the call.
+Without one (no such code in the target, a compat task, a shadow stack, an
+FPU state that does not fit, filters that would refuse the restorer) the
+call carries PTRACE_O_EXITKILL instead: snapcore dying then ends the target
+rather than let it run on foreign registers (linux/inject.py).
+
+The fork thread's end needs no frame: `exit_site` finds the target's own
+thread-exit loop (glibc's __exit_thread: `xor %edi,%edi; mov %edx,%eax;
+syscall; jmp back`; musl's __unmapself), so the page's munmap runs from
+that `syscall` and the thread's next call is its exit, whatever happens to
+snapcore (engine/keeper.py).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from snapcore.linux import arch, seccomp
+from snapcore.linux.procfs import proc_open
+
+_RED_ZONE = 128  # bytes below the stack pointer a leaf function may use (x86_64 psABI)
+_CODE_LIMIT = 16 << 20  # bytes of one mapping scanned at most
+# The thread-exit's syscall: the munmap's arguments (rdi, rsi) and what the
+# munmap itself sets (rax, rcx, r11) cannot carry the exit's number or status.
+_NOT_SETTABLE = ("rax", "rcx", "rdi", "rsi", "rsp")
+
+
+@dataclass(frozen=True)
+class Sites:
+    """What of the target's own code the landings use (0: not found)."""
+
+    syscall_ret: int = 0  # a `syscall; ret`
+    restorer: int = 0  # __restore_rt: `mov $15, %rax; syscall`
+    exit_at: int = 0  # a `syscall` after which the thread exits: the end's munmap
+    exit_syscall: int = 0  # the exit's own `syscall`
+    exit_regs: tuple = ()  # (register, value) pairs that make that exit(0)
+
+
+def find(pid: int) -> Sites:
+    """Read the target's vDSO and libc (musl's is its loader) for the sites."""
+    found: dict = {}
+    with proc_open(f"/proc/{pid}/maps") as f:
+        mappings = [line.split() for line in f]
+    wanted = [m for m in mappings if len(m) > 5 and "x" in m[1]
+              and (m[5] == "[vdso]" or "/libc" in m[5] or "/ld-musl" in m[5])]
+    try:
+        mem = open(f"/proc/{pid}/mem", "rb", buffering=0)
+    except OSError:
+        return Sites()
+    with mem:
+        for m in wanted:
+            start, end = (int(x, 16) for x in m[0].split("-"))
+            try:
+                mem.seek(start)
+                code = mem.read(min(end - start, _CODE_LIMIT))
+            except OSError:
+                continue
+            _scan(code, start, found)
+            if len(found) == 3:
+                break
+    exit_at, exit_syscall, regs = found.get("exit", (0, 0, ()))
+    return Sites(found.get("syscall_ret", 0), found.get("restorer", 0), exit_at,
+                 exit_syscall, regs)
+
+
+def _scan(code: bytes, start: int, found: dict) -> None:
+    if "syscall_ret" not in found:
+        at = code.find(arch.SYSCALL_RET)
+        if at >= 0:
+            found["syscall_ret"] = start + at
+    if "restorer" not in found:
+        at = code.find(arch.RESTORER)
+        if at >= 0:
+            found["restorer"] = start + at
+    at = -1
+    while "exit" not in found:
+        at = code.find(arch.SYSCALL_INSN, at + 1)
+        if at < 0:
+            return
+        regs = _exit_registers(code, at + len(arch.SYSCALL_INSN))
+        if regs is not None:
+            end, settings = regs
+            found["exit"] = (start + at, start + end, settings)
+
+
+def _exit_registers(code: bytes, after: int):
+    """(offset of the exit's `syscall`, registers to set) when the code after
+    a `syscall` at after-2 reaches exit(0) with registers snapcore can set."""
+    reached = arch.run_to_syscall(code, after)
+    if reached is None:
+        return None
+    end, state = reached
+    settings: dict[str, int] = {}
+    for register, value in ((arch.REG_NR, arch.NR["exit"]), (arch.SYSCALL_ARGS[0], 0)):
+        kind, what = state[register]
+        if kind == "imm":
+            if what != value:
+                return None
+        elif what in _NOT_SETTABLE or settings.get(what, value) != value:
+            return None
+        else:
+            settings[what] = value
+    return end, tuple(sorted(settings.items()))
+
+
+@dataclass
+class Landing:
+    """One landing for one held thread's calls (see above)."""
+
+    site: int  # the `syscall; ret` the calls run from
+    frame: int  # the stack pointer during the calls
+    data: bytes  # the frame's bytes, written at `frame`
+    restorer: int
+    stack: bool  # on the thread's own stack (else in the fork thread's page)
+    saved: bytes | None = None  # the stack's own bytes there, while the frame is in place
+
+    def allows(self, guard, nr: int, args: tuple) -> bool:
+        """Whether the filters let the call run from the site, and the restorer."""
+        if guard is None:
+            return True
+        return all(seccomp.action(guard.allows(n, a, ip)) in seccomp.HARMLESS
+                   for n, a, ip in ((nr, args, self.site),
+                                    (arch.NR["rt_sigreturn"], (),
+                                     self.restorer + arch.RESTORER_SYSCALL)))
+
+    def place(self, tid: int) -> None:
+        """Write the frame (keeping the stack's bytes it covers to put back)."""
+        with open(f"/proc/{tid}/mem", "r+b", buffering=0) as mem:
+            if self.stack:
+                mem.seek(self.frame)
+                self.saved = mem.read(len(self.data))
+            mem.seek(self.frame)
+            mem.write(self.data)
+
+    def clear(self, tid: int) -> None:
+        """Put the stack's bytes back (nothing for a frame in the page)."""
+        if self.saved is None:
+            return
+        with open(f"/proc/{tid}/mem", "r+b", buffering=0) as mem:
+            mem.seek(self.frame)
+            mem.write(self.saved)
+        self.saved = None
+
+
+def _frame_ok(pid: int, thread) -> bool:
+    regs = thread.regs
+    if regs is None or not thread.xstate or regs.cs != arch.USER_CS:
+        return False
+    try:
+        with proc_open(f"/proc/{pid}/task/{thread.tid}/status") as f:
+            for line in f:
+                if line.startswith("x86_Thread_features:") and "shstk" in line:
+                    return False  # rt_sigreturn would want a shadow stack token
+    except OSError:
+        return False
+    return True
+
+
+def on_stack(pid: int, thread, sites: Sites) -> Landing | None:
+    """A landing on the thread's [stack], or None (see above)."""
+    if not (sites.syscall_ret and sites.restorer) or not _frame_ok(pid, thread):
+        return None
+    sp = getattr(thread.regs, arch.REG_SP)
+    size = len(arch.signal_frame(thread.regs, 0, thread.xstate, 0, 0))
+    frame = (sp - _RED_ZONE - size) & ~63
+    try:
+        with proc_open(f"/proc/{pid}/maps") as f:
+            for line in f:
+                parts = line.split()
+                start, end = (int(x, 16) for x in parts[0].split("-"))
+                if start <= sp < end:
+                    if parts[-1] != "[stack]" or frame < start:
+                        return None
+                    break
+            else:
+                return None
+    except OSError:
+        return None
+    return Landing(sites.syscall_ret, frame,
+                   arch.signal_frame(thread.regs, thread.sigmask, thread.xstate, frame,
+                                     sites.restorer), sites.restorer, stack=True)
+
+
+def in_page(pid: int, thread, page: int) -> Landing | None:
+    """A landing in the fork thread's page, or None (see above)."""
+    if not _frame_ok(pid, thread):
+        return None
+    frame = page + arch.FORK_THREAD_FRAME
+    restorer = page + arch.FORK_THREAD_RESTORER
+    data = arch.signal_frame(thread.regs, thread.sigmask, thread.xstate, frame, restorer)
+    if arch.FORK_THREAD_FRAME + len(data) > arch.PAGE_SIZE:
+        return None  # a large FPU state (AMX)
+    return Landing(page + arch.FORK_THREAD_RUNNER, frame, data, restorer, stack=False)
