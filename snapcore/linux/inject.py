@@ -219,7 +219,7 @@ class HeldThread:
         if guard is not None:
             guard(nr, args, at)  # a refusal before anything of the thread changes
         if landing is not None and landing.allows(guard, nr, args):
-            return self._inject_landed(landing, nr, args, deadline, events, on_clone)
+            return landing.run(self, nr, args, deadline, events, on_clone)
         ptrace.set_options(tid, SEIZE_OPTIONS | ptrace.O_TRACECLONE | ptrace.O_EXITKILL)
         events = [] if events is None else events
         try:
@@ -228,34 +228,6 @@ class HeldThread:
                            on_clone=on_clone, stops_taken=self.stops_taken)
         finally:
             self.park(finite_deadline(deadline))
-
-    def _inject_landed(self, landing, nr: int, args: tuple, deadline: float,
-                       events: list | None, on_clone) -> tuple[int, list]:
-        """The call from the landing.  Order matters at every step, for a
-        snapcore killed between any two: the frame is in place before the
-        registers point at it, and the registers are the call's before the
-        mask is (the frame holds the thread's own mask); on the way back the
-        mask is the thread's own again before its registers are, and the
-        stack's bytes go back last."""
-        tid = self.tid
-        base = ptrace.copy_regs(self.regs)
-        setattr(base, arch.REG_SP, landing.frame)
-        landing.place(tid)
-        ptrace.set_options(tid, SEIZE_OPTIONS | ptrace.O_TRACECLONE)
-        events = [] if events is None else events
-        parked = False
-        try:
-            try:
-                ptrace.set_regs(tid, call_regs(base, landing.site, nr, args))
-                ptrace.set_sigmask(tid, ptrace.ALL_SIGNALS_MASK)
-                return syscall(tid, base, landing.site, nr, *args, deadline=deadline,
-                               events=events, on_clone=on_clone, stops_taken=self.stops_taken)
-            finally:
-                self.park(finite_deadline(deadline), mask_first=True)
-                parked = True
-        finally:
-            if parked:  # else its registers may still need the frame: left below its sp
-                landing.clear(tid)
 
     def _give_back(self, deadline: float, mask_first: bool = False) -> None:
         """Its own registers and mask, then (only then) no EXITKILL.  A call cut

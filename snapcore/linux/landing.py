@@ -37,7 +37,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from snapcore.linux import arch, seccomp
+from snapcore.linux import arch, ptrace, seccomp
+from snapcore.linux.inject import SEIZE_OPTIONS, call_regs, finite_deadline, syscall
 from snapcore.linux.procfs import proc_open
 
 _RED_ZONE = 128  # bytes below the stack pointer a leaf function may use (x86_64 psABI)
@@ -144,6 +145,35 @@ class Landing:
                    for n, a, ip in ((nr, args, self.site),
                                     (arch.NR["rt_sigreturn"], (),
                                      self.restorer + arch.RESTORER_SYSCALL)))
+
+    def run(self, thread, nr: int, args: tuple, deadline: float, events: list | None,
+            on_clone) -> tuple[int, list]:
+        """The call, in held thread `thread` (linux/inject.py: HeldThread.inject).
+        Order matters at every step, for a snapcore killed between any two:
+        the frame is in place before the registers point at it, and the
+        registers are the call's before the mask is (the frame holds the
+        thread's own mask); on the way back the mask is the thread's own
+        before its registers are, and the stack's bytes go back last."""
+        tid = thread.tid
+        base = ptrace.copy_regs(thread.regs)
+        setattr(base, arch.REG_SP, self.frame)
+        self.place(tid)
+        ptrace.set_options(tid, SEIZE_OPTIONS | ptrace.O_TRACECLONE)
+        events = [] if events is None else events
+        parked = False
+        try:
+            try:
+                ptrace.set_regs(tid, call_regs(base, self.site, nr, args))
+                ptrace.set_sigmask(tid, ptrace.ALL_SIGNALS_MASK)
+                return syscall(tid, base, self.site, nr, *args, deadline=deadline,
+                               events=events, on_clone=on_clone,
+                               stops_taken=thread.stops_taken)
+            finally:
+                thread.park(finite_deadline(deadline), mask_first=True)
+                parked = True
+        finally:
+            if parked:  # else its registers may still need the frame: left below its sp
+                self.clear(tid)
 
     def place(self, tid: int) -> None:
         """Write the frame (keeping the stack's bytes it covers to put back)."""
