@@ -54,26 +54,42 @@ def test_read_only_var_tmp_stages_in_the_targets_tmp(start_victim, out_dir):
     victim.assert_unharmed()
 
 
-def test_no_writable_place_in_the_targets_view_is_refused_untouched(start_victim, out_dir):
+def test_no_writable_place_in_the_targets_view(start_victim, out_dir):
+    """The kernel's writer needs a place in the target's view: asked for, it is
+    refused before the target is touched; `auto` chooses snapcore's writer,
+    which needs none, and says why (a distroless image)."""
     victim = start_victim("sleep", prefix=read_only("/var/tmp", "/tmp"))
     beats = victim.heartbeats()
-    proc = run_snapcore("--max-per-hour", "0", "-o", str(out_dir), str(victim.pid))
+    kernel = ("--writer", "kernel")
+    proc = run_snapcore(*kernel, "--max-per-hour", "0", "-o", str(out_dir), str(victim.pid))
     assert proc.returncode == ExitCode.OUTPUT, f"exit {proc.returncode}: {proc.stderr}"
     lines = proc.stderr.strip().splitlines()
     assert len(lines) == 1, proc.stderr
     assert "read-only" in lines[0] and "/tmp" in lines[0] and "emptyDir" in lines[0], lines
     assert "internal error" not in lines[0] and "--force" not in lines[0]
-    code, doc = check_json("-o", str(out_dir), str(victim.pid))
+    code, doc = check_json(*kernel, "-o", str(out_dir), str(victim.pid))
     assert code == ExitCode.OUTPUT and verdicts(doc)["staging"] == "refuse", doc["checks"]
     # No override makes a read-only mount writable: forcing the checks that
     # may be forced still ends in the same refusal, before the target is touched.
-    proc = run_snapcore("--force", "disk", "--force", "output-dir", "--max-per-hour", "0",
-                        "-o", str(out_dir), str(victim.pid))
+    proc = run_snapcore(*kernel, "--force", "disk", "--force", "output-dir",
+                        "--max-per-hour", "0", "-o", str(out_dir), str(victim.pid))
     assert proc.returncode == ExitCode.OUTPUT, f"exit {proc.returncode}: {proc.stderr}"
     assert "read-only" in proc.stderr and "internal error" not in proc.stderr
     victim.wait_for_heartbeats(beats + 2)
     victim.assert_unharmed()
     assert not out_dir.exists() or [p for p in os.listdir(out_dir) if p.endswith(".core")] == []
+
+    code, doc = check_json("-o", str(out_dir), str(victim.pid))
+    checks = {c["name"]: c for c in doc["checks"]}
+    assert code == 0 and checks["staging"]["verdict"] == "ok", doc["checks"]
+    assert "snapcore's writer" in checks["writer"]["reason"], checks["writer"]
+    assert "writable place" in checks["writer"]["reason"], checks["writer"]
+    proc = run_snapcore("--json", "--max-per-hour", "0", "-o", str(out_dir), str(victim.pid))
+    assert proc.returncode == 0, proc.stderr
+    snap = json.loads(proc.stdout)
+    assert snap["writer"]["name"] == "snapcore" and Path(snap["core"]["path"]).is_file(), snap
+    victim.wait_for_heartbeats(victim.heartbeats() + 2)
+    victim.assert_unharmed()
 
 
 def _checks(command: list[str]) -> tuple[int, dict[str, dict]]:

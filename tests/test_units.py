@@ -319,3 +319,52 @@ def test_dump_priority_never_goes_above_the_target(policy, nice, names):
     assert [level.name for level in levels] == names
     # The kernel's default best-effort I/O level for each nice.
     assert all(level.io_level == (level.nice + 20) // 5 for level in levels[1:])
+
+
+def test_a_pending_restart_syscall_is_given_back_as_its_call():
+    """A thread caught after the kernel rewound an interrupted call (rip at
+    its `syscall`, rax restart_syscall's number) is given back by a landing
+    as that call run again: rt_sigreturn ends the pending restart, which
+    would return EINTR.  A call that returned that number (rip after its
+    `syscall`), or one whose number is unknown, gets no landing."""
+    from types import SimpleNamespace
+
+    from snapcore.linux import landing, ptrace
+    sites = landing.find(os.getpid())
+    at = sites.restorer + arch.RESTORER_SYSCALL  # a `syscall` after a `mov`
+    assert sites.restorer and sites.syscall_ret and sites.exit_at
+
+    def thread(ip: int, nr: int, orig: int):
+        regs = ptrace.Regs()
+        setattr(regs, arch.REG_IP, ip)
+        setattr(regs, arch.REG_NR, nr)
+        setattr(regs, arch.REG_ORIG_NR, orig & ((1 << 64) - 1))
+        return SimpleNamespace(regs=regs)
+
+    restart = arch.NR["restart_syscall"]
+    again = landing._own_registers(os.getpid(), thread(at, restart, 35))
+    assert getattr(again, arch.REG_NR) == 35 and getattr(again, arch.REG_IP) == at
+    assert landing._own_registers(os.getpid(), thread(at + 2, restart, 0)) is None
+    assert landing._own_registers(os.getpid(), thread(at, restart, -1)) is None
+    plain = thread(at + 2, 0, 0)
+    assert landing._own_registers(os.getpid(), plain) is plain.regs
+
+
+def test_a_signal_frame_runs_an_interrupted_call_again():
+    from snapcore.linux import ptrace
+    regs = ptrace.Regs()
+    regs.rip, regs.rax, regs.orig_rax, regs.cs, regs.ss = 0x1002, (-516) & ((1 << 64) - 1), 35, \
+        arch.USER_CS, 0x2B
+    xstate = bytes(576)
+    frame = arch.signal_frame(regs, 0x4000, xstate, 0x10000, 0x2000)
+    assert int.from_bytes(frame[:8], "little") == 0x2000  # the restorer
+    sigcontext = frame[8 + 40:8 + 40 + 256]
+    rip, = struct.unpack_from("<Q", sigcontext, 16 * 8)
+    rax, = struct.unpack_from("<Q", sigcontext, 13 * 8)
+    assert (rip, rax) == (0x1000, 35)
+    fpstate, = struct.unpack_from("<Q", sigcontext, 184)
+    assert fpstate == 0x10000 + 448 and fpstate % 64 == 0
+    mask, = struct.unpack_from("<Q", frame, 8 + 296)
+    assert mask == 0x4000
+    assert frame[448 + 464:448 + 468] == struct.pack("<I", 0x46505853)  # FP_XSTATE_MAGIC1
+    assert frame[-4:] == struct.pack("<I", 0x46505845)  # FP_XSTATE_MAGIC2

@@ -6,6 +6,8 @@ window holds (a userfaultfd with fork events).
 
 from __future__ import annotations
 
+import os
+
 from snapcore.engine import child as childmod
 from snapcore.engine import forkthread, keeper
 from snapcore.engine.checks_process import CAP_SYS_ADMIN, _has_cap, exec_race
@@ -87,15 +89,27 @@ def check_seccomp(pre: Preflight, opts: Options, candidates: list[int]) -> None:
 def _unreadable_filters() -> tuple[str, str] | None:
     """Why this snapcore cannot read another process's filters: the kernel
     shows them only to a tracer with CAP_SYS_ADMIN that is under no seccomp
-    filter itself (kernel/seccomp.c: get_nth_filter's callers)."""
-    if not _has_cap(CAP_SYS_ADMIN):
-        return ("reading them needs CAP_SYS_ADMIN", "run as root (sudo); in a container "
-                "add SYS_ADMIN (kubectl debug --profile=sysadmin)")
-    if _own_seccomp():
+    filter itself (kernel/seccomp.c: get_nth_filter's callers).  A container
+    runtime's defaults take both away: its capability set has no SYS_ADMIN,
+    and its default seccomp profile confines whatever runs in it."""
+    admin, confined = _has_cap(CAP_SYS_ADMIN), bool(_own_seccomp())
+    unconfine = ("--security-opt seccomp=unconfined (podman, docker), or kubectl debug "
+                 "--profile=sysadmin")
+    if not admin and confined:
+        return ("the kernel shows them only to a tracer that has CAP_SYS_ADMIN and is under "
+                "no seccomp filter itself: snapcore has neither (a container's default "
+                "capabilities and seccomp profile)", "run it privileged, or with "
+                f"--cap-add SYS_ADMIN and {unconfine}")
+    if not admin:
+        if os.geteuid() != 0:
+            return ("reading them needs CAP_SYS_ADMIN", "run as root (sudo)")
+        return ("reading them needs CAP_SYS_ADMIN, which this root lacks (a container's "
+                "default capabilities)", "add it: --cap-add SYS_ADMIN (podman, docker), "
+                "or kubectl debug --profile=sysadmin")
+    if confined:
         return ("the kernel shows them only to a tracer that is under no seccomp filter "
                 "itself, and snapcore runs under one (a container runtime's default "
-                "profile)", "run snapcore unconfined: --security-opt seccomp=unconfined "
-                "(podman, docker), or kubectl debug --profile=sysadmin")
+                "profile)", f"run snapcore unconfined: {unconfine}")
     return None
 
 

@@ -3,9 +3,10 @@ writes it where core_pattern says) or snapcore's own writer (it reads the
 stopped child and writes the core itself: engine/write.py).
 
 `auto` lets the kernel write where core_pattern writes a file and the
-process's limits let it, unless the core is to be compressed or the kernel's
-dump would fill never-written shared memory (core/dumprules.py); everywhere
-else snapcore writes.  A snapshot is not
+process's limits let it, unless the core is to be compressed, the kernel's
+dump would fill never-written shared memory (core/dumprules.py), or the
+process's view of the files has no writable place to stage the core in (a
+distroless image); everywhere else snapcore writes.  A snapshot is not
 a crash: snapcore's writer, like gdb's gcore, ignores RLIMIT_CORE, and never
 hands a snapshot to a crash handler.
 """
@@ -13,11 +14,13 @@ hands a snapshot to a crash handler.
 from __future__ import annotations
 
 import os
+from pathlib import Path
 
 from snapcore import units
-from snapcore.core import core_pattern, placement
+from snapcore.core import core_pattern, placement, staging
 from snapcore.core.dumprules import CoreSize
 from snapcore.engine.verdicts import OK, REFUSE, Options, Preflight
+from snapcore.errors import OutputError
 
 UNLIMITED = 1 << 63
 # Never-written shared memory the kernel's dump would allocate (dumprules:
@@ -59,6 +62,10 @@ def choose_writer(pre: Preflight, opts: Options, pattern: core_pattern.CorePatte
             placement.target_root(t.pid) + os.path.dirname(pattern.pattern)):
         _chosen(pre, "snapcore", f"core_pattern writes to {os.path.dirname(pattern.pattern)}, "
                 "which does not exist for the process")
+    elif pattern.kind == "relative" and _no_staging(pre, opts):
+        _chosen(pre, "snapcore", f"the kernel's core would need a writable place in the "
+                f"process's view of the files ({_no_staging(pre, opts)}); snapcore's writer "
+                "writes straight into the output directory")
     elif sizes and sizes.shared_unwritten >= SHARED_FILL_WORTH:
         _chosen(pre, "snapcore", f"the kernel's dump would allocate the "
                 f"{units.human(sizes.shared_unwritten)} of shared memory the process never "
@@ -74,6 +81,19 @@ def choose_writer(pre: Preflight, opts: Options, pattern: core_pattern.CorePatte
         _chosen(pre, "kernel", f"core_pattern writes a file ({pattern.pattern}) and the "
                 "limits let the kernel write it")
     pre.add("writer", OK, f"{pre.writer}'s writer: {pre.writer_reason}")
+
+
+def _no_staging(pre: Preflight, opts: Options) -> str:
+    """Why the kernel's core has nowhere to be staged ("" when it has):
+    a read-only or absent /var/tmp and /tmp in the target's view, say a
+    distroless image (core/staging.py: staging_base)."""
+    t = pre.target
+    try:
+        staging.staging_base(Path(opts.output_dir).absolute(), t.uid,
+                             placement.target_root(t.pid))
+    except OutputError as exc:
+        return exc.message
+    return ""
 
 
 def _chosen(pre: Preflight, writer: str, why: str) -> None:

@@ -58,29 +58,41 @@ def fork_and_dump(pre: preflight.Preflight, output_dir: Path, staging: Path | No
     memory = MemoryWatch(pre.memory_room, pre.memory_limit_file, ceiling=pre.memory_worst)
     memory.begin()
     dump_limits = replace(dump_limits, memory=memory)
-    forked = forkmod.fork(target.pid, pre.syscall_at,
-                          threads=target.threads if all_threads else None,
-                          timeout=stop_timeout, check=identity_check(pre, pidfd, Stage.CAPTURE),
-                          planned=planned_refusals(len(target.threads)),
-                          pages=pre.stale_pages, sites=pre.sites)
-    kid = childmod.Child(forked.child, guard=forked.thread.guard, notes=list(forked.notes),
-                         page=forked.thread.page)
-    kid.ns_tids[kid.pid] = forked.child_ns_pid
-    kid.keeper = lambda: keeper.service(forked.thread)
-    kid.parent = forkmod.Parent(forked.thread)
+    forked = kid = None
     try:
+        # A stop request between fork's return and here would leave the fork
+        # thread and the child to no one: until both are in hand it waits.
+        with interrupts.cleanup():
+            forked = forkmod.fork(target.pid, pre.syscall_at,
+                                  threads=target.threads if all_threads else None,
+                                  timeout=stop_timeout,
+                                  check=identity_check(pre, pidfd, Stage.CAPTURE),
+                                  planned=planned_refusals(len(target.threads)),
+                                  pages=pre.stale_pages, sites=pre.sites)
+            kid = _child_of(forked)
         snap = _after_fork(pre, forked, kid, output_dir, staging, allow_undumpable,
                            dump_limits, root, output, taken_at)
     except BaseException:
-        with interrupts.cleanup():
-            dump.kill(kid)
-            forkmod.finish(forked.thread)
+        if forked is not None:
+            with interrupts.cleanup():
+                if kid is not None:
+                    dump.kill(kid)
+                forkmod.finish(forked.thread)
         raise
     with interrupts.cleanup():
         dump.kill(kid)  # a no-op: each writer ends it
         snap.notes += forkmod.finish(forked.thread)
     snap.writer_reason = pre.writer_reason
     return snap
+
+
+def _child_of(forked: forkmod.Forked) -> childmod.Child:
+    kid = childmod.Child(forked.child, guard=forked.thread.guard, notes=list(forked.notes),
+                         page=forked.thread.page)
+    kid.ns_tids[kid.pid] = forked.child_ns_pid
+    kid.keeper = lambda: keeper.service(forked.thread)
+    kid.parent = forkmod.Parent(forked.thread)
+    return kid
 
 
 def _after_fork(pre: preflight.Preflight, forked: forkmod.Forked, kid: childmod.Child,

@@ -34,6 +34,7 @@ NR = {
     "exit": 60,
     "wait4": 61,
     "chdir": 80,
+    "restart_syscall": 219,
     "setpriority": 141,
     "prctl": 157,
     "sched_setscheduler": 144,

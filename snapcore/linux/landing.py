@@ -194,9 +194,40 @@ class Landing:
         self.saved = None
 
 
+def _own_registers(pid: int, thread):
+    """The registers the frame gives back: the thread's own, except for a
+    restart_syscall about to run (the restart logic already rewound the
+    call: rip at its `syscall`, rax the restart's number).  rt_sigreturn
+    ends a pending restart (restart_block.fn), so that one would return
+    EINTR: the frame has the call itself run again instead (seen under load,
+    when a thread just released is interrupted again before it re-enters
+    the kernel).  None when that cannot be told apart from a call that
+    returned that number, or the call is unknown (orig_rax -1)."""
+    regs = thread.regs
+    if getattr(regs, arch.REG_NR) != arch.NR["restart_syscall"]:
+        return regs
+    if getattr(regs, arch.REG_ORIG_NR) >> 63:
+        return None
+    ip = getattr(regs, arch.REG_IP)
+    try:
+        with open(f"/proc/{pid}/mem", "rb", buffering=0) as mem:
+            mem.seek(ip - len(arch.SYSCALL_INSN))
+            code = mem.read(2 * len(arch.SYSCALL_INSN))
+    except OSError:
+        return None
+    n = len(arch.SYSCALL_INSN)
+    if code[n:] != arch.SYSCALL_INSN or code[:n] == arch.SYSCALL_INSN:
+        return None
+    again = ptrace.copy_regs(regs)
+    setattr(again, arch.REG_NR, getattr(regs, arch.REG_ORIG_NR))
+    return again
+
+
 def _frame_ok(pid: int, thread) -> bool:
     regs = thread.regs
     if regs is None or not thread.xstate or regs.cs != arch.USER_CS:
+        return False
+    if _own_registers(pid, thread) is None:
         return False
     try:
         with proc_open(f"/proc/{pid}/task/{thread.tid}/status") as f:
@@ -213,7 +244,8 @@ def on_stack(pid: int, thread, sites: Sites) -> Landing | None:
     if not (sites.syscall_ret and sites.restorer) or not _frame_ok(pid, thread):
         return None
     sp = getattr(thread.regs, arch.REG_SP)
-    size = len(arch.signal_frame(thread.regs, 0, thread.xstate, 0, 0))
+    own = _own_registers(pid, thread)
+    size = len(arch.signal_frame(own, 0, thread.xstate, 0, 0))
     frame = (sp - _RED_ZONE - size) & ~63
     try:
         with proc_open(f"/proc/{pid}/maps") as f:
@@ -229,7 +261,7 @@ def on_stack(pid: int, thread, sites: Sites) -> Landing | None:
     except OSError:
         return None
     return Landing(sites.syscall_ret, frame,
-                   arch.signal_frame(thread.regs, thread.sigmask, thread.xstate, frame,
+                   arch.signal_frame(own, thread.sigmask, thread.xstate, frame,
                                      sites.restorer), sites.restorer, stack=True)
 
 
@@ -239,7 +271,8 @@ def in_page(pid: int, thread, page: int) -> Landing | None:
         return None
     frame = page + arch.FORK_THREAD_FRAME
     restorer = page + arch.FORK_THREAD_RESTORER
-    data = arch.signal_frame(thread.regs, thread.sigmask, thread.xstate, frame, restorer)
+    data = arch.signal_frame(_own_registers(pid, thread), thread.sigmask, thread.xstate,
+                             frame, restorer)
     if arch.FORK_THREAD_FRAME + len(data) > arch.PAGE_SIZE:
         return None  # a large FPU state (AMX)
     return Landing(page + arch.FORK_THREAD_RUNNER, frame, data, restorer, stack=False)
