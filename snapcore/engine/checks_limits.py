@@ -80,6 +80,9 @@ def check_memory(pre: Preflight, maps, sizes: CoreSize | None) -> None:
                 "an OOM kill there takes the target too: snapshot when it uses less memory"
                 if grouped else "the child has oom_score_adj 1000: the OOM killer takes "
                 "it first")
+    elif cgroup and cgroup[1] < available:
+        pre.add("memory", OK, f"copy-on-write worst case {units.human(worst)}, "
+                f"{units.human(cgroup[1])} left under its cgroup's limit ({cgroup[0]})")
     else:
         pre.add("memory", OK, f"copy-on-write worst case {units.human(worst)}, "
                 f"{units.human(available)} available")
