@@ -104,19 +104,22 @@ def on_terminal(*args: str, columns: int = 80) -> tuple[int, str]:
     return code, re.sub(rb"\x1b\[[0-9;?]*[a-zA-Z]", b"", text).decode(errors="replace")
 
 
-def in_fork(work, as_nobody: bool = False):
+def in_fork(work, as_nobody: bool = False, user: tuple[int, int] | None = None):
     """work() in a forked copy of this process, and what it returns (JSON), or
     {"crash": traceback}.  Forked: the engine takes SIGCHLD for itself, and the
     interpreter lives under /root, where `nobody` could not import from (the
-    modules work() needs are loaded already).  `as_nobody`: as that user."""
+    modules work() needs are loaded already).  `as_nobody`: as that user;
+    `user`: as that (uid, gid)."""
+    if as_nobody:
+        user = (65534, 65534)
     read_end, write_end = os.pipe()
     child = os.fork()
     if child == 0:
         try:
-            if as_nobody:
+            if user:
                 os.setgroups([])
-                os.setgid(65534)
-                os.setuid(65534)
+                os.setgid(user[1])
+                os.setuid(user[0])
                 # A uid change leaves the process undumpable (its /proc files
                 # root's): a user's own snapcore never is.  PR_SET_DUMPABLE 4.
                 ctypes.CDLL(None, use_errno=True).prctl(4, 1, 0, 0, 0)

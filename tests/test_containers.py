@@ -19,6 +19,7 @@ import os
 import shutil
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -363,3 +364,103 @@ def test_a_container_with_a_memory_limit(base_image, containers, victim_in, tmp_
     assert code == 0, err
     target.wait_for_beats(beats + 2)
     assert settled(target.pid) == [] and violations(target) == []
+
+
+ROOTLESS = "snapcore-rootless"  # a user made for the test, removed after it
+SUBIDS = 300000  # its subordinate ids: /etc/subuid and /etc/subgid
+
+
+@pytest.fixture(scope="session")
+def rootless(base_image, tmp_path_factory):
+    """An unprivileged user with subordinate ids, running podman rootless
+    (a user namespace of its own; no cgroup delegation on this cgroup v1
+    machine: cgroupfs manager), with the base image in its own storage.
+    Removed afterwards, with its lines in /etc/subuid and /etc/subgid."""
+    subprocess.run(["useradd", "-m", "-s", "/bin/sh", ROOTLESS], check=True)
+    try:
+        import pwd
+        account = pwd.getpwnam(ROOTLESS)
+        for path in ("/etc/subuid", "/etc/subgid"):
+            with open(path, "a") as f:
+                f.write(f"{ROOTLESS}:{SUBIDS}:65536\n")
+        runtime_dir = Path(f"/run/user/{account.pw_uid}")
+        runtime_dir.mkdir(parents=True, exist_ok=True)
+        os.chown(runtime_dir, account.pw_uid, account.pw_gid)
+        runtime_dir.chmod(0o700)
+        command = ["runuser", "-u", ROOTLESS, "--", "env", f"XDG_RUNTIME_DIR={runtime_dir}",
+                   f"HOME={account.pw_dir}", *PODMAN, "--cgroup-manager", "cgroupfs"]
+        tar = tmp_path_factory.mktemp("rootless") / "base.tar"
+        subprocess.run(["podman", "save", "--format", "docker-archive", "-o", str(tar),
+                        base_image], check=True, capture_output=True, timeout=600)
+        with open(tar, "rb") as archive:  # root's file: the user reads it on stdin
+            subprocess.run([*command, "load"], stdin=archive, check=True,
+                           capture_output=True, timeout=600)
+        yield command, (account.pw_uid, account.pw_gid)
+    finally:
+        end = time.monotonic() + 10  # its podman's pause process and conmons
+        while subprocess.run(["pkill", "-KILL", "-u", ROOTLESS]).returncode == 0 and \
+                time.monotonic() < end:
+            time.sleep(0.2)
+        subprocess.run(["userdel", "-r", "-f", ROOTLESS], capture_output=True)
+        for path in ("/etc/subuid", "/etc/subgid"):
+            lines = Path(path).read_text().splitlines(keepends=True)
+            Path(path).write_text("".join(x for x in lines if not x.startswith(ROOTLESS + ":")))
+
+
+@pytest.mark.parametrize("confined", [True, False])
+def test_a_rootless_container(rootless, base_image, victim_in, build_dir, tmp_path, confined):
+    """Snapshotted by root on the host, and by the user who runs it (its own
+    process in a user namespace it owns).  The user lacks CAP_SYS_ADMIN, so a
+    target under the runtime's default seccomp profile is refused, saying so;
+    one without filters is taken."""
+    from helpers import in_fork
+
+    from snapcore.engine import preflight
+    from snapcore.engine.snapshot import take
+    from snapcore.errors import SnapcoreError
+    command, (uid, gid) = rootless
+    report = Path(tempfile.mkdtemp(prefix="snapcore-rootless-"))  # the user must reach it
+    report.chmod(0o777)
+    name = f"snapcore-rootless-{os.getpid()}"
+    options = [] if confined else ["--security-opt", "seccomp=unconfined"]
+    proc = subprocess.run([*command, "run", "-d", "--name", name, "--network", "none",
+                           "--ulimit", "nofile=1024:20000", "--ulimit", "nproc=4096:4096",
+                           "-v", f"{build_dir}:/t:ro", "-v", f"{report}:/report", *options,
+                           base_image, f"/t/{victim_in}", "sleep", "/report/target.txt"],
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    try:
+        pid = int(subprocess.run([*command, "inspect", "-f", "{{.State.Pid}}", name],
+                                 check=True, capture_output=True, text=True).stdout)
+        target = Container.__new__(Container)
+        target.report_dir, target.pid = report, pid
+        beats = target.wait_for_beats()
+        assert os.stat(f"/proc/{pid}").st_uid == uid  # its root is the user outside
+        code, doc, err = snap_from_host(pid, tmp_path / "cores")
+        assert code == 0, err
+        assert doc["thread_map"][0]["core_lwp"] == 1, doc["thread_map"]
+
+        shared = Path(tempfile.mkdtemp(prefix="snapcore-rootless-"))
+        shared.chmod(0o1777)
+
+        def work():
+            try:
+                snap = take(pid, preflight.Options(output_dir=shared / "cores",
+                                                   max_per_hour=0))
+                return {"core": str(snap.core_path)}
+            except SnapcoreError as exc:
+                return {"error": exc.one_line(), "code": int(exc.exit_code)}
+
+        result = in_fork(work, user=(uid, gid))
+        if confined:
+            assert result.get("code") == ExitCode.UNSUPPORTED, result
+            assert "CAP_SYS_ADMIN" in result["error"], result
+        else:
+            assert "core" in result, result
+            assert Path(result["core"]).stat().st_uid == uid
+        shutil.rmtree(shared, ignore_errors=True)
+        target.wait_for_beats(beats + 2)
+        assert settled(pid) == [] and violations(target) == []
+    finally:
+        subprocess.run([*command, "rm", "-f", "-t", "0", name], capture_output=True)
+        shutil.rmtree(report, ignore_errors=True)
