@@ -87,14 +87,14 @@ def _inside(window: Window, runner: HeldThread, guard, at: int, pages: list[int]
         raise InternalError("a signal reached the process while it was held",
                             "it was delivered and the process released; try again",
                             pid=window.pid, stage=Stage.FORK)
-    page = forkthread.plant(runner, at, guard, deadline, stack)
+    page, in_page = forkthread.plant(runner, at, guard, deadline, stack, sites)
     blocked = forkthread.landing_refusals(guard, page)
     if blocked:
         forkthread.unplant(runner, page, at, guard, deadline, stack)
         raise Unsupported(f"the seccomp filters of process {window.pid} would answer "
                           f"{blocked} to the fork thread's own wait4 or exit",
                           "it cannot be snapshot safely", pid=window.pid, stage=Stage.FORK)
-    thread = ForkThread(window.pid, page, at, guard, sites)
+    thread = ForkThread(window.pid, page, at, guard, sites, in_page)
     try:
         with stops.while_waiting(lambda: keeper.collect_if_ended(thread)):
             forkthread.spawn(runner, thread, deadline)

@@ -75,6 +75,7 @@ class ForkThread:
     at: int  # a `syscall` of the target's own (vDSO, libc), for the page's unmapping
     guard: object  # the target's seccomp filters, as the thread that made it has them
     sites: landing.Sites = field(default_factory=landing.Sites)  # for its end: exit_at
+    runner_landing: landing.Landing | None = None  # in the page, for the runner's clone
     tid: int = 0
     base: ptrace.Regs | None = None  # its registers at birth, the frame for injected calls
     traced: bool = False
@@ -110,24 +111,32 @@ def gone(pid: int) -> TargetReplaced:
 
 
 def plant(runner: HeldThread, at: int, guard, deadline: float,
-          stack: landing.Landing | None = None) -> int:
-    """Map the code page into the target and fill it; returns its address.
-    `stack`: the runner's landing for the calls without the page."""
+          stack: landing.Landing | None = None,
+          sites: landing.Sites | None = None) -> tuple[int, landing.Landing | None]:
+    """Map the code page into the target and fill it, the runner's landing
+    in it too (one write: each lengthens the pause); returns its address and
+    that landing.  `stack`: the runner's landing for the calls without the
+    page."""
     page, _ = runner.inject(at, arch.NR["mmap"], 0, arch.PAGE_SIZE, PAGE_PROT, PAGE_FLAGS,
                             -1, 0, deadline=deadline, guard=guard, landing=stack)
     if page < 0:
         raise Unsupported(f"the process may not map snapcore's fork thread page "
                           f"({os.strerror(-page)})", "it cannot be snapshot (an SELinux "
                           "or seccomp policy against executable memory)", stage=Stage.FORK)
+    contents = _page_at(page)
+    in_page = landing.in_page(runner.tid, runner, page, sites or landing.Sites())
+    if in_page is not None:
+        contents += bytes(arch.FORK_THREAD_FRAME - len(contents)) + in_page.data
+        in_page.placed = True
     try:  # FOLL_FORCE, as a debugger writes a breakpoint: the page stays read-only
         with open(f"/proc/{runner.tid}/mem", "r+b", buffering=0) as mem:
             mem.seek(page)
-            mem.write(_page_at(page))
+            mem.write(contents)
     except OSError as exc:
         unplant(runner, page, at, guard, deadline, stack)
         raise InternalError(f"writing the fork thread's page failed: {exc.strerror}",
                             "the target was restored and is running", stage=Stage.FORK) from None
-    return page
+    return page, in_page
 
 
 def landing_refusals(guard, page: int) -> str:
@@ -162,7 +171,7 @@ def spawn(runner: HeldThread, thread: ForkThread, deadline: float) -> None:
     result, _ = runner.inject(thread.entry, arch.NR["clone"], THREAD_FLAGS,
                               thread.page + arch.FORK_THREAD_CELL, 0, 0, 0,
                               deadline=deadline, guard=thread.guard, on_clone=born,
-                              landing=landing.in_page(thread.pid, runner, thread.page))
+                              landing=thread.runner_landing)
     if result < 0 or not thread.tid:
         raise InternalError(f"the fork thread could not be made: "
                             f"{os.strerror(-result) if result < 0 else 'no clone event'}",

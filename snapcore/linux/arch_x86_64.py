@@ -118,6 +118,10 @@ USER_CS = 0x33  # a 64-bit task's code segment; a compat task's is 0x23
 _RESTARTS = (-512, -513, -514, -516)  # ERESTARTSYS, -NOINTR, -NOHAND, _RESTARTBLOCK
 
 
+def signal_frame_size(xstate: bytes) -> int:
+    return _XSAVE_AT + len(xstate) + 4
+
+
 def signal_frame(regs, mask: int, xstate: bytes, at: int, restorer: int) -> bytes:
     """The bytes to put at `at` (64-byte aligned) so that rt_sigreturn with the
     stack pointer at at+8 gives a thread `regs`, `mask` and `xstate` back, as

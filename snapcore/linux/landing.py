@@ -57,6 +57,8 @@ class Sites:
     exit_at: int = 0  # a `syscall` after which the thread exits: the end's munmap
     exit_syscall: int = 0  # the exit's own `syscall`
     exit_regs: tuple = ()  # (register, value) pairs that make that exit(0)
+    stack: tuple = (0, 0)  # the main thread's [stack] mapping then (it only grows down)
+    shadow_stack: bool = False  # rt_sigreturn would want a shadow stack token: no frames
 
 
 def find(pid: int) -> Sites:
@@ -64,6 +66,14 @@ def find(pid: int) -> Sites:
     found: dict = {}
     with proc_open(f"/proc/{pid}/maps") as f:
         mappings = [line.split() for line in f]
+    stack = next((tuple(int(x, 16) for x in m[0].split("-")) for m in mappings
+                  if m[-1] == "[stack]"), (0, 0))
+    try:
+        with proc_open(f"/proc/{pid}/status") as f:
+            shadow = any(line.startswith("x86_Thread_features:") and "shstk" in line
+                         for line in f)
+    except OSError:
+        shadow = True
     wanted = [m for m in mappings if len(m) > 5 and "x" in m[1]
               and (m[5] == "[vdso]" or "/libc" in m[5] or "/ld-musl" in m[5])]
     try:
@@ -83,7 +93,7 @@ def find(pid: int) -> Sites:
                 break
     exit_at, exit_syscall, regs = found.get("exit", (0, 0, ()))
     return Sites(found.get("syscall_ret", 0), found.get("restorer", 0), exit_at,
-                 exit_syscall, regs)
+                 exit_syscall, regs, stack, shadow)
 
 
 def _scan(code: bytes, start: int, found: dict) -> None:
@@ -136,6 +146,7 @@ class Landing:
     restorer: int
     stack: bool  # on the thread's own stack (else in the fork thread's page)
     saved: bytes | None = None  # the stack's own bytes there, while the frame is in place
+    placed: bool = False  # written already (with the page's contents: one write)
 
     def allows(self, guard, nr: int, args: tuple) -> bool:
         """Whether the filters let the call run from the site, and the restorer."""
@@ -177,6 +188,8 @@ class Landing:
 
     def place(self, tid: int) -> None:
         """Write the frame (keeping the stack's bytes it covers to put back)."""
+        if self.placed:
+            return
         with open(f"/proc/{tid}/mem", "r+b", buffering=0) as mem:
             if self.stack:
                 mem.seek(self.frame)
@@ -223,56 +236,39 @@ def _own_registers(pid: int, thread):
     return again
 
 
-def _frame_ok(pid: int, thread) -> bool:
+def _frame_ok(thread, sites: Sites) -> bool:
+    """Inside the window: no reading of /proc but for a pending restart
+    (rare), each read lengthening the target's pause."""
     regs = thread.regs
-    if regs is None or not thread.xstate or regs.cs != arch.USER_CS:
-        return False
-    if _own_registers(pid, thread) is None:
-        return False
-    try:
-        with proc_open(f"/proc/{pid}/task/{thread.tid}/status") as f:
-            for line in f:
-                if line.startswith("x86_Thread_features:") and "shstk" in line:
-                    return False  # rt_sigreturn would want a shadow stack token
-    except OSError:
-        return False
-    return True
+    return regs is not None and bool(thread.xstate) and regs.cs == arch.USER_CS and \
+        not sites.shadow_stack
 
 
 def on_stack(pid: int, thread, sites: Sites) -> Landing | None:
     """A landing on the thread's [stack], or None (see above)."""
-    if not (sites.syscall_ret and sites.restorer) or not _frame_ok(pid, thread):
+    if not (sites.syscall_ret and sites.restorer) or not _frame_ok(thread, sites):
         return None
     sp = getattr(thread.regs, arch.REG_SP)
+    frame = (sp - _RED_ZONE - arch.signal_frame_size(thread.xstate)) & ~63
+    start, end = sites.stack
+    if not start <= frame < sp < end:
+        return None  # not the main thread's stack, or no room below
     own = _own_registers(pid, thread)
-    size = len(arch.signal_frame(own, 0, thread.xstate, 0, 0))
-    frame = (sp - _RED_ZONE - size) & ~63
-    try:
-        with proc_open(f"/proc/{pid}/maps") as f:
-            for line in f:
-                parts = line.split()
-                start, end = (int(x, 16) for x in parts[0].split("-"))
-                if start <= sp < end:
-                    if parts[-1] != "[stack]" or frame < start:
-                        return None
-                    break
-            else:
-                return None
-    except OSError:
+    if own is None:
         return None
     return Landing(sites.syscall_ret, frame,
                    arch.signal_frame(own, thread.sigmask, thread.xstate, frame,
                                      sites.restorer), sites.restorer, stack=True)
 
 
-def in_page(pid: int, thread, page: int) -> Landing | None:
+def in_page(pid: int, thread, page: int, sites: Sites) -> Landing | None:
     """A landing in the fork thread's page, or None (see above)."""
-    if not _frame_ok(pid, thread):
+    own = _own_registers(pid, thread) if _frame_ok(thread, sites) else None
+    if own is None:
         return None
     frame = page + arch.FORK_THREAD_FRAME
     restorer = page + arch.FORK_THREAD_RESTORER
-    data = arch.signal_frame(_own_registers(pid, thread), thread.sigmask, thread.xstate,
-                             frame, restorer)
+    data = arch.signal_frame(own, thread.sigmask, thread.xstate, frame, restorer)
     if arch.FORK_THREAD_FRAME + len(data) > arch.PAGE_SIZE:
         return None  # a large FPU state (AMX)
     return Landing(page + arch.FORK_THREAD_RUNNER, frame, data, restorer, stack=False)
