@@ -447,18 +447,20 @@ def test_a_rootless_container(rootless, base_image, victim_in, build_dir, tmp_pa
             try:
                 snap = take(pid, preflight.Options(output_dir=shared / "cores",
                                                    max_per_hour=0))
-                return {"core": str(snap.core_path)}
+                return {"core": str(snap.core_path), "uid": snap.core_path.stat().st_uid}
             except SnapcoreError as exc:
                 return {"error": exc.one_line(), "code": int(exc.exit_code)}
 
-        result = in_fork(work, user=(uid, gid))
+        try:
+            result = in_fork(work, user=(uid, gid))
+        finally:
+            shutil.rmtree(shared, ignore_errors=True)
         if confined:
             assert result.get("code") == ExitCode.UNSUPPORTED, result
             assert "CAP_SYS_ADMIN" in result["error"], result
         else:
             assert "core" in result, result
-            assert Path(result["core"]).stat().st_uid == uid
-        shutil.rmtree(shared, ignore_errors=True)
+            assert result["uid"] == uid, result
         target.wait_for_beats(beats + 2)
         assert settled(pid) == [] and violations(target) == []
     finally:
