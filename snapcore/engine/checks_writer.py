@@ -62,10 +62,10 @@ def choose_writer(pre: Preflight, opts: Options, pattern: core_pattern.CorePatte
             placement.target_root(t.pid) + os.path.dirname(pattern.pattern)):
         _chosen(pre, "snapcore", f"core_pattern writes to {os.path.dirname(pattern.pattern)}, "
                 "which does not exist for the process")
-    elif pattern.kind == "relative" and _no_staging(pre, opts):
+    elif pattern.kind == "relative" and (nowhere := _no_staging(pre, opts)):
         _chosen(pre, "snapcore", f"the kernel's core would need a writable place in the "
-                f"process's view of the files ({_no_staging(pre, opts)}); snapcore's writer "
-                "writes straight into the output directory")
+                f"process's view of the files ({nowhere}); snapcore's writer writes straight "
+                "into the output directory")
     elif sizes and sizes.shared_unwritten >= SHARED_FILL_WORTH:
         _chosen(pre, "snapcore", f"the kernel's dump would allocate the "
                 f"{units.human(sizes.shared_unwritten)} of shared memory the process never "

@@ -58,8 +58,8 @@ def page_contents() -> bytes:
 
 def _page_at(page: int) -> bytes:
     """The page as written at `page`: with the fork thread's first return
-    address, the loop's (arch.FORK_THREAD_CELL).  The runner's frame is
-    written when its clone needs it (linux/landing.py)."""
+    address, the loop's (arch.FORK_THREAD_CELL).  plant adds the runner's
+    frame (linux/landing.py) in the same write."""
     head = page_contents()
     return head + bytes(arch.FORK_THREAD_CELL - len(head)) + \
         (page + arch.FORK_THREAD_LOOP).to_bytes(8, "little")

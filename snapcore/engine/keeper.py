@@ -20,7 +20,7 @@ import time
 
 from snapcore.engine.forkthread import NAME_AT, THREAD_OPTIONS, ForkThread, gone
 from snapcore.errors import InternalError, NoSuchProcess, SnapcoreError, Stage
-from snapcore.linux import abi, arch, ptrace, seccomp, stops
+from snapcore.linux import abi, arch, ptrace, stops
 from snapcore.linux.inject import syscall, wait_for_interrupt_stop
 from snapcore.linux.stops import ENDED, StopKind
 
@@ -32,8 +32,7 @@ def hold(thread: ForkThread, deadline: float) -> None:
     It is let go from a stop in its own page: snapcore dying now, it reaps
     the child and exits."""
     name_at = thread.page + NAME_AT
-    if seccomp.action(thread.guard.allows(arch.NR["prctl"], (abi.PR_SET_NAME, name_at),
-                                          thread.entry)) in seccomp.HARMLESS:
+    if thread.guard.runs(((arch.NR["prctl"], (abi.PR_SET_NAME, name_at), thread.entry),)):
         thread.call(arch.NR["prctl"], abi.PR_SET_NAME, name_at, deadline=deadline)
     try:
         ptrace.interrupt(thread.tid)
@@ -170,9 +169,9 @@ def _unmap_and_exit(thread: ForkThread, deadline: float) -> None:
     call is exit(0), whatever happens to snapcore meanwhile."""
     tid = thread.tid
     sites = thread.sites
-    if sites.exit_at and _allowed(thread.guard, ((arch.NR["munmap"], (thread.page,
-                                  arch.PAGE_SIZE), sites.exit_at),
-                                  (arch.NR["exit"], (0,), sites.exit_syscall))):
+    if sites.exit_at and thread.guard.runs(((arch.NR["munmap"], (thread.page, arch.PAGE_SIZE),
+                                             sites.exit_at),
+                                            (arch.NR["exit"], (0,), sites.exit_syscall))):
         base = ptrace.copy_regs(thread.base)
         for register, value in sites.exit_regs:
             setattr(base, register, value)
@@ -189,11 +188,6 @@ def _unmap_and_exit(thread: ForkThread, deadline: float) -> None:
     thread.traced = False
     for sig in thread.stops_taken:  # a signal it took is the target's: given back
         _signal(thread.pid, sig)
-
-
-def _allowed(guard, calls) -> bool:
-    return all(seccomp.action(guard.allows(nr, args, at)) in seccomp.HARMLESS
-               for nr, args, at in calls)
 
 
 def _unmap_and_exit_killable(thread: ForkThread, deadline: float) -> None:

@@ -37,7 +37,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from snapcore.linux import arch, ptrace, seccomp
+from snapcore.linux import arch, ptrace
 from snapcore.linux.inject import SEIZE_OPTIONS, call_regs, finite_deadline, syscall
 from snapcore.linux.procfs import proc_open
 
@@ -150,12 +150,9 @@ class Landing:
 
     def allows(self, guard, nr: int, args: tuple) -> bool:
         """Whether the filters let the call run from the site, and the restorer."""
-        if guard is None:
-            return True
-        return all(seccomp.action(guard.allows(n, a, ip)) in seccomp.HARMLESS
-                   for n, a, ip in ((nr, args, self.site),
-                                    (arch.NR["rt_sigreturn"], (),
-                                     self.restorer + arch.RESTORER_SYSCALL)))
+        return guard is None or guard.runs(((nr, args, self.site),
+                                            (arch.NR["rt_sigreturn"], (),
+                                             self.restorer + arch.RESTORER_SYSCALL)))
 
     def run(self, thread, nr: int, args: tuple, deadline: float, events: list | None,
             on_clone) -> tuple[int, list]:

@@ -212,6 +212,10 @@ class Guard:
         ip = at + len(SYSCALL_INSN)
         return verdict(self.filters, seccomp_data(nr, self.audit_arch, ip, args))
 
+    def runs(self, calls) -> bool:
+        """Whether every (nr, args, at) of `calls` would run."""
+        return all(action(self.allows(nr, args, at)) in HARMLESS for nr, args, at in calls)
+
     def __call__(self, nr: int, args: tuple[int, ...], at: int) -> None:
         ret = self.allows(nr, args, at)
         if action(ret) not in HARMLESS:
