@@ -463,6 +463,10 @@ def test_sigkill_at_every_call_leaves_the_target_unharmed(start_victim, tmp_path
     masks = blocked_signals(victim.pid)
     for name, count in counts.items():
         for n in range(1, count + 1):
+            # From a fresh sleep: one the last run interrupted sleeps on in
+            # restart_syscall, whose restart a landing cannot keep (EINTR;
+            # docs/kernel-notes.md, "Landings").
+            victim.wait_for_heartbeats(victim.heartbeats())
             proc = subprocess.run(["strace", "-o", "/dev/null", "-e", f"trace={name}",
                                    "-e", f"inject={name}:signal=KILL:when={n}", "--", *cmd],
                                   stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
