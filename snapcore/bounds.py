@@ -2,7 +2,7 @@
 
 The command line checks each numeric option against these before anything
 is touched (cli/options.py: Bounded), and the engine checks its settings
-again when they are made (verdicts.Options, result.DumpLimits, the watch's):
+again when they are made (engine/request.Request, the watch's):
 a library caller bypasses the command line, and a nan, an infinity or a
 number past what the kernel's calls take would otherwise reach the engine's
 waits (signal.sigtimedwait refuses them, with the target's threads held).

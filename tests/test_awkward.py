@@ -21,7 +21,7 @@ from pathlib import Path
 import pytest
 
 from snapcore.engine.snapshot import take
-from snapcore.engine.verdicts import Options
+from snapcore.engine.request import Request
 from snapcore.errors import ExitCode, SnapcoreError
 from snapcore.linux.proctext import readable
 
@@ -105,7 +105,7 @@ def killed_first(victim, function):
 
 @pytest.mark.parametrize("writer, module, name", [
     ("kernel", "snapcore.linux.priority", "own_level"),  # the first read after the fork
-    ("snapcore", "snapcore.engine.write", "gather"),
+    ("snapcore", "snapcore.engine.dump_snapcore", "gather"),
 ])
 def test_target_gone_right_after_the_fork(writer, module, name, start_victim, out_dir):
     """The child is a whole copy: its dump goes on, and the core is the
@@ -117,7 +117,7 @@ def test_target_gone_right_after_the_fork(writer, module, name, start_victim, ou
         target = importlib.import_module(module)
         setattr(target, name, killed_first(victim, getattr(target, name)))
         try:
-            snap = take(victim.pid, Options(output_dir=out_dir, max_per_hour=0, writer=writer))
+            snap = take(victim.pid, Request(output_dir=out_dir, max_per_hour=0, writer=writer))
             return {"core": str(snap.core_path), "writer": snap.writer}
         except SnapcoreError as exc:
             return {"error": exc.one_line(), "exit_code": int(exc.exit_code)}
@@ -176,7 +176,7 @@ def test_exec_while_snapcore_attaches_is_said_so(aslr, start_victim, hostile, ou
 
         ptracemod._raw_ptrace = racing
         try:
-            take(victim.pid, Options(output_dir=out_dir, max_per_hour=0))
+            take(victim.pid, Request(output_dir=out_dir, max_per_hour=0))
             return {"raced": raced}
         except SnapcoreError as exc:
             return {"raced": raced, "error": exc.one_line(), "exit_code": int(exc.exit_code)}
@@ -240,7 +240,7 @@ def test_staged_core_removed_before_it_is_taken(start_victim, out_dir):
         store.store = removing_first(store.store,
                                      lambda core, *_: os.unlink(core.name, dir_fd=core.dir_fd))
         try:
-            snap = take(victim.pid, Options(output_dir=out_dir, max_per_hour=0,
+            snap = take(victim.pid, Request(output_dir=out_dir, max_per_hour=0,
                                             writer="kernel"))
             return {"core": str(snap.core_path)}
         except SnapcoreError as exc:
@@ -259,7 +259,7 @@ def test_core_removed_from_the_output_directory_before_it_is_named(start_victim,
     victim = start_victim("sleep")
 
     def work():
-        from snapcore.engine import write
+        from snapcore.engine import dump_snapcore as write
 
         def gone(snap):
             os.unlink(snap.core_path)
@@ -267,7 +267,7 @@ def test_core_removed_from_the_output_directory_before_it_is_named(start_victim,
         real = write.dump_and_store
         write.dump_and_store = lambda *args: gone(real(*args))
         try:
-            take(victim.pid, Options(output_dir=out_dir, max_per_hour=0, writer="snapcore"))
+            take(victim.pid, Request(output_dir=out_dir, max_per_hour=0, writer="snapcore"))
             return {}
         except SnapcoreError as exc:
             return {"error": exc.one_line(), "exit_code": int(exc.exit_code)}

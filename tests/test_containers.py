@@ -416,7 +416,7 @@ def test_a_rootless_container(rootless, base_image, victim_in, build_dir, tmp_pa
     one without filters is taken."""
     from helpers import in_fork
 
-    from snapcore.engine import preflight
+    from snapcore.engine.request import Request
     from snapcore.engine.snapshot import take
     from snapcore.errors import SnapcoreError
     command, (uid, gid) = rootless
@@ -446,8 +446,7 @@ def test_a_rootless_container(rootless, base_image, victim_in, build_dir, tmp_pa
 
         def work():
             try:
-                snap = take(pid, preflight.Options(output_dir=shared / "cores",
-                                                   max_per_hour=0))
+                snap = take(pid, Request(output_dir=shared / "cores", max_per_hour=0))
                 return {"core": str(snap.core_path), "uid": snap.core_path.stat().st_uid}
             except SnapcoreError as exc:
                 return {"error": exc.one_line(), "code": int(exc.exit_code)}

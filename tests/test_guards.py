@@ -20,6 +20,7 @@ import pytest
 from snapcore.engine import preflight
 from snapcore.engine.ratelimit import RateLimiter, program
 from snapcore.linux import procfs
+from snapcore.engine.request import Request
 from snapcore.engine.snapshot import take
 from snapcore.errors import ExitCode, SnapcoreError
 
@@ -224,7 +225,7 @@ def as_nobody(work):
 def test_unprivileged_user_cannot_trace_root(start_victim, out_dir):
     victim = start_victim("sleep")
     checks = {c["name"]: c for c in as_nobody(lambda: preflight.run(
-        victim.pid, preflight.Options(output_dir=Path("/tmp/x"))).as_dicts())}
+        victim.pid, Request(output_dir=Path("/tmp/x"))).as_dicts())}
     assert checks["permission"]["verdict"] == "refuse"
     assert "belongs to uid 0" in checks["permission"]["reason"]
     assert "CAP_SYS_PTRACE" in checks["permission"]["fix"]
@@ -240,12 +241,12 @@ def test_unprivileged_user_snapshots_its_own_process(start_victim, tmp_path):
     unreachable = tmp_path / "cores"  # under root's 0700 pytest directory
 
     checks = {c["name"]: c for c in as_nobody(lambda: preflight.run(
-        victim.pid, preflight.Options(output_dir=unreachable)).as_dicts())}
+        victim.pid, Request(output_dir=unreachable)).as_dicts())}
     assert checks["output-dir"]["verdict"] == "refuse"
 
     def work():
         try:
-            snap = take(victim.pid, preflight.Options(output_dir=shared / "cores"))
+            snap = take(victim.pid, Request(output_dir=shared / "cores"))
             return {"core": str(snap.core_path), "notes": snap.notes}
         except SnapcoreError as exc:
             return {"error": exc.one_line()}

@@ -14,8 +14,8 @@ from click.testing import CliRunner
 
 from snapcore import bounds
 from snapcore.cli.app import cli
-from snapcore.engine import verdicts, watch
-from snapcore.engine.result import DumpLimits
+from snapcore.engine import watch
+from snapcore.engine.request import Request
 from snapcore.errors import BadInput, ExitCode
 
 from conftest import run_snapcore
@@ -141,12 +141,12 @@ def test_help_readme_and_man_page_give_the_same_ranges():
 
 @pytest.mark.unit
 @pytest.mark.parametrize("make", [
-    lambda v: verdicts.Options(Path("/tmp"), timeout=v),
-    lambda v: verdicts.Options(Path("/tmp"), compress_ratio=v),
-    lambda v: verdicts.Options(Path("/tmp"), max_per_hour=v),
-    lambda v: verdicts.Options(Path("/tmp"), min_free=f"{v}%"),
-    lambda v: DumpLimits(deadline=v),
-    lambda v: DumpLimits(max_dump_time=v),
+    lambda v: Request(Path("/tmp"), timeout=v),
+    lambda v: Request(Path("/tmp"), compress_ratio=v),
+    lambda v: Request(Path("/tmp"), max_per_hour=v),
+    lambda v: Request(Path("/tmp"), min_free=f"{v}%"),
+    lambda v: Request(Path("/tmp"), dump_deadline=v),
+    lambda v: Request(Path("/tmp"), max_dump_time=v),
     lambda v: watch.Conditions(cpu=v),
     lambda v: watch.Conditions(rss=v),
     lambda v: watch.events(1, watch.Conditions(cpu=1.0), None, interval=v, hold=1.0,
@@ -163,10 +163,9 @@ def test_the_engine_refuses_what_the_command_line_would(make, value):
 
 @pytest.mark.unit
 def test_the_engine_takes_its_defaults_and_valid_values():
-    verdicts.Options(Path("/tmp"))
-    verdicts.Options(Path("/tmp"), timeout=60, min_free="2G", max_per_hour=0)
-    DumpLimits()
-    DumpLimits(deadline=0, max_dump_time=86400)
+    Request(Path("/tmp"))
+    Request(Path("/tmp"), timeout=60, min_free="2G", max_per_hour=0)
+    Request(Path("/tmp"), dump_deadline=0, max_dump_time=86400)
     watch.Conditions(cpu=150.0, rss=1 << 30, threads=10, fds=100)
 
 

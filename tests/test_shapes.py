@@ -26,7 +26,7 @@ from pathlib import Path
 import pytest
 from elftools.elf.elffile import ELFFile
 
-from snapcore.engine import preflight
+from snapcore.engine.request import Request
 from snapcore.engine.snapshot import take
 
 from conftest import compile_target, run_snapcore, snap_json
@@ -281,7 +281,7 @@ def test_estimate_holds_for_a_user_without_privileges(shapes_exe, writer):
         assert target.stdout.readline().startswith("ready")
 
         def work():  # in this interpreter: nobody cannot exec the one under /root
-            snap = take(target.pid, preflight.Options(output_dir=out / "cores", writer=writer,
+            snap = take(target.pid, Request(output_dir=out / "cores", writer=writer,
                                                       max_per_hour=0))
             return {"core_estimate": snap.core_estimate,
                     "core_estimate_apparent": snap.core_apparent,

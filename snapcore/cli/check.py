@@ -7,7 +7,7 @@ import sys
 
 from snapcore.cli import render as report
 from snapcore.cli.app import cli, fail
-from snapcore.cli.options import (EXIT_CODES_HELP, common_options, make_options, one_target,
+from snapcore.cli.options import (EXIT_CODES_HELP, common_options, make_request, one_target,
                                   pid_argument, target_options)
 from snapcore.errors import Interrupted, SnapcoreError, Stage
 
@@ -28,9 +28,9 @@ def check(pid, name_pattern, take_all, pidfile, unit, output_dir, writer, as_jso
     """
     from snapcore.engine import preflight
     try:
-        opts = make_options(output_dir, timeout, min_free, max_per_hour, writer,
-                            stdout_ok=True)
-        result = preflight.run(one_target(pid, name_pattern, take_all, pidfile, unit), opts)
+        request = make_request(output_dir, timeout, min_free, max_per_hour, writer,
+                               stdout_ok=True)
+        result = preflight.run(one_target(pid, name_pattern, take_all, pidfile, unit), request)
     except SnapcoreError as exc:
         fail(exc, as_json)
     except KeyboardInterrupt:

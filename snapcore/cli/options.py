@@ -1,12 +1,12 @@
-"""The options commands share, turned into what the engine takes: a pid, the
-preflight's Options, a SnapRequest.
+"""The options commands share, turned into what the engine takes: a pid and
+one Request (engine/request.py) carrying every option.
 """
 
 from __future__ import annotations
 
 import functools
 import re
-from dataclasses import dataclass, fields
+import sys
 
 import click
 
@@ -17,7 +17,7 @@ from snapcore.cli.exitcodes import (DEBUG_EXIT_CODES_HELP, EXIT_CODES_HELP,  # n
 from snapcore.cli.paths import OUTPUT_DIR
 from snapcore.core.placement import default_output_dir
 from snapcore.engine import verdicts
-from snapcore.engine.result import THREAD_MODES, WRITERS, DumpLimits
+from snapcore.engine.request import THREAD_MODES, WRITERS, Request
 from snapcore.errors import BadInput, Stage
 
 PID_MAX_LIMIT = 1 << 22  # PID_MAX_LIMIT on 64-bit kernels
@@ -120,8 +120,11 @@ def common_options(command):
     return command
 
 
-def make_options(output_dir, timeout, min_free, max_per_hour, writer: str = "auto",
-                 stdout_ok: bool = False) -> verdicts.Options:
+def make_request(output_dir, timeout, min_free, max_per_hour, writer: str = "auto",
+                 stdout_ok: bool = False, **asked) -> Request:
+    """The engine's Request from the options every command shares and, for
+    the commands that take snapshots, `asked`: snap_options' values."""
+    check_force(asked.get("force", ()))
     to_stdout = output_dir is not None and str(output_dir) == "-"
     if to_stdout and not stdout_ok:
         raise BadInput("-o - (standard output) is for snap only",
@@ -130,9 +133,10 @@ def make_options(output_dir, timeout, min_free, max_per_hour, writer: str = "aut
         raise BadInput("--writer kernel cannot write to standard output (-o -)",
                        "the kernel writes cores only into files or a core_pattern pipe",
                        stage=Stage.USAGE)
-    return verdicts.Options(output_dir=default_output_dir() if to_stdout or not output_dir
-                            else output_dir, min_free=min_free, max_per_hour=max_per_hour,
-                            timeout=timeout, writer=writer, to_stdout=to_stdout)
+    return Request(output_dir=default_output_dir() if to_stdout or not output_dir
+                   else output_dir, min_free=min_free, max_per_hour=max_per_hour,
+                   timeout=timeout, writer=writer,
+                   stream=sys.stdout.fileno() if to_stdout else None, **asked)
 
 
 def check_force(names: tuple[str, ...]) -> None:
@@ -218,22 +222,6 @@ def resolve_targets(pids, name_pattern, take_all, pidfile, unit) -> list[int]:
     return list(dict.fromkeys(found))
 
 
-@dataclass
-class SnapRequest:
-    """How to take a snapshot: the options `snap`, `stacks` and `watch` share."""
-
-    threads: str = "all"
-    dump_deadline: float = 30.0
-    max_dump_time: float = 0.0
-    force: tuple[str, ...] = ()
-    reason: str = ""
-    compressed: bool = False
-    compress_ratio: float = 1.0
-
-    def limits(self, progress=None) -> DumpLimits:
-        return DumpLimits(self.dump_deadline, self.max_dump_time, progress)
-
-
 def one_target(pid, name_pattern, take_all, pidfile, unit) -> int:
     """The one process a command that takes one (check, stacks, watch) is
     about, named any way `snap` accepts."""
@@ -245,17 +233,20 @@ def one_target(pid, name_pattern, take_all, pidfile, unit) -> int:
     return found[0]
 
 
-def snap_options(command):
-    """The options of a SnapRequest; the command gets them as `request`."""
-    names = [f.name for f in fields(SnapRequest)]
+SNAP_OPTIONS = ("threads", "dump_deadline", "max_dump_time", "force", "reason", "compress",
+                "compress_ratio")
 
+
+def snap_options(command):
+    """The options of taking a snapshot, each named as the Request field it
+    sets; the command gets them together as `asked` (for make_request)."""
     inner = command
 
     @functools.wraps(inner)
     def with_request(*args, **kwargs):
-        values = {name: kwargs.pop(name) for name in names}
-        values["force"] = tuple(values["force"])
-        return inner(*args, request=SnapRequest(**values), **kwargs)
+        asked = {name: kwargs.pop(name) for name in SNAP_OPTIONS}
+        asked["force"] = tuple(asked["force"])
+        return inner(*args, asked=asked, **kwargs)
 
     command = with_request
     for option in reversed([
@@ -284,7 +275,7 @@ def snap_options(command):
                           + " can be forced."),
         click.option("--reason", default="", metavar="TEXT",
                      help="Why the snapshot is taken (an incident id), kept in its record."),
-        click.option("--compress", "compressed", is_flag=True,
+        click.option("--compress", "compress", is_flag=True,
                      help="Store the core as CORE.zst (zstandard, at idle priority). "
                           "snapcore's writer compresses while writing: the raw core is "
                           "never on disk."),

@@ -21,8 +21,8 @@ from snapcore.cli.app import cli, fail
 from snapcore.cli.opening import exe_changed, find, snapshots  # noqa: F401
 from snapcore.cli.opening import executable as exe_for
 from snapcore.cli.options import DEBUG_EXIT_CODES_HELP, INFO_EXIT_CODES_HELP
-from snapcore.cli.options import (EXIT_CODES_HELP, SnapRequest, check_force, common_options,
-                                  make_options, one_target, pid_argument, snap_options,
+from snapcore.cli.options import (EXIT_CODES_HELP, common_options,
+                                  make_request, one_target, pid_argument, snap_options,
                                   target_options)
 from snapcore.cli.paths import OUTPUT_DIR
 from snapcore.errors import BadInput, OutputError, SnapcoreError, Stage
@@ -178,7 +178,7 @@ def _gdb_signals() -> None:
 @common_options
 @snap_options
 def stacks(pid, name_pattern, take_all, pidfile, unit, core_file, exe, discard, output_dir,
-           writer, as_json, timeout, min_free, max_per_hour, request: SnapRequest):
+           writer, as_json, timeout, min_free, max_per_hour, asked: dict):
     """Every thread's backtrace, like gstack, with a pause of milliseconds.
 
     Takes a snapshot of PID and prints its stacks with gdb (saying where the
@@ -197,7 +197,7 @@ def stacks(pid, name_pattern, take_all, pidfile, unit, core_file, exe, discard, 
                 raise BadInput("give a PID (or --name, --pidfile, --unit), or --core FILE",
                                "see snapcore stacks --help", stage=Stage.USAGE)
             result = _snapshot(one_target(pid, name_pattern, take_all, pidfile, unit),
-                               output_dir, timeout, min_free, max_per_hour, request, writer)
+                               output_dir, timeout, min_free, max_per_hour, asked, writer)
             exe, core_file = result.target.exe, result.core_path
             try:
                 text = backtraces(executable(result), core_file)
@@ -215,12 +215,12 @@ def stacks(pid, name_pattern, take_all, pidfile, unit, core_file, exe, discard, 
             report.say(f"snapcore: the snapshot is kept: {kept} (--discard to not keep it)")
 
 
-def _snapshot(pid: int, output_dir, timeout, min_free, max_per_hour, request: SnapRequest,
+def _snapshot(pid: int, output_dir, timeout, min_free, max_per_hour, asked: dict,
               writer: str = "auto"):
     from snapcore.cli.snap import take_each
-    check_force(request.force)
-    opts = make_options(output_dir, timeout, min_free, max_per_hour, writer)
-    result = take_each([pid], opts, request, keep_exe=True)[0]
+    request = make_request(output_dir, timeout, min_free, max_per_hour, writer,
+                           keep_exe=True, **asked)
+    result = take_each([pid], request)[0]
     if isinstance(result, SnapcoreError):
         raise result
     if result.core_path is None:

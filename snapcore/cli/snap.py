@@ -13,9 +13,8 @@ import click
 from snapcore.cli import render as report
 from snapcore.cli import syslog
 from snapcore.cli.app import cli, fail
-from snapcore.cli.options import (EXIT_CODES_HELP, SnapRequest, check_force, common_options,
-                                  make_options, pid_argument, resolve_targets, snap_options,
-                                  target_options)
+from snapcore.cli.options import (EXIT_CODES_HELP, common_options, make_request, pid_argument,
+                                  resolve_targets, snap_options, target_options)
 from snapcore.errors import BadInput, ExitCode, Interrupted, SnapcoreError, Stage
 
 
@@ -51,28 +50,18 @@ def _bar():
         yield bar, bar.add_task("dump", total=None, phase="dumping")
 
 
-def take_each(pids, opts, request: SnapRequest, show_progress: bool = False,
-              to_syslog: bool = False, reason: str | None = None, keep_exe: bool = False,
-              trigger: str = ""):
+def take_each(pids, request, show_progress: bool = False, to_syslog: bool = False):
     """Snapshot each target in turn; a result per target (Snapshot or error).
-    `trigger`: what fired it (watch), recorded beside the reason.
-    keep_exe: each Snapshot keeps a descriptor on its executable, for gdb
-    (closed by the caller: close_exe)."""
+    With request.keep_exe each Snapshot keeps a descriptor on its executable,
+    for gdb (closed by the caller: close_exe)."""
     from snapcore.engine.snapshot import take
     results = []
-    opts = replace(opts, compress=request.compressed, compress_ratio=request.compress_ratio)
-    reason = request.reason if reason is None else reason
-    stream = None
-    if opts.to_stdout:
-        sys.stdout.flush()  # nothing of snapcore's own may mix with the core
-        stream = sys.stdout.fileno()
     for target_pid in pids:
+        if request.to_stdout:
+            sys.stdout.flush()  # nothing of snapcore's own may mix with the core
         try:
             with dump_progress(show_progress) as progress:
-                results.append(take(target_pid, opts, threads=request.threads,
-                                    force=request.force, limits=request.limits(progress),
-                                    reason=reason, compressed=request.compressed,
-                                    stream=stream, keep_exe=keep_exe, trigger=trigger))
+                results.append(take(target_pid, replace(request, progress=progress)))
         except SnapcoreError as exc:
             exc.pid = exc.pid if exc.pid is not None else target_pid
             results.append(exc)
@@ -80,7 +69,8 @@ def take_each(pids, opts, request: SnapRequest, show_progress: bool = False,
             results.append(Interrupted("interrupted", "the target was released and keeps "
                                        "running", pid=target_pid, stage=Stage.INTERRUPT))
             break
-        syslog.log_result(results[-1], to_syslog, reason=reason, trigger=trigger)
+        syslog.log_result(results[-1], to_syslog, reason=request.reason,
+                          trigger=request.trigger)
     return results
 
 
@@ -122,7 +112,7 @@ def exit_code_of(results) -> int:
               help="Log one line per snapshot or refusal to syslog even on a terminal "
                    "(always done when stderr is not a terminal).")
 def snap(pids, name_pattern, take_all, pidfile, unit, output_dir, writer, as_json, timeout,
-         min_free, max_per_hour, quiet, verbose, with_stacks, to_syslog, request: SnapRequest):
+         min_free, max_per_hour, quiet, verbose, with_stacks, to_syslog, asked: dict):
     """Snapshot each process into a core file; the processes keep running.
 
     Every check of `snapcore check` runs first. The core is named
@@ -132,18 +122,17 @@ def snap(pids, name_pattern, take_all, pidfile, unit, output_dir, writer, as_jso
     """
     try:
         wanted = resolve_targets(pids, name_pattern, take_all, pidfile, unit)
-        check_force(request.force)
-        opts = make_options(output_dir, timeout, min_free, max_per_hour, writer,
-                            stdout_ok=True)
-        if opts.to_stdout:
+        request = make_request(output_dir, timeout, min_free, max_per_hour, writer,
+                               stdout_ok=True, keep_exe=with_stacks, **asked)
+        if request.to_stdout:
             check_stream(wanted, with_stacks)
     except SnapcoreError as exc:
         fail(exc, as_json, to_stderr=output_dir is not None and str(output_dir) == "-")
-    results = take_each(wanted, opts, request, show_progress=not (as_json or quiet),
-                        to_syslog=to_syslog, keep_exe=with_stacks)
+    results = take_each(wanted, request, show_progress=not (as_json or quiet),
+                        to_syslog=to_syslog)
     from snapcore.core.gdb import backtraces
     out, err = report.stdout_console(), report.stderr_console()
-    if opts.to_stdout:
+    if request.to_stdout:
         out = err  # the core has standard output to itself: the report goes to stderr
     docs = []
     for result in results:
@@ -183,7 +172,7 @@ def snap(pids, name_pattern, take_all, pidfile, unit, output_dir, writer, as_jso
     if as_json:
         report.print_json(docs[0] if len(docs) == 1 else
                           {"ok": all(d["ok"] for d in docs), "snapshots": docs},
-                          to_stderr=opts.to_stdout)
+                          to_stderr=request.to_stdout)
     # A snapshot whose stacks failed is kept and reported as any other; the
     # exit code (14) tells a script that what it asked for is not all there.
     stacks_failed = any("stacks_error" in d for d in docs)

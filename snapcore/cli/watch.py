@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import sys
 import time
+from dataclasses import replace
 from datetime import datetime, timezone
 
 import click
@@ -13,9 +14,8 @@ import click
 from snapcore import bounds
 from snapcore.cli import render as report
 from snapcore.cli.app import cli, fail
-from snapcore.cli.options import (EXIT_CODES_HELP, Bounded, SnapRequest, check_force,
-                                  common_options, make_options, one_target, pid_argument,
-                                  snap_options, target_options)
+from snapcore.cli.options import (EXIT_CODES_HELP, Bounded, common_options, make_request,
+                                  one_target, pid_argument, snap_options, target_options)
 from snapcore.errors import BadInput, ExitCode, Interrupted, SnapcoreError, Stage
 
 
@@ -55,7 +55,7 @@ from snapcore.errors import BadInput, ExitCode, Interrupted, SnapcoreError, Stag
 @snap_options
 def watch(pid, name_pattern, take_all, pidfile, unit, wait_for, interval, hold, cpu,
           cpu_below, rss, rss_below, threads_over, fds, count, cooldown, output_dir, writer,
-          as_json, timeout, min_free, max_per_hour, request: SnapRequest):
+          as_json, timeout, min_free, max_per_hour, asked: dict):
     """Watch PID and snapshot it when a condition holds for --for seconds.
 
     Conditions: --cpu, --cpu-below, --rss, --rss-below, --threads-over,
@@ -75,16 +75,15 @@ def watch(pid, name_pattern, take_all, pidfile, unit, wait_for, interval, hold, 
         if wait_for and not name_pattern:
             raise BadInput("--wait needs --name", "say which process to wait for",
                            stage=Stage.USAGE)
-        check_force(request.force)
-        opts = make_options(output_dir, timeout, min_free, max_per_hour, writer)
+        request = make_request(output_dir, timeout, min_free, max_per_hour, writer, **asked)
         if wait_for:
             target_pid = _wait_for(name_pattern, interval, as_json)
         else:
             target_pid = one_target(pid, name_pattern, take_all, pidfile, unit)
         ended, taken = _run(watchmod.events(
-            target_pid, conditions, _snapshotter(target_pid, opts, request),
+            target_pid, conditions, _snapshotter(target_pid, request),
             interval=interval, hold=hold, count=count, cooldown=cooldown,
-            next_allowed=_budget(target_pid, opts, request)), as_json, request.reason)
+            next_allowed=_budget(target_pid, request)), as_json, request.reason)
     except SnapcoreError as exc:
         fail(exc, as_json)
     except KeyboardInterrupt:
@@ -95,27 +94,27 @@ def watch(pid, name_pattern, take_all, pidfile, unit, wait_for, interval, hold, 
              0 if ended[2] else int(ExitCode.WATCH_ENDED))
 
 
-def _snapshotter(pid: int, opts, request: SnapRequest):
+def _snapshotter(pid: int, request):
     """Take one snapshot for a trigger: the record keeps both the operator's
     --reason (else "watch: TRIGGER", for list's reason column) and the trigger."""
     from snapcore.cli.snap import take_each
 
     def snapshot(trigger):
-        result = take_each([pid], opts, request, reason=request.reason or f"watch: {trigger}",
-                           trigger=trigger)[0]
+        result = take_each([pid], replace(request, reason=request.reason or
+                                          f"watch: {trigger}", trigger=trigger))[0]
         if isinstance(result, SnapcoreError):
             raise result
         return result
     return snapshot
 
 
-def _budget(pid: int, opts, request: SnapRequest):
+def _budget(pid: int, request):
     """When the rate limit next allows a snapshot (None: now), for watch to
     wait for rather than fire into a refusal."""
     from snapcore.engine import ratelimit
-    if "rate-limit" in request.force or opts.max_per_hour <= 0:
+    if "rate-limit" in request.force or request.max_per_hour <= 0:
         return lambda: None
-    return lambda: ratelimit.next_snapshot(pid, opts.output_dir, opts.max_per_hour)
+    return lambda: ratelimit.next_snapshot(pid, request.output_dir, request.max_per_hour)
 
 
 def _run(events, as_json: bool, reason: str = ""):

@@ -1,6 +1,7 @@
-"""Taking the core the kernel wrote into the output directory, through
-descriptors only: the directories involved may be writable by the target's
-user, who could swap any name for a symlink or a hard link.
+"""Every core file snapcore makes in the output directory: the core the
+kernel wrote, taken in through descriptors only (the directories involved
+may be writable by the target's user, who could swap any name for a symlink
+or a hard link), and the file snapcore's writer writes.
 """
 
 from __future__ import annotations
@@ -196,6 +197,23 @@ def store(core: OpenCore, output_dir: Path, name: str) -> Path:
     finally:
         os.close(out_fd)
     return dest
+
+
+def create_partial(output_dir: Path, name: str) -> tuple[int, Path]:
+    """A new file for snapcore's writer under the hidden name for `name`
+    (publish gives it its own once its record exists): made new, O_EXCL and
+    never following a link, so never a name made before, by anyone."""
+    name = partial_name(name)
+    try:
+        dir_fd = os.open(output_dir, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+        try:
+            return safefs.create(dir_fd, name, output_dir / name), output_dir / name
+        finally:
+            os.close(dir_fd)
+    except OSError as exc:
+        raise OutputError(f"cannot create the core in {output_dir}: {exc.strerror}",
+                          "check permissions there", stage=Stage.CORE,
+                          setting="output_dir") from None
 
 
 def _fix(exc: OSError, output_dir: Path) -> str:

@@ -12,11 +12,12 @@ from snapcore.core import core_pattern, placement, staging
 from snapcore.core.dumprules import CoreSize
 from snapcore.engine import checks_writer, estimate
 from snapcore.engine.ratelimit import RateLimiter, label, program, time_text
-from snapcore.engine.verdicts import OK, REFUSE, WARN, Options, Preflight
+from snapcore.engine.request import Request
+from snapcore.engine.verdicts import OK, REFUSE, WARN, Preflight
 from snapcore.errors import OutputError
 
 
-def check_core_destination(pre: Preflight, opts: Options,
+def check_core_destination(pre: Preflight, opts: Request,
                            sizes: CoreSize | None) -> core_pattern.CorePattern:
     """Who writes the core (checks_writer.py), then, for the kernel's
     writer, whether core_pattern and RLIMIT_CORE let it."""
@@ -68,7 +69,7 @@ def _limits_text(t) -> str:
 _existing_ancestor = placement.existing_ancestor
 
 
-def check_output_dir(pre: Preflight, opts: Options) -> None:
+def check_output_dir(pre: Preflight, opts: Request) -> None:
     """The output directory can be made and written, and nobody else can
     choose where snapcore's files go there (placement.output_dir_problem)."""
     if opts.to_stdout:
@@ -123,7 +124,7 @@ def _min_free(spec: str, fs_size: int) -> int:
     return units.parse_size(spec)
 
 
-def check_staging(pre: Preflight, opts: Options, pattern: core_pattern.CorePattern) -> None:
+def check_staging(pre: Preflight, opts: Request, pattern: core_pattern.CorePattern) -> None:
     """Where the kernel writes a relative core_pattern's core: the output
     directory, or a staging directory in a place the target's user can write,
     in the target's view of the files (staging.staging_base).  Nowhere
@@ -148,7 +149,7 @@ def check_staging(pre: Preflight, opts: Options, pattern: core_pattern.CorePatte
             else f"in {base}, then moved to the output directory")
 
 
-def _places(opts: Options, pattern: core_pattern.CorePattern, pid: int, uid: int) -> set:
+def _places(opts: Request, pattern: core_pattern.CorePattern, pid: int, uid: int) -> set:
     """Every filesystem the core is written to: the output directory, and where
     the kernel writes it first (core_pattern's directory, or the staging one)."""
     out = Path(opts.output_dir).absolute()
@@ -164,7 +165,7 @@ def _places(opts: Options, pattern: core_pattern.CorePattern, pid: int, uid: int
     return places
 
 
-def check_disk(pre: Preflight, opts: Options, sizes: CoreSize | None,
+def check_disk(pre: Preflight, opts: Request, sizes: CoreSize | None,
                pattern: core_pattern.CorePattern) -> None:
     t = pre.target
     if sizes:
@@ -203,7 +204,7 @@ def check_disk(pre: Preflight, opts: Options, sizes: CoreSize | None,
             f"{', '.join(sorted(places))}")
 
 
-def check_rate(pre: Preflight, opts: Options) -> None:
+def check_rate(pre: Preflight, opts: Request) -> None:
     t = pre.target
     limiter = RateLimiter(opts.output_dir, opts.max_per_hour, opts.clock)
     if opts.max_per_hour <= 0:

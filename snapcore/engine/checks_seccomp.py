@@ -11,7 +11,8 @@ import os
 from snapcore.engine import child as childmod
 from snapcore.engine import forkthread, keeper
 from snapcore.engine.checks_process import CAP_SYS_ADMIN, _has_cap, exec_race
-from snapcore.engine.verdicts import OK, REFUSE, Options, Preflight
+from snapcore.engine.request import Request
+from snapcore.engine.verdicts import OK, REFUSE, Preflight
 from snapcore.errors import SnapcoreError, Stage
 from snapcore.linux import abi, arch, ptrace, seccomp
 from snapcore.linux.procfs import thread_seccomp
@@ -57,7 +58,7 @@ def planned_refusals(threads: int):
     return refused
 
 
-def check_seccomp(pre: Preflight, opts: Options, candidates: list[int]) -> None:
+def check_seccomp(pre: Preflight, opts: Request, candidates: list[int]) -> None:
     """Seccomp filters belong to threads.  The thread that runs the injected
     calls (and so the fork thread and the child after it) must be one whose
     own filters let every planned call run: find one, and the first `syscall`
@@ -121,7 +122,7 @@ def _own_seccomp() -> int:
     return 0
 
 
-def _judge_threads(pre: Preflight, opts: Options, candidates: list[int],
+def _judge_threads(pre: Preflight, opts: Request, candidates: list[int],
                    filtered: list[int]) -> None:
     """Read the filters of the threads that have some, main thread first, until
     one allows every planned call from one of the `syscall` candidates."""

@@ -1,6 +1,6 @@
 """Who writes the core: the kernel (the child takes SIGABRT and the kernel
 writes it where core_pattern says) or snapcore's own writer (it reads the
-stopped child and writes the core itself: engine/write.py).
+stopped child and writes the core itself: engine/dump_snapcore.py).
 
 `auto` lets the kernel write where core_pattern writes a file and the
 process's limits let it, unless the core is to be compressed, the kernel's
@@ -19,7 +19,8 @@ from pathlib import Path
 from snapcore import units
 from snapcore.core import core_pattern, placement, staging
 from snapcore.core.dumprules import CoreSize
-from snapcore.engine.verdicts import OK, REFUSE, Options, Preflight
+from snapcore.engine.request import Request
+from snapcore.engine.verdicts import OK, REFUSE, Preflight
 from snapcore.errors import OutputError
 
 UNLIMITED = 1 << 63
@@ -29,7 +30,7 @@ UNLIMITED = 1 << 63
 SHARED_FILL_WORTH = 1 << 20
 
 
-def choose_writer(pre: Preflight, opts: Options, pattern: core_pattern.CorePattern,
+def choose_writer(pre: Preflight, opts: Request, pattern: core_pattern.CorePattern,
                   sizes: CoreSize | None) -> None:
     """Sets pre.writer and its reason, and adds the `writer` verdict."""
     t = pre.target
@@ -83,7 +84,7 @@ def choose_writer(pre: Preflight, opts: Options, pattern: core_pattern.CorePatte
     pre.add("writer", OK, f"{pre.writer}'s writer: {pre.writer_reason}")
 
 
-def _no_staging(pre: Preflight, opts: Options) -> str:
+def _no_staging(pre: Preflight, opts: Request) -> str:
     """Why the kernel's core has nowhere to be staged ("" when it has):
     a read-only or absent /var/tmp and /tmp in the target's view, say a
     distroless image (core/staging.py: staging_base)."""
@@ -100,7 +101,7 @@ def _chosen(pre: Preflight, writer: str, why: str) -> None:
     pre.writer, pre.writer_reason = writer, why
 
 
-def disk_need(pre: Preflight, opts: Options, size: int) -> tuple[int, str]:
+def disk_need(pre: Preflight, opts: Request, size: int) -> tuple[int, str]:
     """The room the disk check asks for: the core's estimate, or with
     --compress and snapcore's writer (which never writes the raw core) the
     estimate divided by the ratio the operator expects, when given."""

@@ -13,14 +13,15 @@ import signal
 
 from snapcore.core import dumprules
 from snapcore.engine import checks_host, checks_limits, checks_process, checks_seccomp, leftovers
+from snapcore.engine.request import Request
 from snapcore.engine.verdicts import (CHECKS, FORCEABLE, OK, REFUSE, WARN, Check,  # noqa: F401
-                                      Options, Preflight, Refused)
+                                      Preflight, Refused)
 from snapcore.errors import Stage
 from snapcore.linux import landing, maps, stops
 from snapcore.linux.procfs import mm_fingerprint, read, reading, syscall_instructions
 
 
-def run(pid: int, opts: Options) -> Preflight:
+def run(pid: int, opts: Request) -> Preflight:
     """Every check; reads /proc and the filesystem, and stops the target's main
     thread for a moment only to read its seccomp filters (PTRACE_SECCOMP_GET_FILTER
     works on a stopped tracee only).  SIGCHLD is blocked meanwhile, as the
@@ -29,7 +30,7 @@ def run(pid: int, opts: Options) -> Preflight:
         return _run(pid, opts)
 
 
-def _run(pid: int, opts: Options) -> Preflight:
+def _run(pid: int, opts: Request) -> Preflight:
     pre = Preflight(read(pid))
     t = pre.target
     checks_process.check_permission(pre)

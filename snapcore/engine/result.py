@@ -1,4 +1,4 @@
-"""What a snapshot gives back, and the limits it runs under.
+"""What a snapshot gives back.
 """
 
 from __future__ import annotations
@@ -8,9 +8,8 @@ from datetime import datetime
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from snapcore import bounds
-
-if TYPE_CHECKING:  # the command layer imports this module for THREAD_MODES alone
+if TYPE_CHECKING:
+    from snapcore.core import core_pattern
     from snapcore.linux.procfs import Target
 
 
@@ -52,33 +51,3 @@ class Snapshot:
     @property
     def pause_ms(self) -> float:
         return self.pause["pause"] * 1000.0
-
-
-THREAD_MODES = ("all", "main")
-WRITERS = ("auto", "kernel", "snapcore")
-
-
-@dataclass
-class Output:
-    """Where the core goes: the output directory, or a stream (standard
-    output) when `stream` is a descriptor; `compress`: zstandard."""
-
-    directory: Path
-    stream: int | None = None
-    compress: bool = False
-
-
-@dataclass
-class DumpLimits:
-    deadline: float = 30.0  # step the dump up to have the core by then; 0: never
-    max_dump_time: float = 0.0  # kill a dump that lasts longer; 0: no limit
-    progress: object = None  # (bytes written, bytes expected) -> None, while dumping
-    expected: int = 0  # the preflight's estimate of the core's size
-    # controller.MemoryWatch, begun just before the fork: the copies start the
-    # moment the target is released, long before the dump does.
-    memory: object = None
-
-    def __post_init__(self) -> None:
-        """Finite numbers in range (BadInput else), whoever made them."""
-        bounds.check("dump_deadline", self.deadline)
-        bounds.check("max_dump_time", self.max_dump_time)

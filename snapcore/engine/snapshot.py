@@ -13,7 +13,7 @@ import errno
 import os
 import signal
 import socket
-from dataclasses import replace
+from datetime import datetime, timezone
 from pathlib import Path
 
 from snapcore.core import elf, placement, publish, records
@@ -23,75 +23,69 @@ from snapcore.core.sink import zstd_missing
 from snapcore.engine import interrupts, preflight, sequence
 from snapcore.engine.checks_process import exec_race
 from snapcore.engine.ratelimit import RateLimiter, program
-from snapcore.engine.result import DumpLimits, Output, Snapshot
+from snapcore.engine.controller import MemoryWatch
+from snapcore.engine.phase import Dumped, Run
+from snapcore.engine.request import Request
+from snapcore.engine.result import Snapshot
 from snapcore.errors import (AlreadyTraced, NoSuchProcess, OutputError, PermissionDenied,
                              SnapcoreError, Stage)
 from snapcore.linux import stops
 from snapcore.linux.procfs import open_exe, reading, start_time
 
 
-def take(pid: int, opts: preflight.Options, *, threads: str = "all",
-         force: tuple[str, ...] = (), limits: DumpLimits | None = None,
-         reason: str = "", compressed: bool = False, stream: int | None = None,
-         keep_exe: bool = False, trigger: str = "") -> Snapshot:
-    """Snapshot process `pid` into `opts.output_dir`; the target keeps running.
+def take(pid: int, request: Request) -> Snapshot:
+    """Snapshot process `pid` as `request` says; the target keeps running.
 
     Every preflight check runs first; a refusal raises unless its name is in
-    `force` (and it may be forced).  threads="all" holds every thread for the
-    fork and puts each in the core; "main" holds and dumps the main thread only.
-    The stored core gets its record (records.write_sidecar) with `reason` (the
-    operator's) and `trigger` (what fired it: watch's condition);
-    `compressed` turns it into CORE.zst (snapcore's writer compresses while
-    writing).  With `opts.to_stdout` the core goes to descriptor `stream`
-    instead, and has no record.  `keep_exe`: the Snapshot's exe_fd stays open
-    on the target's executable (for gdb; the caller closes it).
+    request.force (and it may be forced).  threads "all" holds every thread
+    for the fork and puts each in the core; "main" holds and dumps the main
+    thread only.  The stored core gets its record (records.write_sidecar)
+    with the request's reason and trigger; `compress` turns it into CORE.zst
+    (snapcore's writer compresses while writing).  With a `stream` the core
+    goes to that descriptor instead, and has no record.  With `keep_exe` the
+    Snapshot's exe_fd stays open on the target's executable (for gdb; the
+    caller closes it).
     """
     with interrupts.engage(), exclusive(pid):
         exe_fd = open_exe(pid)
         try:
-            snap = _take_exclusive(pid, opts, threads=threads, force=force, limits=limits,
-                                   reason=(reason, trigger), compressed=compressed,
-                                   exe_fd=exe_fd, stream=stream)
+            snap = _take_exclusive(pid, request, exe_fd)
         except BaseException:
             if exe_fd is not None:
                 os.close(exe_fd)
             raise
-    if exe_fd is not None and not keep_exe:
+    if exe_fd is not None and not request.keep_exe:
         os.close(exe_fd)
     else:
         snap.exe_fd = exe_fd
     return snap
 
 
-def _take_exclusive(pid: int, opts: preflight.Options, *, threads: str,
-                    force: tuple[str, ...], limits: DumpLimits | None,
-                    reason: tuple[str, str],
-                    compressed: bool, exe_fd: int | None, stream: int | None) -> Snapshot:
-    pre = preflight.run(pid, opts)
-    refusals = pre.refusals(force)
+def _take_exclusive(pid: int, request: Request, exe_fd: int | None) -> Snapshot:
+    plan = preflight.run(pid, request)
+    refusals = plan.refusals(request.force)
     if refusals:
         raise preflight.Refused(refusals[0], pid)
-    target = pre.target
-    if compressed and pre.writer == "snapcore" and zstd_missing():
+    if request.compress and plan.writer == "snapcore" and zstd_missing():
         raise OutputError(zstd_missing(), "snapshot without --compress", pid=pid,
                           stage=Stage.PREFLIGHT)
-    output_dir = placement.prepare_output_dir(opts.output_dir)
-    limiter = RateLimiter(output_dir, opts.max_per_hour, opts.clock)
-    key = program(target)
+    output_dir = placement.prepare_output_dir(request.output_dir)
+    limiter = RateLimiter(output_dir, request.max_per_hour, request.clock)
+    key = program(plan.target)
     with limiter.exclusive(key, pid):
         root = placement.target_root(pid)
         staging_dirs.remove_stale_staging(output_dir, root)
         publish.finish_interrupted(output_dir)
-        staging = (staging_dirs.make_staging_dir(output_dir, target.uid, target.gid, root)
-                   if pre.core_pattern.kind == "relative" and pre.writer == "kernel"
+        staging = (staging_dirs.make_staging_dir(output_dir, plan.target.uid,
+                                                 plan.target.gid, root)
+                   if plan.core_pattern.kind == "relative" and plan.writer == "kernel"
                    else None)
-        output = Output(output_dir, stream if opts.to_stdout else None, compressed)
+        run = Run(plan, request, output_dir, staging, root, datetime.now(timezone.utc),
+                  MemoryWatch(plan.memory_room, plan.memory_limit_file,
+                              ceiling=plan.memory_worst))
         try:
             with stops.signals_held([signal.SIGCHLD]):
-                limits = replace(limits or DumpLimits(), expected=pre.core_estimate)
-                snap = _take(pre, output_dir, staging, threads == "all", opts.timeout,
-                             allow_undumpable="dumpable" in force, dump_limits=limits,
-                             root=root, output=output)
+                dumped = _take(run)
         except SnapcoreError as exc:
             exc.pid = exc.pid if exc.pid is not None else pid
             raise
@@ -99,24 +93,34 @@ def _take_exclusive(pid: int, opts: preflight.Options, *, threads: str,
             if staging is not None:
                 staging_dirs.remove_staging(staging)
         limiter.record(key)
-    snap.checks = pre.as_dicts()
-    snap.program = key
-    snap.core_estimate, snap.core_apparent = pre.core_estimate, pre.core_apparent
-    snap.regions_missing = pre.regions_missing
-    if exe_fd is not None:  # the file the target runs, not the one its name names here
-        snap.exe_build_id = elf.build_id(f"/proc/self/fd/{exe_fd}")
+    snap = _snapshot(run, dumped, key, exe_fd)
     if snap.core_path is not None and not snap.streamed:
-        _publish(snap, output_dir, reason, compressed)
+        _publish(snap, output_dir, request)
     return snap
 
 
-def _publish(snap: Snapshot, output_dir: Path, reason: tuple[str, str],
-             compressed: bool) -> None:
+def _snapshot(run: Run, dumped: Dumped, key: str, exe_fd: int | None) -> Snapshot:
+    """The Snapshot, made once from what the preflight planned and the writer made."""
+    plan = run.plan
+    return Snapshot(
+        target=plan.target, core_path=dumped.core_path, core_size=dumped.core_size,
+        pause=run.forked.timings, reap_pause=0.0, dump_seconds=dumped.dump_seconds,
+        threads=dumped.threads, thread_map=dumped.thread_map, child_pid=run.kid.pid,
+        core_pattern=plan.core_pattern, taken_at=run.taken_at, notes=dumped.notes,
+        checks=plan.as_dicts(), priority_steps=dumped.priority_steps,
+        core_estimate=plan.core_estimate, core_apparent=plan.core_apparent,
+        regions_missing=plan.regions_missing, writer=plan.writer,
+        writer_reason=plan.writer_reason, streamed=dumped.streamed, program=key,
+        # the file the target runs, not the one its name names here
+        exe_build_id=elf.build_id(f"/proc/self/fd/{exe_fd}") if exe_fd is not None else "")
+
+
+def _publish(snap: Snapshot, output_dir: Path, request: Request) -> None:
     """Compress the stored core if asked, write its record, then give the core
     its name: a core is never seen without its record (list and prune would
     not know it)."""
     partial = snap.core_path
-    if compressed and not partial.name.endswith(".zst"):  # the kernel's raw core
+    if request.compress and not partial.name.endswith(".zst"):  # the kernel's raw core
         try:
             partial = compress(partial)
         except OutputError as exc:
@@ -127,7 +131,7 @@ def _publish(snap: Snapshot, output_dir: Path, reason: tuple[str, str],
     except FileNotFoundError:
         raise publish.removed(partial) from None
     snap.core_size, snap.core_allocated = stat.st_size, stat.st_blocks * 512
-    snap.sidecar_path = records.write_sidecar(snap, *reason)
+    snap.sidecar_path = records.write_sidecar(snap, request.reason, request.trigger)
     try:
         publish.publish(partial, snap.core_path)
     except OutputError:
@@ -135,23 +139,20 @@ def _publish(snap: Snapshot, output_dir: Path, reason: tuple[str, str],
         raise
 
 
-def _take(pre: preflight.Preflight, output_dir: Path, staging: Path | None,
-          all_threads: bool, stop_timeout: float, *, allow_undumpable: bool,
-          dump_limits: DumpLimits, root: str, output: Output) -> Snapshot:
-    pid = pre.target.pid
+def _take(run: Run) -> Dumped:
+    pid = run.plan.target.pid
     # Pin the identity before the window: a pidfd opened now refers to this
     # process for good, and the start time says the pid was not reused since
     # preflight.  Inside the window one pidfd_send_signal(0) tells it is alive.
     with reading(pid, Stage.PREFLIGHT):
         pidfd = os.pidfd_open(pid)
     try:
-        if start_time(pid) != pre.target.start_time:
+        if start_time(pid) != run.plan.target.start_time:
             raise NoSuchProcess(f"process {pid} exited and its pid was reused",
                                 "check the pid again", pid=pid, stage=Stage.PREFLIGHT)
-        return sequence.fork_and_dump(pre, output_dir, staging, all_threads, stop_timeout,
-                                      allow_undumpable, dump_limits, pidfd, root, output)
+        return sequence.fork_and_dump(run, pidfd)
     except PermissionDenied as exc:  # an exec while snapcore attached, it may be
-        raise exec_race(pre, exc, Stage.CAPTURE) from None
+        raise exec_race(run.plan, exc, Stage.CAPTURE) from None
     finally:
         os.close(pidfd)
 

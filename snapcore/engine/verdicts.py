@@ -5,12 +5,9 @@ operator may override.
 
 from __future__ import annotations
 
-import time
 from dataclasses import asdict, dataclass, field
-from pathlib import Path
 from typing import TYPE_CHECKING
 
-from snapcore import bounds
 from snapcore.errors import ExitCode, SnapcoreError, Stage
 if TYPE_CHECKING:  # the command layer imports this module for the check names alone
     from snapcore.linux.procfs import Target
@@ -57,26 +54,6 @@ class Check:
     @property
     def forceable(self) -> bool:
         return CHECKS[self.name][1]
-
-
-@dataclass
-class Options:
-    output_dir: Path
-    min_free: str = "10%"  # free space to leave on the output filesystem
-    max_per_hour: int = 4  # 0: no limit
-    timeout: float = 2.0
-    clock: object = time.time
-    writer: str = "auto"  # auto, kernel or snapcore (result.WRITERS)
-    to_stdout: bool = False  # the core goes to standard output, not output_dir
-    compress: bool = False
-    compress_ratio: float = 1.0  # the disk check's guess at what --compress saves
-
-    def __post_init__(self) -> None:
-        """A finite number in range for each (BadInput else): a library
-        caller's nan or infinity would reach the waits with the target held."""
-        for setting in ("timeout", "max_per_hour", "compress_ratio"):
-            bounds.check(setting, getattr(self, setting))
-        bounds.min_free(self.min_free)
 
 
 @dataclass

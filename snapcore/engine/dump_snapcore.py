@@ -14,17 +14,15 @@ import signal
 import threading
 import time
 from dataclasses import replace
-from datetime import datetime
 
-from snapcore.core import corenotes, placement, publish, safefs
+from snapcore.core import corenotes, placement, store
 from snapcore.core import writer as corewriter
 from snapcore.core.elfcore import Layout
 from snapcore.core.sink import FdWriter, FileSink, StreamSink, zstd_sink
 from snapcore.engine import child as childmod
-from snapcore.engine import dump, interrupts
-from snapcore.engine.result import DumpLimits, Output, Snapshot
-from snapcore.engine.controller import Controller, ladder
-from snapcore.linux.inject import TargetReplaced
+from snapcore.engine import dump, phase
+from snapcore.engine.controller import Controller
+from snapcore.engine.phase import Dumped, Run
 from snapcore.errors import CoreNotWritten, NoSuchProcess, OutputError, Stage
 from snapcore.linux import maps, priority, taskinfo
 from snapcore.linux.inject import HeldThread
@@ -32,11 +30,10 @@ from snapcore.linux.procfs import thread_name
 
 
 def gather(pid: int, held: list[HeldThread], target_ns: dict[int, int | None]):
-    """Right after the window: each held thread's state for its notes (the
-    main thread first: gdb opens a core on its first thread), and the
-    process's ids and times (None when the target exited right after the
-    fork: its child's are taken then, see _facts)."""
-    held = sorted(held, key=lambda t: (t.tid != pid, t.tid))
+    """Right after the window: each held thread's state for its notes (in
+    `held`'s order: the main thread first, gdb opens a core on its first
+    thread), and the process's ids and times (None when the target exited
+    right after the fork: its child's are taken then, see _facts)."""
     states = []
     for thread in held:
         facts = taskinfo.thread_facts(pid, thread.tid)
@@ -49,7 +46,7 @@ def gather(pid: int, held: list[HeldThread], target_ns: dict[int, int | None]):
         facts = taskinfo.process_facts(pid)
     except OSError:
         facts = None
-    return [t.tid for t in held], states, facts
+    return states, facts
 
 
 def _facts(kid, facts: taskinfo.ProcessFacts | None, states) -> taskinfo.ProcessFacts:
@@ -92,36 +89,24 @@ def plan(child: int, name: str, states, facts, mem: int, pagemap: int) -> Layout
     return Layout(loads, notes)
 
 
-def open_sink(output: Output, name: str):
-    """The sink and the file it writes (None for a stream).  A file is made
-    new (O_EXCL, never following a link) under the hidden name that
-    publish.publish later turns into its own."""
-    if output.stream is not None:
-        sink = zstd_sink(output.stream) if output.compress else \
-            StreamSink(FdWriter(output.stream))
+def open_sink(run: Run, name: str):
+    """The sink and the file it writes (None for a stream): a file is made
+    new by core/store.py under the hidden name that publish.publish later
+    turns into its own."""
+    request = run.request
+    if request.stream is not None:
+        sink = zstd_sink(request.stream) if request.compress else \
+            StreamSink(FdWriter(request.stream))
         return sink, None, -1
-    if output.compress:
-        name += ".zst"
-    partial = publish.partial_name(name)
-    try:
-        dir_fd = os.open(output.directory, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
-        try:  # never a name made before, by anyone (core/safefs.py)
-            fd = safefs.create(dir_fd, partial, output.directory / partial)
-        finally:
-            os.close(dir_fd)
-    except OSError as exc:
-        raise OutputError(f"cannot create the core in {output.directory}: {exc.strerror}",
-                          "check permissions there", stage=Stage.CORE,
-                          setting="output_dir") from None
-    sink = zstd_sink(fd) if output.compress else FileSink(fd)
-    return sink, output.directory / partial, fd
+    fd, path = store.create_partial(run.output_dir, name + (".zst" if request.compress else ""))
+    sink = zstd_sink(fd) if request.compress else FileSink(fd)
+    return sink, path, fd
 
 
 WRITER_STOP = 2.0  # seconds to wait for the writer to leave its read (a stalled pipe: not)
 
 
-def run_writer(pre, layout: Layout, mem: int, sink, limits: DumpLimits,
-               kid) -> tuple[float, Controller]:
+def run_writer(run: Run, layout: Layout, mem: int, sink) -> tuple[float, Controller]:
     """Write in a thread of snapcore's own that puts itself at the idle level
     (SCHED_IDLE, I/O class idle); meanwhile the dump's controller steps that
     thread up, by its id, and abandons the dump, exactly as it does for the
@@ -145,10 +130,8 @@ def run_writer(pre, layout: Layout, mem: int, sink, limits: DumpLimits,
             outcome["error"] = exc
 
     thread = threading.Thread(target=work, name="snapcore-writer", daemon=True)
-    controller = Controller(lambda: progress.written, progress.total,
-                            ladder(*priority.own_level(pre.target.pid)),
-                            deadline=limits.deadline, max_dump_time=limits.max_dump_time,
-                            memory=limits.memory, progress=limits.progress)
+    controller = phase.controller(run, lambda: progress.written, progress.total)
+    kid = run.kid
     t0 = time.monotonic()
     thread.start()
     try:
@@ -172,8 +155,8 @@ def run_writer(pre, layout: Layout, mem: int, sink, limits: DumpLimits,
     finally:
         progress.cancelled = True  # an interrupt: the writer stops at its next block
         thread.join()
-    if limits.progress is not None:
-        limits.progress(progress.written, progress.total)
+    if run.request.progress is not None:
+        run.request.progress(progress.written, progress.total)
     error = outcome.get("error")
     if error is not None and not controller.failure:
         _raise(error)
@@ -204,35 +187,31 @@ def _raise(error: BaseException) -> None:
     raise error
 
 
-def dump_and_store(pre, forked, kid, gathered, allow_undumpable: bool, limits: DumpLimits,
-                   output: Output,
-                   taken_at: datetime) -> Snapshot:
+def dump_and_store(run: Run) -> Dumped:
     """The phase after the window with snapcore's writer: the child made
     harmless, its core written, the child killed and reaped as for the kernel's
     dump.  The core is left under its hidden name for snapshot.py to publish."""
-    target = pre.target
-    tids, states, facts = gathered
+    target, forked, kid = run.plan.target, run.forked, run.kid
+    held = sorted([forked.runner, *forked.others], key=lambda t: (t.tid != target.pid, t.tid))
+    states, facts = gather(target.pid, held, run.target_ns)
+    kid.notes = []  # the window's notes are added once, below
     path, fd = None, -1
     try:
-        childmod.prepare_still(kid, pre.syscall_at, allow_undumpable=allow_undumpable,
-                               deadline=time.monotonic() + 30)
-        facts = _facts(kid, facts, states)
-        mem, pagemap = corewriter.open_memory(kid.pid)
-        try:
-            layout = plan(kid.pid, target.name, states, facts, mem, pagemap)
-            sink, path, fd = open_sink(output, placement.core_name(target.name, target.pid,
-                                                                     taken_at))
-            seconds, controller = run_writer(pre, layout, mem, sink, limits, kid)
-        finally:
-            for d in (mem, pagemap):
-                os.close(d)
-        controller.raise_failure(target.pid, "the writer was stopped")
-    except TargetReplaced:
-        raise  # the process exec'd or exited: its own error, not the child's
-    except NoSuchProcess as exc:
-        raise CoreNotWritten(f"the snapshot child ended before its dump ({exc.message})",
-                             "no core was written; the target is unharmed",
-                             pid=target.pid, stage=Stage.CHILD) from None
+        with phase.child_phase(run):
+            childmod.prepare_still(kid, run.plan.syscall_at,
+                                   allow_undumpable="dumpable" in run.request.force,
+                                   deadline=time.monotonic() + 30)
+            facts = _facts(kid, facts, states)
+            mem, pagemap = corewriter.open_memory(kid.pid)
+            try:
+                layout = plan(kid.pid, target.name, states, facts, mem, pagemap)
+                sink, path, fd = open_sink(run, placement.core_name(target.name, target.pid,
+                                                                    run.taken_at))
+                seconds, controller = run_writer(run, layout, mem, sink)
+            finally:
+                for d in (mem, pagemap):
+                    os.close(d)
+            controller.raise_failure(target.pid, "the writer was stopped")
     except BaseException:
         if path is not None:
             path.unlink(missing_ok=True)
@@ -240,13 +219,9 @@ def dump_and_store(pre, forked, kid, gathered, allow_undumpable: bool, limits: D
     finally:
         if fd >= 0:
             os.close(fd)
-        with interrupts.cleanup():
-            dump.kill(kid)
-    return Snapshot(
-        target=target, core_path=path, core_size=sink.out_bytes, pause=forked.timings,
-        reap_pause=0.0, dump_seconds=seconds, threads=len(states),
-        thread_map=[{"tid": tid, "name": thread_name(target.pid, tid), "core_lwp": s.tid,
-                     "child_tid": None} for tid, s in zip(tids, states)],
-        child_pid=kid.pid, core_pattern=pre.core_pattern, taken_at=taken_at,
+    return Dumped(
+        core_path=path, core_size=sink.out_bytes, dump_seconds=seconds, threads=len(states),
+        thread_map=[{"tid": t.tid, "name": thread_name(target.pid, t.tid), "core_lwp": s.tid,
+                     "child_tid": None} for t, s in zip(held, states)],
         notes=kid.notes + forked.notes + controller.notes,
-        priority_steps=controller.steps, writer="snapcore", streamed=output.stream is not None)
+        priority_steps=controller.steps, streamed=run.request.stream is not None)
