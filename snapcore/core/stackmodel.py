@@ -65,8 +65,9 @@ class Stacks:
             state = f" [{thread.state}]" if thread.state else ""
             lines.append(f"\nThread {thread.id}{name}{state}")
             for frame in thread.frames:
-                where = (f" at {frame.file}" if frame.file else "") + \
-                    (f":{frame.line}" if frame.file and frame.line else "")
+                where = f" at {frame.file}" if frame.file else ""
+                if frame.line:
+                    where += f":{frame.line}" if frame.file else f" line {frame.line}"
                 lines.append(f"    {'(native) ' if frame.native else ''}{frame.function}{where}")
         return "\n".join(lines)
 
