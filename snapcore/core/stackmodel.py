@@ -50,7 +50,8 @@ class Stacks:
 
     def heading(self) -> str:
         runtime = f"{self.lang} {self.runtime_version}".strip()
-        return (f"# {runtime}: {len(self.threads)} threads read by {self.reader} "
+        unit = "goroutines" if self.lang == "go" else "threads"
+        return (f"# {runtime}: {len(self.threads)} {unit} read by {self.reader} "
                 f"{self.reader_version} in {self.seconds:.2f} s")
 
     def render(self) -> str:
