@@ -46,8 +46,14 @@ def read_core(core: Path, exe: str | int, lang: str = "auto", native: bool = Fal
     `native` always means gdb."""
     from snapcore.core import corefile
     from snapcore.core.runtimes import recognise
-    facts = corefile.read_facts(core)
-    runtime = recognise(facts.files, facts.exe, exe)
+    from snapcore.errors import OutputError
+    try:
+        facts = corefile.read_facts(core)
+        runtime = recognise(facts.files, facts.exe, exe)
+    except OutputError:
+        # Notes snapcore cannot read: gdb is handed the file as before, and
+        # says what it makes of it (a damaged core is gdb's error, exit 14).
+        runtime = Runtime("native")
     if lang not in ("auto", runtime.lang):
         runtime = Runtime(lang)  # the operator's word: read as LANG, no version known
     return read(runtime, exe, core, native, timeout)
