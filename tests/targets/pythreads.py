@@ -104,13 +104,13 @@ def hasher():
 
 def hot(n):
     # LOOP hot: about 90 % of each round
-    end = time.monotonic() + 0.009 * n
+    end = time.monotonic() + 0.00907 * n
     while time.monotonic() < end:  # LOOP hot
         pass  # LOOP hot
 
 
 def cold(n):
-    end = time.monotonic() + 0.001 * n
+    end = time.monotonic() + 0.00101 * n
     while time.monotonic() < end:  # LOOP cold
         pass  # LOOP cold
 
