@@ -8,13 +8,12 @@ from __future__ import annotations
 
 import os
 
-from snapcore.engine import child as childmod
-from snapcore.engine import forkthread, keeper
+from snapcore.engine import calls
 from snapcore.engine.checks_process import CAP_SYS_ADMIN, _has_cap, exec_race
 from snapcore.engine.request import Request
 from snapcore.engine.verdicts import OK, REFUSE, Preflight
 from snapcore.errors import SnapcoreError, Stage
-from snapcore.linux import abi, arch, ptrace, seccomp
+from snapcore.linux import arch, ptrace, seccomp
 from snapcore.linux.procfs import thread_seccomp
 from snapcore.linux.proctext import proc_open
 from snapcore.linux.userfaultfd import EVENT_FORK, REGISTERED, features
@@ -22,38 +21,23 @@ from snapcore.linux.window import peek
 
 
 def planned_syscalls(threads: int) -> list[tuple[str, str, tuple[int, ...]]]:
-    """Every syscall snapcore injects: (who runs it, name, args), pointers and
-    pids as 0.  All run under the runner's seccomp filters: the fork thread,
-    the tasks it makes and the child inherit them.  The engine checks each
-    again just before it runs, with its real address and arguments."""
-    ft, page = forkthread, arch.PAGE_SIZE
-    calls = [("target", "mmap", (0, page, ft.PAGE_PROT, ft.PAGE_FLAGS, -1, 0)),
-             ("target", "clone", (ft.THREAD_FLAGS, 0, 0, 0, 0)),
-             ("target", "munmap", (0, page)),
-             ("target", "wait4", (0, 0, abi.WALL | abi.WNOHANG, 0)),
-             ("fork thread", "clone", (ft.CHILD_FLAGS, 0, 0, 0, 0)),
-             ("fork thread", "madvise", (0, page, abi.MADV_DONTFORK)),
-             ("fork thread", "wait4", (-1, 0, keeper.REAP, 0)),
-             ("fork thread", "wait4", (-1, 0, ft.LOOP_WAIT, 0)),
-             ("fork thread", "munmap", (0, page)),
-             ("fork thread", "exit", (0,))]
-    for name, args in childmod.CHILD_SYSCALLS:
-        calls.append(("child", name, args))
-    calls.append(("child", "close", (0,)))  # close_range's fallback, kernels before 5.9
-    if threads > 1:
-        calls.append(("child", "clone", (childmod.CLONE_THREAD_FLAGS, 0, 0, 0, 0)))
-    return calls
+    """Every syscall snapcore may inject whose refusal would stop a snapshot
+    (engine/calls.py): (who runs it, name, args), pointers and pids as 0.
+    All run under the runner's seccomp filters: the fork thread, the tasks
+    it makes and the child inherit them.  The engine checks each again just
+    before it runs, with its real address and arguments."""
+    return [(c.who, c.name, c.judged()) for c in calls.planned(threads)]
 
 
 def planned_refusals(threads: int):
     """refused(guard, at) -> which planned calls a thread's filters would not
     let run from the `syscall` at `at` ("" when all would run)."""
-    calls = planned_syscalls(threads)
+    planned = calls.planned(threads)
 
     def refused(guard: seccomp.Guard, at: int) -> str:
-        return "; ".join(f"{name} in the {who}: {seccomp.describe(ret)}"
-                         for who, name, args in calls
-                         if seccomp.action(ret := guard.allows(arch.NR[name], args, at))
+        return "; ".join(f"{c.name} in the {c.who}: {seccomp.describe(ret)}"
+                         for c in planned
+                         if seccomp.action(ret := guard.allows(c.nr, c.judged(), at))
                          not in seccomp.HARMLESS)
     return refused
 

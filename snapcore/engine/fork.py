@@ -23,7 +23,7 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass
 
-from snapcore.engine import forkthread, interrupts, keeper, leftovers
+from snapcore.engine import calls, forkthread, interrupts, keeper, leftovers
 from snapcore.engine.forkthread import ForkThread
 from snapcore.errors import InternalError, SnapcoreError, Stage, StopTimeout, Unsupported
 from snapcore.linux import arch, landing, procfs, ptrace, rseq, seccomp, stops
@@ -94,10 +94,10 @@ def _inside(window: Window, runner: HeldThread, guard, at: int, pages: list[int]
         raise Unsupported(f"the seccomp filters of process {window.pid} would answer "
                           f"{blocked} to the fork thread's own wait4 or exit",
                           "it cannot be snapshot safely", pid=window.pid, stage=Stage.FORK)
-    thread = ForkThread(window.pid, page, at, guard, sites, in_page)
+    thread = ForkThread(window.pid, page, at, guard.inherited(calls.FORK_THREAD), sites, in_page)
     try:
         with stops.while_waiting(lambda: keeper.collect_if_ended(thread)):
-            forkthread.spawn(runner, thread, deadline)
+            forkthread.spawn(runner, guard, thread, deadline)
     except BaseException:
         if thread.tid:
             made["thread"] = thread

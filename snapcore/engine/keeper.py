@@ -18,22 +18,21 @@ import os
 import signal
 import time
 
+from snapcore.engine import calls
 from snapcore.engine.forkthread import NAME_AT, THREAD_OPTIONS, ForkThread, gone
 from snapcore.errors import InternalError, NoSuchProcess, SnapcoreError, Stage
-from snapcore.linux import abi, arch, ptrace, stops
+from snapcore.linux import arch, ptrace, stops
 from snapcore.linux.inject import syscall, wait_for_interrupt_stop
 from snapcore.linux.stops import ENDED, StopKind
-
-REAP = abi.WALL | abi.WNOTHREAD | abi.WNOHANG  # its own children, never blocking
 
 
 def hold(thread: ForkThread, deadline: float) -> None:
     """Name it, and hold it in a listening stop for the dump (see above).
     It is let go from a stop in its own page: snapcore dying now, it reaps
     the child and exits."""
-    name_at = thread.page + NAME_AT
-    if thread.guard.runs(((arch.NR["prctl"], (abi.PR_SET_NAME, name_at), thread.entry),)):
-        thread.call(arch.NR["prctl"], abi.PR_SET_NAME, name_at, deadline=deadline)
+    name = calls.NAME_THREAD  # a refusal only leaves it unnamed
+    if thread.guard.runs(((name.nr, name.bind(thread.page + NAME_AT), thread.entry),)):
+        thread.call(name, thread.page + NAME_AT, deadline=deadline)
     try:
         ptrace.interrupt(thread.tid)
         ptrace.cont(thread.tid)
@@ -133,7 +132,7 @@ def end(thread: ForkThread, deadline: float) -> None:
     child to another thread of the target (forget_original_parent): a zombie
     with exit signal 0, the target's for good."""
     while True:
-        reaped = thread.call(arch.NR["wait4"], -1, 0, REAP, 0, deadline=deadline)[0]
+        reaped = thread.call(calls.REAP_OWN, deadline=deadline)[0]
         if reaped < 0:  # ECHILD: nothing of its own left
             break
         if reaped == 0:
@@ -167,16 +166,16 @@ def _unmap_and_exit(thread: ForkThread, deadline: float) -> None:
     The target's own thread-exit loop (linux/landing.py: exit_site) is such
     an instruction: the munmap runs from its `syscall`, and the thread's next
     call is exit(0), whatever happens to snapcore meanwhile."""
-    tid = thread.tid
-    sites = thread.sites
-    if sites.exit_at and thread.guard.runs(((arch.NR["munmap"], (thread.page, arch.PAGE_SIZE),
-                                             sites.exit_at),
-                                            (arch.NR["exit"], (0,), sites.exit_syscall))):
+    tid, sites, guard = thread.tid, thread.sites, thread.guard
+    unmap, leave = calls.END_UNMAP.bind(thread.page), calls.END_EXIT.bind()
+    if sites.exit_at and guard.runs(((calls.END_UNMAP.nr, unmap, sites.exit_at),
+                                     (calls.END_EXIT.nr, leave, sites.exit_syscall))):
         base = ptrace.copy_regs(thread.base)
         for register, value in sites.exit_regs:
             setattr(base, register, value)
-        syscall(tid, base, sites.exit_at, arch.NR["munmap"], thread.page, arch.PAGE_SIZE,
-                deadline=deadline, stops_taken=thread.stops_taken, keep_end=True)
+        guard(calls.END_EXIT.nr, leave, sites.exit_syscall)  # the exit that follows: allowed
+        syscall(tid, base, sites.exit_at, calls.END_UNMAP.nr, *unmap, deadline=deadline,
+                guard=guard, stops_taken=thread.stops_taken, keep_end=True)
     else:
         _unmap_and_exit_killable(thread, deadline)
     ptrace.resume_to_syscall(tid)
@@ -198,17 +197,18 @@ def _unmap_and_exit_killable(thread: ForkThread, deadline: float) -> None:
     thread of it run on with registers that are not its own.  The exit call
     is set up before EXITKILL is dropped, so no moment is left unguarded."""
     tid = thread.tid
-    thread.guard(arch.NR["exit"], (0,), thread.at)  # refused: before anything changes
-    thread.guard(arch.NR["munmap"], (thread.page, arch.PAGE_SIZE), thread.at)
+    unmap, leave = calls.END_UNMAP.bind(thread.page), calls.END_EXIT.bind()
+    thread.guard(calls.END_EXIT.nr, leave, thread.at)  # refused: before anything changes
+    thread.guard(calls.END_UNMAP.nr, unmap, thread.at)
     ptrace.set_options(tid, THREAD_OPTIONS | ptrace.O_EXITKILL)
-    syscall(tid, thread.base, thread.at, arch.NR["munmap"], thread.page, arch.PAGE_SIZE,
-            deadline=deadline, guard=thread.guard, stops_taken=thread.stops_taken,
-            keep_end=True)
+    syscall(tid, thread.base, thread.at, calls.END_UNMAP.nr, *unmap, deadline=deadline,
+            guard=thread.guard, stops_taken=thread.stops_taken, keep_end=True)
     regs = ptrace.copy_regs(thread.base)
     setattr(regs, arch.REG_IP, thread.at)
-    setattr(regs, arch.REG_NR, arch.NR["exit"])
+    setattr(regs, arch.REG_NR, calls.END_EXIT.nr)
     setattr(regs, arch.REG_ORIG_NR, (1 << 64) - 1)
-    setattr(regs, arch.SYSCALL_ARGS[0], 0)
+    for register, value in zip(arch.SYSCALL_ARGS, leave):
+        setattr(regs, register, value)
     ptrace.set_regs(tid, regs)
     ptrace.set_options(tid, THREAD_OPTIONS)
 

@@ -1,8 +1,27 @@
 """The only module that calls ptrace(2).
 
-It drives the kernel through python-ptrace's raw binding: python-ptrace's
-high-level debugger uses PTRACE_ATTACH (a SIGSTOP the target's parent can
-see) and detaches from __del__ at random moments, so it is not used.
+It drives the kernel through python-ptrace's raw binding
+(ptrace.binding.func.ptrace), with python-ptrace's request numbers, options,
+events and register struct where it has them.  python-ptrace's high-level
+debugger is not used: it attaches with PTRACE_ATTACH (a SIGSTOP the
+target's parent can see) and detaches from __del__ at random moments.
+
+What snapcore adds, and why:
+- the requests python-ptrace (0.9.9) does not name, all Linux 3.4 or later
+  but the last two: PTRACE_SEIZE and PTRACE_INTERRUPT (attach and stop
+  without a signal the target could see), PTRACE_LISTEN (a held thread that
+  job control still reaches), PTRACE_GETSIGMASK and PTRACE_SETSIGMASK (an
+  injected call runs with every signal blocked), PTRACE_SECCOMP_GET_FILTER
+  (the filters an injected call must pass: linux/seccomp.py) and
+  PTRACE_GET_RSEQ_CONFIGURATION (linux/rseq.py); PTRACE_O_EXITKILL and
+  PTRACE_EVENT_STOP, which it does not name either;
+- register sets through PTRACE_GETREGSET/SETREGSET with an iovec (the
+  general registers as NT_PRSTATUS, the FPU state as NT_X86_XSTATE), where
+  python-ptrace's ptrace_getregs uses x86's own PTRACE_GETREGS;
+- each errno read as the kernel means it for that request: ESRCH a thread
+  gone or not stopped, EPERM one snapcore may not trace (or that is
+  exiting: `seize`), ENOENT past the last seccomp filter, EIO or EINVAL a
+  kernel without rseq configuration.
 Waiting for tracees is linux/stops.py.
 """
 
@@ -15,19 +34,18 @@ import struct
 from dataclasses import dataclass
 
 from ptrace import PtraceError
+from ptrace.binding.func import (PTRACE_CONT, PTRACE_DETACH, PTRACE_EVENT_CLONE,
+                                 PTRACE_EVENT_EXEC, PTRACE_GETEVENTMSG, PTRACE_GETREGSET,
+                                 PTRACE_O_TRACECLONE, PTRACE_O_TRACEEXEC,
+                                 PTRACE_O_TRACESYSGOOD, PTRACE_SETOPTIONS, PTRACE_SETREGSET,
+                                 PTRACE_SYSCALL)
 from ptrace.binding.func import ptrace as _raw_ptrace
 from ptrace.binding.linux_struct import user_regs_struct
 
 from snapcore.errors import AlreadyTraced, InternalError, NoSuchProcess, PermissionDenied
-from snapcore.linux import arch, procfs
+from snapcore.linux import abi, arch, procfs
 
-PTRACE_CONT = 7
-PTRACE_DETACH = 17
-PTRACE_SYSCALL = 24
-PTRACE_SETOPTIONS = 0x4200
-PTRACE_GETEVENTMSG = 0x4201
-PTRACE_GETREGSET = 0x4204
-PTRACE_SETREGSET = 0x4205
+# The requests python-ptrace does not name (include/uapi/linux/ptrace.h).
 PTRACE_SEIZE = 0x4206
 PTRACE_INTERRUPT = 0x4207
 PTRACE_LISTEN = 0x4208
@@ -36,14 +54,14 @@ PTRACE_SETSIGMASK = 0x420B
 PTRACE_SECCOMP_GET_FILTER = 0x420C
 PTRACE_GET_RSEQ_CONFIGURATION = 0x420F
 
-O_TRACESYSGOOD = 1
-O_TRACECLONE = 8
-O_TRACEEXEC = 0x10
-O_EXITKILL = 1 << 20
+O_TRACESYSGOOD = PTRACE_O_TRACESYSGOOD
+O_TRACECLONE = PTRACE_O_TRACECLONE
+O_TRACEEXEC = PTRACE_O_TRACEEXEC
+O_EXITKILL = 1 << 20  # not named by python-ptrace
 
-EVENT_CLONE = 3
-EVENT_EXEC = 4
-EVENT_STOP = 128
+EVENT_CLONE = PTRACE_EVENT_CLONE
+EVENT_EXEC = PTRACE_EVENT_EXEC
+EVENT_STOP = 128  # not named by python-ptrace: a SEIZEd thread's interrupt or group stop
 
 
 # Every signal but SIGKILL and SIGSTOP (the kernel ignores those two in a mask).
@@ -133,13 +151,13 @@ def get_regs(tid: int) -> Regs:
     architecture has, where PTRACE_GETREGS is x86's own)."""
     regs = Regs()
     iov = _Iovec(ctypes.addressof(regs), ctypes.sizeof(regs))
-    _call(PTRACE_GETREGSET, tid, arch.NT_PRSTATUS, ctypes.addressof(iov), "getregset")
+    _call(PTRACE_GETREGSET, tid, abi.NT_PRSTATUS, ctypes.addressof(iov), "getregset")
     return regs
 
 
 def set_regs(tid: int, regs: Regs) -> None:
     iov = _Iovec(ctypes.addressof(regs), ctypes.sizeof(regs))
-    _call(PTRACE_SETREGSET, tid, arch.NT_PRSTATUS, ctypes.addressof(iov), "setregset")
+    _call(PTRACE_SETREGSET, tid, abi.NT_PRSTATUS, ctypes.addressof(iov), "setregset")
 
 
 def copy_regs(regs: Regs) -> Regs:
@@ -150,7 +168,7 @@ def regs_size(tid: int) -> int:
     """Size of the NT_PRSTATUS register set: 216 for a 64-bit task, 68 for a 32-bit one."""
     buf = ctypes.create_string_buffer(512)
     iov = _Iovec(ctypes.addressof(buf), len(buf))
-    _call(PTRACE_GETREGSET, tid, arch.NT_PRSTATUS, ctypes.addressof(iov), "getregset")
+    _call(PTRACE_GETREGSET, tid, abi.NT_PRSTATUS, ctypes.addressof(iov), "getregset")
     return iov.len
 
 

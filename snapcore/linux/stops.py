@@ -17,9 +17,8 @@ from dataclasses import dataclass
 from typing import NamedTuple
 
 from snapcore.errors import NoSuchProcess, StopTimeout
+from snapcore.linux.abi import WALL  # __WALL: wait for threads and clone children too
 from snapcore.linux.ptrace import EVENT_STOP
-
-WALL = 0x40000000  # __WALL: wait for threads and clone children too
 
 
 class StopKind(enum.Enum):
