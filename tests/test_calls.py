@@ -13,8 +13,8 @@ import pytest
 
 from snapcore.engine import calls, forkthread
 from snapcore.engine.checks_seccomp import planned_syscalls
+from snapcore.engine.request import Request
 from snapcore.engine.snapshot import take
-from snapcore.engine.verdicts import Options
 from snapcore.linux import arch, procfs, seccomp, stops
 from snapcore.linux.window import Window
 
@@ -39,8 +39,8 @@ def _snapshot(pid: int, out_dir, writer: str, threads: str, force=()) -> list:
     """One real snapshot in a worker, with every Guard recording: the calls made."""
     def work():
         seccomp.Guard = Recording  # fork.choose_runner makes the runner's Guard
-        snap = take(pid, Options(output_dir=out_dir, max_per_hour=0, writer=writer),
-                    threads=threads, force=force)
+        snap = take(pid, Request(output_dir=out_dir, max_per_hour=0, writer=writer,
+                                 threads=threads, force=force))
         return {"made": Recording.made, "writer": snap.writer, "core": str(snap.core_path)}
     result = in_fork(work)
     assert "crash" not in result, result.get("crash")
