@@ -343,7 +343,7 @@ def test_check_writes_nothing(start_victim, tmp_path):
                  follow_symlinks=False)
     before = _tree(tmp_path)
     # An output directory to be made (its parent probed), then one with state.
-    for where, rate in ((tmp_path / "missing" / "cores", "no snapshots recorded yet"),
+    for where, rate in ((tmp_path / "missing" / "cores", "0 of 5 snapshots"),
                         (out, "1 of 5 snapshots")):
         checked = run("check", "--json", "--max-per-hour", "5", "-o", str(where),
                       str(victim.pid))
