@@ -3,13 +3,15 @@
 core_pattern expansion, core size estimates, prune planning, sizes and
 durations, the notes rewrite on a core built here, the rate limiter's state,
 and the shape of the package itself: the engine never imports click or rich,
-no import cycle, no module over 300 lines, no engine/linux function over 60.
+no import cycle, no module over 300 lines, no engine/linux function over 60, no
+command-line flag named below the command line.
 """
 
 from __future__ import annotations
 
 import ast
 import os
+import re
 import struct
 import subprocess
 import sys
@@ -245,6 +247,58 @@ def test_the_engine_imports_neither_click_nor_rich():
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                          check=True, cwd=PACKAGE.parent)
     assert out.stdout.strip() == "[]"
+
+
+def _said(path: Path):
+    """(line, text) of each string a module says, less its docstrings."""
+    tree = ast.parse(path.read_text())
+    docs = {id(node.body[0].value) for node in ast.walk(tree)
+            if isinstance(node, (ast.Module, ast.ClassDef, ast.FunctionDef,
+                                 ast.AsyncFunctionDef))
+            and node.body and isinstance(node.body[0], ast.Expr)}
+    return [(node.lineno, node.value) for node in ast.walk(tree)
+            if isinstance(node, ast.Constant) and isinstance(node.value, str)
+            and id(node) not in docs]
+
+
+def test_below_the_command_line_settings_are_named_never_flags():
+    """engine/, core/ and linux/ name the setting a hint is about (setting=,
+    errors.SETTING); cli/render.FLAGS says which flag sets it."""
+    import click
+
+    import snapcore.cli  # noqa: F401  (registers every command)
+    from snapcore.cli.app import cli
+    from snapcore.cli.render import FLAGS
+    flags = {opt for command in cli.commands.values() for p in command.params
+             if isinstance(p, click.Option) for opt in p.opts + p.secondary_opts
+             if opt.startswith("--")}
+    named, settings = [], []
+    for name, path in _modules().items():
+        if not name.startswith(("snapcore.engine", "snapcore.core", "snapcore.linux")):
+            continue
+        for line, text in _said(path):
+            named += [f"{name}:{line}: {flag}" for flag in flags
+                      if re.search(rf"(?<![\w-]){re.escape(flag)}(?![\w-])", text)]
+        settings += [(f"{name}:{node.lineno}", kw.value.value)
+                     for node in ast.walk(ast.parse(path.read_text()))
+                     if isinstance(node, ast.Call) for kw in node.keywords
+                     if kw.arg == "setting" and isinstance(kw.value, ast.Constant)]
+    assert named == []
+    assert settings and [(where, s) for where, s in settings if s not in FLAGS] == []
+
+
+def test_an_error_line_names_the_flag_where_its_hint_names_the_setting():
+    from snapcore.cli.render import error_dict, error_line
+    from snapcore.errors import SETTING, NotDumpable, OutputError
+    missing = OutputError("no zstandard", f"snapshot without {SETTING}", setting="compress")
+    assert error_line(missing) == "no zstandard: snapshot without --compress"
+    assert error_dict(missing)["hint"] == "snapshot without --compress"
+    assert missing.one_line() == "no zstandard: snapshot without compress"  # no command line
+    full = OutputError("full", "free space", setting="min_free")
+    assert error_line(full) == "full: free space (--min-free)"
+    assert full.one_line() == "full: free space"
+    assert error_line(NotDumpable("not dumpable")) == \
+        "not dumpable: override: --force dumpable"
 
 
 def test_no_import_cycle():

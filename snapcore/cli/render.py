@@ -11,7 +11,7 @@ import json
 import sys
 from typing import TYPE_CHECKING
 
-from snapcore.errors import SnapcoreError
+from snapcore.errors import SETTING, SnapcoreError
 from snapcore.units import human
 
 if TYPE_CHECKING:
@@ -148,6 +148,8 @@ def shown_verdict(check: dict) -> str:
 
 # The engine names the setting a hint is about; this is the flag that sets it.
 FLAGS = {
+    "compress": "--compress",
+    "exe": "--exe",
     "output_dir": "-o DIR",
     "timeout": "--timeout",
     "min_free": "--min-free",
@@ -160,9 +162,12 @@ FLAGS = {
 
 
 def with_flags(hint: str, setting: str = "", override: str = "") -> str:
-    """A hint as the operator acts on it: the flag of its setting, and the
-    --force that overrides the refusal, when there is one."""
-    if setting in FLAGS:
+    """A hint as the operator acts on it: the flag of its setting (where the
+    hint names it, errors.SETTING, else after it), and the --force that
+    overrides the refusal, when there is one."""
+    if SETTING in hint:
+        hint = hint.replace(SETTING, FLAGS.get(setting, setting))
+    elif setting in FLAGS:
         hint = f"{hint} ({FLAGS[setting]})" if hint else FLAGS[setting]
     if override:
         hint = f"{hint} (or override: --force {override})" if hint else \
@@ -171,8 +176,8 @@ def with_flags(hint: str, setting: str = "", override: str = "") -> str:
 
 
 def error_line(err: SnapcoreError) -> str:
-    hint = with_flags(err.hint, err.setting, err.check)
-    return f"{err.message}: {hint}" if hint else err.message
+    """The error's line (errors.one_line) with its hint as the command line acts on it."""
+    return err.one_line(with_flags(err.hint, err.setting, err.check))
 
 
 def error_dict(err: SnapcoreError) -> dict:
@@ -264,6 +269,15 @@ def print_info(record, console: Console) -> None:
     ] + [("note", note) for note in d.get("notes", [])]
     for key, value in rows:
         console.print(f"{key:<9} {value}", markup=False, highlight=False)
+
+
+def print_failure(err: SnapcoreError, as_json: bool, to_stderr: bool = False) -> None:
+    """A command's failure: one JSON document (on stderr when `to_stderr`:
+    standard output is the core's), else one line on stderr."""
+    if as_json:
+        print_json({"ok": False, "error": error_dict(err)}, to_stderr=to_stderr)
+    else:
+        print_error(err)
 
 
 def print_error(err: SnapcoreError, console: Console | None = None) -> None:

@@ -24,8 +24,8 @@ from snapcore.engine import interrupts, preflight, sequence
 from snapcore.engine.checks_process import exec_race
 from snapcore.engine.ratelimit import RateLimiter, program
 from snapcore.engine.result import DumpLimits, Output, Snapshot
-from snapcore.errors import (AlreadyTraced, NoSuchProcess, OutputError, PermissionDenied,
-                             SnapcoreError, Stage)
+from snapcore.errors import (SETTING, AlreadyTraced, NoSuchProcess, OutputError,
+                             PermissionDenied, SnapcoreError, Stage)
 from snapcore.linux import stops
 from snapcore.linux.procfs import open_exe, reading, start_time
 
@@ -73,8 +73,8 @@ def _take_exclusive(pid: int, opts: preflight.Options, *, threads: str,
         raise preflight.Refused(refusals[0], pid)
     target = pre.target
     if compressed and pre.writer == "snapcore" and zstd_missing():
-        raise OutputError(zstd_missing(), "snapshot without --compress", pid=pid,
-                          stage=Stage.PREFLIGHT)
+        raise OutputError(zstd_missing(), f"snapshot without {SETTING}", pid=pid,
+                          stage=Stage.PREFLIGHT, setting="compress")
     output_dir = placement.prepare_output_dir(opts.output_dir)
     limiter = RateLimiter(output_dir, opts.max_per_hour, opts.clock)
     key = program(target)
