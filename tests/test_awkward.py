@@ -359,6 +359,6 @@ def test_records_says_which_were_left_out(tmp_path):
     bad = place(tmp_path, BAD, wrong(WRONG["threads null"]))
     skipped: list[str] = []
     found = records.records(tmp_path, skipped)
-    assert [r.data["target"]["pid"] for r in found] == [12]
+    assert [r.data.target.pid for r in found] == [12]
     assert skipped == [f"{bad}: 'threads' is null, not a list"]
     assert records.shape_problem(good_record(GOOD)) is None

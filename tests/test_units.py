@@ -3,17 +3,21 @@
 core_pattern expansion, core size estimates, prune planning, sizes and
 durations, the notes rewrite on a core built here, the rate limiter's state,
 and the shape of the package itself: the engine never imports click or rich,
-no import cycle, no module over 300 lines, no engine/linux function over 60.
+no import cycle, no module over 300 lines, no engine/linux function over 60, no
+command-line flag named below the command line.
 """
 
 from __future__ import annotations
 
 import ast
+import json
 import os
+import re
 import struct
 import subprocess
 import sys
 import time
+from datetime import datetime
 from pathlib import Path
 
 import pytest
@@ -22,6 +26,7 @@ from elftools.elf.elffile import ELFFile
 from snapcore import units
 from snapcore.core import dumprules, notes, records, store
 from snapcore.core.core_pattern import CorePattern, expand
+from snapcore.core.recordshape import CoreFile, RecordData
 from snapcore.engine import estimate
 from snapcore.engine.ratelimit import RateLimiter
 from snapcore.linux import arch
@@ -102,7 +107,8 @@ def _record(tmp_path, name, exe, age, size, now):
     core = tmp_path / f"{name}.core"
     core.write_bytes(b"x" * size)
     stamp = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(now - age)) + "Z"
-    return records.Record(sidecar, core, {"taken_at": stamp, "target": {"exe": exe}})
+    data = RecordData.from_json({"taken_at": stamp, "target": {"exe": exe}})
+    return records.Record(sidecar, core, data)
 
 
 def test_prune_plan_keep_age_and_total(tmp_path):
@@ -116,6 +122,78 @@ def test_prune_plan_keep_age_and_total(tmp_path):
     # each snapshot weighs 110 bytes: the oldest go until the rest fit
     assert names(records.plan_prune(found, max_total=330, now=now)) == ["a2", "a3"]
     assert names(records.plan_prune(found, max_total=329, now=now)) == ["a1", "a2", "a3"]
+
+
+# the record
+
+# A record as snapcore wrote it before records had a version: its own
+# write_sidecar, a real snapshot (snapcore's writer, --compress, --reason).
+BEFORE_VERSION = Path(__file__).parent / "records" / "written-before-version.json"
+
+
+def test_a_record_written_before_the_version_reads_back_whole(tmp_path):
+    written = json.loads(BEFORE_VERSION.read_text())
+    assert "version" not in written
+    (tmp_path / BEFORE_VERSION.name).write_text(BEFORE_VERSION.read_text())
+    (tmp_path / written["core"]["file"]).write_bytes(b"x" * written["core"]["size"])
+    skipped: list[str] = []
+    found = records.records(tmp_path, skipped)
+    assert skipped == [] and len(found) == 1
+    record = found[0]
+    assert record.core == tmp_path / written["core"]["file"]
+    assert records.core_problem(record) is None
+    data = record.data
+    assert data.version == 1 and data.reason == "INC-4711 slow" and data.trigger == ""
+    assert (data.target.pid, data.target.name, data.target.cmdline) == \
+        (22228, "sleep", ["sleep", "600"])
+    assert [(t.tid, t.name) for t in data.threads] == [(22228, "sleep")]
+    assert data.core.compressed is True and data.writer.name == "snapcore"
+    assert record.target_key == "sleep 600 (/usr/bin/sleep)"
+    assert record.taken_at == datetime.fromisoformat("2026-12-05T20:39:30.551956+00:00")\
+        .timestamp()
+    # Written again, it is the same document, keys in the same order, and its version.
+    again = data.to_json()
+    assert list(again) == ["version", *written] and again.pop("version") == 1
+    assert json.dumps(again) == json.dumps(written)
+
+
+def test_a_record_missing_fields_reads_with_the_defaults():
+    data = RecordData.from_json({"taken_at": "2026-01-01T00:00:00Z",
+                                 "core": {"file": "a.core"}})
+    assert (data.version, data.reason, data.trigger, data.threads, data.notes) == \
+        (1, "", "", [], [])
+    assert (data.target.pid, data.target.exe, data.core.size, data.writer.name) == \
+        (None, None, None, None)
+    assert data == RecordData(taken_at="2026-01-01T00:00:00Z",
+                              core=CoreFile(file="a.core"))
+
+
+def test_a_record_keeps_the_fields_it_does_not_know():
+    written = json.loads(BEFORE_VERSION.read_text())
+    written["from_a_newer_snapcore"] = {"x": [1]}
+    written["target"]["cgroup"] = "/system.slice/x.service"
+    written["threads"][0]["cpu"] = 3
+    assert records.shape_problem(written) is None
+    again = RecordData.from_json(written).to_json()
+    assert again["from_a_newer_snapcore"] == {"x": [1]}
+    assert again["target"]["cgroup"] == "/system.slice/x.service"
+    assert again["threads"][0]["cpu"] == 3
+
+
+def test_a_record_of_a_newer_version_or_the_wrong_types_is_not_read():
+    written = json.loads(BEFORE_VERSION.read_text())
+    assert records.shape_problem(dict(written, version=1)) is None
+    assert "newer snapcore" in records.shape_problem(dict(written, version=2))
+    assert records.shape_problem(dict(written, version="1")) == \
+        "'version' is \"1\", not a number"
+    assert records.shape_problem(dict(written, writer="kernel")) == \
+        "'writer' is \"kernel\", not an object"
+    threads = [dict(written["threads"][0], tid="x")]
+    assert records.shape_problem(dict(written, threads=threads)) == \
+        "'threads[0].tid' is \"x\", not a number or null"
+    core = dict(written["core"], compressed=1)
+    assert records.shape_problem(dict(written, core=core)) == \
+        "'core.compressed' is 1, not true or false or null"
 
 
 # sizes and durations
@@ -245,6 +323,58 @@ def test_the_engine_imports_neither_click_nor_rich():
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                          check=True, cwd=PACKAGE.parent)
     assert out.stdout.strip() == "[]"
+
+
+def _said(path: Path):
+    """(line, text) of each string a module says, less its docstrings."""
+    tree = ast.parse(path.read_text())
+    docs = {id(node.body[0].value) for node in ast.walk(tree)
+            if isinstance(node, (ast.Module, ast.ClassDef, ast.FunctionDef,
+                                 ast.AsyncFunctionDef))
+            and node.body and isinstance(node.body[0], ast.Expr)}
+    return [(node.lineno, node.value) for node in ast.walk(tree)
+            if isinstance(node, ast.Constant) and isinstance(node.value, str)
+            and id(node) not in docs]
+
+
+def test_below_the_command_line_settings_are_named_never_flags():
+    """engine/, core/ and linux/ name the setting a hint is about (setting=,
+    errors.SETTING); cli/render.FLAGS says which flag sets it."""
+    import click
+
+    import snapcore.cli  # noqa: F401  (registers every command)
+    from snapcore.cli.app import cli
+    from snapcore.cli.render import FLAGS
+    flags = {opt for command in cli.commands.values() for p in command.params
+             if isinstance(p, click.Option) for opt in p.opts + p.secondary_opts
+             if opt.startswith("--")}
+    named, settings = [], []
+    for name, path in _modules().items():
+        if not name.startswith(("snapcore.engine", "snapcore.core", "snapcore.linux")):
+            continue
+        for line, text in _said(path):
+            named += [f"{name}:{line}: {flag}" for flag in flags
+                      if re.search(rf"(?<![\w-]){re.escape(flag)}(?![\w-])", text)]
+        settings += [(f"{name}:{node.lineno}", kw.value.value)
+                     for node in ast.walk(ast.parse(path.read_text()))
+                     if isinstance(node, ast.Call) for kw in node.keywords
+                     if kw.arg == "setting" and isinstance(kw.value, ast.Constant)]
+    assert named == []
+    assert settings and [(where, s) for where, s in settings if s not in FLAGS] == []
+
+
+def test_an_error_line_names_the_flag_where_its_hint_names_the_setting():
+    from snapcore.cli.render import error_dict, error_line
+    from snapcore.errors import SETTING, NotDumpable, OutputError
+    missing = OutputError("no zstandard", f"snapshot without {SETTING}", setting="compress")
+    assert error_line(missing) == "no zstandard: snapshot without --compress"
+    assert error_dict(missing)["hint"] == "snapshot without --compress"
+    assert missing.one_line() == "no zstandard: snapshot without compress"  # no command line
+    full = OutputError("full", "free space", setting="min_free")
+    assert error_line(full) == "full: free space (--min-free)"
+    assert full.one_line() == "full: free space"
+    assert error_line(NotDumpable("not dumpable")) == \
+        "not dumpable: override: --force dumpable"
 
 
 def test_no_import_cycle():

@@ -99,9 +99,28 @@ def test_record_beside_the_core(victim_exe, tmp_path, out_dir):
         assert rec["kernel"] == platform.release()
         assert rec["hostname"] == socket.gethostname()
         assert rec["snapcore_version"] and rec["taken_at"].endswith("Z")
+        # The keys scripts read are those written before records had a
+        # version (tests/records), in the same order, the version first.
+        before = json.loads((Path(__file__).parent / "records" /
+                             "written-before-version.json").read_text())
+        assert rec["version"] == 1 and keys(rec) == ["version", *keys(before)]
+        info = run_snapcore("info", "--json", "-o", str(out_dir), str(target.pid))
+        assert json.loads(info.stdout)["record"] == rec, info.stderr
     finally:
         target.kill()
         target.wait()
+
+
+def keys(doc: dict, at: str = "") -> list[str]:
+    """Every key of a JSON object, its objects' (a list's first) too, in order."""
+    out = []
+    for key, value in doc.items():
+        out.append(at + key)
+        if isinstance(value, list) and value and isinstance(value[0], dict):
+            value = value[0]
+        if isinstance(value, dict):
+            out += keys(value, f"{at}{key}.")
+    return out
 
 
 def age(record: Path, seconds: float) -> None:

@@ -103,18 +103,24 @@ def check_output_dir(pre: Preflight, opts: Request) -> None:
 
 
 def _cannot_create_in(parent: Path) -> str:
-    """Why no directory can be made in `parent`, or "".  Tried for real, with a
-    probe removed at once: permission bits say nothing of /proc, sysfs or a
-    read-only mount to root, whose access(2) passes where mkdir(2) fails."""
-    probe = parent / f".snapcore-probe-{os.getpid()}"
+    """Why no directory can be made in `parent`, or "", found without making
+    one (a check writes nothing).  Permission bits and read-only mounts are
+    access(2)'s (it answers EROFS for either kind of read-only mount,
+    fs/open.c `do_faccessat`), asked before this.  What access(2) passes for
+    root and mkdir(2) still refuses is a filesystem of the kernel's own:
+    proc and sysfs have no mkdir at all (EPERM, fs/namei.c `vfs_mkdir`), and
+    in cgroup, tracefs or configfs a new directory is a kernel object, not a
+    directory.  They count no blocks and no inodes: statfs(2) says f_blocks
+    and f_files 0 (fs/libfs.c `simple_statfs`), where a tmpfs without a size
+    limit still counts its inodes (ramfs alone is a false refusal).  The
+    snapshot itself makes the directory (placement.prepare_output_dir)."""
     try:
-        os.mkdir(probe, 0o700)
-    except FileExistsError:
-        return ""  # a probe of a killed check, so directories can be made here
+        st = os.statvfs(parent)
     except OSError as exc:
         return exc.strerror or str(exc)
-    os.rmdir(probe)
-    return ""
+    if st.f_blocks or st.f_files:
+        return ""
+    return "a filesystem of the kernel's own, with no room for files"
 
 
 def _min_free(spec: str, fs_size: int) -> int:
@@ -212,8 +218,8 @@ def check_rate(pre: Preflight, opts: Request) -> None:
         return
     key = program(t)
     try:
-        when = limiter.next_allowed(key)
-        taken = len(limiter.recent(key))
+        times = limiter.recent(key)  # read only: a check writes nothing
+        when, taken = limiter.next_allowed(key, times), len(times)
     except FileNotFoundError:
         pre.add("rate-limit", OK, "no snapshots recorded yet")
         return

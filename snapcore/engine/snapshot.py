@@ -27,8 +27,8 @@ from snapcore.engine.controller import MemoryWatch
 from snapcore.engine.phase import Dumped, Run
 from snapcore.engine.request import Request
 from snapcore.engine.result import Snapshot
-from snapcore.errors import (AlreadyTraced, NoSuchProcess, OutputError, PermissionDenied,
-                             SnapcoreError, Stage)
+from snapcore.errors import (SETTING, AlreadyTraced, NoSuchProcess, OutputError,
+                             PermissionDenied, SnapcoreError, Stage)
 from snapcore.linux import stops
 from snapcore.linux.procfs import open_exe, reading, start_time
 
@@ -67,8 +67,8 @@ def _take_exclusive(pid: int, request: Request, exe_fd: int | None) -> Snapshot:
     if refusals:
         raise preflight.Refused(refusals[0], pid)
     if request.compress and plan.writer == "snapcore" and zstd_missing():
-        raise OutputError(zstd_missing(), "snapshot without --compress", pid=pid,
-                          stage=Stage.PREFLIGHT)
+        raise OutputError(zstd_missing(), f"snapshot without {SETTING}", pid=pid,
+                          stage=Stage.PREFLIGHT, setting="compress")
     output_dir = placement.prepare_output_dir(request.output_dir)
     limiter = RateLimiter(output_dir, request.max_per_hour, request.clock)
     key = program(plan.target)
