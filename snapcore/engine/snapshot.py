@@ -79,7 +79,7 @@ def _take_exclusive(pid: int, opts: preflight.Options, *, threads: str,
     limiter = RateLimiter(output_dir, opts.max_per_hour, opts.clock)
     key = program(target)
     with limiter.exclusive(key, pid):
-        root = placement.target_root(pid)
+        root = pre.facts.root  # the target's view the staging check judged
         staging_dirs.remove_stale_staging(output_dir, root)
         publish.finish_interrupted(output_dir)
         staging = (staging_dirs.make_staging_dir(output_dir, target.uid, target.gid, root)

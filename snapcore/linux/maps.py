@@ -14,6 +14,7 @@ import struct
 from dataclasses import dataclass, field
 
 from snapcore.linux import arch
+from snapcore.linux.procstat import PROC, read_number
 from snapcore.linux.proctext import proc_open
 
 _HEADER = re.compile(r"^([0-9a-f]+)-([0-9a-f]+) (\S{4}) ([0-9a-f]+) (\S+) (\d+)\s*(.*)$")
@@ -86,9 +87,12 @@ def _unescape(path: str) -> str:
     return path.replace("\\012", "\n")
 
 
-def coredump_filter(pid: int) -> int:
-    with open(f"/proc/{pid}/coredump_filter") as f:
-        return int(f.read().strip(), 16)
+def coredump_filter(pid: int, proc: str = PROC) -> int:
+    """Which kinds of mapping a core holds (Documentation/filesystems/proc.rst).
+    The preflight's estimate reads the target's once (linux/facts.py);
+    snapcore's writer reads the child's, after the fork: the mm flags the
+    fork copied are what the core must follow (core/writer.py)."""
+    return read_number(f"{proc}/{pid}/coredump_filter", 16)
 
 
 @dataclass
