@@ -24,7 +24,7 @@ from __future__ import annotations
 import os
 from functools import cached_property
 
-from snapcore.linux import cgroups, maps, procstat
+from snapcore.linux import cgroups, procstat
 from snapcore.linux.procstat import PROC
 
 
@@ -54,7 +54,7 @@ class Facts:
 
     @cached_property
     def coredump_filter(self) -> int:
-        return maps.coredump_filter(self.pid, self.proc)
+        return procstat.coredump_filter(self.pid, self.proc)
 
     @cached_property
     def cgroups(self) -> cgroups.Membership:

@@ -13,8 +13,7 @@ import re
 import struct
 from dataclasses import dataclass, field
 
-from snapcore.linux import arch
-from snapcore.linux.procstat import PROC, read_number
+from snapcore.linux import arch, procstat
 from snapcore.linux.proctext import proc_open
 
 _HEADER = re.compile(r"^([0-9a-f]+)-([0-9a-f]+) (\S{4}) ([0-9a-f]+) (\S+) (\d+)\s*(.*)$")
@@ -87,12 +86,7 @@ def _unescape(path: str) -> str:
     return path.replace("\\012", "\n")
 
 
-def coredump_filter(pid: int, proc: str = PROC) -> int:
-    """Which kinds of mapping a core holds (Documentation/filesystems/proc.rst).
-    The preflight's estimate reads the target's once (linux/facts.py);
-    snapcore's writer reads the child's, after the fork: the mm flags the
-    fork copied are what the core must follow (core/writer.py)."""
-    return read_number(f"{proc}/{pid}/coredump_filter", 16)
+coredump_filter = procstat.coredump_filter  # the writer's and dumprules' name for it
 
 
 @dataclass

@@ -131,6 +131,14 @@ def read_number(path: str, base: int = 10) -> int:
     return int(proc_text(path).strip(), base)
 
 
+def coredump_filter(pid: int, proc: str = PROC) -> int:
+    """Which kinds of mapping a core holds (Documentation/filesystems/proc.rst).
+    The preflight's estimate reads the target's once (linux/facts.py);
+    snapcore's writer reads the child's, after the fork: the mm flags the
+    fork copied are what the core must follow (core/writer.py)."""
+    return read_number(f"{proc}/{pid}/coredump_filter", 16)
+
+
 def ancestors(pid: int, proc: str = PROC) -> list[int]:
     """The pids of the process's parent, its parent's parent, ... up to init."""
     found = []
