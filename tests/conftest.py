@@ -24,6 +24,8 @@ from pathlib import Path
 import psutil
 import pytest
 
+from snapcore.linux.procstat import read_stat
+
 TARGETS = Path(__file__).parent / "targets"
 
 
@@ -129,11 +131,11 @@ class Victim:
         assert status["TracerPid"].strip() == "0"
         for tid in os.listdir(f"/proc/{self.pid}/task"):
             try:
-                stat = Path(f"/proc/{self.pid}/task/{tid}/stat").read_text(errors="replace")
+                state = read_stat(self.pid, int(tid)).state
                 tracer = Path(f"/proc/{self.pid}/task/{tid}/status").read_text(errors="replace")
             except (FileNotFoundError, ProcessLookupError):
                 continue  # a thread that ended meanwhile (ESRCH once it is reaped)
-            assert stat.rsplit(")", 1)[1].split()[0] not in "tT", f"thread {tid} left stopped"
+            assert state not in "tT", f"thread {tid} left stopped"
             assert "TracerPid:\t0\n" in tracer, f"thread {tid} left traced"
         children = psutil.Process(self.pid).children()
         assert children == [], f"target has children: {children}"

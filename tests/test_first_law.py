@@ -17,7 +17,7 @@ import psutil
 import pytest
 
 from conftest import compile_target, snap_json
-from helpers import wait_until
+from helpers import process_state, wait_until
 
 
 @pytest.fixture(scope="session")
@@ -303,10 +303,7 @@ def _child_of_fork_thread(pid: int) -> tuple[int, str] | None:
         except OSError:
             continue
         for kid in kids:
-            try:
-                return int(kid), Path(f"/proc/{kid}/stat").read_text().rsplit(")", 1)[1].split()[0]
-            except OSError:
-                return int(kid), "gone"
+            return int(kid), process_state(int(kid)) or "gone"
     return None
 
 

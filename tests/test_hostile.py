@@ -27,6 +27,7 @@ import pytest
 from elftools.elf.elffile import ELFFile
 
 from snapcore.errors import ExitCode
+from snapcore.linux.procstat import read_stat
 
 from conftest import compile_target, gdb
 from helpers import prstatus_pids
@@ -151,11 +152,10 @@ def harm(victim, allowed: frozenset = frozenset()) -> list[str]:
         return ["target gone from /proc"]
     for tid in tids:
         try:
-            state = Path(f"/proc/{victim.pid}/task/{tid}/stat").read_text()
+            letter = read_stat(victim.pid, int(tid)).state
             status = Path(f"/proc/{victim.pid}/task/{tid}/status").read_text()
         except (FileNotFoundError, ProcessLookupError):
             continue  # a thread that ended meanwhile
-        letter = state.rsplit(")", 1)[1].split()[0]
         if letter in "tT":
             problems.append(f"thread {tid} left stopped ({letter})")
         if status.startswith("Name:\tsnapcore-fork\n"):

@@ -41,7 +41,7 @@ def check_core_destination(pre: Preflight, opts: Request,
                 "directory", "look it up with the handler's tools (coredumpctl), or let "
                 "snapcore write it", setting="writer")
     elif pattern.kind == "absolute" and not os.path.isdir(
-            placement.target_root(t.pid) + os.path.dirname(pattern.pattern)):
+            pre.facts.root + os.path.dirname(pattern.pattern)):
         pre.add("core-pattern", REFUSE, f"core_pattern writes to "
                 f"{os.path.dirname(pattern.pattern)}, which does not exist for the process",
                 "create it, fix kernel.core_pattern, or let snapcore write the core",
@@ -147,7 +147,7 @@ def check_staging(pre: Preflight, opts: Request, pattern: core_pattern.CorePatte
         return
     out = Path(opts.output_dir).absolute()
     try:
-        base = staging.staging_base(out, t.uid, placement.target_root(t.pid))
+        base = staging.staging_base(out, t.uid, pre.facts.root)
     except OutputError as exc:
         pre.add("staging", REFUSE, exc.message, exc.hint)
         return
@@ -155,12 +155,12 @@ def check_staging(pre: Preflight, opts: Request, pattern: core_pattern.CorePatte
             else f"in {base}, then moved to the output directory")
 
 
-def _places(opts: Request, pattern: core_pattern.CorePattern, pid: int, uid: int) -> set:
+def _places(opts: Request, pattern: core_pattern.CorePattern, root: str, uid: int) -> set:
     """Every filesystem the core is written to: the output directory, and where
-    the kernel writes it first (core_pattern's directory, or the staging one)."""
+    the kernel writes it first (core_pattern's directory, or the staging one);
+    `root`: the target's (placement.target_root)."""
     out = Path(opts.output_dir).absolute()
     places = {str(_existing_ancestor(out))}
-    root = placement.target_root(pid)
     if pattern.kind == "absolute":
         places.add(root + os.path.dirname(pattern.pattern))
     elif pattern.kind == "relative":
@@ -189,7 +189,7 @@ def check_disk(pre: Preflight, opts: Request, sizes: CoreSize | None,
     size, how = checks_writer.disk_need(pre, opts, pre.core_estimate)
     # snapcore's writer writes into the output directory alone.
     places = ({str(_existing_ancestor(Path(opts.output_dir).absolute()))}
-              if pre.writer == "snapcore" else _places(opts, pattern, t.pid, t.uid))
+              if pre.writer == "snapcore" else _places(opts, pattern, pre.facts.root, t.uid))
     for place in sorted(places):
         try:
             free, fs_size = estimate.free_space(place)

@@ -17,7 +17,7 @@ import os
 from pathlib import Path
 
 from snapcore import units
-from snapcore.core import core_pattern, placement, staging
+from snapcore.core import core_pattern, staging
 from snapcore.core.dumprules import CoreSize
 from snapcore.engine.request import Request
 from snapcore.engine.verdicts import OK, REFUSE, Preflight
@@ -60,7 +60,7 @@ def choose_writer(pre: Preflight, opts: Request, pattern: core_pattern.CorePatte
                 f"({units.human(t.core_hard)}) is below the core's size "
                 f"(about {units.human(size)}): the kernel would cut it short")
     elif pattern.kind == "absolute" and not os.path.isdir(
-            placement.target_root(t.pid) + os.path.dirname(pattern.pattern)):
+            pre.facts.root + os.path.dirname(pattern.pattern)):
         _chosen(pre, "snapcore", f"core_pattern writes to {os.path.dirname(pattern.pattern)}, "
                 "which does not exist for the process")
     elif pattern.kind == "relative" and (nowhere := _no_staging(pre, opts)):
@@ -90,8 +90,7 @@ def _no_staging(pre: Preflight, opts: Request) -> str:
     distroless image (core/staging.py: staging_base)."""
     t = pre.target
     try:
-        staging.staging_base(Path(opts.output_dir).absolute(), t.uid,
-                             placement.target_root(t.pid))
+        staging.staging_base(Path(opts.output_dir).absolute(), t.uid, pre.facts.root)
     except OutputError as exc:
         return exc.message
     return ""

@@ -28,6 +28,7 @@ from dataclasses import dataclass, field
 from snapcore.errors import CoreNotWritten, Stage
 from snapcore.linux import cgroups, priority
 from snapcore.linux.priority import IDLE, Level
+from snapcore.linux.procstat import read_meminfo
 from snapcore.units import human
 
 SETTLE = 1.0  # seconds of progress measured before (and after) each deadline step
@@ -82,13 +83,9 @@ class MemoryWatch:
 
 def _meminfo_anon() -> int | None:
     try:
-        with open("/proc/meminfo") as f:
-            for line in f:
-                if line.startswith("AnonPages:"):
-                    return int(line.split()[1]) * 1024
-    except OSError:
-        pass
-    return None
+        return read_meminfo().get("AnonPages")  # live: a change over time
+    except (OSError, ValueError):
+        return None
 
 
 @dataclass

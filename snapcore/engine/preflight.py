@@ -18,7 +18,8 @@ from snapcore.engine.verdicts import (CHECKS, FORCEABLE, OK, REFUSE, WARN, Check
                                       Preflight, Refused)
 from snapcore.errors import Stage
 from snapcore.linux import landing, maps, stops
-from snapcore.linux.procfs import mm_fingerprint, read, reading, syscall_instructions
+from snapcore.linux.facts import Facts
+from snapcore.linux.procfs import read, reading, syscall_instructions
 
 
 def run(pid: int, opts: Request) -> Preflight:
@@ -31,7 +32,8 @@ def run(pid: int, opts: Request) -> Preflight:
 
 
 def _run(pid: int, opts: Request) -> Preflight:
-    pre = Preflight(read(pid))
+    facts = Facts(pid)  # each /proc file the checks read, read once
+    pre = Preflight(read(pid, facts), facts=facts)
     t = pre.target
     checks_process.check_permission(pre)
     if t.tracer:
@@ -43,7 +45,7 @@ def _run(pid: int, opts: Request) -> Preflight:
     checks_process.check_state(pre)
     usable = not pre.refusals()
     if usable:
-        pre.fingerprint = mm_fingerprint(pid)
+        pre.fingerprint = facts.stat.fingerprint  # checked live at each stop (identity.py)
         candidates = syscall_instructions(pid)
         pre.syscall_at = candidates[0]
         pre.sites = landing.find(pid)
@@ -55,7 +57,8 @@ def _run(pid: int, opts: Request) -> Preflight:
     vmas = maps.read_smaps(pid) if usable and not t.kernel_thread else []
     checks_seccomp.check_userfaultfd(pre, vmas)
     pre.stale_pages = leftovers.stale_pages(pid, vmas)
-    sizes = dumprules.core_size(pid, vmas, len(t.threads)) if vmas else None
+    sizes = dumprules.core_size(pid, vmas, len(t.threads), facts.coredump_filter) \
+        if vmas else None
     pattern = checks_host.check_core_destination(pre, opts, sizes)
     pre.core_pattern = pattern
     checks_host.check_output_dir(pre, opts)

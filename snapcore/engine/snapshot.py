@@ -73,7 +73,7 @@ def _take_exclusive(pid: int, request: Request, exe_fd: int | None) -> Snapshot:
     limiter = RateLimiter(output_dir, request.max_per_hour, request.clock)
     key = program(plan.target)
     with limiter.exclusive(key, pid):
-        root = placement.target_root(pid)
+        root = plan.facts.root  # the target's view the staging check judged
         staging_dirs.remove_stale_staging(output_dir, root)
         publish.finish_interrupted(output_dir)
         staging = (staging_dirs.make_staging_dir(output_dir, plan.target.uid,

@@ -10,6 +10,7 @@ from typing import TYPE_CHECKING
 
 from snapcore.errors import ExitCode, SnapcoreError, Stage
 if TYPE_CHECKING:  # the command layer imports this module for the check names alone
+    from snapcore.linux.facts import Facts
     from snapcore.linux.procfs import Target
     from snapcore.linux import landing
 
@@ -76,6 +77,7 @@ class Preflight:
     memory_room: int = 0
     memory_worst: int = 0  # the most the copies can cost: the copy-on-write worst case
     memory_limit_file: str = ""
+    facts: Facts | None = None  # what the checks read, once (linux/facts.py)
 
     def add(self, name: str, verdict: str, reason: str, fix: str = "",
             setting: str = "") -> None:
