@@ -18,6 +18,7 @@ from pathlib import Path
 import pytest
 
 from snapcore.engine import checks_limits, checks_process
+from snapcore.engine.plan import Plan
 from snapcore.engine.verdicts import OK, REFUSE, WARN, Preflight
 from snapcore.linux import procfs, procstat
 from snapcore.linux.facts import Facts
@@ -88,7 +89,7 @@ class Tree:
 
     def preflight(self) -> Preflight:
         facts = Facts(PID, str(self.proc))
-        return Preflight(procfs.read(PID, facts), facts=facts)
+        return Preflight(Plan(procfs.read(PID, facts), facts))
 
 
 @pytest.fixture
@@ -131,7 +132,7 @@ def test_readers_of_a_real_sleep(tree):
     info = procstat.read_meminfo(str(tree.proc))
     assert info["MemAvailable"] == 2 * MiB
     assert info["HugePages_Total"] == 0 and "Hugepagesize" in info
-    target = tree.preflight().target
+    target = tree.preflight().plan.target
     assert (target.uid, target.name, target.threads, target.cmdline) == \
         (1000, "sleep", [PID], ["sleep", "1000"])
     assert (target.core_soft, target.core_hard) == (0, procstat.RLIM_INFINITY)
@@ -149,7 +150,7 @@ def test_one_preflight_reads_each_file_once(tree):
     (tree.group / "memory.max").write_text("max\n")
     checks_limits.check_tasks(pre)
     assert "room for 8" in verdict(pre, "tasks").reason
-    assert pre.facts.cgroups.memory_headroom() == (str(tree.group / "memory.max"), 10 * MiB)
+    assert pre.plan.facts.cgroups.memory_headroom() == (str(tree.group / "memory.max"), 10 * MiB)
 
 
 # permission
@@ -243,7 +244,7 @@ def test_memory_available(tree):
     pre, check = _memory(tree, 10 * MiB)
     assert (check.verdict, check.reason) == \
         (OK, "copy-on-write worst case 10.0 MiB, 1.0 GiB available")
-    assert (pre.memory_worst, pre.memory_room, pre.memory_limit_file) == (10 * MiB, 1 << 30, "")
+    assert (pre.plan.memory_worst, pre.plan.memory_room, pre.plan.memory_limit_file) == (10 * MiB, 1 << 30, "")
 
 
 def test_memory_over_half_of_what_is_available(tree):
@@ -264,7 +265,7 @@ def test_memory_under_the_cgroup_limit(tree):
     limit = str(tree.group / "memory.max")
     assert check.verdict == REFUSE
     assert f"its cgroup has 10.0 MiB left below {limit}" in check.reason
-    assert (pre.memory_room, pre.memory_limit_file) == (10 * MiB, limit)
+    assert (pre.plan.memory_room, pre.plan.memory_limit_file) == (10 * MiB, limit)
 
 
 def test_memory_the_tightest_limit_on_the_way_up(tree):
@@ -294,7 +295,7 @@ def test_memory_oom_group(tree, rss, verdict_, says):
                       memory_current=str(100 * MiB))
     pre, check = _memory(tree, rss)
     assert check.verdict == verdict_ and says in check.reason, check
-    assert pre.memory_room == 50 * MiB
+    assert pre.plan.memory_room == 50 * MiB
 
 
 def test_memory_cgroup_out_of_sight(tree):

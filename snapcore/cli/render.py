@@ -188,16 +188,16 @@ def error_dict(err: SnapcoreError) -> dict:
 
 def check_dict(result) -> dict:
     refusals = result.refusals()
-    t = result.target
+    t = result.plan.target
     return {
         "ok": not refusals,
         "target": {"pid": t.pid, "name": t.name, "exe": t.exe, "uid": t.uid,
                    "threads": len(t.threads)},
         "would_snapshot": not refusals,
         "exit_code": int(refusals[0].exit_code) if refusals else 0,
-        "core_estimate": result.core_estimate,
-        "core_estimate_apparent": result.core_apparent,
-        "writer": {"name": result.writer, "reason": result.writer_reason},
+        "core_estimate": result.plan.core_estimate,
+        "core_estimate_apparent": result.plan.core_apparent,
+        "writer": {"name": result.plan.writer, "reason": result.plan.writer_reason},
         "checks": [dict(c, fix=with_flags(c["fix"], c["setting"],
                                           c["name"] if c["verdict"] == "refuse"
                                           and c["forceable"] else ""))
@@ -207,7 +207,7 @@ def check_dict(result) -> dict:
 
 def print_checks(result, console: Console) -> None:
     from rich.table import Table
-    t = result.target
+    t = result.plan.target
     table = Table(title=f"snapcore check {t.pid} ({t.name})", title_justify="left")
     fixes = [with_flags(c.fix, c.setting, c.name if c.verdict == "refuse" and c.forceable
                         else "") for c in result.checks]

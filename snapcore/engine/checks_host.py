@@ -21,10 +21,10 @@ def check_core_destination(pre: Preflight, opts: Request,
                            sizes: CoreSize | None) -> core_pattern.CorePattern:
     """Who writes the core (checks_writer.py), then, for the kernel's
     writer, whether core_pattern and RLIMIT_CORE let it."""
-    t = pre.target
+    t = pre.plan.target
     pattern = core_pattern.read_core_pattern()
     checks_writer.choose_writer(pre, opts, pattern, sizes)
-    if pre.writer == "snapcore":
+    if pre.plan.writer == "snapcore":
         pre.add("core-pattern", OK, f"{pattern.pattern} ({pattern.kind}): not used, "
                 "snapcore writes the core")
         pre.add("core-limit", OK, f"RLIMIT_CORE {_limits_text(t)}: not used, a snapshot is "
@@ -41,7 +41,7 @@ def check_core_destination(pre: Preflight, opts: Request,
                 "directory", "look it up with the handler's tools (coredumpctl), or let "
                 "snapcore write it", setting="writer")
     elif pattern.kind == "absolute" and not os.path.isdir(
-            pre.facts.root + os.path.dirname(pattern.pattern)):
+            pre.plan.facts.root + os.path.dirname(pattern.pattern)):
         pre.add("core-pattern", REFUSE, f"core_pattern writes to "
                 f"{os.path.dirname(pattern.pattern)}, which does not exist for the process",
                 "create it, fix kernel.core_pattern, or let snapcore write the core",
@@ -136,8 +136,8 @@ def check_staging(pre: Preflight, opts: Request, pattern: core_pattern.CorePatte
     in the target's view of the files (staging.staging_base).  Nowhere
     writable there (a read-only root filesystem) is known now, before the
     target is touched; no override makes a read-only mount writable."""
-    t = pre.target
-    if pre.writer == "snapcore":
+    t = pre.plan.target
+    if pre.plan.writer == "snapcore":
         pre.add("staging", OK, "none: snapcore's writer writes into the output directory "
                 "itself")
         return
@@ -147,7 +147,7 @@ def check_staging(pre: Preflight, opts: Request, pattern: core_pattern.CorePatte
         return
     out = Path(opts.output_dir).absolute()
     try:
-        base = staging.staging_base(out, t.uid, pre.facts.root)
+        base = staging.staging_base(out, t.uid, pre.plan.facts.root)
     except OutputError as exc:
         pre.add("staging", REFUSE, exc.message, exc.hint)
         return
@@ -173,23 +173,24 @@ def _places(opts: Request, pattern: core_pattern.CorePattern, root: str, uid: in
 
 def check_disk(pre: Preflight, opts: Request, sizes: CoreSize | None,
                pattern: core_pattern.CorePattern) -> None:
-    t = pre.target
+    plan = pre.plan
+    t = plan.target
     if sizes:
-        pre.core_estimate, pre.core_apparent = sizes.on_disk(pre.writer), sizes.apparent
-    if opts.to_stdout and pre.writer == "snapcore":
+        plan.core_estimate, plan.core_apparent = sizes.on_disk(plan.writer), sizes.apparent
+    if opts.to_stdout and plan.writer == "snapcore":
         pre.add("disk", OK, "the core goes to standard output")
         return
-    if pattern.kind == "pipe" and pre.writer == "kernel":
+    if pattern.kind == "pipe" and plan.writer == "kernel":
         pre.add("disk", OK, "the core goes to the pipe handler")
         return
     if not sizes:
         pre.add("disk", OK, "not estimated")
         return
     # What the disk must hold: holes take nothing (compressed: see disk_need).
-    size, how = checks_writer.disk_need(pre, opts, pre.core_estimate)
+    size, how = checks_writer.disk_need(pre, opts, plan.core_estimate)
     # snapcore's writer writes into the output directory alone.
     places = ({str(_existing_ancestor(Path(opts.output_dir).absolute()))}
-              if pre.writer == "snapcore" else _places(opts, pattern, pre.facts.root, t.uid))
+              if plan.writer == "snapcore" else _places(opts, pattern, plan.facts.root, t.uid))
     for place in sorted(places):
         try:
             free, fs_size = estimate.free_space(place)
@@ -211,7 +212,7 @@ def check_disk(pre: Preflight, opts: Request, sizes: CoreSize | None,
 
 
 def check_rate(pre: Preflight, opts: Request) -> None:
-    t = pre.target
+    t = pre.plan.target
     limiter = RateLimiter(opts.output_dir, opts.max_per_hour, opts.clock)
     if opts.max_per_hour <= 0:
         pre.add("rate-limit", OK, "no limit")

@@ -26,15 +26,15 @@ def _blind(entry: str) -> str:
 
 
 def check_memory(pre: Preflight, maps, sizes: CoreSize | None) -> None:
-    facts = pre.facts
+    facts = pre.plan.facts
     if not maps:
         pre.add("memory", OK, "not estimated")
         return
     # The kernel's dump allocates never-written shared memory (maps.data_runs):
     # the target keeps it, as if it had written it.
-    filled = sizes.shared_unwritten if sizes and pre.writer == "kernel" else 0
+    filled = sizes.shared_unwritten if sizes and pre.plan.writer == "kernel" else 0
     worst = estimate.cow_worst_case(maps) + filled
-    pre.memory_worst = worst
+    pre.plan.memory_worst = worst
     info = facts.meminfo
     available = info.get("MemAvailable", 0)
     problems, warnings = [], []
@@ -49,8 +49,8 @@ def check_memory(pre: Preflight, maps, sizes: CoreSize | None) -> None:
             problems.append(f"strict overcommit leaves {units.human(room)} to commit and "
                             f"fork needs {units.human(need)}")
     cgroup = facts.cgroups.memory_headroom()
-    pre.memory_room = min(available, cgroup[1]) if cgroup else available
-    pre.memory_limit_file = cgroup[0] if cgroup else ""
+    pre.plan.memory_room = min(available, cgroup[1]) if cgroup else available
+    pre.plan.memory_limit_file = cgroup[0] if cgroup else ""
     if cgroup and worst > cgroup[1]:
         problems.append(f"its cgroup has {units.human(cgroup[1])} left below "
                         f"{cgroup[0]}")
@@ -95,15 +95,15 @@ def _oom_group(pre: Preflight, worst: int, available: int, problems, warnings) -
     the child's oom_score_adj 1000 no longer spares the target.  The copies
     may then take half the room there at most (refused beyond, forceable like
     the rest of this check), and the dump's controller keeps to that half."""
-    found = pre.facts.cgroups.oom_group()
+    found = pre.plan.facts.cgroups.oom_group()
     if found is None:
         return False
     group, tightest = found
     where, room = "the machine's MemAvailable", available
     if tightest is not None and tightest[1] < available:
         where, room = tightest
-        pre.memory_limit_file = tightest[0]
-    pre.memory_room = min(pre.memory_room, room // 2)
+        pre.plan.memory_limit_file = tightest[0]
+    pre.plan.memory_room = min(pre.plan.memory_room, room // 2)
     said = (f"{group}/memory.oom.group is 1: an OOM kill under {where} takes every task "
             f"of that cgroup, the target with the child")
     if worst > room // 2:
@@ -126,8 +126,8 @@ def check_tasks(pre: Preflight) -> None:
     """The snapshot's tasks count against the target's pids cgroup and its
     user's RLIMIT_NPROC (kernel/fork.c: copy_process checks both): near either
     limit, they would make the target's own fork or pthread_create fail."""
-    t, facts = pre.target, pre.facts
-    need = tasks_added(len(t.threads), pre.writer)
+    t, facts = pre.plan.target, pre.plan.facts
+    need = tasks_added(len(t.threads), pre.plan.writer)
     limits = []
     cgroup = facts.cgroups.tasks_headroom()
     if cgroup is not None:

@@ -8,6 +8,7 @@ from __future__ import annotations
 import os
 
 
+from snapcore.engine.plan import Plan
 from snapcore.engine.verdicts import OK, REFUSE, WARN, Preflight
 from snapcore.errors import NoSuchProcess, PermissionDenied, Stage
 from snapcore.linux import arch
@@ -22,7 +23,7 @@ CAP_SYS_ADMIN = 21
 
 
 def _has_cap(cap: int) -> bool:
-    """Whether snapcore has capability `cap` now (the checks: pre.facts)."""
+    """Whether snapcore has capability `cap` now (the checks: pre.plan.facts)."""
     return bool(capabilities() & (1 << cap))
 
 
@@ -31,7 +32,7 @@ def _in_container() -> bool:
 
 
 def check_permission(pre: Preflight) -> None:
-    t, facts = pre.target, pre.facts
+    t, facts = pre.plan.target, pre.plan.facts
     cap = bool(facts.capabilities & (1 << CAP_SYS_PTRACE))
     scope = facts.ptrace_scope
     me = os.geteuid()
@@ -61,7 +62,7 @@ def check_permission(pre: Preflight) -> None:
 
 
 def check_state(pre: Preflight) -> None:
-    t, facts = pre.target, pre.facts
+    t, facts = pre.plan.target, pre.plan.facts
     me = os.getpid()
     if t.state in "ZX":
         pre.add("state", REFUSE, f"process {t.pid} ({t.name}) is a zombie",
@@ -95,7 +96,7 @@ def check_state(pre: Preflight) -> None:
             pre.add("state", OK, f"running (state {t.state}), {len(t.threads)} thread(s)")
 
 
-def exec_race(pre: Preflight, exc, stage: Stage):
+def exec_race(plan: Plan, exc, stage: Stage):
     """What a refusal to trace the target really was.  ptrace answers EPERM,
     not ESRCH, to a task whose exit has begun: the main thread that another
     thread's exec replaces (de_thread), when snapcore named it by its pid
@@ -103,13 +104,13 @@ def exec_race(pre: Preflight, exc, stage: Stage):
     process whose memory layout or executable changed since the preflight
     was exec'ing: say so, not "run as root".  Other errors are given back.
     Read live: what the process is now, not what the preflight saw."""
-    t = pre.target
-    if not isinstance(exc, PermissionDenied) or not pre.fingerprint \
+    t = plan.target
+    if not isinstance(exc, PermissionDenied) or not plan.fingerprint \
             or exc.pid not in (t.pid, *t.threads):
         return exc
     try:
         gone = start_time(t.pid) != t.start_time  # its pid is another process's now
-        changed = (mm_fingerprint(t.pid) != pre.fingerprint
+        changed = (mm_fingerprint(t.pid) != plan.fingerprint
                    or os.readlink(f"/proc/{t.pid}/exe") != t.exe)
     except OSError:
         gone = True
@@ -124,7 +125,7 @@ def exec_race(pre: Preflight, exc, stage: Stage):
 
 
 def check_dumpable(pre: Preflight) -> None:
-    t = pre.target
+    t = pre.plan.target
     # /proc/PID/* belong to root when the process is not dumpable
     # (fs/proc/base.c: task_dump_owner); for root's processes it cannot show.
     if t.euid != 0 and t.proc_owner == 0 and not t.kernel_thread:

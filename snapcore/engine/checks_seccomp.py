@@ -48,7 +48,7 @@ def check_seccomp(pre: Preflight, opts: Request, candidates: list[int]) -> None:
     own filters let every planned call run: find one, and the first `syscall`
     address from which all would.  The window reads the filters again, once
     no thread can install one (engine/fork.py: choose_runner)."""
-    t = pre.target
+    t = pre.plan.target
     modes = {tid: thread_seccomp(t.pid, tid) for tid in t.threads}
     if not any(modes.values()):
         pre.add("seccomp", OK, "no seccomp filter")
@@ -110,7 +110,7 @@ def _judge_threads(pre: Preflight, opts: Request, candidates: list[int],
                    filtered: list[int]) -> None:
     """Read the filters of the threads that have some, main thread first, until
     one allows every planned call from one of the `syscall` candidates."""
-    t = pre.target
+    t = pre.plan.target
     refused_by = planned_refusals(len(t.threads))
     order = sorted(filtered, key=lambda tid: tid != t.pid)
     reasons: list[str] = []
@@ -121,7 +121,7 @@ def _judge_threads(pre: Preflight, opts: Request, candidates: list[int],
             for at in candidates:
                 blocked = refused_by(guard, at)
                 if not blocked:
-                    pre.syscall_at = at
+                    pre.plan.syscall_at = at
                     pre.add("seccomp", OK, f"thread {tid}'s {len(raw)} seccomp filter(s) "
                             f"allow every injected syscall from {at:#x}")
                     return
@@ -141,7 +141,7 @@ def check_userfaultfd(pre: Preflight, maps) -> None:
     events only once its monitor has read the event (fs/userfaultfd.c:
     dup_userfaultfd_complete): a monitor thread snapcore holds would never
     read it.  The window lets the target go at its timeout all the same."""
-    t = pre.target
+    t = pre.plan.target
     registered = [m for m in maps if m.flags & set(REGISTERED)]
     if not registered:
         pre.add("userfaultfd", OK, "no memory registered with a userfaultfd")

@@ -27,7 +27,7 @@ from snapcore.linux.inject import TargetReplaced
 if TYPE_CHECKING:
     from snapcore.engine.child import Child
     from snapcore.engine.fork import Forked
-    from snapcore.engine.verdicts import Preflight
+    from snapcore.engine.plan import Plan
 
 
 @dataclass
@@ -35,7 +35,7 @@ class Run:
     """One snapshot from the window on: what the preflight planned, what the
     operator asked, where the core goes, and what the window made."""
 
-    plan: Preflight
+    plan: Plan
     request: Request
     output_dir: Path  # prepared: absolute, there, writable
     staging: Path | None  # the kernel writer's staging directory, if it needs one

@@ -62,10 +62,11 @@ def take(pid: int, request: Request) -> Snapshot:
 
 
 def _take_exclusive(pid: int, request: Request, exe_fd: int | None) -> Snapshot:
-    plan = preflight.run(pid, request)
-    refusals = plan.refusals(request.force)
+    pre = preflight.run(pid, request)
+    refusals = pre.refusals(request.force)
     if refusals:
         raise preflight.Refused(refusals[0], pid)
+    plan = pre.plan
     if request.compress and plan.writer == "snapcore" and zstd_missing():
         raise OutputError(zstd_missing(), f"snapshot without {SETTING}", pid=pid,
                           stage=Stage.PREFLIGHT, setting="compress")
@@ -93,13 +94,14 @@ def _take_exclusive(pid: int, request: Request, exe_fd: int | None) -> Snapshot:
             if staging is not None:
                 staging_dirs.remove_staging(staging)
         limiter.record(key)
-    snap = _snapshot(run, dumped, key, exe_fd)
+    snap = _snapshot(run, dumped, pre.as_dicts(), key, exe_fd)
     if snap.core_path is not None and not snap.streamed:
         _publish(snap, output_dir, request)
     return snap
 
 
-def _snapshot(run: Run, dumped: Dumped, key: str, exe_fd: int | None) -> Snapshot:
+def _snapshot(run: Run, dumped: Dumped, checks: list[dict], key: str,
+              exe_fd: int | None) -> Snapshot:
     """The Snapshot, made once from what the preflight planned and the writer made."""
     plan = run.plan
     return Snapshot(
@@ -107,7 +109,7 @@ def _snapshot(run: Run, dumped: Dumped, key: str, exe_fd: int | None) -> Snapsho
         pause=run.forked.timings, reap_pause=0.0, dump_seconds=dumped.dump_seconds,
         threads=dumped.threads, thread_map=dumped.thread_map, child_pid=run.kid.pid,
         core_pattern=plan.core_pattern, taken_at=run.taken_at, notes=dumped.notes,
-        checks=plan.as_dicts(), priority_steps=dumped.priority_steps,
+        checks=checks, priority_steps=dumped.priority_steps,
         core_estimate=plan.core_estimate, core_apparent=plan.core_apparent,
         regions_missing=plan.regions_missing, writer=plan.writer,
         writer_reason=plan.writer_reason, streamed=dumped.streamed, program=key,
