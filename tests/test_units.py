@@ -459,8 +459,8 @@ def test_a_pending_restart_syscall_is_given_back_as_its_call():
     `syscall`), or one whose number is unknown, gets no landing."""
     from types import SimpleNamespace
 
-    from snapcore.linux import landing, ptrace
-    sites = landing.find(os.getpid())
+    from snapcore.linux import landing, procstat, ptrace
+    sites = landing.find(os.getpid(), procstat.read_status(os.getpid()))
     at = sites.restorer + arch.RESTORER_SYSCALL  # a `syscall` after a `mov`
     assert sites.restorer and sites.syscall_ret and sites.exit_at
 

@@ -49,7 +49,7 @@ def _run(pid: int, opts: Request) -> Preflight:
         pre.plan.fingerprint = facts.stat.fingerprint  # checked live at each stop (identity.py)
         candidates = syscall_instructions(pid)
         pre.plan.syscall_at = candidates[0]
-        pre.plan.sites = landing.find(pid)
+        pre.plan.sites = landing.find(pid, pre.plan.facts.status)
         checks_seccomp.check_seccomp(pre, opts, candidates)
     else:
         pre.add("seccomp", OK if t.seccomp == 0 else REFUSE,

@@ -121,7 +121,7 @@ class RateLimiter:
             yield
 
 
-def program(target: Target) -> str:
+def program(target: Target, membership: cgroups.Membership | None = None) -> str:
     """What an operator calls one program, which the rate limit and the lock
     count: its systemd service where it runs under one (whatever its pid
     after a restart), else its command line as it was exec'd, read from the
@@ -131,8 +131,9 @@ def program(target: Target) -> str:
     then, trimmed.  The executable is added when the command line does not
     name it: the executable alone would lump every Python or Java service of
     a host together, and name a symlinked one (redis-server) after its
-    target (redis-check-rdb)."""
-    unit = cgroups.systemd_unit(target.pid)
+    target (redis-check-rdb).  `membership`: the target's cgroups as the
+    preflight read them (else read now)."""
+    unit = (membership or cgroups.Membership(target.pid)).systemd_unit()
     if unit:
         return unit
     image = execargs.leader(target.pid)

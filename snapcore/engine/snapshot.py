@@ -72,7 +72,7 @@ def _take_exclusive(pid: int, request: Request, exe_fd: int | None) -> Snapshot:
                           stage=Stage.PREFLIGHT, setting="compress")
     output_dir = placement.prepare_output_dir(request.output_dir)
     limiter = RateLimiter(output_dir, request.max_per_hour, request.clock)
-    key = program(plan.target)
+    key = program(plan.target, plan.facts.cgroups)
     with limiter.exclusive(key, pid):
         root = plan.facts.root  # the target's view the staging check judged
         staging_dirs.remove_stale_staging(output_dir, root)

@@ -233,11 +233,6 @@ class Membership:
         return None
 
 
-def systemd_unit(pid: int) -> str | None:
-    """The systemd service process `pid` runs in (Membership.systemd_unit)."""
-    return Membership(pid).systemd_unit()
-
-
 def anon_bytes(limit_file: str) -> int | None:
     """Anonymous memory charged to the cgroup whose limit is `limit_file`, its
     descendants included (v2 memory.stat anon, v1 total_rss): what the copies
