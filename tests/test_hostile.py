@@ -243,6 +243,8 @@ def test_exec_loop_target_survives_repeated_snapshots(start_victim, hostile_exe,
             st = core.lstat()
             assert stat.S_ISREG(st.st_mode) and st.st_nlink == 1, core
             assert prstatus_pids(core) == [victim.pid]
+    # At least one snapshot came through: a loop of refusals tests no dump.
+    assert 0 in codes, said_all
     # It still execs itself (it was not left stuck in one image) ...
     start = incarnation(victim.pid)
     end = time.monotonic() + 5
@@ -420,6 +422,10 @@ def test_links_planted_in_the_staging_directory(core_pattern, canaries,  # noqa:
     attacker.stop()
     # Ours: those the attacker found a copy of the target in (and pid-named ones).
     attacked = dirs("attack")
+    # The attacker found a staging directory at least once, and a snapshot
+    # came through at least once: else the loop proved nothing.
+    assert attacked, f"exit codes {codes}; the attacker: {attacker.lines()}"
+    assert 0 in codes, f"exit codes {codes}; the attacker: {attacker.lines()}"
     assert staging.leftovers(out_dir, claim=attacked.__contains__) == [], \
         f"exit codes {codes}; the attacker: {attacker.lines()}"
     assert {p: file_state(p) for p in canaries} == before, codes

@@ -116,6 +116,7 @@ def test_sigint_at_any_moment_leaves_target_running(start_victim, out_dir):
     import sys
 
     victim = start_victim("sleep")
+    outcomes = []
     for delay in (0.0, 0.05, 0.1, 0.15, 0.2, 0.25, 0.3, 0.4):
         proc = subprocess.Popen([sys.executable, "-m", "snapcore", "-o", str(out_dir),
                                  "--max-per-hour", "0", str(victim.pid)],
@@ -127,10 +128,12 @@ def test_sigint_at_any_moment_leaves_target_running(start_victim, out_dir):
         _, err = proc.communicate(timeout=60)
         assert proc.returncode in (0, 130), err
         assert "Traceback" not in err
+        outcomes.append(proc.returncode)
         if proc.returncode == 130:
             assert err.strip().startswith(("snapcore: error: interrupted",
                                    "snapcore: interrupted before it started")), err
         victim.assert_unharmed()
+    assert 130 in outcomes, f"no Ctrl-C landed while snapcore ran: {outcomes}"
     victim.wait_for_heartbeats(victim.heartbeats())
     victim.assert_unharmed()
 
