@@ -277,7 +277,7 @@ def test_sigint_in_the_middle_of_many_snapshots(start_victim, out_dir):
                                  "-o", str(out_dir), str(victim.pid)],
                                 stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
         wait_until_catching(proc, signal.SIGTERM)  # snapcore's own start (Python catches SIGINT itself)
-        time.sleep(rng.uniform(0.0, 0.3))
+        time.sleep(rng.uniform(0.0, 0.3))  # the random moment itself: nothing to poll for
         proc.send_signal(signal.SIGINT)
         proc.send_signal(signal.SIGINT)  # a second Ctrl-C must not abort the clean-up
         _, err = proc.communicate(timeout=60)
@@ -362,7 +362,7 @@ def test_target_exiting_at_any_moment(victim_exe, tmp_path, out_dir):
     outcomes = set()
     for i in range(20):
         target, proc = start()
-        time.sleep(whole * i / 20)
+        time.sleep(whole * i / 20)  # the moment itself: nothing to poll for
         target.kill()
         target.wait()
         _, err = proc.communicate(timeout=60)

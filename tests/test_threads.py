@@ -93,7 +93,9 @@ def test_five_hundred_threads_all_in_core(start_victim, threads_exe, out_dir):
     assert code == 0, doc
     assert doc["threads"] == 501
     assert sorted(prstatus_pids(Path(doc["core"]["path"]))) == tids
-    time.sleep(0.5)  # every sleeper wakes at least once more and checks for EINTR
+    # The point: let time pass.  Each sleeper sleeps 100 ms at a time; in
+    # 0.5 s every one wakes at least once more and checks for EINTR.
+    time.sleep(0.5)
     victim.wait_for_heartbeats(victim.heartbeats())
     victim.assert_unharmed()
 
@@ -123,8 +125,8 @@ def test_target_in_its_own_pid_namespace(threads_exe, tmp_path, out_dir):
         assert "mutex_waiter_thread" in stacks[int(inside["mutex_waiter_thread"])]
         assert {t["core_lwp"] for t in doc["thread_map"]} == {int(t) for t in
                                                               inside.values()}
-        time.sleep(0.4)
-        assert psutil.Process(pid).children() == []  # reaped inside the namespace
+        wait_until(lambda: psutil.Process(pid).children() == [],
+                   "the snapshot child is reaped inside the namespace")
         assert "TracerPid:\t0" in Path(f"/proc/{pid}/status").read_text()
         assert "VIOLATION" not in report.read_text()
     finally:
