@@ -82,7 +82,8 @@ def test_dump_longer_than_max_dump_time_is_killed(start_victim, busyheap_exe, bu
     proc = run_snapcore("--dump-deadline", "0", "--max-dump-time", "0.3", "-o", str(out_dir),
                         str(victim.pid))
     assert proc.returncode == ExitCode.CORE_NOT_WRITTEN, proc.stderr
-    assert "longer than the longest dump allowed" in proc.stderr and "(--max-dump-time)" in proc.stderr
+    assert "longer than the longest dump allowed" in proc.stderr and \
+        "(--max-dump-time)" in proc.stderr
     assert not out_dir.exists() or cores_in(out_dir) == []
     victim.wait_for_heartbeats(victim.heartbeats())
     victim.assert_unharmed()  # the killed child is reaped: no zombie

@@ -276,7 +276,8 @@ def test_sigint_in_the_middle_of_many_snapshots(start_victim, out_dir):
         proc = subprocess.Popen([sys.executable, "-m", "snapcore", "--max-per-hour", "0",
                                  "-o", str(out_dir), str(victim.pid)],
                                 stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-        wait_until_catching(proc, signal.SIGTERM)  # snapcore's own start (Python catches SIGINT itself)
+        # snapcore's own start (Python catches SIGINT itself)
+        wait_until_catching(proc, signal.SIGTERM)
         time.sleep(rng.uniform(0.0, 0.3))  # the random moment itself: nothing to poll for
         proc.send_signal(signal.SIGINT)
         proc.send_signal(signal.SIGINT)  # a second Ctrl-C must not abort the clean-up

@@ -53,7 +53,8 @@ def outcome(code: int, stdout: str, stderr: str) -> dict:
     try:
         doc = json.loads(stdout)
     except json.JSONDecodeError:
-        raise AssertionError(f"exit {code}, not one JSON document: {stdout!r} {stderr!r}")
+        raise AssertionError(f"exit {code}, not one JSON document: {stdout!r} {stderr!r}") \
+            from None
     if code != 0 and "error" in doc:  # (exit 9, a piped core, is a snapshot's document)
         error = doc["error"]
         assert error["exit_code"] == code, doc
@@ -297,7 +298,7 @@ def test_pid_reused_during_the_dump_leaves_the_new_process_alone(start_victim, h
     exit_at = max(0.0, total - 0.1 - 0.75 * doc["dump_seconds"])
 
     raced = False
-    for attempt in range(3):
+    for _attempt in range(3):
         dying = start_victim("exit_mid_dump", exe=hostile_exe, args=(f"{exit_at:.3f}",))
         pid = dying.pid
         proc = subprocess.Popen(snapcore_cmd(out_dir, pid), stdout=subprocess.PIPE,
@@ -545,7 +546,8 @@ def test_sigkill_at_random_moments(start_victim, threads_exe, fat_preload, big_o
             try:
                 json.loads((out_dir / name).read_text())
             except json.JSONDecodeError:
-                raise AssertionError(f"record {name} is incomplete (HOSTILE_SEED={seed})")
+                raise AssertionError(f"record {name} is incomplete (HOSTILE_SEED={seed})") \
+                    from None
     assert settled(victim) == []
     assert fork_pages(victim.pid) == [], "the last snapshot left, or did not clear, a page"
     beats = {x.split()[1] for x in victim.lines() if x.startswith("hb ")}

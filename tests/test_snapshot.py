@@ -122,7 +122,8 @@ def test_sigint_at_any_moment_leaves_target_running(start_victim, out_dir):
                                  "--max-per-hour", "0", str(victim.pid)],
                                 stdout=subprocess.PIPE,
                                 stderr=subprocess.PIPE, text=True)
-        wait_until_catching(proc, signal.SIGTERM)  # snapcore's own start (Python catches SIGINT itself)
+        # snapcore's own start (Python catches SIGINT itself)
+        wait_until_catching(proc, signal.SIGTERM)
         time.sleep(delay)  # the moment itself: nothing to poll for
         proc.send_signal(signal.SIGINT)
         _, err = proc.communicate(timeout=60)

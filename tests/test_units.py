@@ -58,13 +58,17 @@ def test_core_pattern_kinds():
 
 # core size (fs/coredump.c: vma_dump_size)
 
+_NEXT_AT = [1 << 40]  # where the next made-up mapping starts
+
+
 def _mapping(perms, rss, *, inode=0, path="", offset=0, flags=(), anonymous=None, size=None,
-             swap=0, at=[1 << 40]):
+             swap=0):
     size = rss if size is None else size
     if anonymous is None:  # what smaps shows: anonymous memory's resident pages are
         anonymous = 0 if inode else rss  # Anonymous (shmem's are not, but count alike)
-    at[0] += size + (1 << 20)  # apart, and nowhere in this process: nothing to read there
-    return Vma(at[0], at[0] + size, perms, offset, inode, path, rss=rss, swap=swap,
+    _NEXT_AT[0] += size + (1 << 20)  # apart, and nowhere in this process: nothing to read there
+    start = _NEXT_AT[0]
+    return Vma(start, start + size, perms, offset, inode, path, rss=rss, swap=swap,
                anonymous=anonymous, flags={"rd", *flags, *(("sh",) if perms[3] == "s" else ())})
 
 

@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING
 from snapcore import bounds
 
 if TYPE_CHECKING:  # the command layer imports this module for THREAD_MODES alone
+    from snapcore.core import core_pattern
     from snapcore.linux.procfs import Target
 
 

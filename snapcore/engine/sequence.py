@@ -158,7 +158,8 @@ def _dump(run: _Dump, allow_undumpable: bool, dump_limits: DumpLimits, root: str
             dump.kill(kid)  # a no-op when it already ended
     snap = Snapshot(target=target, core_path=None, core_size=0, pause=forked.timings,
                     reap_pause=0.0, dump_seconds=dump_seconds,
-                    threads=len(kid.threads), thread_map=_thread_map(target.pid, kid, run.target_ns),
+                    threads=len(kid.threads),
+                    thread_map=_thread_map(target.pid, kid, run.target_ns),
                     child_pid=kid.pid, core_pattern=pre.core_pattern, taken_at=taken_at,
                     notes=kid.notes + controller.notes, priority_steps=controller.steps)
     return snap, ended, controller

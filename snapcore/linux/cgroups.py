@@ -109,7 +109,7 @@ def systemd_unit(pid: int) -> str | None:
             lines = [line.rstrip("\n").split(":", 2) for line in f]
     except OSError:
         return None
-    for _n, controllers, path in sorted(lines, key=lambda l: l[1] != "name=systemd"):
+    for _n, controllers, path in sorted(lines, key=lambda fields: fields[1] != "name=systemd"):
         if controllers in ("", "name=systemd"):
             units = [part for part in path.split("/") if part.endswith(".service")]
             if units:
