@@ -23,7 +23,8 @@ from snapcore.linux import procfs
 from snapcore.engine.snapshot import take
 from snapcore.errors import ExitCode, SnapcoreError
 
-from conftest import run_snapcore, snap_json, wait_until_catching
+from conftest import (cgroup_hierarchies, cgroup_root, run_snapcore, snap_json,
+                      wait_until_catching)
 from helpers import (check_json, cores_in, in_fork, process_state, prstatus_pids, verdicts,
                      wait_until)
 
@@ -178,18 +179,19 @@ def test_rate_limit_counts_each_program_not_each_executable(start_victim, out_di
     second.assert_unharmed()
 
 
-UNIT_CGROUP = Path("/sys/fs/cgroup/systemd/system.slice/snapcore-test.service")
-
-
 def test_rate_limit_counts_a_service_by_its_unit_across_restarts(start_victim, out_dir):
     # systemd puts each service in a cgroup named after its unit; a restarted
     # service (a new pid, another command line) is still the same program.
-    made_slice = not UNIT_CGROUP.parent.exists()
-    UNIT_CGROUP.mkdir(parents=True)
+    # Its units live in v1's name=systemd hierarchy where there is one (a
+    # hybrid host has both: the one snapcore reads first), else in v2's.
+    hierarchy = "systemd" if "systemd" in cgroup_hierarchies() else "unified"
+    unit = cgroup_root(hierarchy) / "system.slice" / "snapcore-test.service"
+    made_slice = not unit.parent.exists()
+    unit.mkdir(parents=True)
     try:
         before, after = start_victim("read"), start_victim("sleep")
         for victim in (before, after):
-            (UNIT_CGROUP / "cgroup.procs").write_text(str(victim.pid))
+            (unit / "cgroup.procs").write_text(str(victim.pid))
         code, doc = snap_json("--max-per-hour", "1", "-o", str(out_dir), str(before.pid))
         assert code == 0 and doc["target"]["program"] == "snapcore-test.service", doc
         record = json.loads(Path(doc["core"]["record"]).read_text())
@@ -200,11 +202,11 @@ def test_rate_limit_counts_a_service_by_its_unit_across_restarts(start_victim, o
         before.assert_unharmed()
         after.assert_unharmed()
     finally:
-        for pid in (UNIT_CGROUP / "cgroup.procs").read_text().split():
-            UNIT_CGROUP.parent.parent.joinpath("cgroup.procs").write_text(pid)
-        UNIT_CGROUP.rmdir()
+        for pid in (unit / "cgroup.procs").read_text().split():
+            unit.parent.parent.joinpath("cgroup.procs").write_text(pid)
+        unit.rmdir()
         if made_slice:
-            UNIT_CGROUP.parent.rmdir()
+            unit.parent.rmdir()
 
 
 def test_one_snapshot_at_a_time_per_target(start_victim, out_dir):
