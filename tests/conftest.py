@@ -288,7 +288,8 @@ def cgroup_root(controller: str) -> Path:
 @pytest.fixture
 def cgroup():
     """make(controller, **files) -> a new cgroup under that controller's root
-    (v1; "unified": the v2 hierarchy), or `under` one made before.
+    (v1; "unified": the v2 hierarchy; the test skipped where the host has no
+    such hierarchy), or `under` one made before.
     Removed after the test: thawed, its processes moved to the parent, rmdir."""
     made: list[Path] = []
 
@@ -333,3 +334,14 @@ def core_pattern():
     yield set_pattern
     for f, text in zip(files, saved):
         f.write_text(text)
+
+
+@pytest.fixture
+def file_core_pattern(core_pattern):
+    """core_pattern a plain file name ("core") for one test, whatever the
+    host's: the kernel's writer then writes a file on any host (where the
+    host pipes cores to a crash handler, apport or systemd-coredump, it would
+    hand the snapshot to it: exit 9), and `--writer auto` chooses the kernel
+    as it does on a host that writes files.  For every test that asks for the
+    kernel's writer, or whose point is the writer auto picks."""
+    core_pattern("core")

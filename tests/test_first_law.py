@@ -19,6 +19,10 @@ import pytest
 from conftest import compile_target, snap_json
 from helpers import wait_until
 
+# Both writers, the kernel's named: core_pattern a file for every test (where
+# the host pipes cores, the kernel would hand the snapshot to that handler).
+pytestmark = pytest.mark.usefixtures("file_core_pattern")
+
 
 @pytest.fixture(scope="session")
 def reaper_exe(build_dir):

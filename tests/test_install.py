@@ -67,6 +67,7 @@ def test_install_script_then_a_snapshot(installed, tmp_path):
 
 
 @pytest.mark.parametrize("writer", ["kernel", "snapcore"])
+@pytest.mark.usefixtures("file_core_pattern")  # asks for the kernel's writer
 def test_installed_command_compresses(installed, tmp_path, writer):
     """--compress (cron, timers and the README's object-storage recipe use
     it) works from the command install.sh put on PATH: zstandard is a

@@ -12,6 +12,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 from snapcore.errors import ExitCode
 
 from conftest import run_snapcore, snap_json
@@ -54,6 +56,7 @@ def test_read_only_var_tmp_stages_in_the_targets_tmp(start_victim, out_dir):
     victim.assert_unharmed()
 
 
+@pytest.mark.usefixtures("file_core_pattern")  # asks for the kernel's writer
 def test_no_writable_place_in_the_targets_view(start_victim, out_dir):
     """The kernel's writer needs a place in the target's view: asked for, it is
     refused before the target is touched; `auto` chooses snapcore's writer,

@@ -12,6 +12,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 from snapcore.errors import ExitCode
 
 from conftest import TARGETS, run_snapcore, snap_json
@@ -91,6 +93,7 @@ def test_target_under_strace_is_refused(start_victim, out_dir):
     victim.assert_unharmed()
 
 
+@pytest.mark.usefixtures("file_core_pattern")  # asks for the kernel's writer
 def test_hard_core_limit_zero_is_refused_before_touching(start_victim, out_dir):
     """With the kernel's writer asked for; `auto` writes such a core itself
     (test_writer.py)."""

@@ -39,6 +39,7 @@ def no_leftovers(pid: int) -> list[str]:
 
 
 @pytest.mark.parametrize("mode", ["thread_kill", "thread_trap"])
+@pytest.mark.usefixtures("file_core_pattern")  # asks for the kernel's writer
 def test_a_thread_with_its_own_filter_never_runs_snapcores_calls(start_victim, sandbox_exe,
                                                                  out_dir, mode):
     """Filters belong to threads: a worker's own filter kills (or traps) a

@@ -13,6 +13,11 @@ import pytest
 from conftest import gdb, gdb_threads, snap_json, wait_until_catching
 from helpers import cores_in, process_state, prstatus_pids, wait_until
 
+# The writer is the point here: core_pattern a file for every test (the
+# kernel's writer, and what `auto` picks, the same on any host), and each
+# writer named where both are tested.
+pytestmark = pytest.mark.usefixtures("file_core_pattern")
+
 # What each target mode does after the snapshot to prove its blocking call
 # came back with the right result, and the function its core must show.
 MODES = {
@@ -38,8 +43,10 @@ def poke(victim, action: str) -> None:
         victim.wait_for_line("woken")
 
 
+@pytest.mark.parametrize("writer", ["kernel", "snapcore"])
 @pytest.mark.parametrize("mode", list(MODES))
-def test_snapshot_leaves_blocked_target_unharmed(mode, start_victim, out_dir, victim_exe):
+def test_snapshot_leaves_blocked_target_unharmed(mode, writer, start_victim, out_dir,
+                                                 victim_exe):
     function, action = MODES[mode]
     victim = start_victim(mode)
     # Settled in its blocking call (asleep), or in its loop for `busy`.
@@ -49,7 +56,7 @@ def test_snapshot_leaves_blocked_target_unharmed(mode, start_victim, out_dir, vi
     beats = victim.heartbeats()
     tids = sorted(int(t) for t in os.listdir(f"/proc/{victim.pid}/task"))
 
-    code, doc = snap_json("-o", str(out_dir), str(victim.pid))
+    code, doc = snap_json("--writer", writer, "-o", str(out_dir), str(victim.pid))
 
     assert code == 0, doc
     assert doc["target"]["pid"] == victim.pid

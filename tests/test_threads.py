@@ -8,9 +8,15 @@ import time
 from pathlib import Path
 
 import psutil
+import pytest
 
 from conftest import gdb_per_thread, gdb_threads, snap_json
 from helpers import prstatus_pids, wait_until
+
+# The writer is the point here: core_pattern a file for every test (the
+# kernel's writer, and what `auto` picks, the same on any host), and each
+# writer named where both are tested.
+pytestmark = pytest.mark.usefixtures("file_core_pattern")
 
 EIGHT = ["main_sleeper", "sleeper_thread", "condvar_thread", "pipe_reader_thread",
          "busy_thread", "mutex_holder_thread", "mutex_waiter_thread", "xmm_thread"]
@@ -26,12 +32,13 @@ def announced(victim) -> dict[str, int]:
             if line.startswith("thread ")}
 
 
-def test_eight_threads_each_in_core_where_it_was(start_victim, threads_exe, out_dir):
+@pytest.mark.parametrize("writer", ["kernel", "snapcore"])
+def test_eight_threads_each_in_core_where_it_was(writer, start_victim, threads_exe, out_dir):
     victim = start_victim("eight", exe=threads_exe)
     tids = announced(victim)
     assert sorted(tids) == sorted(EIGHT)
 
-    code, doc = snap_json("-o", str(out_dir), str(victim.pid))
+    code, doc = snap_json("--writer", writer, "-o", str(out_dir), str(victim.pid))
 
     assert code == 0, doc
     assert doc["threads"] == 8
