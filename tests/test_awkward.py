@@ -104,6 +104,7 @@ def killed_first(victim, function):
     return hooked
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("writer, module, name", [
     ("kernel", "snapcore.linux.priority", "own_level"),  # the first read after the fork
     ("snapcore", "snapcore.engine.write", "gather"),

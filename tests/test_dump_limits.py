@@ -25,6 +25,7 @@ def busyheap_exe(build_dir):
     return compile_target(build_dir, "busyheap")
 
 
+@pytest.mark.slow
 def test_saturated_machine_steps_the_dump_up_and_completes(start_victim, busyheap_exe,
                                                           busy_machine, out_dir):
     # 256 MB, two spinning threads of its own, four more hogs, two CPUs:

@@ -342,6 +342,7 @@ def test_child_killed_from_outside_ends_cleanly(start_victim, out_dir):
     victim.assert_unharmed()
 
 
+@pytest.mark.slow
 def test_target_exiting_at_any_moment(victim_exe, tmp_path, out_dir):
     """The target dies at moments spread over a whole snapshot, from snapcore's
     own start to its exit: always a documented exit code, never a traceback,

@@ -225,6 +225,7 @@ EXEC_LEFTOVER = re.compile(
     r"VIOLATION waitpid\(__WALL\) reaped child \d+ \(status 0x(9|86)\) in \d+")  # killed; dumped
 
 
+@pytest.mark.slow
 def test_exec_loop_target_survives_repeated_snapshots(start_victim, hostile_exe, out_dir):
     victim = start_victim("exec_loop", exe=hostile_exe)
     codes, exec_mid_dump, said_all = [], 0, []
@@ -386,6 +387,7 @@ def canaries():
     shutil.rmtree(link_dir, ignore_errors=True)
 
 
+@pytest.mark.slow
 def test_links_planted_in_the_staging_directory(core_pattern, canaries,  # noqa: F811
                                                 start_victim, hostile_exe, victim_exe,
                                                 out_dir, staging):
@@ -459,6 +461,7 @@ def kill_points(cmd: list[str], log: Path) -> dict[str, int]:
     return {name: calls.count(name) for name in KILL_POINTS}
 
 
+@pytest.mark.slow
 def test_sigkill_at_every_call_leaves_the_target_unharmed(start_victim, tmp_path, staging):
     out_dir = tmp_path / "cores"
     # Its registers and FPU state are checked after each of its calls: a
@@ -495,6 +498,7 @@ def test_sigkill_at_every_call_leaves_the_target_unharmed(start_victim, tmp_path
 
 # 6. snapcore SIGKILLed at random moments.
 
+@pytest.mark.slow
 def test_sigkill_at_random_moments(start_victim, threads_exe, fat_preload, big_out_dir,
                                    staging):
     out_dir = big_out_dir

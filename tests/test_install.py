@@ -20,6 +20,8 @@ from pathlib import Path
 
 import pytest
 
+pytestmark = pytest.mark.slow  # install.sh into a fresh virtualenv, then the installed command
+
 ROOT = Path(__file__).parent.parent
 CLEAN = {"PATH": "/usr/sbin:/usr/bin:/sbin:/bin"}  # what `env -i` leaves, as on a server
 CRON = {"PATH": "/usr/bin:/bin"}  # cron's PATH (and what a unit may have)

@@ -61,6 +61,7 @@ def test_a_thread_with_its_own_filter_never_runs_snapcores_calls(start_victim, s
     victim.assert_unharmed()  # no SIGSYS handler ran, no child, untraced
 
 
+@pytest.mark.slow
 def test_a_filter_installed_while_snapcore_starts_never_kills(start_victim, sandbox_exe,
                                                              out_dir):
     """A sandbox that tightens itself after start-up: a filter killing any
@@ -137,6 +138,7 @@ class Storm:
 CLEAN_REFUSALS = (ExitCode.UNSUPPORTED,)  # "stopped": it must stay stopped
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("sig", [signal.SIGSTOP, signal.SIGTSTP])
 def test_job_control_storm_during_snapshots(start_victim, out_dir, sig):
     """SIGSTOP (or SIGTSTP) and SIGCONT to the target's process group every
@@ -167,6 +169,7 @@ def test_job_control_storm_during_snapshots(start_victim, out_dir, sig):
     victim.assert_unharmed()
 
 
+@pytest.mark.slow
 def test_a_fork_that_outlives_the_stop_timeout_lets_the_target_go(start_victim, fat_preload,
                                                                   out_dir):
     """The page-table copy of 4 GiB takes some 60 ms here; with a stop
