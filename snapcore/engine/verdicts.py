@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING
 from snapcore import bounds
 from snapcore.errors import ExitCode, SnapcoreError, Stage
 if TYPE_CHECKING:  # the command layer imports this module for the check names alone
+    from snapcore.core import core_pattern
     from snapcore.linux.procfs import Target
     from snapcore.linux import landing
 
