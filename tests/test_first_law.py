@@ -19,6 +19,10 @@ import pytest
 from conftest import compile_target, snap_json
 from helpers import process_state, wait_until
 
+# Both writers, the kernel's named: core_pattern a file for every test (where
+# the host pipes cores, the kernel would hand the snapshot to that handler).
+pytestmark = pytest.mark.usefixtures("file_core_pattern")
+
 
 @pytest.fixture(scope="session")
 def reaper_exe(build_dir):
@@ -238,6 +242,7 @@ def _threads(pid: int):
     return out
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("writer", ["kernel", "snapcore"])
 def test_snapcore_killed_mid_dump_leaves_only_a_page_the_next_snapshot_removes(
         reaper, out_dir, writer, hog_cpu0):
@@ -258,6 +263,7 @@ def test_snapcore_killed_mid_dump_leaves_only_a_page_the_next_snapshot_removes(
     r.assert_clean()
 
 
+@pytest.mark.slow
 def test_a_namespace_init_target_killed_mid_dump_then_snapshot_again(victim_exe, tmp_path,
                                                                    out_dir, hog_cpu0):
     """The target is its pid namespace's init, and snapcore is SIGKILLed in
@@ -307,6 +313,7 @@ def _child_of_fork_thread(pid: int) -> tuple[int, str] | None:
     return None
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("writer", ["kernel", "snapcore"])
 def test_ctrl_c_as_the_child_ends_leaves_no_zombie(start_victim, out_dir, writer):
     """Ctrl-C aimed at the fork thread's end: the moment the child has dumped

@@ -63,13 +63,17 @@ def test_core_pattern_kinds():
 
 # core size (fs/coredump.c: vma_dump_size)
 
+_NEXT_AT = [1 << 40]  # where the next made-up mapping starts
+
+
 def _mapping(perms, rss, *, inode=0, path="", offset=0, flags=(), anonymous=None, size=None,
-             swap=0, at=[1 << 40]):
+             swap=0):
     size = rss if size is None else size
     if anonymous is None:  # what smaps shows: anonymous memory's resident pages are
         anonymous = 0 if inode else rss  # Anonymous (shmem's are not, but count alike)
-    at[0] += size + (1 << 20)  # apart, and nowhere in this process: nothing to read there
-    return Vma(at[0], at[0] + size, perms, offset, inode, path, rss=rss, swap=swap,
+    _NEXT_AT[0] += size + (1 << 20)  # apart, and nowhere in this process: nothing to read there
+    start = _NEXT_AT[0]
+    return Vma(start, start + size, perms, offset, inode, path, rss=rss, swap=swap,
                anonymous=anonymous, flags={"rd", *flags, *(("sh",) if perms[3] == "s" else ())})
 
 
@@ -312,9 +316,111 @@ def test_a_corrupt_rate_limit_state_is_never_a_fresh_start(tmp_path):
 
 # the shape of the package
 
-def _modules() -> dict[str, Path]:
-    return {".".join(p.relative_to(PACKAGE.parent).with_suffix("").parts): p
-            for p in PACKAGE.rglob("*.py")}
+def _modules(root: Path = PACKAGE) -> dict[str, Path]:
+    """Every module by its dotted name; a package by its own name (its __init__)."""
+    return {".".join(p.relative_to(root.parent).with_suffix("").parts)
+            .removesuffix(".__init__"): p for p in root.rglob("*.py")}
+
+
+def _imports(name: str, path: Path, modules: dict[str, Path]) -> set[str]:
+    """Every module `name` imports, wherever the statement stands: at the top,
+    behind `if TYPE_CHECKING:`, inside a function body (a deferred import is
+    still an arrow between modules).  Relative imports are resolved against
+    the module's package; `from P import X` names P.X when X is a module."""
+    package = name if path.name == "__init__.py" else name.rpartition(".")[0]
+    found: set[str] = set()
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.Import):
+            found.update(alias.name for alias in node.names)
+        elif isinstance(node, ast.ImportFrom):
+            if node.level:
+                base = package.split(".")[:len(package.split(".")) - node.level + 1]
+                module = ".".join(base + ([node.module] if node.module else []))
+            else:
+                module = node.module or ""
+            for alias in node.names:
+                full = f"{module}.{alias.name}"
+                found.add(full if full in modules else module)
+    return found
+
+
+def _graph(root: Path = PACKAGE) -> dict[str, set[str]]:
+    """Module -> the package's modules it imports."""
+    modules = _modules(root)
+    return {name: {d for d in _imports(name, path, modules) if d in modules and d != name}
+            for name, path in modules.items()}
+
+
+def _cycle(graph: dict[str, set[str]]) -> list[str] | None:
+    """One import cycle in the graph, as a path back to its start, or None."""
+    state: dict[str, int] = {}  # 1: on the current path, 2: done
+
+    def visit(node, path):
+        state[node] = 1
+        for dep in sorted(graph[node]):
+            if state.get(dep) == 1:
+                return path[path.index(dep):] + [dep]
+            if dep not in state:
+                found = visit(dep, path + [dep])
+                if found:
+                    return found
+        state[node] = 2
+        return None
+
+    for name in sorted(graph):
+        if name not in state:
+            found = visit(name, [name])
+            if found:
+                return found
+    return None
+
+
+LAYERS = {"snapcore.cli": 3, "snapcore.engine": 2, "snapcore.core": 1, "snapcore.linux": 0}
+
+
+def _layer(module: str) -> int | None:
+    """A module's layer (its folder), None for the package's own modules."""
+    return LAYERS.get(".".join(module.split(".")[:2]))
+
+
+def _upward(graph: dict[str, set[str]]) -> list[str]:
+    """Every arrow that points up a layer, or from the package's own modules
+    (errors, units, bounds: beneath every layer) into one.  __main__ starts
+    the command layer: above them all."""
+    upward = []
+    for name, deps in sorted(graph.items()):
+        mine = _layer(name)
+        for dep in sorted(deps):
+            theirs = _layer(dep)
+            if name != "snapcore.__main__" and theirs is not None and \
+                    (mine is None or theirs > mine):
+                upward.append(f"{name} -> {dep}")
+    return upward
+
+
+def test_the_import_walk_sees_every_kind_of_import(tmp_path):
+    """The walk itself, on a package made here: column-0 imports alone are not
+    the graph (the store <-> notes cycle hid behind TYPE_CHECKING once, and an
+    import in a function body is an arrow all the same)."""
+    pkg = tmp_path / "snapcore"
+    for folder in ("core", "linux", "engine"):
+        (pkg / folder).mkdir(parents=True)
+    files = {
+        "__init__": "", "errors": "", "core/__init__": "", "linux/__init__": "",
+        "engine/__init__": "", "engine/e": "", "core/c": "", "core/d": "",
+        "core/a": "from typing import TYPE_CHECKING\n"
+                  "if TYPE_CHECKING:\n    from snapcore.core.b import B\n"
+                  "def f():\n    from . import c\n    import snapcore.core.d\n",
+        "core/b": "from snapcore.core import a\n",
+        "linux/l": "def f():\n    from ..engine import e\n",
+    }
+    for module, text in files.items():
+        (pkg / f"{module}.py").write_text(text)
+    graph = _graph(pkg)
+    assert graph["snapcore.core.a"] == {"snapcore.core.b", "snapcore.core.c",
+                                        "snapcore.core.d"}
+    assert _cycle(graph) == ["snapcore.core.a", "snapcore.core.b", "snapcore.core.a"]
+    assert _upward(graph) == ["snapcore.linux.l -> snapcore.engine.e"]
 
 
 def test_the_engine_imports_neither_click_nor_rich():
@@ -323,6 +429,13 @@ def test_the_engine_imports_neither_click_nor_rich():
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                          check=True, cwd=PACKAGE.parent)
     assert out.stdout.strip() == "[]"
+    # Nor does any module below cli/, in a function body or behind TYPE_CHECKING:
+    # only cli/ (and __main__, which starts it) may.
+    modules = _modules()
+    naming = [f"{name} imports {dep}" for name, path in modules.items()
+              if not name.startswith(("snapcore.cli", "snapcore.__main__"))
+              for dep in _imports(name, path, modules) if dep.split(".")[0] in ("click", "rich")]
+    assert naming == []
 
 
 def _said(path: Path):
@@ -378,32 +491,14 @@ def test_an_error_line_names_the_flag_where_its_hint_names_the_setting():
 
 
 def test_no_import_cycle():
-    modules = _modules()
-    graph = {}
-    for name, path in modules.items():
-        deps = set()
-        for node in ast.walk(ast.parse(path.read_text())):
-            if isinstance(node, ast.ImportFrom) and node.module and \
-                    node.module.startswith("snapcore") and node.col_offset == 0:
-                for alias in node.names:
-                    full = f"{node.module}.{alias.name}"
-                    deps.add(full if full in modules else node.module)
-        graph[name] = {d for d in deps if d in modules and d != name}
-    # A package's __init__ importing its own modules is how it registers them.
-    state: dict[str, int] = {}
+    # A package's __init__ importing its own modules is how it registers them:
+    # none of them imports the package back.
+    assert _cycle(_graph()) is None
 
-    def visit(node, path):
-        state[node] = 1
-        for dep in graph[node]:
-            if state.get(dep) == 1:
-                raise AssertionError("import cycle: " + " -> ".join(path + [dep]))
-            if dep not in state:
-                visit(dep, path + [dep])
-        state[node] = 2
 
-    for name in graph:
-        if name not in state:
-            visit(name, [name])
+def test_the_layers_point_down():
+    """cli -> engine -> core -> linux, no arrow back up (docs/architecture.md)."""
+    assert _upward(_graph()) == []
 
 
 def test_modules_and_functions_stay_small():

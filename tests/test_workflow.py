@@ -17,6 +17,7 @@ import time
 from pathlib import Path
 
 import psutil
+import pytest
 
 from snapcore.core import compress, records
 from snapcore.errors import ExitCode
@@ -131,6 +132,7 @@ def age(record: Path, seconds: float) -> None:
     record.write_text(json.dumps(data))
 
 
+@pytest.mark.slow
 def test_list_and_prune_never_touch_foreign_files(start_victim, threads_exe, out_dir):
     sleeper, threaded = start_victim("sleep"), start_victim("eight", exe=threads_exe)
     taken = {}
@@ -421,6 +423,7 @@ def test_watch_waits_for_a_process_and_fires_from_below(victim_exe, tmp_path, ou
         target.wait()
 
 
+@pytest.mark.slow
 def test_info_and_debug_open_the_newest_snapshot(start_victim, threads_exe, out_dir):
     """Like coredumpctl info/debug: by pid or name, plain or compressed."""
     victim = start_victim("eight", exe=threads_exe)

@@ -7,14 +7,20 @@ from __future__ import annotations
 import os
 import struct
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from pathlib import Path
+from typing import Protocol
 
 from snapcore.core import elf
 from snapcore.errors import CoreNotWritten, Stage
 from snapcore.linux import abi, arch
 
-if TYPE_CHECKING:  # store.py uses this module
-    from snapcore.core.store import OpenCore
+
+class HeldCore(Protocol):
+    """What this module needs of a core held by descriptor (store.OpenCore):
+    named here rather than imported, since store.py uses this module."""
+
+    fd: int
+    path: Path
 
 
 @dataclass
@@ -26,7 +32,7 @@ class CoreNotes:
     loads_end: int  # where the last PT_LOAD's file data ends
 
 
-def read_notes(core: OpenCore) -> CoreNotes:
+def read_notes(core: HeldCore) -> CoreNotes:
     """Read an ELF core's thread pids from its notes; refuse anything else."""
     with os.fdopen(os.dup(core.fd), "rb") as f:
         try:
@@ -60,7 +66,7 @@ def _int32(data: bytes, at: int) -> int:
     return struct.unpack_from("<i", data, at)[0]
 
 
-def rename_threads(core: OpenCore, notes: CoreNotes, tids: dict[int, int],
+def rename_threads(core: HeldCore, notes: CoreNotes, tids: dict[int, int],
                    pid: int) -> None:
     """Write the target's own ids over the child's in the core's notes, in place.
 
@@ -75,7 +81,7 @@ def rename_threads(core: OpenCore, notes: CoreNotes, tids: dict[int, int],
         os.pwrite(core.fd, struct.pack("<i", pid), notes.prpsinfo_offset)
 
 
-def check_core(core: OpenCore, child_pid: int) -> CoreNotes:
+def check_core(core: HeldCore, child_pid: int) -> CoreNotes:
     notes = read_notes(core)
     if child_pid not in notes.prstatus_pids:
         raise CoreNotWritten(f"{core.path} does not describe the snapshot (pids "
@@ -97,7 +103,7 @@ THREAD_NOTES = {abi.NT_PRSTATUS, abi.NT_PRFPREG, arch.NT_386_TLS, arch.NT_386_IO
                 arch.NT_X86_XSTATE, arch.NT_X86_SHSTK}
 
 
-def main_thread_first(core: OpenCore, lwp: int) -> bool:
+def main_thread_first(core: HeldCore, lwp: int) -> bool:
     """Put thread `lwp`'s notes first, in place, as write_note_info would had
     that thread dumped: its NT_PRSTATUS, the process's notes that follow the
     first thread's, its other register sets, then every other thread as it
