@@ -97,6 +97,11 @@ class NoSuchProcess(SnapcoreError):
     exit_code = ExitCode.NO_SUCH_PROCESS
 
 
+class TargetReplaced(NoSuchProcess):
+    """The target exec'd a new program (or exited) since it was checked: the
+    process snapcore checked is gone, whatever else went on."""
+
+
 class PermissionDenied(SnapcoreError):
     exit_code = ExitCode.PERMISSION
 

@@ -9,9 +9,8 @@ import os
 
 
 from snapcore.engine.verdicts import OK, REFUSE, WARN, Preflight
-from snapcore.errors import NoSuchProcess, PermissionDenied, Stage
+from snapcore.errors import NoSuchProcess, PermissionDenied, Stage, TargetReplaced
 from snapcore.linux import arch, cgroups
-from snapcore.linux.inject import TargetReplaced
 from snapcore.linux.procfs import (ancestors, mm_fingerprint, start_time, thread_name,
                                    thread_state)
 from snapcore.linux.proctext import proc_open
