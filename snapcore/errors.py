@@ -1,6 +1,14 @@
 """One exception tree for the engine; each error knows its exit code, pid and stage.
 
 The command layer renders an error as one line: the problem, then the fix.
+These are what a failure means for a snapshot, which the engine decides:
+linux/ raises errors of its own for what the kernel answered (errno-level:
+linux/ptrace.py's PtraceFailed, TaskGone, NotPermitted and the waits'),
+and engine/kernelerrors.py turns them into these.  linux/ still raises a
+few of these itself: its refusals of a target (seccomp.Denied: filters
+that would refuse an injected call; rseq: an abort handler with the wrong
+signature), which are snapcore's judgement, not the kernel's failure, and
+procfs's reads of /proc.
 """
 
 from __future__ import annotations

@@ -235,7 +235,7 @@ def _guard_of(pid: int, thread: HeldThread, at: int, planned,
     if mode == 2:
         try:
             filters = [seccomp.parse(raw) for raw in ptrace.seccomp_filters(thread.tid)]
-        except (SnapcoreError, PtraceFailed, seccomp.FilterError) as exc:
+        except (PtraceFailed, seccomp.FilterError) as exc:
             refused.append(f"thread {thread.tid}'s filters cannot be read ({meaning(exc)})")
             return None
     guard = seccomp.Guard(filters, arch.AUDIT_ARCH)
