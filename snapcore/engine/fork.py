@@ -168,8 +168,8 @@ def _finish(thread: ForkThread) -> list[str]:
             keeper.end(thread, deadline)
             return []
     except (SnapcoreError, PtraceFailed) as exc:
-        return [f"the fork thread could not be ended ({meaning(exc).message}): snapcore lets it go "
-                "in its page, where it reaps the child and exits; the page stays until "
+        return [f"the fork thread could not be ended ({meaning(exc).message}): snapcore lets "
+                "it go in its page, where it reaps the child and exits; the page stays until "
                 "the next snapshot"]
     # Ended by the target's exec or exit: the child passed to the thread that
     # exec'd (or to the reaper), and ended, before the fork thread is collected.

@@ -81,7 +81,7 @@ class PtraceFailed(OSError):
     argument where it says which (the seccomp filter's index)."""
 
     def __init__(self, code: int | None, tid: int, request: str, addr: int = 0):
-        super().__init__(code, os.strerror(code) if code else request)
+        super().__init__(code, os.strerror(code) if code else "seen in a stop of the tracee")
         self.tid = tid
         self.request = request
         self.addr = addr
@@ -103,10 +103,10 @@ class TaskGone(PtraceFailed, ProcessLookupError):
 
 
 class NotPermitted(PtraceFailed, PermissionError):
-    """EPERM or EACCES: snapcore may not do this to the thread.  For a seize,
-    `tracer` is the thread's tracer (0: none) and `tracer_name` its name: a
-    thread someone else traces answers EPERM to a tracer that may trace
-    anything."""
+    """EPERM (and EACCES, for the seccomp filters): snapcore may not do this.
+    For a seize, `tracer` is the thread's tracer (0: none) and `tracer_name`
+    its name: a thread someone else traces answers EPERM to a tracer that
+    may trace anything."""
 
     def __init__(self, code: int | None, tid: int, request: str, addr: int = 0, *,
                  tracer: int = 0, tracer_name: str = ""):
@@ -119,7 +119,7 @@ def failed(code: int | None, tid: int, request: str, addr: int = 0) -> PtraceFai
     """The error of linux/'s own for errno `code` of `request` on `tid`."""
     if code == errno.ESRCH:
         return TaskGone(code, tid, request, addr)
-    if code in (errno.EPERM, errno.EACCES):
+    if code == errno.EPERM:
         return NotPermitted(code, tid, request, addr)
     return PtraceFailed(code, tid, request, addr)
 
@@ -257,6 +257,8 @@ def seccomp_filters(tid: int) -> list[bytes]:
         except PtraceError as exc:
             if exc.errno == errno.ENOENT:
                 return filters
+            if exc.errno == errno.EACCES:  # without CAP_SYS_ADMIN (kernel/seccomp.c)
+                raise NotPermitted(exc.errno, tid, SECCOMP_FILTER, index) from None
             raise failed(exc.errno, tid, SECCOMP_FILTER, index) from None
         buf = ctypes.create_string_buffer(count * 8)
         _call(PTRACE_SECCOMP_GET_FILTER, tid, index, ctypes.addressof(buf), SECCOMP_FILTER)
