@@ -4,6 +4,15 @@ An error is one line: the problem, then the fix (`SnapcoreError.one_line`,
 the only place that joins them).  The command layer gives it the fix as
 the operator acts on it: the flag of its setting, its override
 (cli/render.py `error_line`).
+
+These are what a failure means for a snapshot, which the engine decides:
+linux/ raises errors of its own for what the kernel answered (errno-level:
+linux/ptrace.py's PtraceFailed, TaskGone, NotPermitted and the waits'),
+and engine/kernelerrors.py turns them into these.  linux/ still raises a
+few of these itself: its refusals of a target (seccomp.Denied: filters
+that would refuse an injected call; rseq: an abort handler with the wrong
+signature), which are snapcore's judgement, not the kernel's failure, and
+procfs's reads of /proc.
 """
 
 from __future__ import annotations
@@ -111,6 +120,11 @@ class BadInput(SnapcoreError):
 
 class NoSuchProcess(SnapcoreError):
     exit_code = ExitCode.NO_SUCH_PROCESS
+
+
+class TargetReplaced(NoSuchProcess):
+    """The target exec'd a new program (or exited) since it was checked: the
+    process snapcore checked is gone, whatever else went on."""
 
 
 class PermissionDenied(SnapcoreError):

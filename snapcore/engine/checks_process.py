@@ -10,9 +10,8 @@ import os
 
 from snapcore.engine.plan import Plan
 from snapcore.engine.verdicts import OK, REFUSE, WARN, Preflight
-from snapcore.errors import NoSuchProcess, PermissionDenied, Stage
+from snapcore.errors import NoSuchProcess, PermissionDenied, Stage, TargetReplaced
 from snapcore.linux import arch
-from snapcore.linux.inject import TargetReplaced
 from snapcore.linux.procfs import mm_fingerprint, start_time, thread_name
 from snapcore.linux.procstat import capabilities
 

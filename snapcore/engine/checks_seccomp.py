@@ -10,9 +10,10 @@ import os
 
 from snapcore.engine import calls
 from snapcore.engine.checks_process import CAP_SYS_ADMIN, _has_cap, exec_race
+from snapcore.engine.kernelerrors import meaning
 from snapcore.engine.request import Request
 from snapcore.engine.verdicts import OK, REFUSE, Preflight
-from snapcore.errors import SnapcoreError, Stage
+from snapcore.errors import Stage
 from snapcore.linux import arch, ptrace, seccomp
 from snapcore.linux.procfs import thread_seccomp
 from snapcore.linux.proctext import proc_open
@@ -126,7 +127,8 @@ def _judge_threads(pre: Preflight, opts: Request, candidates: list[int],
                             f"allow every injected syscall from {at:#x}")
                     return
             reasons.append(f"thread {tid}: {blocked}")
-        except (SnapcoreError, seccomp.FilterError) as exc:
+        except (ptrace.PtraceFailed, seccomp.FilterError) as failed:
+            exc = meaning(failed)  # what the peek's ptrace failure means
             raced = exec_race(pre, exc, Stage.PREFLIGHT)
             if raced is not exc:
                 raise raced from None

@@ -13,9 +13,11 @@ import os
 from dataclasses import dataclass, field
 
 from snapcore.engine import calls
-from snapcore.errors import CoreNotWritten, InternalError, NoSuchProcess, NotDumpable, Stage
+from snapcore.engine.kernelerrors import decided
+from snapcore.errors import (CoreNotWritten, InternalError, NoSuchProcess, NotDumpable, Stage,
+                             TargetReplaced)
 from snapcore.linux import arch, ptrace
-from snapcore.linux.inject import HeldThread, TargetReplaced, syscall, wait_for_interrupt_stop
+from snapcore.linux.inject import HeldThread, syscall, wait_for_interrupt_stop
 
 # Layout of the scratch page mapped into the child.
 _SIGACTION_AT = 0  # struct kernel_sigaction: handler, flags, restorer, mask (all 0: SIG_DFL)
@@ -77,6 +79,7 @@ def oom_kills() -> int:
     return 0
 
 
+@decided
 def prepare(child: Child, at: int, *, core_hard: int, staging: str | None, name: str,
             allow_undumpable: bool, deadline: float) -> None:
     """Make the child harmless: its own core limit, SIGABRT at its default, the
@@ -106,6 +109,7 @@ def prepare(child: Child, at: int, *, core_hard: int, staging: str | None, name:
     _oom_first(child)
 
 
+@decided
 def prepare_still(child: Child, at: int, *, allow_undumpable: bool, deadline: float) -> None:
     """Make the child harmless for snapcore's own writer, which only reads it:
     no open files, the OOM killer's first choice, and nothing else.  No page
@@ -200,6 +204,7 @@ def _close_files(pid: int, call) -> None:
         call(calls.CLOSE_ONE, fd)
 
 
+@decided
 def resurrect(child: Child, at: int, threads: list[HeldThread], deadline: float) -> None:
     """Give the child one thread per other target thread, with that thread's state.
 
@@ -231,6 +236,7 @@ def resurrect(child: Child, at: int, threads: list[HeldThread], deadline: float)
         ptrace.set_sigmask(tid, thread.sigmask)
 
 
+@decided
 def lower_priority(child: Child, at: int, deadline: float) -> None:
     """Make the dumping thread idle for the machine, and drop the scratch page.
 

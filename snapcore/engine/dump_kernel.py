@@ -16,6 +16,7 @@ from snapcore.core import core_pattern, notes, placement, store
 from snapcore.engine import child as childmod
 from snapcore.engine import dump, phase
 from snapcore.engine.controller import Controller
+from snapcore.engine.kernelerrors import decided
 from snapcore.engine.phase import Dumped, Run
 from snapcore.errors import CoreNotWritten, Stage
 from snapcore.linux import stops
@@ -23,6 +24,7 @@ from snapcore.linux.procfs import Target, thread_name
 from snapcore.linux.stops import StopKind
 
 
+@decided
 def dump_and_store(run: Run) -> Dumped:
     target, pattern, forked = run.plan.target, run.plan.core_pattern, run.forked
     where = None if pattern.kind == "pipe" else core_pattern.expand(

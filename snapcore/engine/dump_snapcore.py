@@ -22,6 +22,7 @@ from snapcore.core.sink import FdWriter, FileSink, StreamSink, zstd_sink
 from snapcore.engine import child as childmod
 from snapcore.engine import dump, phase
 from snapcore.engine.controller import Controller
+from snapcore.engine.kernelerrors import decided
 from snapcore.engine.phase import Dumped, Run
 from snapcore.errors import CoreNotWritten, NoSuchProcess, OutputError, Stage
 from snapcore.linux import maps, priority, taskinfo
@@ -187,6 +188,7 @@ def _raise(error: BaseException) -> None:
     raise error
 
 
+@decided
 def dump_and_store(run: Run) -> Dumped:
     """The phase after the window with snapcore's writer: the child made
     harmless, its core written, the child killed and reaped as for the kernel's

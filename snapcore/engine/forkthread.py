@@ -31,10 +31,11 @@ import time
 from dataclasses import dataclass, field
 
 from snapcore.engine import calls
-from snapcore.errors import CoreNotWritten, InternalError, NoSuchProcess, Stage, Unsupported
+from snapcore.engine.kernelerrors import meaning
+from snapcore.errors import CoreNotWritten, InternalError, Stage, TargetReplaced, Unsupported
 from snapcore.linux import arch, landing, ptrace, seccomp
-from snapcore.linux.inject import (SEIZE_OPTIONS, HeldThread, TargetReplaced, syscall,
-                                   wait_for_interrupt_stop)
+from snapcore.linux.inject import SEIZE_OPTIONS, HeldThread, syscall, wait_for_interrupt_stop
+from snapcore.linux.ptrace import TaskGone
 
 NAME = "snapcore-fork"  # the thread's name while it lives (ps -L, top -H)
 NAME_AT = 64  # where the name sits in the code page
@@ -94,8 +95,8 @@ class ForkThread:
                            deadline=deadline,
                            guard=self.guard, on_clone=on_clone, stops_taken=self.stops_taken,
                            late=late, keep_end=True)
-        except NoSuchProcess as exc:
-            if exc.pid != self.tid:
+        except TaskGone as exc:
+            if exc.tid != self.tid:
                 raise  # another task's end (the child's): not the target's
             raise gone(self.pid) from None
 
@@ -189,8 +190,8 @@ def _made(thread: ForkThread, what: str, deadline: float, late=None) -> tuple[in
         try:
             wait_for_interrupt_stop(tid, max(deadline, time.monotonic() + 5))
             ptrace.set_options(tid, MADE_OPTIONS)
-        except NoSuchProcess as exc:
-            lost.append(exc.message)
+        except TaskGone as exc:
+            lost.append(meaning(exc).message)
 
     result, _ = thread.call(calls.FORK, deadline=deadline, on_clone=adopt, late=late)
     if result < 0 or not made:

@@ -6,10 +6,10 @@ from __future__ import annotations
 
 import signal
 
+from snapcore.engine.kernelerrors import decided
 from snapcore.engine.plan import Plan
-from snapcore.errors import NoSuchProcess, Stage, Unsupported
+from snapcore.errors import NoSuchProcess, Stage, TargetReplaced, Unsupported
 from snapcore.linux import arch, ptrace
-from snapcore.linux.inject import TargetReplaced
 from snapcore.linux.procfs import is_syscall_instruction, mm_fingerprint
 
 
@@ -20,6 +20,7 @@ def identity_check(plan: Plan, pidfd: int, stage: Stage):
     seccomp filters were judged at."""
     target, at = plan.target, plan.syscall_at
 
+    @decided  # runs inside the window, whose caller decides too: said here all the same
     def check(tid: int) -> None:
         try:
             signal.pidfd_send_signal(pidfd, 0)

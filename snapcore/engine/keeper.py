@@ -20,9 +20,11 @@ import time
 
 from snapcore.engine import calls
 from snapcore.engine.forkthread import NAME_AT, THREAD_OPTIONS, ForkThread, gone
-from snapcore.errors import InternalError, NoSuchProcess, SnapcoreError, Stage
+from snapcore.engine.kernelerrors import decided
+from snapcore.errors import InternalError, Stage
 from snapcore.linux import arch, ptrace, stops
 from snapcore.linux.inject import syscall, wait_for_interrupt_stop
+from snapcore.linux.ptrace import PtraceFailed, TaskGone
 from snapcore.linux.stops import ENDED, StopKind
 
 
@@ -37,7 +39,7 @@ def hold(thread: ForkThread, deadline: float) -> None:
         ptrace.interrupt(thread.tid)
         ptrace.cont(thread.tid)
         wait_for_interrupt_stop(thread.tid, deadline, group_ok=True, keep_end=True)
-    except NoSuchProcess:
+    except TaskGone:
         raise gone(thread.pid) from None
     ptrace.listen(thread.tid)
     thread.listening = True
@@ -46,6 +48,7 @@ def hold(thread: ForkThread, deadline: float) -> None:
     thread.stops_taken.clear()
 
 
+@decided
 def service(thread: ForkThread) -> bool:
     """Keep the held fork thread listening; False once it has ended (the
     target exec'd or exited: de_thread or the group exit killed it), its end
@@ -63,7 +66,7 @@ def service(thread: ForkThread) -> bool:
                 _hold_back(thread, stop.sig)
             else:
                 ptrace.listen(thread.tid)  # a group stop, or a SIGCONT: wait on
-        except NoSuchProcess:
+        except TaskGone:
             return False
 
 
@@ -97,7 +100,7 @@ def take_back(thread: ForkThread, deadline: float) -> bool:
             else:
                 signal.sigtimedwait([signal.SIGCHLD], 0.05)
         ip = getattr(ptrace.get_regs(thread.tid), arch.REG_IP)
-    except NoSuchProcess:
+    except TaskGone:
         return False
     if not thread.page <= ip < thread.page + len(arch.FORK_THREAD_CODE):
         raise InternalError(f"the fork thread {thread.tid} is at {ip:#x}, outside its page",
@@ -119,7 +122,7 @@ def collect_end(thread: ForkThread) -> None:
     try:
         while stops.wait(thread.tid, time.monotonic() + 5).kind not in ENDED:
             pass
-    except SnapcoreError:
+    except PtraceFailed:
         pass
     thread.traced = False
 
@@ -156,7 +159,7 @@ def _end_child(child: int) -> None:
         if stop is not None and stop.kind not in ENDED:
             try:
                 ptrace.cont(tid)
-            except NoSuchProcess:
+            except TaskGone:
                 pass
     signal.sigtimedwait([signal.SIGCHLD], 0.01)
 
@@ -226,11 +229,11 @@ def kill_and_collect(tid: int, deadline: float) -> None:
     while True:
         try:
             stop = stops.wait(tid, max(deadline, time.monotonic() + 5))
-        except NoSuchProcess:
+        except TaskGone:
             return
         if stop.kind in ENDED:
             return
         try:
             ptrace.cont(tid)
-        except NoSuchProcess:
+        except TaskGone:
             pass

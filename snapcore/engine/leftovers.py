@@ -22,6 +22,7 @@ import os
 from snapcore.engine import calls, forkthread
 from snapcore.linux import arch
 from snapcore.linux.inject import HeldThread
+from snapcore.linux.ptrace import PtraceFailed
 from snapcore.linux.procfs import ns_tid, start_time
 
 RECORDS = "/run/snapcore/leftovers.json"  # root's; a tmpfs: gone with the pids at boot
@@ -94,6 +95,8 @@ def reap_recorded(pid: int, runner: HeldThread, at: int, guard, deadline: float,
                                            deadline=deadline, guard=guard, landing=stack)
                     if got == entry["ns_pid"]:
                         notes.append(f"reaped task {got}, left by an earlier snapshot")
+    except PtraceFailed:
+        raise  # the runner's, not the records': the window's to answer
     except (OSError, ValueError):
         return
 

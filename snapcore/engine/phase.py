@@ -20,9 +20,10 @@ from typing import TYPE_CHECKING
 from snapcore.engine import dump, interrupts
 from snapcore.engine.controller import Controller, MemoryWatch, ladder
 from snapcore.engine.request import Request
-from snapcore.errors import CoreNotWritten, NoSuchProcess, Stage
+from snapcore.engine.kernelerrors import meaning
+from snapcore.errors import CoreNotWritten, NoSuchProcess, SnapcoreError, Stage, TargetReplaced
 from snapcore.linux import priority
-from snapcore.linux.inject import TargetReplaced
+from snapcore.linux.ptrace import PtraceFailed
 
 if TYPE_CHECKING:
     from snapcore.engine.child import Child
@@ -80,12 +81,15 @@ def child_phase(run: Run):
     its own error).  The child is ended and collected however it ends."""
     try:
         yield
-    except TargetReplaced:
-        raise
-    except NoSuchProcess as exc:
-        raise CoreNotWritten(f"the snapshot child ended before its dump ({exc.message})",
-                             "no core was written; the target is unharmed",
-                             pid=run.plan.target.pid, stage=Stage.CHILD) from None
+    except (SnapcoreError, PtraceFailed) as exc:
+        err = meaning(exc)  # a linux/ error that got this far, said as the engine says it
+        if isinstance(err, NoSuchProcess) and not isinstance(err, TargetReplaced):
+            raise CoreNotWritten(f"the snapshot child ended before its dump ({err.message})",
+                                 "no core was written; the target is unharmed",
+                                 pid=run.plan.target.pid, stage=Stage.CHILD) from None
+        if err is exc:
+            raise
+        raise err from None
     finally:
         with interrupts.cleanup():
             dump.kill(run.kid)  # a no-op when it already ended

@@ -24,6 +24,7 @@ from snapcore.engine import interrupts, preflight, sequence
 from snapcore.engine.checks_process import exec_race
 from snapcore.engine.ratelimit import RateLimiter, program
 from snapcore.engine.controller import MemoryWatch
+from snapcore.engine.kernelerrors import decided
 from snapcore.engine.phase import Dumped, Run
 from snapcore.engine.request import Request
 from snapcore.engine.result import Snapshot
@@ -152,7 +153,8 @@ def _take(run: Run) -> Dumped:
         if start_time(pid) != run.plan.target.start_time:
             raise NoSuchProcess(f"process {pid} exited and its pid was reused",
                                 "check the pid again", pid=pid, stage=Stage.PREFLIGHT)
-        return sequence.fork_and_dump(run, pidfd)
+        with decided:  # each phase decides already: none may leave one undecided
+            return sequence.fork_and_dump(run, pidfd)
     except PermissionDenied as exc:  # an exec while snapcore attached, it may be
         raise exec_race(run.plan, exc, Stage.CAPTURE) from None
     finally:

@@ -14,9 +14,9 @@ import signal
 import time
 from dataclasses import dataclass, field
 
-from snapcore.errors import InternalError, NoSuchProcess, Stage, StopTimeout, Unsupported
 from snapcore.linux import abi, arch, ptrace, stops
-from snapcore.linux.stops import ENDED, Event, StopKind
+from snapcore.linux.ptrace import PtraceFailed, TaskGone
+from snapcore.linux.stops import ENDED, Event, StopKind, StopLate
 
 _U64 = (1 << 64) - 1
 # How long a thread may take to come back from an injected call whose wait
@@ -34,8 +34,23 @@ def signed(value: int) -> int:
 SEIZE_OPTIONS = ptrace.O_TRACESYSGOOD | ptrace.O_TRACEEXEC
 
 
-class TargetReplaced(NoSuchProcess):
-    """The target exec'd a new program: the process snapcore checked is gone."""
+class Execed(TaskGone):
+    """PTRACE_EVENT_EXEC during an injected "syscall" or before an "interrupt"
+    stop: the process exec'd, and the program snapcore checked is gone."""
+
+    def __init__(self, tid: int, request: str):
+        super().__init__(None, tid, request)
+
+
+class SignalStop(PtraceFailed):
+    """The thread stopped for signal `sig` where it should not have: a fault
+    of an injected "syscall" (every other signal is blocked then), a group
+    stop before its "interrupt" stop, or (request "inject") a signal it
+    holds to deliver, which an injected call would drop."""
+
+    def __init__(self, tid: int, request: str, sig: int):
+        super().__init__(None, tid, request)
+        self.sig = sig
 
 
 def syscall(tid: int, base: ptrace.Regs, at: int, nr: int, *args: int,
@@ -95,7 +110,7 @@ def _wait_syscall_stop(tid: int, deadline: float | None, events: list, on_clone,
     while True:
         try:
             stop = stops.wait(tid, deadline, keep_end)
-        except StopTimeout:
+        except StopLate:
             if late is None:
                 raise
             deadline, late = late(), None
@@ -104,8 +119,7 @@ def _wait_syscall_stop(tid: int, deadline: float | None, events: list, on_clone,
             return deadline
         if stop.kind is StopKind.EVENT:
             if stop.event == ptrace.EVENT_EXEC:
-                raise TargetReplaced(f"thread {tid} exec'd a new program", pid=tid,
-                                     stage=Stage.INJECT)
+                raise Execed(tid, "syscall")
             # PTRACE_EVENT_CLONE arrives between clone's entry and exit.
             event = Event(stop.event, ptrace.event_msg(tid))
             events.append(event)
@@ -125,11 +139,9 @@ def _wait_syscall_stop(tid: int, deadline: float | None, events: list, on_clone,
         elif stop.kind is StopKind.SIGNAL:
             # Every other signal is blocked while snapcore injects: this is a
             # synchronous fault caused by the injection itself.
-            raise InternalError(f"thread {tid} got signal {stop.sig} during an injected "
-                                "syscall", pid=tid, stage=Stage.INJECT)
+            raise SignalStop(tid, "syscall", stop.sig)
         else:
-            raise NoSuchProcess(f"thread {tid} exited during an injected syscall", pid=tid,
-                                stage=Stage.INJECT)
+            raise TaskGone(None, tid, "syscall", ended=True)
 
 
 def wait_for_interrupt_stop(tid: int, deadline: float | None, group_ok: bool = False,
@@ -144,9 +156,7 @@ def wait_for_interrupt_stop(tid: int, deadline: float | None, group_ok: bool = F
             if stop.event == ptrace.EVENT_EXEC:
                 # The exec event stop came first; the interrupt stop follows,
                 # but the program snapcore checked is gone.
-                raise TargetReplaced(f"process of thread {tid} exec'd a new program",
-                                     "nothing was done to it; try again", pid=tid,
-                                     stage=Stage.CAPTURE)
+                raise Execed(tid, "interrupt")
             return 0
         if stop.kind is StopKind.SIGNAL:
             # A signal-delivery stop came first: deliver it as the kernel would
@@ -155,10 +165,9 @@ def wait_for_interrupt_stop(tid: int, deadline: float | None, group_ok: bool = F
         elif stop.kind is StopKind.GROUP:
             if group_ok:
                 return stop.sig
-            raise Unsupported(f"thread {tid} was stopped by signal {stop.sig} meanwhile",
-                              "it must stay stopped; try again once it runs", pid=tid)
+            raise SignalStop(tid, "interrupt", stop.sig)  # it must stay stopped
         else:
-            raise NoSuchProcess(f"thread {tid} exited", pid=tid)
+            raise TaskGone(None, tid, "interrupt", ended=True)
 
 
 def finite_deadline(deadline: float | None) -> float:
@@ -214,8 +223,7 @@ class HeldThread:
         target dies rather than run on."""
         tid = self.tid
         if not self.free:
-            raise InternalError(f"thread {tid} holds a signal to deliver", pid=tid,
-                                stage=Stage.INJECT)
+            raise SignalStop(tid, "inject", self.pending_sig)
         if guard is not None:
             guard(nr, args, at)  # a refusal before anything of the thread changes
         if landing is not None and landing.allows(guard, nr, args):
@@ -239,7 +247,7 @@ class HeldThread:
             ptrace.set_sigmask(tid, self.sigmask)
         try:
             ptrace.set_regs(tid, self.regs)
-        except NoSuchProcess:
+        except TaskGone:
             if stops.wait(tid, deadline).kind in ENDED:
                 self.stopped = False
                 raise
@@ -273,7 +281,7 @@ class HeldThread:
                 return
             if stop.kind in ENDED:
                 self.stopped = False
-                raise NoSuchProcess(f"thread {tid} exited", pid=tid)
+                raise TaskGone(None, tid, "interrupt", ended=True)
             ptrace.cont(tid)  # a syscall stop on the way: go on to the interrupt
 
     def release(self) -> None:
