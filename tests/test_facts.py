@@ -17,6 +17,7 @@ from pathlib import Path
 
 import pytest
 
+from snapcore.core.core_pattern import CorePattern
 from snapcore.engine import checks_limits, checks_process
 from snapcore.engine.plan import Plan
 from snapcore.engine.verdicts import OK, REFUSE, WARN, Preflight
@@ -89,7 +90,7 @@ class Tree:
 
     def preflight(self) -> Preflight:
         facts = Facts(PID, str(self.proc))
-        return Preflight(Plan(procfs.read(PID, facts), facts))
+        return Preflight(Plan(procfs.read(PID, facts), facts, CorePattern("core", uses_pid=False)))
 
 
 @pytest.fixture
@@ -244,7 +245,8 @@ def test_memory_available(tree):
     pre, check = _memory(tree, 10 * MiB)
     assert (check.verdict, check.reason) == \
         (OK, "copy-on-write worst case 10.0 MiB, 1.0 GiB available")
-    assert (pre.plan.memory_worst, pre.plan.memory_room, pre.plan.memory_limit_file) == (10 * MiB, 1 << 30, "")
+    plan = pre.plan
+    assert (plan.memory_worst, plan.memory_room, plan.memory_limit_file) == (10 * MiB, 1 << 30, "")
 
 
 def test_memory_over_half_of_what_is_available(tree):

@@ -21,7 +21,8 @@ from snapcore.engine.kernelerrors import decided, meaning
 from snapcore.errors import (ExitCode, NoSuchProcess, SnapcoreError, Stage, StopTimeout,
                              TargetReplaced)
 from snapcore.linux import ptrace, stops
-from snapcore.linux.inject import Execed, SignalStop, wait_for_interrupt_stop
+from snapcore.linux.inject import wait_for_interrupt_stop
+from snapcore.linux.stops import Execed, SignalStop
 from snapcore.linux.ptrace import NotPermitted, PtraceFailed, TaskGone, failed
 from snapcore.linux.stops import StopLate
 

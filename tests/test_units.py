@@ -593,3 +593,27 @@ def test_a_signal_frame_runs_an_interrupted_call_again():
     assert mask == 0x4000
     assert frame[448 + 464:448 + 468] == struct.pack("<I", 0x46505853)  # FP_XSTATE_MAGIC1
     assert frame[-4:] == struct.pack("<I", 0x46505845)  # FP_XSTATE_MAGIC2
+
+
+@pytest.mark.unit
+@pytest.mark.parametrize("how", ["remove_tree", "remove_tree_walking"])
+def test_a_tree_is_removed_by_descriptor_never_following_a_link(tmp_path, how):
+    """Python 3.10 has no shutil.rmtree(dir_fd=): the walk by descriptor that
+    stands in for it removes the same, and leaves what a link points at."""
+    from snapcore.core import safefs
+    outside = tmp_path / "outside"
+    (outside / "kept").mkdir(parents=True)
+    (outside / "kept" / "file").write_text("x")
+    tree = tmp_path / "base" / "tree"
+    (tree / "a" / "b").mkdir(parents=True)
+    (tree / "a" / "b" / "file").write_text("x")
+    (tree / "file").write_text("x")
+    (tree / "a" / "to-dir").symlink_to(outside / "kept")
+    (tree / "to-file").symlink_to(outside / "kept" / "file")
+    dir_fd = os.open(tmp_path / "base", os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        getattr(safefs, how)("tree", dir_fd)
+    finally:
+        os.close(dir_fd)
+    assert list((tmp_path / "base").iterdir()) == []
+    assert (outside / "kept" / "file").read_text() == "x"

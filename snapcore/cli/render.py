@@ -44,7 +44,7 @@ def _ms(seconds: float) -> float:
 def snapshot_dict(snap: Snapshot) -> dict:
     t = snap.target
     pattern = snap.core_pattern
-    doc = {
+    doc: dict = {
         "ok": True,
         "target": {"pid": t.pid, "name": t.name, "exe": t.exe, "uid": t.uid,
                    "program": snap.program},

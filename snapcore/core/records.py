@@ -168,7 +168,7 @@ def records(directory: Path, skipped: list[str] | None = None) -> list[Record]:
     TIMESTAMP_NAME_PID.json, or a core of that name is beside it), "PATH:
     what is wrong" is appended to `skipped`, for a warning; any other JSON
     file is simply not a record."""
-    found = []
+    found: list[Record] = []
     directory = Path(directory)
     try:
         trusted = {os.geteuid(), os.stat(directory).st_uid}

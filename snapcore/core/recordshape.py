@@ -41,17 +41,18 @@ class _Model:
     unknown: dict
 
     @classmethod
-    def from_json(cls, data: dict):
-        hints, known, unknown = _hints(cls), {}, {}
+    def from_json(cls, data: dict) -> typing.Any:
+        hints, known, unknown = _hints(typing.cast(type, cls)), {}, {}
         for key, value in data.items():
             if key in hints:
                 known[key] = _read(hints[key], value)
             else:
                 unknown[key] = value
-        return cls(**known, unknown=unknown)
+        return typing.cast(typing.Any, cls)(**known, unknown=unknown)  # a dataclass below
 
     def to_json(self) -> dict:
-        out = {f.name: _written(getattr(self, f.name)) for f in dataclasses.fields(self)
+        out = {f.name: _written(getattr(self, f.name))
+               for f in dataclasses.fields(typing.cast(typing.Any, self))
                if f.name != "unknown"}
         return {**out, **self.unknown}
 
@@ -130,7 +131,7 @@ class RecordData(_Model):
 
 
 @functools.cache
-def _hints(cls) -> dict:
+def _hints(cls: type) -> dict:
     return {name: tp for name, tp in typing.get_type_hints(cls).items() if name != "unknown"}
 
 
@@ -225,7 +226,7 @@ def shape_problem(data) -> str | None:
     if Path(name).name != name or not name.endswith(CORE_SUFFIXES):
         return f"'core.file' is {json.dumps(name)[:40]}, not a core's name beside it"
     try:
-        RecordData(taken_at=data["taken_at"]).taken_at_seconds
+        _ = RecordData(taken_at=data["taken_at"]).taken_at_seconds  # parsed, or ValueError
     except ValueError:
         return f"'taken_at' is {json.dumps(data['taken_at'])[:40]}, not a time"
     if data.get("version", VERSION) > VERSION:

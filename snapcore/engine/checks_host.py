@@ -17,19 +17,17 @@ from snapcore.engine.verdicts import OK, REFUSE, WARN, Preflight
 from snapcore.errors import OutputError
 
 
-def check_core_destination(pre: Preflight, opts: Request,
-                           sizes: CoreSize | None) -> core_pattern.CorePattern:
+def check_core_destination(pre: Preflight, opts: Request, sizes: CoreSize | None) -> None:
     """Who writes the core (checks_writer.py), then, for the kernel's
     writer, whether core_pattern and RLIMIT_CORE let it."""
-    t = pre.plan.target
-    pattern = core_pattern.read_core_pattern()
+    t, pattern = pre.plan.target, pre.plan.core_pattern
     checks_writer.choose_writer(pre, opts, pattern, sizes)
     if pre.plan.writer == "snapcore":
         pre.add("core-pattern", OK, f"{pattern.pattern} ({pattern.kind}): not used, "
                 "snapcore writes the core")
         pre.add("core-limit", OK, f"RLIMIT_CORE {_limits_text(t)}: not used, a snapshot is "
                 "not a crash (gcore ignores the limit too)")
-        return pattern
+        return
     if pattern.kind == "pipe":
         try:
             with open("/proc/sys/kernel/core_pipe_limit") as f:
@@ -57,7 +55,6 @@ def check_core_destination(pre: Preflight, opts: Request,
     else:
         pre.add("core-limit", OK, f"RLIMIT_CORE {_limits_text(t)} (the child raises its "
                 "soft limit to the hard one)")
-    return pattern
 
 
 def _limits_text(t) -> str:

@@ -129,7 +129,7 @@ def _judge_threads(pre: Preflight, opts: Request, candidates: list[int],
             reasons.append(f"thread {tid}: {blocked}")
         except (ptrace.PtraceFailed, seccomp.FilterError) as failed:
             exc = meaning(failed)  # what the peek's ptrace failure means
-            raced = exec_race(pre, exc, Stage.PREFLIGHT)
+            raced = exec_race(pre.plan, exc, Stage.PREFLIGHT)
             if raced is not exc:
                 raise raced from None
             reasons.append(f"thread {tid}: cannot evaluate its filters ({exc})")

@@ -10,14 +10,19 @@ outside needs CAP_SYS_RESOURCE or a matching uid.
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 from snapcore.engine import calls
 from snapcore.engine.kernelerrors import decided
 from snapcore.errors import (CoreNotWritten, InternalError, NoSuchProcess, NotDumpable, Stage,
                              TargetReplaced)
-from snapcore.linux import arch, ptrace
+from snapcore.linux import arch, ptrace, seccomp
 from snapcore.linux.inject import HeldThread, syscall, wait_for_interrupt_stop
+
+if TYPE_CHECKING:
+    from snapcore.engine.fork import Parent
 
 # Layout of the scratch page mapped into the child.
 _SIGACTION_AT = 0  # struct kernel_sigaction: handler, flags, restorer, mask (all 0: SIG_DFL)
@@ -41,15 +46,15 @@ class Child:
     # container's), which is what the kernel writes into the core's notes.
     ns_tids: dict[int, int] = field(default_factory=dict)
     scratch: int = 0  # a page mapped in the child for syscall arguments
-    guard: object = None  # seccomp.Guard: the child inherited the fork thread's filters
+    guard: seccomp.Guard | None = None  # the child inherited the fork thread's filters
     page: int = 0  # the fork thread's code page, which the child has a copy of
     # keeper() -> False once the child's parent, the fork thread, has ended
     # (the target exec'd or exited): the dump is then abandoned at once.
-    keeper: object = None
+    keeper: Callable[[], bool] | None = None
     # The fork thread, which reaps the child's end the moment snapcore has
     # collected it (ready() before, reap() after; engine/fork.py: Parent):
     # meanwhile a __WALL wait of the target could see it.
-    parent: object = None
+    parent: Parent | None = None
     oom_kills_before: int = field(default_factory=lambda: oom_kills())
 
     def __post_init__(self) -> None:

@@ -37,12 +37,13 @@ def gather(pid: int, held: list[HeldThread], target_ns: dict[int, int | None]):
     right after the fork: its child's are taken then, see _facts)."""
     states = []
     for thread in held:
-        facts = taskinfo.thread_facts(pid, thread.tid)
+        times = taskinfo.thread_facts(pid, thread.tid)
         states.append(corenotes.ThreadState(
             tid=target_ns.get(thread.tid) or thread.tid, regs=bytes(thread.regs),
             xstate=thread.xstate, sigmask=thread.sigmask,
-            sigpend=facts.sigpend if facts else 0, utime=facts.utime if facts else 0,
-            stime=facts.stime if facts else 0))
+            sigpend=times.sigpend if times else 0, utime=times.utime if times else 0,
+            stime=times.stime if times else 0))
+    facts: taskinfo.ProcessFacts | None
     try:
         facts = taskinfo.process_facts(pid)
     except OSError:
@@ -95,6 +96,7 @@ def open_sink(run: Run, name: str):
     new by core/store.py under the hidden name that publish.publish later
     turns into its own."""
     request = run.request
+    sink: StreamSink | FileSink
     if request.stream is not None:
         sink = zstd_sink(request.stream) if request.compress else \
             StreamSink(FdWriter(request.stream))

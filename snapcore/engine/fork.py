@@ -168,7 +168,8 @@ def _finish(thread: ForkThread) -> list[str]:
             keeper.end(thread, deadline)
             return []
     except (SnapcoreError, PtraceFailed) as exc:
-        return [f"the fork thread could not be ended ({meaning(exc).message}): snapcore lets "
+        why = exc if isinstance(exc, SnapcoreError) else meaning(exc)
+        return [f"the fork thread could not be ended ({why.message}): snapcore lets "
                 "it go in its page, where it reaps the child and exits; the page stays until "
                 "the next snapshot"]
     # Ended by the target's exec or exit: the child passed to the thread that
@@ -218,8 +219,9 @@ def choose_runner(window: Window, at: int, planned) -> tuple[HeldThread, seccomp
                           "snapshot safely",
                           pid=window.pid, stage=Stage.CAPTURE)
     thread, guard = usable[0]
-    rseq.move_to_abort(thread.tid, thread.regs,
-                       rseq.abort_ip(thread.tid, getattr(thread.regs, arch.REG_IP)))
+    abort = rseq.abort_ip(thread.tid, getattr(thread.regs, arch.REG_IP))
+    assert abort is not None  # judged inside one just above
+    rseq.move_to_abort(thread.tid, thread.regs, abort)
     return thread, guard
 
 

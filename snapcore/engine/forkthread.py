@@ -73,13 +73,20 @@ class ForkThread:
     sites: landing.Sites = field(default_factory=landing.Sites)  # for its end: exit_at
     runner_landing: landing.Landing | None = None  # in the page, for the runner's clone
     tid: int = 0
-    base: ptrace.Regs | None = None  # its registers at birth, the frame for injected calls
+    born_regs: ptrace.Regs | None = None  # its registers at birth (spawn)
     traced: bool = False
     listening: bool = False  # held in PTRACE_LISTEN (else stopped in a stop already seen)
     ended: bool = False  # fork.finish has ended it (or found it ended)
     child: int = 0
     child_ns: int = 0
     stops_taken: list = field(default_factory=list)  # SIGSTOPs it took: given back
+
+    @property
+    def base(self) -> ptrace.Regs:
+        """Its registers at birth: the frame every injected call starts from."""
+        if self.born_regs is None:
+            raise RuntimeError("the fork thread's registers are read when it is born")
+        return self.born_regs
 
     @property
     def entry(self) -> int:
@@ -175,7 +182,7 @@ def spawn(runner: HeldThread, guard, thread: ForkThread, deadline: float) -> Non
         raise InternalError(f"the fork thread could not be made: "
                             f"{os.strerror(-result) if result < 0 else 'no clone event'}",
                             "the target was restored and is running", stage=Stage.FORK)
-    thread.base = ptrace.get_regs(thread.tid)
+    thread.born_regs = ptrace.get_regs(thread.tid)
 
 
 def _made(thread: ForkThread, what: str, deadline: float, late=None) -> tuple[int, int]:

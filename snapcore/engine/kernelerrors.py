@@ -16,12 +16,12 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import typing
 
 from snapcore.errors import (AlreadyTraced, InternalError, NoSuchProcess, PermissionDenied,
                              SnapcoreError, Stage, StopTimeout, TargetReplaced, Unsupported)
-from snapcore.linux.inject import Execed, SignalStop
 from snapcore.linux.ptrace import RSEQ, SECCOMP_FILTER, NotPermitted, PtraceFailed, TaskGone
-from snapcore.linux.stops import StopLate
+from snapcore.linux.stops import Execed, SignalStop, StopLate
 
 # A thread seen to end, by what snapcore was doing when it ended.
 _ENDED = {
@@ -30,6 +30,14 @@ _ENDED = {
     "interrupt": ("thread {tid} exited", ""),
     "capture": ("process {tid} exited", Stage.CAPTURE),  # every thread of it
 }
+
+
+@typing.overload
+def meaning(exc: PtraceFailed) -> SnapcoreError: ...
+@typing.overload
+def meaning(exc: SnapcoreError) -> SnapcoreError: ...
+@typing.overload
+def meaning(exc: BaseException) -> BaseException: ...
 
 
 def meaning(exc: BaseException) -> BaseException:

@@ -32,7 +32,7 @@ def stale_pages(pid: int, maps) -> list[int]:
     """Code pages a killed snapcore left in the process (see above); `maps`:
     its mappings (linux/maps.read_smaps)."""
     wanted = forkthread.page_contents()  # the rest holds addresses: its own, the runner's
-    found = []
+    found: list[int] = []
     candidates = [m for m in maps if m.perms == "r-xp" and not m.inode and not m.path
                   and m.size == arch.PAGE_SIZE]
     if not candidates:

@@ -12,7 +12,7 @@ engine/dump_snapcore.py (snapcore writes it from the stopped child).
 from __future__ import annotations
 
 import contextlib
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from datetime import datetime
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -32,9 +32,9 @@ if TYPE_CHECKING:
 
 
 @dataclass
-class Run:
-    """One snapshot from the window on: what the preflight planned, what the
-    operator asked, where the core goes, and what the window made."""
+class Job:
+    """One snapshot before its window: what the preflight planned, what the
+    operator asked, and where the core goes."""
 
     plan: Plan
     request: Request
@@ -43,11 +43,23 @@ class Run:
     root: str  # the target's root directory ("" : snapcore's own)
     taken_at: datetime
     memory: MemoryWatch  # begun before the fork: the copies start at the release
-    forked: Forked | None = None
-    kid: Child | None = None
+
+
+@dataclass
+class Run(Job):
+    """The same snapshot from the window on, with what the window made."""
+
+    forked: Forked = field(kw_only=True)
+    kid: Child = field(kw_only=True)
     # Each held target thread's id in its own pid namespace, read once right
     # after the window (a thread may end later): what the core calls it.
-    target_ns: dict[int, int | None] = field(default_factory=dict)
+    target_ns: dict[int, int | None] = field(kw_only=True)
+
+    @classmethod
+    def after_fork(cls, job: Job, forked: Forked, kid: Child,
+                   target_ns: dict[int, int | None]) -> Run:
+        return cls(**{f.name: getattr(job, f.name) for f in fields(Job)},
+                   forked=forked, kid=kid, target_ns=target_ns)
 
 
 @dataclass
@@ -62,6 +74,10 @@ class Dumped:
     notes: list[str]
     priority_steps: list[dict]
     streamed: bool = False
+    # The window's, added by engine/sequence.py: its timings (Forked.timings)
+    # and the child it made.
+    pause: dict = field(default_factory=dict)
+    child_pid: int = 0
 
 
 def controller(run: Run, written, expected: int) -> Controller:

@@ -19,7 +19,7 @@ if TYPE_CHECKING:
 class Plan:
     target: Target
     facts: Facts  # what the checks read, once (linux/facts.py)
-    core_pattern: core_pattern.CorePattern | None = None
+    core_pattern: core_pattern.CorePattern  # read once, as the preflight judged it
     writer: str = "kernel"  # who will write the core: "kernel" or "snapcore"
     writer_reason: str = ""
     syscall_at: int = 0  # the `syscall` instruction injections will use

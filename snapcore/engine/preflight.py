@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import signal
 
-from snapcore.core import dumprules
+from snapcore.core import core_pattern, dumprules
 from snapcore.engine import checks_host, checks_limits, checks_process, checks_seccomp, leftovers
 from snapcore.engine.plan import Plan
 from snapcore.engine.request import Request
@@ -34,7 +34,7 @@ def run(pid: int, opts: Request) -> Preflight:
 
 def _run(pid: int, opts: Request) -> Preflight:
     facts = Facts(pid)  # each /proc file the checks read, read once
-    pre = Preflight(Plan(read(pid, facts), facts))
+    pre = Preflight(Plan(read(pid, facts), facts, core_pattern.read_core_pattern()))
     t = pre.plan.target
     checks_process.check_permission(pre)
     if t.tracer:
@@ -60,8 +60,8 @@ def _run(pid: int, opts: Request) -> Preflight:
     pre.plan.stale_pages = leftovers.stale_pages(pid, vmas)
     sizes = dumprules.core_size(pid, vmas, len(t.threads), facts.coredump_filter) \
         if vmas else None
-    pattern = checks_host.check_core_destination(pre, opts, sizes)
-    pre.plan.core_pattern = pattern
+    pattern = pre.plan.core_pattern
+    checks_host.check_core_destination(pre, opts, sizes)
     checks_host.check_output_dir(pre, opts)
     checks_host.check_staging(pre, opts, pattern)
     checks_host.check_disk(pre, opts, sizes, pattern)

@@ -163,7 +163,7 @@ def run_to_syscall(code: bytes, start: int, limit: int = 16):
     the instructions above alone.  Returns (offset of that syscall, registers
     then): each register is ("imm", value) or ("reg", name) (its value
     before: rax, rcx and r11 are the previous syscall's), or None."""
-    state = {r: ("reg", r) for r in _REG32}
+    state: dict[str, tuple[str, str | int]] = {r: ("reg", r) for r in _REG32}
     at = start
     for _ in range(limit):
         if at < 0 or at + 2 > len(code):

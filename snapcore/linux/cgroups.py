@@ -154,7 +154,7 @@ class Membership:
         """The systemd service the process runs in (`redis-server.service`), from
         the path systemd gives each unit's cgroup (v2, or v1's name=systemd
         hierarchy): the innermost `*.service` component.  None outside one."""
-        for controllers, path in sorted(self.lines, key=lambda l: l[0] != "name=systemd"):
+        for controllers, path in sorted(self.lines, key=lambda line: line[0] != "name=systemd"):
             if controllers in ("", "name=systemd"):
                 units = [part for part in path.split("/") if part.endswith(".service")]
                 if units:

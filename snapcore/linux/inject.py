@@ -15,8 +15,8 @@ import time
 from dataclasses import dataclass, field
 
 from snapcore.linux import abi, arch, ptrace, stops
-from snapcore.linux.ptrace import PtraceFailed, TaskGone
-from snapcore.linux.stops import ENDED, Event, StopKind, StopLate
+from snapcore.linux.ptrace import TaskGone
+from snapcore.linux.stops import ENDED, Event, Execed, SignalStop, StopKind, StopLate
 
 _U64 = (1 << 64) - 1
 # How long a thread may take to come back from an injected call whose wait
@@ -32,25 +32,6 @@ def signed(value: int) -> int:
 # Options every seized target thread carries: syscall stops marked, and an
 # exec reported as an event (so a thread that exec'd is never injected into).
 SEIZE_OPTIONS = ptrace.O_TRACESYSGOOD | ptrace.O_TRACEEXEC
-
-
-class Execed(TaskGone):
-    """PTRACE_EVENT_EXEC during an injected "syscall" or before an "interrupt"
-    stop: the process exec'd, and the program snapcore checked is gone."""
-
-    def __init__(self, tid: int, request: str):
-        super().__init__(None, tid, request)
-
-
-class SignalStop(PtraceFailed):
-    """The thread stopped for signal `sig` where it should not have: a fault
-    of an injected "syscall" (every other signal is blocked then), a group
-    stop before its "interrupt" stop, or (request "inject") a signal it
-    holds to deliver, which an injected call would drop."""
-
-    def __init__(self, tid: int, request: str, sig: int):
-        super().__init__(None, tid, request)
-        self.sig = sig
 
 
 def syscall(tid: int, base: ptrace.Regs, at: int, nr: int, *args: int,
@@ -184,15 +165,22 @@ class HeldThread:
 
     tid: int
     stopped: bool = False
-    regs: ptrace.Regs | None = None
+    saved_regs: ptrace.Regs | None = None  # as it stopped: save()
     xstate: bytes = b""
     sigmask: int = 0
     pending_sig: int = 0  # a signal it stopped to take while parked: delivered at release
     # Stop signals it took during injected calls (suppressed then): given back at release.
     stops_taken: list = field(default_factory=list)
 
+    @property
+    def regs(self) -> ptrace.Regs:
+        """Its registers as it stopped (save() first: holding a thread saves them)."""
+        if self.saved_regs is None:
+            raise RuntimeError(f"thread {self.tid}'s registers were never saved")
+        return self.saved_regs
+
     def save(self, with_xstate: bool) -> None:
-        self.regs = ptrace.get_regs(self.tid)
+        self.saved_regs = ptrace.get_regs(self.tid)
         self.sigmask = ptrace.get_sigmask(self.tid)
         if with_xstate:
             self.xstate = ptrace.get_xstate(self.tid)
@@ -205,7 +193,7 @@ class HeldThread:
     def free(self) -> bool:
         """Whether it may run an injected call now: stopped, saved, and not
         held in a signal's delivery stop (injecting there would drop it)."""
-        return self.stopped and not self.pending_sig and self.regs is not None
+        return self.stopped and not self.pending_sig and self.saved_regs is not None
 
     def inject(self, at: int, nr: int, *args: int, deadline: float,
                guard=None, events: list | None = None, on_clone=None,

@@ -232,7 +232,7 @@ def _own_registers(pid: int, thread):
 def _frame_ok(thread, sites: Sites) -> bool:
     """Inside the window: no reading of /proc but for a pending restart
     (rare), each read lengthening the target's pause."""
-    regs = thread.regs
+    regs = thread.saved_regs
     return regs is not None and bool(thread.xstate) and regs.cs == arch.USER_CS and \
         not sites.shadow_stack
 

@@ -35,6 +35,7 @@ import ctypes
 import errno
 import os
 import struct
+from typing import TYPE_CHECKING
 from dataclasses import dataclass
 
 from ptrace import PtraceError
@@ -70,7 +71,10 @@ EVENT_STOP = 128  # not named by python-ptrace: a SEIZEd thread's interrupt or g
 # Every signal but SIGKILL and SIGSTOP (the kernel ignores those two in a mask).
 ALL_SIGNALS_MASK = (1 << 64) - 1
 
-Regs = user_regs_struct
+if TYPE_CHECKING:  # the registers' struct is the running machine's (python-ptrace's)
+    from ctypes import Structure as Regs
+else:
+    Regs = user_regs_struct
 
 
 class PtraceFailed(OSError):
@@ -250,7 +254,7 @@ def seccomp_filters(tid: int) -> list[bytes]:
 
     Needs CAP_SYS_ADMIN and a stopped tracee; raises NotPermitted without it.
     """
-    filters = []
+    filters: list[bytes] = []
     for index in range(1024):  # the kernel caps a thread's filters far lower
         try:
             count = _raw_ptrace(PTRACE_SECCOMP_GET_FILTER, tid, index, 0)

@@ -55,6 +55,25 @@ class Event(NamedTuple):
     message: int
 
 
+class Execed(TaskGone):
+    """PTRACE_EVENT_EXEC during an injected "syscall" or before an "interrupt"
+    stop: the process exec'd, and the program snapcore checked is gone."""
+
+    def __init__(self, tid: int, request: str):
+        super().__init__(None, tid, request)
+
+
+class SignalStop(PtraceFailed):
+    """The thread stopped for signal `sig` where it should not have: a fault
+    of an injected "syscall" (every other signal is blocked then), a group
+    stop before its "interrupt" stop, or (request "inject") a signal it
+    holds to deliver, which an injected call would drop."""
+
+    def __init__(self, tid: int, request: str, sig: int):
+        super().__init__(None, tid, request)
+        self.sig = sig
+
+
 class StopLate(PtraceFailed, TimeoutError):
     """The tracee did not stop by the deadline (ETIMEDOUT: no answer came);
     a thread in uninterruptible sleep (D) stops only when it wakes."""

@@ -4,13 +4,14 @@ then each given back exactly as it was.
 
 from __future__ import annotations
 
+import contextlib
 import time
 
 from snapcore.linux import ptrace, stops
-from snapcore.linux.inject import (SEIZE_OPTIONS, Execed, HeldThread, SignalStop,
-                                   wait_for_interrupt_stop)
-from snapcore.linux.ptrace import TaskGone
+from snapcore.linux.inject import SEIZE_OPTIONS, HeldThread, wait_for_interrupt_stop
 from snapcore.linux.procfs import task_ids
+from snapcore.linux.ptrace import PtraceFailed, TaskGone
+from snapcore.linux.stops import Execed, SignalStop
 
 
 def peek(tid: int, read, timeout: float):
@@ -44,7 +45,7 @@ def capture(pid: int, tids: list[int], held: dict[int, HeldThread], deadline: fl
         # Every thread interrupted is waited for, even after one fails: a
         # thread left seized and interrupted would stop, and stay stopped, as
         # soon as it reached its interrupt stop.
-        error = None
+        error: PtraceFailed | None = None
         for tid in tids:
             if tid not in held:
                 continue
@@ -94,9 +95,9 @@ class Window:
         self.check = check
         self.held: dict[int, HeldThread] = {}
         self.timings: dict[str, float] = {}
-        self._signals = None
+        self._signals: contextlib.AbstractContextManager = contextlib.nullcontext()
 
-    def __enter__(self) -> "Window":
+    def __enter__(self) -> Window:
         self._signals = stops.signals_held(stops.STOP_REQUEST_SIGNALS)
         self._signals.__enter__()
         self._t0 = time.perf_counter()
