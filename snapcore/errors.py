@@ -1,6 +1,18 @@
 """One exception tree for the engine; each error knows its exit code, pid and stage.
 
-The command layer renders an error as one line: the problem, then the fix.
+An error is one line: the problem, then the fix (`SnapcoreError.one_line`,
+the only place that joins them).  The command layer gives it the fix as
+the operator acts on it: the flag of its setting, its override
+(cli/render.py `error_line`).
+
+These are what a failure means for a snapshot, which the engine decides:
+linux/ raises errors of its own for what the kernel answered (errno-level:
+linux/ptrace.py's PtraceFailed, TaskGone, NotPermitted and the waits'),
+and engine/kernelerrors.py turns them into these.  linux/ still raises a
+few of these itself: its refusals of a target (seccomp.Denied: filters
+that would refuse an injected call; rseq: an abort handler with the wrong
+signature), which are snapcore's judgement, not the kernel's failure, and
+procfs's reads of /proc.
 """
 
 from __future__ import annotations
@@ -49,12 +61,20 @@ class Stage(str, enum.Enum):
     INTERNAL = "internal"  # a bug
 
 
+# Where in a hint its setting is named (see SnapcoreError): "snapshot without
+# {setting}" reads "snapshot without --compress" on the command line.
+SETTING = "{setting}"
+
+
 class SnapcoreError(Exception):
     """Base of every error the engine raises.
 
     message: what went wrong, one line.  hint: what the operator can do about it.
     stage: where in the snapshot it happened (preflight, capture, fork, release,
-    child, dump, reap, core).  pid: the target.
+    child, dump, reap, core).  pid: the target.  setting: the option the hint
+    is about, by its name; the hint says SETTING where its words name it (a
+    caller names it as its interface sets it: the command line, by its flag),
+    else the caller adds it.
     """
 
     exit_code = ExitCode.ERROR
@@ -73,8 +93,13 @@ class SnapcoreError(Exception):
     # command layer says which flag sets them (cli/render.py).
     check = ""
 
-    def one_line(self) -> str:
-        return f"{self.message}: {self.hint}" if self.hint else self.message
+    def one_line(self, hint: str | None = None) -> str:
+        """The error as one line: the message, then the hint, or `hint` when
+        the caller renders it (cli/render.py: with the flags of the command
+        line).  Unrendered, SETTING in the hint is the setting's name."""
+        if hint is None:
+            hint = self.hint.replace(SETTING, self.setting)
+        return f"{self.message}: {hint}" if hint else self.message
 
     def as_dict(self) -> dict:
         return {
@@ -95,6 +120,11 @@ class BadInput(SnapcoreError):
 
 class NoSuchProcess(SnapcoreError):
     exit_code = ExitCode.NO_SUCH_PROCESS
+
+
+class TargetReplaced(NoSuchProcess):
+    """The target exec'd a new program (or exited) since it was checked: the
+    process snapcore checked is gone, whatever else went on."""
 
 
 class PermissionDenied(SnapcoreError):

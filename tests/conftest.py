@@ -24,6 +24,8 @@ from pathlib import Path
 import psutil
 import pytest
 
+from snapcore.linux.procstat import read_stat
+
 TARGETS = Path(__file__).parent / "targets"
 
 
@@ -129,11 +131,11 @@ class Victim:
         assert status["TracerPid"].strip() == "0"
         for tid in os.listdir(f"/proc/{self.pid}/task"):
             try:
-                stat = Path(f"/proc/{self.pid}/task/{tid}/stat").read_text(errors="replace")
+                state = read_stat(self.pid, int(tid)).state
                 tracer = Path(f"/proc/{self.pid}/task/{tid}/status").read_text(errors="replace")
             except (FileNotFoundError, ProcessLookupError):
                 continue  # a thread that ended meanwhile (ESRCH once it is reaped)
-            assert stat.rsplit(")", 1)[1].split()[0] not in "tT", f"thread {tid} left stopped"
+            assert state not in "tT", f"thread {tid} left stopped"
             assert "TracerPid:\t0\n" in tracer, f"thread {tid} left traced"
         children = psutil.Process(self.pid).children()
         assert children == [], f"target has children: {children}"
@@ -255,15 +257,46 @@ def tmpfs(tmp_path):
         subprocess.run(["umount", "-l", str(mount)], check=True)
 
 
+def cgroup_hierarchies() -> dict[str, Path]:
+    """Where this host mounts each cgroup hierarchy (/proc/self/mounts): each v1
+    controller, and a named hierarchy ("systemd" for name=systemd), -> its
+    mount point; "unified" -> the v2 hierarchy.  A v2-only host has "unified"
+    alone, a v1-only one no "unified", a hybrid one (systemd's) both."""
+    controllers = {line.split()[0] for line in
+                   Path("/proc/cgroups").read_text().splitlines()[1:] if line.strip()}
+    found: dict[str, Path] = {}
+    for line in Path("/proc/self/mounts").read_text().splitlines():
+        _source, point, fstype, options = line.split()[:4]
+        if fstype == "cgroup2":
+            found.setdefault("unified", Path(point))
+        elif fstype == "cgroup":
+            for option in options.split(","):
+                if option in controllers or option.startswith("name="):
+                    found.setdefault(option.removeprefix("name="), Path(point))
+    return found
+
+
+def cgroup_root(controller: str) -> Path:
+    """The root of `controller`'s hierarchy ("unified": v2's).  A host without
+    it cannot have the case (a v1 memory limit on a v2-only host): skipped,
+    saying so."""
+    root = cgroup_hierarchies().get(controller)
+    if root is None:
+        kind = "v2 hierarchy" if controller == "unified" else f"v1 {controller} hierarchy"
+        pytest.skip(f"this host mounts no cgroup {kind}: the case cannot exist here")
+    return root
+
+
 @pytest.fixture
 def cgroup():
     """make(controller, **files) -> a new cgroup under that controller's root
-    (v1; "unified": the v2 hierarchy), or `under` one made before.
+    (v1; "unified": the v2 hierarchy; the test skipped where the host has no
+    such hierarchy), or `under` one made before.
     Removed after the test: thawed, its processes moved to the parent, rmdir."""
     made: list[Path] = []
 
     def make(controller: str, under: Path | None = None, **files) -> Path:
-        parent = under or Path(f"/sys/fs/cgroup/{controller}")
+        parent = under or cgroup_root(controller)
         path = parent / f"snapcore-test-{os.getpid()}-{len(made)}"
         path.mkdir()
         made.append(path)
@@ -303,3 +336,14 @@ def core_pattern():
     yield set_pattern
     for f, text in zip(files, saved):
         f.write_text(text)
+
+
+@pytest.fixture
+def file_core_pattern(core_pattern):
+    """core_pattern a plain file name ("core") for one test, whatever the
+    host's: the kernel's writer then writes a file on any host (where the
+    host pipes cores to a crash handler, apport or systemd-coredump, it would
+    hand the snapshot to it: exit 9), and `--writer auto` chooses the kernel
+    as it does on a host that writes files.  For every test that asks for the
+    kernel's writer, or whose point is the writer auto picks."""
+    core_pattern("core")

@@ -19,6 +19,7 @@ from pathlib import Path
 
 from elftools.elf.elffile import ELFFile
 
+from snapcore.linux.procstat import read_stat
 from conftest import run_snapcore
 
 
@@ -53,9 +54,8 @@ def verdicts(doc: dict) -> dict[str, str]:
 
 def process_state(pid: int, tid: int | None = None) -> str:
     """One letter, as ps shows it ("" once the process is gone)."""
-    path = f"/proc/{pid}/stat" if tid is None else f"/proc/{pid}/task/{tid}/stat"
     try:
-        return Path(path).read_text().rsplit(")", 1)[1].split()[0]
+        return read_stat(pid, tid).state
     except (FileNotFoundError, ProcessLookupError):
         return ""
 
@@ -74,11 +74,10 @@ def a_kernel_thread() -> int:
     for entry in sorted(os.listdir("/proc"), key=lambda e: (len(e), e)):
         if entry.isdigit():
             try:
-                stat = Path(f"/proc/{entry}/stat").read_text()
+                if read_stat(int(entry)).kernel_thread:
+                    return int(entry)
             except OSError:
                 continue
-            if int(stat.rsplit(")", 1)[1].split()[6]) & 0x00200000:
-                return int(entry)
     raise AssertionError("no kernel thread visible in /proc")
 
 

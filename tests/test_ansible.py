@@ -22,6 +22,8 @@ from snapcore.errors import ExitCode
 
 from helpers import cores_in, process_state, prstatus_pids, wait_until
 
+pytestmark = pytest.mark.slow  # ansible-playbook and ansible-test runs
+
 ROOT = Path(__file__).parent.parent
 COLLECTIONS = ROOT / "contrib" / "ansible"
 COLLECTION = COLLECTIONS / "ansible_collections" / "snapcore" / "snapcore"

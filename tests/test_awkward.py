@@ -53,6 +53,7 @@ def test_a_name_that_is_not_utf8_is_shown_readably_and_still_fits_a_comm():
 
 
 @pytest.mark.parametrize("writer", ["kernel", "snapcore"])
+@pytest.mark.usefixtures("file_core_pattern")  # asks for the kernel's writer
 def test_a_target_named_in_bytes_that_are_not_utf8(writer, start_victim, hostile, out_dir):
     victim = start_victim("badname", exe=hostile)
     assert Path(f"/proc/{victim.pid}/comm").read_bytes() == b"\xff\xfe\n"
@@ -103,10 +104,12 @@ def killed_first(victim, function):
     return hooked
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("writer, module, name", [
     ("kernel", "snapcore.linux.priority", "own_level"),  # the first read after the fork
     ("snapcore", "snapcore.engine.dump_snapcore", "gather"),
 ])
+@pytest.mark.usefixtures("file_core_pattern")  # asks for the kernel's writer
 def test_target_gone_right_after_the_fork(writer, module, name, start_victim, out_dir):
     """The child is a whole copy: its dump goes on, and the core is the
     target's (its threads' ids), or the error says the process exited."""
@@ -229,6 +232,7 @@ def removing_first(function, remove):
     return hooked
 
 
+@pytest.mark.usefixtures("file_core_pattern")  # asks for the kernel's writer
 def test_staged_core_removed_before_it_is_taken(start_victim, out_dir):
     """The kernel's core, held by descriptor, loses its name in the staging
     directory (a clean-up of /var/tmp): snapcore copies it from the
@@ -359,6 +363,6 @@ def test_records_says_which_were_left_out(tmp_path):
     bad = place(tmp_path, BAD, wrong(WRONG["threads null"]))
     skipped: list[str] = []
     found = records.records(tmp_path, skipped)
-    assert [r.data["target"]["pid"] for r in found] == [12]
+    assert [r.data.target.pid for r in found] == [12]
     assert skipped == [f"{bad}: 'threads' is null, not a list"]
     assert records.shape_problem(good_record(GOOD)) is None

@@ -10,6 +10,8 @@ from pathlib import Path
 
 import pytest
 
+pytestmark = pytest.mark.slow  # the benchmark harness end to end: minutes
+
 ROOT = Path(__file__).parent.parent
 
 

@@ -7,6 +7,7 @@ import os
 import re
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -21,16 +22,22 @@ from helpers import a_kernel_thread
 ROOT = Path(__file__).parent.parent
 
 
+# Pids known only when the test runs (nothing reads /proc at collection time).
+LIVE_PIDS = {"<this process>": os.getpid, "<a kernel thread>": a_kernel_thread}
+
+
 @pytest.mark.parametrize("arg, code, words", [
     ("abc", ExitCode.USAGE, "invalid pid 'abc'"),
     ("-5", ExitCode.USAGE, "invalid pid '-5'"),
     ("0", ExitCode.USAGE, "invalid pid 0"),
     ("99999999", ExitCode.USAGE, "invalid pid 99999999"),
     ("4194000", ExitCode.NO_SUCH_PROCESS, "no such process 4194000"),
-    (str(os.getpid()), ExitCode.UNSUPPORTED, "snapcore itself or one of its parents"),
-    (str(a_kernel_thread()), ExitCode.UNSUPPORTED, "kernel thread"),
+    ("<this process>", ExitCode.UNSUPPORTED, "snapcore itself or one of its parents"),
+    ("<a kernel thread>", ExitCode.UNSUPPORTED, "kernel thread"),
 ])
 def test_bad_pid_gets_one_line_and_exit_code(arg, code, words):
+    if arg in LIVE_PIDS:
+        arg = str(LIVE_PIDS[arg]())
     result = CliRunner().invoke(cli, [arg])
     assert result.exit_code == code, result.output
     lines = result.output.strip().splitlines()
@@ -313,4 +320,42 @@ def test_list_never_wraps_the_core_and_says_booleans_as_words(start_victim, tmp_
     compressed = plain[0].split("\t").index("compressed")
     assert plain[1].split("\t")[compressed] == "no", plain
     assert "True" not in "\n".join(plain) and "False" not in "\n".join(plain)
+    victim.assert_unharmed()
+
+
+def _tree(top: Path) -> dict:
+    """Every name under `top` (`top` too): its mode, its mtime and, for a
+    file, its bytes."""
+    tree = {}
+    for path in [top, *sorted(top.rglob("*"))]:
+        st = os.lstat(path)
+        tree[str(path.relative_to(top))] = (st.st_mode, st.st_mtime_ns,
+                                            path.read_bytes() if path.is_file() else None)
+    return tree
+
+
+def test_check_writes_nothing(start_victim, tmp_path):
+    victim = start_victim("sleep")
+    out = tmp_path / "cores"
+    snapped = run("--json", "--max-per-hour", "5", "-o", str(out), str(victim.pid))
+    assert snapped.returncode == 0, snapped.stderr
+    # An hour-old snapshot in the rate limit's state: a snapshot prunes it, a
+    # check must not.  Every time set in the past: any write would change it.
+    state = out / ".snapcore" / "state.json"
+    program, = json.loads(state.read_text())
+    state.write_text(json.dumps({program: [1_000_000.0, time.time()]}))
+    for path in [tmp_path, *tmp_path.rglob("*")]:
+        os.utime(path, ns=(1_000_000_000_000_000, 1_000_000_000_000_000),
+                 follow_symlinks=False)
+    before = _tree(tmp_path)
+    # An output directory to be made (its parent probed), then one with state.
+    for where, rate in ((tmp_path / "missing" / "cores", "0 of 5 snapshots"),
+                        (out, "1 of 5 snapshots")):
+        checked = run("check", "--json", "--max-per-hour", "5", "-o", str(where),
+                      str(victim.pid))
+        assert checked.returncode == 0, checked.stdout + checked.stderr
+        said = {c["name"]: c for c in json.loads(checked.stdout)["checks"]}
+        assert said["output-dir"]["verdict"] == "ok", said["output-dir"]
+        assert rate in said["rate-limit"]["reason"], said["rate-limit"]
+        assert _tree(tmp_path) == before, where
     victim.assert_unharmed()

@@ -31,6 +31,8 @@ from snapcore.errors import ExitCode
 
 from conftest import compile_target
 
+pytestmark = pytest.mark.slow  # a real container runtime and images: minutes
+
 ROOT = Path(__file__).resolve().parent.parent
 CACHE = Path("/var/cache/snapcore-tests")
 # The base: what the targets need (nginx) and what snapcore's image needs

@@ -14,9 +14,6 @@ from snapcore.errors import ExitCode
 from conftest import compile_target, run_snapcore, snap_json
 from helpers import cores_in
 
-MEMORY_CGROUP = Path("/sys/fs/cgroup/memory/snapcore-test-cow")
-
-
 @pytest.fixture
 def busy_machine(start_victim):
     """Twice as many spinning processes as CPUs: a SCHED_IDLE task barely runs."""
@@ -28,6 +25,7 @@ def busyheap_exe(build_dir):
     return compile_target(build_dir, "busyheap")
 
 
+@pytest.mark.slow
 def test_saturated_machine_steps_the_dump_up_and_completes(start_victim, busyheap_exe,
                                                           busy_machine, out_dir):
     # 256 MB, two spinning threads of its own, four more hogs, two CPUs:
@@ -56,24 +54,19 @@ def test_idle_machine_never_steps_up(start_victim, busyheap_exe, out_dir):
 
 
 def test_copy_on_write_pressure_steps_the_dump_up(start_victim, busyheap_exe, busy_machine,
-                                                 out_dir):
+                                                 cgroup, out_dir):
     # A target rewriting its whole heap during the dump, in a memory cgroup
-    # whose room is less than twice its heap: the copies pass half the room.
-    MEMORY_CGROUP.mkdir()
-    try:
-        victim = start_victim("rewrite", exe=busyheap_exe, args=("64", "1"))
-        (MEMORY_CGROUP / "cgroup.procs").write_text(str(victim.pid))
-        used = int((MEMORY_CGROUP / "memory.usage_in_bytes").read_text())
-        (MEMORY_CGROUP / "memory.limit_in_bytes").write_text(str(used + (100 << 20)))
-        code, doc = snap_json("-o", str(out_dir), str(victim.pid))
-        assert code == 0, doc
-        memory = [s for s in doc["priority_steps"] if "copy-on-write copies" in s["why"]]
-        assert memory and memory[0]["from"] == "idle", doc["priority_steps"]
-        victim.assert_unharmed()
-    finally:
-        for pid in (MEMORY_CGROUP / "cgroup.procs").read_text().split():
-            Path("/sys/fs/cgroup/memory/cgroup.procs").write_text(pid)
-        MEMORY_CGROUP.rmdir()
+    # (v1) whose room is less than twice its heap: the copies pass half the room.
+    memory_cgroup = cgroup("memory")
+    victim = start_victim("rewrite", exe=busyheap_exe, args=("64", "1"))
+    (memory_cgroup / "cgroup.procs").write_text(str(victim.pid))
+    used = int((memory_cgroup / "memory.usage_in_bytes").read_text())
+    (memory_cgroup / "memory.limit_in_bytes").write_text(str(used + (100 << 20)))
+    code, doc = snap_json("-o", str(out_dir), str(victim.pid))
+    assert code == 0, doc
+    memory = [s for s in doc["priority_steps"] if "copy-on-write copies" in s["why"]]
+    assert memory and memory[0]["from"] == "idle", doc["priority_steps"]
+    victim.assert_unharmed()
 
 
 def test_dump_longer_than_max_dump_time_is_killed(start_victim, busyheap_exe, busy_machine,
@@ -82,7 +75,8 @@ def test_dump_longer_than_max_dump_time_is_killed(start_victim, busyheap_exe, bu
     proc = run_snapcore("--dump-deadline", "0", "--max-dump-time", "0.3", "-o", str(out_dir),
                         str(victim.pid))
     assert proc.returncode == ExitCode.CORE_NOT_WRITTEN, proc.stderr
-    assert "longer than the longest dump allowed" in proc.stderr and "(--max-dump-time)" in proc.stderr
+    assert "longer than the longest dump allowed" in proc.stderr and \
+        "(--max-dump-time)" in proc.stderr
     assert not out_dir.exists() or cores_in(out_dir) == []
     victim.wait_for_heartbeats(victim.heartbeats())
     victim.assert_unharmed()  # the killed child is reaped: no zombie

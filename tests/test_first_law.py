@@ -17,7 +17,11 @@ import psutil
 import pytest
 
 from conftest import compile_target, snap_json
-from helpers import wait_until
+from helpers import process_state, wait_until
+
+# Both writers, the kernel's named: core_pattern a file for every test (where
+# the host pipes cores, the kernel would hand the snapshot to that handler).
+pytestmark = pytest.mark.usefixtures("file_core_pattern")
 
 
 @pytest.fixture(scope="session")
@@ -238,6 +242,7 @@ def _threads(pid: int):
     return out
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("writer", ["kernel", "snapcore"])
 def test_snapcore_killed_mid_dump_leaves_only_a_page_the_next_snapshot_removes(
         reaper, out_dir, writer, hog_cpu0):
@@ -258,6 +263,7 @@ def test_snapcore_killed_mid_dump_leaves_only_a_page_the_next_snapshot_removes(
     r.assert_clean()
 
 
+@pytest.mark.slow
 def test_a_namespace_init_target_killed_mid_dump_then_snapshot_again(victim_exe, tmp_path,
                                                                    out_dir, hog_cpu0):
     """The target is its pid namespace's init, and snapcore is SIGKILLed in
@@ -303,13 +309,11 @@ def _child_of_fork_thread(pid: int) -> tuple[int, str] | None:
         except OSError:
             continue
         for kid in kids:
-            try:
-                return int(kid), Path(f"/proc/{kid}/stat").read_text().rsplit(")", 1)[1].split()[0]
-            except OSError:
-                return int(kid), "gone"
+            return int(kid), process_state(int(kid)) or "gone"
     return None
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("writer", ["kernel", "snapcore"])
 def test_ctrl_c_as_the_child_ends_leaves_no_zombie(start_victim, out_dir, writer):
     """Ctrl-C aimed at the fork thread's end: the moment the child has dumped

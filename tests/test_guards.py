@@ -24,7 +24,8 @@ from snapcore.engine.request import Request
 from snapcore.engine.snapshot import take
 from snapcore.errors import ExitCode, SnapcoreError
 
-from conftest import run_snapcore, snap_json, wait_until_catching
+from conftest import (cgroup_hierarchies, cgroup_root, run_snapcore, snap_json,
+                      wait_until_catching)
 from helpers import (check_json, cores_in, in_fork, process_state, prstatus_pids, verdicts,
                      wait_until)
 
@@ -179,18 +180,19 @@ def test_rate_limit_counts_each_program_not_each_executable(start_victim, out_di
     second.assert_unharmed()
 
 
-UNIT_CGROUP = Path("/sys/fs/cgroup/systemd/system.slice/snapcore-test.service")
-
-
 def test_rate_limit_counts_a_service_by_its_unit_across_restarts(start_victim, out_dir):
     # systemd puts each service in a cgroup named after its unit; a restarted
     # service (a new pid, another command line) is still the same program.
-    made_slice = not UNIT_CGROUP.parent.exists()
-    UNIT_CGROUP.mkdir(parents=True)
+    # Its units live in v1's name=systemd hierarchy where there is one (a
+    # hybrid host has both: the one snapcore reads first), else in v2's.
+    hierarchy = "systemd" if "systemd" in cgroup_hierarchies() else "unified"
+    unit = cgroup_root(hierarchy) / "system.slice" / "snapcore-test.service"
+    made_slice = not unit.parent.exists()
+    unit.mkdir(parents=True)
     try:
         before, after = start_victim("read"), start_victim("sleep")
         for victim in (before, after):
-            (UNIT_CGROUP / "cgroup.procs").write_text(str(victim.pid))
+            (unit / "cgroup.procs").write_text(str(victim.pid))
         code, doc = snap_json("--max-per-hour", "1", "-o", str(out_dir), str(before.pid))
         assert code == 0 and doc["target"]["program"] == "snapcore-test.service", doc
         record = json.loads(Path(doc["core"]["record"]).read_text())
@@ -201,11 +203,11 @@ def test_rate_limit_counts_a_service_by_its_unit_across_restarts(start_victim, o
         before.assert_unharmed()
         after.assert_unharmed()
     finally:
-        for pid in (UNIT_CGROUP / "cgroup.procs").read_text().split():
-            UNIT_CGROUP.parent.parent.joinpath("cgroup.procs").write_text(pid)
-        UNIT_CGROUP.rmdir()
+        for pid in (unit / "cgroup.procs").read_text().split():
+            unit.parent.parent.joinpath("cgroup.procs").write_text(pid)
+        unit.rmdir()
         if made_slice:
-            UNIT_CGROUP.parent.rmdir()
+            unit.parent.rmdir()
 
 
 def test_one_snapshot_at_a_time_per_target(start_victim, out_dir):
@@ -277,8 +279,9 @@ def test_sigint_in_the_middle_of_many_snapshots(start_victim, out_dir):
         proc = subprocess.Popen([sys.executable, "-m", "snapcore", "--max-per-hour", "0",
                                  "-o", str(out_dir), str(victim.pid)],
                                 stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-        wait_until_catching(proc, signal.SIGTERM)  # snapcore's own start (Python catches SIGINT itself)
-        time.sleep(rng.uniform(0.0, 0.3))
+        # snapcore's own start (Python catches SIGINT itself)
+        wait_until_catching(proc, signal.SIGTERM)
+        time.sleep(rng.uniform(0.0, 0.3))  # the random moment itself: nothing to poll for
         proc.send_signal(signal.SIGINT)
         proc.send_signal(signal.SIGINT)  # a second Ctrl-C must not abort the clean-up
         _, err = proc.communicate(timeout=60)
@@ -340,6 +343,7 @@ def test_child_killed_from_outside_ends_cleanly(start_victim, out_dir):
     victim.assert_unharmed()
 
 
+@pytest.mark.slow
 def test_target_exiting_at_any_moment(victim_exe, tmp_path, out_dir):
     """The target dies at moments spread over a whole snapshot, from snapcore's
     own start to its exit: always a documented exit code, never a traceback,
@@ -363,7 +367,7 @@ def test_target_exiting_at_any_moment(victim_exe, tmp_path, out_dir):
     outcomes = set()
     for i in range(20):
         target, proc = start()
-        time.sleep(whole * i / 20)
+        time.sleep(whole * i / 20)  # the moment itself: nothing to poll for
         target.kill()
         target.wait()
         _, err = proc.communicate(timeout=60)

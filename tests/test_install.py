@@ -20,6 +20,8 @@ from pathlib import Path
 
 import pytest
 
+pytestmark = pytest.mark.slow  # install.sh into a fresh virtualenv, then the installed command
+
 ROOT = Path(__file__).parent.parent
 CLEAN = {"PATH": "/usr/sbin:/usr/bin:/sbin:/bin"}  # what `env -i` leaves, as on a server
 CRON = {"PATH": "/usr/bin:/bin"}  # cron's PATH (and what a unit may have)
@@ -67,6 +69,7 @@ def test_install_script_then_a_snapshot(installed, tmp_path):
 
 
 @pytest.mark.parametrize("writer", ["kernel", "snapcore"])
+@pytest.mark.usefixtures("file_core_pattern")  # asks for the kernel's writer
 def test_installed_command_compresses(installed, tmp_path, writer):
     """--compress (cron, timers and the README's object-storage recipe use
     it) works from the command install.sh put on PATH: zstandard is a
@@ -105,7 +108,7 @@ def test_ctrl_c_at_30_moments_from_exec(installed, start_victim, tmp_path):
     for _ in range(30):
         proc = subprocess.Popen(command, env=CLEAN, stdout=subprocess.PIPE,
                                 stderr=subprocess.PIPE, text=True)
-        time.sleep(rng.uniform(0.0, sorted(spans)[1]))
+        time.sleep(rng.uniform(0.0, sorted(spans)[1]))  # the random moment itself
         proc.send_signal(signal.SIGINT)
         _, err = proc.communicate(timeout=60)
         assert "Traceback" not in err, err

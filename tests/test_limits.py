@@ -266,7 +266,7 @@ def test_frozen_target_is_refused_quickly(start_victim, cgroup, out_dir):
         try:
             proc = run_snapcore("-o", str(out_dir), str(victim.pid), timeout=30)
         except subprocess.TimeoutExpired:
-            raise AssertionError("snapcore still ran after 30 s on a frozen target")
+            raise AssertionError("snapcore still ran after 30 s on a frozen target") from None
         took = time.monotonic() - started
         assert proc.returncode == ExitCode.UNSUPPORTED, \
             f"exit {proc.returncode} after {took:.1f} s: {proc.stderr}"

@@ -12,6 +12,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 from snapcore.errors import ExitCode
 
 from conftest import run_snapcore, snap_json
@@ -54,6 +56,7 @@ def test_read_only_var_tmp_stages_in_the_targets_tmp(start_victim, out_dir):
     victim.assert_unharmed()
 
 
+@pytest.mark.usefixtures("file_core_pattern")  # asks for the kernel's writer
 def test_no_writable_place_in_the_targets_view(start_victim, out_dir):
     """The kernel's writer needs a place in the target's view: asked for, it is
     refused before the target is touched; `auto` chooses snapcore's writer,
@@ -127,11 +130,12 @@ def test_cgroup_limits_from_a_cgroup_namespace(start_victim, cgroup, out_dir):
     assert code == ExitCode.MEMORY
 
     seen_from = {"memory": cgroup("memory"), "pids": cgroup("pids")}
-    debug = ("for c in $DBG; do echo $$ > /sys/fs/cgroup/$c/cgroup.procs || exit 99; done; "
+    # Each cgroup of DBG (made at its hierarchy's root) mounted over that root.
+    debug = ("for c in $DBG; do echo $$ > $c/cgroup.procs || exit 99; done; "
              "exec unshare --cgroup --mount --propagation private sh -c "
-             "'for c in $DBG; do mount --bind /sys/fs/cgroup/$c /sys/fs/cgroup/${c%%/*} "
+             "'for c in $DBG; do mount --bind $c ${c%/*} "
              "|| exit 99; done; exec \"$@\"' sh \"$@\"")
-    dbg = " ".join(f"{c}/{p.name}" for c, p in seen_from.items())
+    dbg = " ".join(str(p) for p in seen_from.values())
     code, blind = _checks(["env", f"DBG={dbg}", "sh", "-c", debug, "sh", *check])
     for name in ("memory", "tasks"):
         assert blind[name]["verdict"] == "warn", blind[name]

@@ -10,8 +10,9 @@ import os
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
+
+import pytest
 
 from snapcore.errors import ExitCode
 
@@ -67,7 +68,7 @@ def test_32bit_target_is_refused(build_dir, out_dir):
                     str(TARGETS / "compat32.c")], check=True)
     proc = subprocess.Popen([str(exe)])
     try:
-        time.sleep(0.2)
+        wait_until(lambda: process_state(proc.pid) == "S", "the 32-bit target sleeps")
         assert "not a 64-bit x86_64 process" in refused(ExitCode.UNSUPPORTED, "-o",
                                                        str(out_dir), str(proc.pid))
         assert process_state(proc.pid) == "S"
@@ -81,10 +82,8 @@ def test_target_under_strace_is_refused(start_victim, out_dir):
     strace = subprocess.Popen(["strace", "-p", str(victim.pid), "-o", "/dev/null"],
                               stderr=subprocess.DEVNULL)
     try:
-        for _ in range(200):
-            if f"TracerPid:\t{strace.pid}" in Path(f"/proc/{victim.pid}/status").read_text():
-                break
-            time.sleep(0.01)
+        wait_until(lambda: f"TracerPid:\t{strace.pid}" in
+                   Path(f"/proc/{victim.pid}/status").read_text(), "strace traces the target")
         err = refused(ExitCode.BUSY, "-o", str(out_dir), str(victim.pid))
         assert f"already traced by {strace.pid} (strace)" in err
     finally:
@@ -94,6 +93,7 @@ def test_target_under_strace_is_refused(start_victim, out_dir):
     victim.assert_unharmed()
 
 
+@pytest.mark.usefixtures("file_core_pattern")  # asks for the kernel's writer
 def test_hard_core_limit_zero_is_refused_before_touching(start_victim, out_dir):
     """With the kernel's writer asked for; `auto` writes such a core itself
     (test_writer.py)."""
@@ -176,11 +176,8 @@ def test_pipe_core_pattern_reports_the_handler(core_pattern, start_victim, out_d
     assert doc["core_pattern"]["handler"] == str(handler)
     assert str(doc["child_pid"]) in doc["core_pattern"]["lookup"]
     handed = kept / f"core.{doc['child_pid']}"
-    for _ in range(100):
-        if handed.exists() and handed.stat().st_size > 0:
-            break
-        time.sleep(0.05)
-    time.sleep(0.2)
+    wait_until(lambda: handed.exists() and handed.stat().st_size >= 4,
+               "the pipe handler wrote the core's first bytes")
     assert handed.read_bytes()[:4] == b"\x7fELF"
     assert not out_dir.exists() or cores_in(out_dir) == []
     victim.assert_unharmed()

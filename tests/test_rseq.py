@@ -3,9 +3,12 @@ it: snapcore never lets an injected syscall cancel it (snapcore/rseq.py)."""
 
 from __future__ import annotations
 
+import pytest
+
 from conftest import compile_target, run_snapcore
 
 
+@pytest.mark.slow
 def test_rseq_critical_section_is_aborted_not_committed(build_dir, start_victim, out_dir):
     exe = compile_target(build_dir, "rseq")
     # Single-threaded and always busy in its critical section: the injected

@@ -110,6 +110,7 @@ def assert_estimate_holds(doc: dict, core: Path) -> None:
 
 @pytest.mark.parametrize("writer", ["kernel", "snapcore"])
 @pytest.mark.parametrize("shape", sorted(DUMPED))
+@pytest.mark.usefixtures("file_core_pattern")  # asks for the kernel's writer
 def test_estimate_is_the_core_written(shapes_exe, tmp_path, request, shape, writer):
     extra = []
     if shape == "hugetlb":
@@ -240,6 +241,7 @@ def checkpointer(cluster) -> int:
 
 # snapcore's writer first: the kernel's dump fills shared_buffers' holes.
 @pytest.mark.parametrize("writer", ["snapcore", "kernel"])
+@pytest.mark.usefixtures("file_core_pattern")  # asks for the kernel's writer
 def test_postgres_shared_buffers(cluster, tmp_path, writer):
     pid = checkpointer(cluster)
     proc = run_snapcore("check", "--writer", writer, str(pid))
@@ -250,6 +252,7 @@ def test_postgres_shared_buffers(cluster, tmp_path, writer):
     assert cluster.poll() is None
 
 
+@pytest.mark.usefixtures("file_core_pattern")  # asks for the kernel's writer
 def test_disk_check_counts_shared_memory(shapes_exe, tmpfs):
     """The issue's night: 418 MiB of shared_buffers estimated at 3 MiB, the
     kernel's writer then filled a small filesystem.  Now the disk check sees
@@ -267,6 +270,7 @@ def test_disk_check_counts_shared_memory(shapes_exe, tmpfs):
 
 
 @pytest.mark.parametrize("writer", ["kernel", "snapcore"])
+@pytest.mark.usefixtures("file_core_pattern")  # asks for the kernel's writer
 def test_estimate_holds_for_a_user_without_privileges(shapes_exe, writer):
     """Without root, /proc/PID/map_files is closed: shared memory was judged
     by the name of its file, and "/dev/zero (deleted)" by /dev/zero, a device

@@ -7,10 +7,13 @@ import os
 import re
 import statistics
 
+import pytest
+
 from conftest import snap_json
 from helpers import on_terminal
 
 
+@pytest.mark.slow
 def test_twenty_terminal_runs_on_a_24_thread_target(start_victim, threads_exe, out_dir):
     """Each run succeeds and pauses the target no longer than runs without a
     terminal (a thread taking the tracee's SIGCHLD used to stall a run to

@@ -8,9 +8,15 @@ import time
 from pathlib import Path
 
 import psutil
+import pytest
 
 from conftest import gdb_per_thread, gdb_threads, snap_json
 from helpers import prstatus_pids, wait_until
+
+# The writer is the point here: core_pattern a file for every test (the
+# kernel's writer, and what `auto` picks, the same on any host), and each
+# writer named where both are tested.
+pytestmark = pytest.mark.usefixtures("file_core_pattern")
 
 EIGHT = ["main_sleeper", "sleeper_thread", "condvar_thread", "pipe_reader_thread",
          "busy_thread", "mutex_holder_thread", "mutex_waiter_thread", "xmm_thread"]
@@ -26,12 +32,13 @@ def announced(victim) -> dict[str, int]:
             if line.startswith("thread ")}
 
 
-def test_eight_threads_each_in_core_where_it_was(start_victim, threads_exe, out_dir):
+@pytest.mark.parametrize("writer", ["kernel", "snapcore"])
+def test_eight_threads_each_in_core_where_it_was(writer, start_victim, threads_exe, out_dir):
     victim = start_victim("eight", exe=threads_exe)
     tids = announced(victim)
     assert sorted(tids) == sorted(EIGHT)
 
-    code, doc = snap_json("-o", str(out_dir), str(victim.pid))
+    code, doc = snap_json("--writer", writer, "-o", str(out_dir), str(victim.pid))
 
     assert code == 0, doc
     assert doc["threads"] == 8
@@ -93,7 +100,9 @@ def test_five_hundred_threads_all_in_core(start_victim, threads_exe, out_dir):
     assert code == 0, doc
     assert doc["threads"] == 501
     assert sorted(prstatus_pids(Path(doc["core"]["path"]))) == tids
-    time.sleep(0.5)  # every sleeper wakes at least once more and checks for EINTR
+    # The point: let time pass.  Each sleeper sleeps 100 ms at a time; in
+    # 0.5 s every one wakes at least once more and checks for EINTR.
+    time.sleep(0.5)
     victim.wait_for_heartbeats(victim.heartbeats())
     victim.assert_unharmed()
 
@@ -123,8 +132,8 @@ def test_target_in_its_own_pid_namespace(threads_exe, tmp_path, out_dir):
         assert "mutex_waiter_thread" in stacks[int(inside["mutex_waiter_thread"])]
         assert {t["core_lwp"] for t in doc["thread_map"]} == {int(t) for t in
                                                               inside.values()}
-        time.sleep(0.4)
-        assert psutil.Process(pid).children() == []  # reaped inside the namespace
+        wait_until(lambda: psutil.Process(pid).children() == [],
+                   "the snapshot child is reaped inside the namespace")
         assert "TracerPid:\t0" in Path(f"/proc/{pid}/status").read_text()
         assert "VIOLATION" not in report.read_text()
     finally:

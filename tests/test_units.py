@@ -3,17 +3,21 @@
 core_pattern expansion, core size estimates, prune planning, sizes and
 durations, the notes rewrite on a core built here, the rate limiter's state,
 and the shape of the package itself: the engine never imports click or rich,
-no import cycle, no module over 300 lines, no engine/linux function over 60.
+no import cycle, no module over 300 lines, no engine/linux function over 60, no
+command-line flag named below the command line.
 """
 
 from __future__ import annotations
 
 import ast
+import json
 import os
+import re
 import struct
 import subprocess
 import sys
 import time
+from datetime import datetime
 from pathlib import Path
 
 import pytest
@@ -22,6 +26,7 @@ from elftools.elf.elffile import ELFFile
 from snapcore import units
 from snapcore.core import dumprules, notes, records, store
 from snapcore.core.core_pattern import CorePattern, expand
+from snapcore.core.recordshape import CoreFile, RecordData
 from snapcore.engine import estimate
 from snapcore.engine.ratelimit import RateLimiter
 from snapcore.linux import arch
@@ -58,13 +63,17 @@ def test_core_pattern_kinds():
 
 # core size (fs/coredump.c: vma_dump_size)
 
+_NEXT_AT = [1 << 40]  # where the next made-up mapping starts
+
+
 def _mapping(perms, rss, *, inode=0, path="", offset=0, flags=(), anonymous=None, size=None,
-             swap=0, at=[1 << 40]):
+             swap=0):
     size = rss if size is None else size
     if anonymous is None:  # what smaps shows: anonymous memory's resident pages are
         anonymous = 0 if inode else rss  # Anonymous (shmem's are not, but count alike)
-    at[0] += size + (1 << 20)  # apart, and nowhere in this process: nothing to read there
-    return Vma(at[0], at[0] + size, perms, offset, inode, path, rss=rss, swap=swap,
+    _NEXT_AT[0] += size + (1 << 20)  # apart, and nowhere in this process: nothing to read there
+    start = _NEXT_AT[0]
+    return Vma(start, start + size, perms, offset, inode, path, rss=rss, swap=swap,
                anonymous=anonymous, flags={"rd", *flags, *(("sh",) if perms[3] == "s" else ())})
 
 
@@ -102,7 +111,8 @@ def _record(tmp_path, name, exe, age, size, now):
     core = tmp_path / f"{name}.core"
     core.write_bytes(b"x" * size)
     stamp = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(now - age)) + "Z"
-    return records.Record(sidecar, core, {"taken_at": stamp, "target": {"exe": exe}})
+    data = RecordData.from_json({"taken_at": stamp, "target": {"exe": exe}})
+    return records.Record(sidecar, core, data)
 
 
 def test_prune_plan_keep_age_and_total(tmp_path):
@@ -116,6 +126,78 @@ def test_prune_plan_keep_age_and_total(tmp_path):
     # each snapshot weighs 110 bytes: the oldest go until the rest fit
     assert names(records.plan_prune(found, max_total=330, now=now)) == ["a2", "a3"]
     assert names(records.plan_prune(found, max_total=329, now=now)) == ["a1", "a2", "a3"]
+
+
+# the record
+
+# A record as snapcore wrote it before records had a version: its own
+# write_sidecar, a real snapshot (snapcore's writer, --compress, --reason).
+BEFORE_VERSION = Path(__file__).parent / "records" / "written-before-version.json"
+
+
+def test_a_record_written_before_the_version_reads_back_whole(tmp_path):
+    written = json.loads(BEFORE_VERSION.read_text())
+    assert "version" not in written
+    (tmp_path / BEFORE_VERSION.name).write_text(BEFORE_VERSION.read_text())
+    (tmp_path / written["core"]["file"]).write_bytes(b"x" * written["core"]["size"])
+    skipped: list[str] = []
+    found = records.records(tmp_path, skipped)
+    assert skipped == [] and len(found) == 1
+    record = found[0]
+    assert record.core == tmp_path / written["core"]["file"]
+    assert records.core_problem(record) is None
+    data = record.data
+    assert data.version == 1 and data.reason == "INC-4711 slow" and data.trigger == ""
+    assert (data.target.pid, data.target.name, data.target.cmdline) == \
+        (22228, "sleep", ["sleep", "600"])
+    assert [(t.tid, t.name) for t in data.threads] == [(22228, "sleep")]
+    assert data.core.compressed is True and data.writer.name == "snapcore"
+    assert record.target_key == "sleep 600 (/usr/bin/sleep)"
+    assert record.taken_at == datetime.fromisoformat("2026-12-05T20:39:30.551956+00:00")\
+        .timestamp()
+    # Written again, it is the same document, keys in the same order, and its version.
+    again = data.to_json()
+    assert list(again) == ["version", *written] and again.pop("version") == 1
+    assert json.dumps(again) == json.dumps(written)
+
+
+def test_a_record_missing_fields_reads_with_the_defaults():
+    data = RecordData.from_json({"taken_at": "2026-01-01T00:00:00Z",
+                                 "core": {"file": "a.core"}})
+    assert (data.version, data.reason, data.trigger, data.threads, data.notes) == \
+        (1, "", "", [], [])
+    assert (data.target.pid, data.target.exe, data.core.size, data.writer.name) == \
+        (None, None, None, None)
+    assert data == RecordData(taken_at="2026-01-01T00:00:00Z",
+                              core=CoreFile(file="a.core"))
+
+
+def test_a_record_keeps_the_fields_it_does_not_know():
+    written = json.loads(BEFORE_VERSION.read_text())
+    written["from_a_newer_snapcore"] = {"x": [1]}
+    written["target"]["cgroup"] = "/system.slice/x.service"
+    written["threads"][0]["cpu"] = 3
+    assert records.shape_problem(written) is None
+    again = RecordData.from_json(written).to_json()
+    assert again["from_a_newer_snapcore"] == {"x": [1]}
+    assert again["target"]["cgroup"] == "/system.slice/x.service"
+    assert again["threads"][0]["cpu"] == 3
+
+
+def test_a_record_of_a_newer_version_or_the_wrong_types_is_not_read():
+    written = json.loads(BEFORE_VERSION.read_text())
+    assert records.shape_problem(dict(written, version=1)) is None
+    assert "newer snapcore" in records.shape_problem(dict(written, version=2))
+    assert records.shape_problem(dict(written, version="1")) == \
+        "'version' is \"1\", not a number"
+    assert records.shape_problem(dict(written, writer="kernel")) == \
+        "'writer' is \"kernel\", not an object"
+    threads = [dict(written["threads"][0], tid="x")]
+    assert records.shape_problem(dict(written, threads=threads)) == \
+        "'threads[0].tid' is \"x\", not a number or null"
+    core = dict(written["core"], compressed=1)
+    assert records.shape_problem(dict(written, core=core)) == \
+        "'core.compressed' is 1, not true or false or null"
 
 
 # sizes and durations
@@ -234,9 +316,111 @@ def test_a_corrupt_rate_limit_state_is_never_a_fresh_start(tmp_path):
 
 # the shape of the package
 
-def _modules() -> dict[str, Path]:
-    return {".".join(p.relative_to(PACKAGE.parent).with_suffix("").parts): p
-            for p in PACKAGE.rglob("*.py")}
+def _modules(root: Path = PACKAGE) -> dict[str, Path]:
+    """Every module by its dotted name; a package by its own name (its __init__)."""
+    return {".".join(p.relative_to(root.parent).with_suffix("").parts)
+            .removesuffix(".__init__"): p for p in root.rglob("*.py")}
+
+
+def _imports(name: str, path: Path, modules: dict[str, Path]) -> set[str]:
+    """Every module `name` imports, wherever the statement stands: at the top,
+    behind `if TYPE_CHECKING:`, inside a function body (a deferred import is
+    still an arrow between modules).  Relative imports are resolved against
+    the module's package; `from P import X` names P.X when X is a module."""
+    package = name if path.name == "__init__.py" else name.rpartition(".")[0]
+    found: set[str] = set()
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.Import):
+            found.update(alias.name for alias in node.names)
+        elif isinstance(node, ast.ImportFrom):
+            if node.level:
+                base = package.split(".")[:len(package.split(".")) - node.level + 1]
+                module = ".".join(base + ([node.module] if node.module else []))
+            else:
+                module = node.module or ""
+            for alias in node.names:
+                full = f"{module}.{alias.name}"
+                found.add(full if full in modules else module)
+    return found
+
+
+def _graph(root: Path = PACKAGE) -> dict[str, set[str]]:
+    """Module -> the package's modules it imports."""
+    modules = _modules(root)
+    return {name: {d for d in _imports(name, path, modules) if d in modules and d != name}
+            for name, path in modules.items()}
+
+
+def _cycle(graph: dict[str, set[str]]) -> list[str] | None:
+    """One import cycle in the graph, as a path back to its start, or None."""
+    state: dict[str, int] = {}  # 1: on the current path, 2: done
+
+    def visit(node, path):
+        state[node] = 1
+        for dep in sorted(graph[node]):
+            if state.get(dep) == 1:
+                return path[path.index(dep):] + [dep]
+            if dep not in state:
+                found = visit(dep, path + [dep])
+                if found:
+                    return found
+        state[node] = 2
+        return None
+
+    for name in sorted(graph):
+        if name not in state:
+            found = visit(name, [name])
+            if found:
+                return found
+    return None
+
+
+LAYERS = {"snapcore.cli": 3, "snapcore.engine": 2, "snapcore.core": 1, "snapcore.linux": 0}
+
+
+def _layer(module: str) -> int | None:
+    """A module's layer (its folder), None for the package's own modules."""
+    return LAYERS.get(".".join(module.split(".")[:2]))
+
+
+def _upward(graph: dict[str, set[str]]) -> list[str]:
+    """Every arrow that points up a layer, or from the package's own modules
+    (errors, units, bounds: beneath every layer) into one.  __main__ starts
+    the command layer: above them all."""
+    upward = []
+    for name, deps in sorted(graph.items()):
+        mine = _layer(name)
+        for dep in sorted(deps):
+            theirs = _layer(dep)
+            if name != "snapcore.__main__" and theirs is not None and \
+                    (mine is None or theirs > mine):
+                upward.append(f"{name} -> {dep}")
+    return upward
+
+
+def test_the_import_walk_sees_every_kind_of_import(tmp_path):
+    """The walk itself, on a package made here: column-0 imports alone are not
+    the graph (the store <-> notes cycle hid behind TYPE_CHECKING once, and an
+    import in a function body is an arrow all the same)."""
+    pkg = tmp_path / "snapcore"
+    for folder in ("core", "linux", "engine"):
+        (pkg / folder).mkdir(parents=True)
+    files = {
+        "__init__": "", "errors": "", "core/__init__": "", "linux/__init__": "",
+        "engine/__init__": "", "engine/e": "", "core/c": "", "core/d": "",
+        "core/a": "from typing import TYPE_CHECKING\n"
+                  "if TYPE_CHECKING:\n    from snapcore.core.b import B\n"
+                  "def f():\n    from . import c\n    import snapcore.core.d\n",
+        "core/b": "from snapcore.core import a\n",
+        "linux/l": "def f():\n    from ..engine import e\n",
+    }
+    for module, text in files.items():
+        (pkg / f"{module}.py").write_text(text)
+    graph = _graph(pkg)
+    assert graph["snapcore.core.a"] == {"snapcore.core.b", "snapcore.core.c",
+                                        "snapcore.core.d"}
+    assert _cycle(graph) == ["snapcore.core.a", "snapcore.core.b", "snapcore.core.a"]
+    assert _upward(graph) == ["snapcore.linux.l -> snapcore.engine.e"]
 
 
 def test_the_engine_imports_neither_click_nor_rich():
@@ -245,35 +429,76 @@ def test_the_engine_imports_neither_click_nor_rich():
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                          check=True, cwd=PACKAGE.parent)
     assert out.stdout.strip() == "[]"
+    # Nor does any module below cli/, in a function body or behind TYPE_CHECKING:
+    # only cli/ (and __main__, which starts it) may.
+    modules = _modules()
+    naming = [f"{name} imports {dep}" for name, path in modules.items()
+              if not name.startswith(("snapcore.cli", "snapcore.__main__"))
+              for dep in _imports(name, path, modules) if dep.split(".")[0] in ("click", "rich")]
+    assert naming == []
+
+
+def _said(path: Path):
+    """(line, text) of each string a module says, less its docstrings."""
+    tree = ast.parse(path.read_text())
+    docs = {id(node.body[0].value) for node in ast.walk(tree)
+            if isinstance(node, (ast.Module, ast.ClassDef, ast.FunctionDef,
+                                 ast.AsyncFunctionDef))
+            and node.body and isinstance(node.body[0], ast.Expr)}
+    return [(node.lineno, node.value) for node in ast.walk(tree)
+            if isinstance(node, ast.Constant) and isinstance(node.value, str)
+            and id(node) not in docs]
+
+
+def test_below_the_command_line_settings_are_named_never_flags():
+    """engine/, core/ and linux/ name the setting a hint is about (setting=,
+    errors.SETTING); cli/render.FLAGS says which flag sets it."""
+    import click
+
+    import snapcore.cli  # noqa: F401  (registers every command)
+    from snapcore.cli.app import cli
+    from snapcore.cli.render import FLAGS
+    flags = {opt for command in cli.commands.values() for p in command.params
+             if isinstance(p, click.Option) for opt in p.opts + p.secondary_opts
+             if opt.startswith("--")}
+    named, settings = [], []
+    for name, path in _modules().items():
+        if not name.startswith(("snapcore.engine", "snapcore.core", "snapcore.linux")):
+            continue
+        for line, text in _said(path):
+            named += [f"{name}:{line}: {flag}" for flag in flags
+                      if re.search(rf"(?<![\w-]){re.escape(flag)}(?![\w-])", text)]
+        settings += [(f"{name}:{node.lineno}", kw.value.value)
+                     for node in ast.walk(ast.parse(path.read_text()))
+                     if isinstance(node, ast.Call) for kw in node.keywords
+                     if kw.arg == "setting" and isinstance(kw.value, ast.Constant)]
+    assert named == []
+    assert settings and [(where, s) for where, s in settings if s not in FLAGS] == []
+
+
+def test_an_error_line_names_the_flag_where_its_hint_names_the_setting():
+    from snapcore.cli.render import error_dict, error_line
+    from snapcore.errors import SETTING, NotDumpable, OutputError
+    missing = OutputError("no zstandard", f"snapshot without {SETTING}", setting="compress")
+    assert error_line(missing) == "no zstandard: snapshot without --compress"
+    assert error_dict(missing)["hint"] == "snapshot without --compress"
+    assert missing.one_line() == "no zstandard: snapshot without compress"  # no command line
+    full = OutputError("full", "free space", setting="min_free")
+    assert error_line(full) == "full: free space (--min-free)"
+    assert full.one_line() == "full: free space"
+    assert error_line(NotDumpable("not dumpable")) == \
+        "not dumpable: override: --force dumpable"
 
 
 def test_no_import_cycle():
-    modules = _modules()
-    graph = {}
-    for name, path in modules.items():
-        deps = set()
-        for node in ast.walk(ast.parse(path.read_text())):
-            if isinstance(node, ast.ImportFrom) and node.module and \
-                    node.module.startswith("snapcore") and node.col_offset == 0:
-                for alias in node.names:
-                    full = f"{node.module}.{alias.name}"
-                    deps.add(full if full in modules else node.module)
-        graph[name] = {d for d in deps if d in modules and d != name}
-    # A package's __init__ importing its own modules is how it registers them.
-    state: dict[str, int] = {}
+    # A package's __init__ importing its own modules is how it registers them:
+    # none of them imports the package back.
+    assert _cycle(_graph()) is None
 
-    def visit(node, path):
-        state[node] = 1
-        for dep in graph[node]:
-            if state.get(dep) == 1:
-                raise AssertionError("import cycle: " + " -> ".join(path + [dep]))
-            if dep not in state:
-                visit(dep, path + [dep])
-        state[node] = 2
 
-    for name in graph:
-        if name not in state:
-            visit(name, [name])
+def test_the_layers_point_down():
+    """cli -> engine -> core -> linux, no arrow back up (docs/architecture.md)."""
+    assert _upward(_graph()) == []
 
 
 def test_modules_and_functions_stay_small():
@@ -329,8 +554,8 @@ def test_a_pending_restart_syscall_is_given_back_as_its_call():
     `syscall`), or one whose number is unknown, gets no landing."""
     from types import SimpleNamespace
 
-    from snapcore.linux import landing, ptrace
-    sites = landing.find(os.getpid())
+    from snapcore.linux import landing, procstat, ptrace
+    sites = landing.find(os.getpid(), procstat.read_status(os.getpid()))
     at = sites.restorer + arch.RESTORER_SYSCALL  # a `syscall` after a `mov`
     assert sites.restorer and sites.syscall_ret and sites.exit_at
 
@@ -368,3 +593,27 @@ def test_a_signal_frame_runs_an_interrupted_call_again():
     assert mask == 0x4000
     assert frame[448 + 464:448 + 468] == struct.pack("<I", 0x46505853)  # FP_XSTATE_MAGIC1
     assert frame[-4:] == struct.pack("<I", 0x46505845)  # FP_XSTATE_MAGIC2
+
+
+@pytest.mark.unit
+@pytest.mark.parametrize("how", ["remove_tree", "remove_tree_walking"])
+def test_a_tree_is_removed_by_descriptor_never_following_a_link(tmp_path, how):
+    """Python 3.10 has no shutil.rmtree(dir_fd=): the walk by descriptor that
+    stands in for it removes the same, and leaves what a link points at."""
+    from snapcore.core import safefs
+    outside = tmp_path / "outside"
+    (outside / "kept").mkdir(parents=True)
+    (outside / "kept" / "file").write_text("x")
+    tree = tmp_path / "base" / "tree"
+    (tree / "a" / "b").mkdir(parents=True)
+    (tree / "a" / "b" / "file").write_text("x")
+    (tree / "file").write_text("x")
+    (tree / "a" / "to-dir").symlink_to(outside / "kept")
+    (tree / "to-file").symlink_to(outside / "kept" / "file")
+    dir_fd = os.open(tmp_path / "base", os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        getattr(safefs, how)("tree", dir_fd)
+    finally:
+        os.close(dir_fd)
+    assert list((tmp_path / "base").iterdir()) == []
+    assert (outside / "kept" / "file").read_text() == "x"

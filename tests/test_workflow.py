@@ -17,6 +17,7 @@ import time
 from pathlib import Path
 
 import psutil
+import pytest
 
 from snapcore.core import compress, records
 from snapcore.errors import ExitCode
@@ -99,9 +100,28 @@ def test_record_beside_the_core(victim_exe, tmp_path, out_dir):
         assert rec["kernel"] == platform.release()
         assert rec["hostname"] == socket.gethostname()
         assert rec["snapcore_version"] and rec["taken_at"].endswith("Z")
+        # The keys scripts read are those written before records had a
+        # version (tests/records), in the same order, the version first.
+        before = json.loads((Path(__file__).parent / "records" /
+                             "written-before-version.json").read_text())
+        assert rec["version"] == 1 and keys(rec) == ["version", *keys(before)]
+        info = run_snapcore("info", "--json", "-o", str(out_dir), str(target.pid))
+        assert json.loads(info.stdout)["record"] == rec, info.stderr
     finally:
         target.kill()
         target.wait()
+
+
+def keys(doc: dict, at: str = "") -> list[str]:
+    """Every key of a JSON object, its objects' (a list's first) too, in order."""
+    out = []
+    for key, value in doc.items():
+        out.append(at + key)
+        if isinstance(value, list) and value and isinstance(value[0], dict):
+            value = value[0]
+        if isinstance(value, dict):
+            out += keys(value, f"{at}{key}.")
+    return out
 
 
 def age(record: Path, seconds: float) -> None:
@@ -112,6 +132,7 @@ def age(record: Path, seconds: float) -> None:
     record.write_text(json.dumps(data))
 
 
+@pytest.mark.slow
 def test_list_and_prune_never_touch_foreign_files(start_victim, threads_exe, out_dir):
     sleeper, threaded = start_victim("sleep"), start_victim("eight", exe=threads_exe)
     taken = {}
@@ -402,6 +423,7 @@ def test_watch_waits_for_a_process_and_fires_from_below(victim_exe, tmp_path, ou
         target.wait()
 
 
+@pytest.mark.slow
 def test_info_and_debug_open_the_newest_snapshot(start_victim, threads_exe, out_dir):
     """Like coredumpctl info/debug: by pid or name, plain or compressed."""
     victim = start_victim("eight", exe=threads_exe)

@@ -219,6 +219,9 @@ def handler(tmp_path):
 
 
 def handler_ran_for(marks: Path, *pids: int) -> bool:
+    # A handler that never runs leaves no condition to wait for: the time it
+    # would take to run (a fork and exec by the kernel, well under 0.3 s) is
+    # the point.
     time.sleep(0.3)
     return any((marks / str(pid)).exists() for pid in pids)
 

@@ -107,10 +107,7 @@ def help_(ctx, command):
 def fail(exc: SnapcoreError, as_json: bool, to_stderr: bool = False):
     """One line on stderr, or one JSON document (on stderr too when standard
     output is the core's: -o -); exit with the error's code."""
-    if as_json:
-        report.print_json({"ok": False, "error": report.error_dict(exc)}, to_stderr=to_stderr)
-    else:
-        report.print_error(exc)
+    report.print_failure(exc, as_json, to_stderr)
     sys.exit(int(exc.exit_code))
 
 
@@ -150,11 +147,8 @@ def _swallowed(info):
         interrupts.request()
         return
     error = Interrupted("interrupted", "the target was not touched", stage=Stage.INTERRUPT)
-    if _as_json[0]:
-        report.print_json({"ok": False, "error": report.error_dict(error)})
-        sys.stdout.flush()
-    else:
-        report.print_error(error)
+    report.print_failure(error, _as_json[0])
+    sys.stdout.flush()  # os._exit flushes nothing
     os._exit(int(error.exit_code))
 
 

@@ -70,10 +70,11 @@ def exe_changed(record, exe: str | None = None) -> str | None:
     """A warning when the executable (the record's, or --exe) is no longer
     the one snapshotted (an upgrade since): gdb would read the wrong symbols."""
     from snapcore.core import elf, records
-    t = (record.data if record is not None else {}).get("target", {})
-    then = t.get("build_id")
+    if record is None and exe is None:
+        return None
+    then = record.data.target.build_id if record is not None else None
     if exe is None:
-        exe = t.get("exe")
+        exe = record.data.target.exe
         if exe and records.executable_here(record.data) != exe:
             return None
     if not exe or not then:

@@ -61,7 +61,7 @@ def info(match, output_dir, exe, as_json):
                             record and core_problem(record)) if w]
     if as_json:
         report.print_json({"ok": True, "core": str(core) if core else None,
-                           "record": record and record.data,
+                           "record": record and record.data.to_json(),
                            "path": record and str(record.sidecar),
                            "from_core": facts and _facts_dict(facts, exe),
                            "warnings": warnings})

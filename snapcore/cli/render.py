@@ -11,7 +11,7 @@ import json
 import sys
 from typing import TYPE_CHECKING
 
-from snapcore.errors import SnapcoreError
+from snapcore.errors import SETTING, SnapcoreError
 from snapcore.units import human
 
 if TYPE_CHECKING:
@@ -44,7 +44,7 @@ def _ms(seconds: float) -> float:
 def snapshot_dict(snap: Snapshot) -> dict:
     t = snap.target
     pattern = snap.core_pattern
-    doc = {
+    doc: dict = {
         "ok": True,
         "target": {"pid": t.pid, "name": t.name, "exe": t.exe, "uid": t.uid,
                    "program": snap.program},
@@ -148,6 +148,8 @@ def shown_verdict(check: dict) -> str:
 
 # The engine names the setting a hint is about; this is the flag that sets it.
 FLAGS = {
+    "compress": "--compress",
+    "exe": "--exe",
     "output_dir": "-o DIR",
     "timeout": "--timeout",
     "min_free": "--min-free",
@@ -160,9 +162,12 @@ FLAGS = {
 
 
 def with_flags(hint: str, setting: str = "", override: str = "") -> str:
-    """A hint as the operator acts on it: the flag of its setting, and the
-    --force that overrides the refusal, when there is one."""
-    if setting in FLAGS:
+    """A hint as the operator acts on it: the flag of its setting (where the
+    hint names it, errors.SETTING, else after it), and the --force that
+    overrides the refusal, when there is one."""
+    if SETTING in hint:
+        hint = hint.replace(SETTING, FLAGS.get(setting, setting))
+    elif setting in FLAGS:
         hint = f"{hint} ({FLAGS[setting]})" if hint else FLAGS[setting]
     if override:
         hint = f"{hint} (or override: --force {override})" if hint else \
@@ -171,8 +176,8 @@ def with_flags(hint: str, setting: str = "", override: str = "") -> str:
 
 
 def error_line(err: SnapcoreError) -> str:
-    hint = with_flags(err.hint, err.setting, err.check)
-    return f"{err.message}: {hint}" if hint else err.message
+    """The error's line (errors.one_line) with its hint as the command line acts on it."""
+    return err.one_line(with_flags(err.hint, err.setting, err.check))
 
 
 def error_dict(err: SnapcoreError) -> dict:
@@ -183,16 +188,16 @@ def error_dict(err: SnapcoreError) -> dict:
 
 def check_dict(result) -> dict:
     refusals = result.refusals()
-    t = result.target
+    t = result.plan.target
     return {
         "ok": not refusals,
         "target": {"pid": t.pid, "name": t.name, "exe": t.exe, "uid": t.uid,
                    "threads": len(t.threads)},
         "would_snapshot": not refusals,
         "exit_code": int(refusals[0].exit_code) if refusals else 0,
-        "core_estimate": result.core_estimate,
-        "core_estimate_apparent": result.core_apparent,
-        "writer": {"name": result.writer, "reason": result.writer_reason},
+        "core_estimate": result.plan.core_estimate,
+        "core_estimate_apparent": result.plan.core_apparent,
+        "writer": {"name": result.plan.writer, "reason": result.plan.writer_reason},
         "checks": [dict(c, fix=with_flags(c["fix"], c["setting"],
                                           c["name"] if c["verdict"] == "refuse"
                                           and c["forceable"] else ""))
@@ -202,7 +207,7 @@ def check_dict(result) -> dict:
 
 def print_checks(result, console: Console) -> None:
     from rich.table import Table
-    t = result.target
+    t = result.plan.target
     table = Table(title=f"snapcore check {t.pid} ({t.name})", title_justify="left")
     fixes = [with_flags(c.fix, c.setting, c.name if c.verdict == "refuse" and c.forceable
                         else "") for c in result.checks]
@@ -227,43 +232,50 @@ def _plain(text: str) -> str:
 
 
 def record_dict(record) -> dict:
-    d = record.data
-    t = d.get("target", {})
+    """A line of `list --json`: a record (records.Record) in brief."""
+    d, t = record.data, record.data.target
     return {
-        "taken_at": d["taken_at"], "name": t.get("name"), "pid": t.get("pid"),
-        "exe": t.get("exe"), "core": str(record.core) if record.core else None,
+        "taken_at": d.taken_at, "name": t.name, "pid": t.pid,
+        "exe": t.exe, "core": str(record.core) if record.core else None,
         "record": str(record.sidecar), "size": record.size,
-        "threads": len(d.get("threads", [])), "compressed": d["core"].get("compressed"),
-        "reason": d.get("reason", ""), "pause_ms": d.get("pause_ms"),
+        "threads": len(d.threads), "compressed": d.core.compressed,
+        "reason": d.reason, "pause_ms": d.pause_ms,
     }
 
 
 def print_info(record, console: Console) -> None:
     """A snapshot's record, a `key  value` line each, and its threads by name."""
-    d = record.data
-    t, core = d.get("target", {}), d.get("core", {})
-    threads = d.get("threads", [])
+    d, t, core = record.data, record.data.target, record.data.core
     names: dict[str, int] = {}
-    for thread in threads:
-        names[thread.get("name") or "?"] = names.get(thread.get("name") or "?", 0) + 1
+    for thread in d.threads:
+        names[thread.name or "?"] = names.get(thread.name or "?", 0) + 1
     shown = ", ".join(f"{n} x{c}" if c > 1 else n for n, c in list(names.items())[:12])
     rows = [
-        ("core", str(record.core) if record.core else f"(missing: {core.get('file')})"),
+        ("core", str(record.core) if record.core else f"(missing: {core.file})"),
         ("record", str(record.sidecar)),
-        ("taken", d.get("taken_at", "?")),
-        ("reason", d.get("reason") or "-"),
-        ("target", f"{t.get('name')} (pid {t.get('pid')}) {t.get('exe')}"),
-        ("command", " ".join(t.get("cmdline") or [])),
-        ("program", t.get("program") or "-"),
-        ("build-id", t.get("build_id") or "-"),
-        ("user", f"{t.get('user')} (uid {t.get('uid')})"),
-        ("size", human(core.get("size", 0)) + (" (zstd)" if core.get("compressed") else "")),
-        ("paused", f"{d.get('pause_ms')} ms; dump took {d.get('dump_seconds')} s"),
-        ("threads", f"{len(threads)}: {shown}" + (", ..." if len(names) > 12 else "")),
-        ("host", f"{d.get('hostname')}, kernel {d.get('kernel')}"),
-    ] + [("note", note) for note in d.get("notes", [])]
+        ("taken", d.taken_at),
+        ("reason", d.reason or "-"),
+        ("target", f"{t.name} (pid {t.pid}) {t.exe}"),
+        ("command", " ".join(t.cmdline or [])),
+        ("program", t.program or "-"),
+        ("build-id", t.build_id or "-"),
+        ("user", f"{t.user} (uid {t.uid})"),
+        ("size", human(core.size or 0) + (" (zstd)" if core.compressed else "")),
+        ("paused", f"{d.pause_ms} ms; dump took {d.dump_seconds} s"),
+        ("threads", f"{len(d.threads)}: {shown}" + (", ..." if len(names) > 12 else "")),
+        ("host", f"{d.hostname}, kernel {d.kernel}"),
+    ] + [("note", note) for note in d.notes]
     for key, value in rows:
         console.print(f"{key:<9} {value}", markup=False, highlight=False)
+
+
+def print_failure(err: SnapcoreError, as_json: bool, to_stderr: bool = False) -> None:
+    """A command's failure: one JSON document (on stderr when `to_stderr`:
+    standard output is the core's), else one line on stderr."""
+    if as_json:
+        print_json({"ok": False, "error": error_dict(err)}, to_stderr=to_stderr)
+    else:
+        print_error(err)
 
 
 def print_error(err: SnapcoreError, console: Console | None = None) -> None:

@@ -27,7 +27,7 @@ def dump_progress(enabled: bool):
         yield None
         return
     with contextlib.ExitStack() as drawn:
-        shown = []
+        shown: list = []
 
         def show(written: int, expected: int) -> None:
             # Drawn from the first report of the dump on: rich loads after
@@ -56,7 +56,7 @@ def take_each(pids, request, show_progress: bool = False, to_syslog: bool = Fals
     With request.keep_exe each Snapshot keeps a descriptor on its executable,
     for gdb (closed by the caller: close_exe)."""
     from snapcore.engine.snapshot import take
-    results = []
+    results: list = []  # a Snapshot or a SnapcoreError per target
     for target_pid in pids:
         if request.to_stdout:
             sys.stdout.flush()  # nothing of snapcore's own may mix with the core

@@ -15,7 +15,7 @@ from pathlib import Path
 
 from snapcore.core import compress, elf
 from snapcore.core.corenotes import NT_AUXV, NT_FILE, NT_PRPSINFO, NT_PRSTATUS
-from snapcore.errors import OutputError, Stage
+from snapcore.errors import SETTING, OutputError, Stage
 from snapcore.linux import arch
 
 AT_ENTRY = 9  # auxv: the executable's entry point, inside its text mapping
@@ -46,7 +46,8 @@ def read_facts(core: Path) -> CoreFacts:
                           stage=Stage.USAGE) from None
     if e_type != elf.ET_CORE:
         raise OutputError(f"{core} is an ELF file but not a core (type {e_type})",
-                          "give a core file, and the executable with --exe", stage=Stage.USAGE)
+                          f"give a core file, and the executable with {SETTING}",
+                          stage=Stage.USAGE, setting="exe")
     facts, entry, files = CoreFacts(), None, []
     for seg in (s for s in segs if s.type == elf.PT_NOTE):
         notes = data[seg.offset:seg.offset + seg.filesz]

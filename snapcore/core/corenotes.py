@@ -10,20 +10,24 @@ thread of its first NT_PRSTATUS.
 
 from __future__ import annotations
 
-import struct
 from dataclasses import dataclass, field
 
+from snapcore.core.elf import NOTE, Fields
 from snapcore.linux import arch
+from snapcore.linux.abi import NT_AUXV, NT_FILE, NT_PRFPREG, NT_PRPSINFO, NT_PRSTATUS, NT_SIGINFO
+from snapcore.linux.arch import NT_X86_XSTATE
 
-NT_PRSTATUS, NT_PRFPREG, NT_PRPSINFO = 1, 2, 3
-NT_AUXV = 6
-NT_SIGINFO = 0x53494749
-NT_FILE = 0x46494c45
-NT_X86_XSTATE = arch.NT_X86_XSTATE
+PRSTATUS = Fields(*arch.PRSTATUS_FIELDS)
+PRPSINFO = Fields(*arch.PRPSINFO_FIELDS)
+SIGINFO = Fields(*arch.SIGINFO_FIELDS)
+TIMEVAL = Fields(("tv_sec", "q"), ("tv_usec", "q"))  # struct __kernel_old_timeval
+# NT_FILE: a count and the page size, then one entry per file mapping.
+FILES_HEAD = Fields(("count", "Q"), ("page_size", "Q"))
+FILES_ENTRY = Fields(("start", "Q"), ("end", "Q"), ("file_ofs", "Q"))  # in pages
 
-PRSTATUS_SIZE = 336  # struct elf_prstatus on x86_64
-PRPSINFO_SIZE = 136  # struct elf_prpsinfo
-SIGINFO_SIZE = 128  # siginfo_t
+PRSTATUS_SIZE = PRSTATUS.size  # 336 on x86_64
+PRPSINFO_SIZE = PRPSINFO.size  # 136
+SIGINFO_SIZE = arch.SIGINFO_SIZE
 FXSAVE_SIZE = 512  # struct user_i387_struct: the legacy area at the start of XSAVE
 FX_SW_RESERVED = 464  # where XSAVE's software-reserved bytes start in that area
 PSARGS_SIZE = 80  # ELF_PRARGSZ
@@ -32,7 +36,8 @@ PSARGS_SIZE = 80  # ELF_PRARGSZ
 def note(name: bytes, n_type: int, desc: bytes) -> bytes:
     """One ELF note: header, NUL-terminated name and descriptor, each padded to 4."""
     name = name + b"\0"
-    return (struct.pack("<III", len(name), len(desc), n_type) + _pad4(name) + _pad4(desc))
+    return NOTE.pack(namesz=len(name), descsz=len(desc), type=n_type) + _pad4(name) + \
+        _pad4(desc)
 
 
 def _pad4(data: bytes) -> bytes:
@@ -41,7 +46,7 @@ def _pad4(data: bytes) -> bytes:
 
 def timeval(ticks: int, hz: int) -> bytes:
     """Clock ticks as struct __kernel_old_timeval (seconds, microseconds)."""
-    return struct.pack("<qq", ticks // hz, (ticks % hz) * 1_000_000 // hz)
+    return TIMEVAL.pack(tv_sec=ticks // hz, tv_usec=(ticks % hz) * 1_000_000 // hz)
 
 
 @dataclass
@@ -82,14 +87,12 @@ class ProcessState:
 def prstatus(p: ProcessState, t: ThreadState) -> bytes:
     """struct elf_prstatus (fill_prstatus): si_signo and pr_cursig, the thread's
     pending and blocked signals, its ids, its times, then its registers."""
-    head = struct.pack("<iiih2xQQiiii", p.signo, 0, 0, p.signo, t.sigpend, t.sigmask,
-                       t.tid, p.ppid, p.pgrp, p.sid)
-    times = (timeval(t.utime, p.hz) + timeval(t.stime, p.hz) + timeval(p.cutime, p.hz)
-             + timeval(p.cstime, p.hz))
-    regs = t.regs[:arch.REGS_SIZE].ljust(arch.REGS_SIZE, b"\0")
-    fpvalid = struct.pack("<i4x", 1 if t.xstate else 0)
-    body = head + times + regs + fpvalid
-    assert len(body) == PRSTATUS_SIZE
+    body = PRSTATUS.pack(
+        si_signo=p.signo, si_code=0, si_errno=0, cursig=p.signo,
+        sigpend=t.sigpend, sighold=t.sigmask, pid=t.tid, ppid=p.ppid, pgrp=p.pgrp, sid=p.sid,
+        utime=timeval(t.utime, p.hz), stime=timeval(t.stime, p.hz),
+        cutime=timeval(p.cutime, p.hz), cstime=timeval(p.cstime, p.hz),
+        reg=t.regs[:arch.REGS_SIZE], fpvalid=1 if t.xstate else 0)  # "216s" pads with NULs
     return note(b"CORE", NT_PRSTATUS, body)
 
 
@@ -97,9 +100,9 @@ def prpsinfo(p: ProcessState) -> bytes:
     """struct elf_prpsinfo (fill_psinfo): state, nice, flags, real uid and gid,
     ids, the name and the command line (NULs as spaces, at most 79 bytes)."""
     args = p.args[:PSARGS_SIZE - 1].replace(b"\0", b" ")
-    body = struct.pack("<bcbb4xQIIiiii16s80s", 0, b"R", 0, p.nice, p.flags, p.uid, p.gid,
-                       p.pid, p.ppid, p.pgrp, p.sid, p.comm.encode()[:15], args)
-    assert len(body) == PRPSINFO_SIZE
+    body = PRPSINFO.pack(state=0, sname=b"R", zomb=0, nice=p.nice, flag=p.flags, uid=p.uid,
+                         gid=p.gid, pid=p.pid, ppid=p.ppid, pgrp=p.pgrp, sid=p.sid,
+                         fname=p.comm.encode()[:15], psargs=args)
     return note(b"CORE", NT_PRPSINFO, body)
 
 
@@ -107,7 +110,8 @@ def siginfo(p: ProcessState) -> bytes:
     """siginfo_t of a kill() from snapcore (SI_USER): what the kernel writer's
     core says, whose child took SIGABRT from snapcore.  Both writers say the
     same, so a core reads the same whoever wrote it."""
-    body = struct.pack("<iiiiiI", p.signo, 0, 0, 0, p.sender_pid, p.sender_uid)
+    body = SIGINFO.pack(si_signo=p.signo, si_errno=0, si_code=0, si_pid=p.sender_pid,
+                        si_uid=p.sender_uid)  # si_code 0: SI_USER
     return note(b"CORE", NT_SIGINFO, body.ljust(SIGINFO_SIZE, b"\0"))
 
 
@@ -118,8 +122,8 @@ def auxv(p: ProcessState) -> bytes:
 def files(p: ProcessState) -> bytes:
     """NT_FILE (fill_files_note): count, page size, (start, end, page offset)
     per file mapping, then the NUL-terminated names in the same order."""
-    table = struct.pack("<QQ", len(p.files), arch.PAGE_SIZE)
-    table += b"".join(struct.pack("<QQQ", s, e, o) for s, e, o, _ in p.files)
+    table = FILES_HEAD.pack(count=len(p.files), page_size=arch.PAGE_SIZE)
+    table += b"".join(FILES_ENTRY.pack(start=s, end=e, file_ofs=o) for s, e, o, _ in p.files)
     names = b"".join(path.encode(errors="surrogateescape") + b"\0" for *_, path in p.files)
     return note(b"CORE", NT_FILE, table + names)
 

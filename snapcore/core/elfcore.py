@@ -10,18 +10,17 @@ count in sh_info of one section header at the very end (fill_extnum_info).
 
 from __future__ import annotations
 
-import struct
 from dataclasses import dataclass, field
 
+from snapcore.core.elf import (EHDR, EHDR_SIZE, ET_CORE, PHDR, PN_XNUM, PT_LOAD, PT_NOTE,
+                               SHDR)
 from snapcore.linux import arch
 
-EHDR_SIZE = 64
-PHDR_SIZE = 56
-SHDR_SIZE = 64
-PT_LOAD, PT_NOTE = 1, 4
-ET_CORE = 4
-PN_XNUM = 0xFFFF
+PHDR_SIZE = PHDR.size
+SHDR_SIZE = SHDR.size
 ELF_EXEC_PAGESIZE = 4096
+# e_ident: magic, ELFCLASS64, ELFDATA2LSB, EV_CURRENT, ELFOSABI_SYSV, padding.
+IDENT = b"\x7fELF" + bytes([2, 1, 1, 0]) + bytes(8)
 
 
 @dataclass
@@ -71,16 +70,18 @@ class Layout:
         """ELF header, program headers, notes and the padding up to the data."""
         segments = len(self.loads) + 1
         shoff = self.size - SHDR_SIZE if self.extended else 0
-        ident = b"\x7fELF" + bytes([2, 1, 1, 0]) + bytes(8)  # 64-bit, LSB, v1, SYSV
-        ehdr = ident + struct.pack("<HHIQQQIHHHHHH", ET_CORE, arch.ELF_MACHINE, 1, 0,
-                                   EHDR_SIZE, shoff, 0, EHDR_SIZE, PHDR_SIZE,
-                                   PN_XNUM if self.extended else segments,
-                                   SHDR_SIZE if self.extended else 0,
-                                   1 if self.extended else 0, 0)
-        out = [ehdr, struct.pack("<IIQQQQQQ", PT_NOTE, 0, self.notes_offset, 0, 0,
-                                 len(self.notes), 0, 4)]
-        out += [struct.pack("<IIQQQQQQ", PT_LOAD, load.flags, load.offset, load.vaddr, 0,
-                            load.filesz, load.memsz, ELF_EXEC_PAGESIZE)
+        ehdr = IDENT + EHDR.pack(
+            e_type=ET_CORE, e_machine=arch.ELF_MACHINE, e_version=1, e_entry=0,
+            e_phoff=EHDR_SIZE, e_shoff=shoff, e_flags=0, e_ehsize=EHDR_SIZE,
+            e_phentsize=PHDR_SIZE, e_phnum=PN_XNUM if self.extended else segments,
+            e_shentsize=SHDR_SIZE if self.extended else 0,
+            e_shnum=1 if self.extended else 0, e_shstrndx=0)
+        out = [ehdr, PHDR.pack(p_type=PT_NOTE, p_flags=0, p_offset=self.notes_offset,
+                               p_vaddr=0, p_paddr=0, p_filesz=len(self.notes), p_memsz=0,
+                               p_align=4)]
+        out += [PHDR.pack(p_type=PT_LOAD, p_flags=load.flags, p_offset=load.offset,
+                          p_vaddr=load.vaddr, p_paddr=0, p_filesz=load.filesz,
+                          p_memsz=load.memsz, p_align=ELF_EXEC_PAGESIZE)
                 for load in self.loads]
         out.append(self.notes)
         head = b"".join(out)
@@ -89,7 +90,8 @@ class Layout:
     def section_header(self) -> bytes:
         """The one section header of extended numbering: SHT_NULL, sh_size the
         section count (1), sh_info the real number of program headers."""
-        return struct.pack("<IIQQQQIIQQ", 0, 0, 0, 0, 0, 1, 0, len(self.loads) + 1, 0, 0)
+        return SHDR.pack(sh_name=0, sh_type=0, sh_flags=0, sh_addr=0, sh_offset=0, sh_size=1,
+                         sh_link=0, sh_info=len(self.loads) + 1, sh_addralign=0, sh_entsize=0)
 
 
 def _round_up(n: int, to: int) -> int:

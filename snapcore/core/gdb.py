@@ -33,7 +33,7 @@ def backtraces(exe: str | int, core: Path, timeout: float = 300) -> str:
                  if os.environ.get("DEBUGINFOD_URLS", "").strip() else [])
         out = subprocess.run([gdb, "-batch", "-nx", "-ex", "set pagination off", *fetch,
                               "-ex", "thread apply all bt",
-                              f"/proc/self/fd/{exe}" if fds else exe, str(core)],
+                              f"/proc/self/fd/{exe}" if fds else str(exe), str(core)],
                              capture_output=True, text=True, errors="replace",
                              timeout=timeout, pass_fds=fds)  # a name need not be UTF-8
     lines = [line for line in out.stdout.splitlines()

@@ -7,14 +7,20 @@ from __future__ import annotations
 import os
 import struct
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from pathlib import Path
+from typing import Protocol
 
 from snapcore.core import elf
 from snapcore.errors import CoreNotWritten, Stage
-from snapcore.linux import arch
+from snapcore.linux import abi, arch
 
-if TYPE_CHECKING:  # store.py uses this module
-    from snapcore.core.store import OpenCore
+
+class HeldCore(Protocol):
+    """What this module needs of a core held by descriptor (store.OpenCore):
+    named here rather than imported, since store.py uses this module."""
+
+    fd: int
+    path: Path
 
 
 @dataclass
@@ -26,7 +32,7 @@ class CoreNotes:
     loads_end: int  # where the last PT_LOAD's file data ends
 
 
-def read_notes(core: OpenCore) -> CoreNotes:
+def read_notes(core: HeldCore) -> CoreNotes:
     """Read an ELF core's thread pids from its notes; refuse anything else."""
     with os.fdopen(os.dup(core.fd), "rb") as f:
         try:
@@ -45,11 +51,11 @@ def read_notes(core: OpenCore) -> CoreNotes:
                 f.seek(seg.offset)
                 data = f.read(seg.filesz)
                 for n_type, _name, desc_at, _size in elf.notes(data):
-                    if n_type == arch.NT_PRSTATUS:
+                    if n_type == abi.NT_PRSTATUS:
                         at = desc_at + arch.PRSTATUS_PID_OFFSET
                         notes.prstatus_pids.append(_int32(data, at))
                         notes.prstatus_offsets.append(seg.offset + at)
-                    elif n_type == arch.NT_PRPSINFO:
+                    elif n_type == abi.NT_PRPSINFO:
                         at = desc_at + arch.PRPSINFO_PID_OFFSET
                         notes.prpsinfo_pid = _int32(data, at)
                         notes.prpsinfo_offset = seg.offset + at
@@ -60,7 +66,7 @@ def _int32(data: bytes, at: int) -> int:
     return struct.unpack_from("<i", data, at)[0]
 
 
-def rename_threads(core: OpenCore, notes: CoreNotes, tids: dict[int, int],
+def rename_threads(core: HeldCore, notes: CoreNotes, tids: dict[int, int],
                    pid: int) -> None:
     """Write the target's own ids over the child's in the core's notes, in place.
 
@@ -75,7 +81,7 @@ def rename_threads(core: OpenCore, notes: CoreNotes, tids: dict[int, int],
         os.pwrite(core.fd, struct.pack("<i", pid), notes.prpsinfo_offset)
 
 
-def check_core(core: OpenCore, child_pid: int) -> CoreNotes:
+def check_core(core: HeldCore, child_pid: int) -> CoreNotes:
     notes = read_notes(core)
     if child_pid not in notes.prstatus_pids:
         raise CoreNotWritten(f"{core.path} does not describe the snapshot (pids "
@@ -93,10 +99,11 @@ def check_core(core: OpenCore, child_pid: int) -> CoreNotes:
 
 # Register sets the kernel writes per thread (x86: NT_PRFPREG, NT_386_TLS,
 # NT_386_IOPERM, NT_X86_XSTATE, NT_X86_SHSTK); every other note is the process's.
-THREAD_NOTES = {arch.NT_PRSTATUS, 2, 0x200, 0x201, arch.NT_X86_XSTATE, 0x204}
+THREAD_NOTES = {abi.NT_PRSTATUS, abi.NT_PRFPREG, arch.NT_386_TLS, arch.NT_386_IOPERM,
+                arch.NT_X86_XSTATE, arch.NT_X86_SHSTK}
 
 
-def main_thread_first(core: OpenCore, lwp: int) -> bool:
+def main_thread_first(core: HeldCore, lwp: int) -> bool:
     """Put thread `lwp`'s notes first, in place, as write_note_info would had
     that thread dumped: its NT_PRSTATUS, the process's notes that follow the
     first thread's, its other register sets, then every other thread as it
@@ -114,9 +121,9 @@ def main_thread_first(core: OpenCore, lwp: int) -> bool:
     early: list[bytes] = []  # the process's notes inside the first thread's group
     late: list[bytes] = []  # the process's notes after the threads' (or before any)
     for n_type, _name, desc_at, size in elf.notes(data):
-        start = _note_start(data, desc_at, _name)
+        start = elf.note_start(desc_at, _name)
         raw = data[start:desc_at + ((size + 3) & ~3)]
-        if n_type == arch.NT_PRSTATUS:
+        if n_type == abi.NT_PRSTATUS:
             groups.append([raw])
         elif n_type in THREAD_NOTES and groups:
             groups[-1].append(raw)
@@ -124,7 +131,8 @@ def main_thread_first(core: OpenCore, lwp: int) -> bool:
             early.append(raw)
         else:
             late.append(raw)
-    pids = [_int32(g[0], 12 + 8 + arch.PRSTATUS_PID_OFFSET) for g in groups]
+    # A "CORE" note: its header, the name padded to 8, then elf_prstatus.
+    pids = [_int32(g[0], elf.NOTE.size + 8 + arch.PRSTATUS_PID_OFFSET) for g in groups]
     if not groups or lwp not in pids or pids[0] == lwp:
         return False
     main = groups.pop(pids.index(lwp))
@@ -132,7 +140,3 @@ def main_thread_first(core: OpenCore, lwp: int) -> bool:
     os.pwrite(core.fd, b"".join(order), seg.offset)
     return True
 
-
-def _note_start(data: bytes, desc_at: int, name: bytes) -> int:
-    """Where a note's header starts, from where its descriptor does."""
-    return desc_at - 12 - ((len(name) + 1 + 3) & ~3) if name else desc_at - 12

@@ -13,6 +13,7 @@ from pathlib import Path
 
 from snapcore.core import safefs
 from snapcore.errors import OutputError, Stage
+from snapcore.linux import facts
 
 
 def default_output_dir() -> Path:
@@ -102,15 +103,10 @@ def _others(st: os.stat_result) -> str:
 
 
 def target_root(pid: int) -> str:
-    """"" when the target sees the same files as snapcore; else where its root
-    is seen from here, /proc/PID/root (a container's mount namespace, a chroot).
-    The kernel writes the core in the target's view of the filesystem."""
-    try:
-        same_ns = os.readlink("/proc/self/ns/mnt") == os.readlink(f"/proc/{pid}/ns/mnt")
-        same_root = os.path.samestat(os.stat("/"), os.stat(f"/proc/{pid}/root"))
-    except OSError:
-        return ""
-    return "" if same_ns and same_root else f"/proc/{pid}/root"
+    """"" when the target sees the same files as snapcore; else /proc/PID/root
+    (linux/facts.target_root).  A snapshot's preflight reads it once:
+    pre.facts.root."""
+    return facts.target_root(pid)
 
 
 def as_seen_by_target(path: Path, root: str) -> str:

@@ -50,7 +50,7 @@ def finish_interrupted(output_dir: Path) -> list[str]:
     record was written gets its name; anything else of it is removed.  Only
     snapcore's own files count (regular, one link, its euid's: core/safefs.py):
     in a sticky directory anyone may have planted a name like these."""
-    done = []
+    done: list[str] = []
     try:
         dir_fd = os.open(output_dir, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
     except OSError:

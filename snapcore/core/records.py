@@ -1,7 +1,8 @@
 """The record beside every core, and what snapcore does with its snapshots later.
 
 Each core `NAME.core` (or `NAME.core.zst`) has a sidecar `NAME.json`, mode
-0600, saying what the process was and why the snapshot was taken.  Nothing
+0600, saying what the process was and why the snapshot was taken: a
+recordshape.RecordData, written with its to_json and read with its from_json.  Nothing
 from the process's environment goes in (it holds secrets).  `list` and `prune`
 only ever look at snapshots that have a sidecar: they never touch files
 snapcore did not write.
@@ -23,7 +24,8 @@ from pathlib import Path
 
 from snapcore import __version__
 from snapcore.core import elf, safefs
-from snapcore.core.recordshape import looks_like_ours, shape_problem
+from snapcore.core.recordshape import (CoreFile, RecordData, Target, Thread, Writer,
+                                       looks_like_ours, shape_problem)
 from snapcore.errors import OutputError, Stage
 from snapcore.linux.procfs import started_at
 
@@ -51,56 +53,56 @@ def command_line(args: list[str]) -> list[str]:
     return args
 
 
-def executable_here(record: dict) -> str:
+def executable_here(data: RecordData) -> str:
     """The snapshotted executable in this view of the files: the record's
     `exe` (the target's own name for it), unless that names another build
     here and the target's root, /proc/PID/root, still holds the recorded
     build (a container seen from outside it, while the target lives)."""
-    t = record.get("target", {})
-    exe, then = t.get("exe") or "", t.get("build_id")
+    t = data.target
+    exe, then = t.exe or "", t.build_id
     if not exe or not then or elf.build_id(exe) == then:
         return exe
-    inside = f"/proc/{t.get('pid')}/root{exe}"
+    inside = f"/proc/{t.pid}/root{exe}"
     return inside if elf.build_id(inside) == then else exe
 
 
-def write_sidecar(snap, reason: str = "", trigger: str = "") -> Path:
-    """Write the record for a stored snapshot (a snapshot.Snapshot): `reason`
-    the operator's (--reason), `trigger` what fired it (watch's condition)."""
+def record_of(snap, reason: str = "", trigger: str = "") -> RecordData:
+    """The record of a stored snapshot (a snapshot.Snapshot): `reason` the
+    operator's, `trigger` what fired it (watch's condition).  Nothing from
+    the process's environment: it holds secrets."""
     t = snap.target
     try:
         user = pwd.getpwuid(t.uid).pw_name
     except KeyError:
         user = str(t.uid)
-    record = {
-        "snapcore_version": __version__,
-        "taken_at": snap.taken_at.isoformat().replace("+00:00", "Z"),
-        "reason": reason,
-        "trigger": trigger,
-        "target": {
-            "pid": t.pid, "name": t.name, "exe": t.exe, "cmdline": command_line(t.cmdline),
-            "build_id": snap.exe_build_id if snap.exe_build_id != "" else
+    return RecordData(
+        snapcore_version=__version__,
+        taken_at=snap.taken_at.isoformat().replace("+00:00", "Z"),
+        reason=reason, trigger=trigger,
+        target=Target(
+            pid=t.pid, name=t.name, exe=t.exe, cmdline=command_line(t.cmdline),
+            build_id=snap.exe_build_id if snap.exe_build_id != "" else
             (elf.build_id(t.exe) if t.exe else None),
-            "started_at": _iso(started_at(t.start_time)), "user": user, "uid": t.uid,
-            "program": snap.program,
-        },
-        "threads": snap.thread_map,
-        "pause_ms": round(snap.pause["pause"] * 1000, 3),
-        "dump_seconds": round(snap.dump_seconds, 3),
-        "priority_steps": snap.priority_steps,
-        "core": {"file": snap.core_path.name, "size": snap.core_size,
-                 "allocated": snap.core_allocated,
-                 "compressed": snap.core_path.name.endswith(".zst")},
+            started_at=_iso(started_at(t.start_time)), user=user, uid=t.uid,
+            program=snap.program),
+        threads=[Thread.from_json(thread) for thread in snap.thread_map],
+        pause_ms=round(snap.pause["pause"] * 1000, 3),
+        dump_seconds=round(snap.dump_seconds, 3),
+        priority_steps=snap.priority_steps,
+        core=CoreFile(file=snap.core_path.name, size=snap.core_size,
+                      allocated=snap.core_allocated,
+                      compressed=snap.core_path.name.endswith(".zst")),
         # What the preflight expected (disk check, controller): beside what
         # was written, so an operator can see how good the guess was.
-        "core_estimate": snap.core_estimate,
-        "core_estimate_apparent": snap.core_apparent,
-        "regions_missing": snap.regions_missing,
-        "writer": {"name": snap.writer, "reason": snap.writer_reason},
-        "notes": snap.notes,
-        "kernel": platform.release(),
-        "hostname": socket.gethostname(),
-    }
+        core_estimate=snap.core_estimate, core_estimate_apparent=snap.core_apparent,
+        regions_missing=snap.regions_missing,
+        writer=Writer(name=snap.writer, reason=snap.writer_reason),
+        notes=snap.notes, kernel=platform.release(), hostname=socket.gethostname())
+
+
+def write_sidecar(snap, reason: str = "", trigger: str = "") -> Path:
+    """Write the record (record_of) for a stored snapshot beside its core."""
+    record = record_of(snap, reason, trigger).to_json()
     path = sidecar_path(snap.core_path)
     # Written whole, then renamed: a record is never seen half written.  The
     # directory may be a sticky one others write too: the partial is a new
@@ -129,18 +131,21 @@ def write_sidecar(snap, reason: str = "", trigger: str = "") -> Path:
 
 @dataclass
 class Record:
+    """A record found beside its core: the sidecar, the core (None when it is
+    missing) and what the record says."""
+
     sidecar: Path
-    core: Path | None  # None when the core file is missing
-    data: dict
+    core: Path | None
+    data: RecordData
 
     @property
     def taken_at(self) -> float:
-        return datetime.fromisoformat(self.data["taken_at"].replace("Z", "+00:00")).timestamp()
+        return self.data.taken_at_seconds
 
     @property
     def target_key(self) -> str:
-        t = self.data.get("target", {})
-        return t.get("program") or t.get("exe") or t.get("name", "?")
+        t = self.data.target
+        return t.program or t.exe or t.name or "?"
 
     @property
     def size(self) -> int:
@@ -163,7 +168,7 @@ def records(directory: Path, skipped: list[str] | None = None) -> list[Record]:
     TIMESTAMP_NAME_PID.json, or a core of that name is beside it), "PATH:
     what is wrong" is appended to `skipped`, for a warning; any other JSON
     file is simply not a record."""
-    found = []
+    found: list[Record] = []
     directory = Path(directory)
     try:
         trusted = {os.geteuid(), os.stat(directory).st_uid}
@@ -179,7 +184,7 @@ def records(directory: Path, skipped: list[str] | None = None) -> list[Record]:
             core = directory / data["core"]["file"]
             st = safefs.lstat_or_none(core)
             ours = st is not None and stat.S_ISREG(st.st_mode) and st.st_uid in trusted
-            found.append(Record(sidecar, core if ours else None, data))
+            found.append(Record(sidecar, core if ours else None, RecordData.from_json(data)))
         elif skipped is not None and looks_like_ours(sidecar):
             skipped.append(f"{sidecar}: {problem}")
     return sorted(found, key=lambda r: r.taken_at, reverse=True)
@@ -188,8 +193,8 @@ def records(directory: Path, skipped: list[str] | None = None) -> list[Record]:
 def core_problem(record: Record) -> str | None:
     """Why the core beside a record is not the file the record describes: its
     size differs (cut short when copied, or changed since); None when alike."""
-    want = record.data.get("core", {}).get("size")
-    if record.core is None or not isinstance(want, int):
+    want = record.data.core.size
+    if record.core is None or want is None:
         return None
     have = record.core.stat().st_size
     if have == want:
@@ -204,10 +209,10 @@ def select(found: list[Record], name: str | None = None,
     contains `name`, of process `pid`, taken since `since`."""
     out = []
     for r in found:
-        t = r.data.get("target", {})
-        if name and not any(name in (t.get(key) or "") for key in ("name", "exe", "program")):
+        t = r.data.target
+        if name and not any(name in (text or "") for text in (t.name, t.exe, t.program)):
             continue
-        if pid is not None and t.get("pid") != pid:
+        if pid is not None and t.pid != pid:
             continue
         if since is not None and r.taken_at < since:
             continue

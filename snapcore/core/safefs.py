@@ -19,7 +19,9 @@ from __future__ import annotations
 import errno
 import fcntl
 import os
+import shutil
 import stat
+import sys
 from pathlib import Path
 
 from snapcore.errors import OutputError, Stage
@@ -164,3 +166,23 @@ def read_own(path: Path, owners: set[int]) -> bytes | None:
         return None
     finally:
         os.close(fd)
+
+
+def remove_tree(name: str, dir_fd: int) -> None:
+    """Remove directory `name` in `dir_fd` and all it holds, never following a
+    symlink: shutil.rmtree(dir_fd=) where Python has it (3.11 and later),
+    else the same walk by descriptor (os.fwalk, which does not follow links)."""
+    if sys.version_info >= (3, 11):
+        shutil.rmtree(name, dir_fd=dir_fd)
+    else:
+        remove_tree_walking(name, dir_fd)
+
+
+def remove_tree_walking(name: str, dir_fd: int) -> None:
+    for _, dirs, files, here in os.fwalk(name, topdown=False, dir_fd=dir_fd):
+        for entry in files + dirs:
+            try:
+                os.rmdir(entry, dir_fd=here)
+            except NotADirectoryError:  # a file, or a symlink listed among the dirs
+                os.unlink(entry, dir_fd=here)
+    os.rmdir(name, dir_fd=dir_fd)

@@ -8,6 +8,7 @@ uncompressed on disk.
 from __future__ import annotations
 
 import os
+import typing
 
 _ZEROS = bytes(1 << 20)
 
@@ -100,7 +101,9 @@ def zstd_sink(fd: int, level: int = 3) -> StreamSink:
     """Compress while writing into `fd` (a file or standard output)."""
     import zstandard
     raw = FdWriter(fd)
-    writer = zstandard.ZstdCompressor(level=level).stream_writer(raw, closefd=False)
+    # zstandard writes to anything with write(): FdWriter keeps every byte
+    writer = zstandard.ZstdCompressor(level=level).stream_writer(
+        typing.cast(typing.IO[bytes], raw), closefd=False)
 
     def close() -> None:
         writer.flush(zstandard.FLUSH_FRAME)

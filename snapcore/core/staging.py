@@ -20,14 +20,13 @@ from __future__ import annotations
 import errno
 import os
 import secrets
-import shutil
 import stat
 import time
 from dataclasses import dataclass
 from pathlib import Path
 
 from snapcore.core.placement import owner_running
-from snapcore.core.safefs import DIR_FLAGS
+from snapcore.core.safefs import DIR_FLAGS, remove_tree
 from snapcore.errors import OutputError, Stage
 from snapcore.linux import resolve
 
@@ -91,7 +90,7 @@ def _open_place(root_fd: int, place: str) -> tuple[int, str]:
     why = ("has no name without a symlink there" if name is None
            else "is read-only" if os.fstatvfs(fd).f_flag & os.ST_RDONLY
            else "" if os.access(".", os.W_OK | os.X_OK, dir_fd=fd) else "is not writable for you")
-    if why:
+    if why or name is None:
         os.close(fd)
         raise ValueError(why)
     return fd, name
@@ -227,7 +226,10 @@ def remove_staging(staging: Path) -> None:
             try:
                 os.unlink(name, dir_fd=made.fd)
             except IsADirectoryError:
-                shutil.rmtree(name, dir_fd=made.fd, ignore_errors=True)
+                try:
+                    remove_tree(name, made.fd)
+                except OSError:
+                    pass
             except OSError:
                 pass
         now = os.stat(made.name, dir_fd=made.base_fd, follow_symlinks=False)
@@ -246,10 +248,9 @@ def remove_stale_staging(output_dir: Path, root: str = "") -> list[str]:
     directory, /var/tmp and /tmp here and in the target's root.  Their pid is
     in their name; one that is still a running snapcore is left alone.  Each
     place is resolved as the target sees it, and only a real directory is
-    removed, through descriptors (shutil.rmtree with dir_fd never follows a
-    symlink, and checks each directory it enters is the one it listed)."""
+    removed, through descriptors (safefs.remove_tree never follows a symlink)."""
     removed: list[str] = []
-    places = [(str(output_dir), None, str(output_dir))]
+    places: list[tuple[str, str | None, str]] = [(str(output_dir), None, str(output_dir))]
     places += [(r, place, _here(r, place)) for r in dict.fromkeys(["", root])
                for place in CANDIDATES]
     for where_root, place, where in places:
@@ -272,7 +273,7 @@ def remove_stale_staging(output_dir: Path, root: str = "") -> list[str]:
 
 
 def _remove_stale_in(dir_fd: int, where: str) -> list[str]:
-    removed = []
+    removed: list[str] = []
     try:
         entries = list(os.scandir(dir_fd))
     except OSError:
@@ -292,7 +293,7 @@ def _remove_stale_in(dir_fd: int, where: str) -> list[str]:
         if not rest.split("-", 1)[0].isdigit() and time.time() - st.st_mtime < 3600:
             continue  # a name without a pid (snapcore 0.1): only once surely stale
         try:
-            shutil.rmtree(entry.name, dir_fd=dir_fd)
+            remove_tree(entry.name, dir_fd)
             removed.append(f"{where}/{entry.name}")
         except OSError:
             pass

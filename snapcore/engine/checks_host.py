@@ -17,19 +17,17 @@ from snapcore.engine.verdicts import OK, REFUSE, WARN, Preflight
 from snapcore.errors import OutputError
 
 
-def check_core_destination(pre: Preflight, opts: Request,
-                           sizes: CoreSize | None) -> core_pattern.CorePattern:
+def check_core_destination(pre: Preflight, opts: Request, sizes: CoreSize | None) -> None:
     """Who writes the core (checks_writer.py), then, for the kernel's
     writer, whether core_pattern and RLIMIT_CORE let it."""
-    t = pre.target
-    pattern = core_pattern.read_core_pattern()
+    t, pattern = pre.plan.target, pre.plan.core_pattern
     checks_writer.choose_writer(pre, opts, pattern, sizes)
-    if pre.writer == "snapcore":
+    if pre.plan.writer == "snapcore":
         pre.add("core-pattern", OK, f"{pattern.pattern} ({pattern.kind}): not used, "
                 "snapcore writes the core")
         pre.add("core-limit", OK, f"RLIMIT_CORE {_limits_text(t)}: not used, a snapshot is "
                 "not a crash (gcore ignores the limit too)")
-        return pattern
+        return
     if pattern.kind == "pipe":
         try:
             with open("/proc/sys/kernel/core_pipe_limit") as f:
@@ -41,7 +39,7 @@ def check_core_destination(pre: Preflight, opts: Request,
                 "directory", "look it up with the handler's tools (coredumpctl), or let "
                 "snapcore write it", setting="writer")
     elif pattern.kind == "absolute" and not os.path.isdir(
-            placement.target_root(t.pid) + os.path.dirname(pattern.pattern)):
+            pre.plan.facts.root + os.path.dirname(pattern.pattern)):
         pre.add("core-pattern", REFUSE, f"core_pattern writes to "
                 f"{os.path.dirname(pattern.pattern)}, which does not exist for the process",
                 "create it, fix kernel.core_pattern, or let snapcore write the core",
@@ -57,7 +55,6 @@ def check_core_destination(pre: Preflight, opts: Request,
     else:
         pre.add("core-limit", OK, f"RLIMIT_CORE {_limits_text(t)} (the child raises its "
                 "soft limit to the hard one)")
-    return pattern
 
 
 def _limits_text(t) -> str:
@@ -103,18 +100,24 @@ def check_output_dir(pre: Preflight, opts: Request) -> None:
 
 
 def _cannot_create_in(parent: Path) -> str:
-    """Why no directory can be made in `parent`, or "".  Tried for real, with a
-    probe removed at once: permission bits say nothing of /proc, sysfs or a
-    read-only mount to root, whose access(2) passes where mkdir(2) fails."""
-    probe = parent / f".snapcore-probe-{os.getpid()}"
+    """Why no directory can be made in `parent`, or "", found without making
+    one (a check writes nothing).  Permission bits and read-only mounts are
+    access(2)'s (it answers EROFS for either kind of read-only mount,
+    fs/open.c `do_faccessat`), asked before this.  What access(2) passes for
+    root and mkdir(2) still refuses is a filesystem of the kernel's own:
+    proc and sysfs have no mkdir at all (EPERM, fs/namei.c `vfs_mkdir`), and
+    in cgroup, tracefs or configfs a new directory is a kernel object, not a
+    directory.  They count no blocks and no inodes: statfs(2) says f_blocks
+    and f_files 0 (fs/libfs.c `simple_statfs`), where a tmpfs without a size
+    limit still counts its inodes (ramfs alone is a false refusal).  The
+    snapshot itself makes the directory (placement.prepare_output_dir)."""
     try:
-        os.mkdir(probe, 0o700)
-    except FileExistsError:
-        return ""  # a probe of a killed check, so directories can be made here
+        st = os.statvfs(parent)
     except OSError as exc:
         return exc.strerror or str(exc)
-    os.rmdir(probe)
-    return ""
+    if st.f_blocks or st.f_files:
+        return ""
+    return "a filesystem of the kernel's own, with no room for files"
 
 
 def _min_free(spec: str, fs_size: int) -> int:
@@ -130,8 +133,8 @@ def check_staging(pre: Preflight, opts: Request, pattern: core_pattern.CorePatte
     in the target's view of the files (staging.staging_base).  Nowhere
     writable there (a read-only root filesystem) is known now, before the
     target is touched; no override makes a read-only mount writable."""
-    t = pre.target
-    if pre.writer == "snapcore":
+    t = pre.plan.target
+    if pre.plan.writer == "snapcore":
         pre.add("staging", OK, "none: snapcore's writer writes into the output directory "
                 "itself")
         return
@@ -141,7 +144,7 @@ def check_staging(pre: Preflight, opts: Request, pattern: core_pattern.CorePatte
         return
     out = Path(opts.output_dir).absolute()
     try:
-        base = staging.staging_base(out, t.uid, placement.target_root(t.pid))
+        base = staging.staging_base(out, t.uid, pre.plan.facts.root)
     except OutputError as exc:
         pre.add("staging", REFUSE, exc.message, exc.hint)
         return
@@ -149,12 +152,12 @@ def check_staging(pre: Preflight, opts: Request, pattern: core_pattern.CorePatte
             else f"in {base}, then moved to the output directory")
 
 
-def _places(opts: Request, pattern: core_pattern.CorePattern, pid: int, uid: int) -> set:
+def _places(opts: Request, pattern: core_pattern.CorePattern, root: str, uid: int) -> set:
     """Every filesystem the core is written to: the output directory, and where
-    the kernel writes it first (core_pattern's directory, or the staging one)."""
+    the kernel writes it first (core_pattern's directory, or the staging one);
+    `root`: the target's (placement.target_root)."""
     out = Path(opts.output_dir).absolute()
     places = {str(_existing_ancestor(out))}
-    root = placement.target_root(pid)
     if pattern.kind == "absolute":
         places.add(root + os.path.dirname(pattern.pattern))
     elif pattern.kind == "relative":
@@ -167,23 +170,24 @@ def _places(opts: Request, pattern: core_pattern.CorePattern, pid: int, uid: int
 
 def check_disk(pre: Preflight, opts: Request, sizes: CoreSize | None,
                pattern: core_pattern.CorePattern) -> None:
-    t = pre.target
+    plan = pre.plan
+    t = plan.target
     if sizes:
-        pre.core_estimate, pre.core_apparent = sizes.on_disk(pre.writer), sizes.apparent
-    if opts.to_stdout and pre.writer == "snapcore":
+        plan.core_estimate, plan.core_apparent = sizes.on_disk(plan.writer), sizes.apparent
+    if opts.to_stdout and plan.writer == "snapcore":
         pre.add("disk", OK, "the core goes to standard output")
         return
-    if pattern.kind == "pipe" and pre.writer == "kernel":
+    if pattern.kind == "pipe" and plan.writer == "kernel":
         pre.add("disk", OK, "the core goes to the pipe handler")
         return
     if not sizes:
         pre.add("disk", OK, "not estimated")
         return
     # What the disk must hold: holes take nothing (compressed: see disk_need).
-    size, how = checks_writer.disk_need(pre, opts, pre.core_estimate)
+    size, how = checks_writer.disk_need(pre, opts, plan.core_estimate)
     # snapcore's writer writes into the output directory alone.
     places = ({str(_existing_ancestor(Path(opts.output_dir).absolute()))}
-              if pre.writer == "snapcore" else _places(opts, pattern, t.pid, t.uid))
+              if plan.writer == "snapcore" else _places(opts, pattern, plan.facts.root, t.uid))
     for place in sorted(places):
         try:
             free, fs_size = estimate.free_space(place)
@@ -205,15 +209,15 @@ def check_disk(pre: Preflight, opts: Request, sizes: CoreSize | None,
 
 
 def check_rate(pre: Preflight, opts: Request) -> None:
-    t = pre.target
+    t = pre.plan.target
     limiter = RateLimiter(opts.output_dir, opts.max_per_hour, opts.clock)
     if opts.max_per_hour <= 0:
         pre.add("rate-limit", OK, "no limit")
         return
     key = program(t)
     try:
-        when = limiter.next_allowed(key)
-        taken = len(limiter.recent(key))
+        times = limiter.recent(key)  # read only: a check writes nothing
+        when, taken = limiter.next_allowed(key, times), len(times)
     except FileNotFoundError:
         pre.add("rate-limit", OK, "no snapshots recorded yet")
         return

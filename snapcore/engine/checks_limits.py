@@ -5,15 +5,12 @@ adds under its pids cgroup and RLIMIT_NPROC.
 
 from __future__ import annotations
 
-import os
-
 from snapcore import units
 from snapcore.core.dumprules import CoreSize
 from snapcore.engine import estimate
 from snapcore.engine.checks_writer import SHARED_FILL_WORTH
 from snapcore.engine.verdicts import OK, REFUSE, WARN, Preflight
-from snapcore.linux import cgroups
-from snapcore.linux.procfs import read_status
+from snapcore.linux.procstat import RLIM_INFINITY
 
 # A cgroup namespace of snapcore's own (a debug container's) hides the
 # cgroups outside it: /proc/PID/cgroup names them "/../..." (relative to the
@@ -29,31 +26,31 @@ def _blind(entry: str) -> str:
 
 
 def check_memory(pre: Preflight, maps, sizes: CoreSize | None) -> None:
-    t = pre.target
+    facts = pre.plan.facts
     if not maps:
         pre.add("memory", OK, "not estimated")
         return
     # The kernel's dump allocates never-written shared memory (maps.data_runs):
     # the target keeps it, as if it had written it.
-    filled = sizes.shared_unwritten if sizes and pre.writer == "kernel" else 0
+    filled = sizes.shared_unwritten if sizes and pre.plan.writer == "kernel" else 0
     worst = estimate.cow_worst_case(maps) + filled
-    pre.memory_worst = worst
-    info = estimate.meminfo()
+    pre.plan.memory_worst = worst
+    info = facts.meminfo
     available = info.get("MemAvailable", 0)
     problems, warnings = [], []
     if worst > available:
         problems.append(f"MemAvailable is {units.human(available)}")
     elif worst > available // 2:
         warnings.append(f"that is over half of MemAvailable ({units.human(available)})")
-    if estimate.overcommit_mode() == 2:
+    if facts.overcommit == 2:
         room = info.get("CommitLimit", 0) - info.get("Committed_AS", 0)
         need = estimate.private_writable_size(maps)
         if need > room:
             problems.append(f"strict overcommit leaves {units.human(room)} to commit and "
                             f"fork needs {units.human(need)}")
-    cgroup = cgroups.memory_headroom(t.pid)
-    pre.memory_room = min(available, cgroup[1]) if cgroup else available
-    pre.memory_limit_file = cgroup[0] if cgroup else ""
+    cgroup = facts.cgroups.memory_headroom()
+    pre.plan.memory_room = min(available, cgroup[1]) if cgroup else available
+    pre.plan.memory_limit_file = cgroup[0] if cgroup else ""
     if cgroup and worst > cgroup[1]:
         problems.append(f"its cgroup has {units.human(cgroup[1])} left below "
                         f"{cgroup[0]}")
@@ -64,7 +61,7 @@ def check_memory(pre: Preflight, maps, sizes: CoreSize | None) -> None:
     if worth:
         what += (f"; the kernel's dump allocates {units.human(filled)} of shared memory the "
                  "process never wrote, which it keeps (snapcore's writer does not)")
-    unseen = cgroups.hidden(t.pid, "memory")
+    unseen = facts.cgroups.hidden("memory")
     if problems:
         pre.add("memory", REFUSE, f"{what}; {'; '.join(problems)}",
                 GROUP_FIX if grouped else "snapshot when the machine has more free memory")
@@ -98,15 +95,15 @@ def _oom_group(pre: Preflight, worst: int, available: int, problems, warnings) -
     the child's oom_score_adj 1000 no longer spares the target.  The copies
     may then take half the room there at most (refused beyond, forceable like
     the rest of this check), and the dump's controller keeps to that half."""
-    found = cgroups.oom_group(pre.target.pid)
+    found = pre.plan.facts.cgroups.oom_group()
     if found is None:
         return False
     group, tightest = found
     where, room = "the machine's MemAvailable", available
     if tightest is not None and tightest[1] < available:
         where, room = tightest
-        pre.memory_limit_file = tightest[0]
-    pre.memory_room = min(pre.memory_room, room // 2)
+        pre.plan.memory_limit_file = tightest[0]
+    pre.plan.memory_room = min(pre.plan.memory_room, room // 2)
     said = (f"{group}/memory.oom.group is 1: an OOM kill under {where} takes every task "
             f"of that cgroup, the target with the child")
     if worst > room // 2:
@@ -125,53 +122,27 @@ def tasks_added(threads: int, writer: str = "kernel") -> int:
     return 3 if writer == "snapcore" else threads + 2
 
 
-def _tasks_of_user(uid: int) -> int:
-    """Tasks (threads included) of real uid `uid`: what RLIMIT_NPROC counts."""
-    count = 0
-    for entry in os.scandir("/proc"):
-        if entry.name.isdigit():
-            try:
-                if _real_uid(entry.name) == uid:
-                    count += len(os.listdir(f"/proc/{entry.name}/task"))
-            except (OSError, KeyError):
-                continue
-    return count
-
-
-def _real_uid(pid: str) -> int:
-    return int(read_status(int(pid))["Uid"].split()[0])
-
-
-def _nproc_limit(pid: int) -> int | None:
-    with open(f"/proc/{pid}/limits") as f:
-        for line in f:
-            if line.startswith("Max processes"):
-                soft = line.split()[2]
-                return None if soft == "unlimited" else int(soft)
-    return None
-
-
 def check_tasks(pre: Preflight) -> None:
     """The snapshot's tasks count against the target's pids cgroup and its
     user's RLIMIT_NPROC (kernel/fork.c: copy_process checks both): near either
     limit, they would make the target's own fork or pthread_create fail."""
-    t = pre.target
-    need = tasks_added(len(t.threads), pre.writer)
+    t, facts = pre.plan.target, pre.plan.facts
+    need = tasks_added(len(t.threads), pre.plan.writer)
     limits = []
-    cgroup = cgroups.tasks_headroom(t.pid)
+    cgroup = facts.cgroups.tasks_headroom()
     if cgroup is not None:
         limits.append((cgroup[0], cgroup[1]))
-    nproc = _nproc_limit(t.pid) if t.uid != 0 else None  # root's user is exempt
-    if nproc is not None:
+    nproc = facts.limits.get("Max processes", (RLIM_INFINITY,))[0]
+    if t.uid != 0 and nproc != RLIM_INFINITY:  # root's user is exempt
         limits.append((f"RLIMIT_NPROC of uid {t.uid} ({nproc})",
-                       nproc - _tasks_of_user(t.uid)))
+                       nproc - facts.tasks_of_user(t.uid)))
     tight = [(what, room) for what, room in limits if room - need < need]
     if tight:
         what, room = tight[0]
         pre.add("tasks", REFUSE, f"the snapshot adds up to {need} tasks and {what} leaves "
                 f"room for {room}: the process's own forks and threads would fail",
                 "raise the limit, or snapshot the main thread only", setting="threads")
-    elif unseen := cgroups.hidden(t.pid, "pids"):
+    elif unseen := facts.cgroups.hidden("pids"):
         pre.add("tasks", WARN, f"the snapshot adds up to {need} tasks; {_blind(unseen)}",
                 BLIND_FIX)
     elif limits:

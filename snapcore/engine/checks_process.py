@@ -8,13 +8,12 @@ from __future__ import annotations
 import os
 
 
+from snapcore.engine.plan import Plan
 from snapcore.engine.verdicts import OK, REFUSE, WARN, Preflight
-from snapcore.errors import NoSuchProcess, PermissionDenied, Stage
-from snapcore.linux import arch, cgroups
-from snapcore.linux.inject import TargetReplaced
-from snapcore.linux.procfs import (ancestors, mm_fingerprint, start_time, thread_name,
-                                   thread_state)
-from snapcore.linux.proctext import proc_open
+from snapcore.errors import NoSuchProcess, PermissionDenied, Stage, TargetReplaced
+from snapcore.linux import arch
+from snapcore.linux.procfs import mm_fingerprint, start_time, thread_name
+from snapcore.linux.procstat import capabilities
 
 CAP_SYS_PTRACE = 19
 
@@ -22,24 +21,9 @@ CAP_SYS_PTRACE = 19
 CAP_SYS_ADMIN = 21
 
 
-def _capabilities() -> int:
-    with proc_open("/proc/self/status") as f:
-        for line in f:
-            if line.startswith("CapEff:"):
-                return int(line.split()[1], 16)
-    return 0
-
-
 def _has_cap(cap: int) -> bool:
-    return bool(_capabilities() & (1 << cap))
-
-
-def _ptrace_scope() -> int | None:
-    try:
-        with open("/proc/sys/kernel/yama/ptrace_scope") as f:
-            return int(f.read())
-    except OSError:
-        return None  # no Yama: classic ptrace rules
+    """Whether snapcore has capability `cap` now (the checks: pre.plan.facts)."""
+    return bool(capabilities() & (1 << cap))
 
 
 def _in_container() -> bool:
@@ -47,9 +31,9 @@ def _in_container() -> bool:
 
 
 def check_permission(pre: Preflight) -> None:
-    t = pre.target
-    cap = _has_cap(CAP_SYS_PTRACE)
-    scope = _ptrace_scope()
+    t, facts = pre.plan.target, pre.plan.facts
+    cap = bool(facts.capabilities & (1 << CAP_SYS_PTRACE))
+    scope = facts.ptrace_scope
     me = os.geteuid()
     container = " (in a container, start it with --cap-add SYS_PTRACE)" if _in_container() \
         else ""
@@ -77,7 +61,7 @@ def check_permission(pre: Preflight) -> None:
 
 
 def check_state(pre: Preflight) -> None:
-    t = pre.target
+    t, facts = pre.plan.target, pre.plan.facts
     me = os.getpid()
     if t.state in "ZX":
         pre.add("state", REFUSE, f"process {t.pid} ({t.name}) is a zombie",
@@ -88,7 +72,7 @@ def check_state(pre: Preflight) -> None:
     elif t.kernel_thread:
         pre.add("state", REFUSE, f"process {t.pid} ({t.name}) is a kernel thread",
                 "kernel threads have no user memory to dump")
-    elif t.pid == me or t.pid in ancestors(me):
+    elif t.pid == me or t.pid in facts.my_ancestors:
         pre.add("state", REFUSE, f"process {t.pid} ({t.name}) is snapcore itself or one "
                 "of its parents", "run snapcore from another shell")
     elif t.state in "Tt":
@@ -97,13 +81,12 @@ def check_state(pre: Preflight) -> None:
     elif t.elf_class != 2 or t.elf_machine != arch.ELF_MACHINE:
         pre.add("state", REFUSE, f"process {t.pid} ({t.name}) is not a 64-bit x86_64 "
                 "process", "snapcore supports 64-bit x86_64 processes only")
-    elif cgroups.frozen(t.pid):
-        where = cgroups.frozen(t.pid)
+    elif where := facts.cgroups.frozen():
         pre.add("state", REFUSE, f"process {t.pid} ({t.name}) is in a frozen cgroup "
                 f"({where}): it cannot stop for a snapshot until it is thawed",
                 "thaw it first (freezer.state THAWED, or cgroup.freeze 0)")
     else:
-        stuck = [tid for tid in t.threads if _safe_state(t.pid, tid) == "D"]
+        stuck = [tid for tid in t.threads if facts.thread_state(tid) == "D"]
         if stuck:
             pre.add("state", WARN, f"{len(stuck)} thread(s) in uninterruptible sleep "
                     f"(e.g. {stuck[0]})", "snapcore waits up to its stop timeout for them, "
@@ -112,27 +95,21 @@ def check_state(pre: Preflight) -> None:
             pre.add("state", OK, f"running (state {t.state}), {len(t.threads)} thread(s)")
 
 
-def _safe_state(pid: int, tid: int) -> str:
-    try:
-        return thread_state(pid, tid)
-    except OSError:
-        return "?"
-
-
-def exec_race(pre: Preflight, exc, stage: Stage):
+def exec_race(plan: Plan, exc, stage: Stage):
     """What a refusal to trace the target really was.  ptrace answers EPERM,
     not ESRCH, to a task whose exit has begun: the main thread that another
     thread's exec replaces (de_thread), when snapcore named it by its pid
     just before, and the exec is through by the time the answer comes.  A
     process whose memory layout or executable changed since the preflight
-    was exec'ing: say so, not "run as root".  Other errors are given back."""
-    t = pre.target
-    if not isinstance(exc, PermissionDenied) or not pre.fingerprint \
+    was exec'ing: say so, not "run as root".  Other errors are given back.
+    Read live: what the process is now, not what the preflight saw."""
+    t = plan.target
+    if not isinstance(exc, PermissionDenied) or not plan.fingerprint \
             or exc.pid not in (t.pid, *t.threads):
         return exc
     try:
         gone = start_time(t.pid) != t.start_time  # its pid is another process's now
-        changed = (mm_fingerprint(t.pid) != pre.fingerprint
+        changed = (mm_fingerprint(t.pid) != plan.fingerprint
                    or os.readlink(f"/proc/{t.pid}/exe") != t.exe)
     except OSError:
         gone = True
@@ -147,7 +124,7 @@ def exec_race(pre: Preflight, exc, stage: Stage):
 
 
 def check_dumpable(pre: Preflight) -> None:
-    t = pre.target
+    t = pre.plan.target
     # /proc/PID/* belong to root when the process is not dumpable
     # (fs/proc/base.c: task_dump_owner); for root's processes it cannot show.
     if t.euid != 0 and t.proc_owner == 0 and not t.kernel_thread:

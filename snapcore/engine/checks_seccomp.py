@@ -8,13 +8,13 @@ from __future__ import annotations
 
 import os
 
-from snapcore.engine import child as childmod
-from snapcore.engine import forkthread, keeper
+from snapcore.engine import calls
 from snapcore.engine.checks_process import CAP_SYS_ADMIN, _has_cap, exec_race
+from snapcore.engine.kernelerrors import meaning
 from snapcore.engine.request import Request
 from snapcore.engine.verdicts import OK, REFUSE, Preflight
-from snapcore.errors import SnapcoreError, Stage
-from snapcore.linux import abi, arch, ptrace, seccomp
+from snapcore.errors import Stage
+from snapcore.linux import arch, ptrace, seccomp
 from snapcore.linux.procfs import thread_seccomp
 from snapcore.linux.proctext import proc_open
 from snapcore.linux.userfaultfd import EVENT_FORK, REGISTERED, features
@@ -22,38 +22,23 @@ from snapcore.linux.window import peek
 
 
 def planned_syscalls(threads: int) -> list[tuple[str, str, tuple[int, ...]]]:
-    """Every syscall snapcore injects: (who runs it, name, args), pointers and
-    pids as 0.  All run under the runner's seccomp filters: the fork thread,
-    the tasks it makes and the child inherit them.  The engine checks each
-    again just before it runs, with its real address and arguments."""
-    ft, page = forkthread, arch.PAGE_SIZE
-    calls = [("target", "mmap", (0, page, ft.PAGE_PROT, ft.PAGE_FLAGS, -1, 0)),
-             ("target", "clone", (ft.THREAD_FLAGS, 0, 0, 0, 0)),
-             ("target", "munmap", (0, page)),
-             ("target", "wait4", (0, 0, abi.WALL | abi.WNOHANG, 0)),
-             ("fork thread", "clone", (ft.CHILD_FLAGS, 0, 0, 0, 0)),
-             ("fork thread", "madvise", (0, page, abi.MADV_DONTFORK)),
-             ("fork thread", "wait4", (-1, 0, keeper.REAP, 0)),
-             ("fork thread", "wait4", (-1, 0, ft.LOOP_WAIT, 0)),
-             ("fork thread", "munmap", (0, page)),
-             ("fork thread", "exit", (0,))]
-    for name, args in childmod.CHILD_SYSCALLS:
-        calls.append(("child", name, args))
-    calls.append(("child", "close", (0,)))  # close_range's fallback, kernels before 5.9
-    if threads > 1:
-        calls.append(("child", "clone", (childmod.CLONE_THREAD_FLAGS, 0, 0, 0, 0)))
-    return calls
+    """Every syscall snapcore may inject whose refusal would stop a snapshot
+    (engine/calls.py): (who runs it, name, args), pointers and pids as 0.
+    All run under the runner's seccomp filters: the fork thread, the tasks
+    it makes and the child inherit them.  The engine checks each again just
+    before it runs, with its real address and arguments."""
+    return [(c.who, c.name, c.judged()) for c in calls.planned(threads)]
 
 
 def planned_refusals(threads: int):
     """refused(guard, at) -> which planned calls a thread's filters would not
     let run from the `syscall` at `at` ("" when all would run)."""
-    calls = planned_syscalls(threads)
+    planned = calls.planned(threads)
 
     def refused(guard: seccomp.Guard, at: int) -> str:
-        return "; ".join(f"{name} in the {who}: {seccomp.describe(ret)}"
-                         for who, name, args in calls
-                         if seccomp.action(ret := guard.allows(arch.NR[name], args, at))
+        return "; ".join(f"{c.name} in the {c.who}: {seccomp.describe(ret)}"
+                         for c in planned
+                         if seccomp.action(ret := guard.allows(c.nr, c.judged(), at))
                          not in seccomp.HARMLESS)
     return refused
 
@@ -64,7 +49,7 @@ def check_seccomp(pre: Preflight, opts: Request, candidates: list[int]) -> None:
     own filters let every planned call run: find one, and the first `syscall`
     address from which all would.  The window reads the filters again, once
     no thread can install one (engine/fork.py: choose_runner)."""
-    t = pre.target
+    t = pre.plan.target
     modes = {tid: thread_seccomp(t.pid, tid) for tid in t.threads}
     if not any(modes.values()):
         pre.add("seccomp", OK, "no seccomp filter")
@@ -126,7 +111,7 @@ def _judge_threads(pre: Preflight, opts: Request, candidates: list[int],
                    filtered: list[int]) -> None:
     """Read the filters of the threads that have some, main thread first, until
     one allows every planned call from one of the `syscall` candidates."""
-    t = pre.target
+    t = pre.plan.target
     refused_by = planned_refusals(len(t.threads))
     order = sorted(filtered, key=lambda tid: tid != t.pid)
     reasons: list[str] = []
@@ -137,13 +122,14 @@ def _judge_threads(pre: Preflight, opts: Request, candidates: list[int],
             for at in candidates:
                 blocked = refused_by(guard, at)
                 if not blocked:
-                    pre.syscall_at = at
+                    pre.plan.syscall_at = at
                     pre.add("seccomp", OK, f"thread {tid}'s {len(raw)} seccomp filter(s) "
                             f"allow every injected syscall from {at:#x}")
                     return
             reasons.append(f"thread {tid}: {blocked}")
-        except (SnapcoreError, seccomp.FilterError) as exc:
-            raced = exec_race(pre, exc, Stage.PREFLIGHT)
+        except (ptrace.PtraceFailed, seccomp.FilterError) as failed:
+            exc = meaning(failed)  # what the peek's ptrace failure means
+            raced = exec_race(pre.plan, exc, Stage.PREFLIGHT)
             if raced is not exc:
                 raise raced from None
             reasons.append(f"thread {tid}: cannot evaluate its filters ({exc})")
@@ -157,7 +143,7 @@ def check_userfaultfd(pre: Preflight, maps) -> None:
     events only once its monitor has read the event (fs/userfaultfd.c:
     dup_userfaultfd_complete): a monitor thread snapcore holds would never
     read it.  The window lets the target go at its timeout all the same."""
-    t = pre.target
+    t = pre.plan.target
     registered = [m for m in maps if m.flags & set(REGISTERED)]
     if not registered:
         pre.add("userfaultfd", OK, "no memory registered with a userfaultfd")

@@ -17,7 +17,7 @@ import os
 from pathlib import Path
 
 from snapcore import units
-from snapcore.core import core_pattern, placement, staging
+from snapcore.core import core_pattern, staging
 from snapcore.core.dumprules import CoreSize
 from snapcore.engine.request import Request
 from snapcore.engine.verdicts import OK, REFUSE, Preflight
@@ -32,8 +32,8 @@ SHARED_FILL_WORTH = 1 << 20
 
 def choose_writer(pre: Preflight, opts: Request, pattern: core_pattern.CorePattern,
                   sizes: CoreSize | None) -> None:
-    """Sets pre.writer and its reason, and adds the `writer` verdict."""
-    t = pre.target
+    """Sets pre.plan.writer and its reason, and adds the `writer` verdict."""
+    t = pre.plan.target
     asked = opts.writer
     # RLIMIT_CORE counts the file's size, holes included (dump_skip).
     size = sizes.apparent if sizes else 0
@@ -60,7 +60,7 @@ def choose_writer(pre: Preflight, opts: Request, pattern: core_pattern.CorePatte
                 f"({units.human(t.core_hard)}) is below the core's size "
                 f"(about {units.human(size)}): the kernel would cut it short")
     elif pattern.kind == "absolute" and not os.path.isdir(
-            placement.target_root(t.pid) + os.path.dirname(pattern.pattern)):
+            pre.plan.facts.root + os.path.dirname(pattern.pattern)):
         _chosen(pre, "snapcore", f"core_pattern writes to {os.path.dirname(pattern.pattern)}, "
                 "which does not exist for the process")
     elif pattern.kind == "relative" and (nowhere := _no_staging(pre, opts)):
@@ -81,31 +81,30 @@ def choose_writer(pre: Preflight, opts: Request, pattern: core_pattern.CorePatte
     else:
         _chosen(pre, "kernel", f"core_pattern writes a file ({pattern.pattern}) and the "
                 "limits let the kernel write it")
-    pre.add("writer", OK, f"{pre.writer}'s writer: {pre.writer_reason}")
+    pre.add("writer", OK, f"{pre.plan.writer}'s writer: {pre.plan.writer_reason}")
 
 
 def _no_staging(pre: Preflight, opts: Request) -> str:
     """Why the kernel's core has nowhere to be staged ("" when it has):
     a read-only or absent /var/tmp and /tmp in the target's view, say a
     distroless image (core/staging.py: staging_base)."""
-    t = pre.target
+    t = pre.plan.target
     try:
-        staging.staging_base(Path(opts.output_dir).absolute(), t.uid,
-                             placement.target_root(t.pid))
+        staging.staging_base(Path(opts.output_dir).absolute(), t.uid, pre.plan.facts.root)
     except OutputError as exc:
         return exc.message
     return ""
 
 
 def _chosen(pre: Preflight, writer: str, why: str) -> None:
-    pre.writer, pre.writer_reason = writer, why
+    pre.plan.writer, pre.plan.writer_reason = writer, why
 
 
 def disk_need(pre: Preflight, opts: Request, size: int) -> tuple[int, str]:
     """The room the disk check asks for: the core's estimate, or with
     --compress and snapcore's writer (which never writes the raw core) the
     estimate divided by the ratio the operator expects, when given."""
-    if opts.compress and pre.writer == "snapcore" and opts.compress_ratio > 1:
+    if opts.compress and pre.plan.writer == "snapcore" and opts.compress_ratio > 1:
         return int(size / opts.compress_ratio), (f" (compressed, assuming "
                                                   f"{opts.compress_ratio:g}:1)")
     return size, ""

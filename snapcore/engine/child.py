@@ -10,53 +10,26 @@ outside needs CAP_SYS_RESOURCE or a matching uid.
 from __future__ import annotations
 
 import os
-import signal
+from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
-from snapcore.errors import CoreNotWritten, InternalError, NoSuchProcess, NotDumpable, Stage
-from snapcore.linux import abi, arch, ptrace
-from snapcore.linux.inject import HeldThread, TargetReplaced, syscall, wait_for_interrupt_stop
+from snapcore.engine import calls
+from snapcore.engine.kernelerrors import decided
+from snapcore.errors import (CoreNotWritten, InternalError, NoSuchProcess, NotDumpable, Stage,
+                             TargetReplaced)
+from snapcore.linux import arch, ptrace, seccomp
+from snapcore.linux.inject import HeldThread, syscall, wait_for_interrupt_stop
 
-PROT_READ_WRITE = abi.PROT_READ | abi.PROT_WRITE
-MAP_PRIVATE_ANONYMOUS = abi.MAP_PRIVATE | abi.MAP_ANONYMOUS
-SCHED_IDLE = 5
-PRIO_PROCESS = 0
-IOPRIO_WHO_PROCESS = 1
-IOPRIO_CLASS_IDLE = 3
-RLIMIT_CORE = 4
-CLOSE_RANGE_ALL = (1 << 32) - 1
+if TYPE_CHECKING:
+    from snapcore.engine.fork import Parent
 
 # Layout of the scratch page mapped into the child.
 _SIGACTION_AT = 0  # struct kernel_sigaction: handler, flags, restorer, mask (all 0: SIG_DFL)
 _SCHED_PARAM_AT = 64  # struct sched_param {0}
 _RLIMIT_AT = 128  # struct rlimit {soft, hard}
 _PATH_AT = 256  # the staging directory, NUL-terminated
-
-
-# A thread of the child that shares everything with it, like a pthread.
-CLONE_THREAD_FLAGS = (abi.CLONE_VM | abi.CLONE_FS | abi.CLONE_FILES | abi.CLONE_SIGHAND
-                      | abi.CLONE_THREAD | abi.CLONE_SYSVSEM)
-PR_GET_DUMPABLE = abi.PR_GET_DUMPABLE
-PR_SET_DUMPABLE = abi.PR_SET_DUMPABLE
-PR_SET_NAME = abi.PR_SET_NAME
-
-# What runs inside the child, pointers as 0: the seccomp preflight evaluates
-# exactly these (plus the CLONE_THREAD clone when there are threads).
-CHILD_SYSCALLS = [
-    ("munmap", (0, arch.PAGE_SIZE)),  # the fork thread's page: not the target's
-    ("mmap", (0, arch.PAGE_SIZE, PROT_READ_WRITE, MAP_PRIVATE_ANONYMOUS, -1, 0)),
-    ("prlimit64", (0, RLIMIT_CORE, 0, 0)),
-    ("rt_sigaction", (signal.SIGABRT, 0, 0, arch.KERNEL_SIGSET_SIZE)),
-    ("chdir", (0,)),
-    ("prctl", (PR_SET_NAME, 0)),
-    ("prctl", (PR_GET_DUMPABLE,)),
-    ("prctl", (PR_SET_DUMPABLE, 1)),
-    ("close_range", (0, CLOSE_RANGE_ALL, 0)),
-    ("sched_setscheduler", (0, SCHED_IDLE, 0)),
-    ("setpriority", (PRIO_PROCESS, 0, 19)),
-    ("ioprio_set", (IOPRIO_WHO_PROCESS, 0, IOPRIO_CLASS_IDLE << 13)),
-    ("munmap", (0, arch.PAGE_SIZE)),
-]
+_NAME_AT = 512  # the target's name, NUL-terminated (at most 15 bytes + NUL)
 
 
 @dataclass
@@ -73,16 +46,20 @@ class Child:
     # container's), which is what the kernel writes into the core's notes.
     ns_tids: dict[int, int] = field(default_factory=dict)
     scratch: int = 0  # a page mapped in the child for syscall arguments
-    guard: object = None  # seccomp.Guard: the child inherited the fork thread's filters
+    guard: seccomp.Guard | None = None  # the child inherited the fork thread's filters
     page: int = 0  # the fork thread's code page, which the child has a copy of
     # keeper() -> False once the child's parent, the fork thread, has ended
     # (the target exec'd or exited): the dump is then abandoned at once.
-    keeper: object = None
+    keeper: Callable[[], bool] | None = None
     # The fork thread, which reaps the child's end the moment snapcore has
     # collected it (ready() before, reap() after; engine/fork.py: Parent):
     # meanwhile a __WALL wait of the target could see it.
-    parent: object = None
+    parent: Parent | None = None
     oom_kills_before: int = field(default_factory=lambda: oom_kills())
+
+    def __post_init__(self) -> None:
+        if self.guard is not None and self.guard.task != calls.CHILD:
+            self.guard = self.guard.inherited(calls.CHILD)  # the fork copied its filters
 
     def oom_killed(self) -> bool:
         """Whether the OOM killer struck since the child was made (the kernel
@@ -107,9 +84,7 @@ def oom_kills() -> int:
     return 0
 
 
-_NAME_AT = 512  # the target's name, NUL-terminated (at most 15 bytes + NUL)
-
-
+@decided
 def prepare(child: Child, at: int, *, core_hard: int, staging: str | None, name: str,
             allow_undumpable: bool, deadline: float) -> None:
     """Make the child harmless: its own core limit, SIGABRT at its default, the
@@ -121,27 +96,25 @@ def prepare(child: Child, at: int, *, core_hard: int, staging: str | None, name:
     _check_dumpable(child, call, allow_undumpable)
     scratch = _scratch_page(pid, call, core_hard, staging, name)
     # Must succeed, or there is no core (or a core somewhere unexpected).
-    required = [
-        ("prlimit64", (0, RLIMIT_CORE, scratch + _RLIMIT_AT, 0)),
-        ("rt_sigaction", (signal.SIGABRT, scratch + _SIGACTION_AT, 0,
-                          arch.KERNEL_SIGSET_SIZE)),
-    ]
+    required = [(calls.CORE_LIMIT, scratch + _RLIMIT_AT),
+                (calls.ABORT_DEFAULT, scratch + _SIGACTION_AT)]
     if staging:
-        required.append(("chdir", (scratch + _PATH_AT,)))
-    for syscall_name, args in required:
-        ret = call(syscall_name, *args)
+        required.append((calls.CHDIR, scratch + _PATH_AT))
+    for required_call, pointer in required:
+        ret = call(required_call, pointer)
         if ret < 0:
-            raise CoreNotWritten(f"{syscall_name} in the snapshot child failed: "
+            raise CoreNotWritten(f"{required_call.name} in the snapshot child failed: "
                                  f"{os.strerror(-ret)}", stage=Stage.CHILD)
     # The forking thread may be a worker with its own name; the core's
     # process name (NT_PRPSINFO) and core_pattern's %e come from the child.
-    if call("prctl", PR_SET_NAME, scratch + _NAME_AT) < 0:
+    if call(calls.NAME_CHILD, scratch + _NAME_AT) < 0:
         child.notes.append("could not name the child after the target")
     _close_files(pid, call)
     child.scratch = scratch
     _oom_first(child)
 
 
+@decided
 def prepare_still(child: Child, at: int, *, allow_undumpable: bool, deadline: float) -> None:
     """Make the child harmless for snapcore's own writer, which only reads it:
     no open files, the OOM killer's first choice, and nothing else.  No page
@@ -157,19 +130,20 @@ def prepare_still(child: Child, at: int, *, allow_undumpable: bool, deadline: fl
 def _unmap_fork_page(child: Child, call) -> None:
     """The child was forked by the fork thread, page and all: the core shows
     the target's memory, not snapcore's page."""
-    if child.page and call("munmap", child.page, arch.PAGE_SIZE) < 0:
+    if child.page and call(calls.CHILD_UNMAP, child.page) < 0:
         child.notes.append("the fork thread's page could not be unmapped from the child: "
                            "the core shows one page more than the process has")
 
 
 def _injector(child: Child, at: int, deadline: float):
-    """call(name, *args) -> the return of that syscall run in the stopped child,
-    from the registers it has now (it waits in the event stop it was born in:
-    engine/forkthread.py took that stop to give it PTRACE_O_EXITKILL)."""
+    """call(c, *values) -> the return of call `c` of the table (`values`: its
+    ANY arguments) run in the stopped child, from the registers it has now
+    (it waits in the event stop it was born in: engine/forkthread.py took
+    that stop to give it PTRACE_O_EXITKILL)."""
     base = ptrace.get_regs(child.pid)
 
-    def call(syscall_name: str, *args: int) -> int:
-        return syscall(child.pid, base, at, arch.NR[syscall_name], *args, deadline=deadline,
+    def call(c: calls.Call, *values: int) -> int:
+        return syscall(child.pid, base, at, c.nr, *c.bind(*values), deadline=deadline,
                        guard=child.guard)[0]
     return call
 
@@ -187,7 +161,7 @@ def _oom_first(child: Child) -> None:
 def _check_dumpable(child: Child, call, allow_undumpable: bool, writer: str = "kernel") -> None:
     """The child inherited the target's dumpable flag: for root's processes
     this is the only place it can be read."""
-    if call("prctl", PR_GET_DUMPABLE) != 0:
+    if call(calls.GET_DUMPABLE) != 0:
         return
     if not allow_undumpable:
         raise NotDumpable("the process made itself non-dumpable (PR_SET_DUMPABLE 0): "
@@ -197,7 +171,7 @@ def _check_dumpable(child: Child, call, allow_undumpable: bool, writer: str = "k
         return  # snapcore reads the child as root: the flag needs no change
     # Overridden: only the child is made dumpable again (a process may set
     # its own flag back to 1 without privilege); the target keeps its 0.
-    if call("prctl", PR_SET_DUMPABLE, 1) < 0:
+    if call(calls.SET_DUMPABLE) < 0:
         child.notes.append("could not make the child dumpable: the kernel will write no "
                            "core")
 
@@ -205,7 +179,7 @@ def _check_dumpable(child: Child, call, allow_undumpable: bool, writer: str = "k
 def _scratch_page(pid: int, call, core_hard: int, staging: str | None, name: str) -> int:
     """Map a page in the child and fill it with the arguments its setup calls
     point to (the child is a private copy: this touches nothing of the target)."""
-    scratch = call("mmap", 0, arch.PAGE_SIZE, PROT_READ_WRITE, MAP_PRIVATE_ANONYMOUS, -1, 0)
+    scratch = call(calls.SCRATCH)
     if scratch < 0:
         raise InternalError(f"mmap in the snapshot child failed ({scratch})",
                             stage=Stage.CHILD)
@@ -228,13 +202,14 @@ def _scratch_page(pid: int, call, core_hard: int, staging: str | None, name: str
 def _close_files(pid: int, call) -> None:
     """Close the child's copies of the target's descriptors: a socket the
     target closes would otherwise stay half-open until the dump ends."""
-    ret = call("close_range", 0, CLOSE_RANGE_ALL, 0)
+    ret = call(calls.CLOSE_ALL)
     if ret == 0:
         return
     for fd in sorted(int(n) for n in os.listdir(f"/proc/{pid}/fd")):  # kernels before 5.9
-        call("close", fd)
+        call(calls.CLOSE_ONE, fd)
 
 
+@decided
 def resurrect(child: Child, at: int, threads: list[HeldThread], deadline: float) -> None:
     """Give the child one thread per other target thread, with that thread's state.
 
@@ -248,8 +223,9 @@ def resurrect(child: Child, at: int, threads: list[HeldThread], deadline: float)
     base = ptrace.get_regs(pid)
     for thread in threads:
         sp = getattr(thread.regs, arch.REG_SP)
-        ret, events = syscall(pid, base, at, arch.NR["clone"], CLONE_THREAD_FLAGS, sp, 0, 0, 0,
-                              deadline=deadline, guard=child.guard)
+        clone = calls.RECREATE_THREAD
+        ret, events = syscall(pid, base, at, clone.nr, *clone.bind(sp), deadline=deadline,
+                              guard=child.guard)
         born = [msg for event, msg in events if event == ptrace.EVENT_CLONE]
         if ret < 0 or not born:
             raise InternalError(f"could not recreate thread {thread.tid} in the snapshot "
@@ -265,6 +241,7 @@ def resurrect(child: Child, at: int, threads: list[HeldThread], deadline: float)
         ptrace.set_sigmask(tid, thread.sigmask)
 
 
+@decided
 def lower_priority(child: Child, at: int, deadline: float) -> None:
     """Make the dumping thread idle for the machine, and drop the scratch page.
 
@@ -274,15 +251,14 @@ def lower_priority(child: Child, at: int, deadline: float) -> None:
     """
     pid = child.pid
     base = ptrace.get_regs(pid)
-    for name, args in [
-        ("sched_setscheduler", (0, SCHED_IDLE, child.scratch + _SCHED_PARAM_AT)),
-        ("setpriority", (PRIO_PROCESS, 0, 19)),
-        ("ioprio_set", (IOPRIO_WHO_PROCESS, 0, IOPRIO_CLASS_IDLE << 13)),
-        ("munmap", (child.scratch, arch.PAGE_SIZE)),
+    for call, args in [
+        (calls.IDLE_POLICY, calls.IDLE_POLICY.bind(child.scratch + _SCHED_PARAM_AT)),
+        (calls.IDLE_NICENESS, calls.IDLE_NICENESS.bind()),
+        (calls.IDLE_IO_CLASS, calls.IDLE_IO_CLASS.bind()),
+        (calls.CHILD_UNMAP, calls.CHILD_UNMAP.bind(child.scratch)),
     ]:
-        ret = syscall(pid, base, at, arch.NR[name], *args, deadline=deadline,
-                      guard=child.guard)[0]
+        ret = syscall(pid, base, at, call.nr, *args, deadline=deadline, guard=child.guard)[0]
         if ret < 0:
-            child.notes.append(f"{name}: {os.strerror(-ret)}")
+            child.notes.append(f"{call.name}: {os.strerror(-ret)}")
 
 

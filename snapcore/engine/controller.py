@@ -23,11 +23,13 @@ child, or snapcore's own writer.
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from snapcore.errors import CoreNotWritten, Stage
 from snapcore.linux import cgroups, priority
 from snapcore.linux.priority import IDLE, Level
+from snapcore.linux.procstat import read_meminfo
 from snapcore.units import human
 
 SETTLE = 1.0  # seconds of progress measured before (and after) each deadline step
@@ -82,24 +84,20 @@ class MemoryWatch:
 
 def _meminfo_anon() -> int | None:
     try:
-        with open("/proc/meminfo") as f:
-            for line in f:
-                if line.startswith("AnonPages:"):
-                    return int(line.split()[1]) * 1024
-    except OSError:
-        pass
-    return None
+        return read_meminfo().get("AnonPages")  # live: a change over time
+    except (OSError, ValueError):
+        return None
 
 
 @dataclass
 class Controller:
-    written: object  # () -> bytes of the core so far (on disk, or sent)
+    written: Callable[[], int]  # bytes of the core so far (on disk, or sent)
     expected: int  # bytes the core should take
     levels: list[Level]  # ladder(): the lowest first
     deadline: float = 30.0  # seconds: aim to have the core by then; 0: never step for time
     max_dump_time: float = 0.0  # seconds: abandon the dump after this; 0: never
     memory: MemoryWatch | None = None
-    progress: object = None  # (written, expected) -> None, for a progress bar
+    progress: Callable[[int, int], None] | None = None  # (written, expected): a progress bar
     steps: list[dict] = field(default_factory=list)
     failure: str = ""  # "max_dump_time" or "memory" once the dump is abandoned
     memory_seen: tuple = ()  # (elapsed s, copies' cost) at the last look
@@ -164,8 +162,10 @@ class Controller:
                 f"{min(100, 100 * waited / span):.0f}% of the time")
 
     def _memory_rule(self, elapsed: float, tasks: list[int]) -> bool:
-        room = self.memory.room
-        cost = self.memory.cost()
+        memory = self.memory
+        assert memory is not None  # tick() asks only with a MemoryWatch
+        room = memory.room
+        cost = memory.cost()
         if room <= 0:
             return False
         # Where the copies will be by the look after next, at the rate they
@@ -175,10 +175,10 @@ class Controller:
         rate = max(cost - last_cost, 0) / (elapsed - last_at) if elapsed > last_at else 0
         self.memory_seen = (elapsed, cost)
         projected = cost + rate * 2 * self.period
-        if self.memory.ceiling:
+        if memory.ceiling:
             # A target that rewrites all it has copies no more than that: the
             # rate of a rewrite burst says nothing past it.
-            projected = min(projected, max(cost, self.memory.ceiling))
+            projected = min(projected, max(cost, memory.ceiling))
         share = projected / room
         what = (f"the copy-on-write copies reached {human(cost)} of the {human(room)} "
                 f"the memory check found free")

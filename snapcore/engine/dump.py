@@ -11,12 +11,14 @@ import time
 from snapcore.engine.child import Child
 from snapcore.engine import interrupts
 from snapcore.engine.controller import Controller
-from snapcore.errors import NoSuchProcess
+from snapcore.engine.kernelerrors import decided
 from snapcore.linux import priority, ptrace, release, stops
 from snapcore.linux.inject import HeldThread
+from snapcore.linux.ptrace import TaskGone
 from snapcore.linux.stops import ENDED, StopKind
 
 
+@decided
 def dump(child: Child, runner: HeldThread,
          controller: Controller | None = None) -> tuple[stops.Stop, float]:
     """Give the child the forking thread's state back and let SIGABRT dump it.
@@ -83,7 +85,7 @@ def _collect(child: Child, deadline: float | None = None,
             else:
                 try:
                     ptrace.cont(tid)  # the dump is waking it: let it go to its end
-                except NoSuchProcess:
+                except TaskGone:
                     pass
         if left:
             # The kernel dumps from the thread that took SIGABRT: the first.
@@ -98,6 +100,7 @@ def _collect(child: Child, deadline: float | None = None,
     return ended or stops.Stop(StopKind.KILLED, sig=signal.SIGKILL)
 
 
+@decided
 def kill(child: Child) -> None:
     """End the child (a private copy: killing it harms no one) and collect it."""
     if not child.alive:

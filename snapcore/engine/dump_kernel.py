@@ -16,6 +16,7 @@ from snapcore.core import core_pattern, notes, placement, store
 from snapcore.engine import child as childmod
 from snapcore.engine import dump, phase
 from snapcore.engine.controller import Controller
+from snapcore.engine.kernelerrors import decided
 from snapcore.engine.phase import Dumped, Run
 from snapcore.errors import CoreNotWritten, Stage
 from snapcore.linux import stops
@@ -23,6 +24,7 @@ from snapcore.linux.procfs import Target, thread_name
 from snapcore.linux.stops import StopKind
 
 
+@decided
 def dump_and_store(run: Run) -> Dumped:
     target, pattern, forked = run.plan.target, run.plan.core_pattern, run.forked
     where = None if pattern.kind == "pipe" else core_pattern.expand(
@@ -83,6 +85,7 @@ def _store(run: Run, where: str | None, since: float, dumped: Dumped, ended: sto
     if not ended.core_dumped:
         raise CoreNotWritten(_why_no_core(target, ended, pattern, run.staging, kid),
                              pid=pid, stage=Stage.DUMP)
+    assert where is not None  # not a pipe
     rejected: list[str] = []
     core = store.open_core(where, run.staging, since, {target.uid, target.euid}, rejected)
     if core is None and rejected:
@@ -109,14 +112,15 @@ def _rename_threads(run: Run, core: store.OpenCore, dumped: Dumped) -> None:
     write the target's own ids (in that namespace too) in their place."""
     kid, target_ns, pid = run.kid, run.target_ns, run.plan.target.pid
     layout = notes.check_core(core, run.forked.child_ns_pid)
-    renames = {kid.ns_tids[c]: target_ns[t] for c, t in kid.threads.items()
-               if target_ns.get(t) is not None}
+    renames = {kid.ns_tids[c]: ns for c, t in kid.threads.items()
+               if (ns := target_ns.get(t)) is not None}
     if len(renames) < len(kid.threads):
         dumped.notes.append("threads that ended right after the fork keep the child's "
                             "ids in the core")
-    notes.rename_threads(core, layout, renames, target_ns.get(pid) or 0)
-    if target_ns.get(pid) is not None:
-        notes.main_thread_first(core, target_ns[pid])
+    main = target_ns.get(pid)
+    notes.rename_threads(core, layout, renames, main or 0)
+    if main is not None:
+        notes.main_thread_first(core, main)
 
 
 def _thread_map(pid: int, run: Run) -> list[dict]:

@@ -22,6 +22,7 @@ from snapcore.core.sink import FdWriter, FileSink, StreamSink, zstd_sink
 from snapcore.engine import child as childmod
 from snapcore.engine import dump, phase
 from snapcore.engine.controller import Controller
+from snapcore.engine.kernelerrors import decided
 from snapcore.engine.phase import Dumped, Run
 from snapcore.errors import CoreNotWritten, NoSuchProcess, OutputError, Stage
 from snapcore.linux import maps, priority, taskinfo
@@ -36,12 +37,13 @@ def gather(pid: int, held: list[HeldThread], target_ns: dict[int, int | None]):
     right after the fork: its child's are taken then, see _facts)."""
     states = []
     for thread in held:
-        facts = taskinfo.thread_facts(pid, thread.tid)
+        times = taskinfo.thread_facts(pid, thread.tid)
         states.append(corenotes.ThreadState(
             tid=target_ns.get(thread.tid) or thread.tid, regs=bytes(thread.regs),
             xstate=thread.xstate, sigmask=thread.sigmask,
-            sigpend=facts.sigpend if facts else 0, utime=facts.utime if facts else 0,
-            stime=facts.stime if facts else 0))
+            sigpend=times.sigpend if times else 0, utime=times.utime if times else 0,
+            stime=times.stime if times else 0))
+    facts: taskinfo.ProcessFacts | None
     try:
         facts = taskinfo.process_facts(pid)
     except OSError:
@@ -94,6 +96,7 @@ def open_sink(run: Run, name: str):
     new by core/store.py under the hidden name that publish.publish later
     turns into its own."""
     request = run.request
+    sink: StreamSink | FileSink
     if request.stream is not None:
         sink = zstd_sink(request.stream) if request.compress else \
             StreamSink(FdWriter(request.stream))
@@ -187,6 +190,7 @@ def _raise(error: BaseException) -> None:
     raise error
 
 
+@decided
 def dump_and_store(run: Run) -> Dumped:
     """The phase after the window with snapcore's writer: the child made
     harmless, its core written, the child killed and reaped as for the kernel's

@@ -1,6 +1,7 @@
 """Numbers for the preflight: how much memory the copy-on-write child may
-cost, and how much room the machine has.  How big the core will be is
-core/dumprules.core_size: the rule the writers follow."""
+cost, and how much room the filesystem has.  How big the core will be is
+core/dumprules.core_size: the rule the writers follow.  What the machine
+has (meminfo, overcommit): the preflight's facts (linux/facts.py)."""
 
 from __future__ import annotations
 
@@ -18,20 +19,6 @@ def cow_worst_case(maps: list[Vma]) -> int:
 def private_writable_size(maps: list[Vma]) -> int:
     """What fork() charges against the commit limit (vm.overcommit_memory=2)."""
     return sum(m.size for m in maps if m.perms[1] == "w" and m.perms[3] == "p")
-
-
-def meminfo() -> dict[str, int]:
-    out = {}
-    with open("/proc/meminfo") as f:
-        for line in f:
-            key, value = line.split(":", 1)
-            out[key] = int(value.split()[0]) * 1024
-    return out
-
-
-def overcommit_mode() -> int:
-    with open("/proc/sys/vm/overcommit_memory") as f:
-        return int(f.read())
 
 
 def free_space(path: str) -> tuple[int, int]:

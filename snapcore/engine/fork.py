@@ -23,11 +23,13 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass
 
-from snapcore.engine import forkthread, interrupts, keeper, leftovers
+from snapcore.engine import calls, forkthread, interrupts, keeper, leftovers
 from snapcore.engine.forkthread import ForkThread
+from snapcore.engine.kernelerrors import decided, meaning
 from snapcore.errors import InternalError, SnapcoreError, Stage, StopTimeout, Unsupported
 from snapcore.linux import arch, landing, procfs, ptrace, rseq, seccomp, stops
 from snapcore.linux.inject import HeldThread
+from snapcore.linux.ptrace import PtraceFailed
 from snapcore.linux.window import Window
 
 # After the window's deadline the fork is waited for this long more, with
@@ -50,6 +52,7 @@ class ForkTooSlow(StopTimeout):
     """The fork outlived the stop timeout: the target was let go at the timeout."""
 
 
+@decided
 def fork(pid: int, at: int, *, threads: list[int] | None, timeout: float, check,
          planned, pages: list[int], sites: landing.Sites | None = None) -> Forked:
     """Make the snapshot child in one stop window of the target (see above).
@@ -94,10 +97,10 @@ def _inside(window: Window, runner: HeldThread, guard, at: int, pages: list[int]
         raise Unsupported(f"the seccomp filters of process {window.pid} would answer "
                           f"{blocked} to the fork thread's own wait4 or exit",
                           "it cannot be snapshot safely", pid=window.pid, stage=Stage.FORK)
-    thread = ForkThread(window.pid, page, at, guard, sites, in_page)
+    thread = ForkThread(window.pid, page, at, guard.inherited(calls.FORK_THREAD), sites, in_page)
     try:
         with stops.while_waiting(lambda: keeper.collect_if_ended(thread)):
-            forkthread.spawn(runner, thread, deadline)
+            forkthread.spawn(runner, guard, thread, deadline)
     except BaseException:
         if thread.tid:
             made["thread"] = thread
@@ -136,13 +139,14 @@ class Parent:
         try:
             with interrupts.cleanup():  # a stop it took must be recorded as taken
                 keeper.take_back(self.thread, time.monotonic() + 10)
-        except SnapcoreError:
+        except (SnapcoreError, PtraceFailed):
             pass  # finish says so
 
     def reap(self) -> list[str]:
         return finish(self.thread)
 
 
+@decided
 def finish(thread: ForkThread) -> list[str]:
     """After the dump, the child ended and collected: take the fork thread
     back, let it reap the child, unmap its page and leave (once: a second
@@ -163,9 +167,10 @@ def _finish(thread: ForkThread) -> list[str]:
         if keeper.take_back(thread, deadline):
             keeper.end(thread, deadline)
             return []
-    except SnapcoreError as exc:
-        return [f"the fork thread could not be ended ({exc.message}): snapcore lets it go "
-                "in its page, where it reaps the child and exits; the page stays until "
+    except (SnapcoreError, PtraceFailed) as exc:
+        why = exc if isinstance(exc, SnapcoreError) else meaning(exc)
+        return [f"the fork thread could not be ended ({why.message}): snapcore lets "
+                "it go in its page, where it reaps the child and exits; the page stays until "
                 "the next snapshot"]
     # Ended by the target's exec or exit: the child passed to the thread that
     # exec'd (or to the reaper), and ended, before the fork thread is collected.
@@ -214,8 +219,9 @@ def choose_runner(window: Window, at: int, planned) -> tuple[HeldThread, seccomp
                           "snapshot safely",
                           pid=window.pid, stage=Stage.CAPTURE)
     thread, guard = usable[0]
-    rseq.move_to_abort(thread.tid, thread.regs,
-                       rseq.abort_ip(thread.tid, getattr(thread.regs, arch.REG_IP)))
+    abort = rseq.abort_ip(thread.tid, getattr(thread.regs, arch.REG_IP))
+    assert abort is not None  # judged inside one just above
+    rseq.move_to_abort(thread.tid, thread.regs, abort)
     return thread, guard
 
 
@@ -231,8 +237,8 @@ def _guard_of(pid: int, thread: HeldThread, at: int, planned,
     if mode == 2:
         try:
             filters = [seccomp.parse(raw) for raw in ptrace.seccomp_filters(thread.tid)]
-        except (SnapcoreError, seccomp.FilterError) as exc:
-            refused.append(f"thread {thread.tid}'s filters cannot be read ({exc})")
+        except (PtraceFailed, seccomp.FilterError) as exc:
+            refused.append(f"thread {thread.tid}'s filters cannot be read ({meaning(exc)})")
             return None
     guard = seccomp.Guard(filters, arch.AUDIT_ARCH)
     blocked = planned(guard, at)

@@ -30,17 +30,13 @@ import os
 import time
 from dataclasses import dataclass, field
 
-from snapcore.errors import CoreNotWritten, InternalError, NoSuchProcess, Stage, Unsupported
-from snapcore.linux import abi, arch, landing, ptrace, seccomp
-from snapcore.linux.inject import (SEIZE_OPTIONS, HeldThread, TargetReplaced, syscall,
-                                   wait_for_interrupt_stop)
+from snapcore.engine import calls
+from snapcore.engine.kernelerrors import meaning
+from snapcore.errors import CoreNotWritten, InternalError, Stage, TargetReplaced, Unsupported
+from snapcore.linux import arch, landing, ptrace, seccomp
+from snapcore.linux.inject import SEIZE_OPTIONS, HeldThread, syscall, wait_for_interrupt_stop
+from snapcore.linux.ptrace import TaskGone
 
-THREAD_FLAGS = abi.CLONE_VM | abi.CLONE_FS | abi.CLONE_FILES | abi.CLONE_SIGHAND | \
-    abi.CLONE_THREAD  # exit signal 0; its own (empty) SysV undo list
-CHILD_FLAGS = 0  # a plain fork, exit signal 0
-PAGE_PROT = abi.PROT_READ | abi.PROT_EXEC  # written through /proc/PID/mem: never writable
-PAGE_FLAGS = abi.MAP_PRIVATE | abi.MAP_ANONYMOUS
-LOOP_WAIT = abi.WALL | abi.WNOTHREAD  # the page's own loop (arch.FORK_THREAD_CODE)
 NAME = "snapcore-fork"  # the thread's name while it lives (ps -L, top -H)
 NAME_AT = 64  # where the name sits in the code page
 # The fork thread carries no EXITKILL (a SIGKILL of one thread ends its whole
@@ -73,11 +69,11 @@ class ForkThread:
     pid: int  # the target
     page: int  # its code page, in the target's memory
     at: int  # a `syscall` of the target's own (vDSO, libc), for the page's unmapping
-    guard: object  # the target's seccomp filters, as the thread that made it has them
+    guard: seccomp.Guard  # its seccomp filters: the runner's (guard.inherited)
     sites: landing.Sites = field(default_factory=landing.Sites)  # for its end: exit_at
     runner_landing: landing.Landing | None = None  # in the page, for the runner's clone
     tid: int = 0
-    base: ptrace.Regs | None = None  # its registers at birth, the frame for injected calls
+    born_regs: ptrace.Regs | None = None  # its registers at birth (spawn)
     traced: bool = False
     listening: bool = False  # held in PTRACE_LISTEN (else stopped in a stop already seen)
     ended: bool = False  # fork.finish has ended it (or found it ended)
@@ -86,19 +82,28 @@ class ForkThread:
     stops_taken: list = field(default_factory=list)  # SIGSTOPs it took: given back
 
     @property
+    def base(self) -> ptrace.Regs:
+        """Its registers at birth: the frame every injected call starts from."""
+        if self.born_regs is None:
+            raise RuntimeError("the fork thread's registers are read when it is born")
+        return self.born_regs
+
+    @property
     def entry(self) -> int:
         return self.page + arch.FORK_THREAD_SYSCALL
 
-    def call(self, nr: int, *args: int, deadline: float, on_clone=None,
+    def call(self, call: calls.Call, *values: int, deadline: float, on_clone=None,
              late=None) -> tuple[int, list]:
-        """One syscall in the stopped fork thread, from its own page: whatever
-        stop it is let go from, it lands in the page's reaping loop."""
+        """One call of the table in the stopped fork thread (`values`: its ANY
+        arguments), from its own page: whatever stop it is let go from, it
+        lands in the page's reaping loop."""
         try:
-            return syscall(self.tid, self.base, self.entry, nr, *args, deadline=deadline,
+            return syscall(self.tid, self.base, self.entry, call.nr, *call.bind(*values),
+                           deadline=deadline,
                            guard=self.guard, on_clone=on_clone, stops_taken=self.stops_taken,
                            late=late, keep_end=True)
-        except NoSuchProcess as exc:
-            if exc.pid != self.tid:
+        except TaskGone as exc:
+            if exc.tid != self.tid:
                 raise  # another task's end (the child's): not the target's
             raise gone(self.pid) from None
 
@@ -117,8 +122,8 @@ def plant(runner: HeldThread, at: int, guard, deadline: float,
     in it too (one write: each lengthens the pause); returns its address and
     that landing.  `stack`: the runner's landing for the calls without the
     page."""
-    page, _ = runner.inject(at, arch.NR["mmap"], 0, arch.PAGE_SIZE, PAGE_PROT, PAGE_FLAGS,
-                            -1, 0, deadline=deadline, guard=guard, landing=stack)
+    page, _ = runner.inject(at, calls.MAP_PAGE.nr, *calls.MAP_PAGE.bind(), deadline=deadline,
+                            guard=guard, landing=stack)
     if page < 0:
         raise Unsupported(f"the process may not map snapcore's fork thread page "
                           f"({os.strerror(-page)})", "it cannot be snapshot (an SELinux "
@@ -143,9 +148,9 @@ def landing_refusals(guard, page: int) -> str:
     """What the filters would answer to the page's own loop (run only if
     snapcore dies, so never checked when it runs): "" when it may run."""
     blocked = []
-    for nr, args, offset in ((arch.NR["wait4"], (-1, 0, LOOP_WAIT, 0), arch.FORK_THREAD_WAIT),
-                             (arch.NR["exit"], (0,), arch.FORK_THREAD_EXIT)):
-        ret = guard.allows(nr, args, page + offset)
+    for call, offset in ((calls.LOOP_REAP, arch.FORK_THREAD_WAIT),
+                         (calls.END_EXIT, arch.FORK_THREAD_EXIT)):
+        ret = guard.allows(call.nr, call.bind(), page + offset)
         if seccomp.action(ret) not in seccomp.HARMLESS:
             blocked.append(seccomp.describe(ret))
     return ", ".join(blocked)
@@ -153,11 +158,11 @@ def landing_refusals(guard, page: int) -> str:
 
 def unplant(runner: HeldThread, page: int, at: int, guard, deadline: float,
             stack: landing.Landing | None = None) -> None:
-    runner.inject(at, arch.NR["munmap"], page, arch.PAGE_SIZE, deadline=deadline, guard=guard,
-                  landing=stack)
+    runner.inject(at, calls.UNMAP_PAGE.nr, *calls.UNMAP_PAGE.bind(page), deadline=deadline,
+                  guard=guard, landing=stack)
 
 
-def spawn(runner: HeldThread, thread: ForkThread, deadline: float) -> None:
+def spawn(runner: HeldThread, guard, thread: ForkThread, deadline: float) -> None:
     """The runner makes the fork thread, from its landing in the page when it
     has one.  The fork thread starts in an event stop (with the runner's
     EXITKILL when the runner has no landing, which it loses before the
@@ -168,19 +173,19 @@ def spawn(runner: HeldThread, thread: ForkThread, deadline: float) -> None:
         wait_for_interrupt_stop(tid, deadline, keep_end=True)
         ptrace.set_options(tid, THREAD_OPTIONS)
 
-    result, _ = runner.inject(thread.entry, arch.NR["clone"], THREAD_FLAGS,
-                              thread.page + arch.FORK_THREAD_CELL, 0, 0, 0,
-                              deadline=deadline, guard=thread.guard, on_clone=born,
+    made = calls.MAKE_THREAD
+    result, _ = runner.inject(thread.entry, made.nr,
+                              *made.bind(thread.page + arch.FORK_THREAD_CELL),
+                              deadline=deadline, guard=guard, on_clone=born,
                               landing=thread.runner_landing)
     if result < 0 or not thread.tid:
         raise InternalError(f"the fork thread could not be made: "
                             f"{os.strerror(-result) if result < 0 else 'no clone event'}",
                             "the target was restored and is running", stage=Stage.FORK)
-    thread.base = ptrace.get_regs(thread.tid)
+    thread.born_regs = ptrace.get_regs(thread.tid)
 
 
-def _made(thread: ForkThread, what: str, deadline: float, flags: int,
-          late=None) -> tuple[int, int]:
+def _made(thread: ForkThread, what: str, deadline: float, late=None) -> tuple[int, int]:
     """The fork thread makes one task of snapcore's (EXITKILL from its first
     stop).  Killed from outside as it is made, the task is named all the
     same, for the fork thread to reap, once the fork thread's call is over."""
@@ -192,11 +197,10 @@ def _made(thread: ForkThread, what: str, deadline: float, flags: int,
         try:
             wait_for_interrupt_stop(tid, max(deadline, time.monotonic() + 5))
             ptrace.set_options(tid, MADE_OPTIONS)
-        except NoSuchProcess as exc:
-            lost.append(exc.message)
+        except TaskGone as exc:
+            lost.append(meaning(exc).message)
 
-    result, _ = thread.call(arch.NR["clone"], flags, 0, 0, 0, 0, deadline=deadline,
-                            on_clone=adopt, late=late)
+    result, _ = thread.call(calls.FORK, deadline=deadline, on_clone=adopt, late=late)
     if result < 0 or not made:
         raise InternalError(f"{what} in process {thread.pid} failed: "
                             f"{os.strerror(-result) if result < 0 else 'no clone event'}",
@@ -217,7 +221,7 @@ def make_child(thread: ForkThread, deadline: float, late=None) -> None:
     From its first instant the child is the OOM killer's first choice: every
     page the target now rewrites is copied, and under a memory limit the
     OOM killer must take the copy, not the target."""
-    thread.child, thread.child_ns = _made(thread, "fork", deadline, CHILD_FLAGS, late)
+    thread.child, thread.child_ns = _made(thread, "fork", deadline, late)
     try:
         with open(f"/proc/{thread.child}/oom_score_adj", "w") as f:
             f.write("1000")
@@ -227,5 +231,4 @@ def make_child(thread: ForkThread, deadline: float, late=None) -> None:
 
 def keep_to_itself(thread: ForkThread, deadline: float) -> None:
     """Forks the target makes from now on do not copy the page (MADV_DONTFORK)."""
-    thread.call(arch.NR["madvise"], thread.page, arch.PAGE_SIZE, abi.MADV_DONTFORK,
-                deadline=deadline)
+    thread.call(calls.DONTFORK, thread.page, deadline=deadline)

@@ -6,20 +6,21 @@ from __future__ import annotations
 
 import signal
 
-from snapcore.engine import preflight
-from snapcore.errors import NoSuchProcess, Stage, Unsupported
+from snapcore.engine.kernelerrors import decided
+from snapcore.engine.plan import Plan
+from snapcore.errors import NoSuchProcess, Stage, TargetReplaced, Unsupported
 from snapcore.linux import arch, ptrace
-from snapcore.linux.inject import TargetReplaced
 from snapcore.linux.procfs import is_syscall_instruction, mm_fingerprint
 
 
-def identity_check(pre: preflight.Preflight, pidfd: int, stage: Stage):
+def identity_check(plan: Plan, pidfd: int, stage: Stage):
     """What every stop of the target checks once its threads are held: the
     same process (pidfd), still 64-bit, the same program (no exec since the
     preflight: the same memory layout), `syscall` still at the address the
     seccomp filters were judged at."""
-    target, at = pre.target, pre.syscall_at
+    target, at = plan.target, plan.syscall_at
 
+    @decided  # runs inside the window, whose caller decides too: said here all the same
     def check(tid: int) -> None:
         try:
             signal.pidfd_send_signal(pidfd, 0)
@@ -31,7 +32,7 @@ def identity_check(pre: preflight.Preflight, pidfd: int, stage: Stage):
                               "process", "snapcore supports 64-bit x86_64 processes only",
                               pid=target.pid, stage=stage)
         try:
-            same = mm_fingerprint(target.pid) == pre.fingerprint
+            same = mm_fingerprint(target.pid) == plan.fingerprint
         except OSError:
             same = False
         if not same or not is_syscall_instruction(target.pid, at):

@@ -18,27 +18,28 @@ import os
 import signal
 import time
 
+from snapcore.engine import calls
 from snapcore.engine.forkthread import NAME_AT, THREAD_OPTIONS, ForkThread, gone
-from snapcore.errors import InternalError, NoSuchProcess, SnapcoreError, Stage
-from snapcore.linux import abi, arch, ptrace, stops
+from snapcore.engine.kernelerrors import decided
+from snapcore.errors import InternalError, Stage
+from snapcore.linux import arch, ptrace, stops
 from snapcore.linux.inject import syscall, wait_for_interrupt_stop
+from snapcore.linux.ptrace import PtraceFailed, TaskGone
 from snapcore.linux.stops import ENDED, StopKind
-
-REAP = abi.WALL | abi.WNOTHREAD | abi.WNOHANG  # its own children, never blocking
 
 
 def hold(thread: ForkThread, deadline: float) -> None:
     """Name it, and hold it in a listening stop for the dump (see above).
     It is let go from a stop in its own page: snapcore dying now, it reaps
     the child and exits."""
-    name_at = thread.page + NAME_AT
-    if thread.guard.runs(((arch.NR["prctl"], (abi.PR_SET_NAME, name_at), thread.entry),)):
-        thread.call(arch.NR["prctl"], abi.PR_SET_NAME, name_at, deadline=deadline)
+    name = calls.NAME_THREAD  # a refusal only leaves it unnamed
+    if thread.guard.runs(((name.nr, name.bind(thread.page + NAME_AT), thread.entry),)):
+        thread.call(name, thread.page + NAME_AT, deadline=deadline)
     try:
         ptrace.interrupt(thread.tid)
         ptrace.cont(thread.tid)
         wait_for_interrupt_stop(thread.tid, deadline, group_ok=True, keep_end=True)
-    except NoSuchProcess:
+    except TaskGone:
         raise gone(thread.pid) from None
     ptrace.listen(thread.tid)
     thread.listening = True
@@ -47,6 +48,7 @@ def hold(thread: ForkThread, deadline: float) -> None:
     thread.stops_taken.clear()
 
 
+@decided
 def service(thread: ForkThread) -> bool:
     """Keep the held fork thread listening; False once it has ended (the
     target exec'd or exited: de_thread or the group exit killed it), its end
@@ -64,7 +66,7 @@ def service(thread: ForkThread) -> bool:
                 _hold_back(thread, stop.sig)
             else:
                 ptrace.listen(thread.tid)  # a group stop, or a SIGCONT: wait on
-        except NoSuchProcess:
+        except TaskGone:
             return False
 
 
@@ -98,7 +100,7 @@ def take_back(thread: ForkThread, deadline: float) -> bool:
             else:
                 signal.sigtimedwait([signal.SIGCHLD], 0.05)
         ip = getattr(ptrace.get_regs(thread.tid), arch.REG_IP)
-    except NoSuchProcess:
+    except TaskGone:
         return False
     if not thread.page <= ip < thread.page + len(arch.FORK_THREAD_CODE):
         raise InternalError(f"the fork thread {thread.tid} is at {ip:#x}, outside its page",
@@ -120,7 +122,7 @@ def collect_end(thread: ForkThread) -> None:
     try:
         while stops.wait(thread.tid, time.monotonic() + 5).kind not in ENDED:
             pass
-    except SnapcoreError:
+    except PtraceFailed:
         pass
     thread.traced = False
 
@@ -133,7 +135,7 @@ def end(thread: ForkThread, deadline: float) -> None:
     child to another thread of the target (forget_original_parent): a zombie
     with exit signal 0, the target's for good."""
     while True:
-        reaped = thread.call(arch.NR["wait4"], -1, 0, REAP, 0, deadline=deadline)[0]
+        reaped = thread.call(calls.REAP_OWN, deadline=deadline)[0]
         if reaped < 0:  # ECHILD: nothing of its own left
             break
         if reaped == 0:
@@ -157,7 +159,7 @@ def _end_child(child: int) -> None:
         if stop is not None and stop.kind not in ENDED:
             try:
                 ptrace.cont(tid)
-            except NoSuchProcess:
+            except TaskGone:
                 pass
     signal.sigtimedwait([signal.SIGCHLD], 0.01)
 
@@ -167,16 +169,16 @@ def _unmap_and_exit(thread: ForkThread, deadline: float) -> None:
     The target's own thread-exit loop (linux/landing.py: exit_site) is such
     an instruction: the munmap runs from its `syscall`, and the thread's next
     call is exit(0), whatever happens to snapcore meanwhile."""
-    tid = thread.tid
-    sites = thread.sites
-    if sites.exit_at and thread.guard.runs(((arch.NR["munmap"], (thread.page, arch.PAGE_SIZE),
-                                             sites.exit_at),
-                                            (arch.NR["exit"], (0,), sites.exit_syscall))):
+    tid, sites, guard = thread.tid, thread.sites, thread.guard
+    unmap, leave = calls.END_UNMAP.bind(thread.page), calls.END_EXIT.bind()
+    if sites.exit_at and guard.runs(((calls.END_UNMAP.nr, unmap, sites.exit_at),
+                                     (calls.END_EXIT.nr, leave, sites.exit_syscall))):
         base = ptrace.copy_regs(thread.base)
         for register, value in sites.exit_regs:
             setattr(base, register, value)
-        syscall(tid, base, sites.exit_at, arch.NR["munmap"], thread.page, arch.PAGE_SIZE,
-                deadline=deadline, stops_taken=thread.stops_taken, keep_end=True)
+        guard(calls.END_EXIT.nr, leave, sites.exit_syscall)  # the exit that follows: allowed
+        syscall(tid, base, sites.exit_at, calls.END_UNMAP.nr, *unmap, deadline=deadline,
+                guard=guard, stops_taken=thread.stops_taken, keep_end=True)
     else:
         _unmap_and_exit_killable(thread, deadline)
     ptrace.resume_to_syscall(tid)
@@ -198,17 +200,18 @@ def _unmap_and_exit_killable(thread: ForkThread, deadline: float) -> None:
     thread of it run on with registers that are not its own.  The exit call
     is set up before EXITKILL is dropped, so no moment is left unguarded."""
     tid = thread.tid
-    thread.guard(arch.NR["exit"], (0,), thread.at)  # refused: before anything changes
-    thread.guard(arch.NR["munmap"], (thread.page, arch.PAGE_SIZE), thread.at)
+    unmap, leave = calls.END_UNMAP.bind(thread.page), calls.END_EXIT.bind()
+    thread.guard(calls.END_EXIT.nr, leave, thread.at)  # refused: before anything changes
+    thread.guard(calls.END_UNMAP.nr, unmap, thread.at)
     ptrace.set_options(tid, THREAD_OPTIONS | ptrace.O_EXITKILL)
-    syscall(tid, thread.base, thread.at, arch.NR["munmap"], thread.page, arch.PAGE_SIZE,
-            deadline=deadline, guard=thread.guard, stops_taken=thread.stops_taken,
-            keep_end=True)
+    syscall(tid, thread.base, thread.at, calls.END_UNMAP.nr, *unmap, deadline=deadline,
+            guard=thread.guard, stops_taken=thread.stops_taken, keep_end=True)
     regs = ptrace.copy_regs(thread.base)
     setattr(regs, arch.REG_IP, thread.at)
-    setattr(regs, arch.REG_NR, arch.NR["exit"])
+    setattr(regs, arch.REG_NR, calls.END_EXIT.nr)
     setattr(regs, arch.REG_ORIG_NR, (1 << 64) - 1)
-    setattr(regs, arch.SYSCALL_ARGS[0], 0)
+    for register, value in zip(arch.SYSCALL_ARGS, leave):
+        setattr(regs, register, value)
     ptrace.set_regs(tid, regs)
     ptrace.set_options(tid, THREAD_OPTIONS)
 
@@ -226,11 +229,11 @@ def kill_and_collect(tid: int, deadline: float) -> None:
     while True:
         try:
             stop = stops.wait(tid, max(deadline, time.monotonic() + 5))
-        except NoSuchProcess:
+        except TaskGone:
             return
         if stop.kind in ENDED:
             return
         try:
             ptrace.cont(tid)
-        except NoSuchProcess:
+        except TaskGone:
             pass

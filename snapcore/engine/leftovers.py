@@ -19,9 +19,10 @@ import fcntl
 import json
 import os
 
-from snapcore.engine import forkthread
-from snapcore.linux import abi, arch
+from snapcore.engine import calls, forkthread
+from snapcore.linux import arch
 from snapcore.linux.inject import HeldThread
+from snapcore.linux.ptrace import PtraceFailed
 from snapcore.linux.procfs import ns_tid, start_time
 
 RECORDS = "/run/snapcore/leftovers.json"  # root's; a tmpfs: gone with the pids at boot
@@ -31,7 +32,7 @@ def stale_pages(pid: int, maps) -> list[int]:
     """Code pages a killed snapcore left in the process (see above); `maps`:
     its mappings (linux/maps.read_smaps)."""
     wanted = forkthread.page_contents()  # the rest holds addresses: its own, the runner's
-    found = []
+    found: list[int] = []
     candidates = [m for m in maps if m.perms == "r-xp" and not m.inode and not m.path
                   and m.size == arch.PAGE_SIZE]
     if not candidates:
@@ -55,8 +56,8 @@ def unmap_pages(runner: HeldThread, at: int, guard, pages: list[int], deadline: 
     for page in pages:
         if not runner.free:
             return  # the next snapshot, then
-        if runner.inject(at, arch.NR["munmap"], page, arch.PAGE_SIZE, deadline=deadline,
-                         guard=guard, landing=stack)[0] == 0:
+        if runner.inject(at, calls.UNMAP_PAGE.nr, *calls.UNMAP_PAGE.bind(page),
+                         deadline=deadline, guard=guard, landing=stack)[0] == 0:
             notes.append(f"unmapped the page {page:#x} a snapcore killed mid-snapshot left")
 
 
@@ -89,11 +90,13 @@ def reap_recorded(pid: int, runner: HeldThread, at: int, guard, deadline: float,
         with _records() as state:
             for entry in state.pop(_key(pid), []):
                 if runner.free and _still_there(pid, entry):
-                    got, _ = runner.inject(at, arch.NR["wait4"], entry["ns_pid"], 0,
-                                           abi.WALL | abi.WNOHANG, 0, deadline=deadline,
-                                           guard=guard, landing=stack)
+                    reap = calls.REAP_RECORDED
+                    got, _ = runner.inject(at, reap.nr, *reap.bind(entry["ns_pid"]),
+                                           deadline=deadline, guard=guard, landing=stack)
                     if got == entry["ns_pid"]:
                         notes.append(f"reaped task {got}, left by an earlier snapshot")
+    except PtraceFailed:
+        raise  # the runner's, not the records': the window's to answer
     except (OSError, ValueError):
         return
 

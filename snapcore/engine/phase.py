@@ -12,7 +12,7 @@ engine/dump_snapcore.py (snapcore writes it from the stopped child).
 from __future__ import annotations
 
 import contextlib
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from datetime import datetime
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -20,33 +20,46 @@ from typing import TYPE_CHECKING
 from snapcore.engine import dump, interrupts
 from snapcore.engine.controller import Controller, MemoryWatch, ladder
 from snapcore.engine.request import Request
-from snapcore.errors import CoreNotWritten, NoSuchProcess, Stage
+from snapcore.engine.kernelerrors import meaning
+from snapcore.errors import CoreNotWritten, NoSuchProcess, SnapcoreError, Stage, TargetReplaced
 from snapcore.linux import priority
-from snapcore.linux.inject import TargetReplaced
+from snapcore.linux.ptrace import PtraceFailed
 
 if TYPE_CHECKING:
     from snapcore.engine.child import Child
     from snapcore.engine.fork import Forked
-    from snapcore.engine.verdicts import Preflight
+    from snapcore.engine.plan import Plan
 
 
 @dataclass
-class Run:
-    """One snapshot from the window on: what the preflight planned, what the
-    operator asked, where the core goes, and what the window made."""
+class Job:
+    """One snapshot before its window: what the preflight planned, what the
+    operator asked, and where the core goes."""
 
-    plan: Preflight
+    plan: Plan
     request: Request
     output_dir: Path  # prepared: absolute, there, writable
     staging: Path | None  # the kernel writer's staging directory, if it needs one
     root: str  # the target's root directory ("" : snapcore's own)
     taken_at: datetime
     memory: MemoryWatch  # begun before the fork: the copies start at the release
-    forked: Forked | None = None
-    kid: Child | None = None
+
+
+@dataclass
+class Run(Job):
+    """The same snapshot from the window on, with what the window made."""
+
+    forked: Forked = field(kw_only=True)
+    kid: Child = field(kw_only=True)
     # Each held target thread's id in its own pid namespace, read once right
     # after the window (a thread may end later): what the core calls it.
-    target_ns: dict[int, int | None] = field(default_factory=dict)
+    target_ns: dict[int, int | None] = field(kw_only=True)
+
+    @classmethod
+    def after_fork(cls, job: Job, forked: Forked, kid: Child,
+                   target_ns: dict[int, int | None]) -> Run:
+        return cls(**{f.name: getattr(job, f.name) for f in fields(Job)},
+                   forked=forked, kid=kid, target_ns=target_ns)
 
 
 @dataclass
@@ -61,6 +74,10 @@ class Dumped:
     notes: list[str]
     priority_steps: list[dict]
     streamed: bool = False
+    # The window's, added by engine/sequence.py: its timings (Forked.timings)
+    # and the child it made.
+    pause: dict = field(default_factory=dict)
+    child_pid: int = 0
 
 
 def controller(run: Run, written, expected: int) -> Controller:
@@ -80,12 +97,15 @@ def child_phase(run: Run):
     its own error).  The child is ended and collected however it ends."""
     try:
         yield
-    except TargetReplaced:
-        raise
-    except NoSuchProcess as exc:
-        raise CoreNotWritten(f"the snapshot child ended before its dump ({exc.message})",
-                             "no core was written; the target is unharmed",
-                             pid=run.plan.target.pid, stage=Stage.CHILD) from None
+    except (SnapcoreError, PtraceFailed) as exc:
+        err = meaning(exc)  # a linux/ error that got this far, said as the engine says it
+        if isinstance(err, NoSuchProcess) and not isinstance(err, TargetReplaced):
+            raise CoreNotWritten(f"the snapshot child ended before its dump ({err.message})",
+                                 "no core was written; the target is unharmed",
+                                 pid=run.plan.target.pid, stage=Stage.CHILD) from None
+        if err is exc:
+            raise
+        raise err from None
     finally:
         with interrupts.cleanup():
             dump.kill(run.kid)  # a no-op when it already ended

@@ -11,14 +11,16 @@ from __future__ import annotations
 
 import signal
 
-from snapcore.core import dumprules
+from snapcore.core import core_pattern, dumprules
 from snapcore.engine import checks_host, checks_limits, checks_process, checks_seccomp, leftovers
+from snapcore.engine.plan import Plan
 from snapcore.engine.request import Request
 from snapcore.engine.verdicts import (CHECKS, FORCEABLE, OK, REFUSE, WARN, Check,  # noqa: F401
                                       Preflight, Refused)
 from snapcore.errors import Stage
 from snapcore.linux import landing, maps, stops
-from snapcore.linux.procfs import mm_fingerprint, read, reading, syscall_instructions
+from snapcore.linux.facts import Facts
+from snapcore.linux.procfs import read, reading, syscall_instructions
 
 
 def run(pid: int, opts: Request) -> Preflight:
@@ -31,8 +33,9 @@ def run(pid: int, opts: Request) -> Preflight:
 
 
 def _run(pid: int, opts: Request) -> Preflight:
-    pre = Preflight(read(pid))
-    t = pre.target
+    facts = Facts(pid)  # each /proc file the checks read, read once
+    pre = Preflight(Plan(read(pid, facts), facts, core_pattern.read_core_pattern()))
+    t = pre.plan.target
     checks_process.check_permission(pre)
     if t.tracer:
         pre.add("tracer", REFUSE, f"process {pid} ({t.name}) is already traced by "
@@ -43,10 +46,10 @@ def _run(pid: int, opts: Request) -> Preflight:
     checks_process.check_state(pre)
     usable = not pre.refusals()
     if usable:
-        pre.fingerprint = mm_fingerprint(pid)
+        pre.plan.fingerprint = facts.stat.fingerprint  # checked live at each stop (identity.py)
         candidates = syscall_instructions(pid)
-        pre.syscall_at = candidates[0]
-        pre.sites = landing.find(pid)
+        pre.plan.syscall_at = candidates[0]
+        pre.plan.sites = landing.find(pid, pre.plan.facts.status)
         checks_seccomp.check_seccomp(pre, opts, candidates)
     else:
         pre.add("seccomp", OK if t.seccomp == 0 else REFUSE,
@@ -54,17 +57,18 @@ def _run(pid: int, opts: Request) -> Preflight:
     checks_process.check_dumpable(pre)
     vmas = maps.read_smaps(pid) if usable and not t.kernel_thread else []
     checks_seccomp.check_userfaultfd(pre, vmas)
-    pre.stale_pages = leftovers.stale_pages(pid, vmas)
-    sizes = dumprules.core_size(pid, vmas, len(t.threads)) if vmas else None
-    pattern = checks_host.check_core_destination(pre, opts, sizes)
-    pre.core_pattern = pattern
+    pre.plan.stale_pages = leftovers.stale_pages(pid, vmas)
+    sizes = dumprules.core_size(pid, vmas, len(t.threads), facts.coredump_filter) \
+        if vmas else None
+    pattern = pre.plan.core_pattern
+    checks_host.check_core_destination(pre, opts, sizes)
     checks_host.check_output_dir(pre, opts)
     checks_host.check_staging(pre, opts, pattern)
     checks_host.check_disk(pre, opts, sizes, pattern)
     checks_limits.check_memory(pre, vmas, sizes)
     checks_limits.check_tasks(pre)
     checks_host.check_rate(pre, opts)
-    pre.regions_missing = [{"start": m.start, "end": m.end,
+    pre.plan.regions_missing = [{"start": m.start, "end": m.end,
                             "kind": "dontfork" if "dc" in m.flags else "wipeonfork",
                             "path": m.path}
                            for m in vmas if "dc" in m.flags or "wf" in m.flags]

@@ -38,7 +38,7 @@ class RateLimiter:
         self.max_per_hour = max_per_hour
         self.clock = clock
 
-    def _open(self, name: str, create: bool):
+    def _open(self, name: str, create: bool, write: bool = True):
         """`.snapcore/NAME`, a file of snapcore's own, as a file object;
         FileNotFoundError when it (or .snapcore) is missing and not to be made."""
         if create:
@@ -49,44 +49,53 @@ class RateLimiter:
         finally:
             os.close(out)
         try:
-            fd = safefs.open_own(state_dir, name, self.dir / name, os.O_RDWR, create)
+            fd = safefs.open_own(state_dir, name, self.dir / name,
+                                 os.O_RDWR if write else os.O_RDONLY, create)
         finally:
             os.close(state_dir)
-        return os.fdopen(fd, "r+")
+        return os.fdopen(fd, "r+" if write else "r")
+
+    def _parse(self, text: str) -> dict:
+        try:
+            state = json.loads(text or "{}")
+            if not isinstance(state, dict):
+                raise ValueError("not a JSON object")
+        except ValueError as exc:
+            # Never start counting again from nothing: that would lift the limit.
+            raise ValueError(f"{self.dir / 'state.json'} is corrupt ({exc})") from None
+        return state
 
     @contextlib.contextmanager
     def _locked_state(self, create: bool = True):
         with self._open("state.json", create) as f:
             fcntl.flock(f, fcntl.LOCK_EX)
             f.seek(0)
-            text = f.read()
-            try:
-                state = json.loads(text or "{}")
-                if not isinstance(state, dict):
-                    raise ValueError("not a JSON object")
-            except ValueError as exc:
-                # Never start counting again from nothing: that would lift the limit.
-                raise ValueError(f"{self.dir / 'state.json'} is corrupt ({exc})") from None
+            state = self._parse(f.read())
             yield state
             f.seek(0)
             f.truncate()
             f.write(json.dumps(state))
 
     def recent(self, key: str) -> list[float]:
+        """The times of `key`'s snapshots in the last hour, read and never
+        written: a check or a question (watch's next moment) changes nothing;
+        only `record`, after a snapshot, prunes what is older.  The shared
+        lock waits out a `record` half way through its rewrite."""
         now = self.clock()
         try:
-            with self._locked_state(create=False) as state:
-                times = [t for t in state.get(key, []) if now - t < WINDOW]
-                state[key] = times
+            with self._open("state.json", create=False, write=False) as f:
+                fcntl.flock(f, fcntl.LOCK_SH)
+                state = self._parse(f.read())
         except FileNotFoundError:
             return []
-        return times
+        return [t for t in state.get(key, []) if now - t < WINDOW]
 
-    def next_allowed(self, key: str) -> float | None:
-        """None when a snapshot is allowed now, else the time it will be."""
+    def next_allowed(self, key: str, recent: list[float] | None = None) -> float | None:
+        """None when a snapshot is allowed now, else the time it will be
+        (`recent`: the times `recent(key)` gave, when already read)."""
         if self.max_per_hour <= 0:
             return None
-        times = sorted(self.recent(key))
+        times = sorted(self.recent(key) if recent is None else recent)
         if len(times) < self.max_per_hour:
             return None
         return times[-self.max_per_hour] + WINDOW
@@ -112,7 +121,7 @@ class RateLimiter:
             yield
 
 
-def program(target: Target) -> str:
+def program(target: Target, membership: cgroups.Membership | None = None) -> str:
     """What an operator calls one program, which the rate limit and the lock
     count: its systemd service where it runs under one (whatever its pid
     after a restart), else its command line as it was exec'd, read from the
@@ -122,8 +131,9 @@ def program(target: Target) -> str:
     then, trimmed.  The executable is added when the command line does not
     name it: the executable alone would lump every Python or Java service of
     a host together, and name a symlinked one (redis-server) after its
-    target (redis-check-rdb)."""
-    unit = cgroups.systemd_unit(target.pid)
+    target (redis-check-rdb).  `membership`: the target's cgroups as the
+    preflight read them (else read now)."""
+    unit = (membership or cgroups.Membership(target.pid)).systemd_unit()
     if unit:
         return unit
     image = execargs.leader(target.pid)

@@ -12,42 +12,46 @@ from snapcore.engine import dump, dump_kernel, dump_snapcore, interrupts, keeper
 from snapcore.engine import fork as forkmod
 from snapcore.engine.checks_seccomp import planned_refusals
 from snapcore.engine.identity import identity_check
-from snapcore.engine.phase import Dumped, Run
+from snapcore.engine.phase import Dumped, Job, Run
 from snapcore.errors import Stage
 from snapcore.linux.procfs import ns_tid
 
 WRITERS = {"kernel": dump_kernel, "snapcore": dump_snapcore}
 
 
-def fork_and_dump(run: Run, pidfd: int) -> Dumped:
+def fork_and_dump(job: Job, pidfd: int) -> Dumped:
     """Fork the target in one stop window, then let the chosen writer dump
     the child and store its core."""
-    plan, target = run.plan, run.plan.target
-    run.memory.begin()
+    plan, target = job.plan, job.plan.target
+    forked: forkmod.Forked | None = None
+    kid: childmod.Child | None = None
+    job.memory.begin()
     try:
         # A stop request between fork's return and here would leave the fork
         # thread and the child to no one: until both are in hand it waits.
         with interrupts.cleanup():
-            run.forked = forkmod.fork(
+            forked = forkmod.fork(
                 target.pid, plan.syscall_at,
-                threads=target.threads if run.request.threads == "all" else None,
-                timeout=run.request.timeout, check=identity_check(plan, pidfd, Stage.CAPTURE),
+                threads=target.threads if job.request.threads == "all" else None,
+                timeout=job.request.timeout, check=identity_check(plan, pidfd, Stage.CAPTURE),
                 planned=planned_refusals(len(target.threads)), pages=plan.stale_pages,
                 sites=plan.sites)
-            run.kid = _child_of(run.forked)
-        held = [run.forked.runner, *run.forked.others]
-        run.target_ns = {t.tid: ns_tid(target.pid, t.tid) for t in held}
+            kid = _child_of(forked)
+        held = [forked.runner, *forked.others]
+        run = Run.after_fork(job, forked, kid,
+                             {t.tid: ns_tid(target.pid, t.tid) for t in held})
         dumped = WRITERS[plan.writer].dump_and_store(run)
     except BaseException:
-        if run.forked is not None:
+        if forked is not None:
             with interrupts.cleanup():
-                if run.kid is not None:
-                    dump.kill(run.kid)
-                forkmod.finish(run.forked.thread)
+                if kid is not None:
+                    dump.kill(kid)
+                forkmod.finish(forked.thread)
         raise
     with interrupts.cleanup():
-        dump.kill(run.kid)  # a no-op: each writer ends it
-        dumped.notes += forkmod.finish(run.forked.thread)
+        dump.kill(kid)  # a no-op: each writer ends it
+        dumped.notes += forkmod.finish(forked.thread)
+    dumped.pause, dumped.child_pid = forked.timings, kid.pid
     return dumped
 
 

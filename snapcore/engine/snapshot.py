@@ -24,11 +24,12 @@ from snapcore.engine import interrupts, preflight, sequence
 from snapcore.engine.checks_process import exec_race
 from snapcore.engine.ratelimit import RateLimiter, program
 from snapcore.engine.controller import MemoryWatch
-from snapcore.engine.phase import Dumped, Run
+from snapcore.engine.kernelerrors import decided
+from snapcore.engine.phase import Dumped, Job
 from snapcore.engine.request import Request
 from snapcore.engine.result import Snapshot
-from snapcore.errors import (AlreadyTraced, NoSuchProcess, OutputError, PermissionDenied,
-                             SnapcoreError, Stage)
+from snapcore.errors import (SETTING, AlreadyTraced, NoSuchProcess, OutputError,
+                             PermissionDenied, SnapcoreError, Stage)
 from snapcore.linux import stops
 from snapcore.linux.procfs import open_exe, reading, start_time
 
@@ -62,30 +63,31 @@ def take(pid: int, request: Request) -> Snapshot:
 
 
 def _take_exclusive(pid: int, request: Request, exe_fd: int | None) -> Snapshot:
-    plan = preflight.run(pid, request)
-    refusals = plan.refusals(request.force)
+    pre = preflight.run(pid, request)
+    refusals = pre.refusals(request.force)
     if refusals:
         raise preflight.Refused(refusals[0], pid)
+    plan = pre.plan
     if request.compress and plan.writer == "snapcore" and zstd_missing():
-        raise OutputError(zstd_missing(), "snapshot without --compress", pid=pid,
-                          stage=Stage.PREFLIGHT)
+        raise OutputError(zstd_missing(), f"snapshot without {SETTING}", pid=pid,
+                          stage=Stage.PREFLIGHT, setting="compress")
     output_dir = placement.prepare_output_dir(request.output_dir)
     limiter = RateLimiter(output_dir, request.max_per_hour, request.clock)
-    key = program(plan.target)
+    key = program(plan.target, plan.facts.cgroups)
     with limiter.exclusive(key, pid):
-        root = placement.target_root(pid)
+        root = plan.facts.root  # the target's view the staging check judged
         staging_dirs.remove_stale_staging(output_dir, root)
         publish.finish_interrupted(output_dir)
         staging = (staging_dirs.make_staging_dir(output_dir, plan.target.uid,
                                                  plan.target.gid, root)
                    if plan.core_pattern.kind == "relative" and plan.writer == "kernel"
                    else None)
-        run = Run(plan, request, output_dir, staging, root, datetime.now(timezone.utc),
+        job = Job(plan, request, output_dir, staging, root, datetime.now(timezone.utc),
                   MemoryWatch(plan.memory_room, plan.memory_limit_file,
                               ceiling=plan.memory_worst))
         try:
             with stops.signals_held([signal.SIGCHLD]):
-                dumped = _take(run)
+                dumped = _take(job)
         except SnapcoreError as exc:
             exc.pid = exc.pid if exc.pid is not None else pid
             raise
@@ -93,21 +95,22 @@ def _take_exclusive(pid: int, request: Request, exe_fd: int | None) -> Snapshot:
             if staging is not None:
                 staging_dirs.remove_staging(staging)
         limiter.record(key)
-    snap = _snapshot(run, dumped, key, exe_fd)
+    snap = _snapshot(job, dumped, pre.as_dicts(), key, exe_fd)
     if snap.core_path is not None and not snap.streamed:
-        _publish(snap, output_dir, request)
+        _publish(snap, snap.core_path, output_dir, request)
     return snap
 
 
-def _snapshot(run: Run, dumped: Dumped, key: str, exe_fd: int | None) -> Snapshot:
+def _snapshot(job: Job, dumped: Dumped, checks: list[dict], key: str,
+              exe_fd: int | None) -> Snapshot:
     """The Snapshot, made once from what the preflight planned and the writer made."""
-    plan = run.plan
+    plan = job.plan
     return Snapshot(
         target=plan.target, core_path=dumped.core_path, core_size=dumped.core_size,
-        pause=run.forked.timings, reap_pause=0.0, dump_seconds=dumped.dump_seconds,
-        threads=dumped.threads, thread_map=dumped.thread_map, child_pid=run.kid.pid,
-        core_pattern=plan.core_pattern, taken_at=run.taken_at, notes=dumped.notes,
-        checks=plan.as_dicts(), priority_steps=dumped.priority_steps,
+        pause=dumped.pause, reap_pause=0.0, dump_seconds=dumped.dump_seconds,
+        threads=dumped.threads, thread_map=dumped.thread_map, child_pid=dumped.child_pid,
+        core_pattern=plan.core_pattern, taken_at=job.taken_at, notes=dumped.notes,
+        checks=checks, priority_steps=dumped.priority_steps,
         core_estimate=plan.core_estimate, core_apparent=plan.core_apparent,
         regions_missing=plan.regions_missing, writer=plan.writer,
         writer_reason=plan.writer_reason, streamed=dumped.streamed, program=key,
@@ -115,11 +118,10 @@ def _snapshot(run: Run, dumped: Dumped, key: str, exe_fd: int | None) -> Snapsho
         exe_build_id=elf.build_id(f"/proc/self/fd/{exe_fd}") if exe_fd is not None else "")
 
 
-def _publish(snap: Snapshot, output_dir: Path, request: Request) -> None:
-    """Compress the stored core if asked, write its record, then give the core
-    its name: a core is never seen without its record (list and prune would
-    not know it)."""
-    partial = snap.core_path
+def _publish(snap: Snapshot, partial: Path, output_dir: Path, request: Request) -> None:
+    """Compress the stored core (`partial`, under its hidden name) if asked,
+    write its record, then give the core its name: a core is never seen
+    without its record (list and prune would not know it)."""
     if request.compress and not partial.name.endswith(".zst"):  # the kernel's raw core
         try:
             partial = compress(partial)
@@ -139,20 +141,21 @@ def _publish(snap: Snapshot, output_dir: Path, request: Request) -> None:
         raise
 
 
-def _take(run: Run) -> Dumped:
-    pid = run.plan.target.pid
+def _take(job: Job) -> Dumped:
+    pid = job.plan.target.pid
     # Pin the identity before the window: a pidfd opened now refers to this
     # process for good, and the start time says the pid was not reused since
     # preflight.  Inside the window one pidfd_send_signal(0) tells it is alive.
     with reading(pid, Stage.PREFLIGHT):
         pidfd = os.pidfd_open(pid)
     try:
-        if start_time(pid) != run.plan.target.start_time:
+        if start_time(pid) != job.plan.target.start_time:
             raise NoSuchProcess(f"process {pid} exited and its pid was reused",
                                 "check the pid again", pid=pid, stage=Stage.PREFLIGHT)
-        return sequence.fork_and_dump(run, pidfd)
+        with decided:  # each phase decides already: none may leave one undecided
+            return sequence.fork_and_dump(job, pidfd)
     except PermissionDenied as exc:  # an exec while snapcore attached, it may be
-        raise exec_race(run.plan, exc, Stage.CAPTURE) from None
+        raise exec_race(job.plan, exc, Stage.CAPTURE) from None
     finally:
         os.close(pidfd)
 

@@ -9,9 +9,9 @@ from dataclasses import asdict, dataclass, field
 from typing import TYPE_CHECKING
 
 from snapcore.errors import ExitCode, SnapcoreError, Stage
+
 if TYPE_CHECKING:  # the command layer imports this module for the check names alone
-    from snapcore.linux.procfs import Target
-    from snapcore.linux import landing
+    from snapcore.engine.plan import Plan
 
 OK, WARN, REFUSE = "ok", "warn", "refuse"
 
@@ -58,24 +58,10 @@ class Check:
 
 @dataclass
 class Preflight:
-    target: Target
+    """The preflight's outcome: every verdict, and the plan they came to."""
+
+    plan: Plan
     checks: list[Check] = field(default_factory=list)
-    core_estimate: int = 0  # bytes on disk (allocated)
-    core_apparent: int = 0  # the file's size, holes included
-    core_pattern: core_pattern.CorePattern | None = None
-    syscall_at: int = 0  # the `syscall` instruction injections will use
-    stale_pages: list[int] = field(default_factory=list)  # left by a killed snapcore
-    sites: landing.Sites | None = None  # of the target's own code (linux/landing.py)
-    fingerprint: tuple = ()  # target.mm_fingerprint: its program, to notice an exec
-    regions_missing: list[dict] = field(default_factory=list)
-    writer: str = "kernel"  # who will write the core: "kernel" or "snapcore"
-    writer_reason: str = ""
-    # What the memory check found free for copy-on-write copies: the lesser of
-    # MemAvailable and the room under the tightest memory cgroup limit (that
-    # limit's file, "" without one).  The dump's controller keeps to it.
-    memory_room: int = 0
-    memory_worst: int = 0  # the most the copies can cost: the copy-on-write worst case
-    memory_limit_file: str = ""
 
     def add(self, name: str, verdict: str, reason: str, fix: str = "",
             setting: str = "") -> None:

@@ -1,7 +1,9 @@
 """Linux's own numbers that are the same on every architecture snapcore
-supports: clone, mmap, prctl and wait flags (include/uapi/linux/sched.h,
-asm-generic/mman-common.h, linux/prctl.h, linux/wait.h).  Syscall numbers,
-registers and layouts differ per architecture: linux/arch_*.py.
+supports: clone, mmap, prctl, wait, priority and resource-limit arguments
+(include/uapi/linux/sched.h, asm-generic/mman-common.h, linux/prctl.h,
+linux/wait.h, linux/ioprio.h, asm-generic/resource.h) and the core-note
+types every architecture shares (linux/elf.h).  Syscall numbers, registers
+and layouts differ per architecture: linux/arch_*.py.
 """
 
 # clone(2) flags; the low byte is the exit signal (0: none at all).
@@ -22,6 +24,22 @@ MADV_DONTFORK = 10
 PR_GET_DUMPABLE = 3
 PR_SET_DUMPABLE = 4
 PR_SET_NAME = 15
+
+SCHED_IDLE = 5  # sched_setscheduler's policy
+PRIO_PROCESS = 0  # setpriority's `which`: one task, by id (0: the caller)
+IOPRIO_WHO_PROCESS = 1
+IOPRIO_CLASS_IDLE = 3
+IOPRIO_CLASS_SHIFT = 13  # ioprio = class << 13 | level
+RLIMIT_CORE = 4
+
+# Core-note types (include/uapi/linux/elf.h), also the register sets'
+# numbers for PTRACE_GETREGSET.  An architecture's own: linux/arch_*.py.
+NT_PRSTATUS = 1
+NT_PRFPREG = 2
+NT_PRPSINFO = 3
+NT_AUXV = 6
+NT_SIGINFO = 0x53494749  # "SIGI"
+NT_FILE = 0x46494C45  # "FILE"
 
 # wait4 options: __WALL also sees children whose exit signal is not SIGCHLD;
 # __WNOTHREAD only the caller's own children, not its thread group's.

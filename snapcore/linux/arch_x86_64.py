@@ -6,6 +6,8 @@ kernel structure's layout or an errno the kernel uses only internally.
 
 import struct as _struct
 
+from snapcore.linux.abi import NT_PRPSINFO, NT_PRSTATUS  # noqa: F401 (the notes' layouts)
+
 ELF_MACHINE = 62  # EM_X86_64
 AUDIT_ARCH = 0xC000003E  # AUDIT_ARCH_X86_64, what seccomp filters compare against
 
@@ -161,7 +163,7 @@ def run_to_syscall(code: bytes, start: int, limit: int = 16):
     the instructions above alone.  Returns (offset of that syscall, registers
     then): each register is ("imm", value) or ("reg", name) (its value
     before: rax, rcx and r11 are the previous syscall's), or None."""
-    state = {r: ("reg", r) for r in _REG32}
+    state: dict[str, tuple[str, str | int]] = {r: ("reg", r) for r in _REG32}
     at = start
     for _ in range(limit):
         if at < 0 or at + 2 > len(code):
@@ -203,9 +205,42 @@ def run_to_syscall(code: bytes, start: int, limit: int = 16):
 # is handler, flags, restorer, mask; all zero is SIG_DFL).
 KERNEL_SIGSET_SIZE = 8
 
-# ELF core notes (include/uapi/linux/elf.h) and where pr_pid sits in them.
-NT_PRSTATUS = 1
-NT_PRPSINFO = 3
+# ELF core notes: x86's own register-set notes (include/uapi/linux/elf.h;
+# the types every architecture shares are linux/abi.py's, NT_PRSTATUS and
+# NT_PRPSINFO named here too for the layouts below), and the layouts of the
+# process's and each thread's notes as (field, struct format), padding None.
+NT_386_TLS = 0x200
+NT_386_IOPERM = 0x201
 NT_X86_XSTATE = 0x202
-PRSTATUS_PID_OFFSET = 32
-PRPSINFO_PID_OFFSET = 24
+NT_X86_SHSTK = 0x204
+# struct elf_prstatus (include/linux/elfcore.h): struct elf_siginfo pr_info,
+# the current signal, the pending and held signals, the ids, four struct
+# __kernel_old_timeval (user, system, children's user and system time), the
+# registers (struct user_regs_struct) and whether FP registers follow.
+PRSTATUS_FIELDS = (
+    ("si_signo", "i"), ("si_code", "i"), ("si_errno", "i"), ("cursig", "h"), (None, "2x"),
+    ("sigpend", "Q"), ("sighold", "Q"),
+    ("pid", "i"), ("ppid", "i"), ("pgrp", "i"), ("sid", "i"),
+    ("utime", "16s"), ("stime", "16s"), ("cutime", "16s"), ("cstime", "16s"),
+    ("reg", f"{REGS_SIZE}s"), ("fpvalid", "i"), (None, "4x"))
+# struct elf_prpsinfo: state (its number, its letter), zombie, nice, task
+# flags, real uid and gid, ids, comm (16) and the command line (ELF_PRARGSZ).
+PRPSINFO_FIELDS = (
+    ("state", "b"), ("sname", "c"), ("zomb", "b"), ("nice", "b"), (None, "4x"),
+    ("flag", "Q"), ("uid", "I"), ("gid", "I"),
+    ("pid", "i"), ("ppid", "i"), ("pgrp", "i"), ("sid", "i"),
+    ("fname", "16s"), ("psargs", "80s"))
+# siginfo_t, its head and the _kill member of its union (8-byte aligned);
+# NT_SIGINFO holds the whole 128 bytes.
+SIGINFO_FIELDS = (("si_signo", "i"), ("si_errno", "i"), ("si_code", "i"), (None, "4x"),
+                  ("si_pid", "i"), ("si_uid", "I"))
+SIGINFO_SIZE = 128
+
+
+def _offset(fields, name: str) -> int:
+    names = [n for n, _ in fields]
+    return _struct.calcsize("<" + "".join(f for _, f in fields[:names.index(name)]))
+
+
+PRSTATUS_PID_OFFSET = _offset(PRSTATUS_FIELDS, "pid")  # 32
+PRPSINFO_PID_OFFSET = _offset(PRPSINFO_FIELDS, "pid")  # 24

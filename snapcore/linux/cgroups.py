@@ -9,8 +9,11 @@ from __future__ import annotations
 
 import os
 import re
+from functools import cached_property
 
 from snapcore.linux.proctext import proc_open
+
+PROC = "/proc"
 
 _UNLIMITED = 1 << 62  # v1 writes "no limit" as a huge number, v2 as "max"
 
@@ -24,14 +27,14 @@ def _unescape(text: str) -> str:
     return re.sub(r"\\([0-7]{3})", lambda m: chr(int(m.group(1), 8)), text)
 
 
-def _mounts() -> dict[str, list[tuple[str, list[str]]]]:
+def _mounts(proc: str = PROC) -> dict[str, list[tuple[str, list[str]]]]:
     """hierarchy ("" for v2, else each v1 controller or name=X) -> every
     (mount point, the mount's root) of it.  The kernel shows a cgroup mount's
     root, like /proc/PID/cgroup's paths, relative to the reader's cgroup
     namespace root (kernel/cgroup: cgroup_show_path): "/../.." for a
     hierarchy mounted outside snapcore's cgroup namespace."""
     found: dict[str, list[tuple[str, list[str]]]] = {}
-    with proc_open("/proc/self/mountinfo") as f:
+    with proc_open(f"{proc}/self/mountinfo") as f:
         for line in f:
             left, _, right = line.partition(" - ")
             fields, fs = left.split(), right.split()
@@ -54,66 +57,6 @@ def _locate(path: str, mounts: list[tuple[str, list[str]]]) -> tuple[str, str] |
             directory = os.path.join(point, *rest)
             if os.path.isdir(directory):
                 return directory, point
-    return None
-
-
-def _hierarchies(pid: int) -> dict[str, tuple[str, str] | None]:
-    """controller ("" : v2) -> (directory of the target's cgroup, the mount
-    point above it), or None when snapcore cannot reach that cgroup."""
-    mounts = _mounts()
-    found: dict[str, tuple[str, str] | None] = {}
-    for _n, controllers, path in _lines(pid):
-        for name in (controllers.split(",") if controllers else [""]):
-            found[name] = _locate(path, mounts.get(name, []))
-    return found
-
-
-def _lines(pid: int) -> list[list[str]]:
-    with proc_open(f"/proc/{pid}/cgroup") as f:
-        return [line.rstrip("\n").split(":", 2) for line in f]
-
-
-def paths(pid: int) -> dict[str, str | None]:
-    """controller -> directory of the target's cgroup ("" key: the v2 one);
-    None for a cgroup snapcore cannot reach."""
-    return {name: where[0] if where else None for name, where in _hierarchies(pid).items()}
-
-
-def hidden(pid: int, controller: str) -> str | None:
-    """The target's /proc/PID/cgroup entry for the hierarchy that carries
-    `controller` (its v1 one, else the v2 one) when that cgroup lies outside
-    snapcore's cgroup namespace ("/.." on its path), or is mounted here but
-    not found: its limits cannot be read, and "no limit" would mean nothing.
-    None when it is seen (or when that hierarchy is not mounted at all)."""
-    try:
-        lines, found, mounts = _lines(pid), _hierarchies(pid), _mounts()
-    except OSError:
-        return None
-    v1 = [(c, p) for _n, c, p in lines if controller in c.split(",")]
-    v2 = [(c, p) for _n, c, p in lines if c == ""]
-    if not (v1 or v2):
-        return None
-    controllers, path = (v1 or v2)[0]
-    key = controller if v1 else ""
-    if found.get(key) is not None or not (".." in _parts(path) or mounts.get(key)):
-        return None
-    return f"{controllers or '0:'}:{path}"
-
-
-def systemd_unit(pid: int) -> str | None:
-    """The systemd service the process runs in (`redis-server.service`), from
-    the path systemd gives each unit's cgroup (v2, or v1's name=systemd
-    hierarchy): the innermost `*.service` component.  None outside one."""
-    try:
-        with proc_open(f"/proc/{pid}/cgroup") as f:
-            lines = [line.rstrip("\n").split(":", 2) for line in f]
-    except OSError:
-        return None
-    for _n, controllers, path in sorted(lines, key=lambda l: l[1] != "name=systemd"):
-        if controllers in ("", "name=systemd"):
-            units = [part for part in path.split("/") if part.endswith(".service")]
-            if units:
-                return units[-1]
     return None
 
 
@@ -140,100 +83,165 @@ def _ancestors(directory: str, top: str):
         directory = os.path.dirname(directory)
 
 
-def _tightest(pid: int, controller: str, limit_file: str,
-              usage_file: str) -> tuple[str, int] | None:
-    """(file naming the limit, limit - usage) of the tightest cgroup on the way up."""
-    try:
-        where = _hierarchies(pid).get(controller)
-    except OSError:
+class Membership:
+    """The target's cgroups as snapcore sees them: the target's
+    /proc/PID/cgroup and snapcore's mountinfo, each read once when first
+    needed, and each cgroup file at most once (one preflight sees one
+    moment's limits and usage).  A read that fails (the target gone) leaves
+    nothing: no cgroup, so no limit and nothing hidden.  The dump's
+    controller reads usage live instead (anon_bytes)."""
+
+    def __init__(self, pid: int, proc: str = PROC):
+        self.pid, self.proc = pid, proc
+        self._files: dict[str, str | None] = {}
+
+    @cached_property
+    def lines(self) -> list[tuple[str, str]]:
+        """(controllers, path) per hierarchy: "" for v2's controllers."""
+        try:
+            with proc_open(f"{self.proc}/{self.pid}/cgroup") as f:
+                return [(parts[1], parts[2]) for parts in
+                        (line.rstrip("\n").split(":", 2) for line in f) if len(parts) == 3]
+        except OSError:
+            return []
+
+    @cached_property
+    def mounts(self) -> dict[str, list[tuple[str, list[str]]]]:
+        try:
+            return _mounts(self.proc)
+        except OSError:
+            return {}
+
+    @cached_property
+    def located(self) -> dict[str, tuple[str, str] | None]:
+        """controller ("" : v2) -> (directory of the target's cgroup, the mount
+        point above it), or None when snapcore cannot reach that cgroup."""
+        found: dict[str, tuple[str, str] | None] = {}
+        for controllers, path in self.lines:
+            for name in (controllers.split(",") if controllers else [""]):
+                found[name] = _locate(path, self.mounts.get(name, []))
+        return found
+
+    def read(self, directory: str, name: str) -> str | None:
+        path = os.path.join(directory, name)
+        if path not in self._files:
+            self._files[path] = _read(path)
+        return self._files[path]
+
+    def paths(self) -> dict[str, str | None]:
+        """controller -> directory of the target's cgroup ("" key: the v2 one);
+        None for a cgroup snapcore cannot reach."""
+        return {name: where[0] if where else None for name, where in self.located.items()}
+
+    def hidden(self, controller: str) -> str | None:
+        """The target's /proc/PID/cgroup entry for the hierarchy that carries
+        `controller` (its v1 one, else the v2 one) when that cgroup lies outside
+        snapcore's cgroup namespace ("/.." on its path), or is mounted here but
+        not found: its limits cannot be read, and "no limit" would mean nothing.
+        None when it is seen (or when that hierarchy is not mounted at all)."""
+        v1 = [(c, p) for c, p in self.lines if controller in c.split(",")]
+        v2 = [(c, p) for c, p in self.lines if c == ""]
+        if not (v1 or v2):
+            return None
+        controllers, path = (v1 or v2)[0]
+        key = controller if v1 else ""
+        if self.located.get(key) is not None or not (".." in _parts(path)
+                                                     or self.mounts.get(key)):
+            return None
+        return f"{controllers or '0:'}:{path}"
+
+    def systemd_unit(self) -> str | None:
+        """The systemd service the process runs in (`redis-server.service`), from
+        the path systemd gives each unit's cgroup (v2, or v1's name=systemd
+        hierarchy): the innermost `*.service` component.  None outside one."""
+        for controllers, path in sorted(self.lines, key=lambda line: line[0] != "name=systemd"):
+            if controllers in ("", "name=systemd"):
+                units = [part for part in path.split("/") if part.endswith(".service")]
+                if units:
+                    return units[-1]
         return None
-    if where is None:
+
+    def _tightest(self, controller: str, limit_file: str,
+                  usage_file: str) -> tuple[str, int] | None:
+        """(file naming the limit, limit - usage) of the tightest cgroup on the way up."""
+        where = self.located.get(controller)
+        if where is None:
+            return None
+        best = None
+        for directory in _ancestors(*where):
+            limit = _number(self.read(directory, limit_file))
+            usage = _number(self.read(directory, usage_file))
+            if limit is None or usage is None:
+                continue
+            if best is None or limit - usage < best[1]:
+                best = (os.path.join(directory, limit_file), limit - usage)
+        return best
+
+    def memory_headroom(self) -> tuple[str, int] | None:
+        """Bytes left below the memory limit of the target's cgroup (v2
+        memory.max, v1 memory.limit_in_bytes), with the file that sets it;
+        None: no limit."""
+        found = [h for h in (self._tightest("", "memory.max", "memory.current"),
+                             self._tightest("memory", "memory.limit_in_bytes",
+                                            "memory.usage_in_bytes")) if h]
+        return min(found, key=lambda h: h[1]) if found else None
+
+    def tasks_headroom(self) -> tuple[str, int] | None:
+        """Tasks left below pids.max of the target's cgroup (v1 or v2)."""
+        found = [h for h in (self._tightest("", "pids.max", "pids.current"),
+                             self._tightest("pids", "pids.max", "pids.current")) if h]
+        return min(found, key=lambda h: h[1]) if found else None
+
+    def oom_group(self) -> tuple[str, tuple[str, int] | None] | None:
+        """The lowest cgroup on the target's v2 path with memory.oom.group 1
+        (kubelet sets it on every container), with the tightest (limit file,
+        room) at or above it; None without one.
+
+        An OOM kill walks from the victim's cgroup up to the cgroup whose limit
+        was hit (the root for the machine's own OOM) and kills every task of the
+        highest one there with oom.group set (mm/memcontrol.c:
+        mem_cgroup_get_oom_group): the snapshot child lives in the target's
+        cgroup, so an OOM under any limit at or above that cgroup, or of the
+        machine, takes the target with the child whatever their oom_score_adj."""
+        where = self.located.get("")
+        if where is None:
+            return None
+        group, tightest = None, None
+        for directory in _ancestors(*where):
+            if group is None and self.read(directory, "memory.oom.group") == "1":
+                group = directory
+            limit = _number(self.read(directory, "memory.max"))
+            usage = _number(self.read(directory, "memory.current"))
+            if group is None or limit is None or usage is None:
+                continue
+            if tightest is None or limit - usage < tightest[1]:
+                tightest = (os.path.join(directory, "memory.max"), limit - usage)
+        return (group, tightest) if group else None
+
+    def frozen(self) -> str | None:
+        """The cgroup that freezes the target (v1 freezer.state FROZEN/FREEZING,
+        v2 cgroup.events "frozen 1"), or None.  A frozen task never reaches a
+        ptrace stop: snapcore would only wait out its timeout."""
+        found = self.paths()
+        v1 = found.get("freezer")
+        if v1 and self.read(v1, "freezer.state") in ("FROZEN", "FREEZING"):
+            return v1
+        v2 = found.get("")
+        events = self.read(v2, "cgroup.events") if v2 else None
+        if events and "frozen 1" in events.splitlines():
+            return v2
         return None
-    base, top = where
-    best = None
-    for directory in _ancestors(base, top):
-        limit = _number(_read(os.path.join(directory, limit_file)))
-        usage = _number(_read(os.path.join(directory, usage_file)))
-        if limit is None or usage is None:
-            continue
-        room = limit - usage
-        if best is None or room < best[1]:
-            best = (os.path.join(directory, limit_file), room)
-    return best
-
-
-def memory_headroom(pid: int) -> tuple[str, int] | None:
-    """Bytes left below the memory limit of the target's cgroup (v2 memory.max,
-    v1 memory.limit_in_bytes), with the file that sets it; None: no limit."""
-    found = [h for h in (_tightest(pid, "", "memory.max", "memory.current"),
-                         _tightest(pid, "memory", "memory.limit_in_bytes",
-                                   "memory.usage_in_bytes")) if h]
-    return min(found, key=lambda h: h[1]) if found else None
-
-
-def oom_group(pid: int) -> tuple[str, tuple[str, int] | None] | None:
-    """The lowest cgroup on the target's v2 path with memory.oom.group 1
-    (kubelet sets it on every container), with the tightest (limit file,
-    room) at or above it; None without one.
-
-    An OOM kill walks from the victim's cgroup up to the cgroup whose limit
-    was hit (the root for the machine's own OOM) and kills every task of the
-    highest one there with oom.group set (mm/memcontrol.c:
-    mem_cgroup_get_oom_group): the snapshot child lives in the target's
-    cgroup, so an OOM under any limit at or above that cgroup, or of the
-    machine, takes the target with the child whatever their oom_score_adj."""
-    try:
-        where = _hierarchies(pid).get("")
-    except OSError:
-        return None
-    if where is None:
-        return None
-    group, tightest = None, None
-    for directory in _ancestors(*where):
-        if group is None and _read(os.path.join(directory, "memory.oom.group")) == "1":
-            group = directory
-        limit = _number(_read(os.path.join(directory, "memory.max")))
-        usage = _number(_read(os.path.join(directory, "memory.current")))
-        if group is None or limit is None or usage is None:
-            continue
-        if tightest is None or limit - usage < tightest[1]:
-            tightest = (os.path.join(directory, "memory.max"), limit - usage)
-    return (group, tightest) if group else None
 
 
 def anon_bytes(limit_file: str) -> int | None:
     """Anonymous memory charged to the cgroup whose limit is `limit_file`, its
     descendants included (v2 memory.stat anon, v1 total_rss): what the copies
     a copy-on-write child causes add to.  Page cache (the core being written
-    goes there too) is left out: the kernel reclaims it under the limit."""
+    goes there too) is left out: the kernel reclaims it under the limit.
+    Read live, at each of the dump controller's looks (engine/controller.py)."""
     text = _read(os.path.join(os.path.dirname(limit_file), "memory.stat"))
     if text is None:
         return None
     stats = dict(line.split() for line in text.splitlines() if len(line.split()) == 2)
     value = stats.get("anon", stats.get("total_rss"))
     return int(value) if value is not None else None
-
-
-def tasks_headroom(pid: int) -> tuple[str, int] | None:
-    """Tasks left below pids.max of the target's cgroup (v1 or v2)."""
-    found = [h for h in (_tightest(pid, "", "pids.max", "pids.current"),
-                         _tightest(pid, "pids", "pids.max", "pids.current")) if h]
-    return min(found, key=lambda h: h[1]) if found else None
-
-
-def frozen(pid: int) -> str | None:
-    """The cgroup that freezes the target (v1 freezer.state FROZEN/FREEZING, v2
-    cgroup.events "frozen 1"), or None.  A frozen task never reaches a ptrace
-    stop: snapcore would only wait out its timeout."""
-    try:
-        found = paths(pid)
-    except OSError:
-        return None
-    v1 = found.get("freezer")
-    if v1 and _read(os.path.join(v1, "freezer.state")) in ("FROZEN", "FREEZING"):
-        return v1
-    v2 = found.get("")
-    events = _read(os.path.join(v2, "cgroup.events")) if v2 else None
-    if events and "frozen 1" in events.splitlines():
-        return v2
-    return None

@@ -15,7 +15,7 @@ import os
 import struct
 from dataclasses import dataclass
 
-from snapcore.linux.proctext import proc_text
+from snapcore.linux.procstat import read_stat
 
 AT_RANDOM = 25  # 16 random bytes the kernel writes on the new stack at each exec
 WORD = 8
@@ -27,11 +27,6 @@ class ExecImage:
     pid: int  # the process that made the exec (the exec leader)
     argv: list[bytes] | None  # the command line at exec; None: rewritten since
     title: bytes  # what /proc/PID/cmdline shows now
-
-
-def _stat(pid: int) -> list[str]:
-    stat = proc_text(f"/proc/{pid}/stat")
-    return stat[stat.rindex(")") + 2:].split()
 
 
 def _auxv(pid: int) -> dict[int, int]:
@@ -69,7 +64,7 @@ def _argv_at_exec(pid: int, title: bytes) -> list[bytes] | None:
     stack's start (stat field 28), which the kernel writes and no program
     has reason to change."""
     try:
-        argc = struct.unpack("<Q", _peek(pid, int(_stat(pid)[25]), WORD))[0]
+        argc = struct.unpack("<Q", _peek(pid, read_stat(pid).startstack, WORD))[0]
     except (OSError, ValueError, IndexError, struct.error):
         return None
     if not title.endswith(b"\0"):
@@ -84,7 +79,7 @@ def leader(pid: int) -> ExecImage:
     token = exec_token(pid)
     for _ in range(MAX_WALK):
         try:
-            parent = int(_stat(pid)[1])
+            parent = read_stat(pid).ppid
         except (OSError, ValueError, IndexError):
             break
         if token is None or parent <= 1 or exec_token(parent) != token:

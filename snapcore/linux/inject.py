@@ -14,9 +14,9 @@ import signal
 import time
 from dataclasses import dataclass, field
 
-from snapcore.errors import InternalError, NoSuchProcess, Stage, StopTimeout, Unsupported
 from snapcore.linux import abi, arch, ptrace, stops
-from snapcore.linux.stops import ENDED, Event, StopKind
+from snapcore.linux.ptrace import TaskGone
+from snapcore.linux.stops import ENDED, Event, Execed, SignalStop, StopKind, StopLate
 
 _U64 = (1 << 64) - 1
 # How long a thread may take to come back from an injected call whose wait
@@ -32,10 +32,6 @@ def signed(value: int) -> int:
 # Options every seized target thread carries: syscall stops marked, and an
 # exec reported as an event (so a thread that exec'd is never injected into).
 SEIZE_OPTIONS = ptrace.O_TRACESYSGOOD | ptrace.O_TRACEEXEC
-
-
-class TargetReplaced(NoSuchProcess):
-    """The target exec'd a new program: the process snapcore checked is gone."""
 
 
 def syscall(tid: int, base: ptrace.Regs, at: int, nr: int, *args: int,
@@ -95,7 +91,7 @@ def _wait_syscall_stop(tid: int, deadline: float | None, events: list, on_clone,
     while True:
         try:
             stop = stops.wait(tid, deadline, keep_end)
-        except StopTimeout:
+        except StopLate:
             if late is None:
                 raise
             deadline, late = late(), None
@@ -104,8 +100,7 @@ def _wait_syscall_stop(tid: int, deadline: float | None, events: list, on_clone,
             return deadline
         if stop.kind is StopKind.EVENT:
             if stop.event == ptrace.EVENT_EXEC:
-                raise TargetReplaced(f"thread {tid} exec'd a new program", pid=tid,
-                                     stage=Stage.INJECT)
+                raise Execed(tid, "syscall")
             # PTRACE_EVENT_CLONE arrives between clone's entry and exit.
             event = Event(stop.event, ptrace.event_msg(tid))
             events.append(event)
@@ -125,11 +120,9 @@ def _wait_syscall_stop(tid: int, deadline: float | None, events: list, on_clone,
         elif stop.kind is StopKind.SIGNAL:
             # Every other signal is blocked while snapcore injects: this is a
             # synchronous fault caused by the injection itself.
-            raise InternalError(f"thread {tid} got signal {stop.sig} during an injected "
-                                "syscall", pid=tid, stage=Stage.INJECT)
+            raise SignalStop(tid, "syscall", stop.sig)
         else:
-            raise NoSuchProcess(f"thread {tid} exited during an injected syscall", pid=tid,
-                                stage=Stage.INJECT)
+            raise TaskGone(None, tid, "syscall", ended=True)
 
 
 def wait_for_interrupt_stop(tid: int, deadline: float | None, group_ok: bool = False,
@@ -144,9 +137,7 @@ def wait_for_interrupt_stop(tid: int, deadline: float | None, group_ok: bool = F
             if stop.event == ptrace.EVENT_EXEC:
                 # The exec event stop came first; the interrupt stop follows,
                 # but the program snapcore checked is gone.
-                raise TargetReplaced(f"process of thread {tid} exec'd a new program",
-                                     "nothing was done to it; try again", pid=tid,
-                                     stage=Stage.CAPTURE)
+                raise Execed(tid, "interrupt")
             return 0
         if stop.kind is StopKind.SIGNAL:
             # A signal-delivery stop came first: deliver it as the kernel would
@@ -155,10 +146,9 @@ def wait_for_interrupt_stop(tid: int, deadline: float | None, group_ok: bool = F
         elif stop.kind is StopKind.GROUP:
             if group_ok:
                 return stop.sig
-            raise Unsupported(f"thread {tid} was stopped by signal {stop.sig} meanwhile",
-                              "it must stay stopped; try again once it runs", pid=tid)
+            raise SignalStop(tid, "interrupt", stop.sig)  # it must stay stopped
         else:
-            raise NoSuchProcess(f"thread {tid} exited", pid=tid)
+            raise TaskGone(None, tid, "interrupt", ended=True)
 
 
 def finite_deadline(deadline: float | None) -> float:
@@ -175,15 +165,22 @@ class HeldThread:
 
     tid: int
     stopped: bool = False
-    regs: ptrace.Regs | None = None
+    saved_regs: ptrace.Regs | None = None  # as it stopped: save()
     xstate: bytes = b""
     sigmask: int = 0
     pending_sig: int = 0  # a signal it stopped to take while parked: delivered at release
     # Stop signals it took during injected calls (suppressed then): given back at release.
     stops_taken: list = field(default_factory=list)
 
+    @property
+    def regs(self) -> ptrace.Regs:
+        """Its registers as it stopped (save() first: holding a thread saves them)."""
+        if self.saved_regs is None:
+            raise RuntimeError(f"thread {self.tid}'s registers were never saved")
+        return self.saved_regs
+
     def save(self, with_xstate: bool) -> None:
-        self.regs = ptrace.get_regs(self.tid)
+        self.saved_regs = ptrace.get_regs(self.tid)
         self.sigmask = ptrace.get_sigmask(self.tid)
         if with_xstate:
             self.xstate = ptrace.get_xstate(self.tid)
@@ -196,7 +193,7 @@ class HeldThread:
     def free(self) -> bool:
         """Whether it may run an injected call now: stopped, saved, and not
         held in a signal's delivery stop (injecting there would drop it)."""
-        return self.stopped and not self.pending_sig and self.regs is not None
+        return self.stopped and not self.pending_sig and self.saved_regs is not None
 
     def inject(self, at: int, nr: int, *args: int, deadline: float,
                guard=None, events: list | None = None, on_clone=None,
@@ -214,8 +211,7 @@ class HeldThread:
         target dies rather than run on."""
         tid = self.tid
         if not self.free:
-            raise InternalError(f"thread {tid} holds a signal to deliver", pid=tid,
-                                stage=Stage.INJECT)
+            raise SignalStop(tid, "inject", self.pending_sig)
         if guard is not None:
             guard(nr, args, at)  # a refusal before anything of the thread changes
         if landing is not None and landing.allows(guard, nr, args):
@@ -239,7 +235,7 @@ class HeldThread:
             ptrace.set_sigmask(tid, self.sigmask)
         try:
             ptrace.set_regs(tid, self.regs)
-        except NoSuchProcess:
+        except TaskGone:
             if stops.wait(tid, deadline).kind in ENDED:
                 self.stopped = False
                 raise
@@ -273,7 +269,7 @@ class HeldThread:
                 return
             if stop.kind in ENDED:
                 self.stopped = False
-                raise NoSuchProcess(f"thread {tid} exited", pid=tid)
+                raise TaskGone(None, tid, "interrupt", ended=True)
             ptrace.cont(tid)  # a syscall stop on the way: go on to the interrupt
 
     def release(self) -> None:

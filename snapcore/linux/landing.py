@@ -61,19 +61,15 @@ class Sites:
     shadow_stack: bool = False  # rt_sigreturn would want a shadow stack token: no frames
 
 
-def find(pid: int) -> Sites:
-    """Read the target's vDSO and libc (musl's is its loader) for the sites."""
+def find(pid: int, status: dict[str, str]) -> Sites:
+    """Read the target's vDSO and libc (musl's is its loader) for the sites;
+    `status`: its /proc/PID/status, as the preflight read it."""
     found: dict = {}
     with proc_open(f"/proc/{pid}/maps") as f:
         mappings = [line.split() for line in f]
     stack = next((tuple(int(x, 16) for x in m[0].split("-")) for m in mappings
                   if m[-1] == "[stack]"), (0, 0))
-    try:
-        with proc_open(f"/proc/{pid}/status") as f:
-            shadow = any(line.startswith("x86_Thread_features:") and "shstk" in line
-                         for line in f)
-    except OSError:
-        shadow = True
+    shadow = "shstk" in status.get("x86_Thread_features", "")
     wanted = [m for m in mappings if len(m) > 5 and "x" in m[1]
               and (m[5] == "[vdso]" or "/libc" in m[5] or "/ld-musl" in m[5])]
     try:
@@ -236,7 +232,7 @@ def _own_registers(pid: int, thread):
 def _frame_ok(thread, sites: Sites) -> bool:
     """Inside the window: no reading of /proc but for a pending restart
     (rare), each read lengthening the target's pause."""
-    regs = thread.regs
+    regs = thread.saved_regs
     return regs is not None and bool(thread.xstate) and regs.cs == arch.USER_CS and \
         not sites.shadow_stack
 

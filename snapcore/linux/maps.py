@@ -13,7 +13,7 @@ import re
 import struct
 from dataclasses import dataclass, field
 
-from snapcore.linux import arch
+from snapcore.linux import arch, procstat
 from snapcore.linux.proctext import proc_open
 
 _HEADER = re.compile(r"^([0-9a-f]+)-([0-9a-f]+) (\S{4}) ([0-9a-f]+) (\S+) (\d+)\s*(.*)$")
@@ -86,9 +86,7 @@ def _unescape(path: str) -> str:
     return path.replace("\\012", "\n")
 
 
-def coredump_filter(pid: int) -> int:
-    with open(f"/proc/{pid}/coredump_filter") as f:
-        return int(f.read().strip(), 16)
+coredump_filter = procstat.coredump_filter  # the writer's and dumprules' name for it
 
 
 @dataclass

@@ -14,7 +14,7 @@ import os
 from typing import NamedTuple
 
 from snapcore.linux import arch
-from snapcore.linux.proctext import proc_text
+from snapcore.linux.procstat import read_stat
 
 IOPRIO_WHO_PROCESS = 1
 IOPRIO_CLASS_BE, IOPRIO_CLASS_IDLE = 2, 3
@@ -62,15 +62,15 @@ def _ioprio_set(tid: int, io_class: int, level: int) -> None:
 
 
 def own_level(pid: int) -> tuple[str, int]:
-    """The target's scheduling policy name and nice (stat fields 41 and 19):
-    a dump is never raised above them.  A target that exited right after the
-    fork (its child's dump goes on) has none: the dump then stays idle."""
+    """The target's scheduling policy name and nice: a dump is never raised
+    above them.  Read live when the dump starts, after the fork: what the
+    target runs at then.  A target that exited right after the fork (its
+    child's dump goes on) has none: the dump then stays idle."""
     try:
-        fields = proc_text(f"/proc/{pid}/stat").rsplit(")", 1)[1].split()
+        stat = read_stat(pid)
     except (FileNotFoundError, ProcessLookupError):
         return "idle", 19
-    # fields[0] is stat field 3 (state): field N is fields[N - 3].
-    return SCHED_POLICIES.get(int(fields[38]), "other"), int(fields[16])
+    return SCHED_POLICIES.get(stat.policy, "other"), stat.nice
 
 
 def waited(tid: int) -> tuple[float, float]:

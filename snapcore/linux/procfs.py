@@ -8,9 +8,9 @@ from dataclasses import dataclass, field
 
 from snapcore.errors import NoSuchProcess, Stage, Unsupported
 from snapcore.linux import arch
+from snapcore.linux.facts import Facts
+from snapcore.linux.procstat import PROC, RLIM_INFINITY, read_stat, read_status
 from snapcore.linux.proctext import COMM_BYTES, proc_open, proc_text, readable
-
-RLIM_INFINITY = (1 << 64) - 1
 
 
 @dataclass
@@ -63,11 +63,6 @@ def reading(pid: int, stage: Stage):
         raise
 
 
-def read_status(pid: int) -> dict[str, str]:
-    with proc_open(f"/proc/{pid}/status") as f:
-        return dict(line.rstrip("\n").split(":\t", 1) for line in f if ":\t" in line)
-
-
 def parent(pid: int) -> int | None:
     """The parent's pid (the process, not the thread, a child belongs to);
     None once the process is gone."""
@@ -77,43 +72,19 @@ def parent(pid: int) -> int | None:
         return None
 
 
-def ancestors(pid: int) -> list[int]:
-    """The pids of the process's parent, its parent's parent, ... up to init."""
-    found = []
-    while pid > 1:
-        try:
-            pid = int(read_status(pid)["PPid"])
-        except (OSError, KeyError, ValueError):
-            break
-        found.append(pid)
-    return found
-
-
-def _stat_fields(path: str) -> list[str]:
-    """The fields of a /proc stat file after comm (state is [0]); comm may hold
-    spaces and parentheses, so split after the last ')'."""
-    stat = proc_text(path)
-    return stat[stat.rindex(")") + 2:].split()
-
-
 def start_time(pid: int, tid: int | None = None) -> int:
     """Clock ticks since boot at the process's (or one thread's) start: with
     the id, what pins it against reuse."""
-    path = f"/proc/{pid}/stat" if tid is None else f"/proc/{pid}/task/{tid}/stat"
-    return int(_stat_fields(path)[19])
+    return read_stat(pid, tid).starttime
 
 
 def thread_seccomp(pid: int, tid: int) -> int:
     """A thread's seccomp mode (0 none, 1 strict, 2 filter): filters belong
     to threads, not processes (kernel/seccomp.c), and may differ between them."""
     try:
-        with proc_open(f"/proc/{pid}/task/{tid}/status") as f:
-            for line in f:
-                if line.startswith("Seccomp:"):
-                    return int(line.split()[1])
+        return int(read_status(pid, tid).get("Seccomp", "0"))
     except OSError:
-        pass
-    return 0
+        return 0
 
 
 def started_at(ticks: int) -> float:
@@ -130,21 +101,14 @@ def ns_tid(pid: int, tid: int) -> int | None:
     name inside a container); the global id on kernels without NSpid (before
     4.1: no pid namespaces to tell apart)."""
     try:
-        with proc_open(f"/proc/{pid}/task/{tid}/status") as f:
-            for line in f:
-                if line.startswith("NSpid:"):
-                    return int(line.split()[-1])
+        nspid = read_status(pid, tid).get("NSpid")
     except OSError:
         return None
-    return tid
+    return int(nspid.split()[-1]) if nspid else tid
 
 
 def task_ids(pid: int) -> list[int]:
     return sorted(int(t) for t in os.listdir(f"/proc/{pid}/task"))
-
-
-def thread_state(pid: int, tid: int) -> str:
-    return _stat_fields(f"/proc/{pid}/task/{tid}/stat")[0]
 
 
 def thread_name(pid: int, tid: int) -> str:
@@ -152,20 +116,6 @@ def thread_name(pid: int, tid: int) -> str:
         return readable(proc_text(f"/proc/{pid}/task/{tid}/comm").rstrip("\n"), COMM_BYTES)
     except OSError:
         return ""
-
-
-def core_limits(pid: int) -> tuple[int, int]:
-    """Soft and hard RLIMIT_CORE of the target, from /proc/PID/limits."""
-    with proc_open(f"/proc/{pid}/limits") as f:
-        for line in f:
-            if line.startswith("Max core file size"):
-                soft, hard = line.split()[4:6]
-                return (_limit(soft), _limit(hard))
-    return (RLIM_INFINITY, RLIM_INFINITY)
-
-
-def _limit(text: str) -> int:
-    return RLIM_INFINITY if text == "unlimited" else int(text)
 
 
 def open_exe(pid: int) -> int | None:
@@ -179,35 +129,36 @@ def open_exe(pid: int) -> int | None:
         return None
 
 
-def elf_identity(pid: int) -> tuple[int, int]:
+def elf_identity(pid: int, proc: str = PROC) -> tuple[int, int]:
     """ELF class (1: 32-bit, 2: 64-bit) and machine of the target's executable."""
-    with open(f"/proc/{pid}/exe", "rb") as f:
+    with open(f"{proc}/{pid}/exe", "rb") as f:
         head = f.read(20)
     if head[:4] != b"\x7fELF":
         return (0, 0)
     return (head[4], int.from_bytes(head[18:20], "little"))
 
 
-def read(pid: int) -> Target:
-    """Read what snapcore needs to know about `pid`; judging it is preflight's job."""
+def read(pid: int, facts: Facts | None = None) -> Target:
+    """Read what snapcore needs to know about `pid`; judging it is preflight's
+    job.  From `facts` (the preflight's, read once), else from /proc now."""
+    facts = facts or Facts(pid)
+    proc = facts.proc
     try:
-        status = read_status(pid)
-        stime = start_time(pid)
-        kthread = _is_kernel_thread(pid)
-        soft, hard = core_limits(pid)
-        tids = task_ids(pid)
-        owner = os.stat(f"/proc/{pid}/stat").st_uid
-        with open(f"/proc/{pid}/cmdline", "rb") as f:
+        status, stat = facts.status, facts.stat
+        soft, hard = facts.limits.get("Max core file size", (RLIM_INFINITY, RLIM_INFINITY))
+        tids = facts.tasks
+        owner = os.stat(f"{proc}/{pid}/stat").st_uid
+        with open(f"{proc}/{pid}/cmdline", "rb") as f:
             cmdline = [a.decode(errors="replace") for a in f.read().split(b"\0")[:-1]]
     except (FileNotFoundError, ProcessLookupError):
         raise NoSuchProcess(f"no such process {pid}",
                             "check the pid with ps or pgrep", pid=pid,
                             stage=Stage.PREFLIGHT) from None
     exe, elf_class, machine = "", 0, 0
-    if not kthread:
+    if not stat.kernel_thread:
         try:
-            exe = os.readlink(f"/proc/{pid}/exe")
-            elf_class, machine = elf_identity(pid)
+            exe = os.readlink(f"{proc}/{pid}/exe")
+            elf_class, machine = elf_identity(pid, proc)
         except PermissionError:
             elf_class = -1  # unreadable: the permission check refuses it
         except (FileNotFoundError, ProcessLookupError):
@@ -217,16 +168,11 @@ def read(pid: int) -> Target:
     uids = status.get("Uid", "0 0 0 0").split()
     return Target(pid=pid, name=readable(status.get("Name", "?"), COMM_BYTES), exe=exe,
                   uid=int(uids[0]), gid=int(status.get("Gid", "0").split()[0]), euid=int(uids[1]),
-                  start_time=stime, state=status.get("State", "?")[0],
+                  start_time=stat.starttime, state=status.get("State", "?")[0],
                   tgid=int(status.get("Tgid", pid)), tracer=int(status.get("TracerPid", "0")),
-                  seccomp=int(status.get("Seccomp", "0")), kernel_thread=kthread,
+                  seccomp=int(status.get("Seccomp", "0")), kernel_thread=stat.kernel_thread,
                   elf_class=elf_class, elf_machine=machine, core_soft=soft, core_hard=hard,
                   threads=tids, proc_owner=owner, cmdline=cmdline)
-
-
-def _is_kernel_thread(pid: int) -> bool:
-    # PF_KTHREAD (0x00200000) in the flags field (stat field 9).
-    return bool(int(_stat_fields(f"/proc/{pid}/stat")[6]) & 0x00200000)
 
 
 def syscall_instructions(pid: int) -> list[int]:
@@ -281,8 +227,6 @@ def is_syscall_instruction(pid: int, at: int) -> bool:
 
 
 def mm_fingerprint(pid: int) -> tuple[int, ...]:
-    """Where the kernel laid out the target's program: code, stack, data, heap,
-    arguments and environment (stat fields 26-28 and 45-51).  exec builds a
-    new layout (randomized), so a change means the program was replaced."""
-    fields = _stat_fields(f"/proc/{pid}/stat")
-    return tuple(int(fields[i]) for i in (23, 24, 25, 42, 43, 44, 45, 46, 47, 48))
+    """Where the kernel laid out the target's program now (Stat.fingerprint):
+    read live at each stop, against the preflight's."""
+    return read_stat(pid).fingerprint

@@ -1,8 +1,31 @@
 """The only module that calls ptrace(2).
 
-It drives the kernel through python-ptrace's raw binding: python-ptrace's
-high-level debugger uses PTRACE_ATTACH (a SIGSTOP the target's parent can
-see) and detaches from __del__ at random moments, so it is not used.
+It drives the kernel through python-ptrace's raw binding
+(ptrace.binding.func.ptrace), with python-ptrace's request numbers, options,
+events and register struct where it has them.  python-ptrace's high-level
+debugger is not used: it attaches with PTRACE_ATTACH (a SIGSTOP the
+target's parent can see) and detaches from __del__ at random moments.
+
+What snapcore adds, and why:
+- the requests python-ptrace (0.9.9) does not name, all Linux 3.4 or later
+  but the last two: PTRACE_SEIZE and PTRACE_INTERRUPT (attach and stop
+  without a signal the target could see), PTRACE_LISTEN (a held thread that
+  job control still reaches), PTRACE_GETSIGMASK and PTRACE_SETSIGMASK (an
+  injected call runs with every signal blocked), PTRACE_SECCOMP_GET_FILTER
+  (the filters an injected call must pass: linux/seccomp.py) and
+  PTRACE_GET_RSEQ_CONFIGURATION (linux/rseq.py); PTRACE_O_EXITKILL and
+  PTRACE_EVENT_STOP, which it does not name either;
+- register sets through PTRACE_GETREGSET/SETREGSET with an iovec (the
+  general registers as NT_PRSTATUS, the FPU state as NT_X86_XSTATE), where
+  python-ptrace's ptrace_getregs uses x86's own PTRACE_GETREGS;
+- each errno read as the kernel means it for that request, and raised as
+  an error of linux/'s own (`PtraceFailed`, with the errno, the thread and
+  the request): ESRCH a thread gone or not stopped (`TaskGone`), EPERM one
+  snapcore may not trace, with its tracer if it has one (`NotPermitted`),
+  or that is exiting (`seize`: `TaskGone`); ENOENT past the last seccomp
+  filter, EIO or EINVAL a kernel without rseq configuration, both answers
+  rather than errors.  What a failure means for a snapshot (its exit code,
+  its hint) is the engine's to say: engine/kernelerrors.py.
 Waiting for tracees is linux/stops.py.
 """
 
@@ -12,22 +35,21 @@ import ctypes
 import errno
 import os
 import struct
+from typing import TYPE_CHECKING
 from dataclasses import dataclass
 
 from ptrace import PtraceError
+from ptrace.binding.func import (PTRACE_CONT, PTRACE_DETACH, PTRACE_EVENT_CLONE,
+                                 PTRACE_EVENT_EXEC, PTRACE_GETEVENTMSG, PTRACE_GETREGSET,
+                                 PTRACE_O_TRACECLONE, PTRACE_O_TRACEEXEC,
+                                 PTRACE_O_TRACESYSGOOD, PTRACE_SETOPTIONS, PTRACE_SETREGSET,
+                                 PTRACE_SYSCALL)
 from ptrace.binding.func import ptrace as _raw_ptrace
 from ptrace.binding.linux_struct import user_regs_struct
 
-from snapcore.errors import AlreadyTraced, InternalError, NoSuchProcess, PermissionDenied
-from snapcore.linux import arch, procfs
+from snapcore.linux import abi, arch, procfs
 
-PTRACE_CONT = 7
-PTRACE_DETACH = 17
-PTRACE_SYSCALL = 24
-PTRACE_SETOPTIONS = 0x4200
-PTRACE_GETEVENTMSG = 0x4201
-PTRACE_GETREGSET = 0x4204
-PTRACE_SETREGSET = 0x4205
+# The requests python-ptrace does not name (include/uapi/linux/ptrace.h).
 PTRACE_SEIZE = 0x4206
 PTRACE_INTERRUPT = 0x4207
 PTRACE_LISTEN = 0x4208
@@ -36,20 +58,74 @@ PTRACE_SETSIGMASK = 0x420B
 PTRACE_SECCOMP_GET_FILTER = 0x420C
 PTRACE_GET_RSEQ_CONFIGURATION = 0x420F
 
-O_TRACESYSGOOD = 1
-O_TRACECLONE = 8
-O_TRACEEXEC = 0x10
-O_EXITKILL = 1 << 20
+O_TRACESYSGOOD = PTRACE_O_TRACESYSGOOD
+O_TRACECLONE = PTRACE_O_TRACECLONE
+O_TRACEEXEC = PTRACE_O_TRACEEXEC
+O_EXITKILL = 1 << 20  # not named by python-ptrace
 
-EVENT_CLONE = 3
-EVENT_EXEC = 4
-EVENT_STOP = 128
+EVENT_CLONE = PTRACE_EVENT_CLONE
+EVENT_EXEC = PTRACE_EVENT_EXEC
+EVENT_STOP = 128  # not named by python-ptrace: a SEIZEd thread's interrupt or group stop
 
 
 # Every signal but SIGKILL and SIGSTOP (the kernel ignores those two in a mask).
 ALL_SIGNALS_MASK = (1 << 64) - 1
 
-Regs = user_regs_struct
+if TYPE_CHECKING:  # the registers' struct is the running machine's (python-ptrace's)
+    from ctypes import Structure as Regs
+else:
+    Regs = user_regs_struct
+
+
+class PtraceFailed(OSError):
+    """A ptrace request (or a wait for a tracee: linux/stops.py) that failed:
+    `errno` as the kernel answered it (None when the failure is a stop the
+    tracee reported, not an answer), `tid` the thread, `request` the
+    request's name ("seize", "getregset", "wait"...), `addr` its address
+    argument where it says which (the seccomp filter's index)."""
+
+    def __init__(self, code: int | None, tid: int, request: str, addr: int = 0):
+        super().__init__(code, os.strerror(code) if code else "seen in a stop of the tracee")
+        self.tid = tid
+        self.request = request
+        self.addr = addr
+
+    def __str__(self) -> str:
+        return f"ptrace {self.request} on {self.tid}: {self.strerror}"
+
+
+class TaskGone(PtraceFailed, ProcessLookupError):
+    """The thread is gone or not in a ptrace stop (ESRCH); or, with
+    `exiting`, it was exiting as it was seized (EPERM: ptrace_attach refuses
+    a task whose exit has begun); `ended`: a wait saw it end."""
+
+    def __init__(self, code: int | None, tid: int, request: str, addr: int = 0, *,
+                 exiting: bool = False, ended: bool = False):
+        super().__init__(code, tid, request, addr)
+        self.exiting = exiting
+        self.ended = ended
+
+
+class NotPermitted(PtraceFailed, PermissionError):
+    """EPERM (and EACCES, for the seccomp filters): snapcore may not do this.
+    For a seize, `tracer` is the thread's tracer (0: none) and `tracer_name`
+    its name: a thread someone else traces answers EPERM to a tracer that
+    may trace anything."""
+
+    def __init__(self, code: int | None, tid: int, request: str, addr: int = 0, *,
+                 tracer: int = 0, tracer_name: str = ""):
+        super().__init__(code, tid, request, addr)
+        self.tracer = tracer
+        self.tracer_name = tracer_name
+
+
+def failed(code: int | None, tid: int, request: str, addr: int = 0) -> PtraceFailed:
+    """The error of linux/'s own for errno `code` of `request` on `tid`."""
+    if code == errno.ESRCH:
+        return TaskGone(code, tid, request, addr)
+    if code == errno.EPERM:
+        return NotPermitted(code, tid, request, addr)
+    return PtraceFailed(code, tid, request, addr)
 
 
 class _Iovec(ctypes.Structure):
@@ -57,18 +133,11 @@ class _Iovec(ctypes.Structure):
 
 
 def _call(request: int, tid: int, addr: int = 0, data: int = 0, what: str = "") -> int:
+    """ptrace(request, tid, addr, data); a failure raised as `failed` says."""
     try:
         return _raw_ptrace(request, tid, addr, data)
     except PtraceError as exc:
-        code = exc.errno
-        if code == errno.ESRCH:
-            raise NoSuchProcess(f"thread {tid} is gone or not stopped ({what})",
-                                pid=tid) from None
-        if code == errno.EPERM:
-            raise PermissionDenied(f"not permitted to trace {tid} ({what})",
-                                   "run as root or with CAP_SYS_PTRACE", pid=tid) from None
-        raise InternalError(f"ptrace {what} on {tid} failed: {os.strerror(code or 0)}",
-                            pid=tid) from None
+        raise failed(exc.errno, tid, what, addr) from None
 
 
 def seize(tid: int, options: int = 0) -> None:
@@ -80,19 +149,16 @@ def seize(tid: int, options: int = 0) -> None:
     not ESRCH, to a task whose exit_state is set): that is "gone"."""
     try:
         _call(PTRACE_SEIZE, tid, 0, options, "seize")
-    except PermissionDenied:
+    except NotPermitted as exc:
         if procfs.gone(tid):
-            raise NoSuchProcess(f"thread {tid} exited while snapcore attached to it",
-                                pid=tid) from None
+            raise TaskGone(exc.errno, tid, "seize", exiting=True) from None
         try:
             tracer = int(procfs.read_status(tid).get("TracerPid", "0"))
         except OSError:
             tracer = 0
         if tracer:
-            raise AlreadyTraced(f"thread {tid} is already traced by {tracer} "
-                                f"({procfs.thread_name(tracer, tracer) or '?'})",
-                                "busy: wait until that tracer is "
-                                "done (another snapcore, gdb or strace)", pid=tid) from None
+            raise NotPermitted(exc.errno, tid, "seize", tracer=tracer,
+                               tracer_name=procfs.thread_name(tracer, tracer) or "") from None
         raise
 
 
@@ -133,13 +199,13 @@ def get_regs(tid: int) -> Regs:
     architecture has, where PTRACE_GETREGS is x86's own)."""
     regs = Regs()
     iov = _Iovec(ctypes.addressof(regs), ctypes.sizeof(regs))
-    _call(PTRACE_GETREGSET, tid, arch.NT_PRSTATUS, ctypes.addressof(iov), "getregset")
+    _call(PTRACE_GETREGSET, tid, abi.NT_PRSTATUS, ctypes.addressof(iov), "getregset")
     return regs
 
 
 def set_regs(tid: int, regs: Regs) -> None:
     iov = _Iovec(ctypes.addressof(regs), ctypes.sizeof(regs))
-    _call(PTRACE_SETREGSET, tid, arch.NT_PRSTATUS, ctypes.addressof(iov), "setregset")
+    _call(PTRACE_SETREGSET, tid, abi.NT_PRSTATUS, ctypes.addressof(iov), "setregset")
 
 
 def copy_regs(regs: Regs) -> Regs:
@@ -150,7 +216,7 @@ def regs_size(tid: int) -> int:
     """Size of the NT_PRSTATUS register set: 216 for a 64-bit task, 68 for a 32-bit one."""
     buf = ctypes.create_string_buffer(512)
     iov = _Iovec(ctypes.addressof(buf), len(buf))
-    _call(PTRACE_GETREGSET, tid, arch.NT_PRSTATUS, ctypes.addressof(iov), "getregset")
+    _call(PTRACE_GETREGSET, tid, abi.NT_PRSTATUS, ctypes.addressof(iov), "getregset")
     return iov.len
 
 
@@ -179,25 +245,27 @@ def set_sigmask(tid: int, mask: int) -> None:
     _call(PTRACE_SETSIGMASK, tid, 8, ctypes.addressof(value), "setsigmask")
 
 
+SECCOMP_FILTER = "seccomp filter"  # the request's name in its errors
+RSEQ = "rseq"
+
+
 def seccomp_filters(tid: int) -> list[bytes]:
     """The thread's seccomp filters as raw struct sock_filter arrays, newest first.
 
-    Needs CAP_SYS_ADMIN and a stopped tracee; raises PermissionDenied without it.
+    Needs CAP_SYS_ADMIN and a stopped tracee; raises NotPermitted without it.
     """
-    filters = []
+    filters: list[bytes] = []
     for index in range(1024):  # the kernel caps a thread's filters far lower
         try:
             count = _raw_ptrace(PTRACE_SECCOMP_GET_FILTER, tid, index, 0)
         except PtraceError as exc:
             if exc.errno == errno.ENOENT:
                 return filters
-            if exc.errno in (errno.EACCES, errno.EPERM):
-                raise PermissionDenied(f"cannot read the seccomp filters of {tid}",
-                                       "run as root with CAP_SYS_ADMIN", pid=tid) from None
-            raise InternalError(f"reading seccomp filter {index} of {tid} failed: "
-                                f"{os.strerror(exc.errno or 0)}", pid=tid) from None
+            if exc.errno == errno.EACCES:  # without CAP_SYS_ADMIN (kernel/seccomp.c)
+                raise NotPermitted(exc.errno, tid, SECCOMP_FILTER, index) from None
+            raise failed(exc.errno, tid, SECCOMP_FILTER, index) from None
         buf = ctypes.create_string_buffer(count * 8)
-        _call(PTRACE_SECCOMP_GET_FILTER, tid, index, ctypes.addressof(buf), "seccomp filter")
+        _call(PTRACE_SECCOMP_GET_FILTER, tid, index, ctypes.addressof(buf), SECCOMP_FILTER)
         filters.append(buf.raw)
     return filters
 
@@ -219,11 +287,7 @@ def rseq_config(tid: int) -> RseqArea:
     except PtraceError as exc:
         if exc.errno in (errno.EIO, errno.EINVAL):
             return RseqArea(0, 0, 0)
-        if exc.errno == errno.ESRCH:
-            raise NoSuchProcess(f"thread {tid} is gone or not stopped (rseq)",
-                                pid=tid) from None
-        raise InternalError(f"ptrace rseq configuration of {tid} failed: "
-                            f"{os.strerror(exc.errno or 0)}", pid=tid) from None
+        raise failed(exc.errno, tid, RSEQ) from None
     address, size, signature = struct.unpack_from("<QII", buf.raw)
     return RseqArea(address, size, signature)
 

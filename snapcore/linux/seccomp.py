@@ -9,6 +9,7 @@ interpreter of classic BPF over `struct seccomp_data`, the way the kernel does
 
 from __future__ import annotations
 
+import copy
 import struct
 from dataclasses import dataclass
 
@@ -195,12 +196,21 @@ def describe(ret: int) -> str:
 class Guard:
     """Checks each injected syscall against the target's filters just before it
     runs, with the instruction address and arguments it really has (a filter
-    may look at both).  The snapshot child and the intermediate task inherit
-    the target's filters, so their calls are checked the same way."""
+    may look at both).  The fork thread and the snapshot child inherit the
+    runner's filters (kernel/fork.c: copy_seccomp), so their calls are
+    checked the same way, each task with its own Guard (`inherited`): `task`
+    names who runs the calls it is asked about."""
 
-    def __init__(self, filters: list[Program], audit_arch: int):
+    def __init__(self, filters: list[Program], audit_arch: int, task: str = "target"):
         self.filters = filters
         self.audit_arch = audit_arch
+        self.task = task
+
+    def inherited(self, task: str) -> "Guard":
+        """The same filters, for task `task` that this one's task makes."""
+        made = copy.copy(self)
+        made.task = task
+        return made
 
     def allows(self, nr: int, args: tuple[int, ...], at: int) -> int:
         """The filters' verdict (an action in HARMLESS means it runs) for
@@ -217,6 +227,8 @@ class Guard:
         return all(action(self.allows(nr, args, at)) in HARMLESS for nr, args, at in calls)
 
     def __call__(self, nr: int, args: tuple[int, ...], at: int) -> None:
+        """The gate of every injected call, just before it runs: Denied when
+        the filters would not let it (nothing of the task changed yet)."""
         ret = self.allows(nr, args, at)
         if action(ret) not in HARMLESS:
             raise Denied(nr, ret)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import enum
+import errno
 import math
 import os
 import signal
@@ -16,10 +17,8 @@ import time
 from dataclasses import dataclass
 from typing import NamedTuple
 
-from snapcore.errors import NoSuchProcess, StopTimeout
-from snapcore.linux.ptrace import EVENT_STOP
-
-WALL = 0x40000000  # __WALL: wait for threads and clone children too
+from snapcore.linux.abi import WALL  # __WALL: wait for threads and clone children too
+from snapcore.linux.ptrace import EVENT_STOP, PtraceFailed, TaskGone
 
 
 class StopKind(enum.Enum):
@@ -56,6 +55,33 @@ class Event(NamedTuple):
     message: int
 
 
+class Execed(TaskGone):
+    """PTRACE_EVENT_EXEC during an injected "syscall" or before an "interrupt"
+    stop: the process exec'd, and the program snapcore checked is gone."""
+
+    def __init__(self, tid: int, request: str):
+        super().__init__(None, tid, request)
+
+
+class SignalStop(PtraceFailed):
+    """The thread stopped for signal `sig` where it should not have: a fault
+    of an injected "syscall" (every other signal is blocked then), a group
+    stop before its "interrupt" stop, or (request "inject") a signal it
+    holds to deliver, which an injected call would drop."""
+
+    def __init__(self, tid: int, request: str, sig: int):
+        super().__init__(None, tid, request)
+        self.sig = sig
+
+
+class StopLate(PtraceFailed, TimeoutError):
+    """The tracee did not stop by the deadline (ETIMEDOUT: no answer came);
+    a thread in uninterruptible sleep (D) stops only when it wakes."""
+
+    def __init__(self, tid: int):
+        super().__init__(errno.ETIMEDOUT, tid, "wait")
+
+
 _GROUP_STOP_SIGNALS = (signal.SIGSTOP, signal.SIGTSTP, signal.SIGTTIN, signal.SIGTTOU)
 
 
@@ -77,31 +103,30 @@ def _decode(status: int) -> Stop:
 
 def wait(tid: int, deadline: float | None, keep_end: bool = False) -> Stop:
     """Wait for the next stop (or the end) of one tracee, until `deadline`
-    (monotonic).  With `keep_end` its end is not collected: NoSuchProcess
-    says it ended, and the end stays for a later `wait` (collecting a
-    thread's end is what lets an exec or an exit of its process complete)."""
+    (monotonic), or raise StopLate.  With `keep_end` its end is not
+    collected: TaskGone (`ended`) says it ended, and the end stays for a
+    later `wait` (collecting a thread's end is what lets an exec or an exit
+    of its process complete).  A thread that is not (or no longer)
+    snapcore's to wait for raises TaskGone with ECHILD."""
     while True:
         if keep_end:
             stop = try_stop(tid)
             if stop is not None:
                 return stop
             if has_ended(tid):
-                raise NoSuchProcess(f"thread {tid} ended", pid=tid)
+                raise TaskGone(None, tid, "wait", ended=True)
         else:
             try:
                 pid, status = os.waitpid(tid, WALL | os.WNOHANG)
             except ChildProcessError:
-                raise NoSuchProcess(f"thread {tid} is no longer traced", pid=tid) from None
+                raise TaskGone(errno.ECHILD, tid, "wait") from None
             if pid:
                 return _decode(status)
         timeout = 3600.0 if deadline is None else deadline - time.monotonic()
         if not math.isfinite(timeout):  # never reached from the command line (bounds.py)
             raise ValueError(f"deadline {deadline!r} is not a time")
         if timeout <= 0:
-            raise StopTimeout(f"thread {tid} did not stop in time",
-                              "it may be in uninterruptible sleep (D); it is left "
-                              "untouched: try again later, or allow a longer stop timeout", pid=tid,
-                              setting="timeout")
+            raise StopLate(tid)
         for hook in _while_waiting:
             hook()
         signal.sigtimedwait([signal.SIGCHLD], timeout)

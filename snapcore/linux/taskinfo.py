@@ -1,6 +1,9 @@
 """What a core's notes say about a process and its threads, from /proc: ids
 in the process's own pid namespace, times, pending signals, nice, flags, the
 command line's memory and the auxiliary vector.
+
+Read live, right after the window (engine/write.py: gather): the notes say
+what the process was at the snapshot, not at the preflight.
 """
 
 from __future__ import annotations
@@ -8,13 +11,7 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 
-from snapcore.linux.procfs import _stat_fields, read_status
-from snapcore.linux.proctext import proc_open
-
-# Indexes into _stat_fields (field N of proc(5)'s stat is index N - 3).
-_PPID, _PGRP, _SESSION, _FLAGS = 1, 2, 3, 6
-_UTIME, _STIME, _CUTIME, _CSTIME, _NICE = 11, 12, 13, 14, 16
-_ARG_START, _ARG_END = 45, 46
+from snapcore.linux.procstat import read_stat, read_status
 
 
 @dataclass
@@ -28,14 +25,12 @@ def thread_facts(pid: int, tid: int) -> ThreadFacts | None:
     """None when the thread is gone.  For the main thread, the times are the
     whole process's (/proc/PID/stat), as the kernel's fill_prstatus gives
     the group leader."""
-    path = f"/proc/{pid}/stat" if tid == pid else f"/proc/{pid}/task/{tid}/stat"
     try:
-        stat = _stat_fields(path)
-        with proc_open(f"/proc/{pid}/task/{tid}/status") as f:
-            pending = next(int(line.split()[1], 16) for line in f if line.startswith("SigPnd:"))
-    except (OSError, StopIteration):
+        stat = read_stat(pid, None if tid == pid else tid)
+        pending = int(read_status(pid, tid)["SigPnd"], 16)
+    except (OSError, KeyError):
         return None
-    return ThreadFacts(pending, int(stat[_UTIME]), int(stat[_STIME]))
+    return ThreadFacts(pending, stat.utime, stat.stime)
 
 
 @dataclass
@@ -61,10 +56,10 @@ def _ns_ids(status: dict[str, str], key: str) -> list[int]:
 
 def process_facts(pid: int) -> ProcessFacts:
     status = read_status(pid)
-    stat = _stat_fields(f"/proc/{pid}/stat")
+    stat = read_stat(pid)
     nspid = _ns_ids(status, "NSpid") or [pid]
     level = len(nspid)
-    ppid = int(stat[_PPID])
+    ppid = stat.ppid
     try:
         parent = _ns_ids(read_status(ppid), "NSpid") or [ppid] if ppid else []
     except OSError:
@@ -73,12 +68,11 @@ def process_facts(pid: int) -> ProcessFacts:
     return ProcessFacts(
         pid=nspid[-1],
         ppid=parent[level - 1] if len(parent) >= level else 0,
-        pgrp=(_ns_ids(status, "NSpgid") or [int(stat[_PGRP])])[-1],
-        sid=(_ns_ids(status, "NSsid") or [int(stat[_SESSION])])[-1],
+        pgrp=(_ns_ids(status, "NSpgid") or [stat.pgrp])[-1],
+        sid=(_ns_ids(status, "NSsid") or [stat.session])[-1],
         uid=int(status["Uid"].split()[0]), gid=int(status["Gid"].split()[0]),
-        nice=int(stat[_NICE]), flags=int(stat[_FLAGS]),
-        cutime=int(stat[_CUTIME]), cstime=int(stat[_CSTIME]),
-        arg_start=int(stat[_ARG_START]), arg_end=int(stat[_ARG_END]),
+        nice=stat.nice, flags=stat.flags, cutime=stat.cutime, cstime=stat.cstime,
+        arg_start=stat.arg_start, arg_end=stat.arg_end,
         sender_pid=mine[-1] if len(mine) == level else 0)
 
 

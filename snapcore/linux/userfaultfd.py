@@ -12,7 +12,7 @@ REGISTERED = ("um", "uw", "ui")  # VmFlags: missing, write-protect, minor faults
 def features(pid: int) -> list[int]:
     """The features of each userfaultfd the process holds a descriptor of
     (fdinfo "API:\tAPI:FEATURES:IOCTLS", fs/userfaultfd.c: userfaultfd_show_fdinfo)."""
-    found = []
+    found: list[int] = []
     try:
         fds = os.listdir(f"/proc/{pid}/fd")
     except OSError:

@@ -4,12 +4,14 @@ then each given back exactly as it was.
 
 from __future__ import annotations
 
+import contextlib
 import time
 
-from snapcore.errors import NoSuchProcess, Stage, StopTimeout, Unsupported
 from snapcore.linux import ptrace, stops
-from snapcore.linux.inject import SEIZE_OPTIONS, HeldThread, TargetReplaced, wait_for_interrupt_stop
+from snapcore.linux.inject import SEIZE_OPTIONS, HeldThread, wait_for_interrupt_stop
 from snapcore.linux.procfs import task_ids
+from snapcore.linux.ptrace import PtraceFailed, TaskGone
+from snapcore.linux.stops import Execed, SignalStop
 
 
 def peek(tid: int, read, timeout: float):
@@ -31,36 +33,36 @@ def capture(pid: int, tids: list[int], held: dict[int, HeldThread], deadline: fl
         for tid in tids:
             try:
                 ptrace.seize(tid, SEIZE_OPTIONS)
-            except NoSuchProcess:
+            except TaskGone:
                 continue  # exited since it was listed
             held[tid] = HeldThread(tid)
         for tid in tids:
             if tid in held:
                 try:
                     ptrace.interrupt(tid)
-                except NoSuchProcess:
+                except TaskGone:
                     pass  # exiting: the wait below collects it
         # Every thread interrupted is waited for, even after one fails: a
         # thread left seized and interrupted would stop, and stay stopped, as
         # soon as it reached its interrupt stop.
-        error = None
+        error: PtraceFailed | None = None
         for tid in tids:
             if tid not in held:
                 continue
             try:
                 wait_for_interrupt_stop(tid, deadline)
                 held[tid].stopped = True
-            except TargetReplaced as exc:
+            except Execed as exc:
                 held[tid].stopped = True  # in its exec event stop: detach it
                 error = error or exc
-            except NoSuchProcess:
+            except TaskGone:
                 del held[tid]
-            except Unsupported as exc:
+            except SignalStop as exc:
                 # In a group-stop (someone sent SIGSTOP): detaching leaves it
                 # stopped, as the kernel re-enters the group-stop.
                 held[tid].stopped = True
                 error = error or exc
-            except StopTimeout as exc:
+            except stops.StopLate as exc:
                 error = error or exc  # still running (D): released when snapcore exits
         if error is not None:
             raise error
@@ -93,9 +95,9 @@ class Window:
         self.check = check
         self.held: dict[int, HeldThread] = {}
         self.timings: dict[str, float] = {}
-        self._signals = None
+        self._signals: contextlib.AbstractContextManager = contextlib.nullcontext()
 
-    def __enter__(self) -> "Window":
+    def __enter__(self) -> Window:
         self._signals = stops.signals_held(stops.STOP_REQUEST_SIGNALS)
         self._signals.__enter__()
         self._t0 = time.perf_counter()
@@ -103,8 +105,7 @@ class Window:
             capture(self.pid, self.threads or [self.pid], self.held, self.deadline,
                     all_threads=self.threads is not None)
             if not self.held:
-                raise NoSuchProcess(f"process {self.pid} exited", pid=self.pid,
-                                    stage=Stage.CAPTURE)
+                raise TaskGone(None, self.pid, "capture", ended=True)  # every thread
             if self.check is not None:
                 self.check(self.main.tid)
             for thread in self.held.values():
@@ -133,7 +134,7 @@ class Window:
         for thread in self.held.values():
             try:
                 thread.release()
-            except NoSuchProcess:
+            except TaskGone:
                 pass  # it exited while held: nothing left to release
             except Exception as err:  # release the others all the same
                 errors.append(err)
