@@ -29,10 +29,9 @@ def run_samples(pid: int, request, count: int, interval: float, lang: str, nativ
             started = time.monotonic()
             if i == 1:
                 directory = private_dir(request.output_dir)
+            this = request if directory is None else later_request(request, directory)
             try:
-                snap, stacks = sample_once(pid, request if i == 0 else
-                                           later_request(request, directory), lang, native,
-                                           keep)
+                snap, stacks = sample_once(pid, this, lang, native, keep)
             except SnapcoreError as exc:
                 stopped = exc
                 break
