@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import re
+import subprocess
 from pathlib import Path
 
 import pytest
@@ -19,6 +20,12 @@ from snapcore.errors import ExitCode
 
 PYTHON = "/usr/bin/python3"
 SCRIPT = TARGETS / "pythreads.py"
+# The distribution's python3, and the newest other CPython this machine has
+# (pyenv's, on the project's machines): pystack reads each version's own
+# interpreter structures, which change from one minor version to the next.
+OTHERS = sorted(Path("/root/.pyenv/versions").glob("3.*/bin/python3"),
+                key=lambda p: tuple(int(x) for x in p.parts[-3].split(".")))
+PYTHONS = [PYTHON] + [str(p) for p in OTHERS[-1:]]
 
 
 def loop_lines() -> dict[str, set[int]]:
@@ -33,8 +40,8 @@ def loop_lines() -> dict[str, set[int]]:
 
 @pytest.fixture
 def pythreads(start_victim):
-    def start(mode: str):
-        return start_victim(mode, exe=SCRIPT, prefix=(PYTHON,))
+    def start(mode: str, python: str = PYTHON):
+        return start_victim(mode, exe=SCRIPT, prefix=(python,))
     return start
 
 
@@ -42,16 +49,19 @@ def frames_of(thread: dict) -> list[tuple[str, str, int]]:
     return [(f["function"], f["file"], f["line"]) for f in thread["frames"] if not f["native"]]
 
 
-def test_python_threads_as_the_program_itself_sees_them(pythreads, out_dir):
-    victim = pythreads("threads")
+@pytest.mark.parametrize("python", PYTHONS)
+def test_python_threads_as_the_program_itself_sees_them(pythreads, out_dir, python):
+    victim = pythreads("threads", python)
     own = json.loads(Path(str(victim.report) + ".frames").read_text())
     proc = run_snapcore("stacks", "--json", "--max-per-hour", "0", "-o", str(out_dir),
                         str(victim.pid))
     assert proc.returncode == 0, proc.stderr
     doc = json.loads(proc.stdout)
     assert (doc["lang"], doc["reader"]) == ("python", "pystack"), doc
-    assert re.fullmatch(r"\d+\.\d+(\.\d+)?", doc["reader_version"]) and \
-        doc["runtime_version"] == "3.11" or doc["runtime_version"].startswith("3."), doc
+    version = subprocess.run([python, "-c", "import sys; print('%d.%d' % sys.version_info[:2])"],
+                             capture_output=True, text=True, check=True).stdout.strip()
+    assert re.fullmatch(r"\d+\.\d+(\.\d+)?", doc["reader_version"]), doc
+    assert doc["runtime_version"] == version, (doc["runtime_version"], version)
     read = {t["id"]: t for t in doc["threads"]}
     loops = loop_lines()
     for tid, thread in own.items():
@@ -131,4 +141,49 @@ def test_sampling_finds_the_hot_function_at_one_slot_per_run(pythreads, out_dir)
                         "-o", str(out_dir), str(victim.pid), timeout=300)
     assert text.returncode == 0, text.stderr
     assert text.stdout.startswith("# 3 samples of python stacks read by pystack")
+    victim.assert_unharmed()
+
+
+def test_info_shows_each_threads_top_frames_kept_or_read_now(pythreads, out_dir):
+    victim = pythreads("threads")
+    taken = run_snapcore("stacks", "--json", "--max-per-hour", "0", "-o", str(out_dir),
+                         str(victim.pid))
+    assert taken.returncode == 0, taken.stderr
+    doc = json.loads(taken.stdout)
+    kept = Path(doc["core"][:-len(".core")] + ".stacks.json")
+    assert json.loads(kept.read_text())["threads"] == doc["threads"]
+    # info shows the kept stacks, each thread's innermost frames (--frames).
+    text = run_snapcore("info", "--frames", "2", "-o", str(out_dir), str(victim.pid))
+    assert text.returncode == 0, text.stderr
+    assert re.search(r"^# python 3\.\d+: 5 threads read by pystack", text.stdout, re.M)
+    # The sleeper's two innermost frames: its loop, then threading's run.
+    block = text.stdout.split("    sleeper at ", 1)[1].splitlines()
+    assert block[1].startswith("    run at ") and "outer frames" in block[2], text.stdout
+    info = json.loads(run_snapcore("info", "--json", "-o", str(out_dir), str(victim.pid)).stdout)
+    assert info["stacks"]["threads"] == doc["threads"], info["stacks"]
+    # Kept stacks are what info shows, not a new read: a kept file edited by
+    # hand shows as edited (its seconds are the first read's).
+    edited = json.loads(kept.read_text())
+    edited["reader_version"] = "0.0-kept"
+    kept.write_text(json.dumps(edited))
+    again = json.loads(run_snapcore("info", "--json", "-o", str(out_dir), str(victim.pid)).stdout)
+    assert again["stacks"]["reader_version"] == "0.0-kept"
+    # A link planted at the kept stacks' name is not followed: the stacks are
+    # read from the core now, by pystack again.
+    secret = out_dir.parent / "not-stacks.json"
+    secret.write_text(json.dumps(edited))
+    kept.unlink()
+    kept.symlink_to(secret)
+    fresh = json.loads(run_snapcore("info", "--json", "-o", str(out_dir), str(victim.pid)).stdout)
+    assert fresh["stacks"]["reader"] == "pystack"
+    assert fresh["stacks"]["reader_version"] != "0.0-kept"
+    assert {t["id"] for t in fresh["stacks"]["threads"]} == {t["id"] for t in doc["threads"]}
+    assert run_snapcore("info", "--frames", "0", "--json", "-o", str(out_dir),
+                        str(victim.pid)).stdout.count('"stacks": null') == 1
+    # prune removes the kept stacks with their snapshot, never the link's target.
+    kept.unlink()
+    kept.write_text(json.dumps(doc))
+    pruned = run_snapcore("prune", "--keep", "0", "-o", str(out_dir))
+    assert pruned.returncode == 0, pruned.stderr
+    assert not kept.exists() and not Path(doc["core"]).exists() and secret.exists()
     victim.assert_unharmed()

@@ -42,13 +42,18 @@ exe_option = click.option(
 @match_argument
 @output_dir_option
 @exe_option
+@click.option("--frames", type=click.IntRange(0, 10000), default=5, show_default=True,
+              metavar="N", help="Each thread's N innermost frames: the stacks kept with the "
+                                "snapshot, else read now as snapcore stacks --core does; 0: none.")
 @click.option("--json", "as_json", is_flag=True, help="Print the record as one JSON document.")
-def info(match, output_dir, exe, as_json):
-    """The record and threads of the newest snapshot MATCH names.
+def info(match, output_dir, exe, frames, as_json):
+    """The record, threads and stacks of the newest snapshot MATCH names.
 
     MATCH: a pid, a program name, or a core file (with or without a record
     beside it; .zst or not); none: the newest snapshot. A core without a
-    record is described from its own notes.
+    record is described from its own notes. The stacks are the ones kept
+    with the snapshot (snap --stacks, snapcore stacks), else read now by the
+    runtime's reader (Python, Java, Go; else gdb).
     """
     from snapcore.core import corefile
     from snapcore.core.records import core_problem
@@ -59,20 +64,43 @@ def info(match, output_dir, exe, as_json):
         fail(exc, as_json)
     warnings = [w for w in (exe_changed(record, exe),
                             record and core_problem(record)) if w]
+    stacks, problem = _stacks(record, core, exe) if frames else (None, None)
+    warnings += [problem] if problem else []
     if as_json:
         report.print_json({"ok": True, "core": str(core) if core else None,
                            "record": record and record.data.to_json(),
                            "path": record and str(record.sidecar),
                            "from_core": facts and _facts_dict(facts, exe),
+                           "stacks": stacks and stacks.to_dict(),
                            "warnings": warnings})
         return
     if record is not None:
         report.print_info(record, report.stdout_console())
     else:
         _print_facts(core, facts, exe)
+    if stacks is not None:
+        click.echo("\n" + stacks.render(top=frames))
     for line in warnings:
         report.say(f"snapcore: warning: {line}")
     report.say(f"snapcore: note: {NOT_A_CRASH}")
+
+
+def _stacks(record, core: Path | None, exe: str | None):
+    """(the snapshot's stacks, why there are none): the kept ones, else read
+    from the core now; a reader missing or failing is a warning, not info's
+    failure (the record is still worth showing)."""
+    from snapcore.core import keptstacks
+    from snapcore.core.readers import read_core
+    from snapcore.core.records import core_problem
+    kept = record and keptstacks.kept(record)
+    if kept:
+        return kept, None
+    if core is None or (record is not None and core_problem(record)):
+        return None, None  # said already: the core is missing or not whole
+    try:
+        return read_core(core, exe_for(record, core, exe)), None
+    except SnapcoreError as exc:
+        return None, f"no stacks: {report.error_line(exc)}"
 
 
 def _facts_dict(facts, exe: str | None) -> dict:

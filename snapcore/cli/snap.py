@@ -13,7 +13,7 @@ import click
 from snapcore.cli import render as report
 from snapcore.cli import syslog
 from snapcore.cli.app import cli, fail
-from snapcore.cli.stacks import lang_option, native_option
+from snapcore.cli.stacks import keep_stacks, lang_option, native_option
 from snapcore.cli.options import (EXIT_CODES_HELP, common_options, make_request, pid_argument,
                                   resolve_targets, snap_options, target_options)
 from snapcore.errors import BadInput, ExitCode, Interrupted, SnapcoreError, Stage
@@ -151,6 +151,7 @@ def snap(pids, name_pattern, take_all, pidfile, unit, output_dir, writer, as_jso
             try:
                 read = read_core(result.core_path, executable(result), lang, native)
                 doc["stacks"], doc["stacks_model"] = read.render(), read.to_dict()
+                keep_stacks(result.core_path, read)
             except SnapcoreError as exc:
                 doc["stacks_error"] = report.error_line(exc)
             finally:

@@ -103,6 +103,8 @@ def stacks(pid, name_pattern, take_all, pidfile, unit, core_file, exe, discard, 
             finally:
                 _close(snap)
                 kept = _keep_or_discard(snap, discard)
+            if kept is not None:
+                keep_stacks(snap.core_path, result)
     except SnapcoreError as exc:
         fail(exc, as_json)
     if as_json:
@@ -113,6 +115,17 @@ def stacks(pid, name_pattern, take_all, pidfile, unit, core_file, exe, discard, 
         click.echo(result.render())
         if kept is not None:
             report.say(f"snapcore: the snapshot is kept: {kept} (--discard to not keep it)")
+
+
+def keep_stacks(core: Path, stacks) -> None:
+    """Keep the stacks beside the snapshot for `info`; a failure to (a full
+    disk) is a warning: the stacks were read and are printed all the same."""
+    from snapcore.core import keptstacks
+    try:
+        keptstacks.keep(core, stacks)
+    except (OSError, SnapcoreError) as exc:
+        report.say(f"snapcore: warning: the stacks are not kept beside {core.name}: "
+                   f"{getattr(exc, 'strerror', None) or exc}")
 
 
 def _target(pid, name_pattern, take_all, pidfile, unit) -> int:

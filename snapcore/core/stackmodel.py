@@ -48,28 +48,43 @@ class Stacks:
         doc.pop("text")
         return doc
 
+    @classmethod
+    def from_dict(cls, doc: dict) -> "Stacks":
+        """The model back from to_dict's document (a kept NAME.stacks.json)."""
+        threads = [Thread(int(t["id"]), t.get("name"), t.get("state"),
+                          [Frame(str(f["function"]), f.get("file"), f.get("line"),
+                                 bool(f.get("native"))) for f in t.get("frames", [])])
+                   for t in doc["threads"]]
+        return cls(str(doc["lang"]), str(doc["reader"]), str(doc.get("reader_version", "")),
+                   str(doc.get("runtime_version", "")), threads,
+                   float(doc.get("seconds", 0.0)))
+
     def heading(self) -> str:
         runtime = f"{self.lang} {self.runtime_version}".strip()
         unit = "goroutines" if self.lang == "go" else "threads"
         return (f"# {runtime}: {len(self.threads)} {unit} read by {self.reader} "
                 f"{self.reader_version} in {self.seconds:.2f} s")
 
-    def render(self) -> str:
+    def render(self, top: int | None = None) -> str:
         """The heading, then gdb's own text for native stacks; for a runtime,
         each thread and its frames, innermost first, like a traceback read
-        upwards."""
-        if self.lang == "native" and self.text:
+        upwards.  TOP: each thread's innermost frames only (`info`, as
+        coredumpctl info shows them)."""
+        if self.lang == "native" and self.text and top is None:
             return f"{self.heading()}\n{self.text}"
         lines = [self.heading()]
         for thread in self.threads:
             name = f' "{thread.name}"' if thread.name else ""
             state = f" [{thread.state}]" if thread.state else ""
             lines.append(f"\nThread {thread.id}{name}{state}")
-            for frame in thread.frames:
+            frames = thread.frames if top is None else thread.frames[:top]
+            for frame in frames:
                 where = f" at {frame.file}" if frame.file else ""
                 if frame.line:
                     where += f":{frame.line}" if frame.file else f" line {frame.line}"
                 lines.append(f"    {'(native) ' if frame.native else ''}{frame.function}{where}")
+            if len(frames) < len(thread.frames):
+                lines.append(f"    ... {len(thread.frames) - len(frames)} outer frames")
         return "\n".join(lines)
 
 
