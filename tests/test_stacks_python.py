@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import re
 import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -186,4 +187,28 @@ def test_info_shows_each_threads_top_frames_kept_or_read_now(pythreads, out_dir)
     pruned = run_snapcore("prune", "--keep", "0", "-o", str(out_dir))
     assert pruned.returncode == 0, pruned.stderr
     assert not kept.exists() and not Path(doc["core"]).exists() and secret.exists()
+    victim.assert_unharmed()
+
+
+def test_the_reader_never_imports_from_the_working_directory(pythreads, out_dir, tmp_path):
+    """The Python reader runs as a child `python -m`: a `snapcore` package in
+    the directory snapcore is run from (a checkout, or one another user
+    planted in /tmp) must not be what that child imports."""
+    victim = pythreads("threads")
+    planted = tmp_path / "cwd" / "snapcore"
+    (planted / "core" / "readers").mkdir(parents=True)
+    marker = tmp_path / "planted-code-ran"
+    for init in (planted, planted / "core", planted / "core" / "readers"):
+        (init / "__init__.py").write_text(f"open({str(marker)!r}, 'w').close()\n")
+    (planted / "core" / "readers" / "python.py").write_text(
+        f"open({str(marker)!r}, 'w').close()\n")
+    # The command as installed (bin/snapcore), not `python -m snapcore`,
+    # which would itself put the directory first on sys.path.
+    command = Path(sys.executable).parent / "snapcore"
+    proc = subprocess.run([str(command), "stacks", "--json", "--max-per-hour", "0", "-o",
+                           str(out_dir), str(victim.pid)], cwd=planted.parent,
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    assert json.loads(proc.stdout)["reader"] == "pystack"
+    assert not marker.exists()
     victim.assert_unharmed()

@@ -35,7 +35,10 @@ INSTALL = ("install it into snapcore's environment: "
 
 def read(runtime: Runtime, exe, core: Path, native: bool, timeout: float) -> Stacks:
     exe_name, fds = exe_arg(exe)
-    argv = [sys.executable, "-m", "snapcore.core.readers.python", str(core), exe_name]
+    # -I: the reader's Python ignores the working directory (`-m` would put it
+    # first on sys.path: a `snapcore/` there, planted or a checkout, would be
+    # imported in its place, as root) and PYTHON* from the environment.
+    argv = [sys.executable, "-I", "-m", "snapcore.core.readers.python", str(core), exe_name]
     out = subprocess.run(argv + (["--native"] if native else []), capture_output=True,
                          text=True, errors="replace", timeout=timeout, pass_fds=fds)
     if out.returncode == MISSING:
