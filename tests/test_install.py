@@ -186,10 +186,35 @@ def test_every_feature_from_the_installed_command(installed, sleeper, tmp_path):
     watched = _run([sc, "watch", "-o", out, "--max-per-hour", "0", "--rss", "1K", "--for",
                     "0", "--interval", "0.1", "--count", "1", pid])
     assert watched.returncode == 0, watched
-    assert len(list(Path(out).glob("*.json"))) == 4
+    # Four records, and the stacks --stacks kept beside its snapshot.
+    assert len(list(Path(out).glob("*[0-9].json"))) == 4
+    assert len(list(Path(out).glob("*.stacks.json"))) == 1
     pruned = _run([sc, "prune", "-o", out, "--keep", "1"])
     assert pruned.returncode == 0 and "removed 3 snapshot(s), kept 1" in pruned.stdout, pruned
     assert len(list(Path(out).glob("*.json"))) == 1
+
+
+def test_python_stacks_from_the_installed_command(installed, tmp_path):
+    """install.sh installs pystack beside snapcore: a CPython process's
+    stacks, and info's top frames, from the installed command in cron's
+    environment, run from a checkout (a snapcore/ in the working directory)."""
+    target = subprocess.Popen(["/usr/bin/python3", "-c",
+                               "import time\ndef waiting_here():\n    time.sleep(300)\n"
+                               "waiting_here()"])
+    try:
+        time.sleep(0.5)
+        sc, out = str(installed), str(tmp_path / "cores")
+        read = _run([sc, "stacks", "-o", out, "--max-per-hour", "0", str(target.pid)],
+                    cwd=ROOT)
+        assert read.returncode == 0, read
+        assert re.match(r"# python 3\.\d+: 1 threads read by pystack", read.stdout), read.stdout
+        assert "waiting_here at <string>:3" in read.stdout, read.stdout
+        info = _run([sc, "info", "-o", out, "--frames", "1", str(target.pid)], cwd=ROOT)
+        assert info.returncode == 0 and "    waiting_here at <string>:3\n" in info.stdout, info
+        assert target.poll() is None
+    finally:
+        target.kill()
+        target.wait()
 
 
 def test_info_and_debug_open_a_core_without_its_record(installed, sleeper, tmp_path):

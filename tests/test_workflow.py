@@ -476,6 +476,8 @@ def test_stacks_says_where_the_snapshot_is_kept_or_discards_it(start_victim, out
                         str(victim.pid))
     assert gone.returncode == 0 and "mode_sleep" in gone.stdout, gone.stderr
     assert "kept" not in gone.stderr
+    # The kept snapshot: its core, its record and its stacks (for info); the
+    # discarded one: nothing.
     assert sorted(p.name for p in out_dir.iterdir() if not p.name.startswith(".")) == \
-        sorted([core.name, core.name[:-5] + ".json"])
+        sorted([core.name, core.name[:-5] + ".json", core.name[:-5] + ".stacks.json"])
     victim.assert_unharmed()

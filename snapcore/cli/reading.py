@@ -1,4 +1,5 @@
-"""The commands that read a snapshot, like coredumpctl: info, debug, stacks.
+"""The commands that read a snapshot, like coredumpctl: info, debug (stacks:
+cli/stacks.py).
 
 MATCH names a snapshot (cli/opening.py): a pid or a program name in the
 output directory, or a core file, with or without its record.
@@ -21,9 +22,6 @@ from snapcore.cli.app import cli, fail
 from snapcore.cli.opening import exe_changed, find, snapshots  # noqa: F401
 from snapcore.cli.opening import executable as exe_for
 from snapcore.cli.options import DEBUG_EXIT_CODES_HELP, INFO_EXIT_CODES_HELP
-from snapcore.cli.options import (EXIT_CODES_HELP, common_options,
-                                  make_request, one_target, pid_argument, snap_options,
-                                  target_options)
 from snapcore.cli.paths import OUTPUT_DIR
 from snapcore.errors import BadInput, OutputError, SnapcoreError, Stage
 
@@ -44,13 +42,18 @@ exe_option = click.option(
 @match_argument
 @output_dir_option
 @exe_option
+@click.option("--frames", type=click.IntRange(0, 10000), default=5, show_default=True,
+              metavar="N", help="Each thread's N innermost frames: the stacks kept with the "
+                                "snapshot, else read now as snapcore stacks --core does; 0: none.")
 @click.option("--json", "as_json", is_flag=True, help="Print the record as one JSON document.")
-def info(match, output_dir, exe, as_json):
-    """The record and threads of the newest snapshot MATCH names.
+def info(match, output_dir, exe, frames, as_json):
+    """The record, threads and stacks of the newest snapshot MATCH names.
 
     MATCH: a pid, a program name, or a core file (with or without a record
     beside it; .zst or not); none: the newest snapshot. A core without a
-    record is described from its own notes.
+    record is described from its own notes. The stacks are the ones kept
+    with the snapshot (snap --stacks, snapcore stacks), else read now by the
+    runtime's reader (Python, Java, Go; else gdb).
     """
     from snapcore.core import corefile
     from snapcore.core.records import core_problem
@@ -61,20 +64,43 @@ def info(match, output_dir, exe, as_json):
         fail(exc, as_json)
     warnings = [w for w in (exe_changed(record, exe),
                             record and core_problem(record)) if w]
+    stacks, problem = _stacks(record, core, exe) if frames else (None, None)
+    warnings += [problem] if problem else []
     if as_json:
         report.print_json({"ok": True, "core": str(core) if core else None,
                            "record": record and record.data.to_json(),
                            "path": record and str(record.sidecar),
                            "from_core": facts and _facts_dict(facts, exe),
+                           "stacks": stacks and stacks.to_dict(),
                            "warnings": warnings})
         return
     if record is not None:
         report.print_info(record, report.stdout_console())
     else:
         _print_facts(core, facts, exe)
+    if stacks is not None:
+        click.echo("\n" + stacks.render(top=frames))
     for line in warnings:
         report.say(f"snapcore: warning: {line}")
     report.say(f"snapcore: note: {NOT_A_CRASH}")
+
+
+def _stacks(record, core: Path | None, exe: str | None):
+    """(the snapshot's stacks, why there are none): the kept ones, else read
+    from the core now; a reader missing or failing is a warning, not info's
+    failure (the record is still worth showing)."""
+    from snapcore.core import keptstacks
+    from snapcore.core.readers import read_core
+    from snapcore.core.records import core_problem
+    kept = record and keptstacks.kept(record)
+    if kept:
+        return kept, None
+    if core is None or (record is not None and core_problem(record)):
+        return None, None  # said already: the core is missing or not whole
+    try:
+        return read_core(core, exe_for(record, core, exe)), None
+    except SnapcoreError as exc:
+        return None, f"no stacks: {report.error_line(exc)}"
 
 
 def _facts_dict(facts, exe: str | None) -> dict:
@@ -161,83 +187,3 @@ def debug(match, output_dir, exe, gdb_args):
 def _gdb_signals() -> None:
     signal.signal(signal.SIGINT, signal.SIG_DFL)
     signal.pthread_sigmask(signal.SIG_UNBLOCK, [signal.SIGCHLD])  # blocked by main()
-
-
-@cli.command(epilog=EXIT_CODES_HELP)
-@pid_argument()
-@target_options
-@click.option("--core", "core_file", type=click.Path(exists=True, dir_okay=False,
-                                                      path_type=Path),
-              help="Read an existing snapshot instead of taking one.")
-@click.option("--exe", type=click.Path(exists=True, dir_okay=False),
-              help="The executable of --core (default: from its record, else from the "
-                   "core's notes).")
-@click.option("--discard", is_flag=True,
-              help="Remove the snapshot once its stacks are printed (it is kept by "
-                   "default, like any other, and counts toward --max-per-hour either way).")
-@common_options
-@snap_options
-def stacks(pid, name_pattern, take_all, pidfile, unit, core_file, exe, discard, output_dir,
-           writer, as_json, timeout, min_free, max_per_hour, asked: dict):
-    """Every thread's backtrace, like gstack, with a pause of milliseconds.
-
-    Takes a snapshot of PID and prints its stacks with gdb (saying where the
-    snapshot is kept, or removing it with --discard); or reads an existing
-    one with --core FILE.
-    """
-    from snapcore.cli.snap import close_exe, executable
-    from snapcore.core.gdb import backtraces
-    kept = None
-    try:
-        if core_file is not None:
-            exe = exe_for(find(str(core_file), None)[0], core_file, exe)
-            text = backtraces(exe, core_file)
-        else:
-            if not (pid or name_pattern or pidfile or unit):
-                raise BadInput("give a PID (or --name, --pidfile, --unit), or --core FILE",
-                               "see snapcore stacks --help", stage=Stage.USAGE)
-            result = _snapshot(one_target(pid, name_pattern, take_all, pidfile, unit),
-                               output_dir, timeout, min_free, max_per_hour, asked, writer)
-            exe, core_file = result.target.exe, result.core_path
-            try:
-                text = backtraces(executable(result), core_file)
-            finally:
-                close_exe(result)
-                kept = _keep_or_discard(result, discard)
-    except SnapcoreError as exc:
-        fail(exc, as_json)
-    if as_json:
-        report.print_json({"ok": True, "core": str(core_file), "exe": exe, "stacks": text,
-                           "discarded": discard and core_file is not None and kept is None})
-    else:
-        click.echo(text)
-        if kept is not None:
-            report.say(f"snapcore: the snapshot is kept: {kept} (--discard to not keep it)")
-
-
-def _snapshot(pid: int, output_dir, timeout, min_free, max_per_hour, asked: dict,
-              writer: str = "auto"):
-    from snapcore.cli.snap import take_each
-    request = make_request(output_dir, timeout, min_free, max_per_hour, writer,
-                           keep_exe=True, **asked)
-    result = take_each([pid], request)[0]
-    if isinstance(result, SnapcoreError):
-        raise result
-    if result.core_path is None:
-        from snapcore.cli.snap import close_exe
-        close_exe(result)
-        raise OutputError(f"core_pattern hands cores to "
-                          f"{result.core_pattern.handler}: no core here to read",
-                          report.pipe_lookup(result), stage=Stage.STACKS)
-    return result
-
-
-def _keep_or_discard(result, discard: bool) -> str | None:
-    """The kept core's path and size, or None once it is removed."""
-    from snapcore.units import human
-    if discard:
-        result.core_path.unlink(missing_ok=True)
-        if result.sidecar_path is not None:
-            result.sidecar_path.unlink(missing_ok=True)
-        return None
-    return f"{result.core_path} ({human(result.core_size)})"

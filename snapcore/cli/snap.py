@@ -13,6 +13,7 @@ import click
 from snapcore.cli import render as report
 from snapcore.cli import syslog
 from snapcore.cli.app import cli, fail
+from snapcore.cli.stacks import keep_stacks, lang_option, native_option
 from snapcore.cli.options import (EXIT_CODES_HELP, common_options, make_request, pid_argument,
                                   resolve_targets, snap_options, target_options)
 from snapcore.errors import BadInput, ExitCode, Interrupted, SnapcoreError, Stage
@@ -106,13 +107,17 @@ def exit_code_of(results) -> int:
                    "every check.")
 @snap_options
 @click.option("--stacks", "with_stacks", is_flag=True,
-              help="Also print every thread's backtrace from the core (needs gdb; without it "
-                   "the snapshot is kept and reported, and snapcore exits 14).")
+              help="Also print every thread's stacks from the core, read as for snapcore "
+                   "stacks (--lang; gdb for native code: without the reader the snapshot "
+                   "is kept and reported, and snapcore exits 14).")
+@lang_option
+@native_option
 @click.option("--syslog", "to_syslog", is_flag=True,
               help="Log one line per snapshot or refusal to syslog even on a terminal "
                    "(always done when stderr is not a terminal).")
 def snap(pids, name_pattern, take_all, pidfile, unit, output_dir, writer, as_json, timeout,
-         min_free, max_per_hour, quiet, verbose, with_stacks, to_syslog, asked: dict):
+         min_free, max_per_hour, quiet, verbose, with_stacks, lang, native, to_syslog,
+         asked: dict):
     """Snapshot each process into a core file; the processes keep running.
 
     Every check of `snapcore check` runs first. The core is named
@@ -130,7 +135,7 @@ def snap(pids, name_pattern, take_all, pidfile, unit, output_dir, writer, as_jso
         fail(exc, as_json, to_stderr=output_dir is not None and str(output_dir) == "-")
     results = take_each(wanted, request, show_progress=not (as_json or quiet),
                         to_syslog=to_syslog)
-    from snapcore.core.gdb import backtraces
+    from snapcore.core.readers import read_core
     out, err = report.stdout_console(), report.stderr_console()
     if request.to_stdout:
         out = err  # the core has standard output to itself: the report goes to stderr
@@ -144,7 +149,9 @@ def snap(pids, name_pattern, take_all, pidfile, unit, output_dir, writer, as_jso
         doc = report.snapshot_dict(result)
         if with_stacks and result.core_path is not None:
             try:
-                doc["stacks"] = backtraces(executable(result), result.core_path)
+                read = read_core(result.core_path, executable(result), lang, native)
+                doc["stacks"], doc["stacks_model"] = read.render(), read.to_dict()
+                keep_stacks(result.core_path, read)
             except SnapcoreError as exc:
                 doc["stacks_error"] = report.error_line(exc)
             finally:

@@ -30,6 +30,7 @@ class CoreFacts:
     uid: int | None = None
     exe: str | None = None  # the executable's name as the process saw it
     tids: list[int] = field(default_factory=list)
+    files: list[str] = field(default_factory=list)  # every mapped file (NT_FILE), in order
 
 
 def read_facts(core: Path) -> CoreFacts:
@@ -61,6 +62,7 @@ def read_facts(core: Path) -> CoreFacts:
             elif n_type == NT_FILE:
                 files = _files(desc)
     facts.exe = _executable(files, entry)
+    facts.files = [name for _start, _end, name in files]
     return facts
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import shutil
 import subprocess
 import tempfile
@@ -26,7 +27,11 @@ def backtraces(exe: str | int, core: Path, timeout: float = 300) -> str:
             decompress_to(core, plain)
             core = plain
         fds = (exe,) if isinstance(exe, int) else ()
-        out = subprocess.run([gdb, "-batch", "-nx", "-ex", "set pagination off",
+        # gdb asks before using debuginfod, and in batch mode "ask" is no:
+        # an operator who set DEBUGINFOD_URLS meant it used.
+        fetch = (["-ex", "set debuginfod enabled on"]
+                 if os.environ.get("DEBUGINFOD_URLS", "").strip() else [])
+        out = subprocess.run([gdb, "-batch", "-nx", "-ex", "set pagination off", *fetch,
                               "-ex", "thread apply all bt",
                               f"/proc/self/fd/{exe}" if fds else str(exe), str(core)],
                              capture_output=True, text=True, errors="replace",

@@ -102,31 +102,44 @@ def record_of(snap, reason: str = "", trigger: str = "") -> RecordData:
 
 def write_sidecar(snap, reason: str = "", trigger: str = "") -> Path:
     """Write the record (record_of) for a stored snapshot beside its core."""
-    record = record_of(snap, reason, trigger).to_json()
     path = sidecar_path(snap.core_path)
-    # Written whole, then renamed: a record is never seen half written.  The
-    # directory may be a sticky one others write too: the partial is a new
-    # file under a name nobody can guess, the rename replaces whatever was
-    # planted at the record's name without following it (safefs.py).
+    write_json(path, record_of(snap, reason, trigger).to_json(), "the record")
+    return path
+
+
+def stacks_path(core: Path) -> Path:
+    """Where a snapshot's stacks are kept once read (core/keptstacks.py):
+    NAME.stacks.json beside NAME.json."""
+    sidecar = sidecar_path(core)
+    return sidecar.with_name(sidecar.name[:-len(".json")] + STACKS_SUFFIX)
+
+
+STACKS_SUFFIX = ".stacks.json"
+
+
+def write_json(path: Path, doc, what: str) -> None:
+    """Write `doc` as JSON at `path`, whole, then renamed: never seen half
+    written.  The directory may be a sticky one others write too: the partial
+    is a new file under a name nobody can guess, the rename replaces whatever
+    was planted at the name without following it (safefs.py)."""
     partial = f".{path.name}.{os.getpid()}.{secrets.token_hex(4)}.part"
     dir_fd = os.open(path.parent, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
     try:
         with os.fdopen(safefs.create(dir_fd, partial, path.with_name(partial)), "w") as f:
             try:
-                json.dump(record, f, indent=2)
+                json.dump(doc, f, indent=2)
             except BaseException:
                 os.unlink(partial, dir_fd=dir_fd)
                 raise
         try:
             os.rename(partial, path.name, src_dir_fd=dir_fd, dst_dir_fd=dir_fd)
-        except OSError as exc:  # a directory planted at the record's name
+        except OSError as exc:  # a directory planted at the name
             os.unlink(partial, dir_fd=dir_fd)
-            raise OutputError(f"cannot write the record {path}: {exc.strerror}",
+            raise OutputError(f"cannot write {what} {path}: {exc.strerror}",
                               "remove what is there, or choose another output directory",
                               stage=Stage.CORE) from None
     finally:
         os.close(dir_fd)
-    return path
 
 
 @dataclass
@@ -175,6 +188,8 @@ def records(directory: Path, skipped: list[str] | None = None) -> list[Record]:
     except OSError:
         return found
     for sidecar in directory.glob("*.json"):
+        if sidecar.name.endswith(STACKS_SUFFIX):
+            continue  # a snapshot's kept stacks, not a record
         try:
             data = json.loads((safefs.read_own(sidecar, trusted) or b"").decode(errors="replace"))
             problem = shape_problem(data)
@@ -245,7 +260,10 @@ def plan_prune(found: list[Record], *, keep: int | None = None,
 
 
 def remove(record: Record) -> None:
-    """Remove a core and its sidecar together (the core first)."""
+    """Remove a core, its kept stacks and its sidecar together (the core
+    first, the record last: a snapshot half removed is still listed)."""
     if record.core is not None:
         record.core.unlink(missing_ok=True)
+    stem = record.sidecar.name[:-len(".json")]
+    record.sidecar.with_name(stem + STACKS_SUFFIX).unlink(missing_ok=True)
     record.sidecar.unlink(missing_ok=True)

@@ -1,0 +1,37 @@
+"""A snapshot's stacks, kept beside it once read (NAME.stacks.json, the
+core/stackmodel.Stacks document `stacks --json` prints), so that `info`
+shows them without running the reader again: a JVM's take ten seconds of
+jhsdb, and the reader may be gone by the time someone asks."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+from snapcore.core import records, safefs
+from snapcore.core.stackmodel import Stacks
+
+
+def keep(core: Path, stacks: Stacks) -> Path:
+    path = records.stacks_path(core)
+    records.write_json(path, stacks.to_dict(), "the stacks")
+    return path
+
+
+def kept(record: records.Record) -> Stacks | None:
+    """The stacks kept with RECORD's snapshot, or None: none kept, or a file
+    at their name that is not snapcore's (another user's, a link, a FIFO: the
+    same rule as for records) or not a stacks document."""
+    path = record.sidecar.with_name(record.sidecar.name[:-len(".json")] + records.STACKS_SUFFIX)
+    try:
+        trusted = {os.geteuid(), os.stat(path.parent).st_uid}
+    except OSError:
+        return None
+    data = safefs.read_own(path, trusted)
+    if data is None:
+        return None
+    try:
+        return Stacks.from_dict(json.loads(data))
+    except (ValueError, TypeError, KeyError):
+        return None
