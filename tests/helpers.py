@@ -134,3 +134,18 @@ def in_fork(work, as_nobody: bool = False, user: tuple[int, int] | None = None):
         text = f.read()
     os.waitpid(child, 0)
     return json.loads(text)
+
+
+def leftover_staging(directory: str) -> list[str]:
+    """The staging directories in DIRECTORY that no running snapcore owns:
+    one whose maker (the pid in .snapcore-staging-PID-...) is gone was left
+    behind.  Another test run on the machine may be staging meanwhile: its
+    directory carries its own live pid and is not a leftover of ours."""
+    left = []
+    for name in os.listdir(directory):
+        if not name.startswith(".snapcore-staging-"):
+            continue
+        head = name[len(".snapcore-staging-"):].partition("-")[0]
+        if not (head.isdigit() and os.path.exists(f"/proc/{head}")):
+            left.append(name)
+    return left

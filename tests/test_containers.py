@@ -45,7 +45,7 @@ LATER = ("gdb",)
 # CAP_SYS_RESOURCE, so the default ulimits (above the hard ones) are refused.
 PODMAN = ("podman", "--runtime", "runc")
 RUN = (*PODMAN, "run", "--ulimit", "nofile=1024:20000", "--ulimit", "nproc=4096:4096")
-WHEELS = ("click", "psutil", "rich", "python-ptrace", "zstandard", "setuptools")
+WHEELS = ("click", "psutil", "rich", "python-ptrace", "zstandard", "setuptools", "pystack")
 
 
 def podman(*args: str, check: bool = True, timeout: float = 300) -> subprocess.CompletedProcess:

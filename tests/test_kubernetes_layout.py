@@ -20,7 +20,7 @@ from pathlib import Path
 
 import psutil
 
-from helpers import prstatus_pids, wait_until
+from helpers import leftover_staging, prstatus_pids, wait_until
 
 
 def test_snapcore_in_the_targets_pid_namespace_and_its_own_mount_namespace(
@@ -48,8 +48,7 @@ def test_snapcore_in_the_targets_pid_namespace_and_its_own_mount_namespace(
         assert doc["reap_pause_ms"] == 0  # pid 1 adopts orphans: the fork thread reaps instead
         core = Path(doc["core"]["path"])
         assert core.parent == out_dir and prstatus_pids(core) == [1]
-        assert not [p for p in os.listdir(f"/proc/{pid}/root/var/tmp")
-                    if p.startswith(".snapcore-staging-")]
+        assert leftover_staging(f"/proc/{pid}/root/var/tmp") == []
 
         assert psutil.Process(pid).children() == []
         status = Path(f"/proc/{pid}/status").read_text()

@@ -65,18 +65,25 @@ def test_a_thread_with_its_own_filter_never_runs_snapcores_calls(start_victim, s
 def test_a_filter_installed_while_snapcore_starts_never_kills(start_victim, sandbox_exe,
                                                              out_dir):
     """A sandbox that tightens itself after start-up: a filter killing any
-    fork, on every thread, lands 0 to 300 ms after snapcore starts, before
-    its preflight, between its preflight and its window, or after.  snapcore
-    reads the filters inside the window (no thread can install one while all
-    are held): it snapshots, or refuses; the target never dies."""
+    fork, on every thread, lands at a random moment from snapcore's start to
+    about the time a whole snapshot takes here (measured first: seconds on a
+    loaded machine), before its preflight, between its preflight and its
+    window, or after.  snapcore reads the filters inside the window (no
+    thread can install one while all are held): it snapshots, or refuses;
+    the target never dies."""
     rng = random.Random(int(time.time()))
     outcomes = []
+    victim = start_victim("late_filter", exe=sandbox_exe)
+    started = time.monotonic()
+    assert snap_json("--max-per-hour", "0", "-o", str(out_dir), str(victim.pid))[0] == 0
+    whole = time.monotonic() - started
+    victim.stop()
     for _ in range(20):
         victim = start_victim("late_filter", exe=sandbox_exe)
         proc = subprocess.Popen([sys.executable, "-m", "snapcore", "--json", "--max-per-hour",
                                  "0", "-o", str(out_dir), str(victim.pid)],
                                 stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-        time.sleep(rng.uniform(0, 0.3))  # the random moment itself: nothing to poll for
+        time.sleep(rng.uniform(0, 1.2 * whole))  # the random moment itself: nothing to poll for
         victim.send("filter\n")
         out, err = proc.communicate(timeout=60)
         victim.wait_for_line("filtered")

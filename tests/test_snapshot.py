@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from conftest import gdb, gdb_threads, snap_json, wait_until_catching
-from helpers import cores_in, process_state, prstatus_pids, wait_until
+from helpers import cores_in, leftover_staging, process_state, prstatus_pids, wait_until
 
 # The writer is the point here: core_pattern a file for every test (the
 # kernel's writer, and what `auto` picks, the same on any host), and each
@@ -102,7 +102,7 @@ def test_target_of_another_user_gets_core_owned_by_root(start_victim, out_dir):
     victim.wait_for_heartbeats(victim.heartbeats())
     victim.assert_unharmed()
     # No staging directory is left behind.
-    assert not [p for p in os.listdir("/var/tmp") if p.startswith(".snapcore-staging-")]
+    assert leftover_staging("/var/tmp") == []
     assert cores_in(out_dir) == [core.name]
 
 
@@ -158,7 +158,6 @@ def test_target_in_another_mount_namespace(start_victim, tmp_path, victim_exe):
     assert code == 0, doc
     core = Path(doc["core"]["path"])
     assert core.parent == out_dir and prstatus_pids(core) == [victim.pid]
-    assert not [p for p in os.listdir(f"/proc/{victim.pid}/root/var/tmp")
-                if p.startswith(".snapcore-staging-")]
+    assert leftover_staging(f"/proc/{victim.pid}/root/var/tmp") == []
     victim.wait_for_heartbeats(victim.heartbeats())
     victim.assert_unharmed()

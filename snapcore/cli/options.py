@@ -16,6 +16,7 @@ from snapcore.cli.exitcodes import (DEBUG_EXIT_CODES_HELP, EXIT_CODES_HELP,  # n
                                     INFO_EXIT_CODES_HELP)
 from snapcore.cli.paths import OUTPUT_DIR
 from snapcore.core.placement import default_output_dir
+from snapcore.core.runtimes import LANGS
 from snapcore.engine import verdicts
 from snapcore.engine.request import THREAD_MODES, WRITERS, Request
 from snapcore.errors import BadInput, Stage
@@ -287,3 +288,13 @@ def snap_options(command):
     ]):
         command = option(command)
     return command
+
+
+lang_option = click.option(
+    "--lang", type=click.Choice(LANGS), default="auto", show_default=True,
+    help="Whose stacks: auto recognises the runtime from the process (libpython or "
+         "python3.X: pystack; libjvm.so: that JDK's jhsdb; a Go binary: delve); native "
+         "is gdb's backtraces.")
+native_option = click.option(
+    "--native", is_flag=True,
+    help="With a runtime's stacks, the native (C) frames too, where the reader can.")

@@ -158,6 +158,7 @@ FLAGS = {
     "dump_deadline": "--dump-deadline", "compress_ratio": "--compress-ratio",
     "threads": "--threads main",
     "writer": "--writer",
+    "lang": "--lang native",
 }
 
 

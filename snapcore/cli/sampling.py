@@ -3,18 +3,23 @@ snapshots.  Each sample costs the target one fork window (its pause is
 reported per sample) and is read from the core afterwards, while the target
 runs; the merged stacks are printed as the hottest innermost frames (text)
 or as flamegraph.pl's collapsed lines.  How the rate limit and the other
-checks apply per sample: cli/stacks.py.
+checks apply per sample: cli/stacks.py.  A sample is a snapshot taken to be
+read (cli/stacksnap.py), removed once read.
 """
 
 from __future__ import annotations
 
+import shutil
 import sys
+import tempfile
 import time
+from dataclasses import replace
+from pathlib import Path
 
 import click
 
 from snapcore.cli import render as report
-from snapcore.cli.stacks import later_request, pace, private_dir, remove_dir, sample_once
+from snapcore.cli import stacksnap
 from snapcore.core.stackmodel import collapsed_stacks, hottest
 from snapcore.errors import SnapcoreError
 
@@ -31,7 +36,8 @@ def run_samples(pid: int, request, count: int, interval: float, lang: str, nativ
                 directory = private_dir(request.output_dir)
             this = request if directory is None else later_request(request, directory)
             try:
-                snap, stacks = sample_once(pid, this, lang, native, keep)
+                snap = stacksnap.take(pid, this)
+                stacks, _ = stacksnap.read(snap, lang, native, discard=not keep)
             except SnapcoreError as exc:
                 stopped = exc
                 break
@@ -79,3 +85,26 @@ def _print(taken, rows, stopped, fmt: str, as_json: bool, count: int) -> None:
         click.echo("# hottest stacks: samples")
         for stack, n in collapsed.most_common(5):
             click.echo(f"{n:6d}  {stack}")
+
+
+def private_dir(output_dir: Path) -> Path:
+    """Where samples after the first go: new, 0700, inside the output
+    directory (the same filesystem, so the disk check means the same)."""
+    return Path(tempfile.mkdtemp(prefix=".snapcore-samples-", dir=output_dir))
+
+
+def later_request(request, directory: Path):
+    return replace(request, output_dir=directory, max_per_hour=0)
+
+
+def remove_dir(directory: Path, keep: bool) -> None:
+    if not keep:
+        shutil.rmtree(directory, ignore_errors=True)
+
+
+def pace(started: float, interval: float) -> None:
+    """Until the next sample, give or take 10 % at random: samples at a fixed
+    period alias with periodic work (a 100 ms loop sampled every 300 ms is
+    seen in one phase of it only)."""
+    import random
+    time.sleep(max(0.0, interval * random.uniform(0.9, 1.1) - (time.monotonic() - started)))

@@ -13,9 +13,9 @@ import click
 from snapcore.cli import render as report
 from snapcore.cli import syslog
 from snapcore.cli.app import cli, fail
-from snapcore.cli.stacks import keep_stacks, lang_option, native_option
-from snapcore.cli.options import (EXIT_CODES_HELP, common_options, make_request, pid_argument,
-                                  resolve_targets, snap_options, target_options)
+from snapcore.cli.options import (EXIT_CODES_HELP, common_options, lang_option, make_request,
+                                  native_option, pid_argument, resolve_targets, snap_options,
+                                  target_options)
 from snapcore.errors import BadInput, ExitCode, Interrupted, SnapcoreError, Stage
 
 
@@ -135,6 +135,7 @@ def snap(pids, name_pattern, take_all, pidfile, unit, output_dir, writer, as_jso
         fail(exc, as_json, to_stderr=output_dir is not None and str(output_dir) == "-")
     results = take_each(wanted, request, show_progress=not (as_json or quiet),
                         to_syslog=to_syslog)
+    from snapcore.core import keptstacks
     from snapcore.core.readers import read_core
     out, err = report.stdout_console(), report.stderr_console()
     if request.to_stdout:
@@ -151,7 +152,9 @@ def snap(pids, name_pattern, take_all, pidfile, unit, output_dir, writer, as_jso
             try:
                 read = read_core(result.core_path, executable(result), lang, native)
                 doc["stacks"], doc["stacks_model"] = read.render(), read.to_dict()
-                keep_stacks(result.core_path, read)
+                problem = keptstacks.keep(result.core_path, read)
+                if problem:
+                    report.say(f"snapcore: warning: {problem}")
             except SnapcoreError as exc:
                 doc["stacks_error"] = report.error_line(exc)
             finally:

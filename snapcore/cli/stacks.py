@@ -2,7 +2,7 @@
 reader of the runtime the target runs (core/readers), once or sampled.
 
 Sampling (--samples N) is N snapshots, each one fork window of the target's,
-read and then removed (--keep keeps them).  The rate limit counts the run,
+read and then removed (--keep-cores keeps them).  The rate limit counts the run,
 not each sample: the first sample is an ordinary snapshot in the output
 directory (refused as any other when the program has had --max-per-hour this
 hour, and recorded as one), the others are taken into a private directory
@@ -13,10 +13,6 @@ short of memory mid-run stops the run there, with what was sampled so far.
 
 from __future__ import annotations
 
-import shutil
-import tempfile
-import time
-from dataclasses import replace
 from pathlib import Path
 
 import click
@@ -25,19 +21,10 @@ from snapcore.cli import render as report
 from snapcore.cli.app import cli, fail
 from snapcore.cli.opening import executable as exe_for
 from snapcore.cli.opening import find
-from snapcore.cli.options import (EXIT_CODES_HELP, common_options, make_request, one_target,
-                                  pid_argument, snap_options, target_options)
-from snapcore.core.runtimes import LANGS
-from snapcore.errors import BadInput, OutputError, SnapcoreError, Stage
-
-lang_option = click.option(
-    "--lang", type=click.Choice(LANGS), default="auto", show_default=True,
-    help="Whose stacks: auto recognises the runtime from the process (libpython or "
-         "python3.X: pystack; libjvm.so: that JDK's jhsdb; a Go binary: delve); native "
-         "is gdb's backtraces.")
-native_option = click.option(
-    "--native", is_flag=True,
-    help="With a runtime's stacks, the native (C) frames too, where the reader can.")
+from snapcore.cli.options import (EXIT_CODES_HELP, common_options, lang_option, make_request,
+                                  native_option, one_target, pid_argument, snap_options,
+                                  target_options)
+from snapcore.errors import BadInput, SnapcoreError, Stage
 
 
 @cli.command(epilog=EXIT_CODES_HELP)
@@ -62,7 +49,7 @@ native_option = click.option(
 @click.option("--format", "fmt", type=click.Choice(["text", "collapsed"]), default="text",
               help="With --samples: the hottest stacks (text) or one line per stack and "
                    "its count (collapsed: flamegraph.pl and speedscope input).")
-@click.option("--keep", is_flag=True,
+@click.option("--keep-cores", "keep", is_flag=True,
               help="With --samples: keep each sample's core (default: removed once read).")
 @common_options
 @snap_options
@@ -95,16 +82,10 @@ def stacks(pid, name_pattern, take_all, pidfile, unit, core_file, exe, discard, 
                 run_samples(target, request, samples, interval, lang, native, fmt, keep,
                             as_json)
                 return
-            snap = _snapshot(target, request)
+            from snapcore.cli import stacksnap
+            snap = stacksnap.take(target, request)
             exe, core_file = snap.target.exe, snap.core_path
-            try:
-                from snapcore.cli.snap import executable
-                result = read_core(core_file, executable(snap), lang, native)
-            finally:
-                _close(snap)
-                kept = _keep_or_discard(snap, discard)
-            if kept is not None:
-                keep_stacks(snap.core_path, result)
+            result, kept = stacksnap.read(snap, lang, native, discard)
     except SnapcoreError as exc:
         fail(exc, as_json)
     if as_json:
@@ -117,84 +98,8 @@ def stacks(pid, name_pattern, take_all, pidfile, unit, core_file, exe, discard, 
             report.say(f"snapcore: the snapshot is kept: {kept} (--discard to not keep it)")
 
 
-def keep_stacks(core: Path, stacks) -> None:
-    """Keep the stacks beside the snapshot for `info`; a failure to (a full
-    disk) is a warning: the stacks were read and are printed all the same."""
-    from snapcore.core import keptstacks
-    try:
-        keptstacks.keep(core, stacks)
-    except (OSError, SnapcoreError) as exc:
-        report.say(f"snapcore: warning: the stacks are not kept beside {core.name}: "
-                   f"{getattr(exc, 'strerror', None) or exc}")
-
-
 def _target(pid, name_pattern, take_all, pidfile, unit) -> int:
     if not (pid or name_pattern or pidfile or unit):
         raise BadInput("give a PID (or --name, --pidfile, --unit), or --core FILE",
                        "see snapcore stacks --help", stage=Stage.USAGE)
     return one_target(pid, name_pattern, take_all, pidfile, unit)
-
-
-def _snapshot(pid: int, request):
-    from snapcore.cli.snap import take_each
-    result = take_each([pid], request)[0]
-    if isinstance(result, SnapcoreError):
-        raise result
-    if result.core_path is None:
-        _close(result)
-        raise OutputError(f"core_pattern hands cores to "
-                          f"{result.core_pattern.handler}: no core here to read",
-                          report.pipe_lookup(result), stage=Stage.STACKS)
-    return result
-
-
-def _close(result) -> None:
-    from snapcore.cli.snap import close_exe
-    close_exe(result)
-
-
-def _keep_or_discard(result, discard: bool) -> str | None:
-    """The kept core's path and size, or None once it is removed."""
-    from snapcore.units import human
-    if discard:
-        result.core_path.unlink(missing_ok=True)
-        if result.sidecar_path is not None:
-            result.sidecar_path.unlink(missing_ok=True)
-        return None
-    return f"{result.core_path} ({human(result.core_size)})"
-
-
-def sample_once(pid: int, request, lang: str, native: bool, keep: bool):
-    """One sample: a snapshot, its stacks read, its core removed unless kept.
-    (Snapshot, Stacks)."""
-    from snapcore.cli.snap import executable
-    from snapcore.core.readers import read_core
-    snap = _snapshot(pid, request)
-    try:
-        return snap, read_core(snap.core_path, executable(snap), lang, native)
-    finally:
-        _close(snap)
-        _keep_or_discard(snap, discard=not keep)
-
-
-def private_dir(output_dir: Path) -> Path:
-    """Where samples after the first go: new, 0700, inside the output
-    directory (the same filesystem, so the disk check means the same)."""
-    return Path(tempfile.mkdtemp(prefix=".snapcore-samples-", dir=output_dir))
-
-
-def later_request(request, directory: Path):
-    return replace(request, output_dir=directory, max_per_hour=0)
-
-
-def remove_dir(directory: Path, keep: bool) -> None:
-    if not keep:
-        shutil.rmtree(directory, ignore_errors=True)
-
-
-def pace(started: float, interval: float) -> None:
-    """Until the next sample, give or take 10 % at random: samples at a fixed
-    period alias with periodic work (a 100 ms loop sampled every 300 ms is
-    seen in one phase of it only)."""
-    import random
-    time.sleep(max(0.0, interval * random.uniform(0.9, 1.1) - (time.monotonic() - started)))

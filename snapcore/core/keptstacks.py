@@ -11,12 +11,18 @@ from pathlib import Path
 
 from snapcore.core import records, safefs
 from snapcore.core.stackmodel import Stacks
+from snapcore.errors import SnapcoreError
 
 
-def keep(core: Path, stacks: Stacks) -> Path:
-    path = records.stacks_path(core)
-    records.write_json(path, stacks.to_dict(), "the stacks")
-    return path
+def keep(core: Path, stacks: Stacks) -> str | None:
+    """Keep STACKS beside CORE's snapshot; why they could not be (a full
+    disk: the stacks were read all the same, a warning), else None."""
+    try:
+        records.write_json(records.stacks_path(core), stacks.to_dict(), "the stacks")
+    except (OSError, SnapcoreError) as exc:
+        return (f"the stacks are not kept beside {core.name}: "
+                f"{getattr(exc, 'strerror', None) or exc}")
+    return None
 
 
 def kept(record: records.Record) -> Stacks | None:

@@ -33,7 +33,8 @@ def read(runtime: Runtime, exe, core: Path, native: bool, timeout: float) -> Sta
                         "openjdk-NN-jdk-headless for the target's NN); the core is kept",
                         stage=Stage.STACKS)
     exe_name, fds = exe_arg(exe)
-    out = subprocess.run([str(jhsdb), "jstack", "--core", str(core), "--exe", exe_name],
+    jstack = [str(jhsdb), "jstack", "--core", str(core), "--exe"]
+    out = subprocess.run([*jstack, exe_name],
                          capture_output=True, text=True, errors="replace", timeout=timeout,
                          pass_fds=fds)
     threads = parse(out.stdout)
@@ -41,7 +42,7 @@ def read(runtime: Runtime, exe, core: Path, native: bool, timeout: float) -> Sta
         why = ((out.stderr + out.stdout).strip().splitlines()
                or [f"exit status {out.returncode}"])[-1]
         raise ToolError(f"jhsdb could not read the Java stacks of {core.name}: {why}",
-                        f"by hand: {jhsdb} jstack --core {core} --exe JAVA",
+                        f"by hand: {' '.join(jstack)} JAVA",
                         stage=Stage.STACKS)
     return Stacks("java", "jhsdb", runtime.version, runtime.version, threads, text=out.stdout)
 

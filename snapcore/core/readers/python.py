@@ -26,9 +26,10 @@ from pathlib import Path
 from snapcore.core.readers import exe_arg
 from snapcore.core.runtimes import Runtime
 from snapcore.core.stackmodel import Frame, Stacks, Thread
-from snapcore.errors import Stage, ToolError
+from snapcore.errors import SETTING, Stage, ToolError
 
 MISSING = 3  # the child's exit status when pystack is not installed
+NATIVE = "native"  # the child's third argument: the native frames too
 INSTALL = ("install it into snapcore's environment: "
            f"{sys.executable} -m pip install pystack (install.sh does)")
 
@@ -39,7 +40,7 @@ def read(runtime: Runtime, exe, core: Path, native: bool, timeout: float) -> Sta
     # first on sys.path: a `snapcore/` there, planted or a checkout, would be
     # imported in its place, as root) and PYTHON* from the environment.
     argv = [sys.executable, "-I", "-m", "snapcore.core.readers.python", str(core), exe_name]
-    out = subprocess.run(argv + (["--native"] if native else []), capture_output=True,
+    out = subprocess.run(argv + ([NATIVE] if native else []), capture_output=True,
                          text=True, errors="replace", timeout=timeout, pass_fds=fds)
     if out.returncode == MISSING:
         raise ToolError("reading Python stacks needs pystack, which is not installed",
@@ -47,8 +48,8 @@ def read(runtime: Runtime, exe, core: Path, native: bool, timeout: float) -> Sta
     if out.returncode != 0:
         why = (out.stderr.strip().splitlines() or [f"exit status {out.returncode}"])[-1]
         raise ToolError(f"pystack could not read the Python stacks of {core.name}: {why}",
-                        f"try the native stacks (--lang native), or by hand: pystack core "
-                        f"{core} EXE", stage=Stage.STACKS)
+                        f"try the native stacks ({SETTING}), or by hand: pystack core "
+                        f"{core} EXE", stage=Stage.STACKS, setting="lang")
     doc = json.loads(out.stdout)
     threads = [Thread(t["id"], t["name"], t["state"], [Frame(**f) for f in t["frames"]])
                for t in doc["threads"]]
@@ -95,7 +96,7 @@ def main(argv: list[str]) -> int:
         print("pystack is not installed", file=sys.stderr)
         return MISSING
     core, exe = argv[0], argv[1]
-    native = "--native" in argv
+    native = NATIVE in argv
     mode = NativeReportingMode.PYTHON if native else NativeReportingMode.OFF
     threads = get_process_threads_for_core(core, exe, native_mode=mode)
     state = {t.tid: ", ".join(filter(None, (t.gil_status, t.gc_status))) or None
