@@ -123,7 +123,12 @@ def common_options(command):
 def make_request(output_dir, timeout, min_free, max_per_hour, writer: str = "auto",
                  stdout_ok: bool = False, **asked) -> Request:
     """The engine's Request from the options every command shares and, for
-    the commands that take snapshots, `asked`: snap_options' values."""
+    the commands that take snapshots, `asked`: snap_options' values.
+
+    Every command that touches a process makes one, and first: on a machine
+    snapcore has no architecture table for, that is refused here (exit 6)."""
+    from snapcore.engine import machine  # the architecture table, when it is needed
+    machine.require()
     check_force(asked.get("force", ()))
     to_stdout = output_dir is not None and str(output_dir) == "-"
     if to_stdout and not stdout_ok:

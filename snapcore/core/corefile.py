@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from snapcore.core import compress, elf
-from snapcore.core.corenotes import NT_AUXV, NT_FILE, NT_PRPSINFO, NT_PRSTATUS
+from snapcore.linux.abi import NT_AUXV, NT_FILE, NT_PRPSINFO, NT_PRSTATUS
 from snapcore.errors import SETTING, OutputError, Stage
 from snapcore.linux import arch
 
