@@ -10,7 +10,7 @@ causes the others.  Where each one is caused:
 | 3 | tests/test_cli.py::test_bad_pid_gets_one_line_and_exit_code (4194000), test_name_never_matches_snapcore_or_its_ancestors |
 | 4 | here: test_another_users_process_is_exit_4 |
 | 5 | tests/test_refusals.py::test_already_traced_names_the_tracer, tests/test_guards.py::test_one_snapshot_at_a_time_per_target |
-| 6 | tests/test_cli.py::test_bad_pid_gets_one_line_and_exit_code, tests/test_refusals.py::test_zombie_is_refused |
+| 6 | tests/test_cli.py::test_bad_pid_gets_one_line_and_exit_code, tests/test_refusals.py::test_zombie_is_refused, tests/test_machine.py (a machine with no architecture table) |
 | 7 | tests/test_guards.py::test_uninterruptible_sleep_times_out_and_leaves_target_alone |
 | 8 | tests/test_refusals.py::test_hard_core_limit_zero_is_refused_before_touching; disk full during the dump: tests/test_guards.py::test_disk_filling_during_the_dump_ends_cleanly (the kernel's writer) and here (snapcore's) |
 | 9 | tests/test_refusals.py::test_pipe_core_pattern_reports_the_handler |

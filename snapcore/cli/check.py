@@ -26,10 +26,10 @@ def check(pid, name_pattern, take_all, pidfile, unit, output_dir, writer, as_jso
     has some. Exits 0 when a snapshot would go ahead, else with the exit code
     the first refusal would give.
     """
-    from snapcore.engine import preflight
     try:
         request = make_request(output_dir, timeout, min_free, max_per_hour, writer,
                                stdout_ok=True)
+        from snapcore.engine import preflight  # after the request: a machine snapcore supports
         result = preflight.run(one_target(pid, name_pattern, take_all, pidfile, unit), request)
     except SnapcoreError as exc:
         fail(exc, as_json)

@@ -125,6 +125,8 @@ def make_request(output_dir, timeout, min_free, max_per_hour, writer: str = "aut
                  stdout_ok: bool = False, **asked) -> Request:
     """The engine's Request from the options every command shares and, for
     the commands that take snapshots, `asked`: snap_options' values."""
+    from snapcore.engine import machine  # every command that touches a process comes here
+    machine.require()  # first: a machine with no architecture table is refused (exit 6)
     check_force(asked.get("force", ()))
     to_stdout = output_dir is not None and str(output_dir) == "-"
     if to_stdout and not stdout_ok:
@@ -292,9 +294,7 @@ def snap_options(command):
 
 lang_option = click.option(
     "--lang", type=click.Choice(LANGS), default="auto", show_default=True,
-    help="Whose stacks: auto recognises the runtime from the process (libpython or "
-         "python3.X: pystack; libjvm.so: that JDK's jhsdb; a Go binary: delve); native "
-         "is gdb's backtraces.")
-native_option = click.option(
-    "--native", is_flag=True,
-    help="With a runtime's stacks, the native (C) frames too, where the reader can.")
+    help="Whose stacks: auto recognises the runtime (libpython: pystack; libjvm.so: that "
+         "JDK's jhsdb; a Go binary: delve); native is gdb's backtraces.")
+native_option = click.option("--native", is_flag=True, help="With a runtime's stacks, the "
+                             "native (C) frames too, where the reader can.")

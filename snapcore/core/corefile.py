@@ -14,9 +14,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from snapcore.core import compress, elf
-from snapcore.core.corenotes import NT_AUXV, NT_FILE, NT_PRPSINFO, NT_PRSTATUS
+from snapcore.linux.abi import NT_AUXV, NT_FILE, NT_PRPSINFO, NT_PRSTATUS, PRSTATUS_PID_OFFSET
 from snapcore.errors import SETTING, OutputError, Stage
-from snapcore.linux import arch
 
 AT_ENTRY = 9  # auxv: the executable's entry point, inside its text mapping
 MOST = 256 << 20  # headers and notes past this are not a core's
@@ -54,7 +53,7 @@ def read_facts(core: Path) -> CoreFacts:
         for n_type, _name, at, size in elf.notes(notes):
             desc = notes[at:at + size]
             if n_type == NT_PRSTATUS:
-                facts.tids.append(struct.unpack_from("<i", desc, arch.PRSTATUS_PID_OFFSET)[0])
+                facts.tids.append(struct.unpack_from("<i", desc, PRSTATUS_PID_OFFSET)[0])
             elif n_type == NT_PRPSINFO:
                 _prpsinfo(facts, desc)
             elif n_type == NT_AUXV:

@@ -40,6 +40,11 @@ NT_PRPSINFO = 3
 NT_AUXV = 6
 NT_SIGINFO = 0x53494749  # "SIGI"
 NT_FILE = 0x46494C45  # "FILE"
+# Where pr_pid is in struct elf_prstatus on every 64-bit architecture
+# (include/linux/elfcore.h: pr_info's three ints, pr_cursig and its padding,
+# pr_sigpend, pr_sighold; only the registers after it differ): what reading
+# a core's thread ids needs, whichever machine wrote the core.
+PRSTATUS_PID_OFFSET = 32
 
 # wait4 options: __WALL also sees children whose exit signal is not SIGCHLD;
 # __WNOTHREAD only the caller's own children, not its thread group's.
