@@ -27,7 +27,6 @@ from snapcore.core import elf, safefs
 from snapcore.core.recordshape import (CoreFile, RecordData, Target, Thread, Writer,
                                        looks_like_ours, shape_problem)
 from snapcore.errors import OutputError, Stage
-from snapcore.linux.procfs import started_at
 
 from snapcore.core.recordshape import CORE_SUFFIXES  # noqa: F401 (callers use records.CORE_SUFFIXES)
 
@@ -70,6 +69,9 @@ def record_of(snap, reason: str = "", trigger: str = "") -> RecordData:
     """The record of a stored snapshot (a snapshot.Snapshot): `reason` the
     operator's, `trigger` what fired it (watch's condition).  Nothing from
     the process's environment: it holds secrets."""
+    # Here, not at the top: records is loaded to parse a command line (list,
+    # prune), and procfs brings the architecture table and its ctypes.
+    from snapcore.linux import procfs
     t = snap.target
     try:
         user = pwd.getpwuid(t.uid).pw_name
@@ -83,7 +85,7 @@ def record_of(snap, reason: str = "", trigger: str = "") -> RecordData:
             pid=t.pid, name=t.name, exe=t.exe, cmdline=command_line(t.cmdline),
             build_id=snap.exe_build_id if snap.exe_build_id != "" else
             (elf.build_id(t.exe) if t.exe else None),
-            started_at=_iso(started_at(t.start_time)), user=user, uid=t.uid,
+            started_at=_iso(procfs.started_at(t.start_time)), user=user, uid=t.uid,
             program=snap.program),
         threads=[Thread.from_json(thread) for thread in snap.thread_map],
         pause_ms=round(snap.pause["pause"] * 1000, 3),
