@@ -2,7 +2,12 @@
 
 import platform
 
-if platform.machine() != "x86_64":
-    raise ImportError(f"snapcore supports x86_64 only, not {platform.machine()}")
+MACHINE = platform.machine()  # as `uname -m` names it
+MACHINES = ("x86_64", "aarch64")  # the machines with a table
 
-from snapcore.linux.arch_x86_64 import *  # noqa: E402,F401,F403
+if MACHINE == "x86_64":
+    from snapcore.linux.arch_x86_64 import *  # noqa: F401,F403
+elif MACHINE == "aarch64":
+    from snapcore.linux.arch_aarch64 import *  # noqa: F401,F403
+else:
+    raise ImportError(f"snapcore supports {' and '.join(MACHINES)} only, not {MACHINE}")

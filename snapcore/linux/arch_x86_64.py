@@ -29,16 +29,16 @@ REG_NR = "rax"  # syscall number on entry
 REG_RET = "rax"  # return value on exit
 REG_ORIG_NR = "orig_rax"  # the kernel's copy of the number: -1 means "not in a syscall"
 SYSCALL_ARGS = ("rdi", "rsi", "rdx", "r10", "r8", "r9")
-NR_REGSET = None  # the syscall number is orig_rax, a field of the registers
-REG_LINK = None  # `ret` pops its address from the stack: no link register
+NR_REGSET: int | None = None  # the syscall number is orig_rax, a field of the registers
+REG_LINK: str | None = None  # `ret` pops its address from the stack: no link register
 # After a syscall stop the kernel puts back no register of its own choosing
 # (arm64 does: arch_aarch64.SYSCALL_STOP_SCRATCH).
-SYSCALL_STOP_SCRATCH = None
+SYSCALL_STOP_SCRATCH: str | None = None
 RED_ZONE = 128  # bytes below the stack pointer a leaf function may use (x86_64 psABI)
 # The thread-exit site's `syscall` (linux/landing.py): the munmap's arguments
 # (rdi, rsi) and what the munmap itself sets (rax, rcx, r11) cannot carry
 # the exit's number or status.
-EXIT_NOT_SETTABLE = ("rax", "rcx", "rdi", "rsi", "rsp")
+EXIT_NOT_SETTABLE: tuple[str, ...] = ("rax", "rcx", "rdi", "rsi", "rsp")
 
 # The extended register sets a held thread's state includes beside its
 # general registers (linux/inject.py: HeldThread.save), as PTRACE_GETREGSET
