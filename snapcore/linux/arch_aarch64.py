@@ -44,6 +44,9 @@ REG_ORIG_NR = "syscallno"  # -1 (NO_SYSCALL): "not in a syscall"
 SYSCALL_ARGS = ("x0", "x1", "x2", "x3", "x4", "x5")
 NT_ARM_SYSTEM_CALL = 0x404  # an int; set to -1 at a syscall-entry stop it skips the call
 NR_REGSET: int | None = NT_ARM_SYSTEM_CALL
+# do_signal rewinds before the stop, decides on restart_syscall after it:
+# linux/restart.py lets the runner take that decision before its calls.
+RESTART_DECIDED_AFTER_STOP = True
 # `ret` jumps to x30: a landing's call sets it to the restorer (linux/landing.py).
 REG_LINK: str | None = "x30"
 # At a syscall stop the kernel puts x7 (which it sets to 0 at entry, 1 at
@@ -75,6 +78,7 @@ NR = {  # include/uapi/asm-generic/unistd.h: no fork, no open, only clone and op
     "prlimit64": 261,
     "close_range": 436,
     "process_mrelease": 448,
+    "getpid": 172,  # linux/restart.py: what the runner's settling entry becomes
 }
 NR_OPENAT2 = 437
 

@@ -30,6 +30,7 @@ REG_RET = "rax"  # return value on exit
 REG_ORIG_NR = "orig_rax"  # the kernel's copy of the number: -1 means "not in a syscall"
 SYSCALL_ARGS = ("rdi", "rsi", "rdx", "r10", "r8", "r9")
 NR_REGSET: int | None = None  # the syscall number is orig_rax, a field of the registers
+RESTART_DECIDED_AFTER_STOP = False  # the kernel rewinds after the stop (linux/restart.py)
 REG_LINK: str | None = None  # `ret` pops its address from the stack: no link register
 # After a syscall stop the kernel puts back no register of its own choosing
 # (arm64 does: arch_aarch64.SYSCALL_STOP_SCRATCH).

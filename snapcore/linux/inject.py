@@ -172,6 +172,7 @@ class HeldThread:
     saved_regs: ptrace.Regs | None = None  # as it stopped: save()
     xstate: bytes = b""  # its FPU state (arch.FP_REGSET): save(with_xstate=True)
     regsets: tuple = ()  # its other register sets, (NT_ type, bytes) (arch.OTHER_REGSETS)
+    again: ptrace.Regs | None = None  # its interrupted call from the start (linux/restart.py)
     sigmask: int = 0
     pending_sig: int = 0  # a signal it stopped to take while parked: delivered at release
     # Stop signals it took during injected calls (suppressed then): given back at release.

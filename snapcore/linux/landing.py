@@ -212,6 +212,8 @@ def _own_registers(pid: int, thread):
     regs = thread.regs
     if getattr(regs, arch.REG_NR) != arch.NR["restart_syscall"]:
         return regs
+    if getattr(thread, "again", None) is not None:  # arm64: the call before the restart
+        return thread.again  # was decided (linux/restart.py), rewound as the kernel left it
     if getattr(regs, arch.REG_ORIG_NR) >> 63:
         return None
     ip = getattr(regs, arch.REG_IP)
