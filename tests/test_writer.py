@@ -175,7 +175,7 @@ def test_both_writers_make_the_same_core(core_pattern, start_victim, fidelity_ex
         assert proc.returncode == 0 and proc.stderr == "", proc.stderr
         assert "NT_PRPSINFO" in proc.stdout or "PRPSINFO" in proc.stdout
         if ARM64:  # NT_PRFPREG: vregs[32] first
-            fpsimd = [d for t, d in notes(core) if t in ("NT_PRFPREG", 2)]
+            fpsimd = [d for t, d in notes(core) if t in ("NT_FPREGSET", "NT_PRFPREG", 2)]
             assert any(d[0:16] == YMM[:16] and d[16:32] == YMM[16:] for d in fpsimd)
         else:
             xstates = [d for t, d in notes(core) if t in ("NT_X86_XSTATE", 0x202)]
