@@ -243,10 +243,11 @@ NT_ARM_ZA = 0x40C
 NT_ARM_ZT = 0x40D
 FP_REGSET = NT_PRFPREG  # struct user_fpsimd_state: vregs[32], fpsr, fpcr, 2 reserved
 FP_REGSET_SIZE = 528
-_SVE_MAX = 65536  # SVE_PT_SIZE at the largest vector length a CPU offers today (2048 bits)
+_SVE_MAX = 16384  # SVE_PT_SIZE at the architecture's largest vector length (2048 bits): 8.8 KiB
+_ZA_MAX = 65536 + 16  # SME's ZA at the largest streaming vector length: (256 bytes)^2
 OTHER_REGSETS: tuple[tuple[int, int], ...] = (
     (NT_ARM_TLS, 16), (NT_ARM_HW_BREAK, 264), (NT_ARM_HW_WATCH, 264), (NT_ARM_SYSTEM_CALL, 4),
-    (NT_ARM_SVE, _SVE_MAX), (NT_ARM_SSVE, _SVE_MAX), (NT_ARM_ZA, _SVE_MAX), (NT_ARM_ZT, 64),
+    (NT_ARM_SVE, _SVE_MAX), (NT_ARM_SSVE, _SVE_MAX), (NT_ARM_ZA, _ZA_MAX), (NT_ARM_ZT, 64),
     (NT_ARM_PAC_MASK, 16), (NT_ARM_PAC_ENABLED_KEYS, 8), (NT_ARM_PACA_KEYS, 64),
     (NT_ARM_PACG_KEYS, 16), (NT_ARM_TAGGED_ADDR_CTRL, 8))
 # A copy of a thread (the snapshot child's) must carry its TLS register and
@@ -263,7 +264,7 @@ SIZED_REGSETS = frozenset({NT_ARM_SVE, NT_ARM_SSVE, NT_ARM_ZA})
 
 THREAD_NOTES = frozenset({NT_PRSTATUS, NT_PRFPREG, NT_ARM_SYSTEM_CALL, *(k for k, _ in
                                                                         OTHER_REGSETS)})
-THREAD_NOTES_SIZE = 16384 + 2 * 8192  # with SVE at 2048 bits, its set is 8.8 KiB
+THREAD_NOTES_SIZE = 16384  # at most: 2.9 KiB here; SVE live at 2048 bits adds 8.3 KiB
 
 
 def fpregs(xstate: bytes) -> bytes:

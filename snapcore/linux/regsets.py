@@ -22,6 +22,11 @@ import errno
 
 from snapcore.linux import arch, ptrace
 
+# The sets this machine's kernel refused once: a feature the CPU lacks
+# (SME's, say), refused for every thread alike (arch/arm64/kernel/ptrace.c:
+# system_supports_*), so not asked again inside the window.
+_ABSENT: set[int] = set()
+
 
 def read(tid: int) -> tuple[bytes, tuple]:
     """The thread's FPU state and its other sets as (NT_ type, bytes); a set
@@ -30,11 +35,14 @@ def read(tid: int) -> tuple[bytes, tuple]:
     fp = ptrace.get_regset(tid, arch.FP_REGSET, arch.FP_REGSET_SIZE, "xstate")
     sets = []
     for kind, size in arch.OTHER_REGSETS:
+        if kind in _ABSENT:
+            continue
         try:
             data = ptrace.get_regset(tid, kind, size)
         except ptrace.PtraceFailed as exc:
             if exc.errno not in (errno.EINVAL, errno.ENODEV):
                 raise
+            _ABSENT.add(kind)
             continue
         if kind in arch.SIZED_REGSETS:  # GETREGSET says the buffer's length, not the set's
             data = data[:int.from_bytes(data[:4], "little")]
