@@ -11,54 +11,71 @@ kernel's decision.  The runner leaves it for its injected calls and is
 given back from a later stop, where the decision is lost: its wait would
 start over with its whole timeout, late by what it had already waited.
 
-So, before its first call, the runner is let go from that first stop just
-until it enters the kernel again (PTRACE_SYSCALL: its next instruction is
-the `svc`): the kernel has decided, and x8 says what (restart_syscall's
-number, or the call's own).  That entry is turned into getpid, which
-changes nothing of the thread, whose registers go back at once with x8 as
-decided: released, it runs restart_syscall, the rest of its wait, as on
-x86_64, where the kernel decides after the stop from registers the tracer
-gives back (arch_do_signal_or_restart).
+So, before its first call, the runner is let go from that first stop, with
+its own registers and mask, just until it enters the kernel again
+(PTRACE_SYSCALL: its next instruction is the `svc`): the kernel has
+decided, and x8 says what (restart_syscall's number, or the call's own).
+At that entry the call is skipped (syscallno -1) with pc back at the `svc`:
+the thread's registers are then exactly as before, the decision kept.
+Should snapcore die at any moment of this, the thread, detached, runs its
+own call as decided: nothing here carries anything but its own state.
 """
 
 from __future__ import annotations
 
-import struct
+from snapcore.linux import arch, procfs, ptrace, stops
+from snapcore.linux.inject import HeldThread, finite_deadline
+from snapcore.linux.stops import ENDED, StopKind
 
-from snapcore.linux import arch, procfs, ptrace
-from snapcore.linux.inject import SEIZE_OPTIONS, HeldThread, _wait_syscall_stop, finite_deadline
+_SKIP = (1 << 64) - 1  # syscallno -1: the entry's call is not run (el0_svc_common)
 
 
 def settle(pid: int, thread: HeldThread, guard, deadline: float) -> bool:
     """Make the runner's saved registers the kernel's decision (see above);
     whether it was let go for it.  Nothing to do where the kernel decides
-    after the stop (x86_64), or when the thread is not at an `svc` (nothing
-    was rewound), or its filters would not let getpid run there."""
+    after the stop (x86_64), when the thread is not at an `svc` (nothing
+    was rewound), or when its filters would not let the skipped entry by
+    (seccomp judges it after the tracer, with number -1)."""
     if not arch.RESTART_DECIDED_AFTER_STOP or not thread.free:
         return False
-    at = getattr(thread.regs, arch.REG_IP)
-    getpid = arch.NR["getpid"]
+    own = thread.regs
+    at = getattr(own, arch.REG_IP)
+    args = tuple(getattr(own, r) for r in arch.SYSCALL_ARGS)
     if not procfs.is_syscall_instruction(pid, at) or \
-            (guard is not None and not guard.runs(((getpid, (), at),))):
+            (guard is not None and not guard.runs(((-1, args, at),))):
         return False
     tid = thread.tid
-    # Until its registers are back, a snapcore killed must not leave it to
-    # run on from a call it did not make: EXITKILL, as inject does.
-    ptrace.set_options(tid, SEIZE_OPTIONS | ptrace.O_EXITKILL)
-    try:
-        ptrace.set_sigmask(tid, ptrace.ALL_SIGNALS_MASK)
-        ptrace.resume_to_syscall(tid)
-        _wait_syscall_stop(tid, deadline, [], None, thread.stops_taken)
-        entry = ptrace.get_regs(tid)
-        if getattr(entry, arch.REG_IP) != at + len(arch.SYSCALL_INSN):
-            return True  # not the entry it was at (cannot be): its own registers go back
-        ptrace.set_regset(tid, arch.NR_REGSET or 0, struct.pack("<i", getpid))
-        ptrace.resume_to_syscall(tid)
-        _wait_syscall_stop(tid, deadline, [], None, thread.stops_taken)
-        decided = getattr(entry, arch.REG_NR)
-        if decided != getattr(thread.regs, arch.REG_NR):  # restart_syscall: a landing's
-            thread.again = ptrace.copy_regs(thread.regs)  # frame cannot keep it (see
-            setattr(thread.regs, arch.REG_NR, decided)  # landing._own_registers)
-        return True
-    finally:
-        thread.park(finite_deadline(deadline))
+    ptrace.resume_to_syscall(tid)
+    if not _entered(thread, deadline):
+        return True  # a signal stopped it first: held there, decided (_entered)
+    entry = ptrace.get_regs(tid)
+    decided = ptrace.copy_regs(own)
+    setattr(decided, arch.REG_NR, getattr(entry, arch.REG_NR))
+    setattr(decided, arch.REG_ORIG_NR, _SKIP)
+    ptrace.set_regs(tid, decided)  # pc back at the svc, its call skipped
+    ptrace.resume_to_syscall(tid)
+    _entered(thread, deadline)
+    if getattr(entry, arch.REG_NR) != getattr(own, arch.REG_NR):  # restart_syscall: a
+        thread.again = ptrace.copy_regs(own)  # landing's frame cannot keep it, it runs
+        setattr(own, arch.REG_NR, getattr(entry, arch.REG_NR))  # the call again instead
+    thread.park(finite_deadline(deadline))
+    return True
+
+
+def _entered(thread: HeldThread, deadline: float) -> bool:
+    """Wait for the thread's next syscall stop; False when a signal of its own
+    stopped it first: it is held in that signal's delivery stop, its x8
+    (decided by then) saved, the signal delivered at its release."""
+    tid = thread.tid
+    while True:
+        stop = stops.wait(tid, finite_deadline(deadline))
+        if stop.kind is StopKind.SYSCALL:
+            return True
+        if stop.kind is StopKind.SIGNAL:
+            thread.pending_sig = stop.sig
+            setattr(thread.regs, arch.REG_NR, getattr(ptrace.get_regs(tid), arch.REG_NR))
+            return False
+        if stop.kind in ENDED:
+            thread.stopped = False
+            raise ptrace.TaskGone(None, tid, "syscall", ended=True)
+        ptrace.resume_to_syscall(tid)  # a group stop or an event on the way: go on
