@@ -15,7 +15,7 @@
  *   seccomp-allow       an allow-all seccomp filter, then like sleep
  *   seccomp-errno-clone clone fails with EPERM, then like sleep
  *   seccomp-kill-clone  clone kills the process, then like sleep
- *   seccomp-arch        any arch but x86_64 kills the process, then like sleep
+ *   seccomp-arch        any arch but the machine's own kills the process, then like sleep
  *   seccomp-newuser     clone with CLONE_NEWUSER fails with EPERM, then like sleep
  *   seccomp-no-fork     clone without CLONE_THREAD kills the process, then like sleep
  *   seccomp-strict      strict mode; echoes "got" on stdout per byte read on stdin
@@ -64,6 +64,13 @@
 #include <unistd.h>
 
 #include "report.h"
+
+/* The machine's own architecture, as seccomp names it: any other kills. */
+#if defined(__aarch64__)
+#define NATIVE_AUDIT_ARCH AUDIT_ARCH_AARCH64
+#else
+#define NATIVE_AUDIT_ARCH AUDIT_ARCH_X86_64
+#endif
 
 static void mode_sleep_loop(void)
 {
@@ -202,7 +209,7 @@ static int install_named_filter(const char *mode)
     } else if (!strcmp(mode, "seccomp-arch")) {
         struct sock_filter f[] = {
             LOAD(arch),
-            BPF_JUMP(BPF_JMP | BPF_JEQ | BPF_K, AUDIT_ARCH_X86_64, 1, 0),
+            BPF_JUMP(BPF_JMP | BPF_JEQ | BPF_K, NATIVE_AUDIT_ARCH, 1, 0),
             BPF_STMT(BPF_RET | BPF_K, SECCOMP_RET_KILL_PROCESS),
             ALLOW,
         };
