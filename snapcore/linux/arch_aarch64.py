@@ -264,7 +264,9 @@ SIZED_REGSETS = frozenset({NT_ARM_SVE, NT_ARM_SSVE, NT_ARM_ZA})
 
 THREAD_NOTES = frozenset({NT_PRSTATUS, NT_PRFPREG, NT_ARM_SYSTEM_CALL, *(k for k, _ in
                                                                         OTHER_REGSETS)})
-THREAD_NOTES_SIZE = 16384  # at most: 2.9 KiB here; SVE live at 2048 bits adds 8.3 KiB
+# A thread's notes: 2.4 KiB here, 3.6 KiB with SVE live at 256 bits; an
+# estimate (core/dumprules.py), wider live SVE takes more.
+THREAD_NOTES_SIZE = 4096
 
 
 def fpregs(xstate: bytes) -> bytes:
