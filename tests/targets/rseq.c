@@ -100,10 +100,13 @@ aborted:
     return 1;
 }
 
+static long faults; /* minor faults (copy-on-write ones among them), at the last switches() */
+
 static long switches(void)
 {
     struct rusage ru;
     getrusage(RUSAGE_THREAD, &ru);
+    faults = ru.ru_minflt;
     return ru.ru_nvcsw + ru.ru_nivcsw;
 }
 
@@ -127,12 +130,15 @@ int main(int argc, char **argv)
     ready();
     unsigned long commits = 0, aborts = 0, round = 0;
     for (;;) {
-        long before = switches();
+        long before = switches(), faults_before = faults;
         if (critical_section(SPINS, &elapsed) == 0) {
             commits++;
-            if (elapsed > 3 * usual && switches() != before)
-                report("VIOLATION rseq commit after a switch: %llu cycles (usual %llu)",
-                       (unsigned long long)elapsed, (unsigned long long)usual);
+            long after = switches();
+            if (elapsed > 3 * usual && after != before)
+                report("VIOLATION rseq commit after a switch: %llu cycles (usual %llu); "
+                       "%ld switches, %ld minor faults",
+                       (unsigned long long)elapsed, (unsigned long long)usual,
+                       after - before, faults - faults_before);
         } else {
             aborts++;
         }
