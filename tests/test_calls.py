@@ -94,6 +94,8 @@ def test_the_preflight_judges_the_table():
 
 
 @pytest.mark.unit
+@pytest.mark.skipif(arch.NAME != "x86_64",
+                    reason="x86_64's code; arm64's page: tests/test_arch_aarch64.py")
 def test_the_page_s_own_loop_makes_the_calls_the_table_names():
     """The code page's loop (arch.FORK_THREAD_CODE) runs only if snapcore
     dies, so it is judged, never recorded: its immediates are the table's."""

@@ -58,7 +58,7 @@ def test_touching_a_process_is_refused_in_one_line(start_victim, out_dir, comman
         assert proc.stdout == ""
         line, = proc.stderr.splitlines()
         assert line.startswith("snapcore: error: this machine is riscv64, and snapcore "
-                               "supports x86_64"), line
+                               "supports x86_64 and aarch64 only"), line
     assert "Traceback" not in proc.stderr
     # Refused before the preflight: not even the output directory was made.
     assert not out_dir.exists()

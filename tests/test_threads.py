@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import platform
 import subprocess
 import time
 from pathlib import Path
@@ -59,7 +60,8 @@ def test_eight_threads_each_in_core_where_it_was(writer, start_victim, threads_e
     pcs = gdb_per_thread(threads_exe, core, "info symbol $pc")
     assert "busy_thread_loop" in pcs[tids["busy_thread"]], pcs[tids["busy_thread"]]
     # SSE state survives: xmm0 of the spinning thread holds its constant.
-    xmm = gdb_per_thread(threads_exe, core, "p/x $xmm0.v2_int64[0]")
+    xmm = gdb_per_thread(threads_exe, core, "p/x $v0.d.u[0]" if platform.machine() == "aarch64"
+                         else "p/x $xmm0.v2_int64[0]")  # arm64: its v0, with the same value
     assert "0x1122334455667788" in xmm[tids["xmm_thread"]], xmm[tids["xmm_thread"]]
     victim.wait_for_heartbeats(victim.heartbeats())
     victim.assert_unharmed()

@@ -1,11 +1,14 @@
 """The notes of an ELF core, built as the kernel builds them (fs/binfmt_elf.c:
-fill_note_info, fill_thread_core_info, write_note_info), for x86_64.
+fill_note_info, fill_thread_core_info, write_note_info), for the running
+architecture (the layouts are its table's: linux/arch.py).
 
 Order, as write_note_info writes it: the first thread's NT_PRSTATUS, then the
 process's NT_PRPSINFO, NT_SIGINFO, NT_AUXV and NT_FILE, then the first
-thread's other register sets (NT_PRFPREG, NT_X86_XSTATE); then each other
-thread: NT_PRSTATUS, NT_PRFPREG, NT_X86_XSTATE.  gdb opens a core on the
-thread of its first NT_PRSTATUS.
+thread's other register sets; then each other thread: NT_PRSTATUS and its
+other sets.  The sets: NT_PRFPREG, then x86_64's NT_X86_XSTATE (NT_PRFPREG
+is its first bytes), or arm64's own (NT_ARM_TLS, ...) as the thread's
+registers were read (linux/regsets.py).  gdb opens a core on the thread of
+its first NT_PRSTATUS.
 """
 
 from __future__ import annotations
@@ -15,7 +18,6 @@ from dataclasses import dataclass, field
 from snapcore.core.elf import NOTE, Fields
 from snapcore.linux import arch
 from snapcore.linux.abi import NT_AUXV, NT_FILE, NT_PRFPREG, NT_PRPSINFO, NT_PRSTATUS, NT_SIGINFO
-from snapcore.linux.arch import NT_X86_XSTATE
 
 PRSTATUS = Fields(*arch.PRSTATUS_FIELDS)
 PRPSINFO = Fields(*arch.PRPSINFO_FIELDS)
@@ -28,8 +30,6 @@ FILES_ENTRY = Fields(("start", "Q"), ("end", "Q"), ("file_ofs", "Q"))  # in page
 PRSTATUS_SIZE = PRSTATUS.size  # 336 on x86_64
 PRPSINFO_SIZE = PRPSINFO.size  # 136
 SIGINFO_SIZE = arch.SIGINFO_SIZE
-FXSAVE_SIZE = 512  # struct user_i387_struct: the legacy area at the start of XSAVE
-FX_SW_RESERVED = 464  # where XSAVE's software-reserved bytes start in that area
 PSARGS_SIZE = 80  # ELF_PRARGSZ
 
 
@@ -54,12 +54,13 @@ class ThreadState:
     """One thread as the core shows it: what it was when the window held it."""
 
     tid: int  # in the target's own pid namespace
-    regs: bytes  # struct user_regs_struct, as PTRACE_GETREGSET NT_PRSTATUS gave it
-    xstate: bytes  # NT_X86_XSTATE, as PTRACE_GETREGSET gave it ("" when none)
+    regs: bytes  # the general registers, as PTRACE_GETREGSET NT_PRSTATUS gave them
+    xstate: bytes  # the FPU state (arch.FP_REGSET), as PTRACE_GETREGSET gave it ("": none)
     sigmask: int  # blocked signals
     sigpend: int = 0  # signals pending for this thread alone
     utime: int = 0  # clock ticks (for the main thread: the whole process's, as the kernel)
     stime: int = 0
+    regsets: tuple = ()  # its other register sets, (NT_ type, bytes), in the kernel's order
 
 
 @dataclass
@@ -92,7 +93,7 @@ def prstatus(p: ProcessState, t: ThreadState) -> bytes:
         sigpend=t.sigpend, sighold=t.sigmask, pid=t.tid, ppid=p.ppid, pgrp=p.pgrp, sid=p.sid,
         utime=timeval(t.utime, p.hz), stime=timeval(t.stime, p.hz),
         cutime=timeval(p.cutime, p.hz), cstime=timeval(p.cstime, p.hz),
-        reg=t.regs[:arch.REGS_SIZE], fpvalid=1 if t.xstate else 0)  # "216s" pads with NULs
+        reg=t.regs[:arch.REGS_SIZE], fpvalid=1 if t.xstate else 0)  # "216s": NULs pad
     return note(b"CORE", NT_PRSTATUS, body)
 
 
@@ -129,14 +130,23 @@ def files(p: ProcessState) -> bytes:
 
 
 def fpregs(t: ThreadState) -> bytes:
-    """NT_PRFPREG: the legacy FXSAVE area, which is the first 512 bytes of the
-    XSAVE state; its software-reserved tail is XSAVE's own, not FXSAVE's."""
-    area = t.xstate[:FX_SW_RESERVED].ljust(FXSAVE_SIZE, b"\0")
-    return note(b"CORE", NT_PRFPREG, area)
+    """NT_PRFPREG, from the FPU state (arch.fpregs: on x86_64 the first bytes
+    of the XSAVE area; on arm64 that state itself)."""
+    return note(b"CORE", NT_PRFPREG, arch.fpregs(t.xstate))
 
 
 def xstate(t: ThreadState) -> bytes:
-    return note(b"LINUX", NT_X86_XSTATE, t.xstate)
+    """The FPU state as its own note, where it is not NT_PRFPREG (x86_64)."""
+    return note(b"LINUX", arch.FP_REGSET, t.xstate)
+
+
+def regsets(t: ThreadState) -> list[bytes]:
+    """The thread's notes after its NT_PRSTATUS, in fill_thread_core_info's
+    order ("LINUX" names every set but NT_PRFPREG)."""
+    out = [fpregs(t)] if t.xstate else []
+    if t.xstate and arch.FP_REGSET != NT_PRFPREG:
+        out.append(xstate(t))
+    return out + [note(b"LINUX", kind, data) for kind, data in t.regsets]
 
 
 def all_notes(p: ProcessState, threads: list[ThreadState]) -> bytes:
@@ -149,6 +159,5 @@ def all_notes(p: ProcessState, threads: list[ThreadState]) -> bytes:
             out += [prpsinfo(p), siginfo(p), auxv(p)]
             if p.files:
                 out.append(files(p))
-        if t.xstate:
-            out += [fpregs(t), xstate(t)]
+        out += regsets(t)
     return b"".join(out)

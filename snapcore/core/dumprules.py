@@ -157,11 +157,12 @@ def _starts_elf(pid: int, vma: Vma) -> bool:
 
 def _headers(vmas: list[Vma], threads: int) -> int:
     """What precedes the memory: the ELF header, a program header a mapping
-    (and the notes'), and the notes: per thread NT_PRSTATUS, NT_PRFPREG,
-    NT_X86_XSTATE (2.7 KiB with AVX-512) and NT_SIGINFO, under 4 KiB; the
+    (and the notes'), and the notes: per thread NT_PRSTATUS and its register
+    sets (x86_64: NT_PRFPREG, NT_X86_XSTATE, 2.7 KiB with AVX-512; arm64's
+    SVE set is larger, arch.FP_REGSET_SIZE at most) and NT_SIGINFO; the
     process's PRPSINFO and AUXV, about 1 KiB; NT_FILE, 24 bytes and the path
     a file mapping.  The first PT_LOAD starts on a page (elf_core_dump)."""
     files = sum(25 + len(v.path.encode()) for v in vmas
                 if v.file_backed and v.path.startswith("/"))
-    size = 64 + 56 * (len(vmas) + 2) + threads * 4096 + 1024 + files
+    size = 64 + 56 * (len(vmas) + 2) + threads * arch.THREAD_NOTES_SIZE + 1024 + files
     return -(-size // arch.PAGE_SIZE) * arch.PAGE_SIZE

@@ -97,10 +97,9 @@ def check_core(core: HeldCore, child_pid: int) -> CoreNotes:
     return notes
 
 
-# Register sets the kernel writes per thread (x86: NT_PRFPREG, NT_386_TLS,
-# NT_386_IOPERM, NT_X86_XSTATE, NT_X86_SHSTK); every other note is the process's.
-THREAD_NOTES = {abi.NT_PRSTATUS, abi.NT_PRFPREG, arch.NT_386_TLS, arch.NT_386_IOPERM,
-                arch.NT_X86_XSTATE, arch.NT_X86_SHSTK}
+# Register sets the kernel writes per thread (the architecture's); every
+# other note is the process's.
+THREAD_NOTES = arch.THREAD_NOTES
 
 
 def main_thread_first(core: HeldCore, lwp: int) -> bool:

@@ -79,8 +79,8 @@ def check_state(pre: Preflight) -> None:
         pre.add("state", REFUSE, f"process {t.pid} ({t.name}) is stopped (state {t.state})",
                 "it must stay stopped: resume it (kill -CONT) before a snapshot")
     elif t.elf_class != 2 or t.elf_machine != arch.ELF_MACHINE:
-        pre.add("state", REFUSE, f"process {t.pid} ({t.name}) is not a 64-bit x86_64 "
-                "process", "snapcore supports 64-bit x86_64 processes only")
+        pre.add("state", REFUSE, f"process {t.pid} ({t.name}) is not a 64-bit {arch.NAME} "
+                "process", f"snapcore supports 64-bit {arch.NAME} processes only")
     elif where := facts.cgroups.frozen():
         pre.add("state", REFUSE, f"process {t.pid} ({t.name}) is in a frozen cgroup "
                 f"({where}): it cannot stop for a snapshot until it is thawed",

@@ -18,7 +18,7 @@ from snapcore.engine import calls
 from snapcore.engine.kernelerrors import decided
 from snapcore.errors import (CoreNotWritten, InternalError, NoSuchProcess, NotDumpable, Stage,
                              TargetReplaced)
-from snapcore.linux import arch, ptrace, seccomp
+from snapcore.linux import arch, ptrace, regsets, seccomp
 from snapcore.linux.inject import HeldThread, syscall, wait_for_interrupt_stop
 
 if TYPE_CHECKING:
@@ -235,9 +235,7 @@ def resurrect(child: Child, at: int, threads: list[HeldThread], deadline: float)
         child.threads[tid] = thread.tid
         child.ns_tids[tid] = ret  # clone returns the tid in the caller's namespace
         wait_for_interrupt_stop(tid, deadline)
-        ptrace.set_regs(tid, thread.regs)
-        if thread.xstate:
-            ptrace.set_xstate(tid, thread.xstate)
+        regsets.put(tid, thread.regs, thread.xstate, thread.regsets)
         ptrace.set_sigmask(tid, thread.sigmask)
 
 

@@ -12,7 +12,7 @@ from snapcore.engine.child import Child
 from snapcore.engine import interrupts
 from snapcore.engine.controller import Controller
 from snapcore.engine.kernelerrors import decided
-from snapcore.linux import priority, ptrace, release, stops
+from snapcore.linux import arch, priority, ptrace, regsets, release, stops
 from snapcore.linux.inject import HeldThread
 from snapcore.linux.ptrace import TaskGone
 from snapcore.linux.stops import ENDED, StopKind
@@ -32,15 +32,15 @@ def dump(child: Child, runner: HeldThread,
     """
     pid = child.pid
     child.threads[pid] = runner.tid
-    ptrace.set_regs(pid, runner.regs)  # the core shows where the target really was
-    if runner.xstate:
-        ptrace.set_xstate(pid, runner.xstate)
+    regsets.put(pid, runner.regs, runner.xstate, runner.regsets)  # where the target really was
     ptrace.set_sigmask(pid, runner.sigmask & ~(1 << (signal.SIGABRT - 1)))
     os.kill(pid, signal.SIGABRT)
     ptrace.cont(pid)
     while True:
         stop = stops.wait(pid, None)
         if stop.kind is StopKind.SIGNAL and stop.sig == signal.SIGABRT:
+            if arch.SYSCALL_STOP_SCRATCH is not None:  # put back as the call's stop was left
+                ptrace.set_regs(pid, runner.regs)
             break
         if stop.kind in ENDED:
             _collect(child)

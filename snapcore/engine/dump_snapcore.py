@@ -40,7 +40,7 @@ def gather(pid: int, held: list[HeldThread], target_ns: dict[int, int | None]):
         times = taskinfo.thread_facts(pid, thread.tid)
         states.append(corenotes.ThreadState(
             tid=target_ns.get(thread.tid) or thread.tid, regs=bytes(thread.regs),
-            xstate=thread.xstate, sigmask=thread.sigmask,
+            xstate=thread.xstate, sigmask=thread.sigmask, regsets=thread.regsets,
             sigpend=times.sigpend if times else 0, utime=times.utime if times else 0,
             stime=times.stime if times else 0))
     facts: taskinfo.ProcessFacts | None

@@ -27,7 +27,7 @@ from snapcore.engine import calls, forkthread, interrupts, keeper, leftovers
 from snapcore.engine.forkthread import ForkThread
 from snapcore.engine.kernelerrors import decided, meaning
 from snapcore.errors import InternalError, SnapcoreError, Stage, StopTimeout, Unsupported
-from snapcore.linux import arch, landing, procfs, ptrace, rseq, seccomp, stops
+from snapcore.linux import arch, landing, procfs, ptrace, restart, rseq, seccomp, stops
 from snapcore.linux.inject import HeldThread
 from snapcore.linux.ptrace import PtraceFailed
 from snapcore.linux.window import Window
@@ -66,6 +66,7 @@ def fork(pid: int, at: int, *, threads: list[int] | None, timeout: float, check,
         with Window(pid, threads=threads, timeout=timeout, with_xstate=True,
                     check=check) as window:
             runner, guard = choose_runner(window, at, planned)
+            restart.settle(pid, runner, guard, window.deadline)
             _inside(window, runner, guard, at, pages, made, notes, sites)
         thread = made["thread"]
         keeper.hold(thread, time.monotonic() + 5)

@@ -38,7 +38,7 @@ from snapcore.linux.inject import SEIZE_OPTIONS, HeldThread, syscall, wait_for_i
 from snapcore.linux.ptrace import TaskGone
 
 NAME = "snapcore-fork"  # the thread's name while it lives (ps -L, top -H)
-NAME_AT = 64  # where the name sits in the code page
+NAME_AT = arch.FORK_THREAD_NAME  # where the name sits in the code page
 # The fork thread carries no EXITKILL (a SIGKILL of one thread ends its whole
 # process); what it makes does: a task of snapcore's dies with snapcore.
 THREAD_OPTIONS = ptrace.O_TRACESYSGOOD | ptrace.O_TRACECLONE

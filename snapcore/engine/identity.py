@@ -29,7 +29,7 @@ def identity_check(plan: Plan, pidfd: int, stage: Stage):
                                 pid=target.pid, stage=stage) from None
         if ptrace.regs_size(tid) != arch.REGS_SIZE:
             raise Unsupported(f"process {target.pid} ({target.name}) is not a 64-bit "
-                              "process", "snapcore supports 64-bit x86_64 processes only",
+                              "process", f"snapcore supports 64-bit {arch.NAME} processes only",
                               pid=target.pid, stage=stage)
         try:
             same = mm_fingerprint(target.pid) == plan.fingerprint

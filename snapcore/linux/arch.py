@@ -10,8 +10,10 @@ MACHINE, MACHINES and SUPPORTED exist only on a supported machine.
 import platform
 
 MACHINE = platform.machine()  # as `uname -m` names it
-MACHINES = ("x86_64",)  # the machines with a table
+MACHINES = ("x86_64", "aarch64")  # the machines with a table
 SUPPORTED = MACHINE in MACHINES
 
 if MACHINE == "x86_64":
     from snapcore.linux.arch_x86_64 import *  # noqa: F401,F403
+elif MACHINE == "aarch64":
+    from snapcore.linux.arch_aarch64 import *  # noqa: F401,F403

@@ -6,13 +6,18 @@ kernel structure's layout or an errno the kernel uses only internally.
 
 import struct as _struct
 
-from snapcore.linux.abi import NT_PRPSINFO, NT_PRSTATUS  # noqa: F401 (the notes' layouts)
+# The registers' struct, python-ptrace's struct user_regs_struct (x86_64).
+from ptrace.binding.linux_struct import user_regs_struct as Regs  # noqa: F401
 
+from snapcore.linux.abi import NT_PRFPREG, NT_PRPSINFO, NT_PRSTATUS  # noqa: F401 (layouts)
+
+NAME = "x86_64"  # as platform.machine() and the refusals say it
 ELF_MACHINE = 62  # EM_X86_64
 AUDIT_ARCH = 0xC000003E  # AUDIT_ARCH_X86_64, what seccomp filters compare against
 
 # `syscall` is 0f 05; after it executes, rip points just past it.
 SYSCALL_INSN = b"\x0f\x05"
+INSN_ALIGN = 1  # instructions may start at any byte
 PAGE_SIZE = 4096  # the base page: what mmap and the core's holes count in
 
 # Register names in struct user_regs_struct (216 bytes; a 32-bit task's
@@ -24,6 +29,29 @@ REG_NR = "rax"  # syscall number on entry
 REG_RET = "rax"  # return value on exit
 REG_ORIG_NR = "orig_rax"  # the kernel's copy of the number: -1 means "not in a syscall"
 SYSCALL_ARGS = ("rdi", "rsi", "rdx", "r10", "r8", "r9")
+NR_REGSET: int | None = None  # the syscall number is orig_rax, a field of the registers
+RESTART_DECIDED_AFTER_STOP = False  # the kernel rewinds after the stop (linux/restart.py)
+REG_LINK: str | None = None  # `ret` pops its address from the stack: no link register
+# After a syscall stop the kernel puts back no register of its own choosing
+# (arm64 does: arch_aarch64.SYSCALL_STOP_SCRATCH).
+SYSCALL_STOP_SCRATCH: str | None = None
+RED_ZONE = 128  # bytes below the stack pointer a leaf function may use (x86_64 psABI)
+# The thread-exit site's `syscall` (linux/landing.py): the munmap's arguments
+# (rdi, rsi) and what the munmap itself sets (rax, rcx, r11) cannot carry
+# the exit's number or status.
+EXIT_NOT_SETTABLE: tuple[str, ...] = ("rax", "rcx", "rdi", "rsi", "rsp")
+
+# The extended register sets a held thread's state includes beside its
+# general registers (linux/inject.py: HeldThread.save), as PTRACE_GETREGSET
+# names them: FP_REGSET, the FPU state the signal frame carries and the
+# FPU notes come from (the XSAVE area, at most FP_REGSET_SIZE bytes); the
+# others in the kernel's core order, none on x86_64 (NT_386_TLS and
+# NT_386_IOPERM are a 32-bit task's; fs_base is in the general registers).
+FP_REGSET_SIZE = 16384
+OTHER_REGSETS: tuple[tuple[int, int], ...] = ()
+PUT_BACK_REGSETS: frozenset[int] = frozenset()  # of those, what a copy of the thread is given
+CALL_CLOBBERS: frozenset[int] = frozenset()  # of those, what a syscall changes (none)
+SIZED_REGSETS: frozenset[int] = frozenset()  # of those, the ones whose first u32 is their size
 
 NR = {
     "close": 3,
@@ -85,6 +113,7 @@ FORK_THREAD_WAIT = 24  # where the loop's wait4 `syscall` is
 FORK_THREAD_EXIT = 38  # where its exit `syscall` is
 FORK_THREAD_RUNNER = 42  # the runner's `syscall; ret`
 FORK_THREAD_RESTORER = 45  # rt_sigreturn
+FORK_THREAD_NAME = 64  # where the thread's name sits (engine/forkthread.py)
 FORK_THREAD_CELL = 96  # 8 bytes: the loop's address, the fork thread's first `ret`
 FORK_THREAD_FRAME = 128  # the runner's signal frame (64-byte aligned)
 
@@ -114,6 +143,14 @@ _FP_XSTATE_MAGIC2 = 0x46505845
 _XSAVE_AT = 448  # after pretcode (8), ucontext (304), siginfo (128): 440, aligned
 _XCR0_AT = 464  # what ptrace's NT_X86_XSTATE puts in the software reserved bytes
 USER_CS = 0x33  # a 64-bit task's code segment; a compat task's is 0x23
+
+
+def native(regs) -> bool:
+    """Whether the registers are a 64-bit task's (rt_sigreturn restores a
+    64-bit frame only in one)."""
+    return regs.cs == USER_CS
+
+
 # The kernel's syscall-restart codes (include/linux/errno.h): a thread
 # stopped in a syscall that returns to user space through the signal path
 # has its call rewound and run again (arch_do_signal_or_restart).
@@ -213,6 +250,22 @@ NT_386_TLS = 0x200
 NT_386_IOPERM = 0x201
 NT_X86_XSTATE = 0x202
 NT_X86_SHSTK = 0x204
+FP_REGSET = NT_X86_XSTATE
+# Register sets the kernel writes per thread (x86: NT_PRFPREG, NT_386_TLS,
+# NT_386_IOPERM, NT_X86_XSTATE, NT_X86_SHSTK); every other note is the process's.
+THREAD_NOTES = frozenset({NT_PRSTATUS, NT_PRFPREG, NT_386_TLS, NT_386_IOPERM, NT_X86_XSTATE,
+                          NT_X86_SHSTK})
+THREAD_NOTES_SIZE = 4096  # at most, a thread's notes and its NT_SIGINFO (core/dumprules.py)
+_FXSAVE_SIZE = 512  # struct user_i387_struct: the legacy area at the start of XSAVE
+_FX_SW_RESERVED = 464  # where XSAVE's software-reserved bytes start in that area
+
+
+def fpregs(xstate: bytes) -> bytes:
+    """NT_PRFPREG: the legacy FXSAVE area, which is the first 512 bytes of the
+    XSAVE state; its software-reserved tail is XSAVE's own, not FXSAVE's."""
+    return xstate[:_FX_SW_RESERVED].ljust(_FXSAVE_SIZE, b"\0")
+
+
 # struct elf_prstatus (include/linux/elfcore.h): struct elf_siginfo pr_info,
 # the current signal, the pending and held signals, the ids, four struct
 # __kernel_old_timeval (user, system, children's user and system time), the

@@ -15,6 +15,7 @@ import time
 from dataclasses import dataclass, field
 
 from snapcore.linux import abi, arch, ptrace, stops
+from snapcore.linux.regsets import after_call, read as read_regsets
 from snapcore.linux.ptrace import TaskGone
 from snapcore.linux.stops import ENDED, Event, Execed, SignalStop, StopKind, StopLate
 
@@ -42,11 +43,14 @@ def syscall(tid: int, base: ptrace.Regs, at: int, nr: int, *args: int,
     ptrace events (event, message) it reported on the way.
 
     `guard(nr, args, at)`, when given, may refuse first (seccomp: see
-    seccomp.Guard).  orig_rax is set to -1 so the kernel's syscall-restart
-    logic, which runs when the thread leaves its current stop, does not
-    rewind rip or overwrite rax (arch/x86/kernel/signal.c:
-    arch_do_signal_or_restart).  `on_clone(tid)` runs for each task the call
-    makes, while the caller is still stopped in its clone event.
+    seccomp.Guard).  The kernel's copy of the syscall number (x86 orig_rax,
+    arm64 syscallno: arch.REG_ORIG_NR) is set to -1 so the kernel's
+    syscall-restart logic, which runs when the thread leaves its current
+    stop, does not rewind its instruction pointer or overwrite its result
+    register (arch/x86/kernel/signal.c: arch_do_signal_or_restart;
+    arch/arm64/kernel/signal.c: do_signal, which tests in_syscall).
+    `on_clone(tid)` runs for each task the call makes, while the caller is
+    still stopped in its clone event.
 
     A SIGSTOP (the one signal an injected call's all-blocked mask cannot
     keep out) taken on the way is appended to `stops_taken` for the caller
@@ -166,7 +170,9 @@ class HeldThread:
     tid: int
     stopped: bool = False
     saved_regs: ptrace.Regs | None = None  # as it stopped: save()
-    xstate: bytes = b""
+    xstate: bytes = b""  # its FPU state (arch.FP_REGSET): save(with_xstate=True)
+    regsets: tuple = ()  # its other register sets, (NT_ type, bytes) (arch.OTHER_REGSETS)
+    again: ptrace.Regs | None = None  # its interrupted call from the start (linux/restart.py)
     sigmask: int = 0
     pending_sig: int = 0  # a signal it stopped to take while parked: delivered at release
     # Stop signals it took during injected calls (suppressed then): given back at release.
@@ -182,8 +188,8 @@ class HeldThread:
     def save(self, with_xstate: bool) -> None:
         self.saved_regs = ptrace.get_regs(self.tid)
         self.sigmask = ptrace.get_sigmask(self.tid)
-        if with_xstate:
-            self.xstate = ptrace.get_xstate(self.tid)
+        if with_xstate:  # the FPU state and every other register set (linux/regsets.py)
+            self.xstate, self.regsets = read_regsets(self.tid)
 
     @property
     def in_syscall(self) -> bool:
@@ -240,6 +246,7 @@ class HeldThread:
                 self.stopped = False
                 raise
             ptrace.set_regs(tid, self.regs)
+        after_call(tid, self.regsets)  # what the call changed of them (arm64: SVE)
         if not mask_first:
             ptrace.set_sigmask(tid, self.sigmask)
         ptrace.set_options(tid, SEIZE_OPTIONS)  # only now: drop EXITKILL and TRACECLONE

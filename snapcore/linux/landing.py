@@ -8,10 +8,12 @@ thread where it stands (kernel/ptrace.c: exit_ptrace).  A landing makes that
 moment harmless.  The call runs from a `syscall; ret`, with the stack
 pointer at a signal frame that holds the thread's own registers, mask and
 FPU state, and whose return address is a restorer (`mov $15, %rax;
-syscall`).  Let go at any moment of the call, the thread finishes it,
-returns into the restorer, and rt_sigreturn gives it its own state back, as
-after a signal handler (arch.signal_frame).  While snapcore lives the
-landing is never used: snapcore puts the thread's state back itself.
+syscall`; on arm64 `svc #0; ret` returns to the link register, which the
+call's registers set to the restorer, `mov x8, #139; svc #0`).  Let go at
+any moment of the call, the thread finishes it, returns into the restorer,
+and rt_sigreturn gives it its own state back, as after a signal handler
+(arch.signal_frame).  While snapcore lives the landing is never used:
+snapcore puts the thread's state back itself.
 
 Two landings:
 - in the fork thread's code page once it is planted (arch.FORK_THREAD_RUNNER,
@@ -39,13 +41,9 @@ from dataclasses import dataclass
 
 from snapcore.linux import arch, ptrace
 from snapcore.linux.inject import SEIZE_OPTIONS, call_regs, finite_deadline, syscall
-from snapcore.linux.procfs import proc_open
+from snapcore.linux.procfs import find_insn, proc_open
 
-_RED_ZONE = 128  # bytes below the stack pointer a leaf function may use (x86_64 psABI)
 _CODE_LIMIT = 16 << 20  # bytes of one mapping scanned at most
-# The thread-exit's syscall: the munmap's arguments (rdi, rsi) and what the
-# munmap itself sets (rax, rcx, r11) cannot carry the exit's number or status.
-_NOT_SETTABLE = ("rax", "rcx", "rdi", "rsi", "rsp")
 
 
 @dataclass(frozen=True)
@@ -94,16 +92,16 @@ def find(pid: int, status: dict[str, str]) -> Sites:
 
 def _scan(code: bytes, start: int, found: dict) -> None:
     if "syscall_ret" not in found:
-        at = code.find(arch.SYSCALL_RET)
+        at = find_insn(code, arch.SYSCALL_RET)
         if at >= 0:
             found["syscall_ret"] = start + at
     if "restorer" not in found:
-        at = code.find(arch.RESTORER)
+        at = find_insn(code, arch.RESTORER)
         if at >= 0:
             found["restorer"] = start + at
     at = -1
     while "exit" not in found:
-        at = code.find(arch.SYSCALL_INSN, at + 1)
+        at = find_insn(code, arch.SYSCALL_INSN, at + 1)
         if at < 0:
             return
         regs = _exit_registers(code, at + len(arch.SYSCALL_INSN))
@@ -125,7 +123,7 @@ def _exit_registers(code: bytes, after: int):
         if kind == "imm":
             if what != value:
                 return None
-        elif what in _NOT_SETTABLE or settings.get(what, value) != value:
+        elif what in arch.EXIT_NOT_SETTABLE or settings.get(what, value) != value:
             return None
         else:
             settings[what] = value
@@ -161,6 +159,8 @@ class Landing:
         tid = thread.tid
         base = ptrace.copy_regs(thread.regs)
         setattr(base, arch.REG_SP, self.frame)
+        if arch.REG_LINK is not None:  # where `ret` returns to (arm64: x30)
+            setattr(base, arch.REG_LINK, self.restorer)
         self.place(tid)
         ptrace.set_options(tid, SEIZE_OPTIONS | ptrace.O_TRACECLONE)
         events = [] if events is None else events
@@ -212,6 +212,8 @@ def _own_registers(pid: int, thread):
     regs = thread.regs
     if getattr(regs, arch.REG_NR) != arch.NR["restart_syscall"]:
         return regs
+    if getattr(thread, "again", None) is not None:  # arm64: the call before the restart
+        return thread.again  # was decided (linux/restart.py), rewound as the kernel left it
     if getattr(regs, arch.REG_ORIG_NR) >> 63:
         return None
     ip = getattr(regs, arch.REG_IP)
@@ -233,7 +235,7 @@ def _frame_ok(thread, sites: Sites) -> bool:
     """Inside the window: no reading of /proc but for a pending restart
     (rare), each read lengthening the target's pause."""
     regs = thread.saved_regs
-    return regs is not None and bool(thread.xstate) and regs.cs == arch.USER_CS and \
+    return regs is not None and bool(thread.xstate) and arch.native(regs) and \
         not sites.shadow_stack
 
 
@@ -242,7 +244,7 @@ def on_stack(pid: int, thread, sites: Sites) -> Landing | None:
     if not (sites.syscall_ret and sites.restorer) or not _frame_ok(thread, sites):
         return None
     sp = getattr(thread.regs, arch.REG_SP)
-    frame = (sp - _RED_ZONE - arch.signal_frame_size(thread.xstate)) & ~63
+    frame = (sp - arch.RED_ZONE - arch.signal_frame_size(thread.xstate)) & ~63
     start, end = sites.stack
     if not start <= frame < sp < end:
         return None  # not the main thread's stack, or no room below

@@ -203,7 +203,7 @@ def syscall_instructions(pid: int) -> list[int]:
                 raise  # exiting: its memory is gone (`reading` says so)
             except OSError:
                 continue
-            at = code.find(arch.SYSCALL_INSN)
+            at = find_insn(code, arch.SYSCALL_INSN)
             if at >= 0:
                 found.append(start + at)
     if found:
@@ -214,6 +214,16 @@ def syscall_instructions(pid: int) -> list[int]:
     raise Unsupported(f"no syscall instruction found in process {pid}'s vDSO or libc",
                       "snapcore needs a vDSO or a dynamically linked libc", pid=pid,
                       stage=Stage.PREFLIGHT)
+
+
+def find_insn(code: bytes, insn: bytes, start: int = 0) -> int:
+    """Where `insn` first starts at an instruction boundary the architecture
+    allows (arch.INSN_ALIGN: arm64's are 4-byte aligned, from a 4-byte
+    aligned mapping), or -1."""
+    at = code.find(insn, start)
+    while at >= 0 and at % arch.INSN_ALIGN:
+        at = code.find(insn, at + 1)
+    return at
 
 
 def is_syscall_instruction(pid: int, at: int) -> bool:

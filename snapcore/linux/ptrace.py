@@ -1,31 +1,24 @@
-"""The only module that calls ptrace(2).
+"""The only module that calls ptrace(2): python-ptrace's raw binding
+(ptrace.binding.func.ptrace) and request numbers, options and events where
+it has them; not its debugger, which attaches with PTRACE_ATTACH (a SIGSTOP
+the target's parent can see) and detaches from __del__ at random moments.
 
-It drives the kernel through python-ptrace's raw binding
-(ptrace.binding.func.ptrace), with python-ptrace's request numbers, options,
-events and register struct where it has them.  python-ptrace's high-level
-debugger is not used: it attaches with PTRACE_ATTACH (a SIGSTOP the
-target's parent can see) and detaches from __del__ at random moments.
-
-What snapcore adds, and why:
-- the requests python-ptrace (0.9.9) does not name, all Linux 3.4 or later
-  but the last two: PTRACE_SEIZE and PTRACE_INTERRUPT (attach and stop
-  without a signal the target could see), PTRACE_LISTEN (a held thread that
-  job control still reaches), PTRACE_GETSIGMASK and PTRACE_SETSIGMASK (an
-  injected call runs with every signal blocked), PTRACE_SECCOMP_GET_FILTER
-  (the filters an injected call must pass: linux/seccomp.py) and
-  PTRACE_GET_RSEQ_CONFIGURATION (linux/rseq.py); PTRACE_O_EXITKILL and
-  PTRACE_EVENT_STOP, which it does not name either;
-- register sets through PTRACE_GETREGSET/SETREGSET with an iovec (the
-  general registers as NT_PRSTATUS, the FPU state as NT_X86_XSTATE), where
-  python-ptrace's ptrace_getregs uses x86's own PTRACE_GETREGS;
-- each errno read as the kernel means it for that request, and raised as
-  an error of linux/'s own (`PtraceFailed`, with the errno, the thread and
-  the request): ESRCH a thread gone or not stopped (`TaskGone`), EPERM one
-  snapcore may not trace, with its tracer if it has one (`NotPermitted`),
-  or that is exiting (`seize`: `TaskGone`); ENOENT past the last seccomp
-  filter, EIO or EINVAL a kernel without rseq configuration, both answers
-  rather than errors.  What a failure means for a snapshot (its exit code,
-  its hint) is the engine's to say: engine/kernelerrors.py.
+What snapcore adds: the requests python-ptrace (0.9.9) does not name
+(SEIZE and INTERRUPT: attach and stop without a signal the target could
+see; LISTEN: a held thread job control still reaches; GETSIGMASK and
+SETSIGMASK: an injected call runs with every signal blocked;
+SECCOMP_GET_FILTER: linux/seccomp.py; GET_RSEQ_CONFIGURATION: linux/rseq.py;
+O_EXITKILL, EVENT_STOP); register sets through GETREGSET/SETREGSET (every
+architecture has it; GETREGS is x86's own) into the architecture table's
+struct (arch.Regs), the syscall number in it even where the kernel keeps it
+in a set of its own (arch.NR_REGSET: arm64); each errno read as the kernel
+means it for that request, raised as linux/'s own error (`PtraceFailed`
+with the errno, thread and request): ESRCH a thread gone or not stopped
+(`TaskGone`), EPERM one snapcore may not trace, with its tracer if it has
+one (`NotPermitted`), or that is exiting (`seize`: `TaskGone`); ENOENT past
+the last seccomp filter, EIO or EINVAL a kernel without rseq
+configuration, answers rather than errors.  What a failure means for a
+snapshot is the engine's to say (engine/kernelerrors.py).
 Waiting for tracees is linux/stops.py.
 """
 
@@ -45,7 +38,6 @@ from ptrace.binding.func import (PTRACE_CONT, PTRACE_DETACH, PTRACE_EVENT_CLONE,
                                  PTRACE_O_TRACESYSGOOD, PTRACE_SETOPTIONS, PTRACE_SETREGSET,
                                  PTRACE_SYSCALL)
 from ptrace.binding.func import ptrace as _raw_ptrace
-from ptrace.binding.linux_struct import user_regs_struct
 
 from snapcore.linux import abi, arch, procfs
 
@@ -67,14 +59,14 @@ EVENT_CLONE = PTRACE_EVENT_CLONE
 EVENT_EXEC = PTRACE_EVENT_EXEC
 EVENT_STOP = 128  # not named by python-ptrace: a SEIZEd thread's interrupt or group stop
 
-
 # Every signal but SIGKILL and SIGSTOP (the kernel ignores those two in a mask).
 ALL_SIGNALS_MASK = (1 << 64) - 1
 
-if TYPE_CHECKING:  # the registers' struct is the running machine's (python-ptrace's)
+if TYPE_CHECKING:  # the registers' struct is the running machine's (arch.Regs)
     from ctypes import Structure as Regs
 else:
-    Regs = user_regs_struct
+    Regs = arch.Regs
+_U32 = 0xFFFFFFFF
 
 
 class PtraceFailed(OSError):
@@ -196,16 +188,22 @@ def detach(tid: int, sig: int = 0) -> None:
 
 def get_regs(tid: int) -> Regs:
     """The general registers (NT_PRSTATUS through GETREGSET: the request every
-    architecture has, where PTRACE_GETREGS is x86's own)."""
+    architecture has, where PTRACE_GETREGS is x86's own), and the syscall
+    number where it is a register set of its own (arch.NR_REGSET)."""
     regs = Regs()
-    iov = _Iovec(ctypes.addressof(regs), ctypes.sizeof(regs))
+    iov = _Iovec(ctypes.addressof(regs), arch.REGS_SIZE)
     _call(PTRACE_GETREGSET, tid, abi.NT_PRSTATUS, ctypes.addressof(iov), "getregset")
+    if arch.NR_REGSET is not None:
+        nr = struct.unpack("<i", get_regset(tid, arch.NR_REGSET, 4))[0]
+        setattr(regs, arch.REG_ORIG_NR, nr & ((1 << 64) - 1))
     return regs
 
 
 def set_regs(tid: int, regs: Regs) -> None:
-    iov = _Iovec(ctypes.addressof(regs), ctypes.sizeof(regs))
+    iov = _Iovec(ctypes.addressof(regs), arch.REGS_SIZE)
     _call(PTRACE_SETREGSET, tid, abi.NT_PRSTATUS, ctypes.addressof(iov), "setregset")
+    if arch.NR_REGSET is not None:  # an int: -1 (all ones) is "no syscall"
+        set_regset(tid, arch.NR_REGSET, struct.pack("<I", getattr(regs, arch.REG_ORIG_NR) & _U32))
 
 
 def copy_regs(regs: Regs) -> Regs:
@@ -213,25 +211,26 @@ def copy_regs(regs: Regs) -> Regs:
 
 
 def regs_size(tid: int) -> int:
-    """Size of the NT_PRSTATUS register set: 216 for a 64-bit task, 68 for a 32-bit one."""
+    """Size of the NT_PRSTATUS register set: a 64-bit task's is arch.REGS_SIZE
+    (x86_64 216, arm64 272), a 32-bit one's less (68, 72)."""
     buf = ctypes.create_string_buffer(512)
     iov = _Iovec(ctypes.addressof(buf), len(buf))
     _call(PTRACE_GETREGSET, tid, abi.NT_PRSTATUS, ctypes.addressof(iov), "getregset")
     return iov.len
 
 
-def get_xstate(tid: int) -> bytes:
-    """The thread's extended FPU/SSE/AVX state (NT_X86_XSTATE)."""
-    buf = ctypes.create_string_buffer(16384)
+def get_regset(tid: int, kind: int, size: int, name: str = "") -> bytes:
+    """Register set `kind` (an NT_ type) as the kernel gives it, at most `size` bytes."""
+    buf = ctypes.create_string_buffer(size)
     iov = _Iovec(ctypes.addressof(buf), len(buf))
-    _call(PTRACE_GETREGSET, tid, arch.NT_X86_XSTATE, ctypes.addressof(iov), "getregset xstate")
+    _call(PTRACE_GETREGSET, tid, kind, ctypes.addressof(iov), f"getregset {name or hex(kind)}")
     return buf.raw[: iov.len]
 
 
-def set_xstate(tid: int, xstate: bytes) -> None:
-    buf = ctypes.create_string_buffer(xstate, len(xstate))
-    iov = _Iovec(ctypes.addressof(buf), len(xstate))
-    _call(PTRACE_SETREGSET, tid, arch.NT_X86_XSTATE, ctypes.addressof(iov), "setregset xstate")
+def set_regset(tid: int, kind: int, data: bytes, name: str = "") -> None:
+    buf = ctypes.create_string_buffer(data, len(data))
+    iov = _Iovec(ctypes.addressof(buf), len(data))
+    _call(PTRACE_SETREGSET, tid, kind, ctypes.addressof(iov), f"setregset {name or hex(kind)}")
 
 
 def get_sigmask(tid: int) -> int:

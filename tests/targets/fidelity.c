@@ -60,6 +60,19 @@ static void *ymm_thread(void *arg)
     pthread_barrier_wait(&started);
     /* Blocked in pause(2), called here so that no library code touches
      * the vector registers: the kernel keeps them across the syscall. */
+#if defined(__aarch64__)
+    /* arm64: v0 and v1 hold the 32 bytes, blocked in ppoll(NULL, 0, NULL,
+     * NULL), arm64's pause(2); a syscall keeps the FP/SIMD registers. */
+    __asm__ volatile("ldp q0, q1, [%0]\n\t"
+                     "1: mov x8, #73\n\t"
+                     "mov x0, #0\n\t"
+                     "mov x1, #0\n\t"
+                     "mov x2, #0\n\t"
+                     "mov x3, #0\n\t"
+                     "svc #0\n\t"
+                     "b 1b\n\t"
+                     : : "r"(ymm_value) : "x0", "x1", "x2", "x3", "x8", "v0", "v1", "memory");
+#else
     __asm__ volatile("vmovdqu (%0), %%ymm0\n\t"
                      "movabs $0x1122334455667788, %%rax\n\t"
                      "movq %%rax, %%xmm1\n\t"
@@ -67,6 +80,7 @@ static void *ymm_thread(void *arg)
                      "syscall\n\t"
                      "jmp 1b\n\t"
                      : : "r"(ymm_value) : "rax", "rcx", "r11", "xmm0", "xmm1", "memory");
+#endif
     return NULL;
 }
 

@@ -1,6 +1,7 @@
 /*
  * A thread that lives inside an rseq critical section (glibc registers the
- * rseq area; the section is the kernel selftests' x86_64 layout).  The
+ * rseq area; the section is the kernel selftests' x86_64 layout, and its
+ * aarch64 one: the time read from cntvct_el0, RSEQ_SIG 0xd428bc00).  The
  * kernel must abort the section whenever the thread is preempted or stopped
  * inside it (kernel/rseq.c: rseq_ip_fixup).  The target reports a commit
  * that happened although the thread was switched out during the section:
@@ -28,6 +29,37 @@ static inline volatile struct rseq *rseq_area(void)
 static int critical_section(uint64_t spins, uint64_t *elapsed)
 {
     volatile struct rseq *rs = rseq_area();
+#if defined(__aarch64__)
+    __asm__ __volatile__ goto(
+        ".pushsection __rseq_cs, \"aw\"\n\t"
+        ".balign 32\n\t"
+        "3:\n\t"
+        ".long 0x0, 0x0\n\t"
+        ".quad 1f, (2f - 1f), 4f\n\t"
+        ".popsection\n\t"
+        "adrp x9, 3b\n\t"
+        "add x9, x9, :lo12:3b\n\t"
+        "str x9, %[cs]\n\t"
+        "1:\n\t"
+        "mrs x10, cntvct_el0\n\t"
+        "mov x11, %[spins]\n\t"
+        "5:\n\t"
+        "subs x11, x11, #1\n\t"
+        "b.ne 5b\n\t"
+        "mrs x9, cntvct_el0\n\t"
+        "sub x9, x9, x10\n\t"
+        "str x9, %[elapsed]\n\t" /* the commit: the section's last instruction */
+        "2:\n\t"
+        ".pushsection __rseq_failure, \"ax\"\n\t"
+        ".long 0xd428bc00\n\t" /* RSEQ_SIG, just before the abort handler */
+        "4:\n\t"
+        "b %l[aborted]\n\t"
+        ".popsection\n\t"
+        :
+        : [cs] "m"(rs->rseq_cs), [spins] "r"(spins), [elapsed] "m"(*elapsed)
+        : "memory", "cc", "x9", "x10", "x11"
+        : aborted);
+#else
     __asm__ __volatile__ goto(
         ".pushsection __rseq_cs, \"aw\"\n\t"
         ".balign 32\n\t"
@@ -62,15 +94,19 @@ static int critical_section(uint64_t spins, uint64_t *elapsed)
         : [cs] "m"(rs->rseq_cs), [spins] "r"(spins), [elapsed] "m"(*elapsed)
         : "memory", "cc", "rax", "rcx", "rdx", "r8"
         : aborted);
+#endif
     return 0;
 aborted:
     return 1;
 }
 
+static long faults; /* minor faults (copy-on-write ones among them), at the last switches() */
+
 static long switches(void)
 {
     struct rusage ru;
     getrusage(RUSAGE_THREAD, &ru);
+    faults = ru.ru_minflt;
     return ru.ru_nvcsw + ru.ru_nivcsw;
 }
 
@@ -94,12 +130,15 @@ int main(int argc, char **argv)
     ready();
     unsigned long commits = 0, aborts = 0, round = 0;
     for (;;) {
-        long before = switches();
+        long before = switches(), faults_before = faults;
         if (critical_section(SPINS, &elapsed) == 0) {
             commits++;
-            if (elapsed > 3 * usual && switches() != before)
-                report("VIOLATION rseq commit after a switch: %llu cycles (usual %llu)",
-                       (unsigned long long)elapsed, (unsigned long long)usual);
+            long after = switches();
+            if (elapsed > 3 * usual && after != before)
+                report("VIOLATION rseq commit after a switch: %llu cycles (usual %llu); "
+                       "%ld switches, %ld minor faults",
+                       (unsigned long long)elapsed, (unsigned long long)usual,
+                       after - before, faults - faults_before);
         } else {
             aborts++;
         }

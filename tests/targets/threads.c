@@ -48,11 +48,22 @@ static void *xmm_thread(void *arg)
     (void)arg;
     announce("xmm_thread");
     pthread_barrier_wait(&started);
+#if defined(__aarch64__) /* the same constant in v0 (d0), spinning */
+    __asm__ volatile("movz x9, #0x7788\n\t"
+                     "movk x9, #0x5566, lsl #16\n\t"
+                     "movk x9, #0x3344, lsl #32\n\t"
+                     "movk x9, #0x1122, lsl #48\n\t"
+                     "fmov d0, x9\n\t"
+                     "1: yield\n\t"
+                     "b 1b\n\t"
+                     : : : "x9", "v0");
+#else
     __asm__ volatile("movabs $0x1122334455667788, %%rax\n\t"
                      "movq %%rax, %%xmm0\n\t"
                      "1: pause\n\t"
                      "jmp 1b\n\t"
                      : : : "rax", "xmm0");
+#endif
     return NULL;
 }
 
