@@ -2,9 +2,12 @@
 supports: clone, mmap, prctl, wait, priority and resource-limit arguments
 (include/uapi/linux/sched.h, asm-generic/mman-common.h, linux/prctl.h,
 linux/wait.h, linux/ioprio.h, asm-generic/resource.h) and the core-note
-types every architecture shares (linux/elf.h).  Syscall numbers, registers
-and layouts differ per architecture: linux/arch_*.py.
+types every architecture shares (linux/elf.h), and the notes' 64-bit
+layouts.  Syscall numbers, registers and their layouts differ per
+architecture: linux/arch_*.py.
 """
+
+import struct as _struct
 
 # clone(2) flags; the low byte is the exit signal (0: none at all).
 CLONE_VM = 0x100
@@ -40,11 +43,48 @@ NT_PRPSINFO = 3
 NT_AUXV = 6
 NT_SIGINFO = 0x53494749  # "SIGI"
 NT_FILE = 0x46494C45  # "FILE"
-# Where pr_pid is in struct elf_prstatus on every 64-bit architecture
-# (include/linux/elfcore.h: pr_info's three ints, pr_cursig and its padding,
-# pr_sigpend, pr_sighold; only the registers after it differ): what reading
-# a core's thread ids needs, whichever machine wrote the core.
-PRSTATUS_PID_OFFSET = 32
+
+
+# The process's and each thread's notes as every 64-bit architecture lays
+# them out (include/linux/elfcore.h; uid and gid are 4-byte __kernel_uid_t
+# on x86_64 and arm64 alike): (field, struct format), padding None.  Only
+# the registers inside elf_prstatus differ: each table gives their size.
+def prstatus_fields(regs_size: int) -> tuple:
+    """struct elf_prstatus: struct elf_siginfo pr_info, the current signal,
+    the pending and held signals, the ids, four struct __kernel_old_timeval
+    (user, system, children's user and system time), the registers and
+    whether FP registers follow."""
+    return (
+        ("si_signo", "i"), ("si_code", "i"), ("si_errno", "i"), ("cursig", "h"), (None, "2x"),
+        ("sigpend", "Q"), ("sighold", "Q"),
+        ("pid", "i"), ("ppid", "i"), ("pgrp", "i"), ("sid", "i"),
+        ("utime", "16s"), ("stime", "16s"), ("cutime", "16s"), ("cstime", "16s"),
+        ("reg", f"{regs_size}s"), ("fpvalid", "i"), (None, "4x"))
+
+
+# struct elf_prpsinfo: state (its number, its letter), zombie, nice, task
+# flags, real uid and gid, ids, comm (16) and the command line (ELF_PRARGSZ).
+PRPSINFO_FIELDS = (
+    ("state", "b"), ("sname", "c"), ("zomb", "b"), ("nice", "b"), (None, "4x"),
+    ("flag", "Q"), ("uid", "I"), ("gid", "I"),
+    ("pid", "i"), ("ppid", "i"), ("pgrp", "i"), ("sid", "i"),
+    ("fname", "16s"), ("psargs", "80s"))
+# siginfo_t, its head and the _kill member of its union (8-byte aligned);
+# NT_SIGINFO holds the whole 128 bytes.
+SIGINFO_FIELDS = (("si_signo", "i"), ("si_errno", "i"), ("si_code", "i"), (None, "4x"),
+                  ("si_pid", "i"), ("si_uid", "I"))
+SIGINFO_SIZE = 128
+
+
+def _offset(fields, name: str) -> int:
+    names = [n for n, _ in fields]
+    return _struct.calcsize("<" + "".join(f for _, f in fields[:names.index(name)]))
+
+
+# Where pr_pid is (the registers come after it): what reading a core's
+# thread ids needs, whichever machine wrote the core.
+PRSTATUS_PID_OFFSET = _offset(prstatus_fields(0), "pid")  # 32
+PRPSINFO_PID_OFFSET = _offset(PRPSINFO_FIELDS, "pid")  # 24
 
 # wait4 options: __WALL also sees children whose exit signal is not SIGCHLD;
 # __WNOTHREAD only the caller's own children, not its thread group's.

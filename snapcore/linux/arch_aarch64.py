@@ -10,7 +10,9 @@ import ctypes as _ctypes
 import os as _os
 import struct as _struct
 
-from snapcore.linux.abi import NT_PRFPREG, NT_PRPSINFO, NT_PRSTATUS  # noqa: F401 (layouts)
+from snapcore.linux.abi import (NT_PRFPREG, NT_PRPSINFO, NT_PRSTATUS,  # noqa: F401 (layouts)
+                                PRPSINFO_FIELDS, PRPSINFO_PID_OFFSET, PRSTATUS_PID_OFFSET,
+                                SIGINFO_FIELDS, SIGINFO_SIZE, prstatus_fields)
 
 NAME = "aarch64"
 ELF_MACHINE = 183  # EM_AARCH64
@@ -273,28 +275,6 @@ def fpregs(xstate: bytes) -> bytes:
     return xstate  # NT_PRFPREG is the FP/SIMD set itself
 
 
-PRSTATUS_FIELDS = (  # struct elf_prstatus, as x86_64's but for the registers
-    ("si_signo", "i"), ("si_code", "i"), ("si_errno", "i"), ("cursig", "h"), (None, "2x"),
-    ("sigpend", "Q"), ("sighold", "Q"),
-    ("pid", "i"), ("ppid", "i"), ("pgrp", "i"), ("sid", "i"),
-    ("utime", "16s"), ("stime", "16s"), ("cutime", "16s"), ("cstime", "16s"),
-    ("reg", f"{REGS_SIZE}s"), ("fpvalid", "i"), (None, "4x"))
-# struct elf_prpsinfo: uid and gid are __kernel_uid_t, 4 bytes on arm64
-# (asm-generic/posix_types.h) as on x86_64: the same layout.
-PRPSINFO_FIELDS = (
-    ("state", "b"), ("sname", "c"), ("zomb", "b"), ("nice", "b"), (None, "4x"),
-    ("flag", "Q"), ("uid", "I"), ("gid", "I"),
-    ("pid", "i"), ("ppid", "i"), ("pgrp", "i"), ("sid", "i"),
-    ("fname", "16s"), ("psargs", "80s"))
-SIGINFO_FIELDS = (("si_signo", "i"), ("si_errno", "i"), ("si_code", "i"), (None, "4x"),
-                  ("si_pid", "i"), ("si_uid", "I"))
-SIGINFO_SIZE = 128
-
-
-def _offset(fields, name: str) -> int:
-    names = [n for n, _ in fields]
-    return _struct.calcsize("<" + "".join(f for _, f in fields[:names.index(name)]))
-
-
-PRSTATUS_PID_OFFSET = _offset(PRSTATUS_FIELDS, "pid")  # 32
-PRPSINFO_PID_OFFSET = _offset(PRPSINFO_FIELDS, "pid")  # 24
+# The notes' layouts: every 64-bit architecture's (linux/abi.py), with this
+# one's registers inside elf_prstatus.
+PRSTATUS_FIELDS = prstatus_fields(REGS_SIZE)

@@ -9,7 +9,9 @@ import struct as _struct
 # The registers' struct, python-ptrace's struct user_regs_struct (x86_64).
 from ptrace.binding.linux_struct import user_regs_struct as Regs  # noqa: F401
 
-from snapcore.linux.abi import NT_PRFPREG, NT_PRPSINFO, NT_PRSTATUS  # noqa: F401 (layouts)
+from snapcore.linux.abi import (NT_PRFPREG, NT_PRPSINFO, NT_PRSTATUS,  # noqa: F401 (layouts)
+                                PRPSINFO_FIELDS, PRPSINFO_PID_OFFSET, PRSTATUS_PID_OFFSET,
+                                SIGINFO_FIELDS, SIGINFO_SIZE, prstatus_fields)
 
 NAME = "x86_64"  # as platform.machine() and the refusals say it
 ELF_MACHINE = 62  # EM_X86_64
@@ -266,34 +268,6 @@ def fpregs(xstate: bytes) -> bytes:
     return xstate[:_FX_SW_RESERVED].ljust(_FXSAVE_SIZE, b"\0")
 
 
-# struct elf_prstatus (include/linux/elfcore.h): struct elf_siginfo pr_info,
-# the current signal, the pending and held signals, the ids, four struct
-# __kernel_old_timeval (user, system, children's user and system time), the
-# registers (struct user_regs_struct) and whether FP registers follow.
-PRSTATUS_FIELDS = (
-    ("si_signo", "i"), ("si_code", "i"), ("si_errno", "i"), ("cursig", "h"), (None, "2x"),
-    ("sigpend", "Q"), ("sighold", "Q"),
-    ("pid", "i"), ("ppid", "i"), ("pgrp", "i"), ("sid", "i"),
-    ("utime", "16s"), ("stime", "16s"), ("cutime", "16s"), ("cstime", "16s"),
-    ("reg", f"{REGS_SIZE}s"), ("fpvalid", "i"), (None, "4x"))
-# struct elf_prpsinfo: state (its number, its letter), zombie, nice, task
-# flags, real uid and gid, ids, comm (16) and the command line (ELF_PRARGSZ).
-PRPSINFO_FIELDS = (
-    ("state", "b"), ("sname", "c"), ("zomb", "b"), ("nice", "b"), (None, "4x"),
-    ("flag", "Q"), ("uid", "I"), ("gid", "I"),
-    ("pid", "i"), ("ppid", "i"), ("pgrp", "i"), ("sid", "i"),
-    ("fname", "16s"), ("psargs", "80s"))
-# siginfo_t, its head and the _kill member of its union (8-byte aligned);
-# NT_SIGINFO holds the whole 128 bytes.
-SIGINFO_FIELDS = (("si_signo", "i"), ("si_errno", "i"), ("si_code", "i"), (None, "4x"),
-                  ("si_pid", "i"), ("si_uid", "I"))
-SIGINFO_SIZE = 128
-
-
-def _offset(fields, name: str) -> int:
-    names = [n for n, _ in fields]
-    return _struct.calcsize("<" + "".join(f for _, f in fields[:names.index(name)]))
-
-
-PRSTATUS_PID_OFFSET = _offset(PRSTATUS_FIELDS, "pid")  # 32
-PRPSINFO_PID_OFFSET = _offset(PRPSINFO_FIELDS, "pid")  # 24
+# The notes' layouts: every 64-bit architecture's (linux/abi.py), with this
+# one's registers inside elf_prstatus.
+PRSTATUS_FIELDS = prstatus_fields(REGS_SIZE)
