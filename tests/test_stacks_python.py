@@ -87,7 +87,10 @@ def test_python_threads_as_the_program_itself_sees_them(pythreads, out_dir, pyth
                         str(victim.pid))
     assert text.returncode == 0, text.stderr
     assert re.match(r"# python 3\.\d+: 5 threads read by pystack \d", text.stdout), text.stdout
-    assert "lock_waiter at " in text.stdout and "[Has the GIL]" in text.stdout
+    # (No GIL state is asserted here: at a snapshot taken while the GIL is
+    # handed from one thread to another, which a loaded machine stretches,
+    # no thread holds it.)
+    assert "lock_waiter at " in text.stdout
     victim.assert_unharmed()
 
 
