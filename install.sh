@@ -17,8 +17,8 @@ if ! python3 -c 'import venv, ensurepip' >/dev/null 2>&1; then
     DEBIAN_FRONTEND=noninteractive apt-get install -y -q python3-venv
 fi
 python3 -m venv "$PREFIX"
-# With the stacks extra: pystack, the reader of CPython stacks (a wheel for
-# x86_64 glibc).  jhsdb comes with the JDK the target runs, delve from apt.
+# With the stacks extra: pystack, the reader of CPython stacks (wheels for
+# x86_64 and aarch64 glibc).  jhsdb comes with the JDK the target runs, delve from apt.
 "$PREFIX/bin/python" -m pip install -q --disable-pip-version-check '.[stacks]'
 # python-ptrace installs its demo programs gdb.py and strace.py as scripts:
 # a `gdb.py` beside snapcore is not gdb, and nothing of snapcore's uses them.

@@ -18,7 +18,8 @@ def keep(core: Path, stacks: Stacks) -> str | None:
     """Keep STACKS beside CORE's snapshot; why they could not be (a full
     disk: the stacks were read all the same, a warning), else None."""
     try:
-        records.write_json(records.stacks_path(core), stacks.to_dict(), "the stacks")
+        records.write_json(records.stacks_path(records.sidecar_path(core)), stacks.to_dict(),
+                           "the stacks")
     except (OSError, SnapcoreError) as exc:
         return (f"the stacks are not kept beside {core.name}: "
                 f"{getattr(exc, 'strerror', None) or exc}")
@@ -29,7 +30,7 @@ def kept(record: records.Record) -> Stacks | None:
     """The stacks kept with RECORD's snapshot, or None: none kept, or a file
     at their name that is not snapcore's (another user's, a link, a FIFO: the
     same rule as for records) or not a stacks document."""
-    path = record.sidecar.with_name(record.sidecar.name[:-len(".json")] + records.STACKS_SUFFIX)
+    path = records.stacks_path(record.sidecar)
     try:
         trusted = {os.geteuid(), os.stat(path.parent).st_uid}
     except OSError:

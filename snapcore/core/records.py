@@ -109,14 +109,13 @@ def write_sidecar(snap, reason: str = "", trigger: str = "") -> Path:
     return path
 
 
-def stacks_path(core: Path) -> Path:
-    """Where a snapshot's stacks are kept once read (core/keptstacks.py):
-    NAME.stacks.json beside NAME.json."""
-    sidecar = sidecar_path(core)
-    return sidecar.with_name(sidecar.name[:-len(".json")] + STACKS_SUFFIX)
-
-
 STACKS_SUFFIX = ".stacks.json"
+
+
+def stacks_path(sidecar: Path) -> Path:
+    """Where a snapshot's stacks are kept once read (core/keptstacks.py):
+    NAME.stacks.json beside its record NAME.json."""
+    return sidecar.with_name(sidecar.name[:-len(".json")] + STACKS_SUFFIX)
 
 
 def write_json(path: Path, doc, what: str) -> None:
@@ -266,6 +265,5 @@ def remove(record: Record) -> None:
     first, the record last: a snapshot half removed is still listed)."""
     if record.core is not None:
         record.core.unlink(missing_ok=True)
-    stem = record.sidecar.name[:-len(".json")]
-    record.sidecar.with_name(stem + STACKS_SUFFIX).unlink(missing_ok=True)
+    stacks_path(record.sidecar).unlink(missing_ok=True)
     record.sidecar.unlink(missing_ok=True)
