@@ -102,8 +102,11 @@ def _signal_stop(exc: SignalStop) -> SnapcoreError:
         return Unsupported(f"thread {tid} was stopped by signal {sig} meanwhile",
                            "it must stay stopped; try again once it runs", pid=tid)
     if exc.request == "inject":
-        return InternalError(f"thread {tid} holds a signal to deliver", pid=tid,
-                             stage=Stage.INJECT)
+        # A signal it must take as it is (linux/heldsignals.py) reached the
+        # runner between two calls: normal life, not snapcore's failure.
+        return Unsupported(f"signal {sig} reached thread {tid} while it was held",
+                           "it was delivered at the release, as the kernel would have; "
+                           "try again", pid=tid, stage=Stage.INJECT)
     # Every other signal is blocked while snapcore injects: a synchronous
     # fault caused by the injection itself.
     return InternalError(f"thread {tid} got signal {sig} during an injected syscall",

@@ -14,7 +14,7 @@ import signal
 import time
 from dataclasses import dataclass, field
 
-from snapcore.linux import abi, arch, ptrace, stops
+from snapcore.linux import abi, arch, heldsignals, ptrace, stops
 from snapcore.linux.regsets import after_call, read as read_regsets
 from snapcore.linux.ptrace import TaskGone
 from snapcore.linux.stops import ENDED, Event, Execed, SignalStop, StopKind, StopLate
@@ -175,6 +175,7 @@ class HeldThread:
     again: ptrace.Regs | None = None  # its interrupted call from the start (linux/restart.py)
     sigmask: int = 0
     pending_sig: int = 0  # a signal it stopped to take while parked: delivered at release
+    delivered: int = 0  # a caught signal delivered inside the window (restart._deliver_now)
     # Stop signals it took during injected calls (suppressed then): given back at release.
     stops_taken: list = field(default_factory=list)
 
@@ -261,7 +262,8 @@ class HeldThread:
         -ERESTART* to the program.  An interrupt stop is on the signal path:
         detached from there, the kernel restarts the call as if nothing
         happened.  A signal the thread may now take stops it first, in its
-        delivery stop: it is held there, and the signal delivered at release.
+        delivery stop: it is held there, and the signal delivered at release
+        (unless linux/heldsignals.py can take it as the kernel would).
         """
         tid = self.tid
         self._give_back(deadline, mask_first)
@@ -271,13 +273,13 @@ class HeldThread:
             stop = stops.wait(tid, deadline)
             if stop.kind in (StopKind.EVENT, StopKind.GROUP):
                 return
-            if stop.kind is StopKind.SIGNAL:
+            if stop.kind is StopKind.SIGNAL and not heldsignals.absorbed(self, stop.sig):
                 self.pending_sig = stop.sig
                 return
             if stop.kind in ENDED:
                 self.stopped = False
                 raise TaskGone(None, tid, "interrupt", ended=True)
-            ptrace.cont(tid)  # a syscall stop on the way: go on to the interrupt
+            ptrace.cont(tid)  # a syscall stop, or a signal absorbed: go on to the interrupt
 
     def release(self) -> None:
         """Detach; a signal that reached the thread while it was held is

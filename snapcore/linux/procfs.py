@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import signal
 from dataclasses import dataclass, field
 
 from snapcore.errors import NoSuchProcess, Stage, Unsupported
@@ -85,6 +86,26 @@ def thread_seccomp(pid: int, tid: int) -> int:
         return int(read_status(pid, tid).get("Seccomp", "0"))
     except OSError:
         return 0
+
+
+# The signals whose default action is to do nothing (kernel/signal.c:
+# SIG_KERNEL_IGNORE_MASK); SIGCONT's continuing happens when it is sent.
+_IGNORED_BY_DEFAULT = {signal.SIGCONT, signal.SIGCHLD, signal.SIGWINCH, signal.SIGURG}
+
+
+def disposition(tid: int, sig: int) -> str:
+    """What the thread's process does with `sig` on delivery: "ignore" (SIG_IGN,
+    or SIG_DFL where the default is to ignore: get_signal skips it, and
+    untraced it is not even queued), "catch" (a handler), or "default".  The
+    dispositions are the process's (SigIgn, SigCgt in /proc/TID/status, bit
+    sig-1)."""
+    status = read_status(tid)
+    bit = 1 << (sig - 1)
+    if int(status["SigIgn"], 16) & bit:
+        return "ignore"
+    if int(status["SigCgt"], 16) & bit:
+        return "catch"
+    return "ignore" if sig in _IGNORED_BY_DEFAULT else "default"
 
 
 def started_at(ticks: int) -> float:

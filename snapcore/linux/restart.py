@@ -23,8 +23,8 @@ own call as decided: nothing here carries anything but its own state.
 
 from __future__ import annotations
 
-from snapcore.linux import arch, procfs, ptrace, stops
-from snapcore.linux.inject import HeldThread, finite_deadline
+from snapcore.linux import arch, heldsignals, procfs, ptrace, stops
+from snapcore.linux.inject import HeldThread, finite_deadline, wait_for_interrupt_stop
 from snapcore.linux.stops import ENDED, StopKind
 
 _SKIP = (1 << 64) - 1  # syscallno -1: the entry's call is not run (el0_svc_common)
@@ -47,7 +47,7 @@ def settle(pid: int, thread: HeldThread, guard, deadline: float) -> bool:
     tid = thread.tid
     ptrace.resume_to_syscall(tid)
     if not _entered(thread, deadline):
-        return True  # a signal stopped it first: held there, decided (_entered)
+        return True  # a signal it must take stopped it first (_entered)
     entry = ptrace.get_regs(tid)
     decided = ptrace.copy_regs(own)
     setattr(decided, arch.REG_NR, getattr(entry, arch.REG_NR))
@@ -63,19 +63,42 @@ def settle(pid: int, thread: HeldThread, guard, deadline: float) -> bool:
 
 
 def _entered(thread: HeldThread, deadline: float) -> bool:
-    """Wait for the thread's next syscall stop; False when a signal of its own
-    stopped it first: it is held in that signal's delivery stop, its x8
+    """Wait for the thread's next syscall stop; False when a signal it must
+    take stopped it first (linux/heldsignals.py absorbs the others): a caught
+    one is delivered there and then, and the thread held again at its
+    handler (_deliver_now); any other is held in its delivery stop, its x8
     (decided by then) saved, the signal delivered at its release."""
     tid = thread.tid
     while True:
         stop = stops.wait(tid, finite_deadline(deadline))
         if stop.kind is StopKind.SYSCALL:
             return True
-        if stop.kind is StopKind.SIGNAL:
-            thread.pending_sig = stop.sig
-            setattr(thread.regs, arch.REG_NR, getattr(ptrace.get_regs(tid), arch.REG_NR))
+        if stop.kind is StopKind.SIGNAL and not heldsignals.absorbed(thread, stop.sig):
+            if procfs.disposition(tid, stop.sig) == "catch":
+                _deliver_now(thread, stop.sig, deadline)
+            else:
+                thread.pending_sig = stop.sig
+                setattr(thread.regs, arch.REG_NR, getattr(ptrace.get_regs(tid), arch.REG_NR))
             return False
         if stop.kind in ENDED:
             thread.stopped = False
             raise ptrace.TaskGone(None, tid, "syscall", ended=True)
-        ptrace.resume_to_syscall(tid)  # a group stop or an event on the way: go on
+        # A group stop or an event on the way, or a signal absorbed: go on.
+        ptrace.resume_to_syscall(tid)
+
+
+def _deliver_now(thread: HeldThread, sig: int, deadline: float) -> None:
+    """Let the kernel deliver a caught signal from its delivery stop, inside
+    the do_signal that stopped the thread: it decides the interrupted call
+    by the handler's SA_RESTART, as untraced, and frames the handler.  The
+    interrupt asked first is taken before any other signal is dequeued
+    (get_signal: the jobctl trap comes first), so the thread is held again
+    at the handler's first instruction, where its state is saved anew: the
+    snapshot shows it entering its handler, the window goes on with a thread
+    free for the calls (and the handler's mask blocks the same signal)."""
+    tid = thread.tid
+    ptrace.interrupt(tid)
+    ptrace.cont(tid, sig)
+    wait_for_interrupt_stop(tid, finite_deadline(deadline))
+    thread.save(with_xstate=True)
+    thread.delivered = sig
