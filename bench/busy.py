@@ -127,9 +127,9 @@ def main(argv=None) -> int:
         print("| start-up | median |\n| --- | --- |")
         print(f"| exec to the first ptrace stop | {first * 1000:.0f} ms |")
         print(f"| `snapcore --version` | {version * 1000:.0f} ms |\n")
-        print(f"| machine | --dump-deadline | core complete after (s) | dump (s) | pause (ms) "
-              f"| reap stop (ms) | steps | top |\n| --- | --- | --- | --- | --- | --- | --- "
-              f"| --- |")
+        print("| machine | --dump-deadline | core complete after (s) | dump (s) | pause (ms) "
+              "| reap stop (ms) | steps | top |\n| --- | --- | --- | --- | --- | --- | --- "
+              "| --- |")
         always_idle = ["--dump-deadline", "0", "--max-dump-time", "180"]
         for name, threads, hogs, extra in [
                 ("idle", 0, 0, []), ("busy", 2, 0, []), ("busy", 2, 0, always_idle),

@@ -84,7 +84,7 @@ class Heartbeat:
         self.proc.wait()
 
 
-def run_tool(tool: str, pid: int, out: Path) -> tuple[float | None, float]:
+def run_tool(tool: str, pid: int, out: Path, min_free: str) -> tuple[float | None, float]:
     """Run one tool against pid until its core is on disk; return the pause it
     reports and how long its child lived (dumping)."""
     if tool.startswith("snapcore"):
@@ -92,7 +92,7 @@ def run_tool(tool: str, pid: int, out: Path) -> tuple[float | None, float]:
         # snapcore-all-own: snapcore's own writer (the window is the same)
         writer = ["--writer", "snapcore"] if tool.endswith("-own") else []
         proc = subprocess.run([sys.executable, "-m", "snapcore", "--json", "--threads",
-                               threads, *writer, "--max-per-hour", "0", "--min-free", "1G",
+                               threads, *writer, "--max-per-hour", "0", "--min-free", min_free,
                                "-o", str(out), str(pid)],
                               capture_output=True, text=True, cwd=HERE.parent)
         doc = json.loads(proc.stdout)
@@ -109,7 +109,7 @@ def run_tool(tool: str, pid: int, out: Path) -> tuple[float | None, float]:
 
 
 def measure(exe: Path, mb: int, threads: int, tools: list[str], runs: int,
-            cow_pages: int) -> list[dict]:
+            cow_pages: int, min_free: str = "1G") -> list[dict]:
     target = Heartbeat(exe, mb, threads, cow_pages)
     out = Path(tempfile.mkdtemp(prefix="snapcore-bench-"))
     rows = []
@@ -133,7 +133,7 @@ def measure(exe: Path, mb: int, threads: int, tools: list[str], runs: int,
                     continue
                 started = target.reset()
                 t0 = time.monotonic()
-                pause, dumping = run_tool(tool, target.proc.pid, out)
+                pause, dumping = run_tool(tool, target.proc.pid, out, min_free)
                 reported.append(pause)
                 totals.append(time.monotonic() - t0)
                 gap, iters = target.read()
@@ -220,6 +220,9 @@ def main(argv=None) -> int:
                         help="what to measure: fork (the target forking itself: the "
                              "physical limit), snapcore-all, snapcore-main (--threads "
                              "main), gcore (default: %(default)s)")
+    parser.add_argument("--min-free", default="1G", metavar="SIZE",
+                        help="snapcore's --min-free for the snapshots' directory, a "
+                             "temporary one (default: %(default)s)")
     parser.add_argument("--plot", metavar="PNG",
                         help="also write a PNG plot (needs matplotlib)")
     parser.add_argument("--json", metavar="FILE",
@@ -234,7 +237,7 @@ def main(argv=None) -> int:
         for mb in (int(x) for x in args.sizes.split(",")):
             for threads in (int(x) for x in args.threads.split(",")):
                 rows += measure(exe, mb, threads, args.tools.split(","), args.runs,
-                                args.cow_pages)
+                                args.cow_pages, args.min_free)
     finally:
         shutil.rmtree(build, ignore_errors=True)
     print(table(rows))

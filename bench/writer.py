@@ -27,7 +27,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import resource
 import shutil
 import subprocess
 import sys
@@ -168,7 +167,8 @@ def main() -> None:
     out = tmp / "out"
     out.mkdir()
     modes = {"both": (False, True), "no": (False,), "yes": (True,)}[args.compress]
-    print("| size | machine | writer | compress | until core complete | CPU | extra memory | core on disk |")
+    print("| size | machine | writer | compress | until core complete | CPU | extra memory "
+          "| core on disk |")
     print("| --- | --- | --- | --- | --- | --- | --- | --- |")
     try:
         for mb in [int(s) for s in args.sizes.split(",")]:
