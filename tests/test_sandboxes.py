@@ -16,10 +16,10 @@ import psutil
 import pytest
 
 from conftest import compile_target, run_snapcore, snap_json
-from helpers import check_json, verdicts, wait_until
+from helpers import check_json, process_state, verdicts, wait_until
 from snapcore.errors import ExitCode
-from snapcore.linux import arch, heldsignals, procfs
-from snapcore.linux.inject import HeldThread
+from snapcore.linux import arch, heldsignals, procfs, ptrace, stops
+from snapcore.linux.inject import HeldThread, wait_for_interrupt_stop
 
 
 @pytest.fixture(scope="session")
@@ -205,6 +205,27 @@ def test_a_signal_that_reaches_a_held_thread_is_taken_as_its_process_would():
                          signal.SIGWINCH: True, signal.SIGSTOP: True, signal.SIGTSTP: True}
         assert held.stops_taken == [signal.SIGSTOP, signal.SIGTSTP]
         assert heldsignals.absorbed(held, signal.SIGCONT) and held.stops_taken == []
+    finally:
+        proc.kill()
+        proc.wait()
+
+
+def test_a_stop_signal_taken_while_held_stops_the_process_at_release():
+    """A stop signal snapcore took while holding a thread (suppressed in an
+    injected call, or absorbed) is given back when the thread is let go:
+    the process ends stopped, as its sender meant."""
+    proc = subprocess.Popen(["sleep", "30"])
+    try:
+        wait_until(lambda: process_state(proc.pid) == "S", "the sleeper sleeps")
+        held = HeldThread(proc.pid)
+        with stops.signals_held([signal.SIGCHLD]):
+            ptrace.seize(proc.pid)
+            ptrace.interrupt(proc.pid)
+            wait_for_interrupt_stop(proc.pid, time.monotonic() + 10)
+            held.stopped = True
+            held.stops_taken.append(signal.SIGTSTP)
+            held.release()
+        wait_until(lambda: process_state(proc.pid) == "T", "the process is stopped", 5)
     finally:
         proc.kill()
         proc.wait()

@@ -283,15 +283,17 @@ class HeldThread:
 
     def release(self) -> None:
         """Detach; a signal that reached the thread while it was held is
-        delivered now, as the kernel would have, and a stop signal it took
-        during an injected call is given back (a group stop, as meant)."""
+        delivered now, as the kernel would have, and a stop signal it took is
+        given back (a group stop, as meant)."""
         if not self.stopped:
             return
         self.stopped = False
-        given = self.pending_sig or (self.stops_taken[0] if self.stops_taken else 0)
-        ptrace.detach(self.tid, given)
-        if self.stops_taken and given != self.stops_taken[0]:
+        # PTRACE_DETACH delivers a signal only from a delivery stop (pending_sig's);
+        # an interrupt stop drops it.  So a stop taken is sent again first: taken
+        # untraced once let go, cancelled by a SIGCONT sent later (prepare_signal).
+        for sig in self.stops_taken[-1:]:  # one group stop, as all of them make
             try:
-                os.kill(self.tid, self.stops_taken[0])
+                os.kill(self.tid, sig)
             except ProcessLookupError:
                 pass
+        ptrace.detach(self.tid, self.pending_sig)
