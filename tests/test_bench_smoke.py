@@ -35,8 +35,8 @@ def test_bench_smoke_run_produces_a_table(tmp_path):
 
 
 @pytest.mark.parametrize("script, wanted", [
-    ("pause.py", {"--sizes", "--threads", "--runs", "--cow-pages", "--tools", "--plot",
-                  "--json"}),
+    ("pause.py", {"--sizes", "--threads", "--runs", "--cow-pages", "--tools", "--min-free",
+                  "--plot", "--json"}),
     ("busy.py", {"--runs", "--mb", "--hogs", "--snapcore"}),
 ])
 def test_bench_help_explains_every_option(script, wanted):
